@@ -1,0 +1,1 @@
+"""systolic.hw: Amaranth generators for the accelerator and its board top-levels."""

@@ -1,0 +1,161 @@
+"""One configuration record for the accelerator: every knob, its derived values and its checks.
+
+Presets are `dataclasses.replace` copies of the default. The arithmetic widths are the
+contract's (`systolic.sw.arith`) and are not configurable: the golden model defines them.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..sw import arith
+from ..sw.errors import SystolicError
+
+__all__ = ["PRESETS", "TARGETS", "AcceleratorConfig", "ConfigError", "preset"]
+
+TARGETS = ("generic", "ecp5", "ice40")
+
+
+class ConfigError(SystolicError, ValueError):
+    """An accelerator configuration that cannot be built; the message says what to change."""
+
+
+def _pow2(n):
+    return n > 0 and n & (n - 1) == 0
+
+
+@dataclass(frozen=True)
+class AcceleratorConfig:
+    """Parameters of one accelerator instance.
+
+    The array is output-stationary: ``rows`` output pixels by ``cols`` output channels.
+    Activations are stored as words of ``cols`` int8 channels (one pixel, one channel tile).
+
+    Parameters
+    ----------
+    rows, cols : int
+        Systolic array size; ``rows * cols`` processing elements, one DSP multiplier each.
+    act_depth : int
+        Activation memory depth in words of ``cols`` int8 lanes (power of two).
+    weight_depth : int
+        Weight memory depth in words of ``cols`` int8 weights (power of two).
+    param_depth : int
+        Requantization parameter memory depth in channel tiles (power of two).
+    max_kernel : int
+        Largest kernel (height or width) the convolution engine's counters can hold. Fully
+        connected layers run as a convolution whose kernel covers the whole input.
+    max_dim : int
+        Largest feature map height or width.
+    conv, pool : bool
+        Which engines are present.
+    target : str
+        Multiplier implementation: ``generic`` (inferred, for simulation), ``ecp5``
+        (MULT18X18D with registered inputs and outputs) or ``ice40`` (SB_MAC16).
+    """
+
+    rows: int = 8
+    cols: int = 8
+    act_depth: int = 4096
+    weight_depth: int = 8192
+    param_depth: int = 64
+    max_kernel: int = 7
+    max_dim: int = 255
+    conv: bool = True
+    pool: bool = True
+    target: str = "generic"
+
+    # The arithmetic contract, exposed here so the hardware reads one object.
+    data_bits = arith.DATA_BITS
+    acc_bits = arith.ACC_BITS
+    m_bits = arith.M_BITS
+    shift_bits = arith.SHIFT_BITS
+
+    def __post_init__(self):
+        for name in ("rows", "cols"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or not 1 <= v <= 32:
+                raise ConfigError(f"Array {name} must be an integer between 1 and 32, not {v!r}")
+        if self.rows > self.cols:
+            raise ConfigError(
+                f"Array rows must not exceed cols ({self.rows} > {self.cols}): the activation "
+                "transposer reads one pixel word per cycle and feeds cols cycles per block; "
+                "swap the dimensions")
+        for name in ("act_depth", "weight_depth", "param_depth"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or not _pow2(v) or not 16 <= v <= (1 << 20):
+                raise ConfigError(
+                    f"{name} must be a power of two between 16 and 2**20, not {v!r}")
+        if not 1 <= self.max_kernel <= 15:
+            raise ConfigError(f"max_kernel must be between 1 and 15, not {self.max_kernel!r}")
+        if not 8 <= self.max_dim <= 4095:
+            raise ConfigError(f"max_dim must be between 8 and 4095, not {self.max_dim!r}")
+        if self.target not in TARGETS:
+            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {self.target!r}")
+        if not (self.conv or self.pool):
+            raise ConfigError("At least one engine (conv or pool) must be present")
+
+    # Derived values ---------------------------------------------------------------------------
+
+    @property
+    def pes(self):
+        """Processing elements, and DSP multipliers, in the array."""
+        return self.rows * self.cols
+
+    @property
+    def word_bits(self):
+        """Width of an activation or weight word: ``cols`` int8 lanes."""
+        return self.cols * self.data_bits
+
+    @property
+    def param_bits(self):
+        """Width of a parameter word: per lane a bias, a multiplier and a shift."""
+        return self.cols * (self.acc_bits + self.m_bits + self.shift_bits)
+
+    @property
+    def act_addr_bits(self):
+        return (self.act_depth - 1).bit_length()
+
+    @property
+    def weight_addr_bits(self):
+        return (self.weight_depth - 1).bit_length()
+
+    @property
+    def param_addr_bits(self):
+        return (self.param_depth - 1).bit_length()
+
+    @property
+    def dim_bits(self):
+        return self.max_dim.bit_length()
+
+    @property
+    def kernel_bits(self):
+        return self.max_kernel.bit_length()
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self):
+        d = dataclasses.asdict(self)
+        d.update(pes=self.pes, word_bits=self.word_bits, data_bits=self.data_bits,
+                 acc_bits=self.acc_bits, m_bits=self.m_bits, shift_bits=self.shift_bits)
+        return d
+
+
+PRESETS = {
+    # ECP5-85F (ULX3S): 64 of its 156 MULT18X18D.
+    "default": AcceleratorConfig(),
+    # iCE40UP5K (iCEBreaker): its 8 SB_MAC16, and memories that fit its 30 EBR / 128 KiB SPRAM.
+    "small": AcceleratorConfig(rows=2, cols=4, act_depth=2048, weight_depth=4096,
+                               param_depth=64, target="generic"),
+    # ECP5-85F, larger: 144 of its 156 multipliers.
+    "big": AcceleratorConfig(rows=12, cols=12, act_depth=8192, weight_depth=16384,
+                             param_depth=128),
+}
+
+
+def preset(name):
+    """Return the preset called ``name``; an unknown name lists the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None

@@ -1,0 +1,129 @@
+"""The accelerator's instruction set: opcodes and the layer descriptor, defined once.
+
+The gateware decodes these layouts and the compiler encodes them; neither types a number the
+other defines. A layer descriptor carries the shape of one layer plus a few address steps the
+compiler derives (so the hardware needs no multipliers outside the array).
+
+Memory layouts (see `describe_conv`):
+
+* activation memory: word ``in_base + (y * W + x) * CW + cw`` holds channels
+  ``cw * cols .. cw * cols + cols - 1`` of pixel ``(y, x)``; ``CW = ceil(C / cols)``; unused
+  lanes hold 0.
+* weight memory: for output channel tile ``t``, the words from ``w_base + t * taps * CW * cols``
+  are ``k = ((ky * kw + kx) * CW + cw) * cols + lane`` in order; word ``k`` holds the weights of
+  input channel ``cw * cols + lane`` at tap ``(ky, kx)`` for the ``cols`` output channels of the
+  tile.
+* parameter memory: word ``p_base + t`` holds, per lane, ``bias | M << 32 | s << 47``.
+"""
+
+from amaranth.hdl import signed
+from amaranth.lib import data, enum
+
+from .config import AcceleratorConfig
+
+__all__ = ["Op", "describe_conv", "describe_pool", "layer_layout", "pack_descriptor"]
+
+
+class Op(enum.Enum, shape=4):
+    """Layer operations the engines execute."""
+    CONV = 0      #: convolution or fully connected layer, with requantization and optional ReLU
+    MAXPOOL = 1   #: max pooling
+    AVGPOOL = 2   #: average pooling, rounding half up
+
+
+def _signed_bits(cfg):
+    # Address arithmetic in the convolution engine: wide enough for act_depth and negative
+    # origins (padding) and steps.
+    return cfg.act_addr_bits + 2
+
+
+def layer_layout(cfg: AcceleratorConfig):
+    """The layer descriptor layout for ``cfg``."""
+    a = cfg.act_addr_bits
+    sb = _signed_bits(cfg)
+    return data.StructLayout({
+        "op": Op,
+        "relu": 1,
+        "in_base": a,
+        "out_base": a,
+        "w_base": cfg.weight_addr_bits,
+        "p_base": cfg.param_addr_bits,
+        "in_h": cfg.dim_bits,
+        "in_w": cfg.dim_bits,
+        "out_h": cfg.dim_bits,
+        "out_w": cfg.dim_bits,
+        "kh": cfg.kernel_bits,
+        "kw": cfg.kernel_bits,
+        "stride": 2,
+        "pad": 3,
+        "cin_words": 8,          # CW of the input: words per input pixel
+        "cout_tiles": 8,         # channel tiles of the output: words per output pixel
+        # Derived by the compiler (describe_conv):
+        "origin": signed(sb),        # address of input pixel (-pad, -pad)
+        "x_step": signed(sb),        # address step to the next output pixel in a row
+        "y_step": signed(sb),        # address step from the last pixel of a row to the next row
+        "tap_row_step": signed(sb),  # address step from tap (ky, kw-1, CW-1) to (ky+1, 0, 0), minus 1
+        "w_tile_words": cfg.weight_addr_bits + 1,
+    })
+
+
+# Fields holding two's complement values.
+_SIGNED = ("origin", "x_step", "y_step", "tap_row_step")
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def describe_conv(cfg, *, cin, h, w, cout, kh, kw, stride=1, pad=0, relu=False,
+                  in_base=0, out_base=0, w_base=0, p_base=0):
+    """Descriptor fields (a dict) for a convolution of a ``(cin, h, w)`` input.
+
+    A fully connected layer on a ``(C, H, W)`` input is ``kh = H, kw = W`` with no padding.
+    """
+    cw = _ceil_div(cin, cfg.cols)
+    ho = (h + 2 * pad - kh) // stride + 1
+    wo = (w + 2 * pad - kw) // stride + 1
+    return {
+        "op": Op.CONV, "relu": int(relu),
+        "in_base": in_base, "out_base": out_base, "w_base": w_base, "p_base": p_base,
+        "in_h": h, "in_w": w, "out_h": ho, "out_w": wo, "kh": kh, "kw": kw,
+        "stride": stride, "pad": pad, "cin_words": cw, "cout_tiles": _ceil_div(cout, cfg.cols),
+        "origin": in_base - (pad * w + pad) * cw,
+        "x_step": stride * cw,
+        "y_step": (stride * w - (wo - 1) * stride) * cw,
+        "tap_row_step": (w - kw) * cw,
+        "w_tile_words": kh * kw * cw * cfg.cols,
+    }
+
+
+def describe_pool(cfg, *, channels, h, w, kernel, stride, avg=False, in_base=0, out_base=0):
+    """Descriptor fields (a dict) for max or average pooling of a ``(channels, h, w)`` input."""
+    cw = _ceil_div(channels, cfg.cols)
+    return {
+        "op": Op.AVGPOOL if avg else Op.MAXPOOL, "relu": 0,
+        "in_base": in_base, "out_base": out_base, "w_base": 0, "p_base": 0,
+        "in_h": h, "in_w": w, "out_h": (h - kernel) // stride + 1,
+        "out_w": (w - kernel) // stride + 1, "kh": kernel, "kw": kernel,
+        "stride": stride, "pad": 0, "cin_words": cw, "cout_tiles": cw,
+        "origin": 0, "x_step": 0, "y_step": 0, "tap_row_step": 0, "w_tile_words": 0,
+    }
+
+
+def pack_descriptor(cfg, fields):
+    """The descriptor as an integer, for a testbench or the host driver to send."""
+    layout = layer_layout(cfg)
+    value = 0
+    for name, field in layout:
+        v = fields.get(name, 0)
+        if isinstance(v, Op):
+            v = v.value
+        width = field.width
+        if name in _SIGNED:
+            if not -(1 << (width - 1)) <= v < (1 << (width - 1)):
+                raise ValueError(f"descriptor field {name} = {v} does not fit {width} signed bits")
+            v &= (1 << width) - 1
+        elif not 0 <= v < (1 << width):
+            raise ValueError(f"descriptor field {name} = {v} does not fit {width} bits")
+        value |= v << field.offset
+    return value

@@ -1,0 +1,1 @@
+"""systolic.sim: cocotb testbenches and their runners (Icarus, Verilator)."""

@@ -1,0 +1,1 @@
+"""systolic.sw: training, quantization, golden model, compiler and host driver."""
