@@ -62,7 +62,7 @@ def layer_layout(cfg: AcceleratorConfig):
         "origin": signed(sb),        # address of input pixel (-pad, -pad)
         "x_step": signed(sb),        # address step to the next output pixel in a row
         "y_step": signed(sb),        # address step from the last pixel of a row to the next row
-        "tap_row_step": signed(sb),  # address step from tap (ky, kw-1, CW-1) to (ky+1, 0, 0), minus 1
+        "tap_row_step": signed(sb),  # step from tap (ky, kw-1, CW-1) to (ky+1, 0, 0), minus 1
         "w_tile_words": cfg.weight_addr_bits + 1,
     })
 

@@ -151,12 +151,14 @@ def conv2d_acc(x, w, b, *, stride=1, padding=0):
     ho = (h + 2 * padding - kh) // stride + 1
     wo = (wd + 2 * padding - kw) // stride + 1
     if ho < 1 or wo < 1:
-        raise ContractError(f"a {kh}x{kw} kernel does not fit a {h}x{wd} input with padding {padding}")
+        raise ContractError(
+            f"a {kh}x{kw} kernel does not fit a {h}x{wd} input with padding {padding}")
     win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
     win = win[:, :, ::stride, ::stride][:, :, :ho, :wo]          # N, Cin, Ho, Wo, kh, kw
     cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, cin * kh * kw)
     acc = cols.astype(np.float64) @ w.reshape(cout, -1).T.astype(np.float64)
-    acc = acc.astype(np.int64).reshape(n, ho, wo, cout).transpose(0, 3, 1, 2) + b[None, :, None, None]
+    acc = acc.astype(np.int64).reshape(n, ho, wo, cout).transpose(0, 3, 1, 2)
+    acc = acc + b[None, :, None, None]
     _check_range(acc, ACC_MIN, ACC_MAX, "accumulators")
     return acc[0] if single else acc
 
