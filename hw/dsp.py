@@ -1,0 +1,157 @@
+"""The int8 × int8 → int16 multiplier of a processing element, one hard DSP block per instance.
+
+Every target has the same contract, so the processing element is written once:
+``p`` during cycle *t* + `LATENCY` equals ``a * b`` sampled at cycle *t*.
+
+The two pipeline registers (operands in, product out) live *inside* the DSP block on the
+FPGA targets. That is the point of instantiating the primitive instead of inferring ``*``:
+Yosys maps an inferred multiply to a bare combinational MULT18X18D / SB_MAC16 and leaves the
+registers in the fabric, so every multiply path pays two trips through the general routing
+(fabric flip-flop → DSP input pins, DSP output pins → fabric flip-flop) on top of the
+multiplier's own delay. With the registers in the block the multiplier is a register-to-register
+path internal to the DSP, and only the short clock-to-out of the output register and the
+setup of the input register touch the fabric.
+"""
+
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import TARGETS, ConfigError
+
+__all__ = ["LATENCY", "Multiplier"]
+
+#: Cycles from ``a``/``b`` sampled to ``p`` valid, for every target.
+LATENCY = 2
+
+_DATA_BITS = 8
+_PRODUCT_BITS = 2 * _DATA_BITS
+
+
+class Multiplier(wiring.Component):
+    """Signed 8 × 8 → 16 bit multiplier with a fixed two-cycle latency.
+
+    Parameters
+    ----------
+    target : str
+        ``generic`` (Amaranth ``*`` between two registers; what RTL simulation uses),
+        ``ecp5`` (one ``MULT18X18D`` with its A/B input registers and output register enabled)
+        or ``ice40`` (one ``SB_MAC16`` in signed 8 × 8 mode with its input and product
+        registers enabled).
+
+    Members
+    -------
+    a : In(signed(8))
+        Multiplicand, sampled every cycle.
+    b : In(signed(8))
+        Multiplier, sampled every cycle.
+    p : Out(signed(16))
+        ``a * b`` as sampled `LATENCY` cycles earlier. Exact: the product of two int8 values
+        always fits int16.
+
+    Raises
+    ------
+    ConfigError
+        If ``target`` is not one of :data:`systolic.hw.config.TARGETS`.
+
+    Notes
+    -----
+    The registers have no clock enable and no reset: the processing element qualifies the
+    product with its own (equally delayed) control bits. Their power-up contents are
+    unspecified, so ``p`` is meaningful only from cycle `LATENCY` on.
+    """
+
+    a: In(signed(_DATA_BITS))
+    b: In(signed(_DATA_BITS))
+    p: Out(signed(_PRODUCT_BITS))
+
+    def __init__(self, target="generic"):
+        if target not in TARGETS:
+            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+        self.target = target
+        super().__init__()
+
+    def elaborate(self, platform):
+        return {"generic": self._generic, "ecp5": self._ecp5, "ice40": self._ice40}[self.target]()
+
+    # One method per target; each builds the whole two-stage pipeline. ---------------------
+
+    def _generic(self):
+        m = Module()
+        a = Signal.like(self.a, reset_less=True)
+        b = Signal.like(self.b, reset_less=True)
+        p = Signal.like(self.p, reset_less=True)
+        m.d.sync += [a.eq(self.a), b.eq(self.b), p.eq(a * b)]
+        m.d.comb += self.p.eq(p)
+        return m
+
+    def _ecp5(self):
+        # MULT18X18D: 18 × 18 → 36; inputs sign-extended to 18 bits with SIGNEDA/SIGNEDB set,
+        # the low 16 bits of P are the exact int16 product. CLK0/CE0/RST0 clock the A and B
+        # input registers and the output register; the pipeline register stays bypassed
+        # (nextpnr's timing model covers the input and output registers). CLK1-3, CE1-3,
+        # RST1-3 and the shift-chain inputs stay unconnected: nextpnr cannot route a constant
+        # to a DSP clock pin.
+        m = Module()
+        a18 = Signal(signed(18))
+        b18 = Signal(signed(18))
+        p36 = Signal(36)
+        m.d.comb += [a18.eq(self.a), b18.eq(self.b), self.p.eq(p36[:_PRODUCT_BITS])]
+        ports = {}
+        for i in range(18):
+            ports[f"i_A{i}"] = a18[i]
+            ports[f"i_B{i}"] = b18[i]
+            ports[f"i_C{i}"] = Const(0, 1)
+        for i in range(36):
+            ports[f"o_P{i}"] = p36[i]
+        m.submodules.mult = Instance(
+            "MULT18X18D",
+            p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
+            p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
+            p_REG_INPUTC_CLK="NONE",
+            p_REG_PIPELINE_CLK="NONE",
+            p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
+            p_GSR="DISABLED", p_RESETMODE="SYNC",
+            p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED", p_CAS_MATCH_REG="FALSE",
+            i_CLK0=ClockSignal("sync"), i_CE0=Const(1, 1), i_RST0=Const(0, 1),
+            i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1),
+            i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
+            **ports,
+        )
+        return m
+
+    def _ice40(self):
+        # SB_MAC16 in 8 × 8 mode: the bottom multiplier takes A[7:0] × B[7:0] and, with
+        # A_SIGNED/B_SIGNED, treats them as int8. A_REG/B_REG register the operands,
+        # BOT_8x8_MULT_REG the 16-bit product, and BOTOUTPUT_SELECT=2 routes that product
+        # register to O[15:0]. The top half of the block is left unused.
+        m = Module()
+        a16 = Signal(signed(16))
+        b16 = Signal(signed(16))
+        o = Signal(32)
+        m.d.comb += [a16.eq(self.a), b16.eq(self.b), self.p.eq(o[:_PRODUCT_BITS])]
+        zero16 = Const(0, 16)
+        m.submodules.mac = Instance(
+            "SB_MAC16",
+            p_NEG_TRIGGER=Const(0, 1),
+            p_C_REG=Const(0, 1), p_A_REG=Const(1, 1), p_B_REG=Const(1, 1), p_D_REG=Const(0, 1),
+            p_TOP_8x8_MULT_REG=Const(0, 1), p_BOT_8x8_MULT_REG=Const(1, 1),
+            p_PIPELINE_16x16_MULT_REG1=Const(0, 1), p_PIPELINE_16x16_MULT_REG2=Const(0, 1),
+            p_TOPOUTPUT_SELECT=Const(0, 2), p_TOPADDSUB_LOWERINPUT=Const(0, 2),
+            p_TOPADDSUB_UPPERINPUT=Const(0, 1), p_TOPADDSUB_CARRYSELECT=Const(0, 2),
+            p_BOTOUTPUT_SELECT=Const(2, 2), p_BOTADDSUB_LOWERINPUT=Const(0, 2),
+            p_BOTADDSUB_UPPERINPUT=Const(0, 1), p_BOTADDSUB_CARRYSELECT=Const(0, 2),
+            p_MODE_8x8=Const(1, 1), p_A_SIGNED=Const(1, 1), p_B_SIGNED=Const(1, 1),
+            i_CLK=ClockSignal("sync"), i_CE=Const(1, 1),
+            i_A=a16, i_B=b16,
+            i_C=zero16, i_D=zero16,
+            i_AHOLD=Const(0, 1), i_BHOLD=Const(0, 1), i_CHOLD=Const(0, 1), i_DHOLD=Const(0, 1),
+            i_IRSTTOP=Const(0, 1), i_IRSTBOT=Const(0, 1),
+            i_ORSTTOP=Const(0, 1), i_ORSTBOT=Const(0, 1),
+            i_OLOADTOP=Const(0, 1), i_OLOADBOT=Const(0, 1),
+            i_ADDSUBTOP=Const(0, 1), i_ADDSUBBOT=Const(0, 1),
+            i_OHOLDTOP=Const(0, 1), i_OHOLDBOT=Const(0, 1),
+            i_CI=Const(0, 1), i_ACCUMCI=Const(0, 1), i_SIGNEXTIN=Const(0, 1),
+            o_O=o,
+        )
+        return m
