@@ -164,7 +164,10 @@ class StreamSource(_Endpoint):
         self.valid.value = 0
 
     async def put(self, beat):
-        """Offer one beat until the design takes it; returns after the accepting clock edge."""
+        """Offer one beat until the design takes it; returns after the accepting clock edge.
+
+        ``valid`` is dropped on return, unless another `put` follows in the same time step.
+        """
         value = pack(self.layout, beat)
         while True:
             offer = self._offer()
@@ -177,13 +180,13 @@ class StreamSource(_Endpoint):
             await RisingEdge(self.clk)
             if taken:
                 self.beats += 1
+                self.valid.value = 0
                 return
 
     async def send(self, beats):
-        """Send every beat of ``beats`` in order, then drop ``valid``."""
+        """Send every beat of ``beats`` in order."""
         for beat in beats:
             await self.put(beat)
-        self.valid.value = 0
 
     def idle(self):
         """Drop ``valid`` (after the sending task was killed, e.g. across a reset)."""
