@@ -191,9 +191,8 @@ def _build(runner, sim, *, verilog_text, name, build_dir, waves):
         source = build_dir / f"{name}.v"
         source.write_text(verilog_text)
         log = build_dir / "build.log"
+        # Verilator traces VCD (cocotb_tools adds --trace): its FST writer needs liblz4-dev.
         build_args = list(_VERILATOR_ARGS) if sim == "verilator" else []
-        if sim == "verilator" and waves:
-            build_args.append("--trace-fst")
         try:
             runner.build(sources=[source], hdl_toplevel=name, build_dir=build_dir,
                          build_args=build_args, timescale=_TIMESCALE, waves=waves,
@@ -223,7 +222,8 @@ def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=Fa
         JSON-serializable description of the configuration (e.g. ``cfg.as_dict()``); it goes
         into the build directory's hash together with the Verilog text.
     waves : bool
-        Record waveforms (FST) in the build directory.
+        Record waveforms: Icarus writes ``<name>.fst`` in the build directory, Verilator
+        ``dump.vcd`` in the run directory next to the results file.
     parameters : dict
         Verilog parameters of the top level (Amaranth emits none; for hand-written tops).
     extra_env : dict
