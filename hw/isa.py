@@ -21,7 +21,26 @@ from amaranth.lib import data, enum
 
 from .config import AcceleratorConfig
 
-__all__ = ["Op", "describe_conv", "describe_pool", "layer_layout", "pack_descriptor"]
+__all__ = [
+    "Mem", "Op", "describe_conv", "describe_pool", "layer_layout", "load_layout",
+    "pack_descriptor", "pack_params", "param_layout",
+]
+
+
+class Mem(enum.Enum, shape=2):
+    """On-chip memories the host (or a testbench) loads."""
+    ACT = 0       #: activations: input images, layer outputs
+    WEIGHT = 1    #: weight words
+    PARAM = 2     #: requantization parameters (bias, M, shift per lane)
+
+
+def load_layout(cfg: AcceleratorConfig):
+    """One memory write from the host: which memory, the address and the (widest) data."""
+    return data.StructLayout({
+        "mem": Mem,
+        "addr": max(cfg.act_addr_bits, cfg.weight_addr_bits, cfg.param_addr_bits),
+        "data": max(cfg.word_bits, cfg.param_bits),
+    })
 
 
 class Op(enum.Enum, shape=4):
@@ -65,6 +84,36 @@ def layer_layout(cfg: AcceleratorConfig):
         "tap_row_step": signed(sb),  # step from tap (ky, kw-1, CW-1) to (ky+1, 0, 0), minus 1
         "w_tile_words": cfg.weight_addr_bits + 1,
     })
+
+
+def param_layout(cfg: AcceleratorConfig):
+    """One parameter word: per lane (output channel of a tile) a bias, a multiplier and a shift."""
+    return data.ArrayLayout(data.StructLayout({
+        "bias": signed(cfg.acc_bits),
+        "m": cfg.m_bits,
+        "shift": cfg.shift_bits,
+    }), cfg.cols)
+
+
+def pack_params(cfg, bias, m, shift):
+    """Parameter words (a list of integers, one per channel tile) for per-channel arrays.
+
+    Channels past the last one are padded with zero bias, ``M = 0`` and shift 1: they compute 0.
+    """
+    lane = param_layout(cfg).elem_shape
+    lane_bits = lane.size
+    words = []
+    n = len(bias)
+    for t in range(-(-n // cfg.cols)):
+        word = 0
+        for i in range(cfg.cols):
+            c = t * cfg.cols + i
+            b, mm, s = (int(bias[c]), int(m[c]), int(shift[c])) if c < n else (0, 0, 1)
+            v = ((b & ((1 << cfg.acc_bits) - 1)) << lane["bias"].offset
+                 | mm << lane["m"].offset | s << lane["shift"].offset)
+            word |= v << (i * lane_bits)
+        words.append(word)
+    return words
 
 
 # Fields holding two's complement values.

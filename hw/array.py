@@ -1,0 +1,83 @@
+"""The systolic array: a ``rows × cols`` mesh of processing elements with skewed edges."""
+
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import dsp
+from .pe import ProcessingElement
+
+__all__ = ["SystolicArray"]
+
+
+def _delay(m, sig, cycles, name):
+    """``sig`` delayed by ``cycles`` registers (``cycles`` may be 0)."""
+    for i in range(cycles):
+        nxt = Signal.like(sig, name=f"{name}_d{i}")
+        m.d.sync += nxt.eq(sig)
+        sig = nxt
+    return sig
+
+
+class SystolicArray(wiring.Component):
+    """Output-stationary ``rows × cols`` array; row ``r`` computes output pixel ``r`` of a tile
+    and column ``c`` output channel ``c``.
+
+    The inputs are *aligned* vectors: in one cycle the caller presents step ``k`` of every row
+    and every column. The array skews them itself (row ``r`` and column ``c`` delayed by ``r`` and
+    ``c`` cycles), so PE ``(r, c)`` sees step ``k`` of its row and column in the same cycle.
+
+    A ``first`` pulse in the cycle of a tile's step 0 ends the previous tile. Row ``r`` of the
+    previous tile's sums is then readable in ``results[r]`` exactly ``row_ready_delay(r)``
+    cycles later, and stays so for at least one cycle (for as long as tiles are at least
+    ``cols`` steps long, ``K - cols + 1`` cycles).
+
+    Members
+    -------
+    a : In(ArrayLayout(signed(8), rows))
+        Activations, one per row.
+    w : In(ArrayLayout(signed(8), cols))
+        Weights, one per column.
+    first : In(1)
+        Tile start.
+    results : Out(ArrayLayout(ArrayLayout(signed(32), cols), rows))
+        Every PE's finished sum.
+    """
+
+    def __init__(self, cfg):
+        self._cfg = cfg
+        super().__init__({
+            "a": In(data.ArrayLayout(signed(8), cfg.rows)),
+            "w": In(data.ArrayLayout(signed(8), cfg.cols)),
+            "first": In(1),
+            "results": Out(data.ArrayLayout(data.ArrayLayout(signed(32), cfg.cols), cfg.rows)),
+        })
+
+    def row_ready_delay(self, row):
+        """Cycles from a ``first`` pulse at the inputs until row ``row``'s sums are complete."""
+        return row + self._cfg.cols + dsp.LATENCY
+
+    def elaborate(self, platform):
+        m = Module()
+        rows, cols = self._cfg.rows, self._cfg.cols
+        pes = [[ProcessingElement(self._cfg.target) for _ in range(cols)] for _ in range(rows)]
+        for r in range(rows):
+            for c in range(cols):
+                m.submodules[f"pe_{r}_{c}"] = pes[r][c]
+                m.d.comb += self.results[r][c].eq(pes[r][c].result)
+        for r in range(rows):
+            pe = pes[r][0]
+            m.d.comb += [
+                pe.a_in.eq(_delay(m, self.a[r], r, f"a{r}")),
+                pe.first_in.eq(_delay(m, self.first, r, f"first{r}")),
+            ]
+            for c in range(1, cols):
+                m.d.comb += [
+                    pes[r][c].a_in.eq(pes[r][c - 1].a_out),
+                    pes[r][c].first_in.eq(pes[r][c - 1].first_out),
+                ]
+        for c in range(cols):
+            m.d.comb += pes[0][c].w_in.eq(_delay(m, self.w[c], c, f"w{c}"))
+            for r in range(1, rows):
+                m.d.comb += pes[r][c].w_in.eq(pes[r - 1][c].w_out)
+        return m

@@ -1,0 +1,321 @@
+"""The convolution engine: on-the-fly im2col into the systolic array, drained through the
+requantizers into activation memory. Fully connected layers run as convolutions whose kernel
+covers the whole input.
+
+Dataflow, for output channel tile ``t`` and a tile of ``rows`` consecutive output pixels:
+
+* **fill** walks the tile's reduction in blocks ``(ky, kx, cw)``; for each block it reads one
+  activation word (``cols`` input channels) per output pixel of the tile, ``rows`` reads, into
+  one of two transposer banks. Out-of-image taps (zero padding) read nothing and store 0.
+* **feed** copies a full bank into a shift register and presents it to the array one input
+  channel per cycle (``cols`` cycles per block), with the weight word of that step read from
+  weight memory in the same cycle. Two banks plus the shift register keep the array busy
+  every cycle while ``rows <= cols``.
+* **drain**: the array hands back a tile's sums one row (pixel) per cycle as the next tile
+  starts; each row goes through ``cols`` requantization lanes and is written as one
+  activation word.
+
+Channel tiles are separated by a flush (one extra ``first`` step) and a settle period, so the
+requantization parameters change only while the pipeline is empty.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .array import SystolicArray
+from .isa import layer_layout, param_layout
+from .requant import Requantizer
+
+__all__ = ["ConvEngine"]
+
+
+def word_layout(cfg):
+    """An activation or weight word: ``cols`` int8 lanes."""
+    return data.ArrayLayout(signed(cfg.data_bits), cfg.cols)
+
+
+class ConvEngine(wiring.Component):
+    """Runs one convolution or fully connected layer per command.
+
+    Parameters
+    ----------
+    cfg : AcceleratorConfig
+
+    Members
+    -------
+    cmd : In(stream.Signature(layer_layout(cfg)))
+        Layer descriptors (`systolic.hw.isa.describe_conv`); accepted when idle.
+    busy : Out(1)
+        A layer is in progress.
+    cycles : Out(32)
+        Cycles the last layer took, from command accepted to idle.
+    act_read, act_write : memory port signatures
+        Activation memory (synchronous read, one cycle latency).
+    weight_read, param_read : memory port signatures
+        Weight and requantization parameter memories.
+    """
+
+    def __init__(self, cfg):
+        self._cfg = cfg
+        word = word_layout(cfg)
+        super().__init__({
+            "cmd": In(stream.Signature(layer_layout(cfg))),
+            "busy": Out(1),
+            "cycles": Out(32),
+            "act_read": In(memory.ReadPort.Signature(addr_width=cfg.act_addr_bits, shape=word)),
+            "act_write": In(memory.WritePort.Signature(addr_width=cfg.act_addr_bits,
+                                                       shape=word)),
+            "weight_read": In(memory.ReadPort.Signature(addr_width=cfg.weight_addr_bits,
+                                                        shape=word)),
+            "param_read": In(memory.ReadPort.Signature(addr_width=cfg.param_addr_bits,
+                                                       shape=param_layout(cfg))),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._cfg
+        R, C = cfg.rows, cfg.cols
+        m = Module()
+        m.submodules.array = array = SystolicArray(cfg)
+        tag = data.StructLayout({"valid": 1, "addr": cfg.act_addr_bits})
+        m.submodules.requant = rq = Requantizer(cfg, tag)
+
+        desc = Signal(layer_layout(cfg))
+        sb = desc.origin.shape().width
+        coord = signed(cfg.dim_bits + 2)
+
+        # ---- Sequencer state ---------------------------------------------------------------
+        t = Signal(8)                                   # output channel tile
+        w_tile_base = Signal(cfg.weight_addr_bits)
+        params = Signal(param_layout(cfg))
+        settle_cycles = R + C + Requantizer.LATENCY + 6
+        settle = Signal(range(settle_cycles + 1))
+        # Pixel walker: the next output pixel of the layer and its input window origin.
+        ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
+        wbase, iy0, ix0 = Signal(signed(sb)), Signal(coord), Signal(coord)
+        # Block counters inside a pixel tile.
+        ky, kx = Signal(cfg.kernel_bits), Signal(cfg.kernel_bits)
+        cw = Signal(8)
+        r = Signal(range(R))
+        tap_off = Signal(signed(sb))
+        block0 = Signal()                               # filling the tile's first block
+        have_prev = Signal()                            # a finished tile awaits draining
+        # Per-row window info of the current tile, rotating so row r is at index 0 in cycle r.
+        info = data.StructLayout({"base": signed(sb), "iy0": coord, "ix0": coord, "valid": 1})
+        rows_info = [Signal(info, name=f"rowinfo{i}") for i in range(R)]
+
+        # ---- Transposer banks and the feed shift register ----------------------------------
+        meta = data.StructLayout({"first": 1, "drain": 1, "flush": 1})
+        banks = [[Signal(C * 8, name=f"bank{b}_{i}") for i in range(R)] for b in range(2)]
+        full = Signal(2)
+        bank_meta = [Signal(meta, name=f"bank{b}_meta") for b in range(2)]
+        f = Signal()                                    # bank being filled
+        g = Signal()                                    # bank to feed next
+
+        # ---- Fill ----------------------------------------------------------------------------
+        walker = Signal(info)
+        m.d.comb += [
+            walker.base.eq(wbase), walker.iy0.eq(iy0), walker.ix0.eq(ix0),
+            walker.valid.eq(oy < desc.out_h),
+        ]
+        cur = Signal(info)
+        m.d.comb += cur.eq(Mux(block0, walker, rows_info[0]))
+        iy, ix = cur.iy0 + ky, cur.ix0 + kx
+        inb = Signal()
+        m.d.comb += inb.eq(cur.valid & (iy >= 0) & (iy < desc.in_h) & (ix >= 0)
+                           & (ix < desc.in_w))
+        # One-cycle read latency: what the previous cycle asked for lands now.
+        cap, cap_zero, cap_last, cap_bank = Signal(), Signal(), Signal(), Signal()
+        cap_meta = Signal(meta)
+        m.d.sync += cap.eq(0)
+        with m.If(cap):
+            for b in range(2):
+                with m.If(cap_bank == b):
+                    for i in range(R - 1):
+                        m.d.sync += banks[b][i].eq(banks[b][i + 1])
+                    m.d.sync += banks[b][R - 1].eq(
+                        Mux(cap_zero, 0, self.act_read.data.as_value()))
+                    with m.If(cap_last):
+                        m.d.sync += [full[b].eq(1), bank_meta[b].eq(cap_meta)]
+
+        # After this cycle's step, does the walker still point inside the output map?
+        more = Signal()
+        m.d.comb += more.eq(Mux(block0 & (ox == desc.out_w - 1), oy + 1, oy) < desc.out_h)
+        last_block = ((cw == desc.cin_words - 1) & (kx == desc.kw - 1) & (ky == desc.kh - 1))
+
+        # ---- Feed ----------------------------------------------------------------------------
+        sr = [Signal(C * 8, name=f"feed{i}") for i in range(R)]
+        sr_meta = Signal(meta)
+        sr_left = Signal(range(C + 1))                  # steps still to present
+        w_off = Signal(cfg.weight_addr_bits)
+        a_reg = Signal(data.ArrayLayout(signed(8), R))
+        first_reg, drain_reg, wvalid_reg = Signal(), Signal(), Signal()
+        release = Signal(2)                             # banks the feed copies out this cycle
+
+        at_last = (sr_left <= 1)
+        load = Signal()
+        m.d.comb += load.eq(at_last & full.bit_select(g, 1))
+        m.d.sync += [first_reg.eq(0), drain_reg.eq(0), wvalid_reg.eq(0)]
+        for i in range(R):
+            m.d.sync += a_reg[i].eq(0)
+        with m.If(sr_left != 0):
+            step0 = sr_left == C
+            m.d.sync += sr_left.eq(sr_left - 1)
+            with m.If(sr_meta.flush):
+                m.d.sync += [first_reg.eq(1), drain_reg.eq(1), sr_left.eq(0)]
+            with m.Else():
+                m.d.sync += [
+                    first_reg.eq(sr_meta.first & step0),
+                    drain_reg.eq(sr_meta.drain & step0),
+                    wvalid_reg.eq(1),
+                ]
+                for i in range(R):
+                    m.d.sync += [a_reg[i].eq(sr[i][:8]), sr[i].eq(sr[i] >> 8)]
+                m.d.comb += self.weight_read.addr.eq(
+                    w_tile_base + Mux(sr_meta.first & step0, 0, w_off))
+                m.d.sync += w_off.eq(Mux(sr_meta.first & step0, 1, w_off + 1))
+        with m.If(load):
+            for b in range(2):
+                with m.If(g == b):
+                    m.d.sync += [sr[i].eq(banks[b][i]) for i in range(R)]
+                    m.d.sync += sr_meta.eq(bank_meta[b])
+                    m.d.comb += release[b].eq(1)
+            m.d.sync += [sr_left.eq(C), g.eq(~g)]
+        m.d.comb += [
+            array.a.eq(a_reg),
+            array.first.eq(first_reg),
+            array.w.eq(Mux(wvalid_reg, self.weight_read.data.as_value(), 0)),
+        ]
+
+        # ---- Drain ---------------------------------------------------------------------------
+        pulse_at = [array.row_ready_delay(i) for i in range(R)]
+        dpipe = Signal(max(pulse_at))                   # dpipe[k]: pulse of k+1 cycles ago
+        m.d.sync += dpipe.eq(Cat(first_reg & drain_reg, dpipe[:-1]))
+        row_hit = [dpipe[d - 1] for d in pulse_at]
+        sel = Signal(data.ArrayLayout(signed(32), C))
+        sel_valid = Signal()
+        sel_tag = Signal(tag)
+        out_addr = Signal(cfg.act_addr_bits)
+        dx, dy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
+        picked = 0
+        for i in range(R):
+            picked = picked | Mux(row_hit[i], array.results[i].as_value(), 0)
+        any_hit = Signal()
+        m.d.comb += any_hit.eq(Cat(*row_hit).any())
+        m.d.sync += [sel.eq(picked), sel_valid.eq(any_hit)]
+        with m.If(any_hit):
+            m.d.sync += [
+                sel_tag.valid.eq(dy < desc.out_h),
+                sel_tag.addr.eq(out_addr),
+                out_addr.eq(out_addr + desc.cout_tiles),
+            ]
+            with m.If(dx == desc.out_w - 1):
+                m.d.sync += [dx.eq(0), dy.eq(dy + 1)]
+            with m.Else():
+                m.d.sync += dx.eq(dx + 1)
+        m.d.comb += [
+            rq.i_valid.eq(sel_valid),
+            rq.i_acc.eq(sel),
+            rq.i_tag.eq(sel_tag),
+            rq.params.eq(params),
+            rq.relu.eq(desc.relu),
+            self.act_write.en.eq(rq.o_valid & rq.o_tag.valid),
+            self.act_write.addr.eq(rq.o_tag.addr),
+            self.act_write.data.eq(rq.o_data),
+        ]
+
+        # ---- Sequencer FSM ---------------------------------------------------------------
+        # The feed releases banks; the fill claims them (after the capture above).
+        for b in range(2):
+            with m.If(release[b]):
+                m.d.sync += full[b].eq(0)
+        m.d.comb += [self.act_read.en.eq(1), self.param_read.en.eq(1)]
+        count = Signal(32)
+        m.d.comb += self.busy.eq(count != 0)
+        with m.If(count != 0):
+            m.d.sync += count.eq(count + 1)
+
+        def reset_walker():
+            return [
+                ox.eq(0), oy.eq(0), wbase.eq(desc.origin),
+                iy0.eq(-desc.pad), ix0.eq(-desc.pad),
+                ky.eq(0), kx.eq(0), cw.eq(0), r.eq(0), tap_off.eq(0),
+                block0.eq(1), have_prev.eq(0),
+                out_addr.eq(desc.out_base + t), dx.eq(0), dy.eq(0),
+            ]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += [desc.eq(self.cmd.payload), t.eq(0), count.eq(1),
+                                 w_tile_base.eq(self.cmd.payload.w_base)]
+                    m.next = "PARAMS"
+            with m.State("PARAMS"):
+                m.d.comb += self.param_read.addr.eq(desc.p_base + t)
+                m.d.sync += reset_walker()
+                m.next = "PARAMS_WAIT"
+            with m.State("PARAMS_WAIT"):
+                m.d.sync += params.eq(self.param_read.data)
+                m.next = "FILL"
+            with m.State("FILL"):
+                with m.If(~full.bit_select(f, 1)):
+                    m.d.comb += self.act_read.addr.eq((cur.base + tap_off)[:cfg.act_addr_bits])
+                    m.d.sync += [
+                        cap.eq(1), cap_zero.eq(~inb), cap_bank.eq(f),
+                        cap_last.eq(r == R - 1),
+                        cap_meta.first.eq(block0), cap_meta.drain.eq(block0 & have_prev),
+                        cap_meta.flush.eq(0),
+                    ]
+                    # Rotate the row info; the tile's first block records it from the walker.
+                    for i in range(R - 1):
+                        m.d.sync += rows_info[i].eq(rows_info[i + 1])
+                    m.d.sync += rows_info[R - 1].eq(cur)
+                    with m.If(block0):
+                        with m.If(ox == desc.out_w - 1):
+                            m.d.sync += [ox.eq(0), oy.eq(oy + 1), wbase.eq(wbase + desc.y_step),
+                                         ix0.eq(-desc.pad), iy0.eq(iy0 + desc.stride)]
+                        with m.Else():
+                            m.d.sync += [ox.eq(ox + 1), wbase.eq(wbase + desc.x_step),
+                                         ix0.eq(ix0 + desc.stride)]
+                    with m.If(r == R - 1):
+                        m.d.sync += [r.eq(0), f.eq(~f), block0.eq(0)]
+                        with m.If(last_block):
+                            m.d.sync += [ky.eq(0), kx.eq(0), cw.eq(0), tap_off.eq(0),
+                                         block0.eq(1), have_prev.eq(1)]
+                            with m.If(~more):
+                                m.next = "FLUSH"
+                        with m.Else():
+                            m.d.sync += tap_off.eq(tap_off + 1)
+                            with m.If(cw == desc.cin_words - 1):
+                                m.d.sync += cw.eq(0)
+                                with m.If(kx == desc.kw - 1):
+                                    m.d.sync += [kx.eq(0), ky.eq(ky + 1),
+                                                 tap_off.eq(tap_off + 1 + desc.tap_row_step)]
+                                with m.Else():
+                                    m.d.sync += kx.eq(kx + 1)
+                            with m.Else():
+                                m.d.sync += cw.eq(cw + 1)
+                    with m.Else():
+                        m.d.sync += r.eq(r + 1)
+            with m.State("FLUSH"):
+                # A bank with no data: one extra `first` step ends the channel tile's last tile.
+                with m.If(~full.bit_select(f, 1)):
+                    for b in range(2):
+                        with m.If(f == b):
+                            m.d.sync += [full[b].eq(1), bank_meta[b].flush.eq(1),
+                                         bank_meta[b].first.eq(1), bank_meta[b].drain.eq(1)]
+                    m.d.sync += [f.eq(~f), settle.eq(settle_cycles)]
+                    m.next = "SETTLE"
+            with m.State("SETTLE"):
+                with m.If((full == 0) & (sr_left == 0)):
+                    m.d.sync += settle.eq(settle - 1)
+                    with m.If(settle == 0):
+                        with m.If(t == desc.cout_tiles - 1):
+                            m.d.sync += [self.cycles.eq(count), count.eq(0)]
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.d.sync += [t.eq(t + 1),
+                                         w_tile_base.eq(w_tile_base + desc.w_tile_words)]
+                            m.next = "PARAMS"
+        return m

@@ -1,0 +1,57 @@
+"""Memory images: how tensors are laid out in the accelerator's on-chip memories.
+
+The formats are the ones `systolic.hw.isa` documents; these numpy functions are the only code
+that produces or reads them, for the compiler and the testbenches alike.
+"""
+
+import numpy as np
+
+from .isa import pack_params
+
+__all__ = [
+    "conv_weight_words", "linear_as_conv", "pack_activations", "pack_params",
+    "unpack_activations",
+]
+
+
+def _words_from_lanes(lanes):
+    """``(n, cols)`` int8 lanes to a list of ``n`` integers (lane 0 in the low byte)."""
+    b = np.ascontiguousarray(lanes.astype(np.int8)).view(np.uint8)
+    return [int.from_bytes(row.tobytes(), "little") for row in b]
+
+
+def _lanes_from_words(words, cols):
+    raw = b"".join(int(w).to_bytes(cols, "little") for w in words)
+    return np.frombuffer(raw, np.int8).reshape(len(words), cols)
+
+
+def pack_activations(cfg, x):
+    """Words for a ``(C, H, W)`` int8 tensor: pixel-major, ``ceil(C / cols)`` words a pixel."""
+    c, h, w = x.shape
+    cw = -(-c // cfg.cols)
+    lanes = np.zeros((h, w, cw * cfg.cols), np.int8)
+    lanes[:, :, :c] = np.asarray(x).transpose(1, 2, 0)
+    return _words_from_lanes(lanes.reshape(h * w * cw, cfg.cols))
+
+
+def unpack_activations(cfg, words, c, h, w):
+    """The ``(C, H, W)`` int8 tensor stored in ``words`` (as written by `pack_activations`)."""
+    cw = -(-c // cfg.cols)
+    lanes = _lanes_from_words(words, cfg.cols).reshape(h, w, cw * cfg.cols)
+    return lanes[:, :, :c].transpose(2, 0, 1).copy()
+
+
+def conv_weight_words(cfg, wq):
+    """Weight words for ``(Cout, Cin, kh, kw)`` int8 weights, in the engine's reading order."""
+    co, ci, kh, kw = wq.shape
+    cw, cot = -(-ci // cfg.cols), -(-co // cfg.cols)
+    full = np.zeros((cot * cfg.cols, cw * cfg.cols, kh, kw), np.int8)
+    full[:co, :ci] = wq
+    # Tile t, then (ky, kx, cw, lane), then the tile's output channels across the word.
+    k = full.reshape(cot, cfg.cols, cw * cfg.cols, kh, kw).transpose(0, 3, 4, 2, 1)
+    return _words_from_lanes(k.reshape(-1, cfg.cols))
+
+
+def linear_as_conv(w, in_shape):
+    """A fully connected layer's ``(Cout, C*H*W)`` weights as a conv kernel over ``(C, H, W)``."""
+    return np.asarray(w).reshape(w.shape[0], *in_shape)
