@@ -72,7 +72,7 @@ class _Window(wiring.Component):
     i : In(stream.Signature(...))
         ``value`` (``lanes`` signed ``in_bits``), ``index``, ``emit`` and ``meta``, passed on.
     o : Out(stream.Signature(...))
-        ``value`` (``lanes`` signed ``in_bits + 2``) and ``meta``.
+        ``value`` (``lanes`` signed ``out_bits``, enough for a sum of three) and ``meta``.
     k3 : In(1)
         Window of three (else two).
     avg : In(1)
@@ -81,14 +81,14 @@ class _Window(wiring.Component):
         A beat is inside.
     """
 
-    def __init__(self, *, lanes, in_bits, depth, meta):
+    def __init__(self, *, lanes, in_bits, out_bits, depth, meta):
         self._depth = depth
         self._elem = data.ArrayLayout(signed(in_bits), lanes)
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({
                 "value": self._elem, "index": range(depth), "emit": 1, "meta": meta}))),
             "o": Out(stream.Signature(data.StructLayout({
-                "value": data.ArrayLayout(signed(in_bits + 2), lanes), "meta": meta}))),
+                "value": data.ArrayLayout(signed(out_bits), lanes), "meta": meta}))),
             "k3": In(1),
             "avg": In(1),
             "busy": Out(1),
@@ -287,14 +287,16 @@ class PoolEngine(wiring.Component):
     def elaborate(self, platform):
         cfg = self._cfg
         m = Module()
+        row_bits, window_bits = _sum_bits(cfg, _KMAX), _sum_bits(cfg, _KMAX * _KMAX)
         column = data.StructLayout({"index": range(self.line_words), "emit": 1})
         m.submodules.rows = rows = _Window(
-            lanes=cfg.cols, in_bits=cfg.data_bits, depth=_TILE_DEPTH, meta=column)
+            lanes=cfg.cols, in_bits=cfg.data_bits, out_bits=row_bits, depth=_TILE_DEPTH,
+            meta=column)
         m.submodules.columns = columns = _Window(
-            lanes=cfg.cols, in_bits=_sum_bits(cfg, _KMAX), depth=self.line_words,
+            lanes=cfg.cols, in_bits=row_bits, out_bits=window_bits, depth=self.line_words,
             meta=data.StructLayout({}))
         m.submodules.finish = finish = _Finish(
-            lanes=cfg.cols, in_bits=_sum_bits(cfg, _KMAX * _KMAX), word=word_layout(cfg))
+            lanes=cfg.cols, in_bits=window_bits, word=word_layout(cfg))
         m.submodules.scan = scan = _Scan(cfg, o_layout=rows.i.payload.shape())
 
         wiring.connect(m, wiring.flipped(self.cmd), scan.cmd)
