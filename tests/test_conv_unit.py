@@ -6,7 +6,7 @@ from amaranth.sim import Simulator
 from systolic.hw import layout
 from systolic.hw.config import AcceleratorConfig
 from systolic.hw.core import Core
-from systolic.hw.isa import Mem, describe_conv, layer_layout, pack_params
+from systolic.hw.isa import Mem, describe_conv, describe_pool, layer_layout, pack_params
 from systolic.sw import arith
 
 
@@ -29,46 +29,10 @@ def run_core(cfg, x, w, b, m, s, *, stride, pad, relu, out_base=None):
     d = describe_conv(cfg, cin=cin, h=h, w=wd, cout=cout, kh=kh, kw=kw, stride=stride, pad=pad,
                       relu=relu, in_base=0, out_base=out_base)
     n_out = d["out_h"] * d["out_w"] * d["cout_tiles"]
-    dut = Core(cfg)
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    result = {}
-
-    async def bench(ctx):
-        for mem, words in ((Mem.ACT, xw), (Mem.WEIGHT, layout.conv_weight_words(cfg, w)),
-                           (Mem.PARAM, pack_params(cfg, b, m, s))):
-            for a, v in enumerate(words):
-                ctx.set(dut.load.payload, {"mem": mem, "addr": a, "data": v})
-                ctx.set(dut.load.valid, 1)
-                await ctx.tick().until(dut.load.ready)
-        ctx.set(dut.load.valid, 0)
-        ctx.set(dut.cmd.payload, layer_layout(cfg).const(d))
-        ctx.set(dut.cmd.valid, 1)
-        await ctx.tick().until(dut.cmd.ready)
-        ctx.set(dut.cmd.valid, 0)
-        await ctx.tick()
-        for _ in range(200_000):
-            if not ctx.get(dut.busy):
-                break
-            await ctx.tick()
-        else:
-            raise AssertionError("the engine did not finish")
-        result["cycles"] = ctx.get(dut.cycles)
-        ctx.set(dut.rd_data.ready, 1)
-        words = []
-        for a in range(n_out):
-            ctx.set(dut.rd_addr.payload, out_base + a)
-            ctx.set(dut.rd_addr.valid, 1)
-            await ctx.tick().until(dut.rd_addr.ready)
-            ctx.set(dut.rd_addr.valid, 0)
-            (data,) = await ctx.tick().sample(dut.rd_data.payload).until(dut.rd_data.valid)
-            words.append(data.as_value().value)
-        result["words"] = words
-
-    sim.add_testbench(bench)
-    sim.run()
-    y = layout.unpack_activations(cfg, result["words"], cout, d["out_h"], d["out_w"])
-    return y, result["cycles"]
+    loads = {Mem.ACT: xw, Mem.WEIGHT: layout.conv_weight_words(cfg, w),
+             Mem.PARAM: pack_params(cfg, b, m, s)}
+    words, (cycles,) = run_layers(cfg, loads, [d], out_base, n_out)
+    return layout.unpack_activations(cfg, words, cout, d["out_h"], d["out_w"]), cycles
 
 
 CASES = [
@@ -110,3 +74,74 @@ def test_saturation_corners():
     assert np.array_equal(y, exp)
     assert (exp == 127).any()
     assert (exp == -128).any()
+
+
+def run_layers(cfg, loads, descriptors, read_base, n_words):
+    """Load ``loads`` ({Mem: words}), run ``descriptors`` in order, read ``n_words`` back."""
+    dut = Core(cfg)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    result = {"cycles": []}
+
+    async def bench(ctx):
+        for mem, words in loads.items():
+            for a, v in enumerate(words):
+                ctx.set(dut.load.payload, {"mem": mem, "addr": a, "data": v})
+                ctx.set(dut.load.valid, 1)
+                await ctx.tick().until(dut.load.ready)
+        ctx.set(dut.load.valid, 0)
+        for d in descriptors:
+            ctx.set(dut.cmd.payload, layer_layout(cfg).const(d))
+            ctx.set(dut.cmd.valid, 1)
+            await ctx.tick().until(dut.cmd.ready)
+            ctx.set(dut.cmd.valid, 0)
+            await ctx.tick()
+            for _ in range(200_000):
+                if not ctx.get(dut.busy):
+                    break
+                await ctx.tick()
+            else:
+                raise AssertionError("the engine did not finish")
+            result["cycles"].append(ctx.get(dut.cycles))
+        ctx.set(dut.rd_data.ready, 1)
+        words = []
+        for a in range(n_words):
+            ctx.set(dut.rd_addr.payload, read_base + a)
+            ctx.set(dut.rd_addr.valid, 1)
+            await ctx.tick().until(dut.rd_addr.ready)
+            ctx.set(dut.rd_addr.valid, 0)
+            (data,) = await ctx.tick().sample(dut.rd_data.payload).until(dut.rd_data.valid)
+            words.append(data.as_value().value)
+        result["words"] = words
+
+    sim.add_testbench(bench)
+    sim.run()
+    return result["words"], result["cycles"]
+
+
+@pytest.mark.parametrize("avg", [False, True])
+def test_conv_pool_conv_on_chip(avg):
+    """A three-layer chain with activations kept in activation memory between layers."""
+    cfg = AcceleratorConfig(rows=2, cols=4, act_depth=1024, weight_depth=1024, param_depth=16)
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (3, 7, 7)).astype(np.int8)
+    w1, b1, m1, s1 = random_conv(rng, 3, 6, 3)
+    w2, b2, m2, s2 = random_conv(rng, 6, 5, 2)
+    y1 = arith.requantize(arith.conv2d_acc(x, w1, b1, padding=1), m1, s1, relu=True)
+    y2 = (arith.avgpool2d if avg else arith.maxpool2d)(y1, 3, 2)
+    y3 = arith.requantize(arith.conv2d_acc(y2, w2, b2), m2, s2)
+    d1 = describe_conv(cfg, cin=3, h=7, w=7, cout=6, kh=3, kw=3, pad=1, relu=True,
+                       in_base=0, out_base=100, w_base=0, p_base=0)
+    d2 = describe_pool(cfg, channels=6, h=7, w=7, kernel=3, stride=2, avg=avg,
+                       in_base=100, out_base=300)
+    wa = layout.conv_weight_words(cfg, w1)
+    d3 = describe_conv(cfg, cin=6, h=3, w=3, cout=5, kh=2, kw=2, in_base=300, out_base=0,
+                       w_base=len(wa), p_base=2)
+    loads = {
+        Mem.ACT: layout.pack_activations(cfg, x),
+        Mem.WEIGHT: wa + layout.conv_weight_words(cfg, w2),
+        Mem.PARAM: pack_params(cfg, b1, m1, s1) + pack_params(cfg, b2, m2, s2),
+    }
+    words, cycles = run_layers(cfg, loads, [d1, d2, d3], 0, 2 * 2 * 2)
+    assert np.array_equal(layout.unpack_activations(cfg, words, 5, 2, 2), y3)
+    assert all(c > 0 for c in cycles)
