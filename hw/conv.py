@@ -24,15 +24,10 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .array import SystolicArray
-from .isa import layer_layout, param_layout
+from .isa import layer_layout, param_layout, word_layout
 from .requant import Requantizer
 
 __all__ = ["ConvEngine"]
-
-
-def word_layout(cfg):
-    """An activation or weight word: ``cols`` int8 lanes."""
-    return data.ArrayLayout(signed(cfg.data_bits), cfg.cols)
 
 
 class ConvEngine(wiring.Component):

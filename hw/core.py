@@ -9,8 +9,8 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .conv import ConvEngine, word_layout
-from .isa import Mem, Op, layer_layout, load_layout, param_layout
+from .conv import ConvEngine
+from .isa import Mem, Op, layer_layout, load_layout, param_layout, word_layout
 from .pool import PoolEngine
 
 __all__ = ["Core"]

@@ -23,7 +23,7 @@ from .config import AcceleratorConfig
 
 __all__ = [
     "Mem", "Op", "describe_conv", "describe_pool", "layer_layout", "load_layout",
-    "pack_descriptor", "pack_params", "param_layout",
+    "pack_descriptor", "pack_params", "param_layout", "word_layout",
 ]
 
 
@@ -54,6 +54,11 @@ def _signed_bits(cfg):
     # Address arithmetic in the convolution engine: wide enough for act_depth and negative
     # origins (padding) and steps.
     return cfg.act_addr_bits + 2
+
+
+def word_layout(cfg: AcceleratorConfig):
+    """An activation or weight word: ``cfg.cols`` int8 lanes, lane 0 in the low bits."""
+    return data.ArrayLayout(signed(cfg.data_bits), cfg.cols)
 
 
 def layer_layout(cfg: AcceleratorConfig):

@@ -20,17 +20,12 @@ from amaranth.lib.wiring import In, Out
 
 from ..sw import arith
 from .config import AcceleratorConfig
-from .isa import Op, layer_layout
+from .isa import Op, layer_layout, word_layout
 
-__all__ = ["PoolEngine", "pool_line_words", "word_layout"]
+__all__ = ["PoolEngine", "pool_line_words"]
 
 _KMAX = max(arith.POOL_KERNELS)
 _TILE_DEPTH = 256           # cin_words is an 8-bit descriptor field
-
-
-def word_layout(cfg: AcceleratorConfig):
-    """An activation word: ``cfg.cols`` int8 lanes, lane 0 in the least significant bits."""
-    return data.ArrayLayout(signed(cfg.data_bits), cfg.cols)
 
 
 def pool_line_words(cfg: AcceleratorConfig):

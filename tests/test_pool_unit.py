@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 from systolic.hw.config import AcceleratorConfig
-from systolic.hw.isa import describe_pool
-from systolic.hw.pool import PoolEngine, _Finish, pool_line_words, word_layout
+from systolic.hw.isa import describe_pool, word_layout
+from systolic.hw.pool import PoolEngine, _Finish, pool_line_words
 from systolic.sw import arith
 
 CFG = AcceleratorConfig(rows=2, cols=4, act_depth=1024, max_dim=32)
