@@ -45,8 +45,9 @@ class AcceleratorConfig:
         connected layers run as a convolution whose kernel covers the whole input.
     max_dim : int
         Largest feature map height or width.
-    conv, pool : bool
-        Which engines are present.
+    pool : bool
+        Whether the pooling engine is present (the convolution engine always is: it also runs
+        the fully connected layers).
     target : str
         Multiplier implementation: ``generic`` (inferred, for simulation), ``ecp5``
         (MULT18X18D with registered inputs and outputs) or ``ice40`` (SB_MAC16).
@@ -59,7 +60,6 @@ class AcceleratorConfig:
     param_depth: int = 64
     max_kernel: int = 7
     max_dim: int = 255
-    conv: bool = True
     pool: bool = True
     target: str = "generic"
 
@@ -90,8 +90,6 @@ class AcceleratorConfig:
             raise ConfigError(f"max_dim must be between 8 and 4095, not {self.max_dim!r}")
         if self.target not in TARGETS:
             raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {self.target!r}")
-        if not (self.conv or self.pool):
-            raise ConfigError("At least one engine (conv or pool) must be present")
 
     # Derived values ---------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ COMMANDS = [
     "systolic.sw.train",
     "systolic.sw.quantize",
     "systolic.sw.golden",
+    "systolic.hw.generate",
 ]
 
 

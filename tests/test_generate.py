@@ -1,0 +1,55 @@
+"""``systolic generate``: Verilog and manifest, and its errors."""
+
+import json
+import re
+
+import pytest
+from systolic.hw.config import PRESETS, AcceleratorConfig, ConfigError, preset
+from systolic.sw.cli import main
+
+
+def test_generate_writes_verilog_and_manifest(tmp_path, capsys):
+    main(["generate", "--preset", "small", "-o", str(tmp_path), "--json"])
+    man = json.loads(capsys.readouterr().out)
+    text = (tmp_path / "systolic_core.v").read_text()
+    assert "module systolic_core(" in text
+    assert man == json.loads((tmp_path / "manifest.json").read_text())
+    cfg = PRESETS["small"]
+    assert man["config"]["rows"] == cfg.rows
+    assert man["dsps"]["count"] == cfg.rows * cfg.cols
+    names = {p["name"]: p for p in man["ports"]}
+    assert names["cmd__payload"]["direction"] == "in"
+    assert names["rd_data__payload"]["width"] == cfg.cols * 8
+    assert {m["name"] for m in man["memories"]} >= {"act", "weights", "params"}
+
+
+def test_generate_overrides(tmp_path, capsys):
+    main(["generate", "--rows", "4", "--cols", "8", "--target", "ecp5", "-o", str(tmp_path),
+          "--json"])
+    man = json.loads(capsys.readouterr().out)
+    assert (man["config"]["rows"], man["config"]["cols"]) == (4, 8)
+    assert man["dsps"] == {"count": 32, "kind": "MULT18X18D"}
+    assert "MULT18X18D" in (tmp_path / "systolic_core.v").read_text()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--preset", "huge"], r"systolic: error: Unknown preset 'huge'; known presets: default, "
+                           r"small, big\n"),
+    (["--rows", "8", "--cols", "4"], r"systolic: error: Array rows must not exceed cols "
+                                     r"\(8 > 4\)"),
+    (["--act-depth", "1000"], r"systolic: error: act_depth must be a power of two between 16 "
+                              r"and 2\*\*20, not 1000\n"),
+])
+def test_generate_rejects_bad_configs(tmp_path, capsys, argv, message):
+    assert main(["generate", *argv, "-o", str(tmp_path)]) == 2
+    assert re.match(message, capsys.readouterr().err)
+
+
+def test_config_checks():
+    with pytest.raises(ConfigError, match=r"^Array cols must be an integer between 1 and 32, "
+                                          r"not 0$"):
+        AcceleratorConfig(cols=0)
+    with pytest.raises(ConfigError, match=r"^target must be one of generic, ecp5, ice40, "
+                                          r"not 'xilinx'$"):
+        AcceleratorConfig(target="xilinx")
+    assert preset("big").pes == 144
