@@ -12,6 +12,9 @@ The vectors come from the JSON file named by ``$SYSTOLIC_VECTORS`` (written by
                 "source": str, "sink": str, "seed": int,    # Backpressure patterns
                 "reset_after": int or null}, ...]}     # cycles into the first layer
 
+With ``$SYSTOLIC_RESULTS`` set, the cycles of every layer (the core's ``cycles`` counter) of
+every passing case are written there as JSON.
+
 A case with ``reset_after`` asserts reset that many cycles into its first layer and checks the
 core is idle and ready afterwards; the next case must then pass exactly. Memories keep their
 contents across a reset, as block RAM does.
@@ -96,6 +99,7 @@ async def core_layers(dut):
         vectors = json.load(f)
     tb = CoreTestbench(dut, vectors["load_addr_bits"])
     await reset(dut, tb.clk)
+    report = []
     for case in vectors["cases"]:
         t0 = get_sim_time("ns")
         budget = 50 * (len(case["loads"]) + len(case["expected"])) + case.get("budget", 200_000)
@@ -105,3 +109,8 @@ async def core_layers(dut):
                       tb.layer_cycles[-len(case["cmds"]):])
         if got is not None:
             check(case, [int(w) for w in got])
+            report.append({"name": case["name"],
+                           "layer_cycles": tb.layer_cycles[-len(case["cmds"]):]})
+    if "SYSTOLIC_RESULTS" in os.environ:
+        with open(os.environ["SYSTOLIC_RESULTS"], "w") as f:
+            json.dump(report, f)
