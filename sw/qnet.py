@@ -234,8 +234,8 @@ class QNet:
                 a = getattr(layer, name)
                 if not isinstance(a, np.ndarray) or a.dtype != np.dtype(dtype):
                     got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
-                    raise QnetError(f"layer {i} ({layer.KIND}): {name} must be a {dtype} "
-                                    f"array, not {got}")
+                    raise QnetError(f"layer {i} ({layer.KIND}): {name} must be an array of "
+                                    f"dtype {dtype}, not {got}")
             if layer.w_scale.shape != layer.b.shape or not np.all(layer.w_scale > 0):
                 raise QnetError(f"layer {i} ({layer.KIND}): w_scale must be positive, one per "
                                 f"output channel")
@@ -333,9 +333,12 @@ class QNet:
 
 
 def _parse(raw):
-    if len(raw) < _PREAMBLE.size or raw[:len(MAGIC)] != MAGIC:
+    if raw[:len(MAGIC)] != MAGIC:
         raise QnetError(f"magic bytes must be {MAGIC!r}, not {raw[:len(MAGIC)]!r}; this is "
                         "not a .qnet file")
+    if len(raw) < _PREAMBLE.size:
+        raise QnetError(f"file is truncated: its preamble needs {_PREAMBLE.size} bytes, "
+                        f"not {len(raw)}")
     _, version, hlen = _PREAMBLE.unpack_from(raw)
     if version != FORMAT_VERSION:
         raise QnetError(f"format version must be {FORMAT_VERSION}, not {version}; re-run "
