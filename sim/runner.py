@@ -208,7 +208,7 @@ def _build(runner, sim, *, verilog_text, name, build_dir, waves):
         stamp.write_text(json.dumps({"sim": sim, "time": time.time()}))
 
 
-def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=False,
+def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=None,
                parameters=None, extra_env=None, timeout=600, testcase=None, seed=None):
     """Simulate ``top`` with the cocotb tests in ``test_module`` and check that they all pass.
 
@@ -225,9 +225,10 @@ def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=Fa
     build_key : object
         JSON-serializable description of the configuration (e.g. ``cfg.as_dict()``); it goes
         into the build directory's hash together with the Verilog text.
-    waves : bool
-        Record waveforms: Icarus writes ``<name>.fst`` in the build directory, Verilator
-        ``dump.vcd`` in the run directory next to the results file.
+    waves : bool or None
+        Record waveforms; ``None`` records them when ``$SYSTOLIC_WAVES`` is set (so
+        ``SYSTOLIC_WAVES=1 pytest ...`` records every test's). Icarus writes ``<name>.fst`` in
+        the build directory, Verilator ``dump.vcd`` in the run directory next to the results.
     parameters : dict
         Verilog parameters of the top level (Amaranth emits none; for hand-written tops).
     extra_env : dict
@@ -252,6 +253,8 @@ def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=Fa
     """
     if not isinstance(top, wiring.Component):
         raise SimulationError(f"top must be an amaranth wiring.Component, not {top!r}")
+    if waves is None:
+        waves = bool(os.environ.get("SYSTOLIC_WAVES"))
     # Elaborate first: an Amaranth design that is never elaborated warns when collected.
     verilog_text = verilog.convert(top, name=name)
     _prepare_simulator(sim)
