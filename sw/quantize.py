@@ -16,6 +16,7 @@ Per the arithmetic contract (``docs/arithmetic.md``):
 """
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -252,6 +253,9 @@ def _run(args):
         raise SystolicError(f"--calib must be at least 1, not {args.calib}")
     if args.qat_epochs < 0:
         raise SystolicError(f"--qat-epochs must be at least 0, not {args.qat_epochs}")
+    if not Path(args.output).parent.is_dir():
+        raise SystolicError(f"{args.output}: directory "
+                            f"{str(Path(args.output).parent)!r} must exist")
     train.set_threads()
     ckpt = train.load_checkpoint(args.checkpoint)
     split = data.load(ckpt.dataset, args.data_dir)

@@ -161,8 +161,12 @@ def save_checkpoint(path, model, *, arch, input_shape, dataset, p_max):
     ------
     models.ModelError
         When the model is not supported by the accelerator.
+    CheckpointError
+        When the directory of ``path`` does not exist.
     """
     spec = models.model_spec(model, input_shape)
+    if not Path(path).parent.is_dir():
+        raise CheckpointError(f"{path}: directory {str(Path(path).parent)!r} must exist")
     torch.save({
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": arch, "spec": spec,
         "input_shape": list(input_shape), "dataset": dataset, "p_max": int(p_max),
@@ -204,6 +208,9 @@ def load_checkpoint(path):
 
 
 def _run(args):
+    if not Path(args.output).parent.is_dir():
+        raise CheckpointError(f"{args.output}: directory "
+                              f"{str(Path(args.output).parent)!r} must exist")
     set_threads()
     split = data_mod.load(args.dataset, args.data_dir)
     arch = args.arch or next(a.name for a in models.ARCHS.values() if a.dataset == args.dataset)

@@ -72,6 +72,8 @@ def test_help_teaches(capsys):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["eval", "missing.qnet"], r"missing\.qnet: file not found; make one with"),
+    (["train", "-o", "no/such/dir/m.pt"],
+     r"no/such/dir/m\.pt: directory 'no/such/dir' must exist$"),
     (["quantize", "missing.pt", "-o", "x.qnet"], r"missing\.pt: checkpoint file not found"),
     (["train", "--dataset", "mnist", "-o", "x.pt"],
      r"the mnist data set needs a directory of IDX files; pass --data-dir DIR"),
