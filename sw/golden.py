@@ -15,7 +15,7 @@ import numpy as np
 from . import arith
 from .qnet import Conv, Flatten, Linear, Pool, QNet
 
-__all__ = ["GoldenResult", "add_parser", "predict", "run", "run_layer"]
+__all__ = ["GoldenResult", "add_parser", "evaluate", "predict", "run", "run_layer"]
 
 
 @dataclass(eq=False)
