@@ -126,17 +126,26 @@ class SynthReport:
                 f"DSP {self.dsps}/{self.totals['dsps']}, BRAM {self.brams}/{self.totals['brams']}; "
                 f"fmax {fmax} MHz, target {self.target_mhz:g} MHz ({verdict})")
 
-    def format_critical_path(self):
-        """The critical path, one segment a line, as nextpnr's log prints it."""
-        lines = []
-        total = 0.0
+    def format_critical_path(self, min_delay=0.15):
+        """The critical path, one segment a line: type, delay, running total (ns), from -> to.
+
+        Runs of segments shorter than ``min_delay`` (carry-chain hops) are folded into one line.
+        """
+        lines, total, skipped, skipped_ns = [], 0.0, 0, 0.0
         for seg in self.critical_path:
-            total += seg.get("delay", 0.0)
+            delay = seg.get("delay", 0.0)
+            total += delay
+            if delay < min_delay and seg.get("type") not in ("clk-to-q", "setup"):
+                skipped, skipped_ns = skipped + 1, skipped_ns + delay
+                continue
+            if skipped:
+                lines.append(f"{'...':>9} {skipped_ns:6.2f} {total - delay:6.2f}  "
+                             f"({skipped} short segments)")
+                skipped, skipped_ns = 0, 0.0
             src, dst = seg.get("from", {}), seg.get("to", {})
-            where = f"{src.get('cell', '?')}.{src.get('port', '?')} -> " \
-                    f"{dst.get('cell', '?')}.{dst.get('port', '?')}"
-            lines.append(f"{seg.get('type', '?'):>9} {seg.get('delay', 0.0):6.2f} {total:6.2f}  "
-                         f"{where}")
+            lines.append(f"{seg.get('type', '?'):>9} {delay:6.2f} {total:6.2f}  "
+                         f"{src.get('cell', '?')}.{src.get('port', '?')} -> "
+                         f"{dst.get('cell', '?')}.{dst.get('port', '?')}")
         return "\n".join(lines)
 
 
