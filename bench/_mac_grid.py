@@ -5,9 +5,14 @@ array (`systolic.hw.array`) exists; it is not part of the accelerator. Each PE p
 activation right and its weight down through one register each, multiplies them with a
 `Multiplier` and accumulates the product into 32 bits; a ``first`` bit that travels with the
 activation makes the accumulator load the product instead of adding it.
+
+``retimed=True`` is the variant the 8 × 8 measurements point to: one more fabric register on the
+product (the DSP-to-fabric route gets a cycle of its own) and the ``first`` flag folded into the
+adder's operand (``(acc & ~first) + p`` fits the carry chain's LUTs, so no multiplexer follows
+the 32-bit carry chain).
 """
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from systolic.hw.dsp import LATENCY, Multiplier
@@ -38,8 +43,9 @@ class MacPE(wiring.Component):
     first_out: Out(1)
     acc: Out(signed(ACC_BITS))
 
-    def __init__(self, target):
+    def __init__(self, target, retimed=False):
         self.target = target
+        self.retimed = retimed
         super().__init__()
 
     def elaborate(self, platform):
@@ -48,16 +54,25 @@ class MacPE(wiring.Component):
         m.d.comb += [mul.a.eq(self.a_in), mul.b.eq(self.w_in)]
         m.d.sync += [self.a_out.eq(self.a_in), self.w_out.eq(self.w_in),
                      self.first_out.eq(self.first_in)]
+        product = mul.p
+        if self.retimed:
+            product = Signal.like(mul.p, name="p_fabric", reset_less=True)
+            m.d.sync += product.eq(mul.p)
         # The flag is delayed as far as the product, so both reach the accumulator together.
         first = self.first_in
-        for i in range(LATENCY):
+        for i in range(LATENCY + self.retimed):
             delayed = Signal(name=f"first_d{i + 1}")
             m.d.sync += delayed.eq(first)
             first = delayed
-        with m.If(first):
-            m.d.sync += self.acc.eq(mul.p)
-        with m.Else():
-            m.d.sync += self.acc.eq(self.acc + mul.p)
+        if self.retimed:
+            kept = Signal.like(self.acc)
+            m.d.comb += kept.eq(Mux(first, 0, self.acc))
+            m.d.sync += self.acc.eq(kept + product)
+        else:
+            with m.If(first):
+                m.d.sync += self.acc.eq(product)
+            with m.Else():
+                m.d.sync += self.acc.eq(self.acc + product)
         return m
 
 
@@ -74,8 +89,8 @@ class MacGrid(wiring.Component):
         Every PE's accumulator, row-major.
     """
 
-    def __init__(self, rows, cols, target="ecp5"):
-        self.rows, self.cols, self.target = rows, cols, target
+    def __init__(self, rows, cols, target="ecp5", retimed=False):
+        self.rows, self.cols, self.target, self.retimed = rows, cols, target, retimed
         super().__init__({
             "a": In(data.ArrayLayout(signed(8), rows)),
             "first": In(rows),
@@ -85,7 +100,8 @@ class MacGrid(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        pes = [[MacPE(self.target) for _ in range(self.cols)] for _ in range(self.rows)]
+        pes = [[MacPE(self.target, self.retimed) for _ in range(self.cols)]
+               for _ in range(self.rows)]
         for r in range(self.rows):
             for c in range(self.cols):
                 pe = pes[r][c]

@@ -29,14 +29,14 @@ except ImportError:  # the array is being written; the grid stands in for it
     SystolicArray = None
 
 
-def build(subject, rows, cols, target):
+def build(subject, rows, cols, target, retimed=False):
     """The component to measure."""
     if subject == "array":
         if SystolicArray is None:
             raise SystolicError("Subject 'array' needs systolic.hw.array.SystolicArray, which "
                                 "does not import; use --subject grid")
         return SystolicArray(AcceleratorConfig(rows=rows, cols=cols, target=target))
-    return MacGrid(rows, cols, target)
+    return MacGrid(rows, cols, target, retimed)
 
 
 def main(argv=None):
@@ -52,6 +52,8 @@ def main(argv=None):
     parser.add_argument("--clock", type=float, default=150.0, help="target clock in MHz")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=Path("build/bench"))
+    parser.add_argument("--retimed", action="store_true",
+                        help="grid only: fabric product register and first folded into the add")
     parser.add_argument("--json", action="store_true", help="print one JSON record per run")
     args = parser.parse_args(argv)
 
@@ -63,13 +65,16 @@ def main(argv=None):
                 raise SystolicError(
                     f"target must be one of {', '.join(TARGETS)}, not {target!r}")
             name = f"{args.subject}_{args.rows}x{args.cols}_{target}"
+            if args.subject == "grid" and args.retimed:
+                name += "_retimed"
             start = time.monotonic()
-            report = synthesize(build(args.subject, args.rows, args.cols, target),
+            report = synthesize(build(args.subject, args.rows, args.cols, target, args.retimed),
                                 family=args.family, device=args.device, clock_mhz=args.clock,
                                 workdir=args.workdir / name, name=name, seed=args.seed)
             pes = args.rows * args.cols
             record = {
-                "subject": args.subject, "rows": args.rows, "cols": args.cols,
+                "subject": args.subject, "retimed": args.retimed,
+                "rows": args.rows, "cols": args.cols,
                 "target": target, "family": report.family, "device": report.device,
                 "pes": pes, "dsps": report.dsps, "luts": report.luts, "ffs": report.ffs,
                 "brams": report.brams, "fmax_mhz": report.fmax_mhz,

@@ -258,13 +258,16 @@ def synthesize(component, *, family="ecp5", device=None, package=None, clock_mhz
         raise SynthError(f"Out-of-context place and route is available for ecp5 only, "
                          f"not {family!r}; pass out_of_context=False")
 
+    # Find both tools before spending time on conversion and synthesis.
+    yosys, nextpnr = _tool("yosys"), _tool(f"nextpnr-{family}")
+
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     top = component if out_of_context else PortFolder(component)
     (workdir / f"{name}.v").write_text(verilog.convert(top, name=name))
 
     (workdir / "synth.ys").write_text(_yosys_script(family, name))
-    _run("yosys", ["-q", "-l", "yosys.log", "-s", "synth.ys"], workdir, "yosys.log")
+    _run(yosys, "yosys", ["-q", "-l", "yosys.log", "-s", "synth.ys"], workdir, "yosys.log")
 
     pnr_args = [f"--{device}", "--package", package, "--json", f"{name}.json",
                 "--freq", f"{clock_mhz:g}", "--report", "report.json", "--timing-allow-fail",
@@ -273,7 +276,7 @@ def synthesize(component, *, family="ecp5", device=None, package=None, clock_mhz
         pnr_args += ["--out-of-context"] if out_of_context else ["--lpf-allow-unconstrained"]
     else:
         pnr_args += ["--pcf-allow-unconstrained"]
-    _run(f"nextpnr-{family}", pnr_args, workdir, "nextpnr.log", progress=progress)
+    _run(nextpnr, f"nextpnr-{family}", pnr_args, workdir, "nextpnr.log", progress=progress)
 
     return _parse(workdir, name=name, family=family, device=device, package=package,
                   clock_mhz=float(clock_mhz), out_of_context=out_of_context)
@@ -322,8 +325,7 @@ def _tail(path, lines=20):
     return "\n".join(text[-lines:])
 
 
-def _run(tool, args, cwd, log, *, progress=False):
-    exe = _tool(tool)
+def _run(exe, tool, args, cwd, log, *, progress=False):
     out = Path(cwd) / f"{tool}.out"
     with open(out, "w") as stdout:
         proc = subprocess.Popen([exe, *args], cwd=cwd, stdout=stdout, stderr=subprocess.STDOUT,
