@@ -4,7 +4,6 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from . import dsp
 from .pe import ProcessingElement
 
 __all__ = ["SystolicArray"]
@@ -55,7 +54,7 @@ class SystolicArray(wiring.Component):
 
     def row_ready_delay(self, row):
         """Cycles from a ``first`` pulse at the inputs until row ``row``'s sums are complete."""
-        return row + self._cfg.cols + dsp.LATENCY
+        return row + self._cfg.cols + ProcessingElement.CAPTURE
 
     def elaborate(self, platform):
         m = Module()

@@ -1,6 +1,6 @@
 """The processing element: one int8 × int8 multiplier and one int32 accumulator."""
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -33,8 +33,18 @@ class ProcessingElement(wiring.Component):
     a_out, w_out, first_out : Out
         The same, registered, to the right / bottom neighbour.
     result : Out(signed(32))
-        The sum of the previous tile, valid from the third cycle after ``first`` arrived here.
+        The sum of the previous tile, valid `CAPTURE` + 1 cycles after ``first`` arrived here.
+
+    Notes
+    -----
+    The product is registered once more in the fabric before the accumulator: the route out
+    of the DSP block and the 32-bit carry chain then sit in different cycles (at 8×8 on an
+    ECP5-85F, that route alone is ~5 ns). ``first`` clears the accumulator operand rather
+    than selecting the product, so the clear folds into the carry chain's own LUTs.
     """
+
+    #: Cycles from ``first`` at the PE's input to the capture of ``result``.
+    CAPTURE = dsp.LATENCY + 1
 
     a_in: In(signed(8))
     w_in: In(signed(8))
@@ -57,14 +67,15 @@ class ProcessingElement(wiring.Component):
             self.w_out.eq(self.w_in),
             self.first_out.eq(self.first_in),
         ]
+        product = Signal(signed(16))
+        m.d.sync += product.eq(mul.p)
         # The flag waits as long as the product does.
-        first_d = [Signal(name=f"first_d{i}") for i in range(dsp.LATENCY)]
+        first_d = [Signal(name=f"first_d{i}") for i in range(self.CAPTURE)]
         m.d.sync += first_d[0].eq(self.first_in)
         for prev, nxt in zip(first_d, first_d[1:]):
             m.d.sync += nxt.eq(prev)
         acc = Signal(signed(32))
+        m.d.sync += acc.eq(Mux(first_d[-1], 0, acc) + product)
         with m.If(first_d[-1]):
-            m.d.sync += [self.result.eq(acc), acc.eq(mul.p)]
-        with m.Else():
-            m.d.sync += acc.eq(acc + mul.p)
+            m.d.sync += self.result.eq(acc)
         return m
