@@ -40,6 +40,8 @@ class AcceleratorConfig:
         Weight memory depth in words of ``cols`` int8 weights (power of two).
     param_depth : int
         Requantization parameter memory depth in channel tiles (power of two).
+    program_depth : int
+        Layer descriptors the controller's program memory holds (power of two, at most 256).
     max_kernel : int
         Largest kernel (height or width) the convolution engine's counters can hold. Fully
         connected layers run as a convolution whose kernel covers the whole input.
@@ -58,6 +60,7 @@ class AcceleratorConfig:
     act_depth: int = 4096
     weight_depth: int = 8192
     param_depth: int = 64
+    program_depth: int = 64
     max_kernel: int = 7
     max_dim: int = 255
     pool: bool = True
@@ -84,6 +87,9 @@ class AcceleratorConfig:
             if not isinstance(v, int) or not _pow2(v) or not 16 <= v <= (1 << 20):
                 raise ConfigError(
                     f"{name} must be a power of two between 16 and 2**20, not {v!r}")
+        if not _pow2(self.program_depth) or not 2 <= self.program_depth <= 256:
+            raise ConfigError(f"program_depth must be a power of two between 2 and 256, "
+                              f"not {self.program_depth!r}")
         if not 1 <= self.max_kernel <= 15:
             raise ConfigError(f"max_kernel must be between 1 and 15, not {self.max_kernel!r}")
         if not 8 <= self.max_dim <= 4095:

@@ -17,13 +17,14 @@ Memory layouts (see `describe_conv`):
 """
 
 from amaranth.hdl import signed
-from amaranth.lib import data, enum
+from amaranth.lib import crc, data, enum
 
 from .config import AcceleratorConfig
 
 __all__ = [
-    "Mem", "Op", "describe_conv", "describe_pool", "layer_layout", "load_layout",
-    "pack_descriptor", "pack_params", "param_layout", "word_layout",
+    "FRAME_CRC", "MAX_PAYLOAD", "SYNC_REPLY", "SYNC_REQUEST", "Error", "Mem", "Op", "Reply",
+    "Request", "describe_conv", "describe_pool", "layer_layout", "load_layout", "mem_depth",
+    "mem_word_bytes", "pack_descriptor", "pack_params", "param_layout", "word_layout",
 ]
 
 
@@ -32,6 +33,7 @@ class Mem(enum.Enum, shape=2):
     ACT = 0       #: activations: input images, layer outputs
     WEIGHT = 1    #: weight words
     PARAM = 2     #: requantization parameters (bias, M, shift per lane)
+    PROGRAM = 3   #: layer descriptors (the controller's program memory)
 
 
 def load_layout(cfg: AcceleratorConfig):
@@ -54,6 +56,58 @@ def _signed_bits(cfg):
     # Address arithmetic in the convolution engine: wide enough for act_depth and negative
     # origins (padding) and steps.
     return cfg.act_addr_bits + 2
+
+
+# ---- The host interface: framed byte streams (see docs/protocol.md) ---------------------------
+
+SYNC_REQUEST = 0xA5     #: first byte of a host -> device frame
+SYNC_REPLY = 0x5A       #: first byte of a device -> host frame
+MAX_PAYLOAD = 1024      #: largest request payload in bytes (the frame buffer's size)
+#: The frame check: CRC-16/CCITT-FALSE over the frame after its sync byte, sent high byte first.
+FRAME_CRC = crc.catalog.CRC16_CCITT_FALSE
+
+
+class Request(enum.Enum, shape=8):
+    """Host -> device frame types."""
+    WRITE = 0x01    #: mem, addr (2), count (2), count words: load a memory
+    READ = 0x02     #: addr (2), count (2): read activation words back
+    RUN = 0x03      #: start, count: execute program entries start .. start+count-1
+    STATUS = 0x04   #: no payload: last error, program length, cycles of the last run
+    STATS = 0x05    #: start, count: the cycle counter of each program entry's last run
+
+
+class Reply(enum.Enum, shape=8):
+    """Device -> host frame types: exactly one per request frame."""
+    ACK = 0x81      #: WRITE applied
+    DATA = 0x82     #: READ or STATS data
+    DONE = 0x83     #: RUN finished: total cycles (4)
+    STATUS = 0x84   #: last error, program length, cycles of the last run (4)
+    ERROR = 0xFF    #: error code, request type: nothing was changed
+
+
+class Error(enum.Enum, shape=8):
+    """Error codes of an ERROR reply (and of STATUS's last error)."""
+    NONE = 0
+    BAD_CRC = 1         #: the frame check failed
+    UNKNOWN_REQUEST = 2  #: the request type is not one of `Request`
+    BAD_LENGTH = 3      #: the payload length does not match the request
+    TRUNCATED = 4       #: the frame stopped arriving before its end
+    BAD_ADDRESS = 5     #: the access would run past the end of a memory or the program
+    BAD_MEMORY = 6      #: WRITE names no memory
+    BAD_DESCRIPTOR = 7  #: RUN met a program entry with an unknown operation
+
+
+def mem_word_bytes(cfg, mem):
+    """Bytes per word of memory ``mem`` in a WRITE frame (little-endian words)."""
+    bits = {Mem.ACT: cfg.word_bits, Mem.WEIGHT: cfg.word_bits, Mem.PARAM: cfg.param_bits,
+            Mem.PROGRAM: layer_layout(cfg).size}[Mem(mem)]
+    return -(-bits // 8)
+
+
+def mem_depth(cfg, mem):
+    """Depth of memory ``mem`` in words."""
+    return {Mem.ACT: cfg.act_depth, Mem.WEIGHT: cfg.weight_depth, Mem.PARAM: cfg.param_depth,
+            Mem.PROGRAM: cfg.program_depth}[Mem(mem)]
 
 
 def word_layout(cfg: AcceleratorConfig):
