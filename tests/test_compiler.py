@@ -1,0 +1,187 @@
+"""The compiler: descriptors and memory images of the built-in architectures, fit errors with
+the message pinned, and the performance model's formula on known shapes."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from net_common import random_qnet
+from systolic.hw import layout
+from systolic.hw.config import AcceleratorConfig, preset
+from systolic.hw.isa import Mem, Op, describe_conv, pack_descriptor
+from systolic.sw import perfmodel
+from systolic.sw.compiler import FitError, compile_network
+from systolic.sw.errors import SystolicError
+from systolic.sw.qnet import Conv, Flatten, Linear, Pool, QNet
+
+
+def _conv(cin, cout, k, *, stride=1, pad=0, relu=True):
+    return Conv(np.ones((cout, cin, k, k), np.int8), np.zeros(cout, np.int32),
+                np.full(cout, 1, np.uint16), np.full(cout, 10, np.uint8), stride, pad, relu,
+                1.0, np.ones(cout))
+
+
+def _linear(k, cout):
+    return Linear(np.ones((cout, k), np.int8), np.zeros(cout, np.int32),
+                  np.full(cout, 1, np.uint16), np.full(cout, 10, np.uint8), False, 1.0,
+                  np.ones(cout))
+
+
+def _net(layers, shape):
+    return QNet(layers, shape, 255, "mnist", "custom")
+
+
+@pytest.mark.parametrize("arch", ["lenet-digits", "lenet5"])
+@pytest.mark.parametrize("name", ["default", "big"])
+def test_builtin_archs_compile(arch, name):
+    cfg = preset(name)
+    qnet = random_qnet(arch)
+    prog = compile_network(qnet, cfg)
+    hw = [i for i, lay in enumerate(qnet.layers) if not isinstance(lay, Flatten)]
+    assert [lay.index for lay in prog.layers] == hw
+    # Ping-pong: each layer reads where the previous one wrote, never where it writes.
+    src = prog.input_base
+    for lay in prog.layers:
+        assert lay.fields["in_base"] == src
+        assert lay.fields["out_base"] != src
+        assert pack_descriptor(cfg, lay.fields) == lay.command
+        src = lay.out_base
+    assert prog.output_base == src
+    assert prog.act_words <= cfg.act_depth
+    assert len(prog.weights) <= cfg.weight_depth
+    assert len(prog.params) <= cfg.param_depth
+    # The weight image is the concatenation of each layer's words, at its w_base.
+    for lay, base in zip(prog.layers, prog.w_bases):
+        layer = qnet.layers[lay.index]
+        if isinstance(layer, Conv):
+            words = layout.conv_weight_words(cfg, layer.w)
+        elif isinstance(layer, Linear):
+            words = layout.conv_weight_words(cfg, layout.linear_as_conv(layer.w, lay.in_shape))
+        else:
+            assert base is None
+            assert lay.fields["op"] in (Op.MAXPOOL, Op.AVGPOOL)
+            continue
+        assert lay.fields["w_base"] == base
+        assert prog.weights[base:base + len(words)] == words
+    assert prog.classes == 10
+    assert prog.output_words == -(-10 // cfg.cols)
+    loads = prog.loads()
+    assert sum(1 for m, _, _ in loads if m == Mem.WEIGHT) == len(prog.weights)
+
+
+def test_lenet_digits_descriptors():
+    prog = compile_network(random_qnet("lenet-digits"), preset("default"))
+    got = [(lay.kind, lay.in_shape, lay.out_shape, lay.macs) for lay in prog.layers]
+    assert got == [
+        ("conv", (1, 8, 8), (16, 8, 8), 8 * 8 * 16 * 9),
+        ("maxpool", (16, 8, 8), (16, 4, 4), 0),
+        ("conv", (16, 4, 4), (32, 4, 4), 4 * 4 * 32 * 16 * 9),
+        ("maxpool", (32, 4, 4), (32, 2, 2), 0),
+        ("linear", (32, 2, 2), (10, 1, 1), 128 * 10),
+    ]
+    fc = prog.layers[-1].fields
+    assert (fc["kh"], fc["kw"], fc["cin_words"], fc["cout_tiles"], fc["pad"]) == (2, 2, 4, 2, 0)
+
+
+def test_input_and_output_words():
+    cfg = preset("default")
+    qnet = random_qnet("lenet-digits")
+    prog = compile_network(qnet, cfg)
+    image = np.arange(64, dtype=np.int8).reshape(1, 8, 8)
+    assert prog.input_words(image) == layout.pack_activations(cfg, image)
+    logits = np.arange(-5, 5, dtype=np.int8)
+    words = layout.pack_activations(cfg, logits.reshape(10, 1, 1))
+    np.testing.assert_array_equal(prog.decode_output(words), logits)
+    with pytest.raises(SystolicError, match=r"^image must be int8 \(1, 8, 8\), not int16 "):
+        prog.input_words(image.astype(np.int16))
+
+
+def test_kernel_too_large():
+    cfg = preset("default")
+    qnet = _net([_conv(1, 4, 9), Flatten(), _linear(4 * 4 * 4, 3)], (1, 12, 12))
+    with pytest.raises(FitError, match=r"^layer 0 \(conv 1->4 9x9\): kernel size must be at "
+                                       r"most max_kernel 7, not 9x9; use a smaller kernel"):
+        compile_network(qnet, cfg)
+
+
+def test_linear_over_wide_map():
+    qnet = _net([_conv(1, 2, 3, pad=1), Flatten(), _linear(2 * 8 * 8, 3)], (1, 8, 8))
+    with pytest.raises(FitError, match=r"^layer 2 \(linear 128->3\): a fully connected layer "
+                                       r"runs as a convolution covering its 2x8x8 input, so "
+                                       r"the map must be at most 7x7, not 8x8; pool"):
+        compile_network(qnet, preset("default"))
+
+
+def test_activations_do_not_fit():
+    cfg = preset("small")
+    qnet = _net([_conv(1, 16, 3, pad=1), Flatten(), _linear(1, 1)], (1, 28, 28))
+    qnet.layers[2] = _linear(16 * 28 * 28, 2)
+    with pytest.raises(FitError, match=r"^activations must fit act_depth 2048 words, not 3920 "
+                                       r"\(two ping-pong buffers of 784 and 3136 words; the "
+                                       r"largest is the output of layer 0 \(conv 1->16 3x3\)"):
+        compile_network(qnet, cfg)
+
+
+def test_weights_do_not_fit():
+    qnet = random_qnet("lenet5")
+    with pytest.raises(FitError, match=r"^layer 5 \(linear 256->120\): weights must fit "
+                                       r"weight_depth 4096 words, not 8680 \(this layer "
+                                       r"needs 7680\); use a bigger "
+                                       r"preset \(--preset big\) or fewer channels$"):
+        compile_network(qnet, preset("small"))
+
+
+def test_params_do_not_fit():
+    cfg = dataclasses.replace(preset("default"), param_depth=16)
+    qnet = _net([_conv(1, 8, 1), _conv(8, 200, 1), Flatten(), _linear(200, 2)], (1, 1, 1))
+    with pytest.raises(FitError, match=r"^layer 1 \(conv 8->200 1x1\): parameters must fit "
+                                       r"param_depth 16 channel tiles, not 26; use a bigger "
+                                       r"preset"):
+        compile_network(qnet, cfg)
+
+
+def test_map_wider_than_max_dim():
+    cfg = AcceleratorConfig(max_dim=16)
+    qnet = _net([_conv(1, 1, 7, stride=2), Flatten(), _linear(49, 2)], (1, 20, 20))
+    with pytest.raises(FitError, match=r"^layer 0 \(conv 1->1 7x7\): input map 20x20 must be "
+                                       r"at most max_dim 16 wide and high, not 20; "):
+        compile_network(qnet, cfg)
+
+
+def test_pool_line_buffer():
+    cfg = AcceleratorConfig(max_dim=8)          # a line buffer of 32 words
+    qnet = _net([_conv(1, 64, 1), Pool("max", 2, 1), Flatten(), _linear(64 * 7 * 7, 2)],
+                (1, 8, 8))
+    with pytest.raises(FitError, match=r"^layer 1 \(maxpool 2x2 /1\): an output row must fit "
+                                       r"the pooling line buffer of 32 words, not 7 pixels x "
+                                       r"8 words; use fewer channels"):
+        compile_network(qnet, cfg)
+    # Without a pooling engine, pooling is unsupported.
+    with pytest.raises(FitError, match=r"^layer 1 \(maxpool 2x2 /1\): pooling needs the "
+                                       r"pooling engine; use a configuration with pool=True$"):
+        compile_network(qnet, cfg.replace(pool=False))
+
+
+class Upsample:
+    """A layer type the accelerator has no engine for."""
+
+    KIND = "upsample"
+
+    def out_shape(self, shape):
+        return shape
+
+
+def test_unsupported_layer():
+    qnet = _net([_conv(1, 2, 3), Upsample(), Flatten(), _linear(2 * 2 * 2, 2)], (1, 4, 4))
+    with pytest.raises(FitError, match=r"^layer 1 \(upsample\): layer type must be Conv, "
+                                       r"Linear, Pool or Flatten, not Upsample$"):
+        compile_network(qnet, preset("default"))
+
+
+def test_perfmodel_formula():
+    """The measured 8x8 conv 16->16 3x3 on an 8x8 map: 2390 cycles (2304 feeding the array)."""
+    cfg = preset("default")
+    fields = describe_conv(cfg, cin=16, h=8, w=8, cout=16, kh=3, kw=3, pad=1)
+    assert perfmodel.predict_cycles(cfg, fields) == 2390
+    assert perfmodel.layer_macs(fields, 16, 16) == 64 * 16 * 16 * 9
+    assert perfmodel.utilization(cfg, 147456, 2390) == 147456 / (2390 * 64)
