@@ -1,0 +1,122 @@
+"""``systolic demo``: the whole flow on the built-in digits, from training to RTL, in minutes.
+
+Trains lenet-digits with the training defaults, quantizes it, compiles it for an accelerator
+preset, writes the core's Verilog, runs test images through the RTL and compares float, int8
+golden and RTL results.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SystolicError
+
+__all__ = ["add_parser", "run_demo"]
+
+
+def run_demo(out_dir, *, preset_name="default", images=40, sim="verilator", epochs=None,
+             seed=0, log=print):
+    """Run the demo, writing into ``out_dir``; returns the report as a dict.
+
+    Files written: ``model.pt``, ``model.qnet``, ``core.v``, ``report.json``, ``report.txt``.
+
+    Raises
+    ------
+    SystolicError
+        When ``images`` is not positive or the output directory cannot be created.
+    """
+    from amaranth.back import verilog
+
+    from ..hw.config import preset
+    from ..hw.core import Core
+    from . import data, golden, models, quantize, simulate, train
+    from .compiler import compile_network
+
+    if images < 1:
+        raise SystolicError(f"--images must be at least 1, not {images}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SystolicError(f"{out}: output must be a directory, not a file")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = preset(preset_name)
+    start = time.monotonic()
+    train.set_threads()
+
+    split = data.load_digits()
+    hp = dict(train.DEFAULTS["digits"], **({} if epochs is None else {"epochs": epochs}))
+    log(f"[1/5] training lenet-digits on digits ({len(split.train)} images, "
+        f"{hp['epochs']} epochs)")
+    model = models.build_model("lenet-digits", seed=seed)
+    train.train(model, split, seed=seed, log=lambda line: None, **hp)
+    train.save_checkpoint(out / "model.pt", model, arch="lenet-digits", input_shape=(1, 8, 8),
+                          dataset="digits", p_max=split.train.p_max)
+
+    log("[2/5] quantizing to int8 (256 calibration images)")
+    qnet = quantize.quantize(model, split.train.x[:256], input_shape=(1, 8, 8),
+                             p_max=split.train.p_max, dataset="digits", arch="lenet-digits")
+    qnet.save(out / "model.qnet")
+    full = golden.evaluate(qnet, split.test, model)
+
+    log(f"[3/5] compiling for the {preset_name} preset ({cfg.rows}x{cfg.cols} array)")
+    program = compile_network(qnet, cfg)
+    (out / "core.v").write_text(verilog.convert(Core(cfg), name="core"))
+
+    n = min(images, len(split.test))
+    log(f"[4/5] simulating {n} test images on {sim} (the first run builds the simulator, "
+        "about a minute)")
+    report = simulate.simulate(qnet, split.test.q[:n], cfg, labels=split.test.labels[:n],
+                               sim=sim)
+    float_pred = train.logits(model, split.test.x[:n]).argmax(dim=1).numpy()
+    float_acc = float(np.mean(float_pred == split.test.labels[:n]))
+
+    log("[5/5] writing reports")
+    result = report.as_dict()
+    result.update(float_accuracy=float_acc, test_split=full, preset=preset_name,
+                  weight_words=len(program.weights), param_words=len(program.params),
+                  act_words=program.act_words, total_seconds=time.monotonic() - start)
+    text = (simulate.format_report(report, float_accuracy=float_acc)
+            + f"\n\nwhole test split ({full['images']} images, golden model): float accuracy "
+              f"{full['float_accuracy']:.2%}, int8 accuracy {full['int8_accuracy']:.2%}")
+    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "report.txt").write_text(text + "\n")
+    log(text)
+    log(f"\nwrote {out / 'core.v'} (Verilog of the core), {out / 'model.qnet'}, "
+        f"{out / 'report.txt'} and {out / 'report.json'} in {result['total_seconds']:.0f} s")
+    if report.mismatches:
+        raise SystolicError(f"{report.mismatches} of {n} images differ from the golden model; "
+                            f"see {out / 'report.txt'}")
+    return result
+
+
+def _run(args):
+    run_demo(args.output, preset_name=args.preset, images=args.images, sim=args.sim,
+             epochs=args.epochs)
+
+
+def add_parser(subparsers):
+    """Register ``systolic demo``."""
+    p = subparsers.add_parser(
+        "demo", help="train, quantize, compile and simulate lenet-digits end to end",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The whole flow on the built-in 8x8 digits: train lenet-digits, quantize "
+                    "it to int8, compile it for an accelerator preset, write the core's "
+                    "Verilog, run test images through the RTL and compare float, int8 golden "
+                    "and RTL accuracy, with cycles and PE utilization per layer. Takes a few "
+                    "minutes.",
+        epilog="examples:\n"
+               "  systolic demo\n"
+               "  systolic demo -o /tmp/demo --images 100 --sim icarus")
+    p.add_argument("-o", "--output", default="systolic-demo", metavar="DIR",
+                   help="directory for the Verilog, model and reports (default: "
+                        "./systolic-demo)")
+    p.add_argument("--preset", default="default",
+                   help="accelerator preset: default (8x8), small (2x4), big (12x12)")
+    p.add_argument("--images", type=int, default=40, metavar="N",
+                   help="test images to simulate (default: 40)")
+    p.add_argument("--sim", choices=("verilator", "icarus"), default="verilator",
+                   help="simulator (default: verilator)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the train defaults)")
+    p.set_defaults(func=_run)
