@@ -22,7 +22,6 @@ COMMANDS = [
     "systolic.sw.quantize",
     "systolic.sw.golden",
     "systolic.hw.generate",
-    "systolic.hw.build",
     "systolic.sw.simulate",
     "systolic.sw.demo",
 ]
