@@ -22,7 +22,7 @@ from ..sw import arith
 from .config import AcceleratorConfig
 from .isa import Op, layer_layout, word_layout
 
-__all__ = ["PoolEngine", "pool_line_words"]
+__all__ = ["PoolEngine", "pool_line_words", "times_const"]
 
 _KMAX = max(arith.POOL_KERNELS)
 _TILE_DEPTH = 256           # cin_words is an 8-bit descriptor field
@@ -43,7 +43,7 @@ def _sum_bits(cfg, n):
     return cfg.data_bits + (n - 1).bit_length()
 
 
-def _times_const(value, const):
+def times_const(value, const):
     """``value * const`` for a constant ``const > 0``, as a sum of shifted copies of ``value``.
 
     Written without ``*`` so that synthesis builds adders, not a DSP multiplier.
@@ -153,7 +153,7 @@ class _Finish(wiring.Component):
         with m.If(self.i.ready):
             m.d.sync += self.o.valid.eq(self.i.valid)
             for s, out in zip(self.i.payload, self.o.payload, strict=True):
-                scaled = Mux(self.k3, _times_const(s, mult[3]), _times_const(s, mult[2]))
+                scaled = Mux(self.k3, times_const(s, mult[3]), times_const(s, mult[2]))
                 mean = (scaled + half) >> arith.AVG_SHIFT
                 m.d.sync += out.eq(Mux(self.avg, mean, s))
         return m

@@ -1,0 +1,149 @@
+"""The host side of the framed byte protocol (``docs/protocol.md``): encode requests, decode
+replies. The frame types, error codes and frame check are `systolic.hw.isa`'s, the same
+definitions the controller's gateware is built from.
+"""
+
+import struct
+from dataclasses import dataclass
+
+from ..hw.isa import (
+    FRAME_CRC,
+    MAX_PAYLOAD,
+    SYNC_REPLY,
+    SYNC_REQUEST,
+    Error,
+    Mem,
+    Reply,
+    Request,
+    mem_word_bytes,
+)
+from .errors import SystolicError
+
+__all__ = [
+    "DeviceError", "FrameError", "ReplyFrame", "ReplyParser", "encode_request", "read_request",
+    "run_request", "stats_request", "status_request", "write_requests",
+]
+
+_CRC = FRAME_CRC(8)
+
+
+class FrameError(SystolicError):
+    """A reply frame from the device is malformed (bad sync, length or frame check)."""
+
+
+class DeviceError(SystolicError):
+    """The device answered a request with an ERROR reply."""
+
+    def __init__(self, code, request):
+        self.code = code
+        self.request = request
+        try:
+            name = Error(code).name
+        except ValueError:
+            name = f"unknown error {code}"
+        try:
+            req = Request(request).name
+        except ValueError:
+            req = f"request type {request:#04x}"
+        super().__init__(f"The accelerator rejected a {req} frame: {name}")
+
+
+def _frame(sync, kind, payload):
+    body = struct.pack("<BH", kind, len(payload)) + bytes(payload)
+    return bytes([sync]) + body + _CRC.compute(body).to_bytes(2, "big")
+
+
+def encode_request(kind, payload=b""):
+    """One request frame: sync, type, length, payload, CRC-16 (high byte first)."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload must be at most {MAX_PAYLOAD} bytes, not {len(payload)}")
+    return _frame(SYNC_REQUEST, int(getattr(kind, "value", kind)), payload)
+
+
+def encode_reply(kind, payload=b""):
+    """One reply frame, as the device sends it (for tests and simulated devices)."""
+    return _frame(SYNC_REPLY, int(getattr(kind, "value", kind)), payload)
+
+
+def write_requests(cfg, mem, addr, words):
+    """WRITE frames loading ``words`` (integers) into ``mem`` from ``addr``, split to fit."""
+    mem = Mem(mem)
+    wb = mem_word_bytes(cfg, mem)
+    per_frame = (MAX_PAYLOAD - 5) // wb
+    frames = []
+    for i in range(0, len(words), per_frame):
+        chunk = words[i:i + per_frame]
+        payload = struct.pack("<BHH", mem.value, addr + i, len(chunk))
+        payload += b"".join(int(w).to_bytes(wb, "little") for w in chunk)
+        frames.append(encode_request(Request.WRITE, payload))
+    return frames
+
+
+def read_request(addr, count):
+    """READ ``count`` activation words from ``addr``."""
+    return encode_request(Request.READ, struct.pack("<HH", addr, count))
+
+
+def run_request(start, count):
+    """RUN program entries ``start .. start + count - 1``."""
+    return encode_request(Request.RUN, bytes([start, count]))
+
+
+def status_request():
+    return encode_request(Request.STATUS)
+
+
+def stats_request(start, count):
+    """The cycle counters of program entries ``start .. start + count - 1``."""
+    return encode_request(Request.STATS, bytes([start, count]))
+
+
+@dataclass(frozen=True)
+class ReplyFrame:
+    kind: Reply
+    payload: bytes
+
+    def check(self):
+        """Raise `DeviceError` for an ERROR reply; return ``self`` otherwise."""
+        if self.kind == Reply.ERROR:
+            raise DeviceError(self.payload[0], self.payload[1])
+        return self
+
+
+class ReplyParser:
+    """Incremental reply decoder: feed bytes, collect `ReplyFrame` objects.
+
+    Bytes before a sync byte are an error (the device sends nothing between frames), as are
+    an unknown reply type and a failed frame check: each raises `FrameError`.
+    """
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    def feed(self, data):
+        """Add received bytes; return the complete frames they finish."""
+        self._buf += data
+        frames = []
+        while self._buf:
+            if self._buf[0] != SYNC_REPLY:
+                bad = self._buf[0]
+                self._buf.clear()
+                raise FrameError(f"Reply must start with {SYNC_REPLY:#04x}, not {bad:#04x}; "
+                                 "the link is out of step (check the baud rate)")
+            if len(self._buf) < 4:
+                break
+            kind, length = struct.unpack_from("<BH", self._buf, 1)
+            end = 4 + length + 2
+            if len(self._buf) < end:
+                break
+            body, check = bytes(self._buf[1:4 + length]), bytes(self._buf[4 + length:end])
+            del self._buf[:end]
+            if _CRC.compute(body).to_bytes(2, "big") != check:
+                raise FrameError("Reply frame check failed: the link corrupted a reply")
+            try:
+                kind = Reply(kind)
+            except ValueError:
+                raise FrameError(f"Reply type must be one of "
+                                 f"{', '.join(r.name for r in Reply)}, not {kind:#04x}") from None
+            frames.append(ReplyFrame(kind, body[3:]))
+        return frames
