@@ -2,6 +2,8 @@
 cocotb testbench, gives the golden model's logits exactly, every layer's output too, and the
 per-layer cycles the performance model predicts."""
 
+import json
+
 import numpy as np
 import pytest
 from net_common import random_images, random_qnet
@@ -29,3 +31,38 @@ def test_lenet_digits_rtl(sim):
     for lay, cycles in zip(report.program.layers, report.layer_cycles[0]):
         predicted = perfmodel.predict_cycles(cfg, lay.fields)
         assert abs(predicted - cycles) <= 0.02 * cycles, (lay.name, cycles, predicted)
+
+
+@pytest.mark.slow
+def test_simulate_cli_json(tmp_path, capfd):
+    """``systolic simulate --json`` prints one JSON object, the simulator's log elsewhere."""
+    from systolic.sw import cli
+
+    qnet = random_qnet("lenet-digits", seed=3)
+    qnet.save(tmp_path / "m.qnet")
+    sim = selected_simulators()[-1]
+    assert cli.main(["simulate", str(tmp_path / "m.qnet"), "--images", "2", "--sim", sim,
+                     "--json"]) == 0
+    out, _ = capfd.readouterr()
+    d = json.loads(out)
+    assert (d["images"], d["mismatches"], d["sim"]) == (2, 0, sim)
+    assert d["rtl_accuracy"] == d["golden_accuracy"]
+    assert d["cycles_per_image"] == sum(row["cycles"] for row in d["layers"])
+    assert [row["cycles"] for row in d["layers"]] == [row["predicted_cycles"]
+                                                      for row in d["layers"]]
+
+
+@pytest.mark.slow
+def test_demo(tmp_path):
+    from systolic.sw.demo import run_demo
+
+    lines = []
+    result = run_demo(tmp_path / "demo", images=3, epochs=1, sim=selected_simulators()[-1],
+                      log=lines.append)
+    assert result["mismatches"] == 0
+    assert result["images"] == 3
+    for name in ("core.v", "model.qnet", "model.pt", "report.txt", "report.json"):
+        assert (tmp_path / "demo" / name).is_file()
+    assert (tmp_path / "demo" / "core.v").read_text().count("module core(") == 1
+    assert json.loads((tmp_path / "demo" / "report.json").read_text())["images"] == 3
+    assert any(line.startswith("3 images on ") for line in lines)
