@@ -139,6 +139,10 @@ class Controller(wiring.Component):
         timed_out = idle == self._timeout
 
         with m.FSM():
+            with m.State("START"):
+                # One cycle out of reset before taking bytes. (It also makes the state register
+                # change once, which Icarus needs to evaluate the decoders hanging off it.)
+                m.next = "SYNC"
             # -- receive --------------------------------------------------------------------
             with m.State("SYNC"):
                 m.d.comb += self.rx.ready.eq(1)
