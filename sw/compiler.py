@@ -154,7 +154,7 @@ def _words(cols, shape):
     return h * w * -(-c // cols)
 
 
-def _layer_name(i, layer, in_shape):
+def _layer_name(i, layer):
     if isinstance(layer, Conv):
         co, ci, kh, kw = layer.w.shape
         return f"layer {i} (conv {ci}->{co} {kh}x{kw})"
@@ -216,7 +216,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig) -> Program:
     shape = tuple(qnet.input_shape)
     plan = []           # (index, layer, in_shape (C, H, W), out_shape (C, H, W))
     for i, layer in enumerate(qnet.layers):
-        name = _layer_name(i, layer, shape)
+        name = _layer_name(i, layer)
         if isinstance(layer, Flatten):
             continue                        # the map keeps its (C, H, W) layout in memory
         if isinstance(layer, Conv):
@@ -246,7 +246,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig) -> Program:
     if size_a + size_b > cfg.act_depth:
         big = max(range(len(tensors)), key=lambda j: sizes[j])
         where = ("the input image" if big == 0
-                 else f"the output of {_layer_name(plan[big - 1][0], plan[big - 1][1], None)}")
+                 else f"the output of {_layer_name(plan[big - 1][0], plan[big - 1][1])}")
         raise FitError(
             f"activations must fit act_depth {cfg.act_depth} words, not {size_a + size_b} "
             f"(two ping-pong buffers of {size_a} and {size_b} words; the largest is {where}, "
@@ -256,7 +256,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig) -> Program:
     # Pass 2: descriptors and memory images.
     layers, weights, params, w_bases = [], [], [], []
     for n, (i, layer, in_shape, out) in enumerate(plan):
-        name = _layer_name(i, layer, in_shape)
+        name = _layer_name(i, layer)
         src, dst = bases[n % 2], bases[(n + 1) % 2]
         c, h, w = in_shape
         _check_dims(cfg, name, in_shape, "input")

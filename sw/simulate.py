@@ -44,6 +44,8 @@ class SimulationReport:
         With tracing: the first layer, image and ``(c, y, x)`` where RTL and golden differ.
     wall_seconds : float
         Wall time of the simulation (build included).
+    sim : str
+        The simulator.
     """
 
     program: object
