@@ -22,6 +22,7 @@ COMMANDS = [
     "systolic.sw.quantize",
     "systolic.sw.golden",
     "systolic.hw.generate",
+    "systolic.hw.build",
     "systolic.sw.simulate",
     "systolic.sw.demo",
 ]

@@ -1,0 +1,356 @@
+"""Board top-levels: the host's UART, through `UARTBridge`, into the `Controller`.
+
+Board support comes from amaranth-boards; this module adds what a board lacks for us: a PLL
+when the accelerator runs faster than the board's oscillator, a reset synchronizer for the
+clock domain it makes, and status LEDs. `BOARDS` names each supported board with its default
+clock, baud rate and accelerator configuration.
+
+LEDs (active high here; amaranth-boards handles each board's polarity):
+
+========  =========================================  ===============================
+board     LED                                        shows
+========  =========================================  ===============================
+ULX3S     ``led`` 0 / 1 / 2 / 3                      heartbeat / busy / error / overrun
+ULX3S     ``led`` 4 / 5 / 6 / 7                      rx / tx activity, line fault, PLL lock
+iCEBreak  ``led_g``                                  busy (on), else heartbeat (blinks)
+iCEBreak  ``led_r``                                  error or UART overrun
+========  =========================================  ===============================
+
+"Line fault" is a framing error or a break, stretched to a visible blink.
+"""
+
+from dataclasses import dataclass
+
+from amaranth.hdl import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Signal
+from amaranth.lib import cdc, io, wiring
+
+from ..sw.errors import SystolicError
+from .config import AcceleratorConfig, preset
+from .uart import UARTBridge, quiet_if_invalid
+
+__all__ = ["BOARDS", "Board", "BoardTop", "ecp5_pll", "get_board", "ice40_pll"]
+
+
+@dataclass(frozen=True)
+class Board:
+    """One supported board.
+
+    Parameters
+    ----------
+    name : str
+        The name on the command line (``--board``).
+    family : str
+        FPGA family: ``ecp5`` or ``ice40``; also the accelerator's multiplier ``target``.
+    platform_name : str
+        amaranth-boards platform class, as ``module:Class``.
+    osc_mhz : float
+        On-board oscillator frequency.
+    clock_mhz : float
+        Default accelerator clock; above ``osc_mhz`` a PLL makes it.
+    baud : int
+        Default UART baud rate.
+    preset : str
+        Default accelerator preset (with ``target`` set to ``family``).
+    program_hint : str
+        How to load the bitstream (the build never programs a board).
+    """
+
+    name: str
+    family: str
+    platform_name: str
+    osc_mhz: float
+    clock_mhz: float
+    baud: int
+    preset: str
+    program_hint: str
+
+    def platform(self):
+        """A new instance of the board's amaranth-boards platform."""
+        import importlib
+
+        module, cls = self.platform_name.split(":")
+        return getattr(importlib.import_module(module), cls)()
+
+    def config(self, preset_name=None):
+        """The accelerator configuration for this board: a preset, targeting its DSPs."""
+        return preset(preset_name or self.preset).replace(target=self.family)
+
+
+BOARDS = {
+    # ECP5-85F, FT231X USB UART (3 MBd capable). 50 MHz from the 25 MHz oscillator by PLL.
+    "ulx3s-85f": Board(
+        name="ulx3s-85f", family="ecp5",
+        platform_name="amaranth_boards.ulx3s:ULX3S_85F_Platform",
+        osc_mhz=25.0, clock_mhz=50.0, baud=1_000_000, preset="default",
+        program_hint="openFPGALoader -b ulx3s {bitstream}"),
+    # iCE40UP5K, FT2232H channel B as UART. Runs straight from the 12 MHz oscillator.
+    "icebreaker": Board(
+        name="icebreaker", family="ice40",
+        platform_name="amaranth_boards.icebreaker:ICEBreakerPlatform",
+        osc_mhz=12.0, clock_mhz=12.0, baud=1_000_000, preset="small",
+        program_hint="iceprog {bitstream}"),
+}
+
+
+def get_board(name):
+    """The `Board` called ``name``.
+
+    Raises
+    ------
+    SystolicError
+        If there is no such board; the message lists the known ones.
+    """
+    if isinstance(name, Board):
+        return name
+    try:
+        return BOARDS[name]
+    except (KeyError, TypeError):
+        raise SystolicError(
+            f"Unknown board {name!r}; known boards: {', '.join(BOARDS)}") from None
+
+
+# PLL parameters ----------------------------------------------------------------------------------
+
+def ecp5_pll(in_mhz, out_mhz):
+    """``EHXPLLL`` dividers for ``out_mhz`` from ``in_mhz``: ``(clki_div, clkfb_div, clkop_div,
+    achieved_mhz)``, nearest achievable frequency first, then VCO nearest 600 MHz.
+
+    The constraints are the ECP5 family data sheet's: PFD 3.125 to 400 MHz, VCO 400 to 800 MHz,
+    output 3.125 to 400 MHz.
+
+    Raises
+    ------
+    SystolicError
+        If ``out_mhz`` is not within 0.5 % of an achievable frequency.
+    """
+    if not 3.125 <= out_mhz <= 400:
+        raise SystolicError(f"ECP5 PLL output must be between 3.125 and 400 MHz, not {out_mhz!r}")
+    best = None
+    for clki in range(1, 129):
+        pfd = in_mhz / clki
+        if not 3.125 <= pfd <= 400:
+            continue
+        for clkfb in range(1, 81):
+            fout = pfd * clkfb
+            for clkop in range(1, 129):
+                vco = fout * clkop
+                if not 400 <= vco <= 800:
+                    continue
+                key = (abs(fout - out_mhz), abs(vco - 600))
+                if best is None or key < best[0]:
+                    best = (key, (clki, clkfb, clkop, fout))
+    if best is None or best[0][0] > 0.005 * out_mhz:
+        raise SystolicError(f"ECP5 PLL cannot make {out_mhz:g} MHz from {in_mhz:g} MHz within "
+                            "0.5 %; pick another clock")
+    return best[1]
+
+
+def ice40_pll(in_mhz, out_mhz):
+    """``SB_PLL40`` settings for ``out_mhz`` from ``in_mhz``: ``(divr, divf, divq, filter_range,
+    achieved_mhz)`` in SIMPLE feedback mode, as ``icepll`` chooses them.
+
+    Constraints (iCE40 sysCLOCK PLL guide): PFD 10 to 133 MHz, VCO 533 to 1066 MHz, output 16
+    to 275 MHz.
+
+    Raises
+    ------
+    SystolicError
+        If ``out_mhz`` is not within 0.5 % of an achievable frequency.
+    """
+    if not 16 <= out_mhz <= 275:
+        raise SystolicError(f"iCE40 PLL output must be between 16 and 275 MHz, not {out_mhz!r}")
+    best = None
+    for divr in range(16):
+        pfd = in_mhz / (divr + 1)
+        if not 10 <= pfd <= 133:
+            continue
+        for divf in range(128):
+            vco = pfd * (divf + 1)
+            if not 533 <= vco <= 1066:
+                continue
+            for divq in range(1, 7):
+                fout = vco / (1 << divq)
+                if best is None or abs(fout - out_mhz) < best[0]:
+                    best = (abs(fout - out_mhz), (divr, divf, divq, pfd, fout))
+    if best is None or best[0] > 0.005 * out_mhz:
+        raise SystolicError(f"iCE40 PLL cannot make {out_mhz:g} MHz from {in_mhz:g} MHz within "
+                            "0.5 %; pick another clock")
+    divr, divf, divq, pfd, fout = best[1]
+    filter_range = next(i for i, f in enumerate((17, 26, 44, 66, 101, 1e9), 1) if pfd < f)
+    return divr, divf, divq, filter_range, fout
+
+
+# The top level ----------------------------------------------------------------------------------
+
+class BoardTop(Elaboratable):
+    """A board's top level: UART pins ↔ `UARTBridge` ↔ controller; clock, reset and LEDs.
+
+    Parameters
+    ----------
+    board : str or Board
+        A key of `BOARDS`.
+    cfg : AcceleratorConfig, optional
+        The accelerator; default ``board.config()``. Its ``target`` should be the board's
+        family so the array uses the hard DSP blocks.
+    clock_mhz : float, optional
+        Accelerator clock; default ``board.clock_mhz``. Equal to the oscillator, the design
+        runs from it directly; above it, from a PLL.
+    baud : int, optional
+        UART baud rate; default ``board.baud``.
+    controller : wiring.Component, optional
+        The byte-stream end of the link (members ``rx``, ``tx``, ``busy``, ``error``, as
+        `systolic.hw.controller.Controller`); default a ``Controller(cfg)``.
+
+    Attributes
+    ----------
+    clock_hz : float
+        The clock the design actually gets (the PLL's nearest frequency).
+    bridge : UARTBridge
+
+    Raises
+    ------
+    SystolicError
+        If the board is unknown, the clock is below the oscillator or out of the PLL's reach,
+        or the baud rate cannot be made from the clock within 2 %.
+    """
+
+    @quiet_if_invalid
+    def __init__(self, board, cfg=None, *, clock_mhz=None, baud=None, controller=None):
+        self.board = get_board(board)
+        if cfg is not None and not isinstance(cfg, AcceleratorConfig):
+            raise SystolicError(f"cfg must be an AcceleratorConfig, not {cfg!r}")
+        self.cfg = cfg or self.board.config()
+        clock_mhz = self.board.clock_mhz if clock_mhz is None else clock_mhz
+        if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, int | float):
+            raise SystolicError(f"Clock must be a number of MHz, not {clock_mhz!r}")
+        osc = self.board.osc_mhz
+        if clock_mhz < osc:
+            raise SystolicError(
+                f"Clock for {self.board.name} must be at least its {osc:g} MHz oscillator, "
+                f"not {clock_mhz:g} MHz")
+        self.pll = None
+        if clock_mhz == osc:
+            self.clock_hz = osc * 1e6
+        elif self.board.family == "ecp5":
+            self.pll = ecp5_pll(osc, clock_mhz)
+            self.clock_hz = self.pll[-1] * 1e6
+        else:
+            self.pll = ice40_pll(osc, clock_mhz)
+            self.clock_hz = self.pll[-1] * 1e6
+        self.baud = self.board.baud if baud is None else baud
+        self.bridge = UARTBridge(self.clock_hz, self.baud)
+        if controller is None:
+            from .controller import Controller
+
+            # A frame is abandoned after 1000 character times of silence.
+            controller = Controller(self.cfg, timeout_cycles=10_000 * self.bridge.divisor)
+        self.controller = controller
+
+    def elaborate(self, platform):
+        if platform is None:
+            raise SystolicError("BoardTop needs a platform: build it with board.platform()")
+        m = Module()
+        locked = self._clock(m, platform)
+
+        m.submodules.bridge = bridge = self.bridge
+        m.submodules.controller = ctrl = self.controller
+        wiring.connect(m, bridge.rx, ctrl.rx)
+        wiring.connect(m, ctrl.tx, bridge.tx)
+        uart = platform.request("uart", dir="-")
+        m.submodules.uart_rx = rx_buf = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = tx_buf = io.Buffer("o", uart.tx)
+        m.d.comb += [bridge.rxd.eq(rx_buf.i), tx_buf.o.eq(bridge.txd)]
+
+        heartbeat = Signal(range(int(self.clock_hz)))   # one second
+        with m.If(heartbeat == int(self.clock_hz) - 1):
+            m.d.sync += heartbeat.eq(0)
+        with m.Else():
+            m.d.sync += heartbeat.eq(heartbeat + 1)
+        beat = heartbeat < int(self.clock_hz) // 8
+
+        if self.board.family == "ecp5":
+            leds = [self._led(m, platform, "led", i) for i in range(8)]
+            m.d.comb += [
+                leds[0].eq(beat), leds[1].eq(ctrl.busy), leds[2].eq(ctrl.error),
+                leds[3].eq(bridge.overrun),
+                leds[4].eq(self._stretch(m, bridge.rx.valid & bridge.rx.ready)),
+                leds[5].eq(self._stretch(m, bridge.tx_busy)),
+                leds[6].eq(self._stretch(m, bridge.frame_error | bridge.brk)),
+                leds[7].eq(locked),
+            ]
+        else:
+            m.d.comb += [
+                self._led(m, platform, "led_g").eq(ctrl.busy | beat),
+                self._led(m, platform, "led_r").eq(ctrl.error | bridge.overrun),
+            ]
+        return m
+
+    @staticmethod
+    def _led(m, platform, name, number=0):
+        buf = io.Buffer("o", platform.request(name, number, dir="-"))
+        m.submodules[f"{name}_{number}"] = buf
+        return buf.o
+
+    def _stretch(self, m, pulse):
+        """``pulse`` held for about 50 ms, so a single event is visible."""
+        hold = int(self.clock_hz * 0.05)
+        count = Signal(range(hold + 1))
+        with m.If(pulse):
+            m.d.sync += count.eq(hold)
+        with m.Elif(count != 0):
+            m.d.sync += count.eq(count - 1)
+        return count != 0
+
+    def _clock(self, m, platform):
+        """Create the ``sync`` domain at `clock_hz`; return its PLL's lock (1 without a PLL)."""
+        m.domains.sync = ClockDomain("sync")
+        osc_name = platform.default_clk
+        locked = Signal(init=1)
+        if self.pll is None:
+            m.submodules.osc = osc = io.Buffer("i", platform.request(osc_name, dir="-"))
+            m.d.comb += ClockSignal("sync").eq(osc.i)
+        elif self.board.family == "ecp5":
+            clki, clkfb, clkop, _ = self.pll
+            clk = Signal()
+            locked = Signal()
+            m.submodules.osc = osc = io.Buffer("i", platform.request(osc_name, dir="-"))
+            m.submodules.pll = Instance(
+                "EHXPLLL",
+                a_FREQUENCY_PIN_CLKI=f"{self.board.osc_mhz:g}",
+                a_FREQUENCY_PIN_CLKOP=f"{self.clock_hz / 1e6:.6g}",
+                a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+                a_MFG_GMCREF_SEL="2",
+                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_CLKOP_ENABLE="ENABLED",
+                p_CLKI_DIV=clki, p_CLKFB_DIV=clkfb, p_CLKOP_DIV=clkop,
+                p_CLKOP_CPHASE=clkop - 1, p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
+                i_CLKI=osc.i, i_CLKFB=clk, i_RST=0, i_STDBY=0,
+                i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=0, i_PHASESTEP=0,
+                i_PHASELOADREG=0, i_PLLWAKESYNC=0, i_ENCLKOP=0,
+                o_CLKOP=clk, o_LOCK=locked)
+            m.d.comb += ClockSignal("sync").eq(clk)
+            platform.add_clock_constraint(clk, self.clock_hz)
+        else:
+            divr, divf, divq, filter_range, _ = self.pll
+            clk = Signal()
+            locked = Signal()
+            # The 12 MHz pin is the PLL's own pad: SB_PLL40_PAD takes it before any I/O buffer.
+            pad = platform.request(osc_name, dir="-")
+            m.submodules.pll = Instance(
+                "SB_PLL40_PAD",
+                p_FEEDBACK_PATH="SIMPLE", p_DIVR=Const(divr, 4), p_DIVF=Const(divf, 7),
+                p_DIVQ=Const(divq, 3), p_FILTER_RANGE=Const(filter_range, 3),
+                i_PACKAGEPIN=pad.io, i_RESETB=1, i_BYPASS=0,
+                o_PLLOUTGLOBAL=clk, o_LOCK=locked)
+            m.d.comb += ClockSignal("sync").eq(clk)
+            platform.add_clock_constraint(clk, self.clock_hz)
+
+        # Hold reset until the PLL locks and, on iCE40, for the ~3 us block RAMs need after
+        # configuration (20 us here). The counter itself is never reset.
+        por_cycles = max(2, int(self.clock_hz * 20e-6))
+        por = Signal(range(por_cycles + 1), reset_less=True)
+        with m.If(por != por_cycles):
+            m.d.sync += por.eq(por + 1)
+        m.submodules.reset_sync = cdc.ResetSynchronizer(~locked | (por != por_cycles),
+                                                        domain="sync")
+        return locked

@@ -1,0 +1,371 @@
+"""``systolic build``: a board's bitstream with the YoWASP toolchain, and what it used.
+
+`build` elaborates `BoardTop` for one of `BOARDS`, lets the board's amaranth-boards platform
+write its build plan (Yosys script, constraints, nextpnr and packer command lines), runs it
+with the YoWASP tools of this Python environment, and parses nextpnr's JSON report into a
+`BuildReport`: logic, flip-flops, DSPs and memories against the device's totals, and fmax per
+clock against the target. The report is also written to ``<build_dir>/report.json``.
+
+Nothing is ever programmed; the report says how to load the bitstream.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .boards import BOARDS, BoardTop, get_board
+from .config import preset
+from .generate import add_config_arguments, config_from_args
+
+# synth.py owns tool discovery and the parsing of nextpnr's report; the board build shares them.
+from .synth import SynthError, _parse, _tail, _tool
+
+__all__ = ["BuildError", "BuildReport", "add_parser", "build"]
+
+NAME = "systolic"
+
+# YoWASP tool → the environment variable Amaranth's platform templates invoke it through.
+_TOOLS = {
+    "ecp5": {"YOSYS": "yosys", "NEXTPNR_ECP5": "nextpnr-ecp5", "ECPPACK": "ecppack"},
+    "ice40": {"YOSYS": "yosys", "NEXTPNR_ICE40": "nextpnr-ice40", "ICEPACK": "icepack"},
+}
+# Programmers the platforms check for even when they only build; never run by `build`.
+_PROGRAMMERS = {"ecp5": ("OPENFPGALOADER", "openFPGALoader"), "ice40": ("ICEPROG", "iceprog")}
+# nextpnr cell type of each resource we report, per family.
+_RESOURCES = {
+    "ecp5": {"luts": "TRELLIS_COMB", "ffs": "TRELLIS_FF", "dsps": "MULT18X18D",
+             "brams": "DP16KD"},
+    "ice40": {"luts": "ICESTORM_LC", "dsps": "ICESTORM_DSP", "brams": "ICESTORM_RAM",
+              "sprams": "ICESTORM_SPRAM"},
+}
+
+
+class BuildError(SynthError):
+    """A board build that cannot start, a tool that failed, or a design too big for the device."""
+
+
+@dataclass
+class BuildReport:
+    """What a board build produced.
+
+    Attributes
+    ----------
+    board : str
+    bitstream : pathlib.Path
+        ``systolic.bit`` (ECP5) or ``systolic.bin`` (iCE40).
+    config : dict
+        The accelerator configuration (`AcceleratorConfig.as_dict`).
+    clock_mhz : float
+        The clock the design gets (after the PLL).
+    baud : int
+    luts, ffs, dsps, brams, sprams : int
+        Resources used (see `systolic.hw.synth.SynthReport` for what each counts).
+    totals : dict of str to int
+        The device's capacity for each resource.
+    fmax_mhz : float or None
+        Lowest achieved fmax over the clocks.
+    target_mhz : float
+    timing_met : bool
+        Every clock met its constraint.
+    clocks : dict of str to dict
+        Per clock net: ``{"achieved": MHz, "constraint": MHz}``.
+    stages : dict of str to float
+        Seconds taken by each stage.
+    build_dir : pathlib.Path
+    """
+
+    board: str
+    bitstream: Path
+    config: dict
+    clock_mhz: float
+    baud: int
+    luts: int
+    ffs: int
+    dsps: int
+    brams: int
+    sprams: int
+    totals: dict
+    fmax_mhz: float | None
+    target_mhz: float
+    timing_met: bool
+    clocks: dict
+    stages: dict = field(default_factory=dict)
+    build_dir: Path = None
+    program_hint: str = ""
+
+    def as_dict(self):
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["bitstream"], d["build_dir"] = str(self.bitstream), str(self.build_dir)
+        return d
+
+    def table(self):
+        """A human-readable summary: one line per resource, then timing."""
+        lines = [f"{self.board}: {self.config['rows']}x{self.config['cols']} array, "
+                 f"{self.clock_mhz:g} MHz, {self.baud} Bd"]
+        for key, label in (("luts", "LUT4" if "TRELLIS" in self._lut_cell() else "LC"),
+                           ("ffs", "FF"), ("dsps", "DSP"), ("brams", "BRAM"),
+                           ("sprams", "SPRAM")):
+            total = self.totals.get(key, 0)
+            if not total:
+                continue
+            used = getattr(self, key)
+            lines.append(f"  {label:<6} {used:>6} / {total:<6} {100 * used / total:5.1f} %")
+        for clock, f in self.clocks.items():
+            verdict = "met" if f["achieved"] >= f["constraint"] else "FAILED"
+            lines.append(f"  fmax   {f['achieved']:6.1f} MHz for {f['constraint']:g} MHz "
+                         f"({verdict})  {clock}")
+        lines.append(f"  bitstream {self.bitstream}")
+        if self.program_hint:
+            lines.append(f"  program:  {self.program_hint}")
+        return "\n".join(lines)
+
+    def _lut_cell(self):
+        return "TRELLIS_COMB" if get_board(self.board).family == "ecp5" else "ICESTORM_LC"
+
+
+@contextlib.contextmanager
+def _toolchain_env(family):
+    """Point Amaranth's tool variables at the YoWASP tools; restore the environment after."""
+    old = dict(os.environ)
+    try:
+        for var, tool in _TOOLS[family].items():
+            try:
+                os.environ[var] = _tool(tool)
+            except SynthError as e:
+                raise BuildError(str(e)) from None
+        var, prog = _PROGRAMMERS[family]
+        if not shutil.which(os.environ.get(var, prog)):
+            # The platform insists on a programmer before building; `build` never programs,
+            # so any existing program satisfies the check.
+            os.environ[var] = shutil.which("true") or _tool("yosys")
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def _stage(name, work, *, progress, watch=None):
+    """Run ``work()`` with a status line ``name: elapsed`` (on a terminal); returns its value
+    and the seconds it took. ``watch()`` may return a short phase to show."""
+    from tqdm import tqdm
+
+    start = time.monotonic()
+    result, error = [], []
+
+    def target():
+        try:
+            result.append(work())
+        except BaseException as e:  # re-raised in the caller's thread
+            error.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    with tqdm(total=None, desc=name, bar_format="{desc}: {elapsed} {postfix}",
+              disable=None if progress else True, leave=True) as bar:
+        while thread.is_alive():
+            thread.join(0.5)
+            if watch is not None:
+                bar.set_postfix_str(watch(), refresh=False)
+            bar.update(0)
+            bar.refresh()
+        bar.set_postfix_str("done")
+    if error:
+        raise error[0]
+    return result[0], time.monotonic() - start
+
+
+def _nextpnr_phase(log):
+    for line in reversed(_tail(log, 40).splitlines()):
+        if line.startswith("Info: ") and any(w in line for w in ("Running", "Routing", "placer",
+                                                                "Packing", "iter")):
+            return line[6:60]
+    return ""
+
+
+def _overfull(log):
+    """``(cell, used, available)`` for each over-used resource in nextpnr's utilisation log."""
+    found = []
+    for m in re.finditer(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", _tail(log, 10_000),
+                         re.MULTILINE):
+        cell, used, avail = m.group(1), int(m.group(2)), int(m.group(3))
+        if used > avail:
+            found.append((cell, used, avail))
+    return found
+
+
+_NAMES = {"TRELLIS_COMB": "LUT4s", "TRELLIS_FF": "flip-flops", "MULT18X18D": "DSP multipliers",
+          "DP16KD": "block RAMs", "ICESTORM_LC": "logic cells", "ICESTORM_DSP": "DSPs",
+          "ICESTORM_RAM": "block RAMs", "ICESTORM_SPRAM": "SPRAMs", "TRELLIS_IO": "I/O pins"}
+
+
+def _shrink_hint(cfg, over):
+    """What to change in ``cfg`` when the cells ``over`` are over-used."""
+    hints = []
+    if cfg.pes > preset("small").pes:
+        hints.append("the `small` preset (--preset small)")
+    if cfg.rows > 1 or cfg.cols > 1:
+        hints.append("fewer array rows/cols (--rows, --cols)")
+    if any(cell in ("DP16KD", "ICESTORM_RAM") for cell, _, _ in over):
+        hints.append("shallower memories (--act-depth, --weight-depth)")
+    return " or ".join(hints) or "a bigger device"
+
+
+def _run_plan(build_dir, cfg):
+    """Run the extracted build script, its output into ``build.log``; map failures to errors."""
+    log = build_dir / "build.log"
+    with open(log, "w") as out:
+        rc = subprocess.call(["sh", f"build_{NAME}.sh"], cwd=build_dir, stdout=out,
+                             stderr=subprocess.STDOUT, env={**os.environ, "YOWASP_MTIME": "0"})
+    if rc == 0:
+        return
+    pnr_log = build_dir / f"{NAME}.tim"
+    over = _overfull(pnr_log) if pnr_log.exists() else []
+    if over:
+        what = "; ".join(f"{_NAMES.get(c, c)} ({c}) {u} of {a}" for c, u, a in over)
+        raise BuildError(f"The design does not fit the device: {what}. Use "
+                         f"{_shrink_hint(cfg, over)}")
+    tail = _tail(pnr_log if pnr_log.exists() else build_dir / f"{NAME}.rpt")
+    if "ERROR" not in tail:
+        tail = _tail(log)
+    raise BuildError(f"The toolchain failed (exit code {rc}) in {build_dir}; end of its log:\n"
+                     f"{tail}")
+
+
+def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
+          progress=True):
+    """Build the bitstream for ``board`` and report what it used and how fast it runs.
+
+    Parameters
+    ----------
+    board : str
+        A key of `BOARDS`.
+    cfg : AcceleratorConfig, optional
+        Default: the board's (``Board.config``).
+    clock_mhz : float, optional
+        Target clock; default the board's.
+    baud : int, optional
+        UART baud rate; default the board's.
+    build_dir : str or os.PathLike, optional
+        Where the plan, logs and bitstream go; default ``build/<board>``.
+    seed : int
+        nextpnr placer seed.
+    progress : bool
+        Show a status line per stage (on a terminal).
+
+    Returns
+    -------
+    BuildReport
+
+    Raises
+    ------
+    SystolicError
+        If the board is unknown or the clock or baud rate cannot be made.
+    BuildError
+        If a tool is missing or fails, or the design does not fit the device.
+    """
+    spec = get_board(board)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise BuildError(f"Seed must be a non-negative integer, not {seed!r}")
+    top = BoardTop(spec, cfg, clock_mhz=clock_mhz, baud=baud)
+    build_dir = Path(build_dir if build_dir is not None else Path("build") / spec.name)
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BuildError(f"Cannot create build directory {str(build_dir)!r}: {e.strerror}") \
+            from None
+    for stale in ("report.json", f"{NAME}.bit", f"{NAME}.bin", f"{NAME}.tim"):
+        (build_dir / stale).unlink(missing_ok=True)
+    target_mhz = top.clock_hz / 1e6
+    stages = {}
+    with _toolchain_env(spec.family):
+        platform = spec.platform()
+        overrides = {
+            "nextpnr_opts": f"--report report.json --timing-allow-fail --seed {seed}",
+            # The SB_MAC16s are instantiated by hand with their registers on; `synth_ice40
+            # -dsp` would rewrite them (see synth.py), and no `*` is left to infer one for.
+            "synth_opts": "",
+            "script_after_synth": "tee -q -o stat.json stat -json",
+        }
+        plan, stages["elaborate"] = _stage(
+            "elaborate", lambda: platform.prepare(top, name=NAME, **overrides),
+            progress=progress)
+        plan.extract(build_dir)
+        _, stages["toolchain"] = _stage(
+            "yosys, nextpnr, pack", lambda: _run_plan(build_dir, top.cfg),
+            progress=progress, watch=lambda: _nextpnr_phase(build_dir / f"{NAME}.tim"))
+    bitstream = build_dir / (f"{NAME}.bit" if spec.family == "ecp5" else f"{NAME}.bin")
+    if not bitstream.exists():
+        raise BuildError(f"The toolchain finished but wrote no bitstream {bitstream}; end of "
+                         f"its log:\n{_tail(build_dir / 'build.log')}")
+    synth = _parse(build_dir, name=NAME, family=spec.family, device=platform.device,
+                   package=platform.package, clock_mhz=target_mhz, out_of_context=False)
+    clocks = {k: {"achieved": v["achieved"], "constraint": v.get("constraint", target_mhz)}
+              for k, v in synth.fmax.items() if "achieved" in v}
+    report = BuildReport(
+        board=spec.name, bitstream=bitstream, config=top.cfg.as_dict(), clock_mhz=target_mhz,
+        baud=top.baud, luts=synth.luts, ffs=synth.ffs, dsps=synth.dsps, brams=synth.brams,
+        sprams=synth.sprams, totals=synth.totals, fmax_mhz=synth.fmax_mhz,
+        target_mhz=target_mhz,
+        timing_met=all(c["achieved"] >= c["constraint"] for c in clocks.values()),
+        clocks=clocks, stages={k: round(v, 1) for k, v in stages.items()},
+        build_dir=build_dir, program_hint=spec.program_hint.format(bitstream=bitstream))
+    (build_dir / "report.json").write_text(json.dumps(
+        {**report.as_dict(), "nextpnr": json.loads((build_dir / "report.json").read_text())},
+        indent=2) + "\n")
+    return report
+
+
+def _run(args):
+    spec = get_board(args.board)
+    args.preset = args.preset or spec.preset
+    if args.target is None:
+        args.target = spec.family
+    cfg = config_from_args(args)
+    report = build(spec.name, cfg, clock_mhz=args.clock, baud=args.baud, build_dir=args.output,
+                   seed=args.seed, progress=not args.json)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return
+    print(report.table())
+    if not report.timing_met:
+        print(f"warning: timing not met at {report.target_mhz:g} MHz; try --clock "
+              f"{int(report.fmax_mhz or 0)} or another --seed")
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "build", help="build a board's bitstream (YoWASP Yosys + nextpnr) and report its use",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build the accelerator with its UART host interface for a board: "
+                    "synthesis, place and route and bitstream packing with the YoWASP tools "
+                    "of this Python environment. Prints LUT/FF/DSP/BRAM use against the "
+                    "device and fmax against the clock, and writes DIR/report.json. The "
+                    "configuration defaults to the board's: ulx3s-85f the `default` preset, "
+                    "icebreaker the `small` one, multipliers in the board's DSP blocks.",
+        epilog="examples:\n"
+               "  systolic build --board icebreaker                 # about a minute\n"
+               "  systolic build --board ulx3s-85f --clock 60 -o build/u60\n"
+               "  systolic build --board ulx3s-85f --preset small --json\n")
+    p.add_argument("--board", required=True, metavar="NAME",
+                   help=f"board: {', '.join(BOARDS)}")
+    add_config_arguments(p)
+    p.set_defaults(preset=None)
+    p.add_argument("--no-pool", dest="pool", action="store_const", const=False, default=None,
+                   help="leave out the pooling engine (saves logic and block RAM)")
+    p.add_argument("--clock", type=float, metavar="MHZ",
+                   help="accelerator clock (default: the board's; a PLL makes it)")
+    p.add_argument("--baud", type=int, help="UART baud rate (default: the board's)")
+    p.add_argument("-o", "--output", metavar="DIR", help="build directory "
+                                                         "(default: build/BOARD)")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placer seed (default: 1)")
+    p.add_argument("--json", action="store_true",
+                   help="print the report as one JSON object")
+    p.set_defaults(func=_run)

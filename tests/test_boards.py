@@ -1,0 +1,123 @@
+"""Board top-levels without a toolchain: build plans (``do_build=False``), PLLs and errors."""
+
+import re
+
+import pytest
+from amaranth.hdl import Module
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+from systolic.hw.boards import BOARDS, BoardTop, ecp5_pll, get_board, ice40_pll
+from systolic.sw.errors import SystolicError
+
+
+class Echo(wiring.Component):
+    """Stand-in for the controller: every byte straight back, through a FIFO."""
+
+    rx: In(stream.Signature(8))
+    tx: Out(stream.Signature(8))
+    busy: Out(1)
+    error: Out(1)
+
+    def __init__(self, cfg=None):
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=8, depth=16)
+        wiring.connect(m, wiring.flipped(self.rx), queue.w_stream)
+        wiring.connect(m, queue.r_stream, wiring.flipped(self.tx))
+        return m
+
+
+def plan(board, *, controller="echo", **kwargs):
+    top = BoardTop(board, controller=Echo() if controller == "echo" else controller, **kwargs)
+    return top, get_board(board).platform().build(top, name="systolic", do_build=False)
+
+
+def test_boards_known():
+    assert list(BOARDS) == ["ulx3s-85f", "icebreaker"]
+    assert get_board("ulx3s-85f").config().target == "ecp5"
+    assert get_board("ulx3s-85f").config() == get_board("ulx3s-85f").config("default").replace(
+        target="ecp5")
+    small = get_board("icebreaker").config()
+    assert (small.rows, small.cols, small.target) == (2, 4, "ice40")
+
+
+@pytest.mark.parametrize("name", ["arty", "ULX3S-85F", None])
+def test_unknown_board(name):
+    with pytest.raises(SystolicError, match=rf"^Unknown board {re.escape(repr(name))}; "
+                                            r"known boards: ulx3s-85f, icebreaker$"):
+        get_board(name)
+    with pytest.raises(SystolicError, match=r"^Unknown board "):
+        BoardTop(name)
+
+
+def test_ulx3s_plan():
+    top, p = plan("ulx3s-85f")
+    assert top.clock_hz == 50e6
+    assert top.bridge.divisor == 50
+    lpf = p.files["systolic.lpf"]
+    for port, site in (("uart_0__rx__io", "M1"), ("uart_0__tx__io", "L4"),
+                       ("clk25_0__io", "G2"), ("led_7__io", "H3")):
+        assert f'LOCATE COMP "{port}" SITE "{site}";' in lpf
+    assert re.search(r'FREQUENCY NET "[^"]+" 50000000\.0 HZ;', lpf)
+    il = p.files["systolic.il"]
+    assert "EHXPLLL" in il
+    assert re.search(r"parameter \\CLKOP_DIV 12\b", il)
+
+
+def test_icebreaker_plan_from_oscillator():
+    top, p = plan("icebreaker")
+    assert top.clock_hz == 12e6
+    assert top.bridge.divisor == 12
+    pcf = p.files["systolic.pcf"]
+    for line in ("set_io uart_0__rx__io 6", "set_io uart_0__tx__io 9", "set_io clk12_0__io 35",
+                 "set_io led_g_0__io 37", "set_io led_r_0__io 11", "set_frequency clk12_0__io 12"):
+        assert line in pcf
+    assert "SB_PLL40" not in p.files["systolic.il"]
+
+
+def test_icebreaker_plan_with_pll():
+    top, p = plan("icebreaker", clock_mhz=24, baud=115_200)
+    assert top.clock_hz == 24e6
+    assert top.bridge.divisor == 208
+    il = p.files["systolic.il"]
+    assert "SB_PLL40_PAD" in il
+    assert re.search(r"parameter \\DIVF 7'0111111\b", il)
+    assert re.search(r"set_frequency \S+ 24\.0", p.files["systolic.pcf"])
+
+
+@pytest.mark.parametrize("board", list(BOARDS))
+def test_board_plan_with_controller(board):
+    # The real controller and the board's own configuration: elaborates and converts.
+    _, p = plan(board, controller=None)
+    assert "systolic.ys" in p.files
+
+
+def test_pll_settings():
+    assert ecp5_pll(25, 50) == (1, 2, 12, 50.0)
+    clki, clkfb, clkop, f = ecp5_pll(25, 75)
+    assert f == 75.0
+    assert 400 <= 75 * clkop <= 800
+    assert ice40_pll(12, 24) == (0, 63, 5, 1, 24.0)
+    assert ice40_pll(12, 48)[-1] == 48.0
+
+
+def test_clock_errors():
+    with pytest.raises(SystolicError, match=r"^Clock for icebreaker must be at least its 12 MHz "
+                                            r"oscillator, not 6 MHz$"):
+        BoardTop("icebreaker", clock_mhz=6)
+    with pytest.raises(SystolicError, match=r"^iCE40 PLL output must be between 16 and 275 MHz, "
+                                            r"not 14$"):
+        BoardTop("icebreaker", clock_mhz=14)
+    with pytest.raises(SystolicError, match=r"^ECP5 PLL output must be between 3\.125 and 400 "
+                                            r"MHz, not 500$"):
+        BoardTop("ulx3s-85f", clock_mhz=500)
+    with pytest.raises(SystolicError, match=r"^Clock must be a number of MHz, not 'fast'$"):
+        BoardTop("ulx3s-85f", clock_mhz="fast")
+
+
+def test_baud_error():
+    with pytest.raises(SystolicError, match=r"^Baud rate error must be at most 2%, not "):
+        BoardTop("icebreaker", baud=2_700_000)
+

@@ -1,0 +1,95 @@
+"""``systolic build``: its error paths without a toolchain, and one real iCEBreaker build (slow).
+
+The end-to-end build uses a reduced configuration (one 1x1 array, no pooling engine, shallow
+memories): the board's full ``small`` preset does not fit the UP5K yet (about 14,000 of 5,280
+logic cells and 102 of 30 block RAMs, most of the logic in the four requantization lanes).
+"""
+
+import json
+
+import pytest
+from systolic.hw.build import BuildError, _run_plan, build
+from systolic.hw.config import preset
+from systolic.sw.cli import main
+from systolic.sw.errors import SystolicError
+
+REDUCED = ["--rows", "1", "--cols", "1", "--no-pool", "--act-depth", "256",
+           "--weight-depth", "256", "--param-depth", "16"]
+
+_UTILISATION = """\
+Info: Device utilisation:
+Info: \t         ICESTORM_LC:   14026/   5280   265%
+Info: \t        ICESTORM_RAM:     102/     30   340%
+Info: \t        ICESTORM_DSP:       8/      8   100%
+ERROR: Unable to place cell 'x', no BELs remaining to implement cell type 'ICESTORM_RAM'
+"""
+
+
+def fake_plan(tmp_path, script):
+    (tmp_path / "build_systolic.sh").write_text(script)
+    return tmp_path
+
+
+def test_unknown_board_cli(capsys):
+    assert main(["build", "--board", "arty"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("systolic: error: Unknown board 'arty'; known boards: ulx3s-85f, "
+                   "icebreaker\n")
+
+
+def test_unknown_board_api():
+    with pytest.raises(SystolicError, match=r"^Unknown board 'de10'; known boards: "):
+        build("de10")
+
+
+def test_bad_seed():
+    with pytest.raises(BuildError, match=r"^Seed must be a non-negative integer, not -1$"):
+        build("icebreaker", seed=-1)
+
+
+def test_does_not_fit_names_the_resources(tmp_path):
+    (tmp_path / "systolic.tim").write_text(_UTILISATION)      # as nextpnr leaves it
+    fake_plan(tmp_path, "exit 1\n")
+    with pytest.raises(BuildError, match=(
+            r"^The design does not fit the device: logic cells \(ICESTORM_LC\) 14026 of 5280; "
+            r"block RAMs \(ICESTORM_RAM\) 102 of 30\. Use fewer array rows/cols \(--rows, "
+            r"--cols\) or shallower memories \(--act-depth, --weight-depth\)$")):
+        _run_plan(tmp_path, preset("small"))
+
+
+def test_does_not_fit_suggests_small_preset(tmp_path):
+    (tmp_path / "systolic.tim").write_text(_UTILISATION)      # as nextpnr leaves it
+    fake_plan(tmp_path, "exit 1\n")
+    with pytest.raises(BuildError, match=r"\. Use the `small` preset \(--preset small\) or "):
+        _run_plan(tmp_path, preset("default"))
+
+
+def test_tool_failure_shows_the_log(tmp_path):
+    fake_plan(tmp_path, "echo 'ERROR: something broke in yosys' > systolic.rpt\n"
+                        "echo 'yosys failed' >&2\nexit 3\n")
+    with pytest.raises(BuildError, match=r"^The toolchain failed \(exit code 3\) in .*; end of "
+                                         r"its log:\nERROR: something broke in yosys$"):
+        _run_plan(tmp_path, preset("small"))
+
+
+@pytest.mark.slow
+def test_build_icebreaker_end_to_end(tmp_path, capsys):
+    out = tmp_path / "ice"
+    assert main(["build", "--board", "icebreaker", *REDUCED, "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("board", "bitstream", "fmax_mhz", "target_mhz", "timing_met", "luts", "ffs",
+                "dsps", "brams", "sprams", "totals", "clocks"):
+        assert key in report, key
+    assert report["board"] == "icebreaker"
+    assert report["bitstream"] == str(out / "systolic.bin")
+    assert (out / "systolic.bin").stat().st_size > 100_000
+    assert report["target_mhz"] == 12.0
+    assert report["dsps"] == 1
+    assert report["totals"] == {"luts": 5280, "ffs": 5280, "dsps": 8, "brams": 30, "sprams": 4}
+    assert 0 < report["luts"] <= 5280
+    assert 0 < report["brams"] <= 30
+    assert report["fmax_mhz"] > 0
+    assert report["timing_met"] == (report["fmax_mhz"] >= 12.0)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["luts"] == report["luts"]
+    assert "utilization" in on_disk["nextpnr"]
