@@ -18,7 +18,7 @@ import os
 
 import cocotb
 import numpy as np
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 from systolic.hw.config import AcceleratorConfig
 from systolic.hw.isa import load_layout
 from systolic.sim.streams import StreamSink, StreamSource, reset, start_clock
@@ -49,11 +49,11 @@ class SimTransport(Transport):
 
     async def execute(self, command):
         await self.cmd.put(command)
-        while True:
+        await ReadOnly()
+        if int(self.dut.busy.value):
+            # Wait for the edge rather than polling every cycle: far fewer Python callbacks.
+            await FallingEdge(self.dut.busy)
             await ReadOnly()
-            if int(self.dut.busy.value) == 0:
-                break
-            await RisingEdge(self.clk)
         cycles = int(self.dut.cycles.value)
         await RisingEdge(self.clk)
         return cycles
