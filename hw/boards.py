@@ -7,14 +7,14 @@ clock, baud rate and accelerator configuration.
 
 LEDs (active high here; amaranth-boards handles each board's polarity):
 
-========  =========================================  ===============================
-board     LED                                        shows
-========  =========================================  ===============================
-ULX3S     ``led`` 0 / 1 / 2 / 3                      heartbeat / busy / error / overrun
-ULX3S     ``led`` 4 / 5 / 6 / 7                      rx / tx activity, line fault, PLL lock
-iCEBreak  ``led_g``                                  busy (on), else heartbeat (blinks)
-iCEBreak  ``led_r``                                  error or UART overrun
-========  =========================================  ===============================
+==========  =====================  ==================================================
+board       LED                    shows
+==========  =====================  ==================================================
+ULX3S       ``led`` 0 / 1 / 2 / 3  heartbeat / busy / error / UART overrun
+ULX3S       ``led`` 4 / 5 / 6 / 7  rx activity / tx activity / line fault / PLL lock
+iCEBreaker  ``led_g``              busy (on), else heartbeat (blinks)
+iCEBreaker  ``led_r``              controller error or UART overrun
+==========  =====================  ==================================================
 
 "Line fault" is a framing error or a break, stretched to a visible blink.
 """
