@@ -182,6 +182,34 @@ def _stage(name, work, *, progress, watch=None):
     return result[0], time.monotonic() - start
 
 
+class _ToolWatch:
+    """Which tool of the build script runs, from the files it has written; times each one."""
+
+    def __init__(self, build_dir, family):
+        self.build_dir = build_dir
+        self.packed = f"{NAME}.config" if family == "ecp5" else f"{NAME}.asc"
+        self.packer = "ecppack" if family == "ecp5" else "icepack"
+        self.times = {}
+        self._tool, self._since = None, time.monotonic()
+
+    def __call__(self):
+        if not (self.build_dir / f"{NAME}.tim").exists():
+            tool, phase = "yosys", ""
+        elif not (self.build_dir / self.packed).exists():
+            tool, phase = "nextpnr", _nextpnr_phase(self.build_dir / f"{NAME}.tim")
+        else:
+            tool, phase = self.packer, ""
+        self.switch(tool)
+        return f"{tool} {time.monotonic() - self._since:.0f} s {phase}".strip()
+
+    def switch(self, tool):
+        now = time.monotonic()
+        if tool != self._tool:
+            if self._tool is not None:
+                self.times[self._tool] = round(now - self._since, 1)
+            self._tool, self._since = tool, now
+
+
 def _nextpnr_phase(log):
     for line in reversed(_tail(log, 40).splitlines()):
         if line.startswith("Info: ") and any(w in line for w in ("Running", "Routing", "placer",
@@ -298,9 +326,11 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
             "elaborate", lambda: platform.prepare(top, name=NAME, **overrides),
             progress=progress)
         plan.extract(build_dir)
+        watch = _ToolWatch(build_dir, spec.family)
         _, stages["toolchain"] = _stage(
-            "yosys, nextpnr, pack", lambda: _run_plan(build_dir, top.cfg),
-            progress=progress, watch=lambda: _nextpnr_phase(build_dir / f"{NAME}.tim"))
+            "toolchain", lambda: _run_plan(build_dir, top.cfg), progress=progress, watch=watch)
+        watch.switch(None)
+        stages.update(watch.times)
     bitstream = build_dir / (f"{NAME}.bit" if spec.family == "ecp5" else f"{NAME}.bin")
     if not bitstream.exists():
         raise BuildError(f"The toolchain finished but wrote no bitstream {bitstream}; end of "
