@@ -1,5 +1,5 @@
-"""cocotb test of a whole network on `systolic.hw.core.Core`: the host driver
-(`systolic.sw.driver.Driver`) over a transport made of the core's streams.
+"""cocotb test of a whole network on `systolic.hw.controller.Controller`: the host driver
+(`systolic.sw.driver.Driver`) over the framed protocol, on the controller's byte streams.
 
 The job comes from the JSON file named by ``$SYSTOLIC_NETWORK`` (written by
 `systolic.sw.simulate.simulate`)::
@@ -7,10 +7,10 @@ The job comes from the JSON file named by ``$SYSTOLIC_NETWORK`` (written by
     {"qnet": path, "cfg": {AcceleratorConfig fields}, "trace": bool,
      "images": [[int8, ...], ...]}          # each image flattened in (C, H, W) order
 
-The network is compiled here again (compilation is deterministic), its weights loaded once,
-then every image run. The results go to ``$SYSTOLIC_RESULTS`` as a JSON list, one entry per
-image: ``{"logits": [int], "cycles": [int per layer], "outputs": [[int8 ...] per layer] or
-null}``.
+The network is compiled here again (compilation is deterministic), its weights and program
+loaded once, then every image run. The results go to ``$SYSTOLIC_RESULTS`` as a JSON list, one
+entry per image: ``{"logits": [int], "cycles": [int per layer], "outputs": [[int8 ...] per
+layer] or null}``.
 """
 
 import json
@@ -18,50 +18,28 @@ import os
 
 import cocotb
 import numpy as np
-from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 from systolic.hw.config import AcceleratorConfig
-from systolic.hw.isa import load_layout
 from systolic.sim.streams import StreamSink, StreamSource, reset, start_clock
 from systolic.sw.compiler import compile_network
-from systolic.sw.driver import Driver, Transport
+from systolic.sw.driver import Driver, FramedTransport, Link
 from systolic.sw.qnet import QNet
 
 PERIOD_NS = 10
 
 
-class SimTransport(Transport):
-    """The `Transport` of a simulated core: its load, cmd and read-back streams."""
+class StreamLink(Link):
+    """A `Link` made of the controller's ``rx`` and ``tx`` byte streams."""
 
-    def __init__(self, dut, cfg):
-        self.dut = dut
+    def __init__(self, dut):
         self.clk = start_clock(dut, PERIOD_NS)
-        self.load = StreamSource(dut, "load", self.clk)
-        self.cmd = StreamSource(dut, "cmd", self.clk)
-        self.rd_addr = StreamSource(dut, "rd_addr", self.clk)
-        self.rd_data = StreamSink(dut, "rd_data", self.clk)
-        lay = load_layout(cfg)
-        self._offsets = [lay[name].offset for name in ("mem", "addr", "data")]
+        self.rx = StreamSource(dut, "rx", self.clk)
+        self.tx = StreamSink(dut, "tx", self.clk)
 
-    async def write(self, beats):
-        om, oa, od = self._offsets
-        await self.load.send([mem.value << om | addr << oa | data << od
-                              for mem, addr, data in beats])
+    async def send(self, data):
+        await self.rx.send(list(data))
 
-    async def execute(self, command):
-        await self.cmd.put(command)
-        await ReadOnly()
-        if int(self.dut.busy.value):
-            # Wait for the edge rather than polling every cycle: far fewer Python callbacks.
-            await FallingEdge(self.dut.busy)
-            await ReadOnly()
-        cycles = int(self.dut.cycles.value)
-        await RisingEdge(self.clk)
-        return cycles
-
-    async def read(self, base, count):
-        receiving = cocotb.start_soon(self.rd_data.recv(count))
-        await self.rd_addr.send([base + i for i in range(count)])
-        return [int(w) for w in await receiving]
+    async def recv(self, count):
+        return bytes(int(b) for b in await self.tx.recv(count))
 
 
 @cocotb.test()
@@ -71,9 +49,9 @@ async def network(dut):
         job = json.load(f)
     cfg = AcceleratorConfig(**job["cfg"])
     program = compile_network(QNet.load(job["qnet"]), cfg)
-    transport = SimTransport(dut, cfg)
-    await reset(dut, transport.clk)
-    driver = Driver(program, transport)
+    link = StreamLink(dut)
+    await reset(dut, link.clk)
+    driver = Driver(program, FramedTransport(link, cfg))
     await driver.load_network()
     shape = program.input_shape
     images = [np.array(im, np.int8).reshape(shape) for im in job["images"]]

@@ -1,39 +1,101 @@
-"""The host driver: load a compiled network into a core and run images through it.
+"""The host driver: load a compiled network into the accelerator and run images through it.
 
-The driver speaks to the core through a `Transport`, an abstract pipe with three operations
-(memory writes, one layer command, activation read-back). The cocotb testbench
-(``sim/test_network.py``) implements it on the simulated core's streams; a serial transport to
-a board implements it on the framed byte protocol. The driver code is the same for both.
+The driver speaks to the accelerator through a `Transport`, with three operations: memory
+writes, running a range of the on-chip program, and activation read-back. `FramedTransport`
+implements them on the framed byte protocol (``docs/protocol.md``) over any `Link` — a serial
+port to a board (`systolic.sw.deploy`), the controller's byte streams in cocotb
+(``sim/test_network.py``), or a simulated board's UART pins. The driver code is the same
+for all of them.
 
-The operations are coroutines, because a cocotb transport must await clock edges; a blocking
-transport simply returns from them (run one with ``asyncio.run``).
+The operations are coroutines, because a cocotb link must await clock edges; a blocking link
+simply returns from them (run one with ``asyncio.run``).
 """
 
 import abc
 from dataclasses import dataclass
+from itertools import groupby
 
 import numpy as np
 
-from ..hw.isa import Mem
+from ..hw.isa import MAX_PAYLOAD, Mem, Reply
+from . import protocol
 from .compiler import Program
+from .errors import SystolicError
 
-__all__ = ["Driver", "Inference", "Transport"]
+__all__ = ["Driver", "FramedTransport", "Inference", "Link", "Transport"]
 
 
 class Transport(abc.ABC):
-    """A pipe to one core: what a `Driver` needs, and nothing else."""
+    """What a `Driver` needs of an accelerator, and nothing else."""
 
     @abc.abstractmethod
     async def write(self, beats):
         """Memory writes: an iterable of ``(Mem, addr, data)``, applied in order."""
 
     @abc.abstractmethod
-    async def execute(self, command):
-        """Run one packed layer descriptor to completion; return the core's ``cycles``."""
+    async def run(self, start, count):
+        """Run program entries ``start .. start + count - 1``; return each one's cycles."""
 
     @abc.abstractmethod
     async def read(self, base, count):
         """Read ``count`` activation words from address ``base``; return them as ints."""
+
+
+class Link(abc.ABC):
+    """A byte pipe to the accelerator's host interface."""
+
+    @abc.abstractmethod
+    async def send(self, data):
+        """Send ``data`` (bytes)."""
+
+    @abc.abstractmethod
+    async def recv(self, count):
+        """Receive exactly ``count`` bytes (raise `SystolicError` if they do not come)."""
+
+
+class FramedTransport(Transport):
+    """`Transport` over the framed protocol: one request frame, one reply frame."""
+
+    def __init__(self, link, cfg):
+        self.link = link
+        self.cfg = cfg
+
+    async def request(self, frame, expect):
+        """Send one request frame; return its reply's payload (ERROR replies raise)."""
+        await self.link.send(frame)
+        head = await self.link.recv(4)
+        length = int.from_bytes(head[2:4], "little")
+        rest = await self.link.recv(length + 2)
+        (reply,) = protocol.ReplyParser().feed(bytes(head) + bytes(rest))
+        reply.check()
+        if reply.kind != expect:
+            raise protocol.FrameError(
+                f"Reply to this request must be {expect.name}, not {reply.kind.name}")
+        return reply.payload
+
+    async def write(self, beats):
+        # Consecutive addresses of one memory go in as few frames as fit.
+        runs = []
+        for (mem, _), group in groupby(enumerate(beats), key=lambda b: (b[1][0], b[1][1] - b[0])):
+            group = [beat for _, beat in group]
+            runs.append((mem, group[0][1], [data for _, _, data in group]))
+        for mem, addr, words in runs:
+            for frame in protocol.write_requests(self.cfg, mem, addr, words):
+                await self.request(frame, Reply.ACK)
+
+    async def run(self, start, count):
+        await self.request(protocol.run_request(start, count), Reply.DONE)
+        stats = await self.request(protocol.stats_request(start, count), Reply.DATA)
+        return [int.from_bytes(stats[4 * i:4 * i + 4], "little") for i in range(count)]
+
+    async def read(self, base, count):
+        words, step = [], MAX_PAYLOAD // self.cfg.cols
+        for at in range(base, base + count, step):
+            n = min(step, base + count - at)
+            data = await self.request(protocol.read_request(at, n), Reply.DATA)
+            words += [int.from_bytes(data[i * self.cfg.cols:(i + 1) * self.cfg.cols], "little")
+                      for i in range(n)]
+        return words
 
 
 @dataclass(eq=False)
@@ -74,8 +136,15 @@ class Driver:
         self.transport = transport
 
     async def load_network(self):
-        """Write the weight and parameter memories (once per network)."""
-        await self.transport.write(self.program.loads())
+        """Write the weights, the parameters and the program (once per network)."""
+        p = self.program
+        if len(p.layers) > p.cfg.program_depth:
+            raise SystolicError(
+                f"The network has {len(p.layers)} hardware layers but the program memory "
+                f"holds {p.cfg.program_depth}; raise program_depth")
+        await self.transport.write(p.loads())
+        await self.transport.write([(Mem.PROGRAM, i, layer.command)
+                                    for i, layer in enumerate(p.layers)])
 
     async def infer(self, image, *, trace=False):
         """Run one int8 ``(C, H, W)`` image; returns an `Inference`.
@@ -86,12 +155,15 @@ class Driver:
         p = self.program
         words = p.input_words(image)
         await self.transport.write((Mem.ACT, p.input_base + a, v) for a, v in enumerate(words))
-        cycles, outputs = [], [] if trace else None
-        for i, layer in enumerate(p.layers):
-            cycles.append(int(await self.transport.execute(layer.command)))
-            if trace:
+        cycles, outputs = [], None
+        if trace:
+            outputs = []
+            for i, layer in enumerate(p.layers):
+                cycles += await self.transport.run(i, 1)
                 got = await self.transport.read(layer.out_base, layer.out_words)
                 outputs.append(p.decode_layer(i, got))
+        else:
+            cycles = await self.transport.run(0, len(p.layers))
         if trace:
             logits = outputs[-1].reshape(p.classes)
         else:

@@ -109,7 +109,8 @@ def _stdout_to_stderr():
 
 
 def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, timeout=None):
-    """Run ``qnet`` on int8 ``images`` ``(N, C, H, W)`` in the core's RTL.
+    """Run ``qnet`` on int8 ``images`` ``(N, C, H, W)`` in the accelerator's RTL (controller
+    and core), driven through the framed host protocol.
 
     Returns
     -------
@@ -124,7 +125,7 @@ def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, tim
     systolic.sim.runner.SimulationError
         When the simulator is missing, or the simulation fails or times out.
     """
-    from ..hw.core import Core
+    from ..hw.controller import Controller
     from ..sim.runner import run_cocotb
 
     compile_network(qnet, cfg)          # fit errors before building anything
@@ -138,7 +139,7 @@ def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, tim
         (tmp / "job.json").write_text(json.dumps(job))
         if timeout is None:
             timeout = 600 + 5 * len(images) * (10 if sim == "icarus" else 1)
-        run_cocotb(Core(cfg), name="core", test_module="test_network", sim=sim,
+        run_cocotb(Controller(cfg), name="controller", test_module="test_network", sim=sim,
                    build_key=cfg.as_dict(), waves=waves, timeout=timeout,
                    extra_env={"SYSTOLIC_NETWORK": tmp / "job.json",
                               "SYSTOLIC_RESULTS": tmp / "results.json"})
