@@ -1,4 +1,4 @@
-"""``systolic generate``: the accelerator core as Verilog, with a JSON manifest beside it."""
+"""``systolic generate``: the accelerator (controller and core) as Verilog, with a JSON manifest."""
 
 import argparse
 import dataclasses
@@ -11,13 +11,13 @@ from amaranth.lib import wiring
 
 from ..sw.errors import SystolicError
 from .config import PRESETS, TARGETS, AcceleratorConfig, preset
-from .core import Core
-from .isa import param_layout
+from .controller import Controller
+from .isa import MAX_PAYLOAD, layer_layout, param_layout
 from .pool import pool_line_words
 
 __all__ = ["add_parser", "generate", "manifest"]
 
-TOP = "systolic_core"
+TOP = "systolic"
 
 
 def _ports(component):
@@ -42,6 +42,9 @@ def _memories(cfg):
         mem("act", cfg.act_depth, cfg.word_bits, "activations between layers"),
         mem("weights", cfg.weight_depth, cfg.word_bits, "weight words"),
         mem("params", cfg.param_depth, param_layout(cfg).size, "bias, M, shift per channel"),
+        mem("program", cfg.program_depth, layer_layout(cfg).size, "layer descriptors"),
+        mem("cycles", cfg.program_depth, 32, "cycle counter of each program entry"),
+        mem("frame", MAX_PAYLOAD, 8, "request frame buffer"),
     ]
     if cfg.pool:
         row_sum = cfg.data_bits + 2             # a sum of up to three int8 values
@@ -53,8 +56,8 @@ def _memories(cfg):
 
 
 def manifest(cfg, component=None):
-    """What the generated core is made of: config, ports, DSP multipliers and memories."""
-    component = Core(cfg) if component is None else component
+    """What the generated accelerator is made of: config, ports, DSP multipliers, memories."""
+    component = Controller(cfg) if component is None else component
     return {
         "top": TOP,
         "config": cfg.as_dict(),
@@ -66,15 +69,15 @@ def manifest(cfg, component=None):
 
 
 def generate(cfg, out_dir):
-    """Write ``<out_dir>/systolic_core.v`` and ``manifest.json``; return the manifest."""
+    """Write ``<out_dir>/systolic.v`` and ``manifest.json``; return the manifest."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SystolicError(f"Cannot create output directory {str(out)!r}: {e.strerror}") from None
-    core = Core(cfg)
-    man = manifest(cfg, core)
-    text = verilog.convert(core, name=TOP, emit_src=False)
+    top = Controller(cfg)
+    man = manifest(cfg, top)
+    text = verilog.convert(top, name=TOP, emit_src=False)
     (out / f"{TOP}.v").write_text(text)
     man["verilog"] = str(out / f"{TOP}.v")
     (out / "manifest.json").write_text(json.dumps(man, indent=2) + "\n")
@@ -124,9 +127,10 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "generate", help="write the accelerator's Verilog and a JSON manifest",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Generate the accelerator core (systolic array, convolution and pooling "
-                    "engines, on-chip memories) as one Verilog file, with manifest.json "
-                    "describing its configuration, ports, DSP multipliers and memories.",
+        description="Generate the accelerator (host-interface controller, systolic array, "
+                    "convolution and pooling engines, on-chip memories) as one Verilog file, "
+                    "systolic.v, whose ports are two byte streams (docs/protocol.md), with "
+                    "manifest.json describing its configuration, ports, DSPs and memories.",
         epilog="examples:\n"
                "  systolic generate -o build/core                 # 8x8 default (ECP5)\n"
                "  systolic generate --preset small -o build/s     # fits an iCE40UP5K\n"

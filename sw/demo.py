@@ -21,17 +21,16 @@ def run_demo(out_dir, *, preset_name="default", images=40, sim="verilator", epoc
              seed=0, log=print):
     """Run the demo, writing into ``out_dir``; returns the report as a dict.
 
-    Files written: ``model.pt``, ``model.qnet``, ``core.v``, ``report.json``, ``report.txt``.
+    Files written: ``model.pt``, ``model.qnet``, ``systolic.v``, ``manifest.json``,
+    ``report.json``, ``report.txt``.
 
     Raises
     ------
     SystolicError
         When ``images`` is not positive or the output directory cannot be created.
     """
-    from amaranth.back import verilog
-
     from ..hw.config import preset
-    from ..hw.core import Core
+    from ..hw.generate import generate
     from . import data, golden, models, quantize, simulate, train
     from .compiler import compile_network
 
@@ -62,7 +61,7 @@ def run_demo(out_dir, *, preset_name="default", images=40, sim="verilator", epoc
 
     log(f"[3/5] compiling for the {preset_name} preset ({cfg.rows}x{cfg.cols} array)")
     program = compile_network(qnet, cfg)
-    (out / "core.v").write_text(verilog.convert(Core(cfg), name="core"))
+    generate(cfg, out)
 
     n = min(images, len(split.test))
     log(f"[4/5] simulating {n} test images on {sim} (the first run builds the simulator, "
@@ -83,7 +82,7 @@ def run_demo(out_dir, *, preset_name="default", images=40, sim="verilator", epoc
     (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "report.txt").write_text(text + "\n")
     log(text)
-    log(f"\nwrote {out / 'core.v'} (Verilog of the core), {out / 'model.qnet'}, "
+    log(f"\nwrote {out / 'systolic.v'} (Verilog of the accelerator), {out / 'model.qnet'}, "
         f"{out / 'report.txt'} and {out / 'report.json'} in {result['total_seconds']:.0f} s")
     if report.mismatches:
         raise SystolicError(f"{report.mismatches} of {n} images differ from the golden model; "

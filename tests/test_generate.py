@@ -11,16 +11,16 @@ from systolic.sw.cli import main
 def test_generate_writes_verilog_and_manifest(tmp_path, capsys):
     main(["generate", "--preset", "small", "-o", str(tmp_path), "--json"])
     man = json.loads(capsys.readouterr().out)
-    text = (tmp_path / "systolic_core.v").read_text()
-    assert "module systolic_core(" in text
+    text = (tmp_path / "systolic.v").read_text()
+    assert "module systolic(" in text
     assert man == json.loads((tmp_path / "manifest.json").read_text())
     cfg = PRESETS["small"]
     assert man["config"]["rows"] == cfg.rows
     assert man["dsps"]["count"] == cfg.rows * cfg.cols
     names = {p["name"]: p for p in man["ports"]}
-    assert names["cmd__payload"]["direction"] == "in"
-    assert names["rd_data__payload"]["width"] == cfg.cols * 8
-    assert {m["name"] for m in man["memories"]} >= {"act", "weights", "params"}
+    assert names["rx__payload"] == {"name": "rx__payload", "direction": "in", "width": 8}
+    assert names["tx__valid"]["direction"] == "out"
+    assert {m["name"] for m in man["memories"]} >= {"act", "weights", "params", "program"}
 
 
 def test_generate_overrides(tmp_path, capsys):
@@ -29,7 +29,7 @@ def test_generate_overrides(tmp_path, capsys):
     man = json.loads(capsys.readouterr().out)
     assert (man["config"]["rows"], man["config"]["cols"]) == (4, 8)
     assert man["dsps"] == {"count": 32, "kind": "MULT18X18D"}
-    assert "MULT18X18D" in (tmp_path / "systolic_core.v").read_text()
+    assert "MULT18X18D" in (tmp_path / "systolic.v").read_text()
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -61,8 +61,9 @@ def test_demo(tmp_path):
                       log=lines.append)
     assert result["mismatches"] == 0
     assert result["images"] == 3
-    for name in ("core.v", "model.qnet", "model.pt", "report.txt", "report.json"):
+    for name in ("systolic.v", "manifest.json", "model.qnet", "model.pt", "report.txt",
+                 "report.json"):
         assert (tmp_path / "demo" / name).is_file()
-    assert (tmp_path / "demo" / "core.v").read_text().count("module core(") == 1
+    assert (tmp_path / "demo" / "systolic.v").read_text().count("module systolic(") == 1
     assert json.loads((tmp_path / "demo" / "report.json").read_text())["images"] == 3
     assert any(line.startswith("3 images on ") for line in lines)
