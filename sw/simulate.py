@@ -108,9 +108,11 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, timeout=None):
+def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, timeout=None,
+            uart=None):
     """Run ``qnet`` on int8 ``images`` ``(N, C, H, W)`` in the accelerator's RTL (controller
-    and core), driven through the framed host protocol.
+    and core), driven through the framed host protocol; with ``uart = (clk_hz, baud)``, the
+    virtual board (`systolic.hw.virtual.VirtualBoard`), driven bit by bit on its UART pins.
 
     Returns
     -------
@@ -126,6 +128,7 @@ def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, tim
         When the simulator is missing, or the simulation fails or times out.
     """
     from ..hw.controller import Controller
+    from ..hw.virtual import VirtualBoard
     from ..sim.runner import run_cocotb
 
     compile_network(qnet, cfg)          # fit errors before building anything
@@ -136,11 +139,16 @@ def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, tim
         qnet.save(tmp / "net.qnet")
         job = {"qnet": str(tmp / "net.qnet"), "cfg": fields, "trace": bool(trace),
                "images": [im.ravel().tolist() for im in images]}
+        if uart is None:
+            top, name = Controller(cfg), "controller"
+        else:
+            top, name = VirtualBoard(cfg, clk_freq=uart[0], baud=uart[1]), "virtual_board"
+            job["uart_divisor"] = top.bridge.divisor
         (tmp / "job.json").write_text(json.dumps(job))
         if timeout is None:
             timeout = 600 + 5 * len(images) * (10 if sim == "icarus" else 1)
-        run_cocotb(Controller(cfg), name="controller", test_module="test_network", sim=sim,
-                   build_key=cfg.as_dict(), waves=waves, timeout=timeout,
+        run_cocotb(top, name=name, test_module="test_network", sim=sim,
+                   build_key=[cfg.as_dict(), uart], waves=waves, timeout=timeout,
                    extra_env={"SYSTOLIC_NETWORK": tmp / "job.json",
                               "SYSTOLIC_RESULTS": tmp / "results.json"})
         return json.loads((tmp / "results.json").read_text())
@@ -161,13 +169,14 @@ def _first_difference(program, gold, results):
     return None
 
 
-def simulate(qnet, images, cfg, *, labels=None, sim="verilator", trace=False, waves=False):
+def simulate(qnet, images, cfg, *, labels=None, sim="verilator", trace=False, waves=False,
+             uart=None):
     """Run ``images`` in RTL and compare with the golden model; returns a `SimulationReport`."""
     program = compile_network(qnet, cfg)
     images = np.asarray(images, np.int8)
     gold = golden.run(qnet, images)
     start = time.monotonic()
-    results = run_rtl(qnet, images, cfg, sim=sim, trace=trace, waves=waves)
+    results = run_rtl(qnet, images, cfg, sim=sim, trace=trace, waves=waves, uart=uart)
     wall = time.monotonic() - start
     logits = np.array([r["logits"] for r in results], np.int8).reshape(len(images), -1)
     cycles = np.array([r["cycles"] for r in results], np.int64).reshape(len(images), -1)
