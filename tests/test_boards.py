@@ -54,16 +54,17 @@ def test_unknown_board(name):
 
 def test_ulx3s_plan():
     top, p = plan("ulx3s-85f")
-    assert top.clock_hz == 50e6
-    assert top.bridge.divisor == 50
+    assert top.clock_hz == 30e6
+    assert top.bridge.divisor == 30
     lpf = p.files["systolic.lpf"]
     for port, site in (("uart_0__rx__io", "M1"), ("uart_0__tx__io", "L4"),
                        ("clk25_0__io", "G2"), ("led_7__io", "H3")):
         assert f'LOCATE COMP "{port}" SITE "{site}";' in lpf
-    assert re.search(r'FREQUENCY NET "[^"]+" 50000000\.0 HZ;', lpf)
+    assert 'FREQUENCY PORT "clk25_0__io" 25000000.0 HZ;' in lpf
     il = p.files["systolic.il"]
     assert "EHXPLLL" in il
-    assert re.search(r"parameter \\CLKOP_DIV 12\b", il)
+    assert re.search(r"parameter \\CLKOP_DIV 20\b", il)
+    assert re.search(r"parameter \\CLKFB_DIV 6\b", il)
 
 
 def test_icebreaker_plan_from_oscillator():
