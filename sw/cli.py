@@ -25,6 +25,7 @@ COMMANDS = [
     "systolic.hw.build",
     "systolic.sw.simulate",
     "systolic.sw.demo",
+    "systolic.sw.deploy",
 ]
 
 

@@ -1,0 +1,197 @@
+"""``systolic deploy``: program a board, load a network over its UART, run dataset images.
+
+The host side is the same `Driver` and `FramedTransport` as in simulation; only the `Link`
+changes: `SerialLink` (pyserial) to a board, or, with ``--sim``, the simulated board's UART
+pins (`systolic.hw.virtual.VirtualBoard`), bit by bit.
+"""
+
+import argparse
+import asyncio
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from ..hw.boards import BOARDS, get_board
+from . import golden
+from .compiler import compile_network
+from .driver import Driver, FramedTransport, Link
+from .errors import SystolicError
+from .qnet import QNet
+
+__all__ = ["SerialLink", "add_parser", "deploy_board", "deploy_sim"]
+
+#: Clock and baud rate of the virtual board: 8 clock cycles a bit keeps simulations short.
+SIM_CLOCK_HZ, SIM_BAUD = 100e6, 12.5e6
+
+
+class SerialLink(Link):
+    """A `Link` over a serial port (pyserial)."""
+
+    def __init__(self, port, baud, *, timeout=5.0):
+        import serial
+
+        try:
+            self._port = serial.Serial(port, baud, timeout=timeout)
+        except (serial.SerialException, ValueError) as e:
+            raise SystolicError(
+                f"Cannot open serial port {port!r} ({e}); check that the board is plugged in "
+                "and name its port with --port (e.g. /dev/ttyUSB0, COM3)") from None
+        self._name = port
+
+    async def send(self, data):
+        self._port.write(data)
+
+    async def recv(self, count):
+        data = self._port.read(count)
+        if len(data) != count:
+            raise SystolicError(
+                f"The board on {self._name} stopped answering ({len(data)} of {count} bytes); "
+                "is it programmed with this build, and at the same baud rate?")
+        return data
+
+    def close(self):
+        self._port.close()
+
+
+def _program(board, bitstream):
+    """Load ``bitstream`` into ``board`` with its usual programmer."""
+    if board.family == "ecp5":
+        tools = ["openFPGALoader", "openfpgaloader-cli"]
+        args = ["-b", "ulx3s", str(bitstream)]
+    else:
+        tools = ["iceprog"]
+        args = [str(bitstream)]
+    tool = next((t for t in tools if shutil.which(t)), None)
+    if tool is None:
+        raise SystolicError(
+            f"No programmer for {board.name}: install {tools[0]} (Debian: apt-get install "
+            f"{'openfpgaloader' if board.family == 'ecp5' else 'fpga-icestorm'}), or program "
+            f"the board yourself ({board.program_hint.format(bitstream=bitstream)}) and "
+            "pass --no-program")
+    result = subprocess.run([tool, *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-8:])
+        raise SystolicError(f"{shlex.join([tool, *args])} failed:\n{tail}")
+
+
+def _summary(qnet, images, labels, logits, seconds, extra):
+    gold = golden.run(qnet, images)
+    mismatches = int(np.sum(np.any(logits != gold.logits, axis=1)))
+    pred = logits.argmax(axis=1)
+    return {
+        "images": len(images),
+        "mismatches": mismatches,
+        "accuracy": float(np.mean(pred == labels)),
+        "golden_accuracy": float(np.mean(gold.predictions == labels)),
+        "images_per_second": len(images) / seconds if seconds > 0 else None,
+        **extra,
+    }
+
+
+def deploy_sim(qnet, images, labels, board, *, sim="verilator"):
+    """Run ``images`` on the virtual board; returns the summary dict."""
+    from . import simulate
+
+    cfg = board.config().replace(target="generic")
+    start = time.monotonic()
+    with simulate._stdout_to_stderr():          # the simulator's chatter is not the report
+        report = simulate.simulate(qnet, images, cfg, labels=labels, sim=sim,
+                                   uart=(SIM_CLOCK_HZ, SIM_BAUD))
+    seconds = time.monotonic() - start
+    d = report.as_dict()
+    return _summary(qnet, images, labels, report.logits, seconds, {
+        "board": f"{board.name} (virtual, {sim})", "cycles_per_image": d["cycles_per_image"],
+        "note": "images_per_second is the simulation's, not a board's"})
+
+
+def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None,
+                 program=True, log=print):
+    """Program ``board`` (building its bitstream if none is given) and run ``images``."""
+    cfg = board.config()
+    program_ = compile_network(qnet, cfg)
+    if program:
+        if bitstream is None:
+            from ..hw.build import build
+
+            log(f"building the {board.name} bitstream (a few minutes)")
+            bitstream = build(board.name, cfg).bitstream
+        log(f"programming {board.name} with {bitstream}")
+        _program(board, bitstream)
+    link = SerialLink(port, baud or board.baud)
+    try:
+        driver = Driver(program_, FramedTransport(link, cfg))
+        asyncio.run(driver.load_network())
+        start = time.monotonic()
+        results = asyncio.run(driver.run_images(list(images)))
+        seconds = time.monotonic() - start
+    finally:
+        link.close()
+    logits = np.array([r.logits for r in results], np.int8)
+    return _summary(qnet, images, labels, logits, seconds, {
+        "board": board.name, "cycles_per_image": int(np.mean([r.cycles for r in results]))})
+
+
+def _run(args):
+    from .simulate import dataset_images
+
+    board = get_board(args.board)
+    qnet = QNet.load(args.model)
+    images, labels = dataset_images(qnet, args.dataset, args.data_dir, args.images)
+    if args.sim:
+        summary = deploy_sim(qnet, images, labels, board, sim=args.simulator)
+    else:
+        if args.port is None:
+            raise SystolicError("--port is required to deploy to a board (e.g. /dev/ttyUSB0); "
+                                "use --sim for the virtual board")
+        log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+        summary = deploy_board(qnet, images, labels, board, port=args.port, baud=args.baud,
+                               bitstream=args.bitstream, program=not args.no_program, log=log)
+    if args.json:
+        print(json.dumps(summary))
+        return
+    print(f"{summary['images']} images on {summary['board']}: {summary['mismatches']} "
+          "differ from the golden model")
+    print(f"  accuracy          {summary['accuracy']:.2%} "
+          f"(golden {summary['golden_accuracy']:.2%})")
+    print(f"  cycles/image      {summary['cycles_per_image']}")
+    print(f"  images/second     {summary['images_per_second']:.1f}"
+          + (" (simulation)" if args.sim else ""))
+    if summary["mismatches"]:
+        raise SystolicError(f"{summary['mismatches']} images differ from the golden model")
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "deploy", help="program a board and run a network on it over its UART",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Program the board (building the bitstream first unless --bitstream is "
+                    "given), load the compiled network over the serial port with the framed "
+                    "protocol, run dataset images and compare every logit with the golden "
+                    "model. --sim runs the same driver and protocol against the simulated "
+                    "board, bit by bit on its UART pins.",
+        epilog="examples:\n"
+               "  systolic deploy model.qnet --board ulx3s-85f --port /dev/ttyUSB0\n"
+               "  systolic deploy model.qnet --board icebreaker --port /dev/ttyUSB1 "
+               "--bitstream build/icebreaker/systolic.bin\n"
+               "  systolic deploy model.qnet --board ulx3s-85f --sim --images 20\n")
+    p.add_argument("model", help="the quantized network (.qnet)")
+    p.add_argument("--board", required=True, metavar="B",
+                   help=f"one of {', '.join(BOARDS)}")
+    p.add_argument("--port", help="serial port of the board's UART (e.g. /dev/ttyUSB0)")
+    p.add_argument("--baud", type=int, help="baud rate (default: the board's)")
+    p.add_argument("--images", type=int, default=20, help="test images (default 20)")
+    p.add_argument("--dataset", help="data set (default: the one the model was trained on)")
+    p.add_argument("--data-dir", help="directory of MNIST IDX files")
+    p.add_argument("--bitstream", help="program this bitstream instead of building one")
+    p.add_argument("--no-program", action="store_true",
+                   help="the board is already programmed: only talk to it")
+    p.add_argument("--sim", action="store_true", help="the virtual board, in RTL simulation")
+    p.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
+                   help="simulator for --sim (default verilator)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_run)

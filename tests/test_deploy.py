@@ -1,0 +1,43 @@
+"""``systolic deploy``: the virtual board end to end, and the errors of the board path."""
+
+import json
+import re
+
+import pytest
+from sw_common import digits_model
+from systolic.sw.cli import main
+
+
+@pytest.fixture(scope="module")
+def qnet_path(tmp_path_factory):
+    _, _, qnet = digits_model()
+    path = tmp_path_factory.mktemp("deploy") / "model.qnet"
+    qnet.save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_deploy_virtual_board_is_exact(qnet_path, capsys):
+    """The driver and the serial protocol, bit by bit on the simulated board's UART pins."""
+    assert main(["deploy", str(qnet_path), "--board", "ulx3s-85f", "--sim", "--images", "20",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["images"] == 20
+    assert out["mismatches"] == 0
+    assert out["accuracy"] == out["golden_accuracy"]
+    assert out["images_per_second"] > 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--board", "zedboard", "--sim"],
+     r"systolic: error: Unknown board 'zedboard'; known boards: ulx3s-85f, icebreaker\n"),
+    (["--board", "ulx3s-85f"],
+     r"systolic: error: --port is required to deploy to a board \(e\.g\. /dev/ttyUSB0\); "
+     r"use --sim for the virtual board\n"),
+    (["--board", "icebreaker", "--port", "/dev/does-not-exist", "--no-program"],
+     r"systolic: error: Cannot open serial port '/dev/does-not-exist' \(.*\); check that the "
+     r"board is plugged in"),
+])
+def test_deploy_errors(qnet_path, capsys, argv, message):
+    assert main(["deploy", str(qnet_path), *argv, "--images", "2"]) == 2
+    assert re.match(message, capsys.readouterr().err)
