@@ -52,8 +52,15 @@ def test_unknown_board(name):
         BoardTop(name)
 
 
-def test_ulx3s_plan():
+def test_ulx3s_plan_from_oscillator():
     top, p = plan("ulx3s-85f")
+    assert top.clock_hz == 25e6
+    assert top.bridge.divisor == 25
+    assert "EHXPLLL" not in p.files["systolic.il"]
+
+
+def test_ulx3s_plan_with_pll():
+    top, p = plan("ulx3s-85f", clock_mhz=30)
     assert top.clock_hz == 30e6
     assert top.bridge.divisor == 30
     lpf = p.files["systolic.lpf"]
