@@ -116,8 +116,8 @@ class Controller(wiring.Component):
         # ---- WRITE / RUN state --------------------------------------------------------------
         wmem = Signal(2)
         left = Signal(16)
-        nbytes = Signal(range(64))
         wb_max = max(mem_word_bytes(cfg, mem) for mem in Mem)
+        nbytes = Signal(range(wb_max + 1))
         word = Signal(8 * wb_max)
         pc = Signal(range(cfg.program_depth + 1))
         desc = Signal(layer_layout(cfg))

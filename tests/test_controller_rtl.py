@@ -28,30 +28,32 @@ from systolic.sw import protocol as P
 
 CFG = AcceleratorConfig(rows=2, cols=4, act_depth=256, weight_depth=512, param_depth=16,
                         program_depth=8, max_dim=32)
+# Twelve lanes: parameter words of 80 bytes, wider than any of the default configuration's.
+WIDE = CFG.replace(cols=12)
 TIMEOUT = 64
 
 
-def network(rng):
+def network(rng, cfg):
     """A conv + relu + maxpool program, its memory images and its golden output."""
     x = rng.integers(-128, 128, (3, 6, 6)).astype(np.int8)
     w, b, m, s = conv_params(rng, 3, 6, 3)
     y = arith.maxpool2d(arith.requantize(arith.conv2d_acc(x, w, b, padding=1), m, s,
                                          relu=True), 2, 2)
     program = [
-        describe_conv(CFG, cin=3, h=6, w=6, cout=6, kh=3, kw=3, pad=1, relu=True,
+        describe_conv(cfg, cin=3, h=6, w=6, cout=6, kh=3, kw=3, pad=1, relu=True,
                       in_base=0, out_base=100),
-        describe_pool(CFG, channels=6, h=6, w=6, kernel=2, stride=2, in_base=100, out_base=200),
+        describe_pool(cfg, channels=6, h=6, w=6, kernel=2, stride=2, in_base=100, out_base=200),
     ]
-    setup = (P.write_requests(CFG, Mem.PROGRAM, 0, [pack_descriptor(CFG, d) for d in program])
-             + P.write_requests(CFG, Mem.WEIGHT, 0, layout.conv_weight_words(CFG, w))
-             + P.write_requests(CFG, Mem.PARAM, 0, pack_params(CFG, b, m, s))
-             + P.write_requests(CFG, Mem.ACT, 0, layout.pack_activations(CFG, x)))
-    out_words = layout.pack_activations(CFG, y)
+    setup = (P.write_requests(cfg, Mem.PROGRAM, 0, [pack_descriptor(cfg, d) for d in program])
+             + P.write_requests(cfg, Mem.WEIGHT, 0, layout.conv_weight_words(cfg, w))
+             + P.write_requests(cfg, Mem.PARAM, 0, pack_params(cfg, b, m, s))
+             + P.write_requests(cfg, Mem.ACT, 0, layout.pack_activations(cfg, x)))
+    out_words = layout.pack_activations(cfg, y)
     return setup, out_words
 
 
-def data_reply(words):
-    return P.encode_reply(Reply.DATA, b"".join(w.to_bytes(CFG.cols, "little") for w in words))
+def data_reply(words, cfg):
+    return P.encode_reply(Reply.DATA, b"".join(w.to_bytes(cfg.cols, "little") for w in words))
 
 
 def error_reply(code, request):
@@ -61,16 +63,16 @@ def error_reply(code, request):
 ACK = P.encode_reply(Reply.ACK)
 
 
-def exchanges():
+def exchanges(cfg):
     """(request bytes, gap pattern, expected reply bytes or a checker) in order."""
     rng = np.random.default_rng(5)
-    setup, out = network(rng)
+    setup, out = network(rng, cfg)
     run, read = P.run_request(0, 2), P.read_request(200, len(out))
     good = [(f, "none", ACK) for f in setup] + [(run, "none", "done"), (read, "none",
-                                                                          data_reply(out))]
+                                                                          data_reply(out, cfg))]
     corrupt = bytearray(run)
     corrupt[5] ^= 0x10                                           # a payload bit: CRC fails
-    bad_desc = P.write_requests(CFG, Mem.PROGRAM, 2, [pack_descriptor(CFG, {"op": 0})])[0]
+    bad_desc = P.write_requests(cfg, Mem.PROGRAM, 2, [pack_descriptor(cfg, {"op": 0})])[0]
     bad_desc = bytearray(bad_desc)
     # Op field (the low 4 bits of the descriptor) = 15: unknown. Recompute the frame check.
     payload = bytearray(bad_desc[4:-2])
@@ -85,12 +87,12 @@ def exchanges():
         (run[:6], "none", error_reply(Error.TRUNCATED, Request.RUN.value)),
         (bytes([0xA5, Request.WRITE.value]) + struct.pack("<H", MAX_PAYLOAD + 1) + bytes(40),
          "none", error_reply(Error.BAD_LENGTH, Request.WRITE.value)),
-        (P.write_requests(CFG, Mem.ACT, CFG.act_depth - 1, [1, 2])[0], "bursty",
+        (P.write_requests(cfg, Mem.ACT, cfg.act_depth - 1, [1, 2])[0], "bursty",
          error_reply(Error.BAD_ADDRESS, Request.WRITE.value)),
         (P.encode_request(Request.WRITE, struct.pack("<BHH", 3, 0, 1) + bytes(3)), "none",
          error_reply(Error.BAD_LENGTH, Request.WRITE.value)),
         (P.run_request(1, 2), "none", error_reply(Error.BAD_ADDRESS, Request.RUN.value)),
-        (P.read_request(CFG.act_depth - 2, 3), "none",
+        (P.read_request(cfg.act_depth - 2, 3), "none",
          error_reply(Error.BAD_ADDRESS, Request.READ.value)),
         (bytes([0x00, 0x13, 0x5A, 0xFF]), "none", b""),          # garbage between frames
         (bad_desc, "none", ACK),
@@ -98,7 +100,7 @@ def exchanges():
         # The next valid program runs exactly, on a fresh input.
         *[(f, "random", ACK) for f in setup[-1:]],
         (run, "cycle", "done"),
-        (read, "random", data_reply(out)),
+        (read, "random", data_reply(out, cfg)),
         (P.stats_request(0, 2), "none", "stats"),
         (P.status_request(), "none", "status"),
     ]
@@ -106,16 +108,20 @@ def exchanges():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("wide", [False, True], ids=["4-lanes", "12-lanes"])
 @parametrize_simulators
-def test_controller_protocol(sim, tmp_path):
-    cases = exchanges()
+def test_controller_protocol(sim, wide, tmp_path):
+    if wide and sim == "icarus":
+        pytest.skip("the 12-lane configuration runs on Verilator only, to keep the suite short")
+    cfg = WIDE if wide else CFG
+    cases = exchanges(cfg)
     vectors = {"timeout_cycles": TIMEOUT, "exchanges": [
         {"request": list(req), "gap": gap, "seed": i, "replies": 0 if want == b"" else 1,
          "budget": 20_000} for i, (req, gap, want) in enumerate(cases)]}
     (tmp_path / "vectors.json").write_text(json.dumps(vectors))
     results = tmp_path / "results.json"
-    run_cocotb(Controller(CFG, timeout_cycles=TIMEOUT), name="controller",
-               test_module="test_controller", sim=sim, build_key=[CFG.as_dict(), TIMEOUT],
+    run_cocotb(Controller(cfg, timeout_cycles=TIMEOUT), name="controller",
+               test_module="test_controller", sim=sim, build_key=[cfg.as_dict(), TIMEOUT],
                extra_env={"SYSTOLIC_VECTORS": tmp_path / "vectors.json",
                           "SYSTOLIC_RESULTS": results}, timeout=600)
     replies = [bytes(r) for r in json.loads(results.read_text())]
