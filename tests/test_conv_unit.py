@@ -7,17 +7,8 @@ from systolic.hw import layout
 from systolic.hw.config import AcceleratorConfig
 from systolic.hw.core import Core
 from systolic.hw.isa import Mem, describe_conv, describe_pool, layer_layout, pack_params
+from systolic.sim.vectors import conv_params
 from systolic.sw import arith
-
-
-def random_conv(rng, cin, cout, k, *, extreme=False):
-    if extreme:
-        w = rng.choice(np.array([-127, 127], np.int8), (cout, cin, k, k))
-    else:
-        w = rng.integers(-127, 128, (cout, cin, k, k)).astype(np.int8)
-    b = rng.integers(-5000, 5000, cout)
-    m, s = arith.choose_multiplier(rng.uniform(0.0002, 0.01, cout))
-    return w, b, m, s
 
 
 def run_core(cfg, x, w, b, m, s, *, stride, pad, relu, out_base=None):
@@ -55,7 +46,7 @@ def test_conv_matches_golden(rows, cols, cin, h, w, cout, k, stride, pad, relu):
                             param_depth=16)
     rng = np.random.default_rng(hash((rows, cols, cin, h, w, cout, k)) % 2**32)
     x = rng.integers(-128, 128, (cin, h, w)).astype(np.int8)
-    wq, b, m, s = random_conv(rng, cin, cout, k)
+    wq, b, m, s = conv_params(rng, cin, cout, k)
     y, _ = run_core(cfg, x, wq, b, m, s, stride=stride, pad=pad, relu=relu)
     exp = arith.requantize(arith.conv2d_acc(x, wq, b, stride=stride, padding=pad), m, s,
                            relu=relu)
@@ -67,7 +58,7 @@ def test_saturation_corners():
     cfg = AcceleratorConfig(rows=2, cols=4, act_depth=1024, weight_depth=1024, param_depth=16)
     rng = np.random.default_rng(7)
     x = rng.choice(np.array([-128, 127], np.int8), (8, 5, 5))
-    wq, b, _, _ = random_conv(rng, 8, 4, 3, extreme=True)
+    wq, b, _, _ = conv_params(rng, 8, 4, 3, extreme=True)
     m, s = arith.choose_multiplier(np.full(4, 0.05))
     y, _ = run_core(cfg, x, wq, b, m, s, stride=1, pad=1, relu=False)
     exp = arith.requantize(arith.conv2d_acc(x, wq, b, padding=1), m, s)
@@ -125,8 +116,8 @@ def test_conv_pool_conv_on_chip(avg):
     cfg = AcceleratorConfig(rows=2, cols=4, act_depth=1024, weight_depth=1024, param_depth=16)
     rng = np.random.default_rng(3)
     x = rng.integers(-128, 128, (3, 7, 7)).astype(np.int8)
-    w1, b1, m1, s1 = random_conv(rng, 3, 6, 3)
-    w2, b2, m2, s2 = random_conv(rng, 6, 5, 2)
+    w1, b1, m1, s1 = conv_params(rng, 3, 6, 3)
+    w2, b2, m2, s2 = conv_params(rng, 6, 5, 2)
     y1 = arith.requantize(arith.conv2d_acc(x, w1, b1, padding=1), m1, s1, relu=True)
     y2 = (arith.avgpool2d if avg else arith.maxpool2d)(y1, 3, 2)
     y3 = arith.requantize(arith.conv2d_acc(y2, w2, b2), m2, s2)
