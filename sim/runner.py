@@ -292,8 +292,10 @@ def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=No
             # cocotb_tools raises on a non-zero exit and, under pytest, exits on a failed
             # test; the results file, if any, says more.
             status = f"failed: {e}"
-    if not results.is_file():
-        killed = timeout is not None and time.monotonic() - started >= timeout
+    # A killed simulator may still have written a results file (cocotb reports the premature
+    # end as a failure); a run that hit the wall-clock limit has no results worth reading.
+    killed = timeout is not None and time.monotonic() - started >= timeout
+    if killed or not results.is_file():
         raise SimulationError(
             f"The {sim} simulation of {name!r} ended without results ("
             + (f"killed after {timeout} s" if killed else status)
