@@ -12,6 +12,8 @@ next frame is served exactly as if the bad one had never been sent. Bytes betwee
 dropped; a frame that stops arriving is abandoned after ``timeout_cycles`` quiet cycles.
 """
 
+import contextlib
+
 from amaranth.hdl import Array, Cat, Module, Signal
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -138,6 +140,15 @@ class Controller(wiring.Component):
             m.d.sync += idle.eq(0)
         timed_out = idle == self._timeout
 
+        @contextlib.contextmanager
+        def frame_byte():
+            """In a state taking one byte of a frame: the byte (into the CRC), or a timeout."""
+            m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1), rx_crc.valid.eq(self.rx.valid)]
+            with m.If(self.rx.valid):
+                yield
+            with m.Elif(timed_out):
+                fail(m, Error.TRUNCATED)
+
         with m.FSM():
             with m.State("START"):
                 # One cycle out of reset before taking bytes. (It also makes the state register
@@ -149,24 +160,17 @@ class Controller(wiring.Component):
                 with m.If(self.rx.valid & (self.rx.payload == SYNC_REQUEST)):
                     m.next = "TYPE"
             with m.State("TYPE"):
-                m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1),
-                             rx_crc.start.eq(1), rx_crc.valid.eq(self.rx.valid)]
-                with m.If(self.rx.valid):
+                m.d.comb += rx_crc.start.eq(1)
+                with frame_byte():
                     m.d.sync += req.eq(self.rx.payload)
                     m.next = "LEN0"
-                with m.Elif(timed_out):
-                    fail(m, Error.TRUNCATED)
             with m.State("LEN0"):
-                m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1), rx_crc.valid.eq(self.rx.valid)]
-                with m.If(self.rx.valid):
+                with frame_byte():
                     m.d.sync += length[:8].eq(self.rx.payload)
                     m.next = "LEN1"
-                with m.Elif(timed_out):
-                    fail(m, Error.TRUNCATED)
             with m.State("LEN1"):
-                m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1), rx_crc.valid.eq(self.rx.valid)]
                 full_len = Cat(length[:8], self.rx.payload)
-                with m.If(self.rx.valid):
+                with frame_byte():
                     m.d.sync += [length[8:].eq(self.rx.payload), idx.eq(0)]
                     with m.If(full_len > MAX_PAYLOAD):
                         m.next = "DRAIN"
@@ -174,32 +178,21 @@ class Controller(wiring.Component):
                         m.next = "CRC0"
                     with m.Else():
                         m.next = "PAYLOAD"
-                with m.Elif(timed_out):
-                    fail(m, Error.TRUNCATED)
             with m.State("PAYLOAD"):
-                m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1), rx_crc.valid.eq(self.rx.valid),
-                             fb_w.en.eq(self.rx.valid)]
-                with m.If(self.rx.valid):
+                m.d.comb += fb_w.en.eq(self.rx.valid)
+                with frame_byte():
                     m.d.sync += idx.eq(idx + 1)
                     for i in range(5):
                         with m.If(idx == i):
                             m.d.sync += pre[i].eq(self.rx.payload)
                     with m.If(idx == length - 1):
                         m.next = "CRC0"
-                with m.Elif(timed_out):
-                    fail(m, Error.TRUNCATED)
             with m.State("CRC0"):
-                m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1), rx_crc.valid.eq(self.rx.valid)]
-                with m.If(self.rx.valid):
+                with frame_byte():
                     m.next = "CRC1"
-                with m.Elif(timed_out):
-                    fail(m, Error.TRUNCATED)
             with m.State("CRC1"):
-                m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1), rx_crc.valid.eq(self.rx.valid)]
-                with m.If(self.rx.valid):
+                with frame_byte():
                     m.next = "CHECK"
-                with m.Elif(timed_out):
-                    fail(m, Error.TRUNCATED)
             with m.State("DRAIN"):
                 # An over-long frame: swallow it until the line goes quiet, then answer once.
                 m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1)]
