@@ -50,6 +50,16 @@ class AcceleratorConfig:
     pool : bool
         Whether the pooling engine is present (the convolution engine always is: it also runs
         the fully connected layers).
+    pool_avg : bool
+        Whether the pooling engine can average (it can always take the maximum). Averaging
+        needs wider line buffers and a constant multiplier per lane.
+    requant_lanes : int
+        Requantization lanes, a divisor of ``cols``; 0 means one per column. With fewer lanes
+        than columns each row of sums goes through the lanes in ``cols / requant_lanes``
+        cycles, and the parameter memory holds ``requant_lanes`` lanes per word.
+    requant_dsp : bool
+        Multiply by ``M`` on DSP blocks (two 16 x 16 multipliers per lane) instead of a
+        shift-and-add tree in the fabric.
     target : str
         Multiplier implementation: ``generic`` (inferred, for simulation), ``ecp5``
         (MULT18X18D with registered inputs and outputs) or ``ice40`` (SB_MAC16).
@@ -64,6 +74,9 @@ class AcceleratorConfig:
     max_kernel: int = 7
     max_dim: int = 255
     pool: bool = True
+    pool_avg: bool = True
+    requant_lanes: int = 0
+    requant_dsp: bool = False
     target: str = "generic"
 
     # The arithmetic contract, exposed here so the hardware reads one object.
@@ -94,6 +107,17 @@ class AcceleratorConfig:
             raise ConfigError(f"max_kernel must be between 1 and 15, not {self.max_kernel!r}")
         if not 8 <= self.max_dim <= 4095:
             raise ConfigError(f"max_dim must be between 8 and 4095, not {self.max_dim!r}")
+        lanes = self.requant_lanes
+        if not isinstance(lanes, int) or lanes < 0 or (lanes and self.cols % lanes):
+            raise ConfigError(
+                f"requant_lanes must be 0 (one per column) or a divisor of cols {self.cols}, "
+                f"not {lanes!r}")
+        if self.rows * (self.rq_groups - 1) >= self.cols:
+            raise ConfigError(
+                f"{self.rq_lanes} requantization lane(s) cannot drain a {self.rows}x{self.cols} "
+                f"tile's {self.pes} sums before the next tile (at least {self.cols} cycles "
+                f"later) replaces them: they need {self.rows * self.rq_groups} cycles; use more "
+                "requant_lanes or fewer rows")
         if self.target not in TARGETS:
             raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {self.target!r}")
 
@@ -105,14 +129,34 @@ class AcceleratorConfig:
         return self.rows * self.cols
 
     @property
+    def rq_lanes(self):
+        """Requantization lanes (``requant_lanes``, or ``cols`` when that is 0)."""
+        return self.requant_lanes or self.cols
+
+    @property
+    def rq_groups(self):
+        """Cycles a row of sums spends in the requantizer; parameter words per channel tile."""
+        return self.cols // self.rq_lanes
+
+    @property
+    def dsps(self):
+        """DSP blocks the accelerator uses: one per PE, two per lane if ``requant_dsp``."""
+        return self.pes + (2 * self.rq_lanes if self.requant_dsp else 0)
+
+    @property
     def word_bits(self):
         """Width of an activation or weight word: ``cols`` int8 lanes."""
         return self.cols * self.data_bits
 
     @property
     def param_bits(self):
-        """Width of a parameter word: per lane a bias, a multiplier and a shift."""
-        return self.cols * (self.acc_bits + self.m_bits + self.shift_bits)
+        """Width of a parameter word: per requantization lane a bias, a multiplier, a shift."""
+        return self.rq_lanes * (self.acc_bits + self.m_bits + self.shift_bits)
+
+    @property
+    def param_words(self):
+        """Parameter memory depth in words: ``rq_groups`` words per channel tile."""
+        return self.param_depth * self.rq_groups
 
     @property
     def act_addr_bits(self):
@@ -124,7 +168,7 @@ class AcceleratorConfig:
 
     @property
     def param_addr_bits(self):
-        return (self.param_depth - 1).bit_length()
+        return (self.param_words - 1).bit_length()
 
     @property
     def dim_bits(self):
@@ -139,17 +183,20 @@ class AcceleratorConfig:
 
     def as_dict(self):
         d = dataclasses.asdict(self)
-        d.update(pes=self.pes, word_bits=self.word_bits, data_bits=self.data_bits,
-                 acc_bits=self.acc_bits, m_bits=self.m_bits, shift_bits=self.shift_bits)
+        d.update(pes=self.pes, dsps=self.dsps, rq_lanes=self.rq_lanes,
+                 word_bits=self.word_bits, data_bits=self.data_bits, acc_bits=self.acc_bits,
+                 m_bits=self.m_bits, shift_bits=self.shift_bits)
         return d
 
 
 PRESETS = {
     # ECP5-85F (ULX3S): 64 of its 156 MULT18X18D.
     "default": AcceleratorConfig(),
-    # iCE40UP5K (iCEBreaker): its 8 SB_MAC16, and memories that fit its 30 EBR / 128 KiB SPRAM.
-    "small": AcceleratorConfig(rows=2, cols=4, act_depth=2048, weight_depth=4096,
-                               param_depth=64, target="generic"),
+    # iCE40UP5K (iCEBreaker), 5280 logic cells: 4 of its 8 SB_MAC16 in the array, 2 more in the
+    # one requantization lane; weights in SPRAM, everything else in its 30 EBR.
+    "small": AcceleratorConfig(rows=1, cols=4, act_depth=1024, weight_depth=16384,
+                               param_depth=64, program_depth=32, max_dim=63, pool_avg=False,
+                               requant_lanes=1, requant_dsp=True),
     # ECP5-85F, larger: 144 of its 156 multipliers.
     "big": AcceleratorConfig(rows=12, cols=12, act_depth=8192, weight_depth=16384,
                              param_depth=128),

@@ -53,7 +53,7 @@ class Core(wiring.Component):
         m.submodules.act = act = memory.Memory(shape=word, depth=cfg.act_depth, init=[])
         m.submodules.weights = wmem = memory.Memory(shape=word, depth=cfg.weight_depth, init=[])
         m.submodules.params = pmem = memory.Memory(shape=param_layout(cfg),
-                                                   depth=cfg.param_depth, init=[])
+                                                   depth=cfg.param_words, init=[])
         act_r, act_w = act.read_port(), act.write_port()
         w_r, w_w = wmem.read_port(), wmem.write_port()
         p_r, p_w = pmem.read_port(), pmem.write_port()

@@ -41,7 +41,7 @@ def _memories(cfg):
     mems = [
         mem("act", cfg.act_depth, cfg.word_bits, "activations between layers"),
         mem("weights", cfg.weight_depth, cfg.word_bits, "weight words"),
-        mem("params", cfg.param_depth, param_layout(cfg).size, "bias, M, shift per channel"),
+        mem("params", cfg.param_words, param_layout(cfg).size, "bias, M, shift per channel"),
         mem("program", cfg.program_depth, layer_layout(cfg).size, "layer descriptors"),
         mem("cycles", cfg.program_depth, 32, "cycle counter of each program entry"),
         mem("frame", MAX_PAYLOAD, 8, "request frame buffer"),

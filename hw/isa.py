@@ -13,7 +13,9 @@ Memory layouts (see `describe_conv`):
   are ``k = ((ky * kw + kx) * CW + cw) * cols + lane`` in order; word ``k`` holds the weights of
   input channel ``cw * cols + lane`` at tap ``(ky, kx)`` for the ``cols`` output channels of the
   tile.
-* parameter memory: word ``p_base + t`` holds, per lane, ``bias | M << 32 | s << 47``.
+* parameter memory: words ``p_base + t * G .. p_base + t * G + G - 1`` (``G = cols /
+  rq_lanes``) hold output channel tile ``t``; word ``p_base + t * G + g`` holds, per lane
+  ``i < rq_lanes``, ``bias | M << 32 | s << 47`` of channel ``t * cols + g * rq_lanes + i``.
 """
 
 from amaranth.hdl import signed
@@ -24,7 +26,8 @@ from .config import AcceleratorConfig
 __all__ = [
     "FRAME_CRC", "MAX_PAYLOAD", "SYNC_REPLY", "SYNC_REQUEST", "Error", "Mem", "Op", "Reply",
     "Request", "describe_conv", "describe_pool", "layer_layout", "load_layout", "mem_depth",
-    "mem_word_bytes", "pack_descriptor", "pack_params", "param_layout", "word_layout",
+    "mem_word_bytes", "pack_descriptor", "pack_params", "param_lane_layout", "param_layout",
+    "word_layout",
 ]
 
 
@@ -106,7 +109,7 @@ def mem_word_bytes(cfg, mem):
 
 def mem_depth(cfg, mem):
     """Depth of memory ``mem`` in words."""
-    return {Mem.ACT: cfg.act_depth, Mem.WEIGHT: cfg.weight_depth, Mem.PARAM: cfg.param_depth,
+    return {Mem.ACT: cfg.act_depth, Mem.WEIGHT: cfg.weight_depth, Mem.PARAM: cfg.param_words,
             Mem.PROGRAM: cfg.program_depth}[Mem(mem)]
 
 
@@ -145,28 +148,34 @@ def layer_layout(cfg: AcceleratorConfig):
     })
 
 
-def param_layout(cfg: AcceleratorConfig):
-    """One parameter word: per lane (output channel of a tile) a bias, a multiplier and a shift."""
-    return data.ArrayLayout(data.StructLayout({
+def param_lane_layout(cfg: AcceleratorConfig):
+    """One output channel's requantization parameters: a bias, a multiplier and a shift."""
+    return data.StructLayout({
         "bias": signed(cfg.acc_bits),
         "m": cfg.m_bits,
         "shift": cfg.shift_bits,
-    }), cfg.cols)
+    })
+
+
+def param_layout(cfg: AcceleratorConfig):
+    """One parameter word: ``cfg.rq_lanes`` lanes of `param_lane_layout`."""
+    return data.ArrayLayout(param_lane_layout(cfg), cfg.rq_lanes)
 
 
 def pack_params(cfg, bias, m, shift):
-    """Parameter words (a list of integers, one per channel tile) for per-channel arrays.
+    """Parameter words (a list of integers, ``cfg.rq_groups`` per channel tile) for
+    per-channel arrays.
 
     Channels past the last one are padded with zero bias, ``M = 0`` and shift 1: they compute 0.
     """
-    lane = param_layout(cfg).elem_shape
+    lane = param_lane_layout(cfg)
     lane_bits = lane.size
     words = []
     n = len(bias)
-    for t in range(-(-n // cfg.cols)):
+    for w in range(-(-n // cfg.cols) * cfg.rq_groups):
         word = 0
-        for i in range(cfg.cols):
-            c = t * cfg.cols + i
+        for i in range(cfg.rq_lanes):
+            c = w * cfg.rq_lanes + i
             b, mm, s = (int(bias[c]), int(m[c]), int(shift[c])) if c < n else (0, 0, 1)
             v = ((b & ((1 << cfg.acc_bits) - 1)) << lane["bias"].offset
                  | mm << lane["m"].offset | s << lane["shift"].offset)

@@ -283,10 +283,11 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig) -> Program:
                     f"{name}: weights must fit weight_depth {cfg.weight_depth} words, not "
                     f"{len(weights)} (this layer needs {len(weights) - w_bases[-1]}); use "
                     f"{_BIGGER} or fewer channels")
-            if len(params) > cfg.param_depth:
+            if len(params) > cfg.param_words:
                 raise FitError(
                     f"{name}: parameters must fit param_depth {cfg.param_depth} channel "
-                    f"tiles, not {len(params)}; use {_BIGGER} or fewer output channels")
+                    f"tiles, not {len(params) // cfg.rq_groups}; use {_BIGGER} or fewer "
+                    "output channels")
         else:
             kind = f"{layer.kind}pool"
             fields = describe_pool(cfg, channels=c, h=h, w=w, kernel=layer.kernel,
