@@ -56,7 +56,11 @@ class AcceleratorConfig:
     requant_lanes : int
         Requantization lanes, a divisor of ``cols``; 0 means one per column. With fewer lanes
         than columns each row of sums goes through the lanes in ``cols / requant_lanes``
-        cycles, and the parameter memory holds ``requant_lanes`` lanes per word.
+        cycles, and the parameter memory holds ``requant_lanes`` lanes per word. A tile's
+        sums must then be drained before the next tile replaces them: a convolution's
+        reduction (``kh * kw * ceil(cin / cols) * cols`` steps) must be at least
+        ``cols + (rows - 1) * (cols / requant_lanes - 1)`` steps, which always holds with one
+        row or one lane per column (the compiler checks it).
     requant_dsp : bool
         Multiply by ``M`` on DSP blocks (two 16 x 16 multipliers per lane) instead of a
         shift-and-add tree in the fabric.
@@ -112,12 +116,6 @@ class AcceleratorConfig:
             raise ConfigError(
                 f"requant_lanes must be 0 (one per column) or a divisor of cols {self.cols}, "
                 f"not {lanes!r}")
-        if self.rows * (self.rq_groups - 1) >= self.cols:
-            raise ConfigError(
-                f"{self.rq_lanes} requantization lane(s) cannot drain a {self.rows}x{self.cols} "
-                f"tile's {self.pes} sums before the next tile (at least {self.cols} cycles "
-                f"later) replaces them: they need {self.rows * self.rq_groups} cycles; use more "
-                "requant_lanes or fewer rows")
         if self.target not in TARGETS:
             raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {self.target!r}")
 

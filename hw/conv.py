@@ -19,12 +19,12 @@ Channel tiles are separated by a flush (one extra ``first`` step) and a settle p
 requantization parameters change only while the pipeline is empty.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .array import SystolicArray
-from .isa import layer_layout, param_layout, word_layout
+from .isa import layer_layout, param_lane_layout, param_layout, word_layout
 from .requant import Requantizer
 
 __all__ = ["ConvEngine"]
@@ -72,7 +72,7 @@ class ConvEngine(wiring.Component):
         R, C = cfg.rows, cfg.cols
         m = Module()
         m.submodules.array = array = SystolicArray(cfg)
-        tag = data.StructLayout({"valid": 1, "addr": cfg.act_addr_bits})
+        tag = data.StructLayout({"valid": 1, "last": 1, "addr": cfg.act_addr_bits})
         m.submodules.requant = rq = Requantizer(cfg, tag)
 
         desc = Signal(layer_layout(cfg))
@@ -82,8 +82,10 @@ class ConvEngine(wiring.Component):
         # ---- Sequencer state ---------------------------------------------------------------
         t = Signal(8)                                   # output channel tile
         w_tile_base = Signal(cfg.weight_addr_bits)
-        params = Signal(param_layout(cfg))
-        settle_cycles = R + C + Requantizer.LATENCY + 6
+        params = Signal(data.ArrayLayout(param_lane_layout(cfg), C))
+        p_addr = Signal(cfg.param_addr_bits)            # next parameter word
+        p_group = Signal(range(max(cfg.rq_groups, 2)))  # parameter word of the tile being read
+        settle_cycles = R * cfg.rq_groups + C + Requantizer.LATENCY + 6
         settle = Signal(range(settle_cycles + 1))
         # Pixel walker: the next output pixel of the layer and its input window origin.
         ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
@@ -183,41 +185,66 @@ class ConvEngine(wiring.Component):
         ]
 
         # ---- Drain ---------------------------------------------------------------------------
-        pulse_at = [array.row_ready_delay(i) for i in range(R)]
-        dpipe = Signal(max(pulse_at))                   # dpipe[k]: pulse of k+1 cycles ago
+        # A `first` step with `drain` ends a pixel tile; row 0 of its sums is ready
+        # `row_ready_delay(0)` cycles later and row r one cycle after row r - 1. The rows go to
+        # the requantizer one group of `rq_lanes` channels a cycle, row by row: row r's group g
+        # `r * G + g` cycles after row 0 (never before the row is ready, since G >= 1; and
+        # before the next tile replaces it, which the configuration's check guarantees).
+        L, G = cfg.rq_lanes, cfg.rq_groups
+        ready0 = array.row_ready_delay(0)
+        dpipe = Signal(ready0)                          # dpipe[k]: pulse of k+1 cycles ago
         m.d.sync += dpipe.eq(Cat(first_reg & drain_reg, dpipe[:-1]))
-        row_hit = [dpipe[d - 1] for d in pulse_at]
-        sel = Signal(data.ArrayLayout(signed(32), C))
+        start = dpipe[ready0 - 1]
+        dr, dg = Signal(range(max(R, 2))), Signal(range(max(G, 2)))
+        draining = Signal()
+        er, eg = Signal.like(dr), Signal.like(dg)
+        emit = Signal()
+        m.d.comb += [emit.eq(start | draining), er.eq(Mux(start, 0, dr)),
+                     eg.eq(Mux(start, 0, dg))]
+        row_end = eg == G - 1
+        with m.If(emit):
+            m.d.sync += [dg.eq(Mux(row_end, 0, eg + 1)), dr.eq(Mux(row_end, er + 1, er)),
+                         draining.eq(~(row_end & (er == R - 1)))]
+        groups = [[array.results[r].as_value().word_select(g, 32 * L) for g in range(G)]
+                  for r in range(R)]
+        picked = Array(Array(row) for row in groups)[er][eg] if R * G > 1 else groups[0][0]
+        sel = Signal(data.ArrayLayout(signed(32), L))
         sel_valid = Signal()
         sel_tag = Signal(tag)
+        sel_group = Signal.like(dg)
         out_addr = Signal(cfg.act_addr_bits)
         dx, dy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
-        picked = 0
-        for i in range(R):
-            picked = picked | Mux(row_hit[i], array.results[i].as_value(), 0)
-        any_hit = Signal()
-        m.d.comb += any_hit.eq(Cat(*row_hit).any())
-        m.d.sync += [sel.eq(picked), sel_valid.eq(any_hit)]
-        with m.If(any_hit):
+        m.d.sync += [sel.eq(picked), sel_valid.eq(emit), sel_group.eq(eg)]
+        with m.If(emit):
             m.d.sync += [
                 sel_tag.valid.eq(dy < desc.out_h),
                 sel_tag.addr.eq(out_addr),
-                out_addr.eq(out_addr + desc.cout_tiles),
+                sel_tag.last.eq(row_end),
             ]
-            with m.If(dx == desc.out_w - 1):
-                m.d.sync += [dx.eq(0), dy.eq(dy + 1)]
-            with m.Else():
-                m.d.sync += dx.eq(dx + 1)
+            with m.If(row_end):
+                m.d.sync += out_addr.eq(out_addr + desc.cout_tiles)
+                with m.If(dx == desc.out_w - 1):
+                    m.d.sync += [dx.eq(0), dy.eq(dy + 1)]
+                with m.Else():
+                    m.d.sync += dx.eq(dx + 1)
         m.d.comb += [
             rq.i_valid.eq(sel_valid),
             rq.i_acc.eq(sel),
+            rq.i_group.eq(sel_group),
             rq.i_tag.eq(sel_tag),
             rq.params.eq(params),
             rq.relu.eq(desc.relu),
-            self.act_write.en.eq(rq.o_valid & rq.o_tag.valid),
+            self.act_write.en.eq(rq.o_valid & rq.o_tag.valid & rq.o_tag.last),
             self.act_write.addr.eq(rq.o_tag.addr),
-            self.act_write.data.eq(rq.o_data),
         ]
+        # Groups of an output word are collected until its last one arrives.
+        if G == 1:
+            m.d.comb += self.act_write.data.eq(rq.o_data)
+        else:
+            collected = Signal((G - 1) * L * 8)
+            with m.If(rq.o_valid):
+                m.d.sync += collected.eq(Cat(collected[L * 8:], rq.o_data))
+            m.d.comb += self.act_write.data.eq(Cat(collected, rq.o_data))
 
         # ---- Sequencer FSM ---------------------------------------------------------------
         # The feed releases banks; the fill claims them (after the capture above).
@@ -244,15 +271,24 @@ class ConvEngine(wiring.Component):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     m.d.sync += [desc.eq(self.cmd.payload), t.eq(0), count.eq(1),
-                                 w_tile_base.eq(self.cmd.payload.w_base)]
+                                 w_tile_base.eq(self.cmd.payload.w_base),
+                                 p_addr.eq(self.cmd.payload.p_base), p_group.eq(0)]
                     m.next = "PARAMS"
             with m.State("PARAMS"):
-                m.d.comb += self.param_read.addr.eq(desc.p_base + t)
-                m.d.sync += reset_walker()
+                # The tile's parameters: rq_groups words, rq_lanes channels each.
+                m.d.comb += self.param_read.addr.eq(p_addr)
+                m.d.sync += [reset_walker(), p_addr.eq(p_addr + 1)]
                 m.next = "PARAMS_WAIT"
             with m.State("PARAMS_WAIT"):
-                m.d.sync += params.eq(self.param_read.data)
-                m.next = "FILL"
+                lane_bits = param_lane_layout(cfg).size * cfg.rq_lanes
+                m.d.sync += params.as_value().word_select(p_group, lane_bits).eq(
+                    self.param_read.data.as_value())
+                with m.If(p_group == cfg.rq_groups - 1):
+                    m.d.sync += p_group.eq(0)
+                    m.next = "FILL"
+                with m.Else():
+                    m.d.sync += p_group.eq(p_group + 1)
+                    m.next = "PARAMS"
             with m.State("FILL"):
                 with m.If(~full.bit_select(f, 1)):
                     m.d.comb += self.act_read.addr.eq((cur.base + tap_off)[:cfg.act_addr_bits])

@@ -13,13 +13,13 @@ path internal to the DSP, and only the short clock-to-out of the output register
 setup of the input register touch the fabric.
 """
 
-from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal, signed
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import TARGETS, ConfigError
 
-__all__ = ["LATENCY", "Multiplier"]
+__all__ = ["LATENCY", "WIDE_LATENCY", "Multiplier", "WideMultiplier"]
 
 #: Cycles from ``a``/``b`` sampled to ``p`` valid, for every target.
 LATENCY = 2
@@ -156,3 +156,119 @@ class Multiplier(wiring.Component):
             o_O=o,
         )
         return m
+
+
+#: Cycles from ``a``/``b`` sampled to ``p`` valid in a `WideMultiplier`, for every target.
+WIDE_LATENCY = 3
+
+
+class WideMultiplier(wiring.Component):
+    """Signed 32 × unsigned 15 → signed 47 bit multiplier on two DSP blocks, latency 3.
+
+    The requantizer's ``(acc + bias) * M`` when ``requant_dsp`` is set. ``a`` is split into a
+    signed high half and an unsigned low half; each half times ``b`` is one 16 × 16 multiply in
+    its own DSP block with the operand and product registers inside, and a fabric register
+    holds ``(hi << 16) + lo``.
+
+    Parameters
+    ----------
+    target : str
+        ``generic`` (Amaranth ``*`` between three registers), ``ice40`` (two ``SB_MAC16`` in
+        16 × 16 mode) or ``ecp5`` (two ``MULT18X18D``).
+
+    Members
+    -------
+    a : In(signed(32))
+    b : In(unsigned(15))
+    p : Out(signed(47))
+        ``a * b`` as sampled `WIDE_LATENCY` cycles earlier.
+    """
+
+    a: In(signed(32))
+    b: In(15)
+    p: Out(signed(47))
+
+    def __init__(self, target="generic"):
+        if target not in TARGETS:
+            self._MustUse__silence = True
+            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+        self.target = target
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        p = Signal.like(self.p, reset_less=True)
+        m.d.comb += self.p.eq(p)
+        if self.target == "generic":
+            a = Signal.like(self.a, reset_less=True)
+            b = Signal.like(self.b, reset_less=True)
+            q = Signal.like(self.p, reset_less=True)
+            m.d.sync += [a.eq(self.a), b.eq(self.b), q.eq(a * b), p.eq(q)]
+            return m
+        hi, lo = Signal(signed(32)), Signal(32)
+        block = self._ice40 if self.target == "ice40" else self._ecp5
+        block(m, "hi", self.a[16:].as_signed(), True, hi)
+        block(m, "lo", self.a[:16], False, lo)
+        m.d.sync += p.eq((hi << 16) + lo)
+        return m
+
+    def _ice40(self, m, name, a16, a_signed, out):
+        # SB_MAC16 in 16 x 16 mode: A_REG/B_REG register the operands,
+        # PIPELINE_16x16_MULT_REG2 the 32-bit product, and TOP/BOTOUTPUT_SELECT=3 route that
+        # register to O. `b` (M, below 2**15) is unsigned; the low half of `a` is unsigned
+        # too (A_SIGNED=0), the high half signed.
+        o = Signal(32)
+        m.d.comb += out.eq(o)
+        zero16 = Const(0, 16)
+        m.submodules[name] = Instance(
+            "SB_MAC16",
+            p_NEG_TRIGGER=Const(0, 1),
+            p_C_REG=Const(0, 1), p_A_REG=Const(1, 1), p_B_REG=Const(1, 1), p_D_REG=Const(0, 1),
+            p_TOP_8x8_MULT_REG=Const(0, 1), p_BOT_8x8_MULT_REG=Const(0, 1),
+            p_PIPELINE_16x16_MULT_REG1=Const(0, 1), p_PIPELINE_16x16_MULT_REG2=Const(1, 1),
+            p_TOPOUTPUT_SELECT=Const(3, 2), p_TOPADDSUB_LOWERINPUT=Const(0, 2),
+            p_TOPADDSUB_UPPERINPUT=Const(0, 1), p_TOPADDSUB_CARRYSELECT=Const(0, 2),
+            p_BOTOUTPUT_SELECT=Const(3, 2), p_BOTADDSUB_LOWERINPUT=Const(0, 2),
+            p_BOTADDSUB_UPPERINPUT=Const(0, 1), p_BOTADDSUB_CARRYSELECT=Const(0, 2),
+            p_MODE_8x8=Const(0, 1), p_A_SIGNED=Const(int(a_signed), 1), p_B_SIGNED=Const(0, 1),
+            i_CLK=ClockSignal("sync"), i_CE=Const(1, 1),
+            i_A=a16, i_B=Cat(self.b, Const(0, 1)),
+            i_C=zero16, i_D=zero16,
+            i_AHOLD=Const(0, 1), i_BHOLD=Const(0, 1), i_CHOLD=Const(0, 1), i_DHOLD=Const(0, 1),
+            i_IRSTTOP=Const(0, 1), i_IRSTBOT=Const(0, 1),
+            i_ORSTTOP=Const(0, 1), i_ORSTBOT=Const(0, 1),
+            i_OLOADTOP=Const(0, 1), i_OLOADBOT=Const(0, 1),
+            i_ADDSUBTOP=Const(0, 1), i_ADDSUBBOT=Const(0, 1),
+            i_OHOLDTOP=Const(0, 1), i_OHOLDBOT=Const(0, 1),
+            i_CI=Const(0, 1), i_ACCUMCI=Const(0, 1), i_SIGNEXTIN=Const(0, 1),
+            o_O=o,
+        )
+
+    def _ecp5(self, m, name, a16, a_signed, out):
+        # MULT18X18D, signed 18 x 18 with the A/B input and output registers (as `Multiplier`);
+        # both halves of `a` and `b` are extended to 18 bits so that the signed product is
+        # exact.
+        a18, b18, p36 = Signal(signed(18)), Signal(signed(18)), Signal(36)
+        m.d.comb += [a18.eq(a16.as_signed() if a_signed else a16), b18.eq(self.b),
+                     out.eq(p36[:32])]
+        ports = {}
+        for i in range(18):
+            ports[f"i_A{i}"] = a18[i]
+            ports[f"i_B{i}"] = b18[i]
+            ports[f"i_C{i}"] = Const(0, 1)
+        for i in range(36):
+            ports[f"o_P{i}"] = p36[i]
+        m.submodules[name] = Instance(
+            "MULT18X18D",
+            p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
+            p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
+            p_REG_INPUTC_CLK="NONE",
+            p_REG_PIPELINE_CLK="NONE",
+            p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
+            p_GSR="DISABLED", p_RESETMODE="SYNC",
+            p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED", p_CAS_MATCH_REG="FALSE",
+            i_CLK0=ClockSignal("sync"), i_CE0=Const(1, 1), i_RST0=Const(0, 1),
+            i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1),
+            i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
+            **ports,
+        )

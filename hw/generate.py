@@ -61,7 +61,7 @@ def manifest(cfg, component=None):
     return {
         "top": TOP,
         "config": cfg.as_dict(),
-        "dsps": {"count": cfg.pes, "kind": {"ecp5": "MULT18X18D", "ice40": "SB_MAC16"}.get(
+        "dsps": {"count": cfg.dsps, "kind": {"ecp5": "MULT18X18D", "ice40": "SB_MAC16"}.get(
             cfg.target, "inferred multiplier (target generic)")},
         "memories": _memories(cfg),
         "ports": _ports(component),
@@ -103,6 +103,13 @@ def add_config_arguments(parser):
     g.add_argument("--act-depth", type=int, help="activation memory depth in words")
     g.add_argument("--weight-depth", type=int, help="weight memory depth in words")
     g.add_argument("--param-depth", type=int, help="parameter memory depth in channel tiles")
+    g.add_argument("--requant-lanes", type=int, metavar="N",
+                   help="requantization lanes, a divisor of cols (0: one per column); fewer "
+                        "lanes save logic, a row of sums then takes cols/N cycles")
+    g.add_argument("--requant-dsp", action=argparse.BooleanOptionalAction, default=None,
+                   help="multiply by M on two DSP blocks per lane instead of in the fabric")
+    g.add_argument("--pool-avg", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the pooling engine can average (--no-pool-avg: max only)")
     g.add_argument("--target", choices=TARGETS,
                    help="multiplier primitive: generic (simulation), ecp5, ice40")
 

@@ -230,6 +230,10 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig) -> Program:
             if not cfg.pool:
                 raise FitError(f"{name}: pooling needs the pooling engine; use a configuration "
                                "with pool=True")
+            if layer.kind == "avg" and not cfg.pool_avg:
+                raise FitError(f"{name}: this configuration's pooling engine only takes the "
+                               "maximum (pool_avg=False); use max pooling in the model or a "
+                               "configuration with pool_avg=True (the default and big presets)")
             out = layer.out_shape(shape)
         else:
             raise FitError(f"{name}: layer type must be Conv, Linear, Pool or Flatten, not "
@@ -274,6 +278,14 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig) -> Program:
             fields = describe_conv(cfg, cin=c, h=h, w=w, cout=co, kh=kh, kw=kw, stride=stride,
                                    pad=pad, relu=layer.relu, in_base=src, out_base=dst,
                                    w_base=len(weights), p_base=len(params))
+            steps = kh * kw * fields["cin_words"] * cfg.cols
+            need = cfg.cols + (cfg.rows - 1) * (cfg.rq_groups - 1)
+            if steps < need:
+                raise FitError(
+                    f"{name}: its {steps}-step reduction is shorter than the {need} steps the "
+                    f"{cfg.rq_lanes} requantization lane(s) need to drain a {cfg.rows}x"
+                    f"{cfg.cols} tile; use a configuration with more requant_lanes or fewer "
+                    "rows")
             w_bases.append(len(weights))
             weights += layout.conv_weight_words(cfg, wq)
             params += layout.pack_params(cfg, layer.b, layer.M, layer.s)

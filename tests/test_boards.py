@@ -40,7 +40,7 @@ def test_boards_known():
     assert get_board("ulx3s-85f").config() == get_board("ulx3s-85f").config("default").replace(
         target="ecp5")
     small = get_board("icebreaker").config()
-    assert (small.rows, small.cols, small.target) == (2, 4, "ice40")
+    assert (small.rows, small.cols, small.target, small.dsps) == (1, 4, "ice40", 6)
 
 
 @pytest.mark.parametrize("name", ["arty", "ULX3S-85F", None])

@@ -113,7 +113,7 @@ def test_linear_over_wide_map():
 
 
 def test_activations_do_not_fit():
-    cfg = preset("small")
+    cfg = preset("small").replace(act_depth=2048)
     qnet = _net([_conv(1, 16, 3, pad=1), Flatten(), _linear(1, 1)], (1, 28, 28))
     qnet.layers[2] = _linear(16 * 28 * 28, 2)
     with pytest.raises(FitError, match=r"^activations must fit act_depth 2048 words, not 3920 "
@@ -128,7 +128,7 @@ def test_weights_do_not_fit():
                                        r"weight_depth 4096 words, not 8680 \(this layer "
                                        r"needs 7680\); use a bigger "
                                        r"preset \(--preset big\) or fewer channels$"):
-        compile_network(qnet, preset("small"))
+        compile_network(qnet, preset("small").replace(weight_depth=4096, act_depth=2048))
 
 
 def test_params_do_not_fit():
@@ -160,6 +160,30 @@ def test_pool_line_buffer():
     with pytest.raises(FitError, match=r"^layer 1 \(maxpool 2x2 /1\): pooling needs the "
                                        r"pooling engine; use a configuration with pool=True$"):
         compile_network(qnet, cfg.replace(pool=False))
+
+
+def test_avgpool_needs_pool_avg():
+    qnet = _net([_conv(1, 4, 1), Pool("avg", 2, 2), Flatten(), _linear(16, 2)], (1, 4, 4))
+    compile_network(qnet, preset("default"))
+    with pytest.raises(FitError, match=r"^layer 1 \(avgpool 2x2 /2\): this configuration's "
+                                       r"pooling engine only takes the maximum \(pool_avg="
+                                       r"False\); use max pooling in the model or "):
+        compile_network(qnet, preset("small"))
+
+
+def test_reduction_too_short_for_requant_lanes():
+    """Fewer requantization lanes than columns: a tile's sums must be drained before the next
+    tile replaces them (the RTL gives wrong sums otherwise; tests/test_conv_unit.py)."""
+    cfg = AcceleratorConfig(rows=2, cols=4, requant_lanes=1)
+    ok = _net([_conv(5, 8, 1), Flatten(), _linear(8, 2)], (5, 1, 1))
+    compile_network(ok, cfg)                       # 8 steps >= 4 + 1 * 3
+    short = _net([_conv(3, 8, 1), Flatten(), _linear(8, 2)], (3, 1, 1))
+    with pytest.raises(FitError, match=r"^layer 0 \(conv 3->8 1x1\): its 4-step reduction is "
+                                       r"shorter than the 7 steps the 1 requantization lane\(s\) "
+                                       r"need to drain a 2x4 tile; use a configuration with more "
+                                       r"requant_lanes or fewer rows$"):
+        compile_network(short, cfg)
+    compile_network(short, cfg.replace(rows=1))
 
 
 class Upsample:

@@ -8,7 +8,7 @@ from systolic.hw.config import AcceleratorConfig
 from systolic.hw.core import Core
 from systolic.hw.isa import Mem, describe_conv, describe_pool, layer_layout, pack_params
 from systolic.sim.vectors import conv_params
-from systolic.sw import arith
+from systolic.sw import arith, perfmodel
 
 
 def run_core(cfg, x, w, b, m, s, *, stride, pad, relu, out_base=None):
@@ -136,3 +136,32 @@ def test_conv_pool_conv_on_chip(avg):
     words, cycles = run_layers(cfg, loads, [d1, d2, d3], 0, 2 * 2 * 2)
     assert np.array_equal(layout.unpack_activations(cfg, words, 5, 2, 2), y3)
     assert all(c > 0 for c in cycles)
+
+
+RQ_CASES = [
+    # rows, cols, requant_lanes, requant_dsp, cin, h, w, cout, k, stride, pad, relu
+    (1, 4, 1, True, 3, 6, 6, 6, 3, 1, 1, True),      # the small preset's shape
+    (1, 4, 1, False, 2, 5, 5, 5, 1, 1, 0, False),    # one block per tile: shortest reduction
+    (1, 4, 2, True, 9, 4, 4, 7, 4, 1, 0, False),     # fully connected
+    (2, 4, 2, False, 5, 6, 7, 6, 3, 2, 1, True),     # two rows, two groups
+    (3, 6, 3, True, 4, 5, 5, 8, 3, 1, 1, False),     # three rows, two groups of three
+    (2, 4, 4, True, 3, 5, 5, 4, 3, 1, 1, True),      # one lane per column, on DSP blocks
+]
+
+
+@pytest.mark.parametrize(("rows", "cols", "lanes", "dsp", "cin", "h", "w", "cout", "k", "stride",
+                          "pad", "relu"), RQ_CASES)
+def test_conv_requant_lanes(rows, cols, lanes, dsp, cin, h, w, cout, k, stride, pad, relu):
+    """Fewer requantization lanes than columns, and the DSP multiply: exact, and the
+    performance model predicts the cycles."""
+    cfg = AcceleratorConfig(rows=rows, cols=cols, act_depth=1024, weight_depth=1024,
+                            param_depth=16, requant_lanes=lanes, requant_dsp=dsp)
+    rng = np.random.default_rng(hash((rows, cols, lanes, cin, h, w, cout, k)) % 2**32)
+    x = rng.integers(-128, 128, (cin, h, w)).astype(np.int8)
+    wq, b, m, s = conv_params(rng, cin, cout, k)
+    y, cycles = run_core(cfg, x, wq, b, m, s, stride=stride, pad=pad, relu=relu)
+    exp = arith.requantize(arith.conv2d_acc(x, wq, b, stride=stride, padding=pad), m, s,
+                           relu=relu)
+    assert np.array_equal(y, exp)
+    d = describe_conv(cfg, cin=cin, h=h, w=w, cout=cout, kh=k, kw=k, stride=stride, pad=pad)
+    assert cycles == perfmodel.predict_cycles(cfg, d)

