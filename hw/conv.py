@@ -12,8 +12,8 @@ Dataflow, for output channel tile ``t`` and a tile of ``rows`` consecutive outpu
   weight memory in the same cycle. Two banks plus the shift register keep the array busy
   every cycle while ``rows <= cols``.
 * **drain**: the array hands back a tile's sums one row (pixel) per cycle as the next tile
-  starts; each row goes through ``cols`` requantization lanes and is written as one
-  activation word.
+  starts; each row goes through the ``rq_lanes`` requantization lanes in ``rq_groups`` cycles
+  (one cycle with a lane per column) and is written as one activation word.
 
 Channel tiles are separated by a flush (one extra ``first`` step) and a settle period, so the
 requantization parameters change only while the pipeline is empty.
