@@ -34,6 +34,22 @@ def test_lenet_digits_rtl(sim):
 
 
 @pytest.mark.slow
+def test_lenet_digits_small_preset_rtl():
+    """The iCEBreaker's configuration: a 1x4 array, one requantization lane on DSP blocks, a
+    max-only pooling engine. Exact logits and layer outputs; cycles exactly as predicted."""
+    cfg = preset("small")
+    sim = selected_simulators()[-1]
+    qnet = random_qnet("lenet-digits", seed=5)
+    images = random_images(qnet, 3, seed=2)
+    report = simulate(qnet, images, cfg, sim=sim, trace=True)
+    np.testing.assert_array_equal(report.logits, golden.run(qnet, images).logits)
+    assert report.mismatches == 0
+    assert report.first_difference is None
+    predicted = [perfmodel.predict_cycles(cfg, lay.fields) for lay in report.program.layers]
+    assert report.layer_cycles[0].tolist() == predicted
+
+
+@pytest.mark.slow
 def test_simulate_cli_json(tmp_path, capfd):
     """``systolic simulate --json`` prints one JSON object, the simulator's log elsewhere."""
     from systolic.sw import cli
