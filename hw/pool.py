@@ -4,10 +4,16 @@ Pooling is separable, so the engine reduces each window in two passes of the sam
 `_Window`: first along a row (each input word is combined with the words of the same channel
 tile at the one or two previous pixels), then down the columns (each row-reduced word is
 combined with the row-reduced words of the same output column and tile in the one or two
-previous rows). Each `_Window` keeps its history in a block RAM with a synchronous read port,
-so the engine needs a line buffer of one *output* row of row-reduced words, not ``k`` input
-rows. `_Finish` turns window sums into averages with the contract's constant multiply,
-written as shifts and adds so that no DSP block is spent on it.
+previous rows). Each `_Window` keeps its history in a block RAM, so the engine needs a line
+buffer of one *output* row of row-reduced words, not ``k`` input rows. `_Finish` turns window
+sums into averages with a constant multiply written as shifts and adds, so that no DSP block
+is spent on it. An engine built without averaging (``cfg.pool_avg`` false) has no sums at all:
+its history memories hold int8 lanes and `_Finish` only registers.
+
+The engine is one pipeline that advances as a whole whenever its output register is free
+(``en``), so every stage is a plain register and no ready signal ripples back through it.
+Block RAM read data goes straight into a register (the block RAM's clock-to-output time is
+long on ECP5), and no stage has more than two carry chains in series.
 
 Streams carry activation words in the activation memory's order (``isa`` module docstring):
 for each pixel in raster order, ``cin_words`` words of ``cols`` int8 channels.
@@ -18,13 +24,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..sw import arith
 from .config import AcceleratorConfig
 from .isa import Op, layer_layout, word_layout
 
 __all__ = ["PoolEngine", "pool_line_words", "times_const"]
 
-_KMAX = max(arith.POOL_KERNELS)
 _TILE_DEPTH = 256           # cin_words is an 8-bit descriptor field
 
 
@@ -36,11 +40,6 @@ def pool_line_words(cfg: AcceleratorConfig):
     longer cannot have its input (at least two rows) in the activation memory anyway.
     """
     return min(1 << (4 * cfg.max_dim - 1).bit_length(), cfg.act_depth // 2)
-
-
-def _sum_bits(cfg, n):
-    """Signed width of a sum of ``n`` int8 values."""
-    return cfg.data_bits + (n - 1).bit_length()
 
 
 def times_const(value, const):
@@ -55,91 +54,177 @@ def times_const(value, const):
     return total
 
 
+def _mean(total, k3):
+    """``floor((2*S + N) / (2*N))`` of a window sum ``S``, ``N`` = 9 if ``k3`` else 4.
+
+    The contract's ``(S * A_N + 2^15) >> 16`` (``docs/arithmetic.md``) equals, for every sum an
+    int8 window can produce, ``(S + 2) >> 2`` (``N`` = 4) and ``(455 * S + 2^11) >> 12``
+    (``N`` = 9), and ``455 * S`` is ``7 * S * 65``: two adders instead of six (a unit test checks
+    every sum).
+    """
+    seven = (total << 3) - total
+    ninth = ((seven << 6) + seven + (1 << 11)) >> 12
+    quarter = (total + 2) >> 2
+    return Mux(k3, ninth, quarter)
+
+
+def _history(shape, depth):
+    """A block RAM whose read data is undefined when the same address is written that cycle.
+
+    ``no_rw_check`` tells Yosys not to add bypass logic after the RAM for that case; the
+    windows never use such data (see `_Window`). Simulation returns the old data.
+    """
+    return Memory(shape=shape, depth=depth, init=[], attrs={"no_rw_check": 1})
+
+
 class _Window(wiring.Component):
     """Combine each beat with the beats one and two periods earlier: max or sum, ``k`` of 2 or 3.
 
-    The beat's ``index`` (position in the period) addresses a RAM holding the two previous
-    values; the RAM is read when the beat is accepted and written when it leaves. A beat with
-    ``emit`` clear updates the history but produces no output.
+    Beats arrive in a periodic order of history slots: a beat's slot is its position in the
+    period, counted here (from 0 at ``start``; the beat with ``wrap`` set ends a period). The
+    RAM holds, per slot, the slot's last two values. It is read one cycle ahead, at the slot of
+    the next beat, and written when a beat is taken, with the beat and the older value read for
+    it; the read data goes into a register first and is combined in the stage after. When the
+    period is one beat the read collides with the write of the previous beat, so such beats take
+    their history from the beats in the pipeline instead.
+
+    Two stages: the history register, then the pair (the beat combined with the previous value)
+    and the older value; the output combines those two, unregistered. A beat with ``emit``
+    clear updates the history but produces no output.
 
     Members
     -------
-    i : In(stream.Signature(...))
-        ``value`` (``lanes`` signed ``in_bits``), ``index``, ``emit`` and ``meta``, passed on.
-    o : Out(stream.Signature(...))
-        ``value`` (``lanes`` signed ``out_bits``, enough for a sum of three) and ``meta``.
+    i : In(data.StructLayout(...))
+        ``valid``, ``value`` (``lanes`` signed ``in_bits``), ``emit``, ``wrap`` and ``meta``,
+        passed on. Taken when ``valid`` and ``en``.
+    o : Out(data.StructLayout(...))
+        ``valid``, ``value`` (``lanes`` signed ``in_bits`` for the maximum; ``in_bits + 2``, a
+        sum of three, with ``sums``) and ``meta``.
+    en : In(1)
+        The pipeline advances this cycle.
+    start : In(1)
+        A layer starts: the next beat has slot 0.
     k3 : In(1)
         Window of three (else two).
     avg : In(1)
-        Sum (else maximum).
+        Sum (else maximum); ignored without ``sums``.
     busy : Out(1)
         A beat is inside.
     """
 
-    def __init__(self, *, lanes, in_bits, out_bits, depth, meta):
-        self._depth = depth
+    def __init__(self, *, lanes, in_bits, sums, depth, meta):
+        self._depth, self._sums = depth, sums
         self._elem = data.ArrayLayout(signed(in_bits), lanes)
+        self._pair = data.ArrayLayout(signed(in_bits + sums), lanes)
+        out = data.ArrayLayout(signed(in_bits + 2 * sums), lanes)
         super().__init__({
-            "i": In(stream.Signature(data.StructLayout({
-                "value": self._elem, "index": range(depth), "emit": 1, "meta": meta}))),
-            "o": Out(stream.Signature(data.StructLayout({
-                "value": data.ArrayLayout(signed(out_bits), lanes), "meta": meta}))),
+            "i": In(data.StructLayout({
+                "valid": 1, "value": self._elem, "emit": 1, "wrap": 1, "meta": meta})),
+            "o": Out(data.StructLayout({"valid": 1, "value": out, "meta": meta})),
+            "en": In(1),
+            "start": In(1),
             "k3": In(1),
             "avg": In(1),
             "busy": Out(1),
         })
 
+    def _op(self, x, y):
+        # The sign of the widened difference is the comparison: one carry chain, then a mux.
+        top = Mux((x - y)[-1], y, x)
+        return Mux(self.avg, x + y, top) if self._sums else top
+
     def elaborate(self, platform):
         m = Module()
-        m.submodules.history = history = Memory(
-            shape=data.ArrayLayout(self._elem, _KMAX - 1), depth=self._depth, init=[])
-        wr = history.write_port()
-        rd = history.read_port(transparent_for=(wr,))
+        m.submodules.history = history = _history(data.ArrayLayout(self._elem, 2), self._depth)
+        wr, rd = history.write_port(), history.read_port()
 
-        beat = Signal.like(self.i.payload)
-        valid = Signal()
-        advance = valid & (self.o.ready | ~beat.emit)
+        take = Signal()
+        slot, slot_next = Signal(range(self._depth)), Signal(range(self._depth))
         m.d.comb += [
-            self.i.ready.eq(~valid | advance),
-            self.busy.eq(valid),
-            # Read when accepting, so the history is ready while the beat is held.
-            rd.addr.eq(self.i.payload.index),
-            rd.en.eq(self.i.ready),
-            wr.addr.eq(beat.index),
-            wr.en.eq(advance),
-            wr.data[0].eq(beat.value),
-            wr.data[1].eq(rd.data[0]),
-            self.o.valid.eq(valid & beat.emit),
-            self.o.payload.meta.eq(beat.meta),
+            take.eq(self.en & self.i.valid),
+            slot_next.eq(Mux(take, Mux(self.i.wrap, 0, slot + 1), slot)),
         ]
-        with m.If(self.i.ready):
-            m.d.sync += [valid.eq(self.i.valid), beat.eq(self.i.payload)]
+        # The read at `start` is not for slot 0, but the first beat's history is never used.
+        m.d.sync += slot.eq(Mux(self.start, 0, slot_next))
+        m.d.comb += [
+            rd.addr.eq(slot_next),
+            rd.en.eq(self.en),
+            wr.addr.eq(slot),
+            wr.en.eq(take),
+            wr.data[0].eq(self.i.value),
+            wr.data[1].eq(rd.data[0]),
+        ]
 
-        for lane, out in enumerate(self.o.payload.value):
-            c, a, b = beat.value[lane], rd.data[0][lane], rd.data[1][lane]
-            total = c + a + Mux(self.k3, b, 0)
-            top2 = Mux(a > c, a, c)
-            top = Mux(self.k3 & (b > top2), b, top2)
-            m.d.comb += out.eq(Mux(self.avg, total, top))
+        # Stage 1: the beat, its history as read, and the values of the previous two beats. A
+        # beat that is both first and last of its period has a period of one.
+        valid1, value, hist = Signal(), Signal(self._elem), Signal(data.ArrayLayout(self._elem, 2))
+        prev = Signal(data.ArrayLayout(self._elem, 2))
+        single, emit1, meta1 = Signal(), Signal(), Signal.like(self.i.meta)
+        with m.If(self.en):
+            m.d.sync += valid1.eq(self.i.valid)
+        with m.If(take):
+            m.d.sync += [
+                value.eq(self.i.value), hist.eq(rd.data), prev[0].eq(value), prev[1].eq(prev[0]),
+                single.eq((slot == 0) & self.i.wrap),
+                emit1.eq(self.i.emit), meta1.eq(self.i.meta),
+            ]
+
+        # Stage 2: the pair (the beat combined with the previous value) and the older value.
+        valid2, pair, older = Signal(), Signal(self._pair), Signal(self._elem)
+        emit2, meta2 = Signal(), Signal.like(self.i.meta)
+        with m.If(self.en):
+            m.d.sync += valid2.eq(valid1)
+        with m.If(self.en & valid1):
+            m.d.sync += [emit2.eq(emit1), meta2.eq(meta1)]
+            for lane in range(len(value)):
+                if self._sums:
+                    before_last = prev[1][lane]
+                else:
+                    # max(c, c1, c2) = max(c, max(c1, c2)): the previous beat's pair stands in
+                    # for the beat before it, saving a register per lane.
+                    before_last = pair[lane]
+                m.d.sync += [
+                    pair[lane].eq(self._op(value[lane], Mux(single, prev[0][lane],
+                                                            hist[0][lane]))),
+                    older[lane].eq(Mux(single, before_last, hist[1][lane])),
+                ]
+
+        m.d.comb += [
+            self.o.valid.eq(valid2 & emit2),
+            self.o.meta.eq(meta2),
+            self.busy.eq(valid1 | valid2),
+        ]
+        for lane, out in enumerate(self.o.value):
+            m.d.comb += out.eq(Mux(self.k3, self._op(pair[lane], older[lane]), pair[lane]))
         return m
 
 
 class _Finish(wiring.Component):
-    """Window results to int8: the maximum as is, a sum ``S`` as ``(S * A_N + 2^15) >> 16``.
+    """Window results to int8 words, two stages: the maximum as is, a sum ``S`` as its mean.
+
+    With ``sums`` the first stage registers the window results and the second divides; without,
+    both only register, so that the engine's latency does not depend on the configuration.
 
     Members
     -------
-    i : In(stream.Signature(data.ArrayLayout(signed(in_bits), lanes)))
-    o : Out(stream.Signature(word)), registered.
+    i : In(data.StructLayout({"valid": 1, "value": ...}))
+        ``lanes`` signed ``in_bits`` window results, taken when ``en``.
+    o : Out(stream.Signature(word))
+        Registered.
+    en : Out(1)
+        The pipeline advances: the output register is empty or being taken.
     k3, avg : In(1)
         As for `_Window`.
     busy : Out(1)
     """
 
-    def __init__(self, *, lanes, in_bits, word):
+    def __init__(self, *, lanes, in_bits, word, sums):
+        self._sums = sums
         super().__init__({
-            "i": In(stream.Signature(data.ArrayLayout(signed(in_bits), lanes))),
+            "i": In(data.StructLayout({
+                "valid": 1, "value": data.ArrayLayout(signed(in_bits), lanes)})),
             "o": Out(stream.Signature(word)),
+            "en": Out(1),
             "k3": In(1),
             "avg": In(1),
             "busy": Out(1),
@@ -147,33 +232,37 @@ class _Finish(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        mult = {k: arith.AVG_MULT[k * k] for k in arith.POOL_KERNELS}
-        half = 1 << (arith.AVG_SHIFT - 1)
-        m.d.comb += [self.i.ready.eq(~self.o.valid | self.o.ready), self.busy.eq(self.o.valid)]
-        with m.If(self.i.ready):
-            m.d.sync += self.o.valid.eq(self.i.valid)
-            for s, out in zip(self.i.payload, self.o.payload, strict=True):
-                scaled = Mux(self.k3, times_const(s, mult[3]), times_const(s, mult[2]))
-                mean = (scaled + half) >> arith.AVG_SHIFT
-                m.d.sync += out.eq(Mux(self.avg, mean, s))
+        valid, held = Signal(), Signal.like(self.i.value)
+        m.d.comb += [self.en.eq(~self.o.valid | self.o.ready), self.busy.eq(valid | self.o.valid)]
+        with m.If(self.en):
+            m.d.sync += [valid.eq(self.i.valid), held.eq(self.i.value), self.o.valid.eq(valid)]
+            for s, out in zip(held, self.o.payload, strict=True):
+                m.d.sync += out.eq(Mux(self.avg, _mean(s, self.k3), s) if self._sums else s)
         return m
 
 
 class _Scan(wiring.Component):
-    """Accept a layer command, count the input beats and mark where windows end.
+    """Accept a layer command, count the input beats and mark where windows and periods end.
+
+    Counters run down to the end of a tile, row, map or window, so every test is against a
+    constant.
 
     Members
     -------
     cmd : In(stream.Signature(layer_layout(cfg)))
         Accepted when idle (``hold`` low and no layer in progress).
     i : In(stream.Signature(word))
-        The input map; accepted only while a layer is in progress.
-    o : Out(stream.Signature(...))
-        The input beats for the row `_Window`, with its ``index`` (the channel tile) and
-        ``emit`` (a window ends at this pixel), and as ``meta`` the column window's ``index``
-        (output column and tile) and ``emit`` (a window ends on this row).
+        The input map; accepted only while a layer is in progress, when ``en``.
+    o : Out(data.StructLayout(...))
+        The input beats for the row `_Window`: ``valid``, ``value``, ``emit`` (a window ends at
+        this pixel), ``wrap`` (the pixel's last tile), and as ``meta`` the column window's
+        ``emit`` (a window ends on this row) and ``wrap`` (the row's last row-reduced beat).
+    start : Out(1)
+        A command is accepted this cycle.
+    en : In(1)
+        The pipeline advances this cycle.
     k3, avg : Out(1)
-        The layer's window size and operation.
+        The layer's window size and operation (``avg`` only if ``cfg.pool_avg``).
     active : Out(1)
         A layer is in progress: not all of its input has been accepted yet.
     hold : In(1)
@@ -185,7 +274,9 @@ class _Scan(wiring.Component):
         super().__init__({
             "cmd": In(stream.Signature(layer_layout(cfg))),
             "i": In(stream.Signature(word_layout(cfg))),
-            "o": Out(stream.Signature(o_layout)),
+            "o": Out(o_layout),
+            "start": Out(1),
+            "en": In(1),
             "k3": Out(1),
             "avg": Out(1),
             "active": Out(1),
@@ -194,47 +285,62 @@ class _Scan(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        bits = self._cfg.dim_bits + 2
-        layer = Signal(layer_layout(self._cfg))
-        cw = Signal(8)
-        x, y, nx, ny, ox, oy = (Signal(bits, name=n) for n in ("x", "y", "nx", "ny", "ox", "oy"))
-        vidx = Signal.like(self.o.payload.meta.index)
+        cfg, cmd = self._cfg, self.cmd.payload
+        dim = cfg.dim_bits
+        # The layer's reload values.
+        cin_words, in_w, out_w = Signal(8), Signal(dim), Signal(dim)
+        first_gap, step_gap = Signal(2), Signal(2)          # kh - 1, stride - 1
+        # Counters: words left in the pixel, pixels left in the row, rows left in the map,
+        # pixels (rows) until the next window ends, windows left in the row (map).
+        cw, x, y = Signal(8), Signal(dim), Signal(dim)
+        gx, gy, ox, oy = Signal(2), Signal(2), Signal(dim), Signal(dim)
+        # cw == 1, registered: it picks the row window's next history slot.
+        tile_last, one_word = Signal(), Signal()
 
-        emit_h = (x == nx) & (ox != layer.out_w)
-        emit_v = (y == ny) & (oy != layer.out_h)
+        row_last, map_last = x == 1, y == 1
+        emit_h = (gx == 0) & (ox != 0)
+        emit_v = (gy == 0) & (oy != 0)
         m.d.comb += [
-            self.k3.eq(layer.kh == 3),
-            self.avg.eq(layer.op == Op.AVGPOOL),
+            self.start.eq(self.cmd.valid & self.cmd.ready),
             self.cmd.ready.eq(~self.active & ~self.hold),
+            self.i.ready.eq(self.active & self.en),
             self.o.valid.eq(self.i.valid & self.active),
-            self.i.ready.eq(self.active & self.o.ready),
-            self.o.payload.value.eq(self.i.payload),
-            self.o.payload.index.eq(cw),
-            self.o.payload.emit.eq(emit_h),
-            self.o.payload.meta.index.eq(vidx),
-            self.o.payload.meta.emit.eq(emit_v),
+            self.o.value.eq(self.i.payload),
+            self.o.emit.eq(emit_h),
+            self.o.wrap.eq(tile_last),
+            self.o.meta.emit.eq(emit_v),
+            self.o.meta.wrap.eq(emit_h & (ox == 1) & tile_last),
         ]
 
-        with m.If(self.cmd.valid & self.cmd.ready):
-            k = self.cmd.payload.kh
-            m.d.sync += [layer.eq(self.cmd.payload), self.active.eq(1),
-                         cw.eq(0), x.eq(0), y.eq(0), ox.eq(0), oy.eq(0), vidx.eq(0),
-                         nx.eq(k - 1), ny.eq(k - 1)]
+        with m.If(self.start):
+            m.d.sync += [
+                self.k3.eq(cmd.kh == 3),
+                self.avg.eq((cmd.op == Op.AVGPOOL) if cfg.pool_avg else 0),
+                cin_words.eq(cmd.cin_words), in_w.eq(cmd.in_w), out_w.eq(cmd.out_w),
+                first_gap.eq(cmd.kh - 1), step_gap.eq(cmd.stride - 1),
+                cw.eq(cmd.cin_words), x.eq(cmd.in_w), y.eq(cmd.in_h),
+                one_word.eq(cmd.cin_words == 1), tile_last.eq(cmd.cin_words == 1),
+                gx.eq(cmd.kh - 1), gy.eq(cmd.kh - 1), ox.eq(cmd.out_w), oy.eq(cmd.out_h),
+                self.active.eq(1),
+            ]
 
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += cw.eq(cw + 1)
-            with m.If(emit_h):
-                m.d.sync += vidx.eq(vidx + 1)
-            with m.If(cw == layer.cin_words - 1):
-                m.d.sync += [cw.eq(0), x.eq(x + 1)]
+            m.d.sync += [cw.eq(cw - 1), tile_last.eq(cw == 2)]
+            with m.If(tile_last):
+                m.d.sync += [cw.eq(cin_words), tile_last.eq(one_word), x.eq(x - 1),
+                             gx.eq(gx - 1)]
+                with m.If(gx == 0):
+                    m.d.sync += gx.eq(step_gap)
                 with m.If(emit_h):
-                    m.d.sync += [ox.eq(ox + 1), nx.eq(nx + layer.stride)]
-                with m.If(x == layer.in_w - 1):
-                    m.d.sync += [x.eq(0), ox.eq(0), nx.eq(layer.kh - 1), vidx.eq(0),
-                                 y.eq(y + 1)]
+                    m.d.sync += ox.eq(ox - 1)
+                with m.If(row_last):
+                    m.d.sync += [x.eq(in_w), gx.eq(first_gap), ox.eq(out_w),
+                                 y.eq(y - 1), gy.eq(gy - 1)]
+                    with m.If(gy == 0):
+                        m.d.sync += gy.eq(step_gap)
                     with m.If(emit_v):
-                        m.d.sync += [oy.eq(oy + 1), ny.eq(ny + layer.stride)]
-                    with m.If(y == layer.in_h - 1):
+                        m.d.sync += oy.eq(oy - 1)
+                    with m.If(map_last):
                         m.d.sync += self.active.eq(0)
         return m
 
@@ -247,11 +353,21 @@ class PoolEngine(wiring.Component):
     results follow ``docs/arithmetic.md`` exactly. Throughput is one word per cycle in and
     out; both streams may stall at any time.
 
+    Without ``cfg.pool_avg`` the engine only takes maxima: an ``AVGPOOL`` command is run as
+    ``MAXPOOL`` (same stream lengths, so nothing hangs; the result is the window maximum). The
+    controller and the compiler reject such layers before they get here.
+
     Parameters
     ----------
     cfg : AcceleratorConfig
-        Lanes per word (``cols``) and the descriptor widths. The line buffer holds
+        Lanes per word (``cols``), the descriptor widths and ``pool_avg``. The line buffer holds
         `pool_line_words` words; the compiler must keep ``out_w * cin_words`` within it.
+
+    Attributes
+    ----------
+    LATENCY : int
+        Cycles from taking the last input word a window needs to offering its output word, when
+        the output is not stalled. The same for every configuration.
 
     Members
     -------
@@ -269,6 +385,8 @@ class PoolEngine(wiring.Component):
         and the last output word delivered.
     """
 
+    LATENCY = 6     # two stages in each _Window, two in _Finish
+
     def __init__(self, cfg: AcceleratorConfig):
         self._cfg = cfg
         self.line_words = pool_line_words(cfg)
@@ -281,35 +399,33 @@ class PoolEngine(wiring.Component):
 
     def elaborate(self, platform):
         cfg = self._cfg
+        sums = cfg.pool_avg
         m = Module()
-        row_bits, window_bits = _sum_bits(cfg, _KMAX), _sum_bits(cfg, _KMAX * _KMAX)
-        column = data.StructLayout({"index": range(self.line_words), "emit": 1})
         m.submodules.rows = rows = _Window(
-            lanes=cfg.cols, in_bits=cfg.data_bits, out_bits=row_bits, depth=_TILE_DEPTH,
-            meta=column)
+            lanes=cfg.cols, in_bits=cfg.data_bits, sums=sums, depth=_TILE_DEPTH,
+            meta=data.StructLayout({"emit": 1, "wrap": 1}))
         m.submodules.columns = columns = _Window(
-            lanes=cfg.cols, in_bits=row_bits, out_bits=window_bits, depth=self.line_words,
+            lanes=cfg.cols, in_bits=cfg.data_bits + 2 * sums, sums=sums, depth=self.line_words,
             meta=data.StructLayout({}))
         m.submodules.finish = finish = _Finish(
-            lanes=cfg.cols, in_bits=window_bits, word=word_layout(cfg))
-        m.submodules.scan = scan = _Scan(cfg, o_layout=rows.i.payload.shape())
+            lanes=cfg.cols, in_bits=cfg.data_bits + 4 * sums, word=word_layout(cfg), sums=sums)
+        m.submodules.scan = scan = _Scan(cfg, o_layout=rows.i.shape())
 
         wiring.connect(m, wiring.flipped(self.cmd), scan.cmd)
         wiring.connect(m, wiring.flipped(self.i_stream), scan.i)
-        wiring.connect(m, scan.o, rows.i)
-        m.d.comb += [
-            columns.i.valid.eq(rows.o.valid),
-            rows.o.ready.eq(columns.i.ready),
-            columns.i.payload.value.eq(rows.o.payload.value),
-            columns.i.payload.index.eq(rows.o.payload.meta.index),
-            columns.i.payload.emit.eq(rows.o.payload.meta.emit),
-        ]
-        m.d.comb += [
-            finish.i.valid.eq(columns.o.valid),
-            columns.o.ready.eq(finish.i.ready),
-            finish.i.payload.eq(columns.o.payload.value),
-        ]
         wiring.connect(m, finish.o, wiring.flipped(self.o_stream))
+        m.d.comb += [
+            rows.i.eq(scan.o),
+            columns.i.valid.eq(rows.o.valid),
+            columns.i.value.eq(rows.o.value),
+            columns.i.emit.eq(rows.o.meta.emit),
+            columns.i.wrap.eq(rows.o.meta.wrap),
+            finish.i.valid.eq(columns.o.valid),
+            finish.i.value.eq(columns.o.value),
+            scan.en.eq(finish.en),
+        ]
+        for window in (rows, columns):
+            m.d.comb += [window.en.eq(finish.en), window.start.eq(scan.start)]
         for unit in (rows, columns, finish):
             m.d.comb += [unit.k3.eq(scan.k3), unit.avg.eq(scan.avg)]
         m.d.comb += [

@@ -36,7 +36,7 @@ __all__ = ["CONV_LAYER", "CONV_TILE", "POOL_LAYER", "layer_macs", "predict_cycle
 
 CONV_TILE = 12      #: fitted: per channel tile, beyond the structural overhead
 CONV_LAYER = 0      #: fitted: per convolution layer
-POOL_LAYER = 5      #: fitted: per pooling layer
+POOL_LAYER = 8      #: fitted: per pooling layer
 
 
 def predict_cycles(cfg, fields):

