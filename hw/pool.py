@@ -24,6 +24,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from ..sw import arith
 from .config import AcceleratorConfig
 from .isa import Op, layer_layout, word_layout
 
@@ -57,11 +58,11 @@ def times_const(value, const):
 def _mean(total, k3):
     """``floor((2*S + N) / (2*N))`` of a window sum ``S``, ``N`` = 9 if ``k3`` else 4.
 
-    The contract's ``(S * A_N + 2^15) >> 16`` (``docs/arithmetic.md``) equals, for every sum an
-    int8 window can produce, ``(S + 2) >> 2`` (``N`` = 4) and ``(455 * S + 2^11) >> 12``
-    (``N`` = 9), and ``455 * S`` is ``7 * S * 65``: two adders instead of six (a unit test checks
-    every sum).
+    The contract's hardware form (``arith.AVG_DIV``, ``docs/arithmetic.md``): ``(S + 2) >> 2``
+    (``N`` = 4) and ``(455 * S + 2^11) >> 12`` (``N`` = 9), and ``455 * S`` is ``7 * S * 65``:
+    two adders instead of six (a unit test checks every sum).
     """
+    assert arith.AVG_DIV == {4: (1, 2), 9: (455, 12)}, "update the adders below"
     seven = (total << 3) - total
     ninth = ((seven << 6) + seven + (1 << 11)) >> 12
     quarter = (total + 2) >> 2
