@@ -323,10 +323,11 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
             # (which cannot be initialised); the core instantiates its SB_SPRAM256KAs.
             "synth_opts": "",
             # Amaranth's RTLIL has synchronous read ports, whose read-before-write behaviour
-            # Yosys emulates in the fabric unless `memory_dff` proves that the port never
-            # reads the word being written, which it tries only while merging a register
-            # into an asynchronous port (as it does on Verilog). Splitting them first lets it
-            # try; what it cannot prove it rebuilds as before. (See core.py.)
+            # Yosys emulates in the fabric unless `memory_dff` finds that the port never reads
+            # the word being written (the enables exclude it, or the memory is no_rw_check),
+            # which it looks at only while merging a register into an asynchronous port (as
+            # on Verilog). Splitting the ports first lets it look; what it cannot rule out it
+            # rebuilds as before. (See core.py.)
             "script_after_read": "memory_nordff",
             "script_after_synth": "tee -q -o stat.json stat -json",
         }
