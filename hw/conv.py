@@ -15,8 +15,8 @@ Dataflow, for output channel tile ``t`` and a tile of ``rows`` consecutive outpu
   starts; each row goes through the ``rq_lanes`` requantization lanes in ``rq_groups`` cycles
   (one cycle with a lane per column) and is written as one activation word.
 
-Channel tiles are separated by a flush (one extra ``first`` step) and a settle period, so the
-requantization parameters change only while the pipeline is empty.
+Channel tiles are separated by a flush (one extra ``first`` step) and a settle period. The
+requantizers' parameters are read from parameter memory alongside each group of sums.
 """
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
@@ -24,7 +24,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .array import SystolicArray
-from .isa import layer_layout, param_lane_layout, param_layout, word_layout
+from .isa import layer_layout, param_layout, word_layout
 from .requant import Requantizer
 
 __all__ = ["ConvEngine"]
@@ -40,7 +40,10 @@ class ConvEngine(wiring.Component):
     Members
     -------
     cmd : In(stream.Signature(layer_layout(cfg)))
-        Layer descriptors (`systolic.hw.isa.describe_conv`); accepted when idle.
+        Layer descriptors (`systolic.hw.isa.describe_conv`); accepted when idle. The engine
+        does not copy the descriptor: the sender holds ``payload`` unchanged until ``busy``
+        falls (the controller's program register does), which saves a descriptor-wide
+        register.
     busy : Out(1)
         A layer is in progress.
     cycles : Out(32)
@@ -75,17 +78,16 @@ class ConvEngine(wiring.Component):
         tag = data.StructLayout({"valid": 1, "last": 1, "addr": cfg.act_addr_bits})
         m.submodules.requant = rq = Requantizer(cfg, tag)
 
-        desc = Signal(layer_layout(cfg))
+        # The command's payload is held by the sender for the whole layer (see `cmd`).
+        desc = self.cmd.payload
         sb = desc.origin.shape().width
         coord = signed(cfg.dim_bits + 2)
 
         # ---- Sequencer state ---------------------------------------------------------------
         t = Signal(8)                                   # output channel tile
         w_tile_base = Signal(cfg.weight_addr_bits)
-        params = Signal(data.ArrayLayout(param_lane_layout(cfg), C))
-        p_addr = Signal(cfg.param_addr_bits)            # next parameter word
-        p_group = Signal(range(max(cfg.rq_groups, 2)))  # parameter word of the tile being read
-        settle_cycles = R * cfg.rq_groups + C + Requantizer.LATENCY + 6
+        p_tile = Signal(cfg.param_addr_bits)            # the channel tile's first parameter word
+        settle_cycles = R * cfg.rq_groups + C + Requantizer.LATENCY + 7
         settle = Signal(range(settle_cycles + 1))
         # Pixel walker: the next output pixel of the layer and its input window origin.
         ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
@@ -211,10 +213,17 @@ class ConvEngine(wiring.Component):
         sel = Signal(data.ArrayLayout(signed(32), L))
         sel_valid = Signal()
         sel_tag = Signal(tag)
-        sel_group = Signal.like(dg)
         out_addr = Signal(cfg.act_addr_bits)
         dx, dy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
-        m.d.sync += [sel.eq(picked), sel_valid.eq(emit), sel_group.eq(eg)]
+        m.d.sync += [sel.eq(picked), sel_valid.eq(emit)]
+        # The group's parameter word is read in the emit cycle; sums and parameters then meet
+        # in registers (block RAM data goes into a register before any logic).
+        m.d.comb += self.param_read.addr.eq(p_tile + eg)
+        rq_acc = Signal.like(sel)
+        rq_params = Signal(param_layout(cfg))
+        rq_valid, rq_tag = Signal(), Signal(tag)
+        m.d.sync += [rq_acc.eq(sel), rq_params.eq(self.param_read.data), rq_valid.eq(sel_valid),
+                     rq_tag.eq(sel_tag)]
         with m.If(emit):
             m.d.sync += [
                 sel_tag.valid.eq(dy < desc.out_h),
@@ -228,11 +237,10 @@ class ConvEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += dx.eq(dx + 1)
         m.d.comb += [
-            rq.i_valid.eq(sel_valid),
-            rq.i_acc.eq(sel),
-            rq.i_group.eq(sel_group),
-            rq.i_tag.eq(sel_tag),
-            rq.params.eq(params),
+            rq.i_valid.eq(rq_valid),
+            rq.i_acc.eq(rq_acc),
+            rq.i_tag.eq(rq_tag),
+            rq.i_params.eq(rq_params),
             rq.relu.eq(desc.relu),
             self.act_write.en.eq(rq.o_valid & rq.o_tag.valid & rq.o_tag.last),
             self.act_write.addr.eq(rq.o_tag.addr),
@@ -270,25 +278,12 @@ class ConvEngine(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += [desc.eq(self.cmd.payload), t.eq(0), count.eq(1),
-                                 w_tile_base.eq(self.cmd.payload.w_base),
-                                 p_addr.eq(self.cmd.payload.p_base), p_group.eq(0)]
-                    m.next = "PARAMS"
-            with m.State("PARAMS"):
-                # The tile's parameters: rq_groups words, rq_lanes channels each.
-                m.d.comb += self.param_read.addr.eq(p_addr)
-                m.d.sync += [reset_walker(), p_addr.eq(p_addr + 1)]
-                m.next = "PARAMS_WAIT"
-            with m.State("PARAMS_WAIT"):
-                lane_bits = param_lane_layout(cfg).size * cfg.rq_lanes
-                m.d.sync += params.as_value().word_select(p_group, lane_bits).eq(
-                    self.param_read.data.as_value())
-                with m.If(p_group == cfg.rq_groups - 1):
-                    m.d.sync += p_group.eq(0)
-                    m.next = "FILL"
-                with m.Else():
-                    m.d.sync += p_group.eq(p_group + 1)
-                    m.next = "PARAMS"
+                    m.d.sync += [t.eq(0), count.eq(1), w_tile_base.eq(self.cmd.payload.w_base),
+                                 p_tile.eq(self.cmd.payload.p_base)]
+                    m.next = "START"
+            with m.State("START"):
+                m.d.sync += reset_walker()
+                m.next = "FILL"
             with m.State("FILL"):
                 with m.If(~full.bit_select(f, 1)):
                     m.d.comb += self.act_read.addr.eq((cur.base + tap_off)[:cfg.act_addr_bits])
@@ -347,6 +342,7 @@ class ConvEngine(wiring.Component):
                             m.next = "IDLE"
                         with m.Else():
                             m.d.sync += [t.eq(t + 1),
-                                         w_tile_base.eq(w_tile_base + desc.w_tile_words)]
-                            m.next = "PARAMS"
+                                         w_tile_base.eq(w_tile_base + desc.w_tile_words),
+                                         p_tile.eq(p_tile + cfg.rq_groups)]
+                            m.next = "START"
         return m

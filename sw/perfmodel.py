@@ -9,14 +9,13 @@ every cycle::
 
     feed = pixel_tiles * kh * kw * cin_words * cols        (pixel_tiles = ceil(out_h*out_w / rows))
 
-Around the feed, each channel tile spends a fixed overhead: reading its parameters (2
-cycles per parameter word, ``G = cols / rq_lanes`` words), filling the first block (``rows``
+Around the feed, each channel tile spends a fixed overhead: filling the first block (``rows``
 reads), the settle period that lets the last results drain through the array and the
-requantizers (``rows * G + cols + Requantizer.LATENCY + 6``: a row takes ``G`` cycles in the
-requantizer) and a few cycles of hand-over between the states::
+requantizers (``rows * G + cols + Requantizer.LATENCY + 7``: a row takes ``G = cols /
+rq_lanes`` cycles in the requantizer) and a few cycles of hand-over between the states::
 
-    conv cycles = cout_tiles * (feed + rows + rows * G + cols + LATENCY + 2 * (G - 1)
-                                + CONV_TILE) + CONV_LAYER
+    conv cycles = cout_tiles * (feed + rows + rows * G + cols + LATENCY + CONV_TILE)
+                  + CONV_LAYER
 
 The pooling engine streams the input map through at one word a cycle::
 
@@ -56,7 +55,7 @@ def predict_cycles(cfg, fields):
     if fields["op"] == Op.CONV:
         pixel_tiles = -(-fields["out_h"] * fields["out_w"] // R)
         feed = pixel_tiles * fields["kh"] * fields["kw"] * fields["cin_words"] * C
-        per_tile = feed + R + R * G + C + Requantizer.LATENCY + 2 * (G - 1) + CONV_TILE
+        per_tile = feed + R + R * G + C + Requantizer.LATENCY + CONV_TILE
         return fields["cout_tiles"] * per_tile + CONV_LAYER
     return fields["in_h"] * fields["in_w"] * fields["cin_words"] + POOL_LAYER
 
