@@ -46,8 +46,6 @@ class ConvEngine(wiring.Component):
         register.
     busy : Out(1)
         A layer is in progress.
-    cycles : Out(32)
-        Cycles the last layer took, from command accepted to idle.
     act_read, act_write : memory port signatures
         Activation memory (synchronous read, one cycle latency).
     weight_read, param_read : memory port signatures
@@ -60,7 +58,6 @@ class ConvEngine(wiring.Component):
         super().__init__({
             "cmd": In(stream.Signature(layer_layout(cfg))),
             "busy": Out(1),
-            "cycles": Out(32),
             "act_read": In(memory.ReadPort.Signature(addr_width=cfg.act_addr_bits, shape=word)),
             "act_write": In(memory.WritePort.Signature(addr_width=cfg.act_addr_bits,
                                                        shape=word)),
@@ -260,10 +257,8 @@ class ConvEngine(wiring.Component):
             with m.If(release[b]):
                 m.d.sync += full[b].eq(0)
         m.d.comb += [self.act_read.en.eq(1), self.param_read.en.eq(1)]
-        count = Signal(32)
-        m.d.comb += self.busy.eq(count != 0)
-        with m.If(count != 0):
-            m.d.sync += count.eq(count + 1)
+        busy = Signal()
+        m.d.comb += self.busy.eq(busy)
 
         def reset_walker():
             return [
@@ -278,7 +273,7 @@ class ConvEngine(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += [t.eq(0), count.eq(1), w_tile_base.eq(self.cmd.payload.w_base),
+                    m.d.sync += [t.eq(0), busy.eq(1), w_tile_base.eq(self.cmd.payload.w_base),
                                  p_tile.eq(self.cmd.payload.p_base)]
                     m.next = "START"
             with m.State("START"):
@@ -338,7 +333,7 @@ class ConvEngine(wiring.Component):
                     m.d.sync += settle.eq(settle - 1)
                     with m.If(settle == 0):
                         with m.If(t == desc.cout_tiles - 1):
-                            m.d.sync += [self.cycles.eq(count), count.eq(0)]
+                            m.d.sync += busy.eq(0)
                             m.next = "IDLE"
                         with m.Else():
                             m.d.sync += [t.eq(t + 1),
