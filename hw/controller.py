@@ -10,12 +10,18 @@ whole and checked before anything happens: a corrupt, truncated, over-long or un
 one that would run past a memory, is answered with an ERROR reply and changes nothing, so the
 next frame is served exactly as if the bad one had never been sent. Bytes between frames are
 dropped; a frame that stops arriving is abandoned after ``timeout_cycles`` quiet cycles.
+
+The controller is built to be small next to the engines: it moves bytes, not words, wherever it
+can. The program memory holds the descriptors as the host sent them, a byte per address; RUN
+assembles each one in a shift register. The cycle counters are kept as bytes too, and their
+total is summed a byte at a time. Replies are sent straight from the registers and memories
+their bytes live in.
 """
 
 import contextlib
 
-from amaranth.hdl import Array, Cat, Module, Signal
-from amaranth.lib import memory, stream, wiring
+from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal
+from amaranth.lib import enum, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .core import Core
@@ -36,6 +42,34 @@ from .isa import (
 from .pool import times_const
 
 __all__ = ["Controller"]
+
+# The fixed part of a WRITE payload: mem (1), addr (2), count (2).
+_WRITE_HEAD = 5
+_NO_RW_CHECK = {"no_rw_check": 1}
+
+
+class _Payload(enum.Enum, shape=3):
+    """What a reply carries, and so its type."""
+    NONE = 0      #: ACK
+    ERROR = 1     #: last error, request type
+    STATUS = 2    #: last error, program length, total cycles
+    DONE = 3      #: total cycles
+    ACT = 4       #: activation words (DATA)
+    CYCLES = 5    #: per-entry cycle counters (DATA)
+
+
+_KIND = {_Payload.NONE: Reply.ACK, _Payload.ERROR: Reply.ERROR, _Payload.STATUS: Reply.STATUS,
+         _Payload.DONE: Reply.DONE, _Payload.ACT: Reply.DATA, _Payload.CYCLES: Reply.DATA}
+
+
+def runnable_ops(cfg):
+    """The operations ``cfg``'s engines execute; RUN rejects any other as BAD_DESCRIPTOR."""
+    ops = [Op.CONV]
+    if cfg.pool:
+        ops.append(Op.MAXPOOL)
+        if cfg.pool_avg:
+            ops.append(Op.AVGPOOL)
+    return ops
 
 
 class Controller(wiring.Component):
@@ -76,78 +110,135 @@ class Controller(wiring.Component):
         cfg = self._cfg
         m = Module()
         m.submodules.core = core = Core(cfg)
-        m.submodules.frame = frame = memory.Memory(shape=8, depth=MAX_PAYLOAD, init=[])
+        desc_bytes = mem_word_bytes(cfg, Mem.PROGRAM)
+        data_bytes = max(mem_word_bytes(cfg, mem) for mem in (Mem.ACT, Mem.WEIGHT, Mem.PARAM))
+        # Neither memory is read and written in the same cycle, so synthesis need not add
+        # logic for a collision (``no_rw_check``).
+        m.submodules.frame = frame = memory.Memory(shape=8, depth=MAX_PAYLOAD, init=[],
+                                                   attrs=_NO_RW_CHECK)
         fb_w, fb_r = frame.write_port(), frame.read_port()
-        m.submodules.program = program = memory.Memory(shape=layer_layout(cfg),
-                                                        depth=cfg.program_depth, init=[])
+        # The program, a byte per address: byte b of entry p at ``b * program_depth + p``.
+        # Bytes 0 .. desc_bytes - 1 are the descriptor as received (little-endian), the four
+        # after it the entry's cycle counter of its last run.
+        pbits = (cfg.program_depth - 1).bit_length()
+        m.submodules.program = program = memory.Memory(
+            shape=8, depth=cfg.program_depth * (desc_bytes + 4), init=[], attrs=_NO_RW_CHECK)
         pg_w, pg_r = program.write_port(), program.read_port()
-        m.submodules.cycles = cycles = memory.Memory(shape=32, depth=cfg.program_depth, init=[])
-        cy_w, cy_r = cycles.write_port(), cycles.read_port()
-        m.submodules.rx_crc = rx_crc = FRAME_CRC(8).create()
-        m.submodules.tx_crc = tx_crc = FRAME_CRC(8).create()
+        # One frame check serves both directions: a reply never overlaps a request. It starts
+        # afresh out of reset (while waiting for a frame's sync byte, or sending one), which
+        # costs less than its ``start`` input.
+        crc, crc_restart = FRAME_CRC(8).create(), Signal()
+        m.submodules.crc = ResetInserter(crc_restart)(crc)
 
         # ---- Request state ----------------------------------------------------------------
         req = Signal(8)
-        length = Signal(16)
-        idx = Signal(16)
-        pre = Array(Signal(8, name=f"pre{i}") for i in range(5))   # first payload bytes
-        idle = Signal(range(self._timeout + 1))
-        m.d.comb += [rx_crc.data.eq(self.rx.payload), fb_w.data.eq(self.rx.payload),
-                     fb_w.addr.eq(idx)]
-        field_a = Cat(pre[1], pre[2])            # WRITE addr / READ addr
-        field_b = Cat(pre[3], pre[4])            # WRITE count
-        read_count = Cat(pre[2], pre[3])         # READ count
-        start, count = pre[0], pre[1]            # RUN / STATS
+        length = Signal(range(MAX_PAYLOAD + 1))  # checked against MAX_PAYLOAD on arrival
+        idx = Signal(range(MAX_PAYLOAD + 1))
+        # The first payload bytes, those of any request but WRITE one place up, so that the
+        # fields line up: WRITE's mem, addr and count are at 0, 1 and 3, READ's addr and count
+        # at 1 and 3, RUN's and STATS's start and count at 1 and 2. They hold still until the
+        # next request.
+        pre = [Signal(8, name=f"pre{i}") for i in range(_WRITE_HEAD)]
+        m.d.comb += [fb_w.data.eq(self.rx.payload), fb_w.addr.eq(idx), fb_r.addr.eq(idx)]
+        mem = pre[0]
+        first, second = Cat(pre[1], pre[2]), Cat(pre[3], pre[4])         # addr, count
+        span_end = first + second
+        start, count = pre[1], pre[2]                                     # RUN, STATS
+        end = start + count
+        past_end = Signal()                      # the WRITE would run past its memory
+        with m.Switch(mem):
+            for kind in Mem:
+                with m.Case(kind.value):
+                    m.d.comb += past_end.eq(span_end > mem_depth(cfg, kind))
 
-        # ---- Reply state ------------------------------------------------------------------
-        kind = Signal(8)
-        rlen = Signal(16)
-        sent = Signal(16)
-        regs = Array(Signal(8, name=f"reg{i}") for i in range(6))
-        source = Signal(range(3))                # 0: regs, 1: activation words, 2: cycles
-        wide = max(cfg.word_bits, 32)
-        wreg = Signal(wide)
-        k = Signal(range(max(cfg.cols, 4) + 1))
-        addr = Signal(16)
-        last_error = Signal(Error)
-        prog_len = Signal(range(cfg.program_depth + 1))
-        total = Signal(32)
-        m.d.comb += tx_crc.data.eq(self.tx.payload)
-        accepted = self.tx.valid & self.tx.ready
-
-        # ---- WRITE / RUN state --------------------------------------------------------------
-        wmem = Signal(2)
-        left = Signal(16)
-        wb_max = max(mem_word_bytes(cfg, mem) for mem in Mem)
-        nbytes = Signal(range(wb_max + 1))
-        word = Signal(8 * wb_max)
-        pc = Signal(range(cfg.program_depth + 1))
-        desc = Signal(layer_layout(cfg))
-
-        def reply(m, code, n=0, src=0):
-            m.d.sync += [kind.eq(code), rlen.eq(n), source.eq(src), sent.eq(0), k.eq(0)]
-            m.d.sync += self.error.eq(code == Reply.ERROR.value)
-            m.next = "TX_SYNC"
-
-        def fail(m, error):
-            m.d.sync += [regs[0].eq(error.value), regs[1].eq(req), last_error.eq(error)]
-            reply(m, Reply.ERROR.value, 2)
-
+        # Quiet cycles in a frame, counted up from 2**k - timeout_cycles: the top bit is set
+        # after timeout_cycles of them, which needs no comparator.
+        k = (self._timeout - 1).bit_length()
+        idle = Signal(k + 1, init=(1 << k) - self._timeout)
         in_frame = Signal()
         with m.If(in_frame & ~self.rx.valid):
             m.d.sync += idle.eq(idle + 1)
         with m.Else():
-            m.d.sync += idle.eq(0)
-        timed_out = idle == self._timeout
+            m.d.sync += idle.eq(idle.init)
+        timed_out = idle[-1]
+
+        # ---- Reply state ------------------------------------------------------------------
+        payload = Signal(_Payload)
+        last_error = Signal(Error)
+        prog_len = Signal(range(cfg.program_depth + 1))
+        total = Signal(32)                       # cycles of the last run
+        # ``total`` turns round a byte at a time: adding a layer's cycle counter in RUN_STORE,
+        # adding nothing while its bytes are sent.
+        carry = Signal()
+        addend = Signal(8)
+        acc = total[:8] + addend + carry
+        accepted = self.tx.valid & self.tx.ready
+        m.d.comb += [crc.data.eq(Mux(self.tx.valid, self.tx.payload, self.rx.payload)),
+                     self.error.eq(payload == _Payload.ERROR)]
+        reply_len = Signal(16)
+        with m.Switch(payload):
+            with m.Case(_Payload.ERROR):
+                m.d.comb += reply_len.eq(2)
+            with m.Case(_Payload.STATUS):
+                m.d.comb += reply_len.eq(6)
+            with m.Case(_Payload.DONE):
+                m.d.comb += reply_len.eq(4)
+            with m.Case(_Payload.ACT):
+                m.d.comb += reply_len.eq(times_const(second, cfg.cols))
+            with m.Case(_Payload.CYCLES):
+                m.d.comb += reply_len.eq(count << 2)
+
+        # ---- WRITE / READ / RUN / STATS state -----------------------------------------------
+        # Scratch registers, loaded for every request whether it is carried out or not.
+        addr = Signal(max(cfg.act_addr_bits + 1, cfg.weight_addr_bits, cfg.param_addr_bits))
+        pc = Signal(range(cfg.program_depth + 1))   # program entry
+        j = Signal(range(max(desc_bytes + 4, data_bytes, cfg.cols)))    # byte of a word/entry
+        # Descriptors (RUN) and data words (WRITE) are assembled in one shift register: the
+        # bytes come in at the top and move down a byte at a time. A data word shorter than the
+        # longest is shifted on to the same place.
+        shift = Signal(8 * max(desc_bytes, data_bytes))
+        desc = layer_layout(cfg)(shift[len(shift) - 8 * desc_bytes:][:layer_layout(cfg).size])
+        word = shift[len(shift) - 8 * data_bytes:]
+        word_bytes = Mux(mem == Mem.PARAM.value, mem_word_bytes(cfg, Mem.PARAM), cfg.cols)
+        dry = Signal()                           # a WRITE's first pass: count, don't write
+        m.d.comb += [
+            pg_w.addr.eq(Cat(pc[:pbits], j)), pg_w.data.eq(fb_r.data),
+            pg_r.addr.eq(Cat(pc[:pbits], j)),
+            core.load.payload.mem.eq(mem), core.load.payload.addr.eq(addr),
+            core.load.payload.data.eq(word), core.cmd.payload.eq(desc),
+            core.rd_addr.payload.eq(addr),
+        ]
+
+        error = self._check(m, req, length, mem, second, span_end, end, prog_len)
+
+        def reply(m, kind):
+            m.d.sync += payload.eq(kind)
+            m.next = "TX_SYNC"
+
+        def fail(m, code):
+            m.d.sync += last_error.eq(code)
+            reply(m, _Payload.ERROR)
 
         @contextlib.contextmanager
         def frame_byte():
             """In a state taking one byte of a frame: the byte (into the CRC), or a timeout."""
-            m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1), rx_crc.valid.eq(self.rx.valid)]
+            m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1), crc.valid.eq(self.rx.valid)]
             with m.If(self.rx.valid):
                 yield
             with m.Elif(timed_out):
                 fail(m, Error.TRUNCATED)
+
+        def send(byte, valid=1, check=True):
+            """In a state sending a byte of a reply (into the CRC, unless ``check`` is off)."""
+            m.d.comb += [self.tx.valid.eq(valid), self.tx.payload.eq(byte)]
+            if check:
+                m.d.comb += crc.valid.eq(accepted)
+
+        def next_cycles_byte():
+            """The counters' bytes, read one ahead of the one being sent."""
+            m.d.sync += j.eq(j + 1)
+            with m.If(j == desc_bytes + 3):
+                m.d.sync += [j.eq(desc_bytes), pc.eq(pc + 1)]
 
         with m.FSM():
             with m.State("START"):
@@ -156,148 +247,133 @@ class Controller(wiring.Component):
                 m.next = "SYNC"
             # -- receive --------------------------------------------------------------------
             with m.State("SYNC"):
-                m.d.comb += self.rx.ready.eq(1)
+                m.d.comb += [self.rx.ready.eq(1), crc_restart.eq(1)]
                 with m.If(self.rx.valid & (self.rx.payload == SYNC_REQUEST)):
                     m.next = "TYPE"
             with m.State("TYPE"):
-                m.d.comb += rx_crc.start.eq(1)
                 with frame_byte():
                     m.d.sync += req.eq(self.rx.payload)
                     m.next = "LEN0"
             with m.State("LEN0"):
                 with frame_byte():
-                    m.d.sync += length[:8].eq(self.rx.payload)
+                    m.d.sync += length.eq(self.rx.payload)
                     m.next = "LEN1"
             with m.State("LEN1"):
-                full_len = Cat(length[:8], self.rx.payload)
                 with frame_byte():
                     m.d.sync += [length[8:].eq(self.rx.payload), idx.eq(0)]
-                    with m.If(full_len > MAX_PAYLOAD):
+                    with m.If(Cat(length[:8], self.rx.payload) > MAX_PAYLOAD):
                         m.next = "DRAIN"
-                    with m.Elif(full_len == 0):
-                        m.next = "CRC0"
                     with m.Else():
                         m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
-                m.d.comb += fb_w.en.eq(self.rx.valid)
-                with frame_byte():
-                    m.d.sync += idx.eq(idx + 1)
-                    for i in range(5):
-                        with m.If(idx == i):
-                            m.d.sync += pre[i].eq(self.rx.payload)
-                    with m.If(idx == length - 1):
-                        m.next = "CRC0"
+                with m.If(idx == length):
+                    m.next = "CRC0"
+                with m.Else():
+                    m.d.comb += fb_w.en.eq(self.rx.valid)
+                    with frame_byte():
+                        m.d.sync += idx.eq(idx + 1)
+                        for i, byte in enumerate(pre):
+                            with m.If(idx == i - (req != Request.WRITE)):
+                                m.d.sync += byte.eq(self.rx.payload)
             with m.State("CRC0"):
                 with frame_byte():
                     m.next = "CRC1"
             with m.State("CRC1"):
                 with frame_byte():
-                    m.next = "CHECK"
+                    m.next = "EXEC"
             with m.State("DRAIN"):
                 # An over-long frame: swallow it until the line goes quiet, then answer once.
                 m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1)]
                 with m.If(timed_out):
                     fail(m, Error.BAD_LENGTH)
-            with m.State("CHECK"):
-                with m.If(~rx_crc.match_detected):
-                    fail(m, Error.BAD_CRC)
-                with m.Else():
-                    m.next = "EXEC"
 
-            # -- decode and check ---------------------------------------------------------------
+            # -- check, then carry out --------------------------------------------------------
             with m.State("EXEC"):
-                with m.Switch(req):
-                    with m.Case(Request.WRITE):
-                        self._check_write(m, cfg, fail, length, pre, field_a, field_b,
-                                          wmem, addr, left, nbytes, idx)
-                    with m.Case(Request.READ):
-                        with m.If(length != 4):
-                            fail(m, Error.BAD_LENGTH)
-                        with m.Elif(Cat(pre[0], pre[1]) + read_count > cfg.act_depth):
-                            fail(m, Error.BAD_ADDRESS)
-                        with m.Else():
-                            m.d.sync += addr.eq(Cat(pre[0], pre[1]))
-                            reply(m, Reply.DATA.value, times_const(read_count, cfg.cols), 1)
-                    with m.Case(Request.RUN):
-                        with m.If(length != 2):
-                            fail(m, Error.BAD_LENGTH)
-                        with m.Elif(start + count > prog_len):
-                            fail(m, Error.BAD_ADDRESS)
-                        with m.Else():
-                            m.d.sync += [pc.eq(start), left.eq(count), total.eq(0)]
-                            m.next = "RUN_FETCH"
-                    with m.Case(Request.STATUS):
-                        with m.If(length != 0):
-                            fail(m, Error.BAD_LENGTH)
-                        with m.Else():
-                            m.d.sync += [regs[0].eq(last_error), regs[1].eq(prog_len)]
-                            m.d.sync += [regs[2 + i].eq(total[8 * i:8 * i + 8]) for i in range(4)]
-                            reply(m, Reply.STATUS.value, 6)
-                    with m.Case(Request.STATS):
-                        with m.If(length != 2):
-                            fail(m, Error.BAD_LENGTH)
-                        with m.Elif(start + count > cfg.program_depth):
-                            fail(m, Error.BAD_ADDRESS)
-                        with m.Else():
-                            m.d.sync += addr.eq(start)
-                            reply(m, Reply.DATA.value, count << 2, 2)
-                    with m.Default():
-                        fail(m, Error.UNKNOWN_REQUEST)
-
-            # -- WRITE: words from the frame buffer into a memory -------------------------------
-            with m.State("WRITE_ADDR"):
-                m.d.comb += [fb_r.addr.eq(idx), fb_r.en.eq(1)]
-                m.next = "WRITE_BYTE"
-            with m.State("WRITE_BYTE"):
-                m.d.sync += [word.eq(Cat(word[8:], fb_r.data)), idx.eq(idx + 1),
-                             nbytes.eq(nbytes - 1)]
-                with m.If(nbytes == 1):
-                    m.next = "WRITE_WORD"
-                with m.Else():
-                    m.next = "WRITE_ADDR"
-            with m.State("WRITE_WORD"):
-                aligned = Signal.like(word)
-                with m.Switch(wmem):
-                    for mem in Mem:
-                        with m.Case(mem):
-                            m.d.comb += aligned.eq(word >> 8 * (wb_max - mem_word_bytes(cfg, mem)))
-                m.d.comb += [
-                    pg_w.addr.eq(addr), pg_w.data.eq(aligned),
-                    core.load.payload.mem.eq(wmem), core.load.payload.addr.eq(addr),
-                    core.load.payload.data.eq(aligned),
+                m.d.sync += [
+                    idx.eq(_WRITE_HEAD),
+                    addr.eq(first), pc.eq(start),
+                    j.eq(Mux(req == Request.STATS, desc_bytes, 0)),
                 ]
-                done = Signal()
-                with m.If(wmem == Mem.PROGRAM):
-                    m.d.comb += [pg_w.en.eq(1), done.eq(1)]
-                    with m.If(addr + 1 > prog_len):
-                        m.d.sync += prog_len.eq(addr + 1)
+                with m.If(~crc.match_detected):
+                    fail(m, Error.BAD_CRC)
+                with m.Elif(error != Error.NONE):
+                    fail(m, error)
                 with m.Else():
-                    m.d.comb += [core.load.valid.eq(1), done.eq(core.load.ready)]
-                with m.If(done):
-                    m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
-                    with m.Switch(wmem):
-                        for mem in Mem:
-                            with m.Case(mem):
-                                m.d.sync += nbytes.eq(mem_word_bytes(cfg, mem))
-                    with m.If(left == 1):
-                        reply(m, Reply.ACK.value)
+                    with m.Switch(req):
+                        with m.Case(Request.WRITE):
+                            m.d.sync += dry.eq(1)
+                            m.next = "WRITE_ADDR"
+                        with m.Case(Request.READ):
+                            reply(m, _Payload.ACT)
+                        with m.Case(Request.RUN):
+                            m.d.sync += total.eq(0)
+                            m.next = "RUN_FETCH"
+                        with m.Case(Request.STATUS):
+                            reply(m, _Payload.STATUS)
+                        with m.Default():
+                            reply(m, _Payload.CYCLES)
+
+            # -- WRITE: bytes from the frame buffer into a memory ---------------------------------
+            # Two passes over the words: the first one only counts them, so that a frame whose
+            # length does not match its count, or whose words run past the memory's end, is
+            # answered before anything is written.
+            padding = (mem != Mem.PROGRAM.value) & (j >= word_bytes)
+            with m.State("WRITE_ADDR"):
+                with m.If(padding):
+                    m.next = "WRITE_BYTE"
+                with m.Elif((idx == length) & ~dry):
+                    reply(m, _Payload.NONE)
+                with m.Elif(idx == length):
+                    with m.If((j != 0) | (addr != span_end[:len(addr)])):
+                        fail(m, Error.BAD_LENGTH)
+                    with m.Elif(past_end):
+                        fail(m, Error.BAD_ADDRESS)
                     with m.Else():
-                        m.next = "WRITE_ADDR"
+                        m.d.sync += [dry.eq(0), idx.eq(_WRITE_HEAD), addr.eq(first), pc.eq(start)]
+                        # (A PROGRAM write that got here ends within program_depth.)
+                        new_end = span_end[:len(prog_len)]
+                        with m.If((mem == Mem.PROGRAM.value) & (new_end > prog_len)):
+                            m.d.sync += prog_len.eq(new_end)
+                with m.Else():
+                    m.d.comb += fb_r.en.eq(1)
+                    m.next = "WRITE_BYTE"
+            with m.State("WRITE_BYTE"):
+                m.d.sync += [shift.eq(Cat(shift[8:], fb_r.data)), j.eq(j + 1)]
+                with m.If(~padding):
+                    m.d.sync += idx.eq(idx + 1)
+                m.next = "WRITE_ADDR"
+                with m.If(mem == Mem.PROGRAM.value):
+                    # Descriptors are stored as they came.
+                    m.d.comb += pg_w.en.eq(~dry)
+                    with m.If(j == desc_bytes - 1):
+                        m.d.sync += [j.eq(0), pc.eq(pc + 1), addr.eq(addr + 1)]
+                with m.Elif(j == data_bytes - 1):
+                    m.d.sync += j.eq(0)
+                    m.next = "WRITE_WORD"
+            with m.State("WRITE_WORD"):
+                m.d.comb += core.load.valid.eq(~dry)
+                with m.If(core.load.ready | dry):
+                    m.d.sync += addr.eq(addr + 1)
+                    m.next = "WRITE_ADDR"
 
             # -- RUN: the program's layers, one after the other ----------------------------------
             with m.State("RUN_FETCH"):
-                m.d.comb += [self.busy.eq(1), pg_r.addr.eq(pc), pg_r.en.eq(1)]
-                with m.If(left == 0):
-                    m.d.sync += [regs[i].eq(total[8 * i:8 * i + 8]) for i in range(4)]
-                    reply(m, Reply.DONE.value, 4)
+                m.d.comb += self.busy.eq(1)
+                with m.If(pc == end):
+                    reply(m, _Payload.DONE)
                 with m.Else():
+                    m.d.comb += pg_r.en.eq(1)
+                    m.d.sync += j.eq(j + 1)
+                    m.next = "RUN_LOAD"
+            with m.State("RUN_LOAD"):
+                # One byte a cycle, the next one's read under way.
+                m.d.comb += [self.busy.eq(1), pg_r.en.eq(1)]
+                m.d.sync += [shift.eq(Cat(shift[8:], pg_r.data)), j.eq(j + 1)]
+                with m.If(j == desc_bytes):
                     m.next = "RUN_DECODE"
             with m.State("RUN_DECODE"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += desc.eq(pg_r.data)
-                op = pg_r.data.op.as_value()
-                with m.If((op != Op.CONV.value) & (op != Op.MAXPOOL.value)
-                          & (op != Op.AVGPOOL.value)):
+                with m.If(~Cat(desc.op == op for op in runnable_ops(cfg)).any()):
                     fail(m, Error.BAD_DESCRIPTOR)
                 with m.Else():
                     m.next = "RUN_ISSUE"
@@ -311,107 +387,135 @@ class Controller(wiring.Component):
             with m.State("RUN_WAIT"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(~core.busy):
-                    m.d.comb += [cy_w.addr.eq(pc), cy_w.data.eq(core.cycles), cy_w.en.eq(1)]
-                    m.d.sync += [total.eq(total + core.cycles), pc.eq(pc + 1),
-                                 left.eq(left - 1)]
+                    m.d.sync += j.eq(desc_bytes)
+                    m.next = "RUN_STORE"
+            with m.State("RUN_STORE"):
+                # The layer's cycle counter, a byte a cycle: into the program memory and, with
+                # ``total`` turning round once, into the sum.
+                byte = core.cycles.word_select((j - desc_bytes)[:2], 8)
+                m.d.comb += [self.busy.eq(1), pg_w.en.eq(1), pg_w.data.eq(byte),
+                             addend.eq(byte)]
+                m.d.sync += [total.eq(Cat(total[8:], acc[:8])), carry.eq(acc[8]), j.eq(j + 1)]
+                with m.If(j == desc_bytes + 3):
+                    m.d.sync += [pc.eq(pc + 1), j.eq(0), carry.eq(0)]
                     m.next = "RUN_FETCH"
 
             # -- transmit a reply -----------------------------------------------------------------
             with m.State("TX_SYNC"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(SYNC_REPLY)]
+                send(SYNC_REPLY, check=False)
+                m.d.comb += crc_restart.eq(1)
                 with m.If(self.tx.ready):
                     m.next = "TX_KIND"
             with m.State("TX_KIND"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(kind),
-                             tx_crc.start.eq(1), tx_crc.valid.eq(accepted)]
+                with m.Switch(payload):
+                    for kind, reply_kind in _KIND.items():
+                        with m.Case(kind):
+                            send(reply_kind.value)
                 with m.If(self.tx.ready):
                     m.next = "TX_LEN0"
             with m.State("TX_LEN0"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(rlen[:8]),
-                             tx_crc.valid.eq(accepted)]
+                send(reply_len[:8])
                 with m.If(self.tx.ready):
                     m.next = "TX_LEN1"
             with m.State("TX_LEN1"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(rlen[8:]),
-                             tx_crc.valid.eq(accepted)]
+                send(reply_len[8:])
                 with m.If(self.tx.ready):
-                    with m.If(rlen == 0):
+                    with m.If(reply_len == 0):
                         m.next = "TX_CRC0"
-                    with m.Elif(source == 0):
-                        m.next = "TX_REGS"
-                    with m.Elif(source == 1):
-                        m.next = "TX_ACT_REQ"
                     with m.Else():
-                        m.next = "TX_CYC_REQ"
-            with m.State("TX_REGS"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(regs[sent[:3]]),
-                             tx_crc.valid.eq(accepted)]
+                        with m.Switch(payload):
+                            with m.Case(_Payload.ERROR, _Payload.STATUS):
+                                m.next = "TX_ERROR"
+                            with m.Case(_Payload.DONE):
+                                m.next = "TX_TOTAL"
+                            with m.Case(_Payload.ACT):
+                                m.next = "TX_ACT_REQ"
+                            with m.Default():
+                                m.next = "TX_CYC_REQ"
+            with m.State("TX_ERROR"):
+                send(last_error)
                 with m.If(self.tx.ready):
-                    m.d.sync += sent.eq(sent + 1)
-                    with m.If(sent == rlen - 1):
+                    m.next = "TX_SECOND"
+            with m.State("TX_SECOND"):
+                send(Mux(payload == _Payload.ERROR, req, prog_len))
+                with m.If(self.tx.ready):
+                    with m.If(payload == _Payload.ERROR):
+                        m.next = "TX_CRC0"
+                    with m.Else():
+                        m.next = "TX_TOTAL"
+            with m.State("TX_TOTAL"):
+                # Four bytes sent turn ``total`` round once: it is there for the next STATUS.
+                # (``carry`` is 0 here.)
+                send(total[:8])
+                with m.If(self.tx.ready):
+                    m.d.sync += [total.eq(Cat(total[8:], acc[:8])), j.eq(j + 1)]
+                    with m.If(j == 3):
                         m.next = "TX_CRC0"
             with m.State("TX_ACT_REQ"):
-                m.d.comb += [core.rd_addr.valid.eq(1), core.rd_addr.payload.eq(addr)]
+                m.d.comb += core.rd_addr.valid.eq(1)
                 with m.If(core.rd_addr.ready):
                     m.d.sync += addr.eq(addr + 1)
-                    m.next = "TX_ACT_DATA"
-            with m.State("TX_ACT_DATA"):
-                m.d.comb += core.rd_data.ready.eq(1)
-                with m.If(core.rd_data.valid):
-                    m.d.sync += [wreg.eq(core.rd_data.payload.as_value()), k.eq(cfg.cols)]
-                    m.next = "TX_WORD"
+                    m.next = "TX_ACT"
+            with m.State("TX_ACT"):
+                # The word waits on the read-back stream until its last byte is sent.
+                send(core.rd_data.payload.as_value().word_select(j, 8), valid=core.rd_data.valid)
+                with m.If(accepted):
+                    m.d.sync += j.eq(j + 1)
+                    with m.If(j == cfg.cols - 1):
+                        m.d.comb += core.rd_data.ready.eq(1)
+                        m.d.sync += j.eq(0)
+                        with m.If(addr == span_end):
+                            m.next = "TX_CRC0"
+                        with m.Else():
+                            m.next = "TX_ACT_REQ"
             with m.State("TX_CYC_REQ"):
-                m.d.comb += [cy_r.addr.eq(addr), cy_r.en.eq(1)]
-                m.d.sync += addr.eq(addr + 1)
-                m.next = "TX_CYC_DATA"
-            with m.State("TX_CYC_DATA"):
-                m.d.sync += [wreg.eq(cy_r.data), k.eq(4)]
-                m.next = "TX_WORD"
-            with m.State("TX_WORD"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(wreg[:8]),
-                             tx_crc.valid.eq(accepted)]
+                m.d.comb += pg_r.en.eq(1)
+                next_cycles_byte()
+                m.next = "TX_CYC"
+            with m.State("TX_CYC"):
+                send(pg_r.data)
                 with m.If(self.tx.ready):
-                    m.d.sync += [wreg.eq(wreg >> 8), k.eq(k - 1), sent.eq(sent + 1)]
-                    with m.If(sent == rlen - 1):
+                    with m.If((pc == end) & (j == desc_bytes)):
                         m.next = "TX_CRC0"
-                    with m.Elif(k == 1):
-                        m.next = "TX_NEXT"
-            with m.State("TX_NEXT"):
-                with m.If(source == 1):
-                    m.next = "TX_ACT_REQ"
-                with m.Else():
-                    m.next = "TX_CYC_REQ"
+                    with m.Else():
+                        m.d.comb += pg_r.en.eq(1)
+                        next_cycles_byte()
             with m.State("TX_CRC0"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(tx_crc.crc[8:])]
+                send(crc.crc[8:], check=False)
                 with m.If(self.tx.ready):
                     m.next = "TX_CRC1"
             with m.State("TX_CRC1"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(tx_crc.crc[:8])]
+                send(crc.crc[:8], check=False)
                 with m.If(self.tx.ready):
                     m.next = "SYNC"
-
-        m.d.comb += core.cmd.payload.eq(desc)
         return m
 
-    @staticmethod
-    def _check_write(m, cfg, fail, length, pre, addr_field, count_field, wmem, addr, left,
-                     nbytes, idx):
-        """EXEC for WRITE: check memory, length and range; then start applying the words."""
-        with m.If(length < 5):
-            fail(m, Error.BAD_LENGTH)
-        with m.Elif(pre[0] > Mem.PROGRAM.value):
-            fail(m, Error.BAD_MEMORY)
-        with m.Else():
-            with m.Switch(pre[0]):
-                for mem in Mem:
-                    with m.Case(mem.value):
-                        expect = 5 + times_const(count_field, mem_word_bytes(cfg, mem))
-                        with m.If((length != expect) | (count_field == 0)):
-                            fail(m, Error.BAD_LENGTH)
-                        with m.Elif(addr_field + count_field > mem_depth(cfg, mem)):
-                            fail(m, Error.BAD_ADDRESS)
-                        with m.Else():
-                            m.d.sync += [wmem.eq(mem.value), addr.eq(addr_field),
-                                         left.eq(count_field), idx.eq(5),
-                                         nbytes.eq(mem_word_bytes(cfg, mem))]
-                            m.next = "WRITE_ADDR"
+    def _check(self, m, req, length, mem, count, span_end, end, prog_len):
+        """The error a request frame (whose CRC has matched) is answered with, or NONE."""
+        cfg = self._cfg
+        error = Signal(Error)
+        with m.Switch(req):
+            with m.Case(Request.WRITE):
+                # The rest is checked while counting the words (WRITE_ADDR).
+                with m.If(length < _WRITE_HEAD):
+                    m.d.comb += error.eq(Error.BAD_LENGTH)
+                with m.Elif(mem > Mem.PROGRAM.value):
+                    m.d.comb += error.eq(Error.BAD_MEMORY)
+                with m.Elif((count == 0) | (count >= MAX_PAYLOAD)):
+                    m.d.comb += error.eq(Error.BAD_LENGTH)
+            with m.Case(Request.READ):
+                with m.If(length != 4):
+                    m.d.comb += error.eq(Error.BAD_LENGTH)
+                with m.Elif(span_end > cfg.act_depth):
+                    m.d.comb += error.eq(Error.BAD_ADDRESS)
+            with m.Case(Request.RUN, Request.STATS):
+                with m.If(length != 2):
+                    m.d.comb += error.eq(Error.BAD_LENGTH)
+                with m.Elif(end > Mux(req == Request.RUN, prog_len, cfg.program_depth)):
+                    m.d.comb += error.eq(Error.BAD_ADDRESS)
+            with m.Case(Request.STATUS):
+                with m.If(length != 0):
+                    m.d.comb += error.eq(Error.BAD_LENGTH)
+            with m.Default():
+                m.d.comb += error.eq(Error.UNKNOWN_REQUEST)
+        return error

@@ -1,6 +1,7 @@
 """The controller's Verilog on Icarus and Verilator: whole programs through the framed byte
 protocol, exact against the golden model, and every kind of malformed input answered with an
-ERROR reply while the next valid program still runs exactly."""
+ERROR reply while the next valid program still runs exactly; a pooling entry the engines cannot
+execute is answered with BAD_DESCRIPTOR."""
 
 import json
 import struct
@@ -94,6 +95,24 @@ def exchanges(cfg):
         (P.run_request(1, 2), "none", error_reply(Error.BAD_ADDRESS, Request.RUN.value)),
         (P.read_request(cfg.act_depth - 2, 3), "none",
          error_reply(Error.BAD_ADDRESS, Request.READ.value)),
+        # A wrong length wins over a bad address; a count of 0 or one no frame can hold is a
+        # wrong length too.
+        (P.encode_request(Request.WRITE, struct.pack("<BHH", 0, cfg.act_depth - 1, 2)
+                          + bytes(cfg.cols)), "none",
+         error_reply(Error.BAD_LENGTH, Request.WRITE.value)),
+        (P.encode_request(Request.WRITE, struct.pack("<BHH", 0, 0, 0)), "none",
+         error_reply(Error.BAD_LENGTH, Request.WRITE.value)),
+        (P.encode_request(Request.WRITE, struct.pack("<BHH", 1, 0, 1 << 14 | 1)
+                          + bytes(cfg.cols)), "none",
+         error_reply(Error.BAD_LENGTH, Request.WRITE.value)),
+        (P.encode_request(Request.WRITE, struct.pack("<BHH", 4, 0, 1) + bytes(cfg.cols)),
+         "none", error_reply(Error.BAD_MEMORY, Request.WRITE.value)),
+        (P.stats_request(cfg.program_depth - 1, 2), "none",
+         error_reply(Error.BAD_ADDRESS, Request.STATS.value)),
+        # Empty reads and runs.
+        (P.read_request(cfg.act_depth, 0), "none", P.encode_reply(Reply.DATA)),
+        (P.stats_request(0, 0), "none", P.encode_reply(Reply.DATA)),
+        (P.run_request(2, 0), "none", P.encode_reply(Reply.DONE, bytes(4))),
         (bytes([0x00, 0x13, 0x5A, 0xFF]), "none", b""),          # garbage between frames
         (bad_desc, "none", ACK),
         (P.run_request(2, 1), "none", error_reply(Error.BAD_DESCRIPTOR, Request.RUN.value)),
@@ -107,14 +126,8 @@ def exchanges(cfg):
     return cases
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("wide", [False, True], ids=["4-lanes", "12-lanes"])
-@parametrize_simulators
-def test_controller_protocol(sim, wide, tmp_path):
-    if wide and sim == "icarus":
-        pytest.skip("the 12-lane configuration runs on Verilator only, to keep the suite short")
-    cfg = WIDE if wide else CFG
-    cases = exchanges(cfg)
+def run_exchanges(cfg, cases, sim, tmp_path):
+    """The reply bytes of each of ``cases`` (see `exchanges`), sent in order to one device."""
     vectors = {"timeout_cycles": TIMEOUT, "exchanges": [
         {"request": list(req), "gap": gap, "seed": i, "replies": 0 if want == b"" else 1,
          "budget": 20_000} for i, (req, gap, want) in enumerate(cases)]}
@@ -124,7 +137,18 @@ def test_controller_protocol(sim, wide, tmp_path):
                test_module="test_controller", sim=sim, build_key=[cfg.as_dict(), TIMEOUT],
                extra_env={"SYSTOLIC_VECTORS": tmp_path / "vectors.json",
                           "SYSTOLIC_RESULTS": results}, timeout=600)
-    replies = [bytes(r) for r in json.loads(results.read_text())]
+    return [bytes(r) for r in json.loads(results.read_text())]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wide", [False, True], ids=["4-lanes", "12-lanes"])
+@parametrize_simulators
+def test_controller_protocol(sim, wide, tmp_path):
+    if wide and sim == "icarus":
+        pytest.skip("the 12-lane configuration runs on Verilator only, to keep the suite short")
+    cfg = WIDE if wide else CFG
+    cases = exchanges(cfg)
+    replies = run_exchanges(cfg, cases, sim, tmp_path)
     done_cycles = []
     for i, ((_, _, want), got) in enumerate(zip(cases, replies, strict=True)):
         if isinstance(want, bytes):
@@ -145,3 +169,47 @@ def test_controller_protocol(sim, wide, tmp_path):
             assert frame.payload[1] == 3                            # program length
             assert int.from_bytes(frame.payload[2:], "little") == done_cycles[-1]
     assert done_cycles[0] == done_cycles[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pooling", ["max-only", "none"])
+@parametrize_simulators
+def test_controller_rejects_missing_pooling(sim, pooling, tmp_path):
+    """AVGPOOL without ``pool_avg``, and any pooling without ``pool``, is a BAD_DESCRIPTOR (not
+    a silent maximum, or a wait for an engine that is not there); the entries before it run."""
+    cfg = CFG.replace(pool_avg=False) if pooling == "max-only" else CFG.replace(pool=False)
+    rng = np.random.default_rng(7)
+    x = rng.integers(-128, 128, (4, 4, 4)).astype(np.int8)
+    y = arith.maxpool2d(x, 2, 2)
+    shape = {"channels": 4, "h": 4, "w": 4, "kernel": 2, "stride": 2, "out_base": 100}
+    program = [describe_pool(cfg, **shape), describe_pool(cfg, **shape, avg=True)]
+    bad = error_reply(Error.BAD_DESCRIPTOR, Request.RUN.value)
+    runs = "done" if pooling == "max-only" else bad
+    cases = [
+        *[(f, "none", ACK) for f in
+          P.write_requests(cfg, Mem.PROGRAM, 0, [pack_descriptor(cfg, d) for d in program])
+          + P.write_requests(cfg, Mem.ACT, 0, layout.pack_activations(cfg, x))],
+        (P.run_request(0, 1), "none", runs),
+        (P.run_request(1, 1), "none", bad),
+        (P.run_request(0, 2), "none", bad),          # the MAXPOOL entry, then the AVGPOOL one
+        (P.status_request(), "none", "status"),
+    ]
+    if pooling == "max-only":
+        out = layout.pack_activations(cfg, y)
+        cases.append((P.read_request(100, len(out)), "none", data_reply(out, cfg)))
+    replies = run_exchanges(cfg, cases, sim, tmp_path)
+    done_cycles = []
+    for i, ((_, _, want), got) in enumerate(zip(cases, replies, strict=True)):
+        if isinstance(want, bytes):
+            assert got == want, f"exchange {i}: {got.hex()} != {want.hex()}"
+            continue
+        (frame,) = P.ReplyParser().feed(got)
+        if want == "done":
+            assert frame.kind == Reply.DONE
+            done_cycles.append(int.from_bytes(frame.payload, "little"))
+        else:
+            assert frame.kind == Reply.STATUS
+            assert frame.payload[0] == Error.BAD_DESCRIPTOR.value
+            assert frame.payload[1] == 2
+            # The last run stopped at its AVGPOOL entry, after the MAXPOOL one, or at once.
+            assert int.from_bytes(frame.payload[2:], "little") == sum(done_cycles)
