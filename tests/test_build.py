@@ -1,9 +1,8 @@
 """``systolic build``: its error paths without a toolchain, and one real iCEBreaker build (slow).
 
-The end-to-end build uses a reduced configuration (a 1x1 array, no pooling engine, shallow
-memories; about 5,000 of the UP5K's 5,280 logic cells, 20 of 30 block RAMs, three minutes):
-the board's full ``small`` preset does not fit yet (14,026 logic cells and 102 block RAMs,
-most of the logic in the four requantization lanes).
+The end-to-end build is the board's own configuration, the ``small`` preset (a 1x4 array, one
+requantization lane on DSP blocks, weights in SPRAM): about 4,600 of the UP5K's 5,280 logic
+cells, 25 of 30 block RAMs, 2 of 4 SPRAMs, 6 of 8 DSPs; about two minutes.
 """
 
 import json
@@ -13,9 +12,6 @@ from systolic.hw.build import BuildError, _run_plan, build
 from systolic.hw.config import preset
 from systolic.sw.cli import main
 from systolic.sw.errors import SystolicError
-
-REDUCED = ["--rows", "1", "--cols", "1", "--no-pool", "--act-depth", "256",
-           "--weight-depth", "256", "--param-depth", "16"]
 
 _UTILISATION = """\
 Info: Device utilisation:
@@ -76,7 +72,7 @@ def test_tool_failure_shows_the_log(tmp_path):
 @pytest.mark.slow
 def test_build_icebreaker_end_to_end(tmp_path, capsys):
     out = tmp_path / "ice"
-    assert main(["build", "--board", "icebreaker", *REDUCED, "-o", str(out), "--json"]) == 0
+    assert main(["build", "--board", "icebreaker", "-o", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     for key in ("board", "bitstream", "fmax_mhz", "target_mhz", "timing_met", "luts", "ffs",
                 "dsps", "brams", "sprams", "totals", "clocks"):
@@ -85,12 +81,14 @@ def test_build_icebreaker_end_to_end(tmp_path, capsys):
     assert report["bitstream"] == str(out / "systolic.bin")
     assert (out / "systolic.bin").stat().st_size > 50_000
     assert report["target_mhz"] == 12.0
-    assert report["dsps"] == 1
+    assert report["config"] == preset("small").replace(target="ice40").as_dict()
+    assert (report["dsps"], report["sprams"]) == (6, 2)
     assert report["totals"] == {"luts": 5280, "ffs": 5280, "dsps": 8, "brams": 30, "sprams": 4}
     assert 0 < report["luts"] <= 5280
     assert 0 < report["brams"] <= 30
     assert report["fmax_mhz"] > 0
     assert report["timing_met"] == (report["fmax_mhz"] >= 12.0)
+    assert report["timing_met"]
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["luts"] == report["luts"]
     assert "utilization" in on_disk["nextpnr"]
