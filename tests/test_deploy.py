@@ -17,12 +17,14 @@ def qnet_path(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_deploy_virtual_board_is_exact(qnet_path, capsys):
-    """The driver and the serial protocol, bit by bit on the simulated board's UART pins."""
-    assert main(["deploy", str(qnet_path), "--board", "ulx3s-85f", "--sim", "--images", "20",
+@pytest.mark.parametrize(("board", "images"), [("ulx3s-85f", 20), ("icebreaker", 5)])
+def test_deploy_virtual_board_is_exact(qnet_path, capsys, board, images):
+    """The driver and the serial protocol, bit by bit on the simulated board's UART pins, with
+    the board's own configuration (icebreaker: the small preset)."""
+    assert main(["deploy", str(qnet_path), "--board", board, "--sim", "--images", str(images),
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["images"] == 20
+    assert out["images"] == images
     assert out["mismatches"] == 0
     assert out["accuracy"] == out["golden_accuracy"]
     assert out["images_per_second"] > 0
