@@ -194,12 +194,16 @@ class Controller(wiring.Component):
         pc = Signal(range(cfg.program_depth + 1))   # program entry
         j = Signal(range(max(desc_bytes + 4, data_bytes, cfg.cols)))    # byte of a word/entry
         # Descriptors (RUN) and data words (WRITE) are assembled in one shift register: the
-        # bytes come in at the top and move down a byte at a time. A data word shorter than the
-        # longest is shifted on to the same place.
+        # bytes come in at the top and move down a byte at a time. The shorter of the two kinds
+        # of data word comes in lower down, so that it ends where the longer one starts.
         shift = Signal(8 * max(desc_bytes, data_bytes))
         desc = layer_layout(cfg)(shift[len(shift) - 8 * desc_bytes:][:layer_layout(cfg).size])
-        word = shift[len(shift) - 8 * data_bytes:]
-        word_bytes = Mux(mem == Mem.PARAM.value, mem_word_bytes(cfg, Mem.PARAM), cfg.cols)
+        word_at = len(shift) // 8 - data_bytes
+        word = shift[8 * word_at:]
+        param_bytes = mem_word_bytes(cfg, Mem.PARAM)
+        short_bytes = min(cfg.cols, param_bytes)
+        short = (mem == Mem.PARAM.value) if param_bytes < cfg.cols else (mem != Mem.PARAM.value)
+        word_done = j == Mux(short, short_bytes, data_bytes) - 1
         dry = Signal()                           # a WRITE's first pass: count, don't write
         m.d.comb += [
             pg_w.addr.eq(Cat(pc[:pbits], j)), pg_w.data.eq(fb_r.data),
@@ -317,11 +321,8 @@ class Controller(wiring.Component):
             # Two passes over the words: the first one only counts them, so that a frame whose
             # length does not match its count, or whose words run past the memory's end, is
             # answered before anything is written.
-            padding = (mem != Mem.PROGRAM.value) & (j >= word_bytes)
             with m.State("WRITE_ADDR"):
-                with m.If(padding):
-                    m.next = "WRITE_BYTE"
-                with m.Elif((idx == length) & ~dry):
+                with m.If((idx == length) & ~dry):
                     reply(m, _Payload.NONE)
                 with m.Elif(idx == length):
                     with m.If((j != 0) | (addr != span_end[:len(addr)])):
@@ -338,16 +339,18 @@ class Controller(wiring.Component):
                     m.d.comb += fb_r.en.eq(1)
                     m.next = "WRITE_BYTE"
             with m.State("WRITE_BYTE"):
-                m.d.sync += [shift.eq(Cat(shift[8:], fb_r.data)), j.eq(j + 1)]
-                with m.If(~padding):
-                    m.d.sync += idx.eq(idx + 1)
+                m.d.sync += [shift.eq(Cat(shift[8:], fb_r.data)), j.eq(j + 1), idx.eq(idx + 1)]
+                if short_bytes < data_bytes:
+                    with m.If(short):
+                        entry = word_at + short_bytes - 1
+                        m.d.sync += shift[8 * entry:8 * entry + 8].eq(fb_r.data)
                 m.next = "WRITE_ADDR"
                 with m.If(mem == Mem.PROGRAM.value):
                     # Descriptors are stored as they came.
                     m.d.comb += pg_w.en.eq(~dry)
                     with m.If(j == desc_bytes - 1):
                         m.d.sync += [j.eq(0), pc.eq(pc + 1), addr.eq(addr + 1)]
-                with m.Elif(j == data_bytes - 1):
+                with m.Elif(word_done):
                     m.d.sync += j.eq(0)
                     m.next = "WRITE_WORD"
             with m.State("WRITE_WORD"):

@@ -31,6 +31,8 @@ CFG = AcceleratorConfig(rows=2, cols=4, act_depth=256, weight_depth=512, param_d
                         program_depth=8, max_dim=32)
 # Twelve lanes: parameter words of 80 bytes, wider than any of the default configuration's.
 WIDE = CFG.replace(cols=12)
+# One requantization lane: parameter words of 7 bytes, narrower than the activation words.
+NARROW_PARAMS = CFG.replace(rows=1, cols=8, requant_lanes=1)
 TIMEOUT = 64
 
 
@@ -141,12 +143,12 @@ def run_exchanges(cfg, cases, sim, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("wide", [False, True], ids=["4-lanes", "12-lanes"])
+@pytest.mark.parametrize("cfg", [CFG, WIDE, NARROW_PARAMS],
+                         ids=["4-lanes", "12-lanes", "8-lanes-1-requant-lane"])
 @parametrize_simulators
-def test_controller_protocol(sim, wide, tmp_path):
-    if wide and sim == "icarus":
+def test_controller_protocol(sim, cfg, tmp_path):
+    if cfg is WIDE and sim == "icarus":
         pytest.skip("the 12-lane configuration runs on Verilator only, to keep the suite short")
-    cfg = WIDE if wide else CFG
     cases = exchanges(cfg)
     replies = run_exchanges(cfg, cases, sim, tmp_path)
     done_cycles = []
