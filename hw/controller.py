@@ -208,6 +208,9 @@ class Controller(wiring.Component):
         m.d.comb += [
             pg_w.addr.eq(Cat(pc[:pbits], j)), pg_w.data.eq(fb_r.data),
             pg_r.addr.eq(Cat(pc[:pbits], j)),
+            # A read port's enable is high unless driven low: the states that read ahead and
+            # then wait (a reply byte the host is not ready for) rely on the data holding.
+            pg_r.en.eq(0), fb_r.en.eq(0),
             core.load.payload.mem.eq(mem), core.load.payload.addr.eq(addr),
             core.load.payload.data.eq(word), core.cmd.payload.eq(desc),
             core.rd_addr.payload.eq(addr),

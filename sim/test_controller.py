@@ -6,10 +6,11 @@ The exchanges come from the JSON file named by ``$SYSTOLIC_VECTORS``::
      "exchanges": [{"request": [byte, ...], "gap": str, "seed": int, "replies": int}, ...]}
 
 Each exchange's bytes are sent with the `Backpressure` pattern ``gap`` (pauses between
-bytes); then the ``replies`` reply frames it must produce (normally 1, 0 for garbage between
-frames) are collected — a truncated request gets its reply once the controller times out. The
-reply bytes of every exchange are written to ``$SYSTOLIC_RESULTS`` (JSON: a list of byte
-lists); the pytest side decodes and checks them. A controller that does not answer within
+bytes; ``"source/sink"`` paces the reply too, which is otherwise taken as fast as it comes);
+then the ``replies`` reply frames it must produce (normally 1, 0 for garbage between frames)
+are collected — a truncated request gets its reply once the controller times out. The reply
+bytes of every exchange are written to ``$SYSTOLIC_RESULTS`` (JSON: a list of byte lists);
+the pytest side decodes and checks them. A controller that does not answer within
 the budget fails the test: it hangs.
 """
 
@@ -45,7 +46,10 @@ async def controller_exchanges(dut):
     results = []
     for i, ex in enumerate(vectors["exchanges"]):
         dut._log.info("exchange %d: %d bytes", i, len(ex["request"]))
-        source.pause = Backpressure(ex["gap"]).pauses(ex["seed"])
+        # "source/sink": the request's pauses, and the reply's (none unless given).
+        source_gap, _, sink_gap = ex["gap"].partition("/")
+        source.pause = Backpressure(source_gap).pauses(ex["seed"])
+        sink.pause = Backpressure(sink_gap or "none").pauses(ex["seed"] + 1)
         receiving = cocotb.start_soon(recv_frames(sink, ex["replies"]))
         await source.send(ex["request"])
         budget = 200 * len(ex["request"]) + 4 * vectors["timeout_cycles"] + ex.get("budget", 0)

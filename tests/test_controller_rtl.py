@@ -121,8 +121,11 @@ def exchanges(cfg):
         # The next valid program runs exactly, on a fresh input.
         *[(f, "random", ACK) for f in setup[-1:]],
         (run, "cycle", "done"),
-        (read, "random", data_reply(out, cfg)),
+        (read, "random/bursty", data_reply(out, cfg)),
         (P.stats_request(0, 2), "none", "stats"),
+        # Replies taken as slowly as a UART takes them: a byte, then a long wait.
+        (P.stats_request(0, 2), "none/bursty", "stats"),
+        (P.status_request(), "none/bursty", "status"),
         (P.status_request(), "none", "status"),
     ]
     return cases

@@ -5,7 +5,11 @@ import re
 
 import pytest
 from sw_common import digits_model
+from systolic.hw.boards import get_board
+from systolic.sw import perfmodel
 from systolic.sw.cli import main
+from systolic.sw.compiler import compile_network
+from systolic.sw.qnet import QNet
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +32,12 @@ def test_deploy_virtual_board_is_exact(qnet_path, capsys, board, images):
     assert out["mismatches"] == 0
     assert out["accuracy"] == out["golden_accuracy"]
     assert out["images_per_second"] > 0
+    # The per-layer cycle counters come back over the UART too (a STATS reply, sent as slowly
+    # as the line takes it): exactly what the performance model predicts.
+    cfg = get_board(board).config()
+    program = compile_network(QNet.load(qnet_path), cfg)
+    assert out["cycles_per_image"] == sum(perfmodel.predict_cycles(cfg, lay.fields)
+                                          for lay in program.layers)
 
 
 @pytest.mark.parametrize(("argv", "message"), [

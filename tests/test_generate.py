@@ -16,7 +16,7 @@ def test_generate_writes_verilog_and_manifest(tmp_path, capsys):
     assert man == json.loads((tmp_path / "manifest.json").read_text())
     cfg = PRESETS["small"]
     assert man["config"]["rows"] == cfg.rows
-    assert man["dsps"]["count"] == cfg.rows * cfg.cols
+    assert man["dsps"]["count"] == cfg.dsps == cfg.rows * cfg.cols + 2 * cfg.rq_lanes
     names = {p["name"]: p for p in man["ports"]}
     assert names["rx__payload"] == {"name": "rx__payload", "direction": "in", "width": 8}
     assert names["tx__valid"]["direction"] == "out"

@@ -24,7 +24,8 @@ def one_case(expected_delta=0):
 
 def run_pool(tmp_path, cases, *, sim="icarus", test_module="test_pool", **kwargs):
     path = tmp_path / "vectors.json"
-    path.write_text(json.dumps({"cols": CFG.cols, "cases": cases}))
+    path.write_text(json.dumps({"cols": CFG.cols, "latency": PoolEngine.LATENCY,
+                                "cases": cases}))
     return run_cocotb(PoolEngine(CFG), name="pool_engine", test_module=test_module, sim=sim,
                       build_key=CFG.as_dict(), extra_env={"SYSTOLIC_VECTORS": path}, **kwargs)
 
