@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amaranth.back import verilog
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -182,7 +182,8 @@ class PortFolder(wiring.Component):
         m.submodules.dut = dut = self.component
         ins, outs = [], []
         for _path, member, value in dut.signature.flatten(dut):
-            (ins if member.flow == wiring.Flow.In else outs).append(value)
+            # A port of a struct or enum shape is a view: its bits are what get folded.
+            (ins if member.flow == wiring.Flow.In else outs).append(Value.cast(value))
         n_in = sum(len(v) for v in ins)
         if n_in:
             chain = Signal(n_in, reset_less=True)
