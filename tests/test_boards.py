@@ -52,8 +52,15 @@ def test_unknown_board(name):
         BoardTop(name)
 
 
-def test_ulx3s_plan_from_oscillator():
+def test_ulx3s_default_clock_is_the_pll():
     top, p = plan("ulx3s-85f")
+    assert top.clock_hz == 50e6
+    assert top.bridge.divisor == 50
+    assert "EHXPLLL" in p.files["systolic.il"]
+
+
+def test_ulx3s_plan_from_oscillator():
+    top, p = plan("ulx3s-85f", clock_mhz=25)
     assert top.clock_hz == 25e6
     assert top.bridge.divisor == 25
     assert "EHXPLLL" not in p.files["systolic.il"]
