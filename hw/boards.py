@@ -78,7 +78,7 @@ class Board:
 
 BOARDS = {
     # ECP5-85F, FT231X USB UART (3 MBd capable). 50 MHz from the PLL (the 25 MHz oscillator
-    # doubled): the whole default design closes at about 55 MHz, its critical path the
+    # doubled): the whole default design closes at about 65 MHz, its critical path the
     # convolution engine's input-address chain.
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5",
