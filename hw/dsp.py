@@ -28,6 +28,33 @@ _DATA_BITS = 8
 _PRODUCT_BITS = 2 * _DATA_BITS
 
 
+
+def mult18x18d(a18, b18, p36):
+    """An ECP5 MULT18X18D computing ``p36 = a18 * b18`` (both signed), with its A/B input
+    registers and output register on CLK0/CE0/RST0 and the pipeline register bypassed: a
+    latency of 2."""
+    ports = {}
+    for i in range(18):
+        ports[f"i_A{i}"] = a18[i]
+        ports[f"i_B{i}"] = b18[i]
+        ports[f"i_C{i}"] = Const(0, 1)
+    for i in range(36):
+        ports[f"o_P{i}"] = p36[i]
+    return Instance(
+        "MULT18X18D",
+        p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
+        p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
+        p_REG_INPUTC_CLK="NONE",
+        p_REG_PIPELINE_CLK="NONE",
+        p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
+        p_GSR="DISABLED", p_RESETMODE="SYNC",
+        p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED", p_CAS_MATCH_REG="FALSE",
+        i_CLK0=ClockSignal("sync"), i_CE0=Const(1, 1), i_RST0=Const(0, 1),
+        i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1),
+        i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
+        **ports,
+    )
+
 class Multiplier(wiring.Component):
     """Signed 8 × 8 → 16 bit multiplier with a fixed two-cycle latency.
 
@@ -98,27 +125,7 @@ class Multiplier(wiring.Component):
         b18 = Signal(signed(18))
         p36 = Signal(36)
         m.d.comb += [a18.eq(self.a), b18.eq(self.b), self.p.eq(p36[:_PRODUCT_BITS])]
-        ports = {}
-        for i in range(18):
-            ports[f"i_A{i}"] = a18[i]
-            ports[f"i_B{i}"] = b18[i]
-            ports[f"i_C{i}"] = Const(0, 1)
-        for i in range(36):
-            ports[f"o_P{i}"] = p36[i]
-        m.submodules.mult = Instance(
-            "MULT18X18D",
-            p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
-            p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
-            p_REG_INPUTC_CLK="NONE",
-            p_REG_PIPELINE_CLK="NONE",
-            p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
-            p_GSR="DISABLED", p_RESETMODE="SYNC",
-            p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED", p_CAS_MATCH_REG="FALSE",
-            i_CLK0=ClockSignal("sync"), i_CE0=Const(1, 1), i_RST0=Const(0, 1),
-            i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1),
-            i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
-            **ports,
-        )
+        m.submodules.mult = mult18x18d(a18, b18, p36)
         return m
 
     def _ice40(self):
@@ -251,24 +258,4 @@ class WideMultiplier(wiring.Component):
         a18, b18, p36 = Signal(signed(18)), Signal(signed(18)), Signal(36)
         m.d.comb += [a18.eq(a16.as_signed() if a_signed else a16), b18.eq(self.b),
                      out.eq(p36[:32])]
-        ports = {}
-        for i in range(18):
-            ports[f"i_A{i}"] = a18[i]
-            ports[f"i_B{i}"] = b18[i]
-            ports[f"i_C{i}"] = Const(0, 1)
-        for i in range(36):
-            ports[f"o_P{i}"] = p36[i]
-        m.submodules[name] = Instance(
-            "MULT18X18D",
-            p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
-            p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
-            p_REG_INPUTC_CLK="NONE",
-            p_REG_PIPELINE_CLK="NONE",
-            p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
-            p_GSR="DISABLED", p_RESETMODE="SYNC",
-            p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED", p_CAS_MATCH_REG="FALSE",
-            i_CLK0=ClockSignal("sync"), i_CE0=Const(1, 1), i_RST0=Const(0, 1),
-            i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1),
-            i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
-            **ports,
-        )
+        m.submodules[name] = mult18x18d(a18, b18, p36)
