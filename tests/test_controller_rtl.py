@@ -145,6 +145,35 @@ def run_exchanges(cfg, cases, sim, tmp_path):
     return [bytes(r) for r in json.loads(results.read_text())]
 
 
+def check_replies(cases, replies, *, program_length, last_run):
+    """Check each reply against its case: exact bytes, or one of the checkers ``"done"`` (a
+    DONE frame; its cycle total is collected), ``"stats"`` (a DATA frame of two per-layer
+    counters adding up to the last run's total) and ``"status"`` (a STATUS frame: the last
+    error BAD_DESCRIPTOR, ``program_length`` entries, and the total ``last_run(done)`` of the
+    totals so far). Returns the DONE totals in order."""
+    done = []
+    for i, ((_, _, want), got) in enumerate(zip(cases, replies, strict=True)):
+        if isinstance(want, bytes):
+            assert got == want, f"exchange {i}: {got.hex()} != {want.hex()}"
+            continue
+        (frame,) = P.ReplyParser().feed(got)
+        if want == "done":
+            assert frame.kind == Reply.DONE
+            done.append(int.from_bytes(frame.payload, "little"))
+        elif want == "stats":
+            assert frame.kind == Reply.DATA
+            per_layer = struct.unpack("<2I", frame.payload)
+            assert all(c > 0 for c in per_layer)
+            assert sum(per_layer) == done[-1]
+        else:
+            assert want == "status"
+            assert frame.kind == Reply.STATUS
+            assert frame.payload[0] == Error.BAD_DESCRIPTOR.value   # the last error
+            assert frame.payload[1] == program_length
+            assert int.from_bytes(frame.payload[2:], "little") == last_run(done)
+    return done
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cfg", [CFG, WIDE, NARROW_PARAMS],
                          ids=["4-lanes", "12-lanes", "8-lanes-1-requant-lane"])
@@ -154,25 +183,8 @@ def test_controller_protocol(sim, cfg, tmp_path):
         pytest.skip("the 12-lane configuration runs on Verilator only, to keep the suite short")
     cases = exchanges(cfg)
     replies = run_exchanges(cfg, cases, sim, tmp_path)
-    done_cycles = []
-    for i, ((_, _, want), got) in enumerate(zip(cases, replies, strict=True)):
-        if isinstance(want, bytes):
-            assert got == want, f"exchange {i}: {got.hex()} != {want.hex()}"
-            continue
-        (frame,) = P.ReplyParser().feed(got)
-        if want == "done":
-            assert frame.kind == Reply.DONE
-            done_cycles.append(int.from_bytes(frame.payload, "little"))
-        elif want == "stats":
-            assert frame.kind == Reply.DATA
-            per_layer = struct.unpack("<2I", frame.payload)
-            assert all(c > 0 for c in per_layer)
-            assert sum(per_layer) == done_cycles[-1]
-        else:
-            assert frame.kind == Reply.STATUS
-            assert frame.payload[0] == Error.BAD_DESCRIPTOR.value   # the last error
-            assert frame.payload[1] == 3                            # program length
-            assert int.from_bytes(frame.payload[2:], "little") == done_cycles[-1]
+    done_cycles = check_replies(cases, replies, program_length=3,
+                                last_run=lambda done: done[-1])
     assert done_cycles[0] == done_cycles[1]
 
 
@@ -203,18 +215,5 @@ def test_controller_rejects_missing_pooling(sim, pooling, tmp_path):
         out = layout.pack_activations(cfg, y)
         cases.append((P.read_request(100, len(out)), "none", data_reply(out, cfg)))
     replies = run_exchanges(cfg, cases, sim, tmp_path)
-    done_cycles = []
-    for i, ((_, _, want), got) in enumerate(zip(cases, replies, strict=True)):
-        if isinstance(want, bytes):
-            assert got == want, f"exchange {i}: {got.hex()} != {want.hex()}"
-            continue
-        (frame,) = P.ReplyParser().feed(got)
-        if want == "done":
-            assert frame.kind == Reply.DONE
-            done_cycles.append(int.from_bytes(frame.payload, "little"))
-        else:
-            assert frame.kind == Reply.STATUS
-            assert frame.payload[0] == Error.BAD_DESCRIPTOR.value
-            assert frame.payload[1] == 2
-            # The last run stopped at its AVGPOOL entry, after the MAXPOOL one, or at once.
-            assert int.from_bytes(frame.payload[2:], "little") == sum(done_cycles)
+    # The last run stopped at its AVGPOOL entry, after the MAXPOOL one, or at once.
+    check_replies(cases, replies, program_length=2, last_run=sum)
