@@ -188,25 +188,26 @@ module tb;
   localparam N = {n};
   localparam LATENCY = {latency};
   reg clk = 0;
-  reg [7:0] a = 0, b = 0;
-  wire [15:0] p;
-  reg [31:0] vectors [0:N-1];
+  reg [{a_bits}-1:0] a = 0;
+  reg [{b_bits}-1:0] b = 0;
+  wire [{p_bits}-1:0] p;
+  reg [{vec_bits}-1:0] vectors [0:N-1];
   integer i, j, errors = 0, checked = 0;
   {top} dut (.clk(clk), .rst(1'b0), .a(a), .b(b), .p(p));
   always #5 clk = ~clk;
   initial begin
     $readmemh("vectors.hex", vectors);
     for (i = 0; i < N + LATENCY; i = i + 1) begin
-      if (i < N) begin a = vectors[i][31:24]; b = vectors[i][23:16]; end
+      if (i < N) begin a = vectors[i][{a_at}+:{a_bits}]; b = vectors[i][{b_at}+:{b_bits}]; end
       @(posedge clk); #1;
       j = i + 1 - LATENCY;
       if (j >= 0 && j < N) begin
         checked = checked + 1;
-        if (p !== vectors[j][15:0]) begin
+        if (p !== vectors[j][0+:{p_bits}]) begin
           errors = errors + 1;
           if (errors <= 10)
-            $display("MISMATCH a=%0d b=%0d p=%0d expected=%0d", $signed(vectors[j][31:24]),
-                     $signed(vectors[j][23:16]), $signed(p), $signed(vectors[j][15:0]));
+            $display("MISMATCH a=%h b=%h p=%h expected=%h", vectors[j][{a_at}+:{a_bits}],
+                     vectors[j][{b_at}+:{b_bits}], p, vectors[j][0+:{p_bits}]);
         end
       end
     end
@@ -217,15 +218,30 @@ endmodule
 """
 
 
-def _iverilog_run(tmp_path, target, models, defines=()):
+def _digits(bits):
+    return -(-bits // 4)
+
+
+def _icarus_check(tmp_path, component, latency, pairs, bits, product, models=(), defines=()):
+    """Run ``component`` (ports clk, rst, a, b, p of widths ``bits``) on Icarus against
+    ``product(a, b)`` for every pair, exact in every bit of ``p``."""
     if shutil.which("iverilog") is None or shutil.which("vvp") is None:
         pytest.skip("Icarus Verilog (iverilog, vvp) is not installed")
-    pairs = shuffled_pairs(2)
-    top = f"mul_{target}"
-    (tmp_path / f"{top}.v").write_text(verilog.convert(Multiplier(target), name=top))
-    (tmp_path / "tb.v").write_text(_TESTBENCH.format(n=len(pairs), latency=LATENCY, top=top))
+    a_bits, b_bits, p_bits = bits
+    top = "dut_top"
+    (tmp_path / f"{top}.v").write_text(verilog.convert(component, name=top))
+    b_at = 4 * _digits(p_bits)
+    a_at = b_at + 4 * _digits(b_bits)
+    (tmp_path / "tb.v").write_text(_TESTBENCH.format(
+        n=len(pairs), latency=latency, top=top, a_bits=a_bits, b_bits=b_bits, p_bits=p_bits,
+        vec_bits=a_at + 4 * _digits(a_bits), a_at=a_at, b_at=b_at))
+
+    def field(value, width):
+        return f"{value & ((1 << width) - 1):0{_digits(width)}x}"
+
     (tmp_path / "vectors.hex").write_text("".join(
-        f"{a & 0xff:02x}{b & 0xff:02x}{reference(a, b) & 0xffff:04x}\n" for a, b in pairs))
+        field(a, a_bits) + field(b, b_bits) + field(product(a, b), p_bits) + "\n"
+        for a, b in pairs))
     build = subprocess.run(
         ["iverilog", "-g2012", *(f"-D{d}" for d in defines), "-o", "sim.vvp", "-s", "tb",
          "tb.v", f"{top}.v", *map(str, models)],
@@ -237,6 +253,11 @@ def _iverilog_run(tmp_path, target, models, defines=()):
     summary = re.search(r"CHECKED (\d+) ERRORS (\d+)", run.stdout)
     assert summary, run.stdout + run.stderr
     assert (int(summary[1]), int(summary[2])) == (len(pairs), 0), run.stdout
+
+
+def _iverilog_run(tmp_path, target, models, defines=()):
+    _icarus_check(tmp_path, Multiplier(target), LATENCY, shuffled_pairs(2), (8, 8, 16),
+                  reference, models, defines)
 
 
 def test_generic_icarus_all_pairs(tmp_path):
@@ -273,41 +294,6 @@ def test_ecp5_ports_match_yosys_blackbox(tmp_path):
 
 # The requantizer's wide multiplier (signed 32 x unsigned 15) -----------------------------------
 
-_WIDE_TESTBENCH = """`timescale 1ns/1ps
-module tb;
-  localparam N = {n};
-  localparam LATENCY = {latency};
-  reg clk = 0;
-  reg [31:0] a = 0;
-  reg [14:0] b = 0;
-  wire [46:0] p;
-  reg [95:0] vectors [0:N-1];
-  integer i, j, errors = 0, checked = 0;
-  {top} dut (.clk(clk), .rst(1'b0), .a(a), .b(b), .p(p));
-  always #5 clk = ~clk;
-  initial begin
-    $readmemh("vectors.hex", vectors);
-    for (i = 0; i < N + LATENCY; i = i + 1) begin
-      if (i < N) begin a = vectors[i][95:64]; b = vectors[i][62:48]; end
-      @(posedge clk); #1;
-      j = i + 1 - LATENCY;
-      if (j >= 0 && j < N) begin
-        checked = checked + 1;
-        if (p !== vectors[j][46:0]) begin
-          errors = errors + 1;
-          if (errors <= 10)
-            $display("MISMATCH a=%0d b=%0d p=%0d expected=%0d", $signed(vectors[j][95:64]),
-                     vectors[j][62:48], $signed(p), $signed(vectors[j][46:0]));
-        end
-      end
-    end
-    $display("CHECKED %0d ERRORS %0d", checked, errors);
-    $finish;
-  end
-endmodule
-"""
-
-
 def _wide_vectors():
     corners_a = [-(1 << 31), -(1 << 31) + 1, -65537, -65536, -65535, -32768, -1, 0, 1, 32767,
                  65535, 65536, (1 << 31) - 1]
@@ -320,8 +306,6 @@ def _wide_vectors():
 
 @pytest.mark.parametrize("target", ["generic", "ice40", "ecp5"])
 def test_wide_multiplier_icarus(tmp_path, target):
-    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
-        pytest.skip("Icarus Verilog (iverilog, vvp) is not installed")
     models, defines = [], []
     if target == "ice40":
         if not ICE40_CELLS.exists():
@@ -330,21 +314,5 @@ def test_wide_multiplier_icarus(tmp_path, target):
     elif target == "ecp5":
         models = [tmp_path / "mult18x18d_model.v"]
         models[0].write_text(_ecp5_model())
-    pairs = _wide_vectors()
-    top = f"wide_{target}"
-    (tmp_path / f"{top}.v").write_text(verilog.convert(WideMultiplier(target), name=top))
-    (tmp_path / "tb.v").write_text(
-        _WIDE_TESTBENCH.format(n=len(pairs), latency=WIDE_LATENCY, top=top))
-    (tmp_path / "vectors.hex").write_text("".join(
-        f"{a & 0xffffffff:08x}{b:04x}{(a * b) & ((1 << 48) - 1):012x}\n" for a, b in pairs))
-    build = subprocess.run(
-        ["iverilog", "-g2012", *(f"-D{d}" for d in defines), "-o", "sim.vvp", "-s", "tb",
-         "tb.v", f"{top}.v", *map(str, models)],
-        cwd=tmp_path, capture_output=True, text=True)
-    assert build.returncode == 0, build.stdout + build.stderr
-    run = subprocess.run(["vvp", "-n", "sim.vvp"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=60)
-    assert run.returncode == 0, run.stdout + run.stderr
-    summary = re.search(r"CHECKED (\d+) ERRORS (\d+)", run.stdout)
-    assert summary, run.stdout + run.stderr
-    assert (int(summary[1]), int(summary[2])) == (len(pairs), 0), run.stdout
+    _icarus_check(tmp_path, WideMultiplier(target), WIDE_LATENCY, _wide_vectors(), (32, 15, 47),
+                  lambda a, b: a * b, models, defines)
