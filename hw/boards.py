@@ -26,6 +26,7 @@ from amaranth.lib import cdc, io, wiring
 
 from ..sw.errors import SystolicError
 from .config import AcceleratorConfig, preset
+from .isa import FRAME_TIMEOUT_BITS
 from .uart import UARTBridge, quiet_if_invalid
 
 __all__ = ["BOARDS", "Board", "BoardTop", "ecp5_pll", "get_board", "ice40_pll"]
@@ -200,8 +201,9 @@ class BoardTop(Elaboratable):
     baud : int, optional
         UART baud rate; default ``board.baud``.
     controller : wiring.Component, optional
-        The byte-stream end of the link (members ``rx``, ``tx``, ``busy``, ``error``, as
-        `systolic.hw.controller.Controller`); default a ``Controller(cfg)``.
+        The byte-stream end of the link (members ``rx``, ``tx``, ``busy``, ``error``,
+        ``line_fault``, as `systolic.hw.controller.Controller`); default a
+        ``Controller(cfg)``.
 
     Attributes
     ----------
@@ -244,8 +246,8 @@ class BoardTop(Elaboratable):
         if controller is None:
             from .controller import Controller
 
-            # A frame is abandoned after 1000 character times of silence.
-            controller = Controller(self.cfg, timeout_cycles=10_000 * self.bridge.divisor)
+            controller = Controller(
+                self.cfg, timeout_cycles=FRAME_TIMEOUT_BITS * self.bridge.divisor)
         self.controller = controller
 
     def elaborate(self, platform):
@@ -261,7 +263,8 @@ class BoardTop(Elaboratable):
         uart = platform.request("uart", dir="-")
         m.submodules.uart_rx = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.uart_tx = tx_buf = io.Buffer("o", uart.tx)
-        m.d.comb += [bridge.rxd.eq(rx_buf.i), tx_buf.o.eq(bridge.txd)]
+        m.d.comb += [bridge.rxd.eq(rx_buf.i), tx_buf.o.eq(bridge.txd),
+                     ctrl.line_fault.eq(bridge.frame_error | bridge.brk)]
 
         heartbeat = Signal(range(int(self.clock_hz)))   # one second
         with m.If(heartbeat == int(self.clock_hz) - 1):

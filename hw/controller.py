@@ -10,6 +10,10 @@ whole and checked before anything happens: a corrupt, truncated, over-long or un
 one that would run past a memory, is answered with an ERROR reply and changes nothing, so the
 next frame is served exactly as if the bad one had never been sent. Bytes between frames are
 dropped; a frame that stops arriving is abandoned after ``timeout_cycles`` quiet cycles.
+A fault on the serial line (``line_fault``: a framing error or a break) in the middle of a
+frame drops it: the rest of it is swallowed until the line is quiet, then answered once with
+LINE_FAULT. Between frames, a line fault is no more than garbage (a break there may be the
+host getting the line back in step).
 
 The controller is built to be small next to the engines: it moves bytes, not words, wherever it
 can. The program memory holds the descriptors as the host sent them, a byte per address; RUN
@@ -92,6 +96,9 @@ class Controller(wiring.Component):
         A program is running.
     error : Out(1)
         The last reply was an ERROR.
+    line_fault : In(1)
+        The link's receiver saw a framing error or a break (a pulse; tie to 0 on a link that
+        has none).
     """
 
     def __init__(self, cfg, *, timeout_cycles=1 << 20):
@@ -104,6 +111,7 @@ class Controller(wiring.Component):
             "tx": Out(stream.Signature(8)),
             "busy": Out(1),
             "error": Out(1),
+            "line_fault": In(1),
         })
 
     def elaborate(self, platform):
@@ -228,12 +236,20 @@ class Controller(wiring.Component):
 
         @contextlib.contextmanager
         def frame_byte():
-            """In a state taking one byte of a frame: the byte (into the CRC), or a timeout."""
+            """In a state taking one byte of a frame: the byte (into the CRC), a line fault or a
+            timeout."""
             m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1), crc.valid.eq(self.rx.valid)]
-            with m.If(self.rx.valid):
+            with m.If(self.line_fault):
+                drain(Error.LINE_FAULT)
+            with m.Elif(self.rx.valid):
                 yield
             with m.Elif(timed_out):
                 fail(m, Error.TRUNCATED)
+
+        def drain(code):
+            """Swallow bytes until the line is quiet, then answer ``code``."""
+            m.d.sync += last_error.eq(code)
+            m.next = "DRAIN"
 
         def send(byte, valid=1, check=True):
             """In a state sending a byte of a reply (into the CRC, unless ``check`` is off)."""
@@ -256,6 +272,8 @@ class Controller(wiring.Component):
             with m.State("SYNC"):
                 m.d.comb += [self.rx.ready.eq(1), crc_restart.eq(1)]
                 with m.If(self.rx.valid & (self.rx.payload == SYNC_REQUEST)):
+                    # No type yet: what an ERROR reply names if the frame breaks off here.
+                    m.d.sync += req.eq(0)
                     m.next = "TYPE"
             with m.State("TYPE"):
                 with frame_byte():
@@ -269,7 +287,7 @@ class Controller(wiring.Component):
                 with frame_byte():
                     m.d.sync += [length[8:].eq(self.rx.payload), idx.eq(0)]
                     with m.If(Cat(length[:8], self.rx.payload) > MAX_PAYLOAD):
-                        m.next = "DRAIN"
+                        drain(Error.BAD_LENGTH)
                     with m.Else():
                         m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
@@ -289,10 +307,11 @@ class Controller(wiring.Component):
                 with frame_byte():
                     m.next = "EXEC"
             with m.State("DRAIN"):
-                # An over-long frame: swallow it until the line goes quiet, then answer once.
+                # An over-long or broken frame: swallow it until the line goes quiet, then
+                # answer once.
                 m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1)]
                 with m.If(timed_out):
-                    fail(m, Error.BAD_LENGTH)
+                    reply(m, _Payload.ERROR)           # last_error is set on the way in
 
             # -- check, then carry out --------------------------------------------------------
             with m.State("EXEC"):

@@ -24,7 +24,8 @@ from amaranth.lib import crc, data, enum
 from .config import AcceleratorConfig
 
 __all__ = [
-    "FRAME_CRC", "MAX_PAYLOAD", "SYNC_REPLY", "SYNC_REQUEST", "Error", "Mem", "Op", "Reply",
+    "FRAME_CRC", "FRAME_TIMEOUT_BITS", "MAX_PAYLOAD", "SYNC_REPLY", "SYNC_REQUEST", "Error", "Mem",
+    "Op", "Reply",
     "Request", "describe_conv", "describe_pool", "layer_layout", "load_layout", "mem_depth",
     "mem_word_bytes", "pack_descriptor", "pack_params", "param_lane_layout", "param_layout",
     "word_layout",
@@ -66,6 +67,9 @@ def _signed_bits(cfg):
 SYNC_REQUEST = 0xA5     #: first byte of a host -> device frame
 SYNC_REPLY = 0x5A       #: first byte of a device -> host frame
 MAX_PAYLOAD = 1024      #: largest request payload in bytes (the frame buffer's size)
+#: On a serial link, a frame that falls silent for this many bit times (1000 characters) is
+#: abandoned (TRUNCATED), and a broken one is swallowed until the line has been quiet as long.
+FRAME_TIMEOUT_BITS = 10_000
 #: The frame check: CRC-16/CCITT-FALSE over the frame after its sync byte, sent high byte first.
 FRAME_CRC = crc.catalog.CRC16_CCITT_FALSE
 
@@ -98,6 +102,7 @@ class Error(enum.Enum, shape=8):
     BAD_ADDRESS = 5     #: the access would run past the end of a memory or the program
     BAD_MEMORY = 6      #: WRITE names no memory
     BAD_DESCRIPTOR = 7  #: RUN met a program entry with an unknown operation
+    LINE_FAULT = 8      #: the serial line broke the frame (a framing error or a break)
 
 
 def mem_word_bytes(cfg, mem):

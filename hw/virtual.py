@@ -11,6 +11,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .controller import Controller
+from .isa import FRAME_TIMEOUT_BITS
 from .uart import UARTBridge
 
 __all__ = ["VirtualBoard"]
@@ -44,8 +45,9 @@ class VirtualBoard(wiring.Component):
 
     def __init__(self, cfg, *, clk_freq, baud):
         self.bridge = UARTBridge(clk_freq, baud)
-        # As on the boards: a frame is abandoned after 1000 character times of silence.
-        self.controller = Controller(cfg, timeout_cycles=10_000 * self.bridge.divisor)
+        # As on the boards.
+        self.controller = Controller(cfg,
+                                     timeout_cycles=FRAME_TIMEOUT_BITS * self.bridge.divisor)
         super().__init__()
 
     def elaborate(self, platform):
@@ -56,6 +58,7 @@ class VirtualBoard(wiring.Component):
         wiring.connect(m, ctrl.tx, bridge.tx)
         m.d.comb += [
             bridge.rxd.eq(self.uart_rx), self.uart_tx.eq(bridge.txd),
+            ctrl.line_fault.eq(bridge.frame_error | bridge.brk),
             self.led_busy.eq(ctrl.busy), self.led_error.eq(ctrl.error),
         ]
         return m

@@ -17,6 +17,7 @@ class Echo(wiring.Component):
     tx: Out(stream.Signature(8))
     busy: Out(1)
     error: Out(1)
+    line_fault: In(1)
 
     def __init__(self, cfg=None):
         super().__init__()
