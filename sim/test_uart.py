@@ -3,8 +3,8 @@
 The pytest side (``tests/test_uart.py``) passes the bridge's divisor and receive FIFO depth in
 ``$SYSTOLIC_UART`` as JSON: ``{"divisor": int, "fifo_depth": int}``.
 
-A serial model (`SerialDriver`, `SerialMonitor`) plays the host: it bit-bangs characters at a
-baud rate of its own (slightly off the bridge's, to exercise the sampling point), sends
+The serial model (`systolic.sim.serial.SerialHost`) plays the host: it bit-bangs characters at
+a baud rate of its own (slightly off the bridge's, to exercise the sampling point), sends
 malformed ones on request, and decodes the bridge's transmitter. `Events` counts the line
 condition pulses. Every test checks the bytes exactly, in order, and every reported condition.
 """
@@ -15,6 +15,7 @@ import random
 
 import cocotb
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge, Timer, with_timeout
+from systolic.sim.serial import SerialHost
 from systolic.sim.streams import Backpressure, StreamSink, StreamSource, reset, start_clock
 
 PERIOD_NS = 10
@@ -22,55 +23,6 @@ PERIOD_NS = 10
 
 def params():
     return json.loads(os.environ["SYSTOLIC_UART"])
-
-
-class SerialDriver:
-    """The host's transmitter on ``dut.rxd``: 8N1 characters at ``divisor * (1 + skew)``."""
-
-    def __init__(self, dut, divisor, skew=0.0):
-        self.line = dut.rxd
-        self.line.value = 1
-        self.bit_ps = round(divisor * PERIOD_NS * 1000 * (1 + skew))
-
-    async def level(self, value, bits):
-        self.line.value = value
-        await Timer(round(self.bit_ps * bits), unit="ps")
-
-    async def char(self, byte, *, stop=1, data_bits=8):
-        """One character; ``stop=0`` makes a framing error, ``data_bits < 8`` cuts it short."""
-        await self.level(0, 1)
-        for i in range(data_bits):
-            await self.level((byte >> i) & 1, 1)
-        if data_bits == 8:
-            await self.level(stop, 1)
-
-    async def send(self, data, *, gap_bits=0):
-        for byte in data:
-            await self.char(byte)
-            if gap_bits:
-                await self.level(1, gap_bits)
-
-
-class SerialMonitor:
-    """The host's receiver on ``dut.txd``: decodes characters, checks stop bits and timing."""
-
-    def __init__(self, dut, divisor):
-        self.line = dut.txd
-        self.bit_ns = divisor * PERIOD_NS
-        self.received = []
-
-    async def run(self):
-        while True:
-            await FallingEdge(self.line)
-            await Timer(self.bit_ns // 2, unit="ns")
-            assert int(self.line.value) == 0, "start bit did not last half a bit"
-            byte = 0
-            for i in range(8):
-                await Timer(self.bit_ns, unit="ns")
-                byte |= int(self.line.value) << i
-            await Timer(self.bit_ns, unit="ns")
-            assert int(self.line.value) == 1, f"stop bit of {byte:#04x} low"
-            self.received.append(byte)
 
 
 class Events:
@@ -98,15 +50,13 @@ class UARTTestbench:
         self.divisor, self.fifo_depth = p["divisor"], p["fifo_depth"]
         self.dut = dut
         self.clk = start_clock(dut, PERIOD_NS)
-        self.host_tx = SerialDriver(dut, self.divisor, skew)
-        self.host_rx = SerialMonitor(dut, self.divisor)
+        self.host = SerialHost(dut.rxd, dut.txd, self.divisor * PERIOD_NS, skew=skew)
         self.sink = StreamSink(dut, "rx", self.clk, pause=sink.pauses(seed))
         self.source = StreamSource(dut, "tx", self.clk, pause=source.pauses(seed + 1))
         self.events = Events(dut, self.clk)
 
     async def start(self):
         await reset(self.dut, self.clk)
-        cocotb.start_soon(self.host_rx.run())
         await ClockCycles(self.clk, 2 * self.divisor)
 
     def char_ns(self, chars):
@@ -115,7 +65,7 @@ class UARTTestbench:
     async def receive(self, data, **kwargs):
         """Send ``data`` from the host; return what the bridge's ``rx`` stream delivered."""
         got = cocotb.start_soon(self.sink.recv(len(data)))
-        await self.host_tx.send(data, **kwargs)
+        await self.host.send(data, **kwargs)
         return await with_timeout(got, self.char_ns(4), "ns")
 
     async def quiet(self, chars=3):
@@ -145,7 +95,7 @@ async def receive_all_bytes(dut):
     await tb.start()
     for i, (skew, sink) in enumerate(((0.015, Backpressure.RANDOM),
                                       (-0.015, Backpressure.BURSTY))):
-        tb.host_tx = SerialDriver(dut, tb.divisor, skew)
+        tb.host.skew = skew
         tb.sink.pause = sink.pauses(i)
         data = all_bytes(i)
         got = await tb.receive(data)
@@ -163,7 +113,7 @@ async def transmit_all_bytes(dut):
     data = all_bytes(7)
     await tb.source.send(data)
     await Timer(tb.char_ns(2), unit="ns")
-    assert tb.host_rx.received == data
+    assert list(tb.host.received) == data
     assert int(dut.tx_busy.value) == 0
 
 
@@ -180,7 +130,7 @@ async def both_ways_at_once(dut):
     await sending
     await Timer(tb.char_ns(2), unit="ns")
     assert got == inbound
-    assert tb.host_rx.received == outbound
+    assert list(tb.host.received) == outbound
     tb.check_events()
 
 
@@ -190,8 +140,8 @@ async def glitches_make_no_bytes(dut):
     tb = UARTTestbench(dut)
     await tb.start()
     for _ in range(20):
-        await tb.host_tx.level(0, 0.3)
-        await tb.host_tx.level(1, 1.7)
+        await tb.host.level(0, 0.3)
+        await tb.host.level(1, 1.7)
     await tb.quiet()
     data = [0x00, 0xFF, 0x55, 0xAA, 0x01, 0x80]
     assert await tb.receive(data) == data
@@ -204,12 +154,12 @@ async def framing_error_drops_the_character(dut):
     tb = UARTTestbench(dut)
     await tb.start()
     assert await tb.receive([0x12, 0x34]) == [0x12, 0x34]
-    await tb.host_tx.char(0x5A, stop=0)
-    await tb.host_tx.level(1, 2)
+    await tb.host.char(0x5A, stop=0)
+    await tb.host.level(1, 2)
     tb.check_events(frame_error=1)
     # An all-zero character with a low stop bit is 10 bits low: a framing error, not a break.
-    await tb.host_tx.char(0x00, stop=0)
-    await tb.host_tx.level(1, 2)
+    await tb.host.char(0x00, stop=0)
+    await tb.host.level(1, 2)
     await tb.quiet()
     tb.check_events(frame_error=2)
     data = [0x56, 0x00, 0x78]
@@ -225,15 +175,15 @@ async def break_mid_transfer(dut):
     tb = UARTTestbench(dut)
     await tb.start()
     assert await tb.receive([0x11, 0x22, 0x33]) == [0x11, 0x22, 0x33]
-    await tb.host_tx.level(0, 25)                   # 2.5 characters low
-    await tb.host_tx.level(1, 1)
+    await tb.host.level(0, 25)                   # 2.5 characters low
+    await tb.host.level(1, 1)
     tb.check_events(brk=1)
     after = [0x44, 0x00, 0xFF]
     assert await tb.receive(after) == after
     # A character interrupted by a break after three data bits (two of them ones).
-    await tb.host_tx.char(0x07, data_bits=3)
-    await tb.host_tx.level(0, 30)
-    await tb.host_tx.level(1, 0.5)
+    await tb.host.char(0x07, data_bits=3)
+    await tb.host.level(0, 30)
+    await tb.host.level(1, 0.5)
     await tb.quiet()
     assert tb.events.counts["brk"] == 2
     assert tb.events.counts["frame_error"] <= 1      # the cut character's stop bit was low
@@ -249,7 +199,7 @@ async def overrun_is_sticky(dut):
     await tb.start()
     n = tb.fifo_depth
     data = list(range(1, n + 4))
-    await tb.host_tx.send(data)
+    await tb.host.send(data)
     await Timer(tb.char_ns(1), unit="ns")
     tb.check_overrun(1)
     await FallingEdge(tb.clk)       # ready must rise between edges: the FIFO is not empty

@@ -1,7 +1,9 @@
 """The controller's Verilog on Icarus and Verilator: whole programs through the framed byte
 protocol, exact against the golden model, and every kind of malformed input answered with an
 ERROR reply while the next valid program still runs exactly; a pooling entry the engines cannot
-execute is answered with BAD_DESCRIPTOR."""
+execute is answered with BAD_DESCRIPTOR. On the virtual board's serial pins: garbage, a break
+in the middle of a frame, a framing error and a CRC error, each answered (or, between frames,
+ignored) with nothing changed, and the next frame served exactly."""
 
 import json
 import struct
@@ -12,6 +14,7 @@ from systolic.hw import layout
 from systolic.hw.config import AcceleratorConfig
 from systolic.hw.controller import Controller
 from systolic.hw.isa import (
+    FRAME_TIMEOUT_BITS,
     MAX_PAYLOAD,
     Error,
     Mem,
@@ -22,6 +25,7 @@ from systolic.hw.isa import (
     pack_descriptor,
     pack_params,
 )
+from systolic.hw.virtual import VirtualBoard
 from systolic.sim.runner import parametrize_simulators, run_cocotb
 from systolic.sim.vectors import conv_params
 from systolic.sw import arith
@@ -131,28 +135,40 @@ def exchanges(cfg):
     return cases
 
 
-def run_exchanges(cfg, cases, sim, tmp_path):
-    """The reply bytes of each of ``cases`` (see `exchanges`), sent in order to one device."""
-    vectors = {"timeout_cycles": TIMEOUT, "exchanges": [
-        {"request": list(req), "gap": gap, "seed": i, "replies": 0 if want == b"" else 1,
-         "budget": 20_000} for i, (req, gap, want) in enumerate(cases)]}
+def run_exchanges(cfg, cases, sim, tmp_path, *, uart=None):
+    """The reply bytes of each of ``cases`` (see `exchanges`; a fourth element, where there
+    is one, damages the request on the wire), sent in order to one device: the controller,
+    or with ``uart = (clk_hz, baud)`` the virtual board, through its serial pins."""
+    if uart is None:
+        top, name, timeout = Controller(cfg, timeout_cycles=TIMEOUT), "controller", TIMEOUT
+    else:
+        top, name = VirtualBoard(cfg, clk_freq=uart[0], baud=uart[1]), "virtual_board"
+        timeout = FRAME_TIMEOUT_BITS * top.bridge.divisor
+    vectors = {"timeout_cycles": timeout, "exchanges": [
+        {"request": list(case[0]), "gap": case[1], "seed": i,
+         "replies": 0 if case[2] == b"" else 1, "budget": 20_000}
+        | ({"damage": case[3]} if len(case) > 3 else {}) for i, case in enumerate(cases)]}
+    if uart is not None:
+        vectors["uart_divisor"] = top.bridge.divisor
     (tmp_path / "vectors.json").write_text(json.dumps(vectors))
     results = tmp_path / "results.json"
-    run_cocotb(Controller(cfg, timeout_cycles=TIMEOUT), name="controller",
-               test_module="test_controller", sim=sim, build_key=[cfg.as_dict(), TIMEOUT],
+    run_cocotb(top, name=name, test_module="test_controller", sim=sim,
+               build_key=[cfg.as_dict(), timeout, uart],
                extra_env={"SYSTOLIC_VECTORS": tmp_path / "vectors.json",
                           "SYSTOLIC_RESULTS": results}, timeout=600)
     return [bytes(r) for r in json.loads(results.read_text())]
 
 
-def check_replies(cases, replies, *, program_length, last_run):
+def check_replies(cases, replies, *, program_length, last_run,
+                  last_error=Error.BAD_DESCRIPTOR):
     """Check each reply against its case: exact bytes, or one of the checkers ``"done"`` (a
     DONE frame; its cycle total is collected), ``"stats"`` (a DATA frame of two per-layer
-    counters adding up to the last run's total) and ``"status"`` (a STATUS frame: the last
-    error BAD_DESCRIPTOR, ``program_length`` entries, and the total ``last_run(done)`` of the
+    counters adding up to the last run's total) and ``"status"`` (a STATUS frame:
+    ``last_error``, ``program_length`` entries, and the total ``last_run(done)`` of the
     totals so far). Returns the DONE totals in order."""
     done = []
-    for i, ((_, _, want), got) in enumerate(zip(cases, replies, strict=True)):
+    for i, (case, got) in enumerate(zip(cases, replies, strict=True)):
+        want = case[2]
         if isinstance(want, bytes):
             assert got == want, f"exchange {i}: {got.hex()} != {want.hex()}"
             continue
@@ -168,7 +184,7 @@ def check_replies(cases, replies, *, program_length, last_run):
         else:
             assert want == "status"
             assert frame.kind == Reply.STATUS
-            assert frame.payload[0] == Error.BAD_DESCRIPTOR.value   # the last error
+            assert frame.payload[0] == last_error.value
             assert frame.payload[1] == program_length
             assert int.from_bytes(frame.payload[2:], "little") == last_run(done)
     return done
@@ -217,3 +233,36 @@ def test_controller_rejects_missing_pooling(sim, pooling, tmp_path):
     replies = run_exchanges(cfg, cases, sim, tmp_path)
     # The last run stopped at its AVGPOOL entry, after the MAXPOOL one, or at once.
     check_replies(cases, replies, program_length=2, last_run=sum)
+
+
+@pytest.mark.slow
+@parametrize_simulators
+def test_board_line_faults(sim, tmp_path):
+    """Through the UART: garbage between frames is dropped; a break in the middle of a frame
+    and a framing error are answered LINE_FAULT once the line is quiet, a flipped bit BAD_CRC;
+    each of those WRITEs, which would have overwritten the input, changed nothing; a break
+    between frames is ignored; and the next frames are served exactly."""
+    cfg = CFG
+    setup, out = network(np.random.default_rng(5), cfg)
+    run, read = P.run_request(0, 2), P.read_request(200, len(out))
+    clobber = P.write_requests(cfg, Mem.ACT, 0, [0x7F] * 12)[0]
+    fault = error_reply(Error.LINE_FAULT, Request.WRITE.value)
+    cases = [
+        *[(f, "none", ACK) for f in setup],
+        (run, "none", "done"),
+        (read, "none", data_reply(out, cfg)),
+        (bytes([0x00, 0x13, 0x5A, 0xFF, 0x42]), "none", b""),
+        (clobber, "none", fault, ("break", 7)),
+        (clobber, "none", fault, ("framing", 9)),
+        (clobber, "none", error_reply(Error.BAD_CRC, Request.WRITE.value), ("flip", 9)),
+        (P.status_request(), "none", "status"),
+        (b"", "none", b"", ("break", 0)),
+        (run, "none", "done"),
+        (read, "none", data_reply(out, cfg)),
+        # Broken off before its type: the ERROR reply names request type 0.
+        (P.status_request(), "none", error_reply(Error.LINE_FAULT, 0), ("break", 1)),
+    ]
+    replies = run_exchanges(cfg, cases, sim, tmp_path, uart=(100e6, 12.5e6))
+    done = check_replies(cases, replies, program_length=2, last_run=lambda done: done[-1],
+                         last_error=Error.BAD_CRC)
+    assert done[0] == done[1]
