@@ -6,24 +6,32 @@ The job comes from the JSON file named by ``$SYSTOLIC_NETWORK`` (written by
 
     {"qnet": path, "cfg": {AcceleratorConfig fields}, "trace": bool,
      "images": [[int8, ...], ...],          # each image flattened in (C, H, W) order
-     "uart_divisor": int or absent}         # a VirtualBoard: talk to its UART pins
+     "uart_divisor": int or absent,         # a VirtualBoard: talk to its UART pins
+     "faults": [{"request": name, "nth": int, "kind": kind}, ...] or absent}
 
 Without ``uart_divisor`` the design is a `Controller` and the link its byte streams; with it,
-a `systolic.hw.virtual.VirtualBoard` and the link its serial pins, bit by bit.
+a `systolic.hw.virtual.VirtualBoard` and the link its serial pins, bit by bit. On the serial
+pins, ``faults`` damage the ``nth`` (from 0) request frame of type ``request`` (``"WRITE"``,
+``"RUN"``, ...) on the wire: ``"break"`` (the line held low in the middle of it),
+``"framing"`` (a character with a low stop bit), ``"flip"`` (a bit of it inverted) or
+``"reply"`` (a bit of its reply inverted). The driver must recover from each.
 
 The network is compiled here again (compilation is deterministic), its weights and program
-loaded once, then every image run. The results go to ``$SYSTOLIC_RESULTS`` as a JSON list, one
-entry per image: ``{"logits": [int], "cycles": [int per layer], "outputs": [[int8 ...] per
-layer] or null}``.
+loaded once, then every image run. The results go to ``$SYSTOLIC_RESULTS`` as JSON:
+``{"images": [...], "resent": int, "reruns": int, "faults": int}``, an entry per image
+(``{"logits": [int], "cycles": [int per layer], "outputs": [[int8 ...] per layer] or null}``),
+the driver's resent frames and rerun images, and the faults injected.
 """
 
+import collections
 import json
 import os
 
 import cocotb
 import numpy as np
-from cocotb.triggers import Event, FallingEdge, Timer
 from systolic.hw.config import AcceleratorConfig
+from systolic.hw.isa import FRAME_TIMEOUT_BITS, Request
+from systolic.sim.serial import SerialHost
 from systolic.sim.streams import StreamSink, StreamSource, reset, start_clock
 from systolic.sw.compiler import compile_network
 from systolic.sw.driver import Driver, FramedTransport, Link
@@ -39,6 +47,7 @@ class StreamLink(Link):
         self.clk = start_clock(dut, PERIOD_NS)
         self.rx = StreamSource(dut, "rx", self.clk)
         self.tx = StreamSink(dut, "tx", self.clk)
+        dut.line_fault.value = 0
 
     async def send(self, data):
         await self.rx.send(list(data))
@@ -48,46 +57,40 @@ class StreamLink(Link):
 
 
 class UartLink(Link):
-    """A `Link` over a board's serial pins: 8N1 at ``divisor`` clock cycles per bit.
+    """A `Link` over a board's serial pins: 8N1 at ``divisor`` clock cycles per bit, as a USB
+    serial adapter drives them, damaging the frames ``faults`` name (see the module's doc)."""
 
-    The host's side of the wire, bit by bit: what a USB serial adapter does for a board.
-    """
-
-    def __init__(self, dut, divisor):
+    def __init__(self, dut, divisor, faults=()):
         self.clk = start_clock(dut, PERIOD_NS)
-        self.dut = dut
-        self.bit = divisor * PERIOD_NS
-        dut.uart_rx.value = 1
-        self.received = bytearray()
-        self.arrived = Event()
-        cocotb.start_soon(self._monitor())
+        self.host = SerialHost(dut.uart_rx, dut.uart_tx, divisor * PERIOD_NS)
+        self.faults = {(Request[f["request"]].value, f["nth"]): f["kind"] for f in faults}
+        self.sent = collections.Counter()       # request frames sent, per type
+        self.injected = 0
+        self.damage_reply = False
 
     async def send(self, data):
-        for byte in data:
-            for level in [0, *((byte >> i) & 1 for i in range(8)), 1]:
-                self.dut.uart_rx.value = level
-                await Timer(self.bit, "ns")
-
-    async def _monitor(self):
-        while True:
-            await FallingEdge(self.dut.uart_tx)
-            await Timer(self.bit // 2, "ns")            # the middle of the start bit
-            byte = 0
-            for i in range(8):
-                await Timer(self.bit, "ns")
-                byte |= int(self.dut.uart_tx.value) << i
-            await Timer(self.bit, "ns")                 # the stop bit
-            assert int(self.dut.uart_tx.value) == 1, "framing error on the board's tx line"
-            self.received.append(byte)
-            self.arrived.set()
+        kind = self.faults.pop((data[1], self.sent[data[1]]), None)
+        self.sent[data[1]] += 1
+        if kind is None:
+            await self.host.send(data)
+            return
+        self.injected += 1
+        if kind == "reply":
+            self.damage_reply = True
+            await self.host.send(data)
+        else:
+            await self.host.send_damaged(data, kind, at=min(5, len(data) - 1))
 
     async def recv(self, count):
-        while len(self.received) < count:
-            self.arrived.clear()
-            await self.arrived.wait()
-        data = bytes(self.received[:count])
-        del self.received[:count]
+        data = await self.host.recv(count)
+        if self.damage_reply:
+            # The reply's type byte: the frame check fails, the length still holds.
+            self.damage_reply = False
+            data = data[:1] + bytes([data[1] ^ 0x01]) + data[2:]
         return data
+
+    async def resync(self):
+        await self.host.flush(quiet_bits=FRAME_TIMEOUT_BITS * 6 // 5)
 
 
 @cocotb.test()
@@ -98,15 +101,21 @@ async def network(dut):
     cfg = AcceleratorConfig(**job["cfg"])
     program = compile_network(QNet.load(job["qnet"]), cfg)
     divisor = job.get("uart_divisor")
-    link = StreamLink(dut) if divisor is None else UartLink(dut, divisor)
+    if divisor is None:
+        link = StreamLink(dut)
+    else:
+        link = UartLink(dut, divisor, job.get("faults", ()))
     await reset(dut, link.clk)
-    driver = Driver(program, FramedTransport(link, cfg))
+    transport = FramedTransport(link, cfg)
+    driver = Driver(program, transport)
     await driver.load_network()
     shape = program.input_shape
     images = [np.array(im, np.int8).reshape(shape) for im in job["images"]]
     results = await driver.run_images(images, trace=job["trace"], log=dut._log.info)
     with open(os.environ["SYSTOLIC_RESULTS"], "w") as f:
-        json.dump([{"logits": r.logits.tolist(), "cycles": r.layer_cycles,
-                    "outputs": None if r.layer_outputs is None
-                    else [o.ravel().tolist() for o in r.layer_outputs]}
-                   for r in results], f)
+        json.dump({"images": [{"logits": r.logits.tolist(), "cycles": r.layer_cycles,
+                               "outputs": None if r.layer_outputs is None
+                               else [o.ravel().tolist() for o in r.layer_outputs]}
+                              for r in results],
+                   "resent": transport.resent, "reruns": driver.reruns,
+                   "faults": getattr(link, "injected", 0)}, f)

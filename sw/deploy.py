@@ -17,10 +17,12 @@ import time
 import numpy as np
 
 from ..hw.boards import BOARDS, get_board
+from ..hw.isa import FRAME_TIMEOUT_BITS
 from . import golden
 from .compiler import compile_network
 from .driver import Driver, FramedTransport, Link
 from .errors import SystolicError
+from .protocol import LinkError
 from .qnet import QNet
 
 __all__ = ["SerialLink", "add_parser", "deploy_board", "deploy_sim"]
@@ -35,6 +37,8 @@ class SerialLink(Link):
     def __init__(self, port, baud, *, timeout=5.0):
         import serial
 
+        # The device drops a broken frame once the line has been quiet this long.
+        self._quiet = 1.5 * FRAME_TIMEOUT_BITS / baud + 0.005
         try:
             self._port = serial.Serial(port, baud, timeout=timeout)
         except (serial.SerialException, ValueError) as e:
@@ -49,10 +53,18 @@ class SerialLink(Link):
     async def recv(self, count):
         data = self._port.read(count)
         if len(data) != count:
-            raise SystolicError(
+            raise LinkError(
                 f"The board on {self._name} stopped answering ({len(data)} of {count} bytes); "
                 "is it programmed with this build, and at the same baud rate?")
         return data
+
+    async def resync(self):
+        timeout, self._port.timeout = self._port.timeout, self._quiet
+        try:
+            while self._port.read(4096):
+                pass
+        finally:
+            self._port.timeout = timeout
 
     def close(self):
         self._port.close()
@@ -93,19 +105,36 @@ def _summary(qnet, images, labels, logits, seconds, extra):
     }
 
 
-def deploy_sim(qnet, images, labels, board, *, sim="verilator"):
-    """Run ``images`` on the virtual board; returns the summary dict."""
+#: What `fault_plan` damages, in turn: (request frame, kind of damage).
+_FAULTS = [("WRITE", "break"), ("RUN", "reply"), ("READ", "framing"), ("STATS", "flip"),
+           ("RUN", "break"), ("WRITE", "reply"), ("READ", "reply"), ("RUN", "flip"),
+           ("WRITE", "framing"), ("STATS", "reply"), ("RUN", "framing"), ("WRITE", "flip")]
+
+
+def fault_plan(count):
+    """``count`` faults for the virtual board's wire (``sim/test_network.py``): breaks,
+    framing errors, flipped bits in requests and in replies, on every kind of request, the
+    ``i``-th one on the ``i + 1``-th frame of its kind, so they spread over the images."""
+    return [{"request": _FAULTS[i % len(_FAULTS)][0], "kind": _FAULTS[i % len(_FAULTS)][1],
+             "nth": i + 1} for i in range(count)]
+
+
+def deploy_sim(qnet, images, labels, board, *, sim="verilator", faults=0):
+    """Run ``images`` on the virtual board, ``faults`` frames damaged on the wire (see
+    `fault_plan`); returns the summary dict."""
     from . import simulate
 
     cfg = board.config().replace(target="generic")
     start = time.monotonic()
     with simulate._stdout_to_stderr():          # the simulator's chatter is not the report
         report = simulate.simulate(qnet, images, cfg, labels=labels, sim=sim,
-                                   uart=(SIM_CLOCK_HZ, SIM_BAUD))
+                                   uart=(SIM_CLOCK_HZ, SIM_BAUD), faults=fault_plan(faults))
     seconds = time.monotonic() - start
     d = report.as_dict()
     return _summary(qnet, images, labels, report.logits, seconds, {
         "board": f"{board.name} (virtual, {sim})", "cycles_per_image": d["cycles_per_image"],
+        "faults_injected": report.link["faults"], "resent_frames": report.link["resent"],
+        "rerun_images": report.link["reruns"],
         "note": "images_per_second is the simulation's, not a board's"})
 
 
@@ -124,7 +153,8 @@ def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None
         _program(board, bitstream)
     link = SerialLink(port, baud or board.baud)
     try:
-        driver = Driver(program_, FramedTransport(link, cfg))
+        transport = FramedTransport(link, cfg)
+        driver = Driver(program_, transport)
         asyncio.run(driver.load_network())
         start = time.monotonic()
         results = asyncio.run(driver.run_images(list(images)))
@@ -133,7 +163,8 @@ def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None
         link.close()
     logits = np.array([r.logits for r in results], np.int8)
     return _summary(qnet, images, labels, logits, seconds, {
-        "board": board.name, "cycles_per_image": int(np.mean([r.cycles for r in results]))})
+        "board": board.name, "cycles_per_image": int(np.mean([r.cycles for r in results])),
+        "resent_frames": transport.resent, "rerun_images": driver.reruns})
 
 
 def _run(args):
@@ -142,8 +173,13 @@ def _run(args):
     board = get_board(args.board)
     qnet = QNet.load(args.model)
     images, labels = dataset_images(qnet, args.dataset, args.data_dir, args.images)
+    if args.inject_faults and not args.sim:
+        raise SystolicError("--inject-faults damages the virtual board's wire: add --sim")
+    if args.inject_faults < 0:
+        raise SystolicError(f"--inject-faults must be at least 0, not {args.inject_faults}")
     if args.sim:
-        summary = deploy_sim(qnet, images, labels, board, sim=args.simulator)
+        summary = deploy_sim(qnet, images, labels, board, sim=args.simulator,
+                             faults=args.inject_faults)
     else:
         if args.port is None:
             raise SystolicError("--port is required to deploy to a board (e.g. /dev/ttyUSB0); "
@@ -161,6 +197,13 @@ def _run(args):
     print(f"  cycles/image      {summary['cycles_per_image']}")
     print(f"  images/second     {summary['images_per_second']:.1f}"
           + (" (simulation)" if args.sim else ""))
+    if args.sim and args.inject_faults:
+        print(f"  link              {summary['faults_injected']} faults injected, "
+              f"{summary['resent_frames']} frames resent, {summary['rerun_images']} images "
+              "run again")
+    elif summary["resent_frames"] or summary["rerun_images"]:
+        print(f"  link              {summary['resent_frames']} frames resent, "
+              f"{summary['rerun_images']} images run again (line errors: check the cable)")
     if summary["mismatches"]:
         raise SystolicError(f"{summary['mismatches']} images differ from the golden model")
 
@@ -178,7 +221,8 @@ def add_parser(subparsers):
                "  systolic deploy model.qnet --board ulx3s-85f --port /dev/ttyUSB0\n"
                "  systolic deploy model.qnet --board icebreaker --port /dev/ttyUSB1 "
                "--bitstream build/icebreaker/systolic.bin\n"
-               "  systolic deploy model.qnet --board ulx3s-85f --sim --images 20\n")
+               "  systolic deploy model.qnet --board ulx3s-85f --sim --images 20\n"
+               "  systolic deploy model.qnet --board ulx3s-85f --sim --inject-faults 8\n")
     p.add_argument("model", help="the quantized network (.qnet)")
     p.add_argument("--board", required=True, metavar="B",
                    help=f"one of {', '.join(BOARDS)}")
@@ -193,5 +237,8 @@ def add_parser(subparsers):
     p.add_argument("--sim", action="store_true", help="the virtual board, in RTL simulation")
     p.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
                    help="simulator for --sim (default verilator)")
+    p.add_argument("--inject-faults", type=int, default=0, metavar="N",
+                   help="with --sim: damage N frames on the wire (breaks, framing errors, "
+                        "flipped bits, both ways) to watch the driver recover")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run)

@@ -9,6 +9,12 @@ for all of them.
 
 The operations are coroutines, because a cocotb link must await clock edges; a blocking link
 simply returns from them (run one with ``asyncio.run``).
+
+A serial line can corrupt or cut a frame either way. The device answers a request it received
+damaged with an ERROR that promises nothing changed (`RESENDABLE`), and `FramedTransport` sends
+it again. A reply that is lost or arrives damaged (`protocol.LinkError`) is recovered from
+by resynchronizing the link and sending the request again, except for RUN, whose program
+overwrites its own input: `Driver.infer` then runs the whole image again.
 """
 
 import abc
@@ -17,12 +23,16 @@ from itertools import groupby
 
 import numpy as np
 
-from ..hw.isa import MAX_PAYLOAD, Mem, Reply
+from ..hw.isa import MAX_PAYLOAD, SYNC_REPLY, Error, Mem, Reply
 from . import protocol
 from .compiler import Program
 from .errors import SystolicError
 
-__all__ = ["Driver", "FramedTransport", "Inference", "Link", "Transport"]
+__all__ = ["RESENDABLE", "Driver", "FramedTransport", "Inference", "Link", "Transport"]
+
+#: ERROR codes of a request the line damaged: the device changed nothing, so it can be resent.
+RESENDABLE = frozenset({Error.BAD_CRC, Error.TRUNCATED, Error.LINE_FAULT})
+_RESENDABLE_CODES = frozenset(e.value for e in RESENDABLE)
 
 
 class Transport(abc.ABC):
@@ -40,6 +50,10 @@ class Transport(abc.ABC):
     async def read(self, base, count):
         """Read ``count`` activation words from address ``base``; return them as ints."""
 
+    async def resync(self):
+        """Get back in step after a `protocol.LinkError` (nothing to do by default)."""
+        return None
+
 
 class Link(abc.ABC):
     """A byte pipe to the accelerator's host interface."""
@@ -50,21 +64,44 @@ class Link(abc.ABC):
 
     @abc.abstractmethod
     async def recv(self, count):
-        """Receive exactly ``count`` bytes (raise `SystolicError` if they do not come)."""
+        """Receive exactly ``count`` bytes (raise `protocol.LinkError` if they do not come)."""
+
+    async def resync(self):
+        """Wait until the device has stopped sending and has dropped any frame it was
+        receiving, and discard what arrived (nothing to do for a link that loses no bytes)."""
+        return None
 
 
 class FramedTransport(Transport):
-    """`Transport` over the framed protocol: one request frame, one reply frame."""
+    """`Transport` over the framed protocol: one request frame, one reply frame.
 
-    def __init__(self, link, cfg):
+    Parameters
+    ----------
+    link : Link
+    cfg : AcceleratorConfig
+    retries : int
+        How many times one request is sent again after the line damaged it or its reply.
+
+    Members
+    -------
+    resent : int
+        Requests sent again so far.
+    """
+
+    def __init__(self, link, cfg, *, retries=3):
         self.link = link
         self.cfg = cfg
+        self.retries = retries
+        self.resent = 0
 
-    async def request(self, frame, expect):
-        """Send one request frame; return its reply's payload (ERROR replies raise)."""
-        await self.link.send(frame)
+    async def _reply(self, expect):
         head = await self.link.recv(4)
         length = int.from_bytes(head[2:4], "little")
+        if head[0] != SYNC_REPLY or length > MAX_PAYLOAD:
+            raise protocol.FrameError(
+                f"Reply must begin with {SYNC_REPLY:#04x} and a length of at most {MAX_PAYLOAD}, "
+                f"not {bytes(head).hex(' ')}: the link corrupted a reply or is out of step "
+                "(check the baud rate)")
         rest = await self.link.recv(length + 2)
         (reply,) = protocol.ReplyParser().feed(bytes(head) + bytes(rest))
         reply.check()
@@ -72,6 +109,41 @@ class FramedTransport(Transport):
             raise protocol.FrameError(
                 f"Reply to this request must be {expect.name}, not {reply.kind.name}")
         return reply.payload
+
+    async def request(self, frame, expect, *, repeatable=True):
+        """Send one request frame; return its reply's payload.
+
+        A request the device reports damaged (`RESENDABLE`) is sent again, and so is one
+        whose reply was lost or damaged, if it is ``repeatable``, up to `retries` times, each
+        time after `Link.resync`.
+
+        Raises
+        ------
+        protocol.DeviceError
+            For an ERROR reply that is not `RESENDABLE`, or one that stays so.
+        protocol.LinkError
+            When the reply is lost or damaged, and the request is not ``repeatable`` or
+            was tried `retries` times.
+        """
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            await self.link.send(frame)
+            try:
+                return await self._reply(expect)
+            except protocol.DeviceError as e:
+                if last or e.code not in _RESENDABLE_CODES:
+                    raise
+            except protocol.LinkError:
+                if last or not repeatable:
+                    raise
+            # What is left of a damaged frame could look like the start of another: let the
+            # device drop it before sending again.
+            await self.link.resync()
+            self.resent += 1
+        raise AssertionError("unreachable")
+
+    async def resync(self):
+        await self.link.resync()
 
     async def write(self, beats):
         # Consecutive addresses of one memory go in as few frames as fit.
@@ -84,7 +156,8 @@ class FramedTransport(Transport):
                 await self.request(frame, Reply.ACK)
 
     async def run(self, start, count):
-        await self.request(protocol.run_request(start, count), Reply.DONE)
+        # RUN overwrites its own input: if its reply is lost, the image is run again.
+        await self.request(protocol.run_request(start, count), Reply.DONE, repeatable=False)
         stats = await self.request(protocol.stats_request(start, count), Reply.DATA)
         return [int.from_bytes(stats[4 * i:4 * i + 4], "little") for i in range(count)]
 
@@ -129,11 +202,17 @@ class Driver:
     ----------
     program : Program
     transport : Transport
+
+    Members
+    -------
+    reruns : int
+        Images run again because the link lost a RUN's reply.
     """
 
     def __init__(self, program: Program, transport: Transport):
         self.program = program
         self.transport = transport
+        self.reruns = 0
 
     async def load_network(self):
         """Write the weights, the parameters and the program (once per network)."""
@@ -146,12 +225,24 @@ class Driver:
         await self.transport.write([(Mem.PROGRAM, i, layer.command)
                                     for i, layer in enumerate(p.layers)])
 
-    async def infer(self, image, *, trace=False):
+    async def infer(self, image, *, trace=False, attempts=3):
         """Run one int8 ``(C, H, W)`` image; returns an `Inference`.
 
         With ``trace``, every layer's output is read back as soon as the layer has run (the
-        ping-pong buffers overwrite it two layers later).
+        ping-pong buffers overwrite it two layers later). An image whose run the link cut
+        short (`protocol.LinkError`) is run again from its input, up to ``attempts`` times.
         """
+        for attempt in range(attempts):
+            try:
+                return await self._infer(image, trace)
+            except protocol.LinkError:
+                if attempt == attempts - 1:
+                    raise
+                await self.transport.resync()
+                self.reruns += 1
+        raise AssertionError("unreachable")
+
+    async def _infer(self, image, trace):
         p = self.program
         words = p.input_words(image)
         await self.transport.write((Mem.ACT, p.input_base + a, v) for a, v in enumerate(words))

@@ -20,14 +20,19 @@ from ..hw.isa import (
 from .errors import SystolicError
 
 __all__ = [
-    "DeviceError", "FrameError", "ReplyFrame", "ReplyParser", "encode_request", "read_request",
+    "DeviceError", "FrameError", "LinkError", "ReplyFrame", "ReplyParser", "encode_request",
+    "read_request",
     "run_request", "stats_request", "status_request", "write_requests",
 ]
 
 _CRC = FRAME_CRC(8)
 
 
-class FrameError(SystolicError):
+class LinkError(SystolicError):
+    """The link lost or corrupted a reply: it did not come, or came malformed."""
+
+
+class FrameError(LinkError):
     """A reply frame from the device is malformed (bad sync, length or frame check)."""
 
 

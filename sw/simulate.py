@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,9 @@ class SimulationReport:
         Wall time of the simulation (build included).
     sim : str
         The simulator.
+    link : dict
+        What the link went through: ``faults`` injected, frames ``resent`` and images
+        ``reruns`` by the driver to recover from them.
     """
 
     program: object
@@ -56,6 +59,7 @@ class SimulationReport:
     first_difference: dict | None
     wall_seconds: float
     sim: str
+    link: dict = field(default_factory=dict)
 
     @property
     def mismatches(self):
@@ -90,7 +94,7 @@ class SimulationReport:
             "utilization": perfmodel.utilization(cfg, self.program.macs, cycles),
             "config": {"rows": cfg.rows, "cols": cfg.cols, "pes": cfg.pes},
             "layers": self.layers(), "first_difference": self.first_difference,
-            "wall_seconds": self.wall_seconds,
+            "wall_seconds": self.wall_seconds, "link": self.link,
         }
 
 
@@ -109,16 +113,18 @@ def _stdout_to_stderr():
 
 
 def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, timeout=None,
-            uart=None):
+            uart=None, faults=()):
     """Run ``qnet`` on int8 ``images`` ``(N, C, H, W)`` in the accelerator's RTL (controller
     and core), driven through the framed host protocol; with ``uart = (clk_hz, baud)``, the
-    virtual board (`systolic.hw.virtual.VirtualBoard`), driven bit by bit on its UART pins.
+    virtual board (`systolic.hw.virtual.VirtualBoard`), driven bit by bit on its UART pins,
+    where ``faults`` (see ``sim/test_network.py``) damage frames on the wire.
 
     Returns
     -------
-    list of dict
-        Per image: ``logits`` (list of int), ``cycles`` (per layer), ``outputs`` (with
-        ``trace``: every layer's output, flattened ``(C, H, W)``; else ``None``).
+    dict
+        ``images``, per image: ``logits`` (list of int), ``cycles`` (per layer), ``outputs``
+        (with ``trace``: every layer's output, flattened ``(C, H, W)``; else ``None``); and
+        ``faults`` injected, frames ``resent`` and images ``reruns`` by the driver.
 
     Raises
     ------
@@ -144,6 +150,7 @@ def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, tim
         else:
             top, name = VirtualBoard(cfg, clk_freq=uart[0], baud=uart[1]), "virtual_board"
             job["uart_divisor"] = top.bridge.divisor
+            job["faults"] = list(faults)
         (tmp / "job.json").write_text(json.dumps(job))
         if timeout is None:
             timeout = 600 + 5 * len(images) * (10 if sim == "icarus" else 1)
@@ -170,18 +177,22 @@ def _first_difference(program, gold, results):
 
 
 def simulate(qnet, images, cfg, *, labels=None, sim="verilator", trace=False, waves=False,
-             uart=None):
+             uart=None, faults=()):
     """Run ``images`` in RTL and compare with the golden model; returns a `SimulationReport`."""
     program = compile_network(qnet, cfg)
     images = np.asarray(images, np.int8)
     gold = golden.run(qnet, images)
     start = time.monotonic()
-    results = run_rtl(qnet, images, cfg, sim=sim, trace=trace, waves=waves, uart=uart)
+    out = run_rtl(qnet, images, cfg, sim=sim, trace=trace, waves=waves, uart=uart,
+                  faults=faults)
     wall = time.monotonic() - start
+    results = out["images"]
+    link = {k: out[k] for k in ("faults", "resent", "reruns")}
     logits = np.array([r["logits"] for r in results], np.int8).reshape(len(images), -1)
     cycles = np.array([r["cycles"] for r in results], np.int64).reshape(len(images), -1)
     first = _first_difference(program, gold, results) if trace else None
-    return SimulationReport(program, logits, gold.logits, labels, cycles, first, wall, sim)
+    return SimulationReport(program, logits, gold.logits, labels, cycles, first, wall, sim,
+                            link)
 
 
 def _pct(v):

@@ -40,9 +40,27 @@ def test_deploy_virtual_board_is_exact(qnet_path, capsys, board, images):
                                           for lay in program.layers)
 
 
+@pytest.mark.slow
+def test_deploy_virtual_board_recovers_from_line_faults(qnet_path, capsys):
+    """Twelve frames damaged on the wire, both ways (breaks, framing errors, flipped bits in
+    requests and in replies, on WRITE, RUN, READ and STATS): the driver resends what the board
+    rejected, runs again an image whose RUN reply was lost, and every logit is still exact."""
+    assert main(["deploy", str(qnet_path), "--board", "ulx3s-85f", "--sim", "--images", "12",
+                 "--inject-faults", "12", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["images"], out["mismatches"]) == (12, 0)
+    assert out["faults_injected"] == 12
+    # Each damaged request is resent once, and so is each request whose reply was damaged,
+    # but for the one RUN: its image is run again from its input.
+    assert out["rerun_images"] == 1
+    assert out["resent_frames"] == 11
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--board", "zedboard", "--sim"],
      r"systolic: error: Unknown board 'zedboard'; known boards: ulx3s-85f, icebreaker\n"),
+    (["--board", "ulx3s-85f", "--inject-faults", "2"],
+     r"systolic: error: --inject-faults damages the virtual board's wire: add --sim\n"),
     (["--board", "ulx3s-85f"],
      r"systolic: error: --port is required to deploy to a board \(e\.g\. /dev/ttyUSB0\); "
      r"use --sim for the virtual board\n"),
