@@ -83,8 +83,9 @@ class Controller(wiring.Component):
     ----------
     cfg : AcceleratorConfig
     timeout_cycles : int
-        Quiet cycles after which a partly received frame is dropped (reply: TRUNCATED). Set it
-        well above the time between two bytes on the link (e.g. 10 bit times of the UART).
+        Quiet cycles after which a partly received frame is dropped (reply: TRUNCATED), and
+        for which a broken one is swallowed before its ERROR reply. Set it well above the time
+        between two bytes on the link (e.g. 10 bit times of the UART).
 
     Members
     -------
@@ -97,8 +98,8 @@ class Controller(wiring.Component):
     error : Out(1)
         The last reply was an ERROR.
     line_fault : In(1)
-        The link's receiver saw a framing error or a break (a pulse; tie to 0 on a link that
-        has none).
+        The link's receiver sees a framing error or a break (high while the break lasts: the
+        line is not quiet then); tie to 0 on a link that has none.
     """
 
     def __init__(self, cfg, *, timeout_cycles=1 << 20):
@@ -164,7 +165,7 @@ class Controller(wiring.Component):
         k = (self._timeout - 1).bit_length()
         idle = Signal(k + 1, init=(1 << k) - self._timeout)
         in_frame = Signal()
-        with m.If(in_frame & ~self.rx.valid):
+        with m.If(in_frame & ~self.rx.valid & ~self.line_fault):
             m.d.sync += idle.eq(idle + 1)
         with m.Else():
             m.d.sync += idle.eq(idle.init)
@@ -240,13 +241,13 @@ class Controller(wiring.Component):
             timeout."""
             m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1), crc.valid.eq(self.rx.valid)]
             with m.If(self.line_fault):
-                drain(Error.LINE_FAULT)
+                drain(m, Error.LINE_FAULT)
             with m.Elif(self.rx.valid):
                 yield
             with m.Elif(timed_out):
                 fail(m, Error.TRUNCATED)
 
-        def drain(code):
+        def drain(m, code):
             """Swallow bytes until the line is quiet, then answer ``code``."""
             m.d.sync += last_error.eq(code)
             m.next = "DRAIN"
@@ -287,7 +288,7 @@ class Controller(wiring.Component):
                 with frame_byte():
                     m.d.sync += [length[8:].eq(self.rx.payload), idx.eq(0)]
                     with m.If(Cat(length[:8], self.rx.payload) > MAX_PAYLOAD):
-                        drain(Error.BAD_LENGTH)
+                        drain(m, Error.BAD_LENGTH)
                     with m.Else():
                         m.next = "PAYLOAD"
             with m.State("PAYLOAD"):

@@ -136,7 +136,9 @@ def add_parser(subparsers):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Generate the accelerator (host-interface controller, systolic array, "
                     "convolution and pooling engines, on-chip memories) as one Verilog file, "
-                    "systolic.v, whose ports are two byte streams (docs/protocol.md), with "
+                    "systolic.v, whose ports are two byte streams (docs/protocol.md) and a "
+                    "line_fault input (a UART's framing error or break; tie it to 0 on a link "
+                    "without them), with "
                     "manifest.json describing its configuration, ports, DSPs and memories.",
         epilog="examples:\n"
                "  systolic generate -o build/core                 # 8x8 default (ECP5)\n"

@@ -121,6 +121,8 @@ class UARTRx(wiring.Component):
         Pulses for one cycle when a character's stop bit was low; the character is dropped.
     brk : Out(1)
         Pulses for one cycle when the line has been low for longer than a character.
+    in_break : Out(1)
+        High from the cycle after ``brk`` until the line returns high.
 
     Raises
     ------
@@ -140,6 +142,7 @@ class UARTRx(wiring.Component):
             "overrun": Out(1),
             "frame_error": Out(1),
             "brk": Out(1),
+            "in_break": Out(1),
         })
 
     def elaborate(self, platform):
@@ -156,7 +159,7 @@ class UARTRx(wiring.Component):
         limit = _BREAK_BITS * d
         low = Signal(range(limit + 1))
         in_break = Signal()
-        m.d.comb += in_break.eq(low == limit)
+        m.d.comb += [in_break.eq(low == limit), self.in_break.eq(in_break)]
         with m.If(line):
             m.d.sync += low.eq(0)
         with m.Elif(~in_break):
@@ -283,7 +286,7 @@ class UARTBridge(wiring.Component):
         Bytes received from the host.
     tx : In(stream.Signature(8))
         Bytes to send to the host.
-    overrun, frame_error, brk : Out(1)
+    overrun, frame_error, brk, in_break : Out(1)
         The receiver's line conditions (see `UARTRx`).
     tx_busy : Out(1)
         The transmitter is sending a character.
@@ -311,6 +314,7 @@ class UARTBridge(wiring.Component):
             "overrun": Out(1),
             "frame_error": Out(1),
             "brk": Out(1),
+            "in_break": Out(1),
             "tx_busy": Out(1),
         })
 
@@ -323,6 +327,6 @@ class UARTBridge(wiring.Component):
         m.d.comb += [
             rx.rxd.eq(self.rxd), self.txd.eq(tx.txd), self.tx_busy.eq(tx.busy),
             self.overrun.eq(rx.overrun), self.frame_error.eq(rx.frame_error),
-            self.brk.eq(rx.brk),
+            self.brk.eq(rx.brk), self.in_break.eq(rx.in_break),
         ]
         return m

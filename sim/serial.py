@@ -80,6 +80,7 @@ class SerialHost:
             await self.send(data[at:])
         elif kind == "framing":
             await self.char(data[at], stop=0)
+            await self.level(1, 1)          # so that the next start bit is one
             await self.send(data[at + 1:])
         else:
             assert kind == "flip", f"damage must be break, framing or flip, not {kind!r}"

@@ -30,11 +30,11 @@ import os
 import cocotb
 import numpy as np
 from systolic.hw.config import AcceleratorConfig
-from systolic.hw.isa import FRAME_TIMEOUT_BITS, Request
+from systolic.hw.isa import Request
 from systolic.sim.serial import SerialHost
 from systolic.sim.streams import StreamSink, StreamSource, reset, start_clock
 from systolic.sw.compiler import compile_network
-from systolic.sw.driver import Driver, FramedTransport, Link
+from systolic.sw.driver import RESYNC_QUIET_BITS, Driver, FramedTransport, Link
 from systolic.sw.qnet import QNet
 
 PERIOD_NS = 10
@@ -90,7 +90,7 @@ class UartLink(Link):
         return data
 
     async def resync(self):
-        await self.host.flush(quiet_bits=FRAME_TIMEOUT_BITS * 6 // 5)
+        await self.host.flush(quiet_bits=RESYNC_QUIET_BITS)
 
 
 @cocotb.test()

@@ -7,6 +7,7 @@ pins (`systolic.hw.virtual.VirtualBoard`), bit by bit.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shlex
 import shutil
@@ -17,10 +18,9 @@ import time
 import numpy as np
 
 from ..hw.boards import BOARDS, get_board
-from ..hw.isa import FRAME_TIMEOUT_BITS
 from . import golden
 from .compiler import compile_network
-from .driver import Driver, FramedTransport, Link
+from .driver import RESYNC_QUIET_BITS, Driver, FramedTransport, Link
 from .errors import SystolicError
 from .protocol import LinkError
 from .qnet import QNet
@@ -37,8 +37,7 @@ class SerialLink(Link):
     def __init__(self, port, baud, *, timeout=5.0):
         import serial
 
-        # The device drops a broken frame once the line has been quiet this long.
-        self._quiet = 1.5 * FRAME_TIMEOUT_BITS / baud + 0.005
+        self._quiet = RESYNC_QUIET_BITS / baud + 0.005
         try:
             self._port = serial.Serial(port, baud, timeout=timeout)
         except (serial.SerialException, ValueError) as e:
@@ -47,11 +46,24 @@ class SerialLink(Link):
                 "and name its port with --port (e.g. /dev/ttyUSB0, COM3)") from None
         self._name = port
 
+    @contextlib.contextmanager
+    def _port_errors(self):
+        import serial
+
+        try:
+            yield
+        except serial.SerialException as e:
+            raise SystolicError(f"Serial port {self._name} failed ({e}); was the board "
+                                "unplugged?") from None
+
     async def send(self, data):
-        self._port.write(data)
+        with self._port_errors():
+            self._port.write(data)
+            self._port.flush()              # on the wire before the reply's clock starts
 
     async def recv(self, count):
-        data = self._port.read(count)
+        with self._port_errors():
+            data = self._port.read(count)
         if len(data) != count:
             raise LinkError(
                 f"The board on {self._name} stopped answering ({len(data)} of {count} bytes); "
@@ -59,10 +71,15 @@ class SerialLink(Link):
         return data
 
     async def resync(self):
+        deadline = time.monotonic() + 2.0
         timeout, self._port.timeout = self._port.timeout, self._quiet
         try:
-            while self._port.read(4096):
-                pass
+            with self._port_errors():
+                while self._port.read(4096):
+                    if time.monotonic() > deadline:
+                        raise SystolicError(
+                            f"The board on {self._name} does not stop sending; is the baud "
+                            "rate right, and is this the board's port?")
         finally:
             self._port.timeout = timeout
 
@@ -113,8 +130,9 @@ _FAULTS = [("WRITE", "break"), ("RUN", "reply"), ("READ", "framing"), ("STATS", 
 
 def fault_plan(count):
     """``count`` faults for the virtual board's wire (``sim/test_network.py``): breaks,
-    framing errors, flipped bits in requests and in replies, on every kind of request, the
-    ``i``-th one on the ``i + 1``-th frame of its kind, so they spread over the images."""
+    framing errors, flipped bits in requests and in replies, on every kind of request; fault
+    ``i`` (from 0) on frame ``i + 1`` (from 0) of its kind, so they spread over the
+    images."""
     return [{"request": _FAULTS[i % len(_FAULTS)][0], "kind": _FAULTS[i % len(_FAULTS)][1],
              "nth": i + 1} for i in range(count)]
 

@@ -23,16 +23,24 @@ from itertools import groupby
 
 import numpy as np
 
-from ..hw.isa import MAX_PAYLOAD, SYNC_REPLY, Error, Mem, Reply
+from ..hw.isa import FRAME_TIMEOUT_BITS, MAX_PAYLOAD, SYNC_REPLY, Error, Mem, Reply
 from . import protocol
 from .compiler import Program
 from .errors import SystolicError
 
-__all__ = ["RESENDABLE", "Driver", "FramedTransport", "Inference", "Link", "Transport"]
+__all__ = [
+    "RESENDABLE", "RESYNC_QUIET_BITS", "Driver", "FramedTransport", "Inference", "Link",
+    "Transport",
+]
 
 #: ERROR codes of a request the line damaged: the device changed nothing, so it can be resent.
-RESENDABLE = frozenset({Error.BAD_CRC, Error.TRUNCATED, Error.LINE_FAULT})
+#: (BAD_LENGTH too: the driver sends only lengths the device takes, so a wrong one was
+#: damaged on the way, in a part of the frame read before its check.)
+RESENDABLE = frozenset({Error.BAD_CRC, Error.TRUNCATED, Error.LINE_FAULT, Error.BAD_LENGTH})
 _RESENDABLE_CODES = frozenset(e.value for e in RESENDABLE)
+#: How long `Link.resync` waits for a quiet line: longer than the device takes to drop a
+#: broken frame (`FRAME_TIMEOUT_BITS`), so that it is waiting for a sync byte again.
+RESYNC_QUIET_BITS = FRAME_TIMEOUT_BITS * 3 // 2
 
 
 class Transport(abc.ABC):
@@ -94,7 +102,7 @@ class FramedTransport(Transport):
         self.retries = retries
         self.resent = 0
 
-    async def _reply(self, expect):
+    async def _reply(self, frame, expect):
         head = await self.link.recv(4)
         length = int.from_bytes(head[2:4], "little")
         if head[0] != SYNC_REPLY or length > MAX_PAYLOAD:
@@ -104,6 +112,11 @@ class FramedTransport(Transport):
                 "(check the baud rate)")
         rest = await self.link.recv(length + 2)
         (reply,) = protocol.ReplyParser().feed(bytes(head) + bytes(rest))
+        if reply.kind == Reply.ERROR and reply.payload[1] not in (0, frame[1]):
+            # Left over from an earlier, damaged exchange: it says nothing of this request.
+            raise protocol.FrameError(
+                f"Reply names request type {reply.payload[1]:#04x}, not {frame[1]:#04x}: the "
+                "link is out of step")
         reply.check()
         if reply.kind != expect:
             raise protocol.FrameError(
@@ -129,7 +142,7 @@ class FramedTransport(Transport):
             last = attempt == self.retries
             await self.link.send(frame)
             try:
-                return await self._reply(expect)
+                return await self._reply(frame, expect)
             except protocol.DeviceError as e:
                 if last or e.code not in _RESENDABLE_CODES:
                     raise
@@ -206,7 +219,8 @@ class Driver:
     Members
     -------
     reruns : int
-        Images run again because the link lost a RUN's reply.
+        Images run again from their input because the link lost or damaged a reply
+        (`protocol.LinkError`) in the middle of them.
     """
 
     def __init__(self, program: Program, transport: Transport):
