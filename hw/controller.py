@@ -34,6 +34,7 @@ from .isa import (
     MAX_PAYLOAD,
     SYNC_REPLY,
     SYNC_REQUEST,
+    WRITE_TARGET,
     Error,
     Mem,
     Op,
@@ -149,7 +150,8 @@ class Controller(wiring.Component):
         # next request.
         pre = [Signal(8, name=f"pre{i}") for i in range(_WRITE_HEAD)]
         m.d.comb += [fb_w.data.eq(self.rx.payload), fb_w.addr.eq(idx), fb_r.addr.eq(idx)]
-        mem = pre[0]
+        target = WRITE_TARGET(pre[0])
+        mem, lanes = target.mem, target.lanes
         first, second = Cat(pre[1], pre[2]), Cat(pre[3], pre[4])         # addr, count
         span_end = first + second
         start, count = pre[1], pre[2]                                     # RUN, STATS
@@ -213,6 +215,8 @@ class Controller(wiring.Component):
         short_bytes = min(cfg.cols, param_bytes)
         short = (mem == Mem.PARAM.value) if param_bytes < cfg.cols else (mem != Mem.PARAM.value)
         word_done = j == Mux(short, short_bytes, data_bytes) - 1
+        # A packed activation word: past its ``lanes`` bytes, zeros go in, none from the frame.
+        pad = (lanes != 0) & (j >= lanes)
         dry = Signal()                           # a WRITE's first pass: count, don't write
         m.d.comb += [
             pg_w.addr.eq(Cat(pc[:pbits], j)), pg_w.data.eq(fb_r.data),
@@ -225,7 +229,7 @@ class Controller(wiring.Component):
             core.rd_addr.payload.eq(addr),
         ]
 
-        error = self._check(m, req, length, mem, second, span_end, end, prog_len)
+        error = self._check(m, req, length, mem, lanes, second, span_end, end, prog_len)
 
         def reply(m, kind):
             m.d.sync += payload.eq(kind)
@@ -345,7 +349,9 @@ class Controller(wiring.Component):
             # length does not match its count, or whose words run past the memory's end, is
             # answered before anything is written.
             with m.State("WRITE_ADDR"):
-                with m.If((idx == length) & ~dry):
+                with m.If(pad):
+                    m.next = "WRITE_BYTE"
+                with m.Elif((idx == length) & ~dry):
                     reply(m, _Payload.NONE)
                 with m.Elif(idx == length):
                     with m.If((j != 0) | (addr != span_end[:len(addr)])):
@@ -362,11 +368,12 @@ class Controller(wiring.Component):
                     m.d.comb += fb_r.en.eq(1)
                     m.next = "WRITE_BYTE"
             with m.State("WRITE_BYTE"):
-                m.d.sync += [shift.eq(Cat(shift[8:], fb_r.data)), j.eq(j + 1), idx.eq(idx + 1)]
+                byte = Mux(pad, 0, fb_r.data)
+                m.d.sync += [shift.eq(Cat(shift[8:], byte)), j.eq(j + 1), idx.eq(idx + ~pad)]
                 if short_bytes < data_bytes:
                     with m.If(short):
                         entry = word_at + short_bytes - 1
-                        m.d.sync += shift[8 * entry:8 * entry + 8].eq(fb_r.data)
+                        m.d.sync += shift[8 * entry:8 * entry + 8].eq(byte)
                 m.next = "WRITE_ADDR"
                 with m.If(mem == Mem.PROGRAM.value):
                     # Descriptors are stored as they came.
@@ -516,7 +523,7 @@ class Controller(wiring.Component):
                     m.next = "SYNC"
         return m
 
-    def _check(self, m, req, length, mem, count, span_end, end, prog_len):
+    def _check(self, m, req, length, mem, lanes, count, span_end, end, prog_len):
         """The error a request frame (whose CRC has matched) is answered with, or NONE."""
         cfg = self._cfg
         error = Signal(Error)
@@ -525,7 +532,8 @@ class Controller(wiring.Component):
                 # The rest is checked while counting the words (WRITE_ADDR).
                 with m.If(length < _WRITE_HEAD):
                     m.d.comb += error.eq(Error.BAD_LENGTH)
-                with m.Elif(mem > Mem.PROGRAM.value):
+                with m.Elif((mem > Mem.PROGRAM.value) | ((lanes != 0) & (
+                        (mem != Mem.ACT.value) | (lanes >= cfg.cols)))):
                     m.d.comb += error.eq(Error.BAD_MEMORY)
                 with m.Elif((count == 0) | (count >= MAX_PAYLOAD)):
                     m.d.comb += error.eq(Error.BAD_LENGTH)

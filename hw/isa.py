@@ -25,7 +25,7 @@ from .config import AcceleratorConfig
 
 __all__ = [
     "FRAME_CRC", "FRAME_TIMEOUT_BITS", "MAX_PAYLOAD", "SYNC_REPLY", "SYNC_REQUEST", "Error", "Mem",
-    "Op", "Reply",
+    "Op", "Reply", "WRITE_TARGET",
     "Request", "describe_conv", "describe_pool", "layer_layout", "load_layout", "mem_depth",
     "mem_word_bytes", "pack_descriptor", "pack_params", "param_lane_layout", "param_layout",
     "word_layout",
@@ -72,6 +72,13 @@ MAX_PAYLOAD = 1024      #: largest request payload in bytes (the frame buffer's 
 FRAME_TIMEOUT_BITS = 10_000
 #: The frame check: CRC-16/CCITT-FALSE over the frame after its sync byte, sent high byte first.
 FRAME_CRC = crc.catalog.CRC16_CCITT_FALSE
+
+
+#: WRITE's first payload byte: the memory, and for activations the bytes each word takes in
+#: the frame, its low lanes (``lanes``, 1 to ``min(cols, 16) - 1``; the others are written
+#: 0), or 0 for whole words. A network's input with fewer channels than ``cols`` goes in
+#: that many bytes a pixel instead of ``cols``.
+WRITE_TARGET = data.StructLayout({"mem": 4, "lanes": 4})
 
 
 class Request(enum.Enum, shape=8):

@@ -18,9 +18,10 @@ pins, ``faults`` damage the ``nth`` (from 0) request frame of type ``request`` (
 
 The network is compiled here again (compilation is deterministic), its weights and program
 loaded once, then every image run. The results go to ``$SYSTOLIC_RESULTS`` as JSON:
-``{"images": [...], "resent": int, "reruns": int, "faults": int}``, an entry per image
-(``{"logits": [int], "cycles": [int per layer], "outputs": [[int8 ...] per layer] or null}``),
-the driver's resent frames and rerun images, and the faults injected.
+``{"images": [...], "resent": int, "reruns": int, "wire_bytes": [int, int], "faults": int}``,
+an entry per image (``{"logits": [int], "cycles": [int per layer], "outputs": [[int8 ...] per
+layer] or null}``), the driver's resent frames and rerun images, the bytes of the frames
+exchanged to load the network and to run the images, and the faults injected.
 """
 
 import collections
@@ -109,6 +110,7 @@ async def network(dut):
     transport = FramedTransport(link, cfg)
     driver = Driver(program, transport)
     await driver.load_network()
+    loaded = transport.wire_bytes
     shape = program.input_shape
     images = [np.array(im, np.int8).reshape(shape) for im in job["images"]]
     results = await driver.run_images(images, trace=job["trace"], log=dut._log.info)
@@ -118,4 +120,5 @@ async def network(dut):
                                else [o.ravel().tolist() for o in r.layer_outputs]}
                               for r in results],
                    "resent": transport.resent, "reruns": driver.reruns,
+                   "wire_bytes": [loaded, transport.wire_bytes - loaded],
                    "faults": getattr(link, "injected", 0)}, f)

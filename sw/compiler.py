@@ -127,6 +127,13 @@ class Program:
         return layout.pack_activations(self.cfg, image)
 
     @property
+    def input_lanes(self):
+        """Bytes a word of the input takes in a WRITE frame (`hw.isa.WRITE_TARGET`): its
+        channels, when fewer than ``cols`` (the other lanes are zero); else 0, whole words."""
+        channels = self.input_shape[0]
+        return channels if channels < min(self.cfg.cols, 16) else 0
+
+    @property
     def output_words(self):
         """Activation words holding the logits."""
         return -(-self.classes // self.cfg.cols)

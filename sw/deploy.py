@@ -108,7 +108,7 @@ def _program(board, bitstream):
         raise SystolicError(f"{shlex.join([tool, *args])} failed:\n{tail}")
 
 
-def _summary(qnet, images, labels, logits, seconds, extra):
+def _summary(qnet, images, labels, logits, seconds, extra, *, baud, bytes_per_image):
     gold = golden.run(qnet, images)
     mismatches = int(np.sum(np.any(logits != gold.logits, axis=1)))
     pred = logits.argmax(axis=1)
@@ -118,6 +118,9 @@ def _summary(qnet, images, labels, logits, seconds, extra):
         "accuracy": float(np.mean(pred == labels)),
         "golden_accuracy": float(np.mean(gold.predictions == labels)),
         "images_per_second": len(images) / seconds if seconds > 0 else None,
+        # 8N1: ten bits a byte. What the UART alone allows, with no latency between frames.
+        "wire_bytes_per_image": bytes_per_image,
+        "line_limited_images_per_second": baud / 10 / bytes_per_image,
         **extra,
     }
 
@@ -153,7 +156,8 @@ def deploy_sim(qnet, images, labels, board, *, sim="verilator", faults=0):
         "board": f"{board.name} (virtual, {sim})", "cycles_per_image": d["cycles_per_image"],
         "faults_injected": report.link["faults"], "resent_frames": report.link["resent"],
         "rerun_images": report.link["reruns"],
-        "note": "images_per_second is the simulation's, not a board's"})
+        "note": "images_per_second is the simulation's, not a board's"},
+        baud=board.baud, bytes_per_image=report.link["bytes_per_image"])
 
 
 def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None,
@@ -174,6 +178,7 @@ def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None
         transport = FramedTransport(link, cfg)
         driver = Driver(program_, transport)
         asyncio.run(driver.load_network())
+        loaded = transport.wire_bytes
         start = time.monotonic()
         results = asyncio.run(driver.run_images(list(images)))
         seconds = time.monotonic() - start
@@ -182,7 +187,8 @@ def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None
     logits = np.array([r.logits for r in results], np.int8)
     return _summary(qnet, images, labels, logits, seconds, {
         "board": board.name, "cycles_per_image": int(np.mean([r.cycles for r in results])),
-        "resent_frames": transport.resent, "rerun_images": driver.reruns})
+        "resent_frames": transport.resent, "rerun_images": driver.reruns},
+        baud=baud or board.baud, bytes_per_image=(transport.wire_bytes - loaded) / len(images))
 
 
 def _run(args):
@@ -215,6 +221,9 @@ def _run(args):
     print(f"  cycles/image      {summary['cycles_per_image']}")
     print(f"  images/second     {summary['images_per_second']:.1f}"
           + (" (simulation)" if args.sim else ""))
+    print(f"  on the wire       {summary['wire_bytes_per_image']:.0f} bytes/image: at most "
+          f"{summary['line_limited_images_per_second']:.0f} images/second at "
+          f"{args.baud or board.baud} Bd")
     if args.sim and args.inject_faults:
         print(f"  link              {summary['faults_injected']} faults injected, "
               f"{summary['resent_frames']} frames resent, {summary['rerun_images']} images "

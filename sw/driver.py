@@ -47,8 +47,10 @@ class Transport(abc.ABC):
     """What a `Driver` needs of an accelerator, and nothing else."""
 
     @abc.abstractmethod
-    async def write(self, beats):
-        """Memory writes: an iterable of ``(Mem, addr, data)``, applied in order."""
+    async def write(self, beats, *, lanes=0):
+        """Memory writes: an iterable of ``(Mem, addr, data)``, applied in order; activation
+        words with only their ``lanes`` low lanes non-zero, when given (a hint: the transport
+        may send fewer bytes)."""
 
     @abc.abstractmethod
     async def run(self, start, count):
@@ -94,6 +96,8 @@ class FramedTransport(Transport):
     -------
     resent : int
         Requests sent again so far.
+    wire_bytes : int
+        Bytes of the frames sent and received so far, both ways.
     """
 
     def __init__(self, link, cfg, *, retries=3):
@@ -101,6 +105,7 @@ class FramedTransport(Transport):
         self.cfg = cfg
         self.retries = retries
         self.resent = 0
+        self.wire_bytes = 0
 
     async def _reply(self, frame, expect):
         head = await self.link.recv(4)
@@ -111,6 +116,7 @@ class FramedTransport(Transport):
                 f"not {bytes(head).hex(' ')}: the link corrupted a reply or is out of step "
                 "(check the baud rate)")
         rest = await self.link.recv(length + 2)
+        self.wire_bytes += len(head) + len(rest)
         (reply,) = protocol.ReplyParser().feed(bytes(head) + bytes(rest))
         if reply.kind == Reply.ERROR and reply.payload[1] not in (0, frame[1]):
             # Left over from an earlier, damaged exchange: it says nothing of this request.
@@ -141,6 +147,7 @@ class FramedTransport(Transport):
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             await self.link.send(frame)
+            self.wire_bytes += len(frame)
             try:
                 return await self._reply(frame, expect)
             except protocol.DeviceError as e:
@@ -158,14 +165,15 @@ class FramedTransport(Transport):
     async def resync(self):
         await self.link.resync()
 
-    async def write(self, beats):
+    async def write(self, beats, *, lanes=0):
         # Consecutive addresses of one memory go in as few frames as fit.
         runs = []
         for (mem, _), group in groupby(enumerate(beats), key=lambda b: (b[1][0], b[1][1] - b[0])):
             group = [beat for _, beat in group]
             runs.append((mem, group[0][1], [data for _, _, data in group]))
         for mem, addr, words in runs:
-            for frame in protocol.write_requests(self.cfg, mem, addr, words):
+            packed = lanes if mem == Mem.ACT else 0
+            for frame in protocol.write_requests(self.cfg, mem, addr, words, lanes=packed):
                 await self.request(frame, Reply.ACK)
 
     async def run(self, start, count):
@@ -259,7 +267,8 @@ class Driver:
     async def _infer(self, image, trace):
         p = self.program
         words = p.input_words(image)
-        await self.transport.write((Mem.ACT, p.input_base + a, v) for a, v in enumerate(words))
+        await self.transport.write(((Mem.ACT, p.input_base + a, v) for a, v in enumerate(words)),
+                                   lanes=p.input_lanes)
         cycles, outputs = [], None
         if trace:
             outputs = []

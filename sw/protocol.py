@@ -11,6 +11,7 @@ from ..hw.isa import (
     MAX_PAYLOAD,
     SYNC_REPLY,
     SYNC_REQUEST,
+    WRITE_TARGET,
     Error,
     Mem,
     Reply,
@@ -70,15 +71,23 @@ def encode_reply(kind, payload=b""):
     return _frame(SYNC_REPLY, int(getattr(kind, "value", kind)), payload)
 
 
-def write_requests(cfg, mem, addr, words):
-    """WRITE frames loading ``words`` (integers) into ``mem`` from ``addr``, split to fit."""
+def write_requests(cfg, mem, addr, words, *, lanes=0):
+    """WRITE frames loading ``words`` (integers) into ``mem`` from ``addr``, split to fit.
+
+    With ``lanes`` (activations only, see `WRITE_TARGET`), each word goes in its ``lanes``
+    low bytes; the others must be zero.
+    """
     mem = Mem(mem)
-    wb = mem_word_bytes(cfg, mem)
+    if lanes and (mem != Mem.ACT or not 0 < lanes < min(cfg.cols, 16)):
+        raise ValueError(f"lanes must be 0, or for activations between 1 and "
+                         f"{min(cfg.cols, 16) - 1}, not {lanes!r}")
+    wb = lanes or mem_word_bytes(cfg, mem)
+    target = WRITE_TARGET.const({"mem": mem.value, "lanes": lanes}).as_value().value
     per_frame = (MAX_PAYLOAD - 5) // wb
     frames = []
     for i in range(0, len(words), per_frame):
         chunk = words[i:i + per_frame]
-        payload = struct.pack("<BHH", mem.value, addr + i, len(chunk))
+        payload = struct.pack("<BHH", target, addr + i, len(chunk))
         payload += b"".join(int(w).to_bytes(wb, "little") for w in chunk)
         frames.append(encode_request(Request.WRITE, payload))
     return frames

@@ -47,8 +47,9 @@ class SimulationReport:
     sim : str
         The simulator.
     link : dict
-        What the link went through: ``faults`` injected, frames ``resent`` and images
-        ``reruns`` by the driver to recover from them.
+        What the link carried and went through: bytes to load the network (``load_bytes``)
+        and per image (``bytes_per_image``, both ways), ``faults`` injected, frames
+        ``resent`` and images ``reruns`` by the driver to recover from them.
     """
 
     program: object
@@ -123,8 +124,9 @@ def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, tim
     -------
     dict
         ``images``, per image: ``logits`` (list of int), ``cycles`` (per layer), ``outputs``
-        (with ``trace``: every layer's output, flattened ``(C, H, W)``; else ``None``); and
-        ``faults`` injected, frames ``resent`` and images ``reruns`` by the driver.
+        (with ``trace``: every layer's output, flattened ``(C, H, W)``; else ``None``);
+        ``wire_bytes``, the bytes of the frames that loaded the network and that ran the
+        images; ``faults`` injected, frames ``resent`` and images ``reruns`` by the driver.
 
     Raises
     ------
@@ -188,6 +190,8 @@ def simulate(qnet, images, cfg, *, labels=None, sim="verilator", trace=False, wa
     wall = time.monotonic() - start
     results = out["images"]
     link = {k: out[k] for k in ("faults", "resent", "reruns")}
+    link["load_bytes"], run_bytes = out["wire_bytes"]
+    link["bytes_per_image"] = run_bytes / len(images)
     logits = np.array([r["logits"] for r in results], np.int8).reshape(len(images), -1)
     cycles = np.array([r["cycles"] for r in results], np.int64).reshape(len(images), -1)
     first = _first_difference(program, gold, results) if trace else None

@@ -59,6 +59,13 @@ def network(rng, cfg):
     return setup, out_words
 
 
+def packed_input(cfg):
+    """The input of `network` as its words (three channels: lanes 3 and up are zero)."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(-128, 128, (3, 6, 6)).astype(np.int8)
+    return layout.pack_activations(cfg, x)
+
+
 def data_reply(words, cfg):
     return P.encode_reply(Reply.DATA, b"".join(w.to_bytes(cfg.cols, "little") for w in words))
 
@@ -85,6 +92,7 @@ def exchanges(cfg):
     payload = bytearray(bad_desc[4:-2])
     payload[5] |= 0x0F
     bad_desc = P.encode_request(Request.WRITE, bytes(payload))
+    xw = packed_input(cfg)
     cases = [
         *good,
         (bytes(corrupt), "random", error_reply(Error.BAD_CRC, Request.RUN.value)),
@@ -113,6 +121,14 @@ def exchanges(cfg):
          error_reply(Error.BAD_LENGTH, Request.WRITE.value)),
         (P.encode_request(Request.WRITE, struct.pack("<BHH", 4, 0, 1) + bytes(cfg.cols)),
          "none", error_reply(Error.BAD_MEMORY, Request.WRITE.value)),
+        # Packed words are for activations only, and narrower than a word.
+        (P.encode_request(Request.WRITE, struct.pack("<BHH", 1 | 2 << 4, 0, 1) + bytes(2)),
+         "none", error_reply(Error.BAD_MEMORY, Request.WRITE.value)),
+        (P.encode_request(Request.WRITE, struct.pack("<BHH", 0 | cfg.cols << 4, 0, 1)
+                          + bytes(cfg.cols)), "none",
+         error_reply(Error.BAD_MEMORY, Request.WRITE.value)),
+        (P.encode_request(Request.WRITE, struct.pack("<BHH", 0 | 3 << 4, 0, 2) + bytes(7)),
+         "none", error_reply(Error.BAD_LENGTH, Request.WRITE.value)),
         (P.stats_request(cfg.program_depth - 1, 2), "none",
          error_reply(Error.BAD_ADDRESS, Request.STATS.value)),
         # Empty reads and runs.
@@ -122,6 +138,12 @@ def exchanges(cfg):
         (bytes([0x00, 0x13, 0x5A, 0xFF]), "none", b""),          # garbage between frames
         (bad_desc, "none", ACK),
         (P.run_request(2, 1), "none", error_reply(Error.BAD_DESCRIPTOR, Request.RUN.value)),
+        # The input written packed, three bytes a word, over words of 127s: read back, the
+        # lanes past the third are 0.
+        *[(f, "none", ACK) for f in
+          P.write_requests(cfg, Mem.ACT, 0, [(1 << 8 * cfg.cols) // 255 * 127] * len(xw))],
+        *[(f, "random", ACK) for f in P.write_requests(cfg, Mem.ACT, 0, xw, lanes=3)],
+        (P.read_request(0, len(xw)), "none", data_reply(xw, cfg)),
         # The next valid program runs exactly, on a fresh input.
         *[(f, "random", ACK) for f in setup[-1:]],
         (run, "cycle", "done"),
