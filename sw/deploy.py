@@ -9,11 +9,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -25,7 +27,7 @@ from .errors import SystolicError
 from .protocol import LinkError
 from .qnet import QNet
 
-__all__ = ["SerialLink", "add_parser", "deploy_board", "deploy_sim"]
+__all__ = ["SerialLink", "add_parser", "deploy_board", "deploy_sim", "fault_plan", "low_latency"]
 
 #: Clock and baud rate of the virtual board: 8 clock cycles a bit keeps simulations short.
 SIM_CLOCK_HZ, SIM_BAUD = 100e6, 12.5e6
@@ -85,6 +87,33 @@ class SerialLink(Link):
 
     def close(self):
         self._port.close()
+
+
+#: Where Linux shows a USB serial adapter's settings (``ftdi_sio``: the boards' FTDI chips).
+USB_SERIAL_SYSFS = Path("/sys/bus/usb-serial/devices")
+
+
+def low_latency(port, sysfs=USB_SERIAL_SYSFS):
+    """Set the latency timer of the FTDI adapter behind ``port`` to 1 ms.
+
+    An FTDI chip holds received bytes for up to its latency timer (16 ms by default) before it
+    sends them to the host: with four replies an image, 64 ms an image. Returns a hint for the
+    user when the timer is longer and cannot be set (no permission), else ``None`` (set, or
+    no such adapter: another OS, another chip).
+    """
+    timer = sysfs / Path(os.path.realpath(port)).name / "latency_timer"
+    try:
+        ms = int(timer.read_text())
+    except (OSError, ValueError):
+        return None
+    if ms <= 1:
+        return None
+    try:
+        timer.write_text("1")
+    except OSError:
+        return (f"the USB serial adapter holds each reply up to {ms} ms; for several times "
+                f"more images a second: echo 1 | sudo tee {timer}")
+    return None
 
 
 def _program(board, bitstream):
@@ -174,6 +203,9 @@ def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None
         log(f"programming {board.name} with {bitstream}")
         _program(board, bitstream)
     link = SerialLink(port, baud or board.baud)
+    hint = low_latency(port)
+    if hint:
+        log(hint)
     try:
         transport = FramedTransport(link, cfg)
         driver = Driver(program_, transport)

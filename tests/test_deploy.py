@@ -1,6 +1,7 @@
 """``systolic deploy``: the virtual board end to end, and the errors of the board path."""
 
 import json
+import pathlib
 import re
 
 import pytest
@@ -9,6 +10,7 @@ from systolic.hw.boards import get_board
 from systolic.sw import perfmodel
 from systolic.sw.cli import main
 from systolic.sw.compiler import compile_network
+from systolic.sw.deploy import low_latency
 from systolic.sw.qnet import QNet
 
 
@@ -71,3 +73,29 @@ def test_deploy_virtual_board_recovers_from_line_faults(qnet_path, capsys):
 def test_deploy_errors(qnet_path, capsys, argv, message):
     assert main(["deploy", str(qnet_path), *argv, "--images", "2"]) == 2
     assert re.match(message, capsys.readouterr().err)
+
+
+def test_low_latency_sets_the_ftdi_timer(tmp_path):
+    timer = tmp_path / "ttyUSB0" / "latency_timer"
+    timer.parent.mkdir()
+    timer.write_text("16\n")
+    assert low_latency("/dev/ttyUSB0", sysfs=tmp_path) is None
+    assert timer.read_text() == "1"
+
+
+def test_low_latency_hint_without_permission(tmp_path, monkeypatch):
+    timer = tmp_path / "ttyUSB1" / "latency_timer"
+    timer.parent.mkdir()
+    timer.write_text("16\n")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "write_text", refuse)
+    assert low_latency("/dev/ttyUSB1", sysfs=tmp_path) == (
+        "the USB serial adapter holds each reply up to 16 ms; for several times more images "
+        f"a second: echo 1 | sudo tee {timer}")
+
+
+def test_low_latency_elsewhere(tmp_path):
+    assert low_latency("/dev/ttyACM0", sysfs=tmp_path) is None
