@@ -4,7 +4,7 @@
 The job comes from the JSON file named by ``$SYSTOLIC_NETWORK`` (written by
 `systolic.sw.simulate.simulate`)::
 
-    {"qnet": path, "cfg": {AcceleratorConfig fields}, "trace": bool,
+    {"qnet": path, "cfg": {AcceleratorConfig fields}, "trace": bool, "layer_cycles": bool,
      "images": [[int8, ...], ...],          # each image flattened in (C, H, W) order
      "uart_divisor": int or absent,         # a VirtualBoard: talk to its UART pins
      "faults": [{"request": name, "nth": int, "kind": kind}, ...] or absent}
@@ -19,9 +19,10 @@ pins, ``faults`` damage the ``nth`` (from 0) request frame of type ``request`` (
 The network is compiled here again (compilation is deterministic), its weights and program
 loaded once, then every image run. The results go to ``$SYSTOLIC_RESULTS`` as JSON:
 ``{"images": [...], "resent": int, "reruns": int, "wire_bytes": [int, int], "faults": int}``,
-an entry per image (``{"logits": [int], "cycles": [int per layer], "outputs": [[int8 ...] per
-layer] or null}``), the driver's resent frames and rerun images, the bytes of the frames
-exchanged to load the network and to run the images, and the faults injected.
+an entry per image (``{"logits": [int], "cycles": [int per layer, or the total alone without
+``layer_cycles``], "outputs": [[int8 ...] per layer] or null}``), the driver's resent frames
+and rerun images, the bytes of the frames exchanged to load the network and to run the
+images, and the faults injected.
 """
 
 import collections
@@ -108,14 +109,15 @@ async def network(dut):
         link = UartLink(dut, divisor, job.get("faults", ()))
     await reset(dut, link.clk)
     transport = FramedTransport(link, cfg)
-    driver = Driver(program, transport)
+    driver = Driver(program, transport, layer_cycles=job["layer_cycles"])
     await driver.load_network()
     loaded = transport.wire_bytes
     shape = program.input_shape
     images = [np.array(im, np.int8).reshape(shape) for im in job["images"]]
     results = await driver.run_images(images, trace=job["trace"], log=dut._log.info)
     with open(os.environ["SYSTOLIC_RESULTS"], "w") as f:
-        json.dump({"images": [{"logits": r.logits.tolist(), "cycles": r.layer_cycles,
+        json.dump({"images": [{"logits": r.logits.tolist(),
+                               "cycles": r.layer_cycles or [r.cycles],
                                "outputs": None if r.layer_outputs is None
                                else [o.ravel().tolist() for o in r.layer_outputs]}
                               for r in results],

@@ -53,8 +53,9 @@ class Transport(abc.ABC):
         may send fewer bytes)."""
 
     @abc.abstractmethod
-    async def run(self, start, count):
-        """Run program entries ``start .. start + count - 1``; return each one's cycles."""
+    async def run(self, start, count, *, per_entry=True):
+        """Run program entries ``start .. start + count - 1``; return their total cycles and,
+        with ``per_entry``, a list of each one's (else ``None``)."""
 
     @abc.abstractmethod
     async def read(self, base, count):
@@ -176,11 +177,15 @@ class FramedTransport(Transport):
             for frame in protocol.write_requests(self.cfg, mem, addr, words, lanes=packed):
                 await self.request(frame, Reply.ACK)
 
-    async def run(self, start, count):
+    async def run(self, start, count, *, per_entry=True):
         # RUN overwrites its own input: if its reply is lost, the image is run again.
-        await self.request(protocol.run_request(start, count), Reply.DONE, repeatable=False)
+        done = await self.request(protocol.run_request(start, count), Reply.DONE,
+                                  repeatable=False)
+        total = int.from_bytes(done, "little")
+        if not per_entry:
+            return total, None
         stats = await self.request(protocol.stats_request(start, count), Reply.DATA)
-        return [int.from_bytes(stats[4 * i:4 * i + 4], "little") for i in range(count)]
+        return total, [int.from_bytes(stats[4 * i:4 * i + 4], "little") for i in range(count)]
 
     async def read(self, base, count):
         words, step = [], MAX_PAYLOAD // self.cfg.cols
@@ -200,20 +205,18 @@ class Inference:
     -------
     logits : numpy.ndarray
         int8 ``(classes,)``.
-    layer_cycles : list of int
-        Cycles of each hardware layer (``Program.layers``), from the core's counter.
+    cycles : int
+        The image's cycles: its layers', summed, from the core's counter.
+    layer_cycles : list of int or None
+        Cycles of each hardware layer (``Program.layers``), when the driver asked for them.
     layer_outputs : list of numpy.ndarray or None
         With tracing, every hardware layer's int8 ``(C, H, W)`` output.
     """
 
     logits: np.ndarray
-    layer_cycles: list
+    cycles: int
+    layer_cycles: list | None = None
     layer_outputs: list | None = None
-
-    @property
-    def cycles(self):
-        """Layer cycles of the image, summed."""
-        return sum(self.layer_cycles)
 
 
 class Driver:
@@ -223,6 +226,9 @@ class Driver:
     ----------
     program : Program
     transport : Transport
+    layer_cycles : bool
+        Read each layer's cycles after every image (a STATS request: one more exchange on
+        the link), not only the total.
 
     Members
     -------
@@ -231,9 +237,10 @@ class Driver:
         (`protocol.LinkError`) in the middle of them.
     """
 
-    def __init__(self, program: Program, transport: Transport):
+    def __init__(self, program: Program, transport: Transport, *, layer_cycles=True):
         self.program = program
         self.transport = transport
+        self.layer_cycles = layer_cycles
         self.reruns = 0
 
     async def load_network(self):
@@ -269,20 +276,18 @@ class Driver:
         words = p.input_words(image)
         await self.transport.write(((Mem.ACT, p.input_base + a, v) for a, v in enumerate(words)),
                                    lanes=p.input_lanes)
-        cycles, outputs = [], None
         if trace:
-            outputs = []
+            layers, outputs = [], []
             for i, layer in enumerate(p.layers):
-                cycles += await self.transport.run(i, 1)
+                total, _ = await self.transport.run(i, 1, per_entry=False)
+                layers.append(total)
                 got = await self.transport.read(layer.out_base, layer.out_words)
                 outputs.append(p.decode_layer(i, got))
-        else:
-            cycles = await self.transport.run(0, len(p.layers))
-        if trace:
-            logits = outputs[-1].reshape(p.classes)
-        else:
-            logits = p.decode_output(await self.transport.read(p.output_base, p.output_words))
-        return Inference(logits, cycles, outputs)
+            return Inference(outputs[-1].reshape(p.classes), sum(layers), layers, outputs)
+        total, layers = await self.transport.run(0, len(p.layers),
+                                                 per_entry=self.layer_cycles)
+        logits = p.decode_output(await self.transport.read(p.output_base, p.output_words))
+        return Inference(logits, total, layers)
 
     async def run_images(self, images, *, trace=False, log=None, every=10):
         """`infer` on each image in turn; ``log(text)`` is called every ``every`` images."""

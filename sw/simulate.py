@@ -39,7 +39,8 @@ class SimulationReport:
     labels : numpy.ndarray or None
         True classes, when known.
     layer_cycles : numpy.ndarray
-        int64 ``(N, layers)``: the core's ``cycles`` for every layer of every image.
+        int64 ``(N, layers)``: the core's ``cycles`` for every layer of every image; ``(N, 1)``,
+        each image's total, when the per-layer counters were not read (``layer_cycles`` off).
     first_difference : dict or None
         With tracing: the first layer, image and ``(c, y, x)`` where RTL and golden differ.
     wall_seconds : float
@@ -68,9 +69,12 @@ class SimulationReport:
         return int(np.sum(np.any(self.logits != self.golden_logits, axis=1)))
 
     def layers(self):
-        """Per hardware layer: name, cycles (mean over images), predicted, MACs, utilization."""
+        """Per hardware layer: name, cycles (mean over images), predicted, MACs, utilization
+        (none without the per-layer counters)."""
         cfg = self.program.cfg
         rows = []
+        if self.layer_cycles.shape[1] != len(self.program.layers):
+            return rows
         for j, lay in enumerate(self.program.layers):
             col = self.layer_cycles[:, j]
             cycles = int(col[0]) if np.all(col == col[0]) else float(np.mean(col))
@@ -114,16 +118,18 @@ def _stdout_to_stderr():
 
 
 def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, timeout=None,
-            uart=None, faults=()):
+            uart=None, faults=(), layer_cycles=True):
     """Run ``qnet`` on int8 ``images`` ``(N, C, H, W)`` in the accelerator's RTL (controller
     and core), driven through the framed host protocol; with ``uart = (clk_hz, baud)``, the
     virtual board (`systolic.hw.virtual.VirtualBoard`), driven bit by bit on its UART pins,
-    where ``faults`` (see ``sim/test_network.py``) damage frames on the wire.
+    where ``faults`` (see ``sim/test_network.py``) damage frames on the wire. Without
+    ``layer_cycles`` the driver reads only each image's total cycles, as on a board.
 
     Returns
     -------
     dict
-        ``images``, per image: ``logits`` (list of int), ``cycles`` (per layer), ``outputs``
+        ``images``, per image: ``logits`` (list of int), ``cycles`` (per layer, or the total
+        alone without ``layer_cycles``), ``outputs``
         (with ``trace``: every layer's output, flattened ``(C, H, W)``; else ``None``);
         ``wire_bytes``, the bytes of the frames that loaded the network and that ran the
         images; ``faults`` injected, frames ``resent`` and images ``reruns`` by the driver.
@@ -146,6 +152,7 @@ def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, tim
         tmp = Path(tmp)
         qnet.save(tmp / "net.qnet")
         job = {"qnet": str(tmp / "net.qnet"), "cfg": fields, "trace": bool(trace),
+               "layer_cycles": bool(layer_cycles),
                "images": [im.ravel().tolist() for im in images]}
         if uart is None:
             top, name = Controller(cfg), "controller"
@@ -179,14 +186,14 @@ def _first_difference(program, gold, results):
 
 
 def simulate(qnet, images, cfg, *, labels=None, sim="verilator", trace=False, waves=False,
-             uart=None, faults=()):
+             uart=None, faults=(), layer_cycles=True):
     """Run ``images`` in RTL and compare with the golden model; returns a `SimulationReport`."""
     program = compile_network(qnet, cfg)
     images = np.asarray(images, np.int8)
     gold = golden.run(qnet, images)
     start = time.monotonic()
     out = run_rtl(qnet, images, cfg, sim=sim, trace=trace, waves=waves, uart=uart,
-                  faults=faults)
+                  faults=faults, layer_cycles=layer_cycles)
     wall = time.monotonic() - start
     results = out["images"]
     link = {k: out[k] for k in ("faults", "resent", "reruns")}

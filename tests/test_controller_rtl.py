@@ -281,6 +281,7 @@ def test_board_line_faults(sim, tmp_path):
         (b"", "none", b"", ("break", 0)),
         (run, "none", "done"),
         (read, "none", data_reply(out, cfg)),
+        (P.stats_request(0, 2), "none", "stats"),           # sent as slowly as the line goes
         # Broken off before its type: the ERROR reply names request type 0.
         (P.status_request(), "none", error_reply(Error.LINE_FAULT, 0), ("break", 1)),
     ]

@@ -34,8 +34,8 @@ def test_deploy_virtual_board_is_exact(qnet_path, capsys, board, images):
     assert out["mismatches"] == 0
     assert out["accuracy"] == out["golden_accuracy"]
     assert out["images_per_second"] > 0
-    # The per-layer cycle counters come back over the UART too (a STATS reply, sent as slowly
-    # as the line takes it): exactly what the performance model predicts.
+    # The cycle count comes back over the UART too (in the DONE reply; deploy skips the
+    # per-layer STATS, one exchange less an image): what the performance model predicts.
     cfg = get_board(board).config()
     program = compile_network(QNet.load(qnet_path), cfg)
     assert out["cycles_per_image"] == sum(perfmodel.predict_cycles(cfg, lay.fields)
@@ -45,7 +45,7 @@ def test_deploy_virtual_board_is_exact(qnet_path, capsys, board, images):
 @pytest.mark.slow
 def test_deploy_virtual_board_recovers_from_line_faults(qnet_path, capsys):
     """Twelve frames damaged on the wire, both ways (breaks, framing errors, flipped bits in
-    requests and in replies, on WRITE, RUN, READ and STATS): the driver resends what the board
+    requests and in replies, on WRITE, RUN and READ): the driver resends what the board
     rejected, runs again an image whose RUN reply was lost, and every logit is still exact."""
     assert main(["deploy", str(qnet_path), "--board", "ulx3s-85f", "--sim", "--images", "12",
                  "--inject-faults", "12", "--json"]) == 0
