@@ -6,11 +6,18 @@ with the YoWASP tools of this Python environment, and parses nextpnr's JSON repo
 `BuildReport`: logic, flip-flops, DSPs and memories against the device's totals, and fmax per
 clock against the target. The report is also written to ``<build_dir>/report.json``.
 
+A build directory whose report names the same design (a hash of the build plan, the placer
+seed and the tools' versions) and still holds its bitstream is reused instead of built again
+(``force`` rebuilds): the bitstream does not depend on the network, which is loaded over the
+UART, so one build serves every model.
+
 Nothing is ever programmed; the report says how to load the bitstream.
 """
 
 import argparse
 import contextlib
+import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -80,6 +87,10 @@ class BuildReport:
     stages : dict of str to float
         Seconds taken by each stage.
     build_dir : pathlib.Path
+    design : str
+        Hash of what was built: the build plan, the placer seed and the tools' versions.
+    reused : bool
+        The build directory already held this design's bitstream: nothing was run.
     """
 
     board: str
@@ -100,16 +111,26 @@ class BuildReport:
     stages: dict = field(default_factory=dict)
     build_dir: Path = None
     program_hint: str = ""
+    design: str = ""
+    reused: bool = False
 
     def as_dict(self):
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["bitstream"], d["build_dir"] = str(self.bitstream), str(self.build_dir)
         return d
 
+    @classmethod
+    def from_dict(cls, d):
+        """The report `as_dict` gave (extra keys, such as nextpnr's, are ignored)."""
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        fields["bitstream"], fields["build_dir"] = Path(d["bitstream"]), Path(d["build_dir"])
+        return cls(**fields)
+
     def table(self):
         """A human-readable summary: one line per resource, then timing."""
         lines = [f"{self.board}: {self.config['rows']}x{self.config['cols']} array, "
-                 f"{self.clock_mhz:g} MHz, {self.baud} Bd"]
+                 f"{self.clock_mhz:g} MHz, {self.baud} Bd"
+                 + (" (up to date: reused, --force rebuilds)" if self.reused else "")]
         for key, label in (("luts", "LUT4" if "TRELLIS" in self._lut_cell() else "LC"),
                            ("ffs", "FF"), ("dsps", "DSP"), ("brams", "BRAM"),
                            ("sprams", "SPRAM")):
@@ -267,8 +288,36 @@ def _run_plan(build_dir, cfg):
                      f"{tail}")
 
 
+def _design_hash(plan, family, seed):
+    """What decides the bitstream: the plan's files, the seed and the tools' versions."""
+    h = hashlib.sha256(f"seed {seed}\n".encode())
+    for package in sorted({f"yowasp-{tool}" for tool in _TOOLS[family].values()}
+                          - {"yowasp-ecppack", "yowasp-icepack"}):
+        try:
+            h.update(f"{package} {importlib.metadata.version(package)}\n".encode())
+        except importlib.metadata.PackageNotFoundError:
+            h.update(f"{package} none\n".encode())
+    for name in sorted(plan.files):
+        content = plan.files[name]
+        h.update(f"{name} {len(content)}\n".encode())
+        h.update(content.encode() if isinstance(content, str) else content)
+    return h.hexdigest()
+
+
+def _reusable(build_dir, design):
+    """The report of ``build_dir``'s earlier build of ``design``, if its bitstream is there."""
+    try:
+        saved = BuildReport.from_dict(json.loads((build_dir / "report.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if saved.design != design or not saved.bitstream.is_file():
+        return None
+    saved.reused = True
+    return saved
+
+
 def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
-          progress=True):
+          progress=True, force=False):
     """Build the bitstream for ``board`` and report what it used and how fast it runs.
 
     Parameters
@@ -287,6 +336,8 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
         nextpnr placer seed.
     progress : bool
         Show a status line per stage (on a terminal).
+    force : bool
+        Build even if ``build_dir`` holds this design's bitstream already.
 
     Returns
     -------
@@ -309,8 +360,6 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
     except OSError as e:
         raise BuildError(f"Cannot create build directory {str(build_dir)!r}: {e.strerror}") \
             from None
-    for stale in ("report.json", f"{NAME}.bit", f"{NAME}.bin", f"{NAME}.tim"):
-        (build_dir / stale).unlink(missing_ok=True)
     target_mhz = top.clock_hz / 1e6
     stages = {}
     with _toolchain_env(spec.family):
@@ -338,6 +387,11 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
         plan, stages["elaborate"] = _stage(
             "elaborate", lambda: platform.prepare(top, name=NAME, **overrides),
             progress=progress)
+        design = _design_hash(plan, spec.family, seed)
+        if not force and (reused := _reusable(build_dir, design)) is not None:
+            return reused
+        for stale in ("report.json", f"{NAME}.bit", f"{NAME}.bin", f"{NAME}.tim"):
+            (build_dir / stale).unlink(missing_ok=True)
         plan.extract(build_dir)
         watch = _ToolWatch(build_dir, spec.family)
         _, stages["toolchain"] = _stage(
@@ -359,7 +413,8 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
         target_mhz=target_mhz,
         timing_met=all(c["achieved"] >= c["constraint"] for c in clocks.values()),
         clocks=clocks, stages={k: round(v, 1) for k, v in stages.items()},
-        build_dir=build_dir, program_hint=spec.program_hint.format(bitstream=bitstream))
+        build_dir=build_dir, program_hint=spec.program_hint.format(bitstream=bitstream),
+        design=design)
     (build_dir / "report.json").write_text(json.dumps(
         {**report.as_dict(), "nextpnr": json.loads((build_dir / "report.json").read_text())},
         indent=2) + "\n")
@@ -373,7 +428,7 @@ def _run(args):
         args.target = spec.family
     cfg = config_from_args(args)
     report = build(spec.name, cfg, clock_mhz=args.clock, baud=args.baud, build_dir=args.output,
-                   seed=args.seed, progress=not args.json)
+                   seed=args.seed, progress=not args.json, force=args.force)
     if args.json:
         print(json.dumps(report.as_dict()))
         return
@@ -396,7 +451,7 @@ def add_parser(subparsers):
         epilog="examples:\n"
                "  systolic build --board icebreaker                 # about two minutes\n"
                "  systolic build --board ulx3s-85f -o build/ulx3s   # about 8 minutes\n"
-               "  systolic build --board ulx3s-85f --clock 25       # the oscillator, no PLL\n"
+               "  systolic build --board ulx3s-85f --clock 25 --baud 1000000   # no PLL\n"
                "  systolic build --board ulx3s-85f --preset small --json\n")
     p.add_argument("--board", required=True, metavar="NAME",
                    help=f"board: {', '.join(BOARDS)}")
@@ -410,6 +465,10 @@ def add_parser(subparsers):
     p.add_argument("-o", "--output", metavar="DIR", help="build directory "
                                                          "(default: build/BOARD)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placer seed (default: 1)")
+    p.add_argument("--force", action="store_true",
+                   help="build even if DIR holds this design's bitstream already (it is "
+                        "reused otherwise: the network is loaded over the UART, so one "
+                        "build serves every model)")
     p.add_argument("--json", action="store_true",
                    help="print the report as one JSON object")
     p.set_defaults(func=_run)

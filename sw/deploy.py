@@ -27,7 +27,10 @@ from .errors import SystolicError
 from .protocol import LinkError
 from .qnet import QNet
 
-__all__ = ["SerialLink", "add_parser", "deploy_board", "deploy_sim", "fault_plan", "low_latency"]
+__all__ = [
+    "SerialLink", "add_parser", "built_with", "deploy_board", "deploy_sim", "fault_plan",
+    "low_latency",
+]
 
 #: Clock and baud rate of the virtual board: 8 clock cycles a bit keeps simulations short.
 SIM_CLOCK_HZ, SIM_BAUD = 100e6, 12.5e6
@@ -149,6 +152,7 @@ def _summary(qnet, images, labels, logits, seconds, extra, *, baud, bytes_per_im
         "images_per_second": len(images) / seconds if seconds > 0 else None,
         # 8N1: ten bits a byte. What the UART alone allows, with no latency between frames.
         "wire_bytes_per_image": bytes_per_image,
+        "baud": baud,
         "line_limited_images_per_second": baud / 10 / bytes_per_image,
         **extra,
     }
@@ -190,20 +194,49 @@ def deploy_sim(qnet, images, labels, board, *, sim="verilator", faults=0):
         baud=board.baud, bytes_per_image=report.link["bytes_per_image"])
 
 
+def built_with(board, bitstream):
+    """The accelerator configuration and baud rate of ``bitstream``, from the report
+    ``systolic build`` wrote beside it; ``None`` if there is none.
+
+    Raises
+    ------
+    SystolicError
+        If the report says the bitstream is another board's.
+    """
+    from ..hw.config import AcceleratorConfig
+
+    try:
+        report = json.loads((Path(bitstream).parent / "report.json").read_text())
+        fields = {k: report["config"][k] for k in AcceleratorConfig.__dataclass_fields__}
+        cfg, baud = AcceleratorConfig(**fields), int(report["baud"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if report.get("board") != board.name:
+        raise SystolicError(f"{bitstream} was built for {report.get('board')}, not "
+                            f"{board.name}; pass that --board or build for this one")
+    return cfg, baud
+
+
 def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None,
                  program=True, log=print):
-    """Program ``board`` (building its bitstream if none is given) and run ``images``."""
-    cfg = board.config()
+    """Program ``board`` (building its bitstream if none is given, or reusing the last build
+    of the same design) and run ``images``. The network is compiled for the configuration
+    the bitstream was built with, and spoken to at its baud rate, when its build report is
+    beside it; else for the board's defaults."""
+    cfg, built_baud = board.config(), board.baud
+    if program and bitstream is None:
+        from ..hw.build import build
+
+        log(f"building the {board.name} bitstream (a few minutes; reused if built before)")
+        bitstream = build(board.name, cfg, progress=False).bitstream
+    if bitstream is not None:
+        cfg, built_baud = built_with(board, bitstream) or (cfg, built_baud)
+    baud = baud or built_baud
     program_ = compile_network(qnet, cfg)
     if program:
-        if bitstream is None:
-            from ..hw.build import build
-
-            log(f"building the {board.name} bitstream (a few minutes)")
-            bitstream = build(board.name, cfg).bitstream
         log(f"programming {board.name} with {bitstream}")
         _program(board, bitstream)
-    link = SerialLink(port, baud or board.baud)
+    link = SerialLink(port, baud)
     hint = low_latency(port)
     if hint:
         log(hint)
@@ -221,7 +254,7 @@ def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None
     return _summary(qnet, images, labels, logits, seconds, {
         "board": board.name, "cycles_per_image": int(np.mean([r.cycles for r in results])),
         "resent_frames": transport.resent, "rerun_images": driver.reruns},
-        baud=baud or board.baud, bytes_per_image=(transport.wire_bytes - loaded) / len(images))
+        baud=baud, bytes_per_image=(transport.wire_bytes - loaded) / len(images))
 
 
 def _run(args):
@@ -256,7 +289,7 @@ def _run(args):
           + (" (simulation)" if args.sim else ""))
     print(f"  on the wire       {summary['wire_bytes_per_image']:.0f} bytes/image: at most "
           f"{summary['line_limited_images_per_second']:.0f} images/second at "
-          f"{args.baud or board.baud} Bd")
+          f"{summary['baud']} Bd")
     if args.sim and args.inject_faults:
         print(f"  link              {summary['faults_injected']} faults injected, "
               f"{summary['resent_frames']} frames resent, {summary['rerun_images']} images "

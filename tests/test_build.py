@@ -8,7 +8,7 @@ cells, 25 of 30 block RAMs, 2 of 4 SPRAMs, 6 of 8 DSPs; about two minutes.
 import json
 
 import pytest
-from systolic.hw.build import BuildError, _run_plan, build
+from systolic.hw.build import BuildError, BuildReport, _reusable, _run_plan, build
 from systolic.hw.config import preset
 from systolic.sw.cli import main
 from systolic.sw.errors import SystolicError
@@ -69,6 +69,22 @@ def test_tool_failure_shows_the_log(tmp_path):
         _run_plan(tmp_path, preset("small"))
 
 
+def test_reuse_needs_the_same_design_and_its_bitstream(tmp_path):
+    report = BuildReport(
+        board="icebreaker", bitstream=tmp_path / "systolic.bin", config={}, clock_mhz=12.0,
+        baud=1_000_000, luts=1, ffs=1, dsps=0, brams=0, sprams=0, totals={}, fmax_mhz=20.0,
+        target_mhz=12.0, timing_met=True, clocks={}, build_dir=tmp_path, design="abc")
+    (tmp_path / "report.json").write_text(json.dumps(report.as_dict()))
+    assert _reusable(tmp_path, "abc") is None                   # no bitstream
+    (tmp_path / "systolic.bin").write_bytes(b"\xff" * 16)
+    assert _reusable(tmp_path, "abd") is None                   # another design
+    reused = _reusable(tmp_path, "abc")
+    assert reused.reused
+    assert reused.as_dict() == {**report.as_dict(), "reused": True}
+    (tmp_path / "report.json").write_text("{")
+    assert _reusable(tmp_path, "abc") is None                   # a broken report
+
+
 @pytest.mark.slow
 def test_build_icebreaker_end_to_end(tmp_path, capsys):
     out = tmp_path / "ice"
@@ -92,3 +108,11 @@ def test_build_icebreaker_end_to_end(tmp_path, capsys):
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["luts"] == report["luts"]
     assert "utilization" in on_disk["nextpnr"]
+    assert not report["reused"]
+    # The same design again: its bitstream is reused, nothing is run.
+    built = (out / "systolic.bin").stat().st_mtime_ns
+    assert main(["build", "--board", "icebreaker", "-o", str(out), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["reused"]
+    assert {**again, "reused": False} == report
+    assert (out / "systolic.bin").stat().st_mtime_ns == built

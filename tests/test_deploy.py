@@ -10,7 +10,8 @@ from systolic.hw.boards import get_board
 from systolic.sw import perfmodel
 from systolic.sw.cli import main
 from systolic.sw.compiler import compile_network
-from systolic.sw.deploy import low_latency
+from systolic.sw.deploy import built_with, low_latency
+from systolic.sw.errors import SystolicError
 from systolic.sw.qnet import QNet
 
 
@@ -99,3 +100,17 @@ def test_low_latency_hint_without_permission(tmp_path, monkeypatch):
 
 def test_low_latency_elsewhere(tmp_path):
     assert low_latency("/dev/ttyACM0", sysfs=tmp_path) is None
+
+
+def test_built_with_reads_the_build_report(tmp_path):
+    board = get_board("icebreaker")
+    bitstream = tmp_path / "systolic.bin"
+    assert built_with(board, bitstream) is None               # no report: the board's defaults
+    cfg = board.config().replace(rows=1, cols=2)
+    (tmp_path / "report.json").write_text(json.dumps(
+        {"board": "icebreaker", "config": cfg.as_dict(), "baud": 115_200}))
+    assert built_with(board, bitstream) == (cfg, 115_200)
+    with pytest.raises(SystolicError, match=r"^.*systolic\.bin was built for icebreaker, not "
+                                            r"ulx3s-85f; pass that --board or build for this "
+                                            r"one$"):
+        built_with(get_board("ulx3s-85f"), bitstream)
