@@ -82,8 +82,15 @@ def test_ulx3s_plan_with_pll():
     assert re.search(r"parameter \\CLKFB_DIV 6\b", il)
 
 
-def test_icebreaker_plan_from_oscillator():
+def test_icebreaker_default_clock_is_the_pll():
     top, p = plan("icebreaker")
+    assert top.clock_hz == 18e6
+    assert top.bridge.divisor == 9            # 2 MBd
+    assert "SB_PLL40_PAD" in p.files["systolic.il"]
+
+
+def test_icebreaker_plan_from_oscillator():
+    top, p = plan("icebreaker", clock_mhz=12, baud=1_000_000)
     assert top.clock_hz == 12e6
     assert top.bridge.divisor == 12
     pcf = p.files["systolic.pcf"]
