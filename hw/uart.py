@@ -4,12 +4,12 @@ The host link of a board: one start bit, eight data bits (least significant firs
 bit, no parity. Frames of the host protocol carry their own CRC, so the UART adds no check of
 its own beyond the stop bit.
 
-The receiver samples with a bit-period counter (not 16x oversampling: on the iCEBreaker, at 18 MHz
-and 2 MBd, a bit is only 9 clocks). A falling edge on the synchronized line starts a character; the start
-bit is re-checked half a bit later (a glitch shorter than that is ignored), then every bit is
-sampled once, a full bit period apart, in the middle of its cell. The tolerance this leaves is
-about ±4 % of accumulated clock mismatch over a character, which is why `divisor` refuses a
-baud rate error above 2 %.
+The receiver samples with a bit-period counter (not 16x oversampling: on the iCEBreaker, at
+18 MHz and 2 MBd, a bit is only 9 clocks). A falling edge on the synchronized line starts a
+character; the start bit is re-checked half a bit later (a glitch shorter than that is
+ignored), then every bit is sampled once, a full bit period apart, in the middle of its cell.
+The tolerance this leaves is about ±4 % of accumulated clock mismatch over a character, which
+is why `divisor` refuses a baud rate error above 2 %.
 
 Line conditions the receiver reports rather than turning into bytes:
 
