@@ -100,10 +100,11 @@ def test_loopback_amaranth_sim():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("divisor", [DIVISOR, 9], ids=["even", "odd"])   # 9: the iCEBreaker's
 @parametrize_simulators
-def test_uart_rtl(sim):
-    params = {"divisor": DIVISOR, "fifo_depth": FIFO_DEPTH}
-    run_cocotb(UARTBridge(DIVISOR * 1e6, 1e6, fifo_depth=FIFO_DEPTH), name="uart_bridge",
+def test_uart_rtl(sim, divisor):
+    params = {"divisor": divisor, "fifo_depth": FIFO_DEPTH}
+    run_cocotb(UARTBridge(divisor * 1e6, 1e6, fifo_depth=FIFO_DEPTH), name="uart_bridge",
                test_module="test_uart", sim=sim, build_key=params,
                extra_env={"SYSTOLIC_UART": json.dumps(params)}, timeout=300)
 
