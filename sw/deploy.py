@@ -305,11 +305,14 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "deploy", help="program a board and run a network on it over its UART",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Program the board (building the bitstream first unless --bitstream is "
-                    "given), load the compiled network over the serial port with the framed "
-                    "protocol, run dataset images and compare every logit with the golden "
-                    "model. --sim runs the same driver and protocol against the simulated "
-                    "board, bit by bit on its UART pins.",
+        description="Program the board (building the bitstream into build/BOARD first, or "
+                    "reusing the one there, unless --bitstream is given), load the compiled "
+                    "network over the serial port with the framed protocol, run dataset "
+                    "images and compare every logit with the golden model. The network is "
+                    "compiled for the configuration, and the port opened at the baud rate, "
+                    "of the bitstream's build report (report.json beside it). Line errors are "
+                    "recovered from by resending. --sim runs the same driver and protocol "
+                    "against the simulated board, bit by bit on its UART pins.",
         epilog="examples:\n"
                "  systolic deploy model.qnet --board ulx3s-85f --port /dev/ttyUSB0\n"
                "  systolic deploy model.qnet --board icebreaker --port /dev/ttyUSB1 "
@@ -320,7 +323,8 @@ def add_parser(subparsers):
     p.add_argument("--board", required=True, metavar="B",
                    help=f"one of {', '.join(BOARDS)}")
     p.add_argument("--port", help="serial port of the board's UART (e.g. /dev/ttyUSB0)")
-    p.add_argument("--baud", type=int, help="baud rate (default: the board's)")
+    p.add_argument("--baud", type=int,
+                   help="baud rate (default: the bitstream's build report's, or the board's)")
     p.add_argument("--images", type=int, default=20, help="test images (default 20)")
     p.add_argument("--dataset", help="data set (default: the one the model was trained on)")
     p.add_argument("--data-dir", help="directory of MNIST IDX files")
