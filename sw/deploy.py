@@ -230,6 +230,9 @@ def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None
         log(f"building the {board.name} bitstream (a few minutes; reused if built before)")
         bitstream = build(board.name, cfg, progress=False).bitstream
     if bitstream is not None:
+        if not Path(bitstream).is_file():
+            raise SystolicError(f"No bitstream {str(bitstream)!r}; build one with 'systolic "
+                                f"build --board {board.name}', or leave out --bitstream")
         cfg, built_baud = built_with(board, bitstream) or (cfg, built_baud)
     baud = baud or built_baud
     program_ = compile_network(qnet, cfg)

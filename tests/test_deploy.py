@@ -67,6 +67,9 @@ def test_deploy_virtual_board_recovers_from_line_faults(qnet_path, capsys):
     (["--board", "ulx3s-85f"],
      r"systolic: error: --port is required to deploy to a board \(e\.g\. /dev/ttyUSB0\); "
      r"use --sim for the virtual board\n"),
+    (["--board", "icebreaker", "--port", "/dev/ttyUSB9", "--bitstream", "nowhere.bin"],
+     r"systolic: error: No bitstream 'nowhere\.bin'; build one with 'systolic build --board "
+     r"icebreaker', or leave out --bitstream\n"),
     (["--board", "icebreaker", "--port", "/dev/does-not-exist", "--no-program"],
      r"systolic: error: Cannot open serial port '/dev/does-not-exist' \(.*\); check that the "
      r"board is plugged in"),
