@@ -21,7 +21,7 @@ import numpy as np
 
 from ..hw.boards import BOARDS, get_board
 from . import golden
-from .compiler import compile_network
+from .compiler import FitError, compile_network
 from .driver import RESYNC_QUIET_BITS, Driver, FramedTransport, Link
 from .errors import SystolicError
 from .protocol import LinkError
@@ -270,16 +270,26 @@ def _run(args):
         raise SystolicError("--inject-faults damages the virtual board's wire: add --sim")
     if args.inject_faults < 0:
         raise SystolicError(f"--inject-faults must be at least 0, not {args.inject_faults}")
-    if args.sim:
-        summary = deploy_sim(qnet, images, labels, board, sim=args.simulator,
-                             faults=args.inject_faults)
-    else:
-        if args.port is None:
-            raise SystolicError("--port is required to deploy to a board (e.g. /dev/ttyUSB0); "
-                                "use --sim for the virtual board")
-        log = (lambda s: print(s, file=sys.stderr)) if args.json else print
-        summary = deploy_board(qnet, images, labels, board, port=args.port, baud=args.baud,
-                               bitstream=args.bitstream, program=not args.no_program, log=log)
+    if not args.sim and args.port is None:
+        raise SystolicError("--port is required to deploy to a board (e.g. /dev/ttyUSB0); "
+                            "use --sim for the virtual board")
+    try:
+        if args.sim:
+            summary = deploy_sim(qnet, images, labels, board, sim=args.simulator,
+                                 faults=args.inject_faults)
+        else:
+            log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+            summary = deploy_board(qnet, images, labels, board, port=args.port,
+                                   baud=args.baud, bitstream=args.bitstream,
+                                   program=not args.no_program, log=log)
+    except FitError as e:
+        others = ", ".join(b for b in BOARDS if b != board.name)
+        raise SystolicError(
+            f"The network does not fit {board.name}'s accelerator (the {board.preset} preset): "
+            f"{e}. On a board the configuration is its bitstream's: build one that holds the "
+            f"network, if the FPGA has room (systolic build --board {board.name} --preset P "
+            f"or --act-depth N ...), and pass --bitstream; or deploy to another board "
+            f"({others})") from None
     if args.json:
         print(json.dumps(summary))
         return

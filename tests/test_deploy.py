@@ -5,14 +5,16 @@ import pathlib
 import re
 
 import pytest
+import torch
 from sw_common import digits_model
 from systolic.hw.boards import get_board
-from systolic.sw import perfmodel
+from systolic.sw import perfmodel, quantize
 from systolic.sw.cli import main
 from systolic.sw.compiler import compile_network
 from systolic.sw.deploy import built_with, low_latency
 from systolic.sw.errors import SystolicError
 from systolic.sw.qnet import QNet
+from torch import nn
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +119,22 @@ def test_built_with_reads_the_build_report(tmp_path):
                                             r"ulx3s-85f; pass that --board or build for this "
                                             r"one$"):
         built_with(get_board("ulx3s-85f"), bitstream)
+
+
+def test_deploy_a_network_the_board_cannot_hold(tmp_path, capsys):
+    """64 channels of 8x8 outgrow the iCEBreaker's activation memory; the error says what to
+    do on a board, where the configuration is the bitstream's."""
+    split, _, _ = digits_model()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(64 * 8 * 8, 10))
+    qnet = quantize.quantize(model, split.train.x[:32], input_shape=(1, 8, 8), p_max=16,
+                             dataset="digits")
+    qnet.save(tmp_path / "wide.qnet")
+    assert main(["deploy", str(tmp_path / "wide.qnet"), "--board", "icebreaker", "--sim",
+                 "--images", "1"]) == 2
+    assert re.match(
+        r"systolic: error: The network does not fit icebreaker's accelerator \(the small "
+        r"preset\): activations must fit act_depth 1024 words, .*\. On a board the "
+        r"configuration is its bitstream's: .* and pass --bitstream; or deploy to another "
+        r"board \(ulx3s-85f\)\n$", capsys.readouterr().err)
