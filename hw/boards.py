@@ -79,7 +79,7 @@ class Board:
 
 BOARDS = {
     # ECP5-85F, FT231X USB UART (3 MBd capable). 50 MHz from the PLL (the 25 MHz oscillator
-    # doubled): the whole default design closes at about 62 MHz, its critical path the
+    # doubled): the whole default design closes at about 60 MHz, its critical path the
     # convolution engine's input-address chain. 2 MBd: exact for the FT231X (3 MHz / 1.5) and
     # for 50 MHz (25 clocks a bit); the link, not the array, bounds images per second.
     "ulx3s-85f": Board(

@@ -16,6 +16,7 @@ Nothing is ever programmed; the report says how to load the bitstream.
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -310,10 +311,13 @@ def _reusable(build_dir, design):
         saved = BuildReport.from_dict(json.loads((build_dir / "report.json").read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if saved.design != design or not saved.bitstream.is_file():
+    # The paths as they are now (the directory may have been moved, or named differently).
+    bitstream = build_dir / saved.bitstream.name
+    if saved.design != design or not bitstream.is_file():
         return None
-    saved.reused = True
-    return saved
+    spec = get_board(saved.board)
+    return dataclasses.replace(saved, bitstream=bitstream, build_dir=build_dir, reused=True,
+                               program_hint=spec.program_hint.format(bitstream=bitstream))
 
 
 def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
@@ -449,7 +453,7 @@ def add_parser(subparsers):
                     "configuration defaults to the board's: ulx3s-85f the `default` preset, "
                     "icebreaker the `small` one, multipliers in the board's DSP blocks.",
         epilog="examples:\n"
-               "  systolic build --board icebreaker                 # about two minutes\n"
+               "  systolic build --board icebreaker                 # about a minute\n"
                "  systolic build --board ulx3s-85f -o build/ulx3s   # about 8 minutes\n"
                "  systolic build --board ulx3s-85f --clock 25 --baud 1000000   # no PLL\n"
                "  systolic build --board ulx3s-85f --preset small --json\n")

@@ -201,7 +201,10 @@ class Controller(wiring.Component):
 
         # ---- WRITE / READ / RUN / STATS state -----------------------------------------------
         # Scratch registers, loaded for every request whether it is carried out or not.
-        addr = Signal(max(cfg.act_addr_bits + 1, cfg.weight_addr_bits, cfg.param_addr_bits))
+        # Wide enough for any word count a frame can carry, so that counting the words of one
+        # (the dry pass of a WRITE) cannot wrap.
+        addr = Signal(max(cfg.act_addr_bits + 1, cfg.weight_addr_bits, cfg.param_addr_bits,
+                          MAX_PAYLOAD.bit_length()))
         pc = Signal(range(cfg.program_depth + 1))   # program entry
         j = Signal(range(max(desc_bytes + 4, data_bytes, cfg.cols)))    # byte of a word/entry
         # Descriptors (RUN) and data words (WRITE) are assembled in one shift register: the

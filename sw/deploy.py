@@ -173,12 +173,46 @@ def fault_plan(count):
              "nth": i + 1} for i in range(count)]
 
 
-def deploy_sim(qnet, images, labels, board, *, sim="verilator", faults=0):
+def _compile(qnet, cfg, board, source):
+    """`compile_network`, its fit errors saying what to do on a board."""
+    try:
+        return compile_network(qnet, cfg)
+    except FitError as e:
+        others = ", ".join(b for b in BOARDS if b != board.name)
+        raise SystolicError(
+            f"The network does not fit the {board.name} accelerator ({source}: "
+            f"{cfg.rows}x{cfg.cols} array, {cfg.act_depth}-word activation and "
+            f"{cfg.weight_depth}-word weight memories): {e}. On a board the configuration is "
+            f"its bitstream's: build one that holds the network, if the FPGA has room "
+            f"(systolic build --board {board.name} --preset P or --act-depth N ...), and pass "
+            f"--bitstream; or deploy to another board ({others})") from None
+
+
+def _configuration(board, bitstream):
+    """The configuration and baud rate to deploy with, and where they come from: the build
+    report beside ``bitstream``, or the board's defaults."""
+    if bitstream is None:
+        return board.config(), board.baud, f"the board's default, the {board.preset} preset"
+    if not Path(bitstream).is_file():
+        raise SystolicError(f"No bitstream {str(bitstream)!r}; build one with 'systolic "
+                            f"build --board {board.name}', or leave out --bitstream")
+    built = built_with(board, bitstream)
+    if built is None:
+        return (board.config(), board.baud,
+                f"the board's default, the {board.preset} preset: {bitstream} has no build "
+                "report beside it")
+    return *built, f"as {bitstream} was built"
+
+
+def deploy_sim(qnet, images, labels, board, *, sim="verilator", faults=0, bitstream=None):
     """Run ``images`` on the virtual board, ``faults`` frames damaged on the wire (see
-    `fault_plan`); returns the summary dict."""
+    `fault_plan`), in the configuration ``bitstream`` was built with (else the board's);
+    returns the summary dict."""
     from . import simulate
 
-    cfg = board.config().replace(target="generic")
+    cfg, _, source = _configuration(board, bitstream)
+    _compile(qnet, cfg, board, source)
+    cfg = cfg.replace(target="generic")
     start = time.monotonic()
     with simulate._stdout_to_stderr():          # the simulator's chatter is not the report
         report = simulate.simulate(qnet, images, cfg, labels=labels, sim=sim,
@@ -217,25 +251,37 @@ def built_with(board, bitstream):
     return cfg, baud
 
 
+def default_bitstream(board):
+    """Where ``systolic build --board B`` puts the bitstream: ``build/B/systolic.bit|bin``."""
+    return Path("build") / board.name / ("systolic.bit" if board.family == "ecp5"
+                                         else "systolic.bin")
+
+
 def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None,
                  program=True, log=print):
-    """Program ``board`` (building its bitstream if none is given, or reusing the last build
-    of the same design) and run ``images``. The network is compiled for the configuration
-    the bitstream was built with, and spoken to at its baud rate, when its build report is
-    beside it; else for the board's defaults."""
-    cfg, built_baud = board.config(), board.baud
+    """Program ``board`` and run ``images``.
+
+    The bitstream is ``bitstream``, else the last ``systolic build`` of the board (in
+    `default_bitstream`'s place), else one built now with the board's defaults. The network
+    is compiled for the configuration the bitstream was built with, and spoken to at its
+    baud rate, as its build report says (else the board's defaults).
+    """
+    if bitstream is None and default_bitstream(board).is_file():
+        bitstream = default_bitstream(board)
+        log(f"using {bitstream}, the last build for {board.name}")
+    cfg, built_baud, source = _configuration(board, bitstream)
+    program_ = _compile(qnet, cfg, board, source)       # before any build: it may not fit
     if program and bitstream is None:
         from ..hw.build import build
 
-        log(f"building the {board.name} bitstream (a few minutes; reused if built before)")
-        bitstream = build(board.name, cfg, progress=False).bitstream
-    if bitstream is not None:
-        if not Path(bitstream).is_file():
-            raise SystolicError(f"No bitstream {str(bitstream)!r}; build one with 'systolic "
-                                f"build --board {board.name}', or leave out --bitstream")
-        cfg, built_baud = built_with(board, bitstream) or (cfg, built_baud)
+        log(f"building the {board.name} bitstream into {default_bitstream(board).parent} "
+            "(a few minutes)")
+        report = build(board.name, cfg, baud=baud, progress=False)
+        bitstream, built_baud = report.bitstream, report.baud
+    if baud is not None and baud != built_baud:
+        log(f"warning: {bitstream or 'the board'} runs its UART at {built_baud} Bd, not the "
+            f"--baud {baud} asked for; the board will not answer unless it was built so")
     baud = baud or built_baud
-    program_ = compile_network(qnet, cfg)
     if program:
         log(f"programming {board.name} with {bitstream}")
         _program(board, bitstream)
@@ -273,23 +319,13 @@ def _run(args):
     if not args.sim and args.port is None:
         raise SystolicError("--port is required to deploy to a board (e.g. /dev/ttyUSB0); "
                             "use --sim for the virtual board")
-    try:
-        if args.sim:
-            summary = deploy_sim(qnet, images, labels, board, sim=args.simulator,
-                                 faults=args.inject_faults)
-        else:
-            log = (lambda s: print(s, file=sys.stderr)) if args.json else print
-            summary = deploy_board(qnet, images, labels, board, port=args.port,
-                                   baud=args.baud, bitstream=args.bitstream,
-                                   program=not args.no_program, log=log)
-    except FitError as e:
-        others = ", ".join(b for b in BOARDS if b != board.name)
-        raise SystolicError(
-            f"The network does not fit {board.name}'s accelerator (the {board.preset} preset): "
-            f"{e}. On a board the configuration is its bitstream's: build one that holds the "
-            f"network, if the FPGA has room (systolic build --board {board.name} --preset P "
-            f"or --act-depth N ...), and pass --bitstream; or deploy to another board "
-            f"({others})") from None
+    if args.sim:
+        summary = deploy_sim(qnet, images, labels, board, sim=args.simulator,
+                             faults=args.inject_faults, bitstream=args.bitstream)
+    else:
+        log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+        summary = deploy_board(qnet, images, labels, board, port=args.port, baud=args.baud,
+                               bitstream=args.bitstream, program=not args.no_program, log=log)
     if args.json:
         print(json.dumps(summary))
         return
@@ -318,8 +354,8 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "deploy", help="program a board and run a network on it over its UART",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Program the board (building the bitstream into build/BOARD first, or "
-                    "reusing the one there, unless --bitstream is given), load the compiled "
+        description="Program the board (with --bitstream, or the last 'systolic build' in "
+                    "build/BOARD, or a bitstream built there now), load the compiled "
                     "network over the serial port with the framed protocol, run dataset "
                     "images and compare every logit with the golden model. The network is "
                     "compiled for the configuration, and the port opened at the baud rate, "
@@ -341,7 +377,11 @@ def add_parser(subparsers):
     p.add_argument("--images", type=int, default=20, help="test images (default 20)")
     p.add_argument("--dataset", help="data set (default: the one the model was trained on)")
     p.add_argument("--data-dir", help="directory of MNIST IDX files")
-    p.add_argument("--bitstream", help="program this bitstream instead of building one")
+    p.add_argument("--bitstream",
+                   help="the bitstream to program, whose build report (report.json beside it) "
+                        "gives the configuration and baud rate (default: build/BOARD's, the "
+                        "last 'systolic build', else one built now); with --sim, the "
+                        "configuration to simulate")
     p.add_argument("--no-program", action="store_true",
                    help="the board is already programmed: only talk to it")
     p.add_argument("--sim", action="store_true", help="the virtual board, in RTL simulation")

@@ -81,9 +81,15 @@ def test_reuse_needs_the_same_design_and_its_bitstream(tmp_path):
     assert _reusable(tmp_path, "abd") is None                   # another design
     reused = _reusable(tmp_path, "abc")
     assert reused.reused
-    assert reused.as_dict() == {**report.as_dict(), "reused": True}
-    (tmp_path / "report.json").write_text("{")
-    assert _reusable(tmp_path, "abc") is None                   # a broken report
+    hint = f"iceprog {tmp_path / 'systolic.bin'}"
+    assert reused.as_dict() == {**report.as_dict(), "reused": True, "program_hint": hint}
+    # Moved (or named by another path): found where it is now.
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    tmp_path.rename(moved)
+    reused = _reusable(moved, "abc")
+    assert (reused.bitstream, reused.build_dir) == (moved / "systolic.bin", moved)
+    (moved / "report.json").write_text("{")
+    assert _reusable(moved, "abc") is None                      # a broken report
 
 
 @pytest.mark.slow

@@ -121,9 +121,11 @@ def test_built_with_reads_the_build_report(tmp_path):
         built_with(get_board("ulx3s-85f"), bitstream)
 
 
-def test_deploy_a_network_the_board_cannot_hold(tmp_path, capsys):
+@pytest.mark.parametrize("where", [["--sim"], ["--port", "/dev/ttyUSB9"]])
+def test_deploy_a_network_the_board_cannot_hold(tmp_path, capsys, monkeypatch, where):
     """64 channels of 8x8 outgrow the iCEBreaker's activation memory; the error says what to
-    do on a board, where the configuration is the bitstream's."""
+    do on a board, where the configuration is the bitstream's, and comes before any build."""
+    monkeypatch.chdir(tmp_path)
     split, _, _ = digits_model()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(), nn.Flatten(),
@@ -131,10 +133,31 @@ def test_deploy_a_network_the_board_cannot_hold(tmp_path, capsys):
     qnet = quantize.quantize(model, split.train.x[:32], input_shape=(1, 8, 8), p_max=16,
                              dataset="digits")
     qnet.save(tmp_path / "wide.qnet")
-    assert main(["deploy", str(tmp_path / "wide.qnet"), "--board", "icebreaker", "--sim",
+    assert main(["deploy", str(tmp_path / "wide.qnet"), "--board", "icebreaker", *where,
                  "--images", "1"]) == 2
+    assert not (tmp_path / "build").exists()
     assert re.match(
-        r"systolic: error: The network does not fit icebreaker's accelerator \(the small "
-        r"preset\): activations must fit act_depth 1024 words, .*\. On a board the "
+        r"systolic: error: The network does not fit the icebreaker accelerator \(the board's "
+        r"default, the small preset: 1x4 array, 1024-word activation and 16384-word weight "
+        r"memories\): activations must fit act_depth 1024 words, .*\. On a board the "
         r"configuration is its bitstream's: .* and pass --bitstream; or deploy to another "
         r"board \(ulx3s-85f\)\n$", capsys.readouterr().err)
+
+
+def test_deploy_uses_the_last_build(qnet_path, tmp_path, capsys, monkeypatch):
+    """Without --bitstream, the board's last build (build/BOARD) is programmed and its report
+    gives the configuration and the baud rate."""
+    monkeypatch.chdir(tmp_path)
+    board = get_board("icebreaker")
+    (tmp_path / "build" / "icebreaker").mkdir(parents=True)
+    (tmp_path / "build" / "icebreaker" / "systolic.bin").write_bytes(b"\xff" * 16)
+    (tmp_path / "build" / "icebreaker" / "report.json").write_text(json.dumps(
+        {"board": "icebreaker", "config": board.config().as_dict(), "baud": 115_200}))
+    assert main(["deploy", str(qnet_path), "--board", "icebreaker", "--port", "/dev/ttyUSB9",
+                 "--no-program", "--baud", "230400", "--images", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "using build/icebreaker/systolic.bin, the last build for icebreaker",
+        "warning: build/icebreaker/systolic.bin runs its UART at 115200 Bd, not the --baud "
+        "230400 asked for; the board will not answer unless it was built so"]
+    assert err.startswith("systolic: error: Cannot open serial port '/dev/ttyUSB9'")
