@@ -339,6 +339,11 @@ def _run(args):
     print(f"  on the wire       {summary['wire_bytes_per_image']:.0f} bytes/image: at most "
           f"{summary['line_limited_images_per_second']:.0f} images/second at "
           f"{summary['baud']} Bd")
+    if args.sim:
+        compute = board.clock_mhz * 1e6 / summary["cycles_per_image"]
+        serial = 1 / (1 / compute + 1 / summary["line_limited_images_per_second"])
+        print(f"  on the board      the array: {compute:.0f} images/second at "
+              f"{board.clock_mhz:g} MHz; line, then array: {serial:.0f}")
     if args.sim and args.inject_faults:
         print(f"  link              {summary['faults_injected']} faults injected, "
               f"{summary['resent_frames']} frames resent, {summary['rerun_images']} images "

@@ -161,3 +161,15 @@ def test_deploy_uses_the_last_build(qnet_path, tmp_path, capsys, monkeypatch):
         "warning: build/icebreaker/systolic.bin runs its UART at 115200 Bd, not the --baud "
         "230400 asked for; the board will not answer unless it was built so"]
     assert err.startswith("systolic: error: Cannot open serial port '/dev/ttyUSB9'")
+
+
+@pytest.mark.slow
+def test_deploy_virtual_board_report(qnet_path, capsys):
+    assert main(["deploy", str(qnet_path), "--board", "icebreaker", "--sim",
+                 "--images", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "2 images on icebreaker (virtual, verilator): 0 differ from the golden model"
+    assert re.fullmatch(r"  on the wire       127 bytes/image: at most 1575 images/second at "
+                        r"2000000 Bd", lines[4])
+    assert re.fullmatch(r"  on the board      the array: \d+ images/second at 18 MHz; line, "
+                        r"then array: \d+", lines[5])
