@@ -35,12 +35,18 @@ def build_parser():
         prog="systolic",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Turn a trained ConvNet into an int8 systolic-array FPGA accelerator: "
-                    "train a float model, quantize it to the integer arithmetic contract, and "
-                    "check the int8 golden model against the float model.",
+                    "train a float model, quantize it to the integer arithmetic contract, "
+                    "check the int8 golden model against the float model and the RTL against "
+                    "the golden model, build a board's bitstream with the open toolchain and "
+                    "run the network on the board.",
         epilog="a first run, on the built-in 8x8 digits (about a minute on a laptop):\n"
                "  systolic train -o model.pt\n"
                "  systolic quantize model.pt -o model.qnet\n"
                "  systolic eval model.qnet\n"
+               "then on the RTL, and on a board (or its simulation: --sim):\n"
+               "  systolic simulate model.qnet\n"
+               "  systolic build --board ulx3s-85f\n"
+               "  systolic deploy model.qnet --board ulx3s-85f --port /dev/ttyUSB0\n"
                "\n'systolic COMMAND --help' explains each command.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
