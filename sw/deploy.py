@@ -276,7 +276,7 @@ def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None
 
         log(f"building the {board.name} bitstream into {default_bitstream(board).parent} "
             "(a few minutes)")
-        report = build(board.name, cfg, baud=baud, progress=False)
+        report = build(board.name, cfg, baud=baud)     # status lines on a terminal (stderr)
         bitstream, built_baud = report.bitstream, report.baud
     if baud is not None and baud != built_baud:
         log(f"warning: {bitstream or 'the board'} runs its UART at {built_baud} Bd, not the "
