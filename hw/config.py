@@ -179,6 +179,11 @@ class AcceleratorConfig:
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls, d):
+        """The configuration `as_dict` gave (its derived values are ignored)."""
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
     def as_dict(self):
         d = dataclasses.asdict(self)
         d.update(pes=self.pes, dsps=self.dsps, rq_lanes=self.rq_lanes,

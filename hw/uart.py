@@ -286,8 +286,11 @@ class UARTBridge(wiring.Component):
         Bytes received from the host.
     tx : In(stream.Signature(8))
         Bytes to send to the host.
-    overrun, frame_error, brk, in_break : Out(1)
+    overrun, frame_error, brk : Out(1)
         The receiver's line conditions (see `UARTRx`).
+    line_fault : Out(1)
+        A framing error, or a break (high for as long as it lasts): what a frame in flight
+        cannot survive (`systolic.hw.controller.Controller.line_fault`).
     tx_busy : Out(1)
         The transmitter is sending a character.
 
@@ -314,7 +317,7 @@ class UARTBridge(wiring.Component):
             "overrun": Out(1),
             "frame_error": Out(1),
             "brk": Out(1),
-            "in_break": Out(1),
+            "line_fault": Out(1),
             "tx_busy": Out(1),
         })
 
@@ -327,6 +330,7 @@ class UARTBridge(wiring.Component):
         m.d.comb += [
             rx.rxd.eq(self.rxd), self.txd.eq(tx.txd), self.tx_busy.eq(tx.busy),
             self.overrun.eq(rx.overrun), self.frame_error.eq(rx.frame_error),
-            self.brk.eq(rx.brk), self.in_break.eq(rx.in_break),
+            self.brk.eq(rx.brk),
+            self.line_fault.eq(rx.frame_error | rx.brk | rx.in_break),
         ]
         return m

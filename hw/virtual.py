@@ -58,7 +58,7 @@ class VirtualBoard(wiring.Component):
         wiring.connect(m, ctrl.tx, bridge.tx)
         m.d.comb += [
             bridge.rxd.eq(self.uart_rx), self.uart_tx.eq(bridge.txd),
-            ctrl.line_fault.eq(bridge.frame_error | bridge.brk | bridge.in_break),
+            ctrl.line_fault.eq(bridge.line_fault),
             self.led_busy.eq(ctrl.busy), self.led_error.eq(ctrl.error),
         ]
         return m

@@ -4,7 +4,7 @@
 The job comes from the JSON file named by ``$SYSTOLIC_NETWORK`` (written by
 `systolic.sw.simulate.simulate`)::
 
-    {"qnet": path, "cfg": {AcceleratorConfig fields}, "trace": bool, "layer_cycles": bool,
+    {"qnet": path, "cfg": AcceleratorConfig.as_dict(), "trace": bool, "layer_cycles": bool,
      "images": [[int8, ...], ...],          # each image flattened in (C, H, W) order
      "uart_divisor": int or absent,         # a VirtualBoard: talk to its UART pins
      "faults": [{"request": name, "nth": int, "kind": kind}, ...] or absent}
@@ -100,7 +100,7 @@ async def network(dut):
     """Every image of the job, one after another, on one loaded network."""
     with open(os.environ["SYSTOLIC_NETWORK"]) as f:
         job = json.load(f)
-    cfg = AcceleratorConfig(**job["cfg"])
+    cfg = AcceleratorConfig.from_dict(job["cfg"])
     program = compile_network(QNet.load(job["qnet"]), cfg)
     divisor = job.get("uart_divisor")
     if divisor is None:

@@ -241,8 +241,7 @@ def built_with(board, bitstream):
 
     try:
         report = json.loads((Path(bitstream).parent / "report.json").read_text())
-        fields = {k: report["config"][k] for k in AcceleratorConfig.__dataclass_fields__}
-        cfg, baud = AcceleratorConfig(**fields), int(report["baud"])
+        cfg, baud = AcceleratorConfig.from_dict(report["config"]), int(report["baud"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if report.get("board") != board.name:

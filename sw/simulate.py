@@ -147,11 +147,10 @@ def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, tim
 
     compile_network(qnet, cfg)          # fit errors before building anything
     images = np.asarray(images, np.int8)
-    fields = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
     with tempfile.TemporaryDirectory(prefix="systolic-sim-") as tmp:
         tmp = Path(tmp)
         qnet.save(tmp / "net.qnet")
-        job = {"qnet": str(tmp / "net.qnet"), "cfg": fields, "trace": bool(trace),
+        job = {"qnet": str(tmp / "net.qnet"), "cfg": cfg.as_dict(), "trace": bool(trace),
                "layer_cycles": bool(layer_cycles),
                "images": [im.ravel().tolist() for im in images]}
         if uart is None:
