@@ -31,7 +31,8 @@ from amaranth.lib.wiring import In, Out
 
 from ..sw.errors import SystolicError
 
-__all__ = ["DEVICES", "FAMILIES", "PortFolder", "SynthError", "SynthReport", "synthesize"]
+__all__ = ["DEVICES", "FAMILIES", "PortFolder", "SynthError", "SynthReport", "find_tool",
+           "run_tool", "synthesize"]
 
 #: Devices each family's nextpnr accepts (the ``--<device>`` flag) and its default package.
 DEVICES = {
@@ -260,7 +261,7 @@ def synthesize(component, *, family="ecp5", device=None, package=None, clock_mhz
                          f"not {family!r}; pass out_of_context=False")
 
     # Find both tools before spending time on conversion and synthesis.
-    yosys, nextpnr = _tool("yosys"), _tool(f"nextpnr-{family}")
+    yosys, nextpnr = find_tool("yosys"), find_tool(f"nextpnr-{family}")
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +269,7 @@ def synthesize(component, *, family="ecp5", device=None, package=None, clock_mhz
     (workdir / f"{name}.v").write_text(verilog.convert(top, name=name))
 
     (workdir / "synth.ys").write_text(_yosys_script(family, name))
-    _run(yosys, "yosys", ["-q", "-l", "yosys.log", "-s", "synth.ys"], workdir, "yosys.log")
+    run_tool(yosys, "yosys", ["-q", "-l", "yosys.log", "-s", "synth.ys"], workdir, "yosys.log")
 
     pnr_args = [f"--{device}", "--package", package, "--json", f"{name}.json",
                 "--freq", f"{clock_mhz:g}", "--report", "report.json", "--timing-allow-fail",
@@ -277,7 +278,7 @@ def synthesize(component, *, family="ecp5", device=None, package=None, clock_mhz
         pnr_args += ["--out-of-context"] if out_of_context else ["--lpf-allow-unconstrained"]
     else:
         pnr_args += ["--pcf-allow-unconstrained"]
-    _run(nextpnr, f"nextpnr-{family}", pnr_args, workdir, "nextpnr.log", progress=progress)
+    run_tool(nextpnr, f"nextpnr-{family}", pnr_args, workdir, "nextpnr.log", progress=progress)
 
     return _parse(workdir, name=name, family=family, device=device, package=package,
                   clock_mhz=float(clock_mhz), out_of_context=out_of_context)
@@ -305,7 +306,9 @@ def _yosys_script(family, name):
 
 # Tools ------------------------------------------------------------------------------------------
 
-def _tool(name):
+def find_tool(name):
+    """The YoWASP tool ``name`` (``yosys``, ``nextpnr-ecp5``, ...): next to this Python, else on
+    ``PATH``; `SynthError` naming the package to install if neither has it."""
     exe = f"yowasp-{name}"
     local = Path(sys.executable).parent / exe
     if local.exists():
@@ -326,7 +329,9 @@ def _tail(path, lines=20):
     return "\n".join(text[-lines:])
 
 
-def _run(exe, tool, args, cwd, log, *, progress=False):
+def run_tool(exe, tool, args, cwd, log, *, progress=False):
+    """Run ``exe args`` in ``cwd``, its output into ``<tool>.out``; `SynthError` quoting the end
+    of ``log`` (or of that output) if it fails. ``progress`` shows a status line."""
     out = Path(cwd) / f"{tool}.out"
     with open(out, "w") as stdout:
         proc = subprocess.Popen([exe, *args], cwd=cwd, stdout=stdout, stderr=subprocess.STDOUT,
@@ -337,6 +342,10 @@ def _run(exe, tool, args, cwd, log, *, progress=False):
     if rc != 0:
         tail = _tail(Path(cwd) / log) if (Path(cwd) / log).exists() else _tail(out)
         raise SynthError(f"{tool} failed with exit code {rc} in {cwd}; end of its log:\n{tail}")
+
+
+# The names hw/build.py imports.
+_tool, _run = find_tool, run_tool
 
 
 def _spin(proc, log, tool):

