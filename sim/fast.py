@@ -1,0 +1,334 @@
+"""The fast harness: whole networks on Verilator, with Python touching frames, not cycles.
+
+A cocotb testbench runs Python on every clock edge; a whole network at that pace is a few
+images a second. Here the design (the `Controller`, or the `VirtualBoard` with its UART pins)
+is compiled by Verilator together with a small C++ harness (``fast_harness.cpp``) that drives
+the clock, feeds the request bytes the host queued and collects the reply bytes, and wakes the
+host only when a reply is complete. The host side is the ordinary driver: `HarnessLink` is a
+`systolic.sw.driver.Link`, so `FramedTransport` and `Driver` run unchanged over it, the same
+code that talks to a board over a serial port.
+
+Builds are cached like the cocotb ones (`systolic.sim.runner.build_root`), per design and
+harness options; a second run of the same design starts at once.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import select
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from ..hw.isa import Request
+from ..sw import protocol
+from ..sw.driver import RESYNC_QUIET_BITS, Link
+from .runner import VERILATOR_ARGS, SimulationError, build_root, find_verilator
+
+__all__ = ["BYTE", "BAD_STOP", "BREAK", "IDLE", "LINE_FAULT", "Harness", "HarnessLink",
+           "bare_loop_rate", "build_harness", "damaged"]
+
+_HERE = Path(__file__).resolve().parent
+_SOURCE = _HERE / "fast_harness.cpp"
+_BARE_SOURCE = _HERE / "fast_bare.cpp"
+
+#: Symbol kinds the harness puts on the design's input (see ``fast_harness.cpp``).
+BYTE, BAD_STOP, BREAK, IDLE, LINE_FAULT = range(5)
+#: C++ optimization of the model and harness (Verilator's own default is -Os).
+_CXX_OPT = "-O2"
+# Verilator's output for the designs here has a few large functions: -O2 compiles them in about
+# a minute on this machine and runs as fast as -O3.
+
+
+@contextlib.contextmanager
+def _locked(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _verilog_text(top, name):
+    if isinstance(top, (str, Path)):
+        return Path(top).read_text()
+    return verilog.convert(top, name=name)
+
+
+def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, progress=None):
+    """Compile ``top`` with the harness into an executable; return its path (cached).
+
+    Parameters
+    ----------
+    top : amaranth.lib.wiring.Component or path
+        The `Controller` (``rx``/``tx`` byte streams, ``line_fault``), or with
+        ``uart_divisor`` the `VirtualBoard` (``uart_rx``/``uart_tx`` pins); or a Verilog file
+        holding such a module (a synthesized netlist, say).
+    name : str
+        Its Verilog module name.
+    uart_divisor : int or None
+        Clock cycles a bit on the UART pins; ``None`` for a byte-stream top.
+    waves : bool
+        Build with FST waveform recording (slower; off until the host asks for it).
+    progress : callable or None
+        Called with a line of text when a build starts.
+
+    Raises
+    ------
+    SimulationError
+        When Verilator is missing or the build fails (the log's tail is in the message).
+    """
+    find_verilator()
+    text = _verilog_text(top, name)
+    defines = [f"-DDIVISOR={int(uart_divisor)}", "-DHARNESS_UART"] if uart_divisor else []
+    if waves:
+        defines.append("-DHARNESS_TRACE")
+    flags = [*VERILATOR_ARGS, "--prefix", "Vtop", "--top-module", name]
+    if waves:
+        flags.append("--trace-fst")
+    harness_text = source.read_text()
+    digest = hashlib.sha256(json.dumps([text, harness_text, defines, flags, _CXX_OPT])
+                            .encode()).hexdigest()[:16]
+    build_dir = build_root() / f"fast-{name}-{digest}"
+    exe = build_dir / "harness"
+    with _locked(build_dir.with_name(build_dir.name + ".lock")):
+        if exe.is_file():
+            return exe
+        if build_dir.exists():
+            shutil.rmtree(build_dir)
+        build_dir.mkdir(parents=True)
+        (build_dir / f"{name}.v").write_text(text)
+        shutil.copy(source, build_dir / source.name)
+        if progress is not None:
+            progress(f"building the {name} simulator with Verilator (once per design, "
+                     "about a minute)")
+        cmd = ["verilator", "--cc", "--exe", "--build", "-j", "2", *flags,
+               "-CFLAGS", " ".join([_CXX_OPT, *defines]), "-Mdir", "obj", "-o", "../harness",
+               f"{name}.v", source.name]
+        log = build_dir / "build.log"
+        with open(log, "w") as f:
+            done = subprocess.run(cmd, cwd=build_dir, stdout=f, stderr=subprocess.STDOUT)
+        if done.returncode != 0 or not exe.is_file():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+            raise SimulationError(
+                f"Building the fast simulator of {name!r} failed (exit {done.returncode}); "
+                f"the build log {log} ends with:\n{tail}")
+        shutil.rmtree(build_dir / "obj", ignore_errors=True)    # 100s of MB of objects
+    return exe
+
+
+class Harness:
+    """A running harness: the design, clocked in C++, at the end of a pipe.
+
+    Parameters
+    ----------
+    exe : path
+        From `build_harness`.
+    waves : path or None
+        Where the FST file goes (a harness built with ``waves``); recording starts with
+        `trace`.
+    timeout : float
+        Wall-clock seconds one command may take before the harness is taken to have hung.
+
+    Members
+    -------
+    cycles : int
+        Cycles simulated so far (`info`).
+    """
+
+    def __init__(self, exe, *, waves=None, timeout=600):
+        self.timeout = timeout
+        self.log = Path(exe).with_name(f"run-{os.getpid()}.log")
+        args = [str(exe)] + ([str(waves)] if waves else [])
+        self._err = open(self.log, "wb")            # noqa: SIM115 (closed by close())
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._err)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.write(b"X")
+                self.proc.stdin.flush()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._err.close()
+        if self.proc.returncode == 0:
+            self.log.unlink(missing_ok=True)
+
+    def _write(self, data):
+        try:
+            self.proc.stdin.write(data)
+        except OSError:
+            self._died()
+
+    def _read(self, n):
+        out = bytearray()
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + self.timeout
+        while len(out) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                self.proc.kill()
+                raise SimulationError(
+                    f"The fast simulator did not answer within {self.timeout} s; killed it")
+            chunk = os.read(fd, n - len(out))
+            if not chunk:
+                self._died()
+            out += chunk
+        return bytes(out)
+
+    def _died(self):
+        self.proc.wait()
+        self._err.flush()
+        tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+        raise SimulationError(
+            f"The fast simulator exited (status {self.proc.returncode}); its log {self.log} "
+            f"ends with:\n{tail}")
+
+    def _ask(self, data, n):
+        self._write(data)
+        with contextlib.suppress(OSError):
+            self.proc.stdin.flush()
+        return self._read(n)
+
+    def queue(self, symbols):
+        """Queue ``(kind, value)`` symbols for the design's input (sent as it clocks)."""
+        symbols = list(symbols)
+        self._write(b"S" + struct.pack("<I", len(symbols))
+                    + b"".join(struct.pack("<BI", k, v) for k, v in symbols))
+
+    def recv(self, count, budget):
+        """Clock until ``count`` bytes came out or ``budget`` cycles passed; return them."""
+        head = self._ask(b"R" + struct.pack("<IQ", count, budget), 5)
+        _, n = struct.unpack("<BI", head)
+        return self._read(n)
+
+    def quiet(self, cycles, budget):
+        """Clock until the input is sent and nothing came out for ``cycles``; return how many
+        bytes were dropped."""
+        status, dropped = struct.unpack("<BI", self._ask(
+            b"Q" + struct.pack("<QQ", cycles, budget), 5))
+        if status:
+            raise SimulationError(f"The design kept sending for {budget} cycles")
+        return dropped
+
+    def clock(self, cycles):
+        """Clock ``cycles`` cycles."""
+        self._ask(b"C" + struct.pack("<Q", cycles), 1)
+
+    def trace(self, on):
+        """Start or stop recording waveforms (a harness built with ``waves``)."""
+        if self._ask(b"T" + struct.pack("<B", bool(on)), 1)[0]:
+            raise SimulationError("This fast simulator was built without waveforms")
+
+    def info(self):
+        """``(cycles, seconds)``: cycles simulated so far, and the time spent clocking them."""
+        cycles, ns = struct.unpack("<QQ", self._ask(b"I", 16))
+        return cycles, ns / 1e9
+
+
+class HarnessLink(Link):
+    """A `systolic.sw.driver.Link` to a `Harness`: the controller's byte streams, or with
+    ``divisor`` the virtual board's UART pins, 8N1, as a USB serial adapter drives them.
+
+    Parameters
+    ----------
+    harness : Harness
+    divisor : int or None
+        Clock cycles a bit of the UART; ``None`` for a byte-stream top.
+    budget : int
+        Cycles a reply may take to come (a RUN's reply comes when the program has run):
+        a reply that has not come by then is lost (`protocol.LinkError`).
+    faults : list of dict
+        On the UART pins: damage the ``nth`` (from 0) request frame of type ``request``
+        (``"WRITE"``, ``"RUN"``, ...): ``"break"`` (the line held low in the middle of it),
+        ``"framing"`` (a character with a low stop bit), ``"flip"`` (a bit of it inverted) or
+        ``"reply"`` (a bit of its reply inverted). The driver must recover from each.
+
+    Members
+    -------
+    injected : int
+        Faults injected so far.
+    """
+
+    def __init__(self, harness, *, divisor=None, budget=50_000_000, faults=()):
+        self.harness = harness
+        self.divisor = divisor
+        self.budget = budget
+        self.faults = {(Request[f["request"]].value, f["nth"]): f["kind"] for f in faults}
+        if self.faults and divisor is None:
+            raise SimulationError("Faults are injected on a UART's pins: give a divisor")
+        self.sent = {}
+        self.injected = 0
+        self._damage_reply = False
+
+    async def send(self, data):
+        data = bytes(data)
+        key = (data[1], self.sent.get(data[1], 0)) if len(data) > 1 else None
+        if key is not None:
+            self.sent[data[1]] = key[1] + 1
+        kind = self.faults.pop(key, None)
+        if kind is None:
+            self.harness.queue((BYTE, b) for b in data)
+            return
+        self.injected += 1
+        if kind == "reply":
+            self._damage_reply = True
+            self.harness.queue((BYTE, b) for b in data)
+        else:
+            self.harness.queue(damaged(data, kind, at=min(5, len(data) - 1)))
+
+    async def recv(self, count):
+        data = self.harness.recv(count, self.budget)
+        if len(data) < count:
+            raise protocol.LinkError(
+                f"The reply stopped after {len(data)} of {count} bytes ({self.budget} cycles "
+                "without it)")
+        if self._damage_reply:
+            # The reply's type byte: the frame check fails, the length still holds.
+            self._damage_reply = False
+            data = data[:1] + bytes([data[1] ^ 0x01]) + data[2:]
+        return data
+
+    async def resync(self):
+        bit = self.divisor or 1
+        self.harness.quiet(RESYNC_QUIET_BITS * bit, self.budget)
+
+
+def damaged(data, kind, at):
+    """The symbols of ``data`` with the damage ``kind`` at byte ``at`` (as
+    `systolic.sim.serial.SerialHost.send_damaged` does on a cocotb line)."""
+    head = [(BYTE, b) for b in data[:at]]
+    if kind == "break":
+        return [*head, (BREAK, 30), (IDLE, 2), *((BYTE, b) for b in data[at:])]
+    if kind == "framing":
+        return [*head, (BAD_STOP, data[at]), (IDLE, 1), *((BYTE, b) for b in data[at + 1:])]
+    if kind == "flip":
+        return [*head, (BYTE, data[at] ^ 0x10), *((BYTE, b) for b in data[at + 1:])]
+    raise ValueError(f"Damage must be break, framing or flip, not {kind!r}")
+
+
+def bare_loop_rate(top, *, name, cycles=2_000_000):
+    """Cycles a second of a bare Verilator loop clocking ``top`` (inputs idle, no harness):
+    the ceiling the harness is measured against. Built with the same flags."""
+    exe = build_harness(top, name=name, source=_BARE_SOURCE)
+    out = subprocess.run([str(exe), str(cycles)], capture_output=True, text=True, check=True)
+    done, seconds = out.stdout.split()
+    return int(done) / float(seconds)
