@@ -8,12 +8,15 @@ The vectors come from the JSON file named by ``$SYSTOLIC_VECTORS`` (written by
      "cases": [{"name": str,
                 "loads": [[mem, addr, data], ...],     # memory writes (Mem value, int, int)
                 "cmds": [int, ...],                    # packed layer descriptors, in order
+                "predicted_cycles": [int, ...],        # optional: sw.perfmodel, per layer
                 "read_base": int, "expected": [int, ...],   # activation words to read back
                 "source": str, "sink": str, "seed": int,    # Backpressure patterns
                 "reset_after": int or null}, ...]}     # cycles into the first layer
 
-With ``$SYSTOLIC_RESULTS`` set, the cycles of every layer (the core's ``cycles`` counter) of
-every passing case are written there as JSON.
+Every layer of a case with ``predicted_cycles`` must take exactly that many cycles (the core's
+``cycles`` counter); the test fails after the last case, listing every layer that did not. With
+``$SYSTOLIC_RESULTS`` set, the cycles of every layer of every passing case (and the predicted
+ones) are written there as JSON.
 
 A case with ``reset_after`` asserts reset that many cycles into its first layer and checks the
 core is idle and ready afterwards; the next case must then pass exactly. Memories keep their
@@ -82,6 +85,15 @@ class CoreTestbench:
         return await receiving
 
 
+def check_cycles(case, measured):
+    """The layers of ``case`` whose cycles differ from the prediction, as messages."""
+    predicted = case.get("predicted_cycles")
+    if predicted is None:
+        return []
+    return [f"{case['name']} layer {i}: {m} cycles, predicted {p}"
+            for i, (m, p) in enumerate(zip(measured, predicted, strict=True)) if m != p]
+
+
 def check(case, got):
     """Compare every word (all lanes at once: the words are the packed int8 lanes)."""
     want = case["expected"]
@@ -99,7 +111,7 @@ async def core_layers(dut):
         vectors = json.load(f)
     tb = CoreTestbench(dut, vectors["load_addr_bits"])
     await reset(dut, tb.clk)
-    report = []
+    report, wrong_cycles = [], []
     for case in vectors["cases"]:
         t0 = get_sim_time("ns")
         budget = 50 * (len(case["loads"]) + len(case["expected"])) + case.get("budget", 200_000)
@@ -109,8 +121,14 @@ async def core_layers(dut):
                       tb.layer_cycles[-len(case["cmds"]):])
         if got is not None:
             check(case, [int(w) for w in got])
-            report.append({"name": case["name"],
-                           "layer_cycles": tb.layer_cycles[-len(case["cmds"]):]})
+            measured = tb.layer_cycles[-len(case["cmds"]):]
+            wrong_cycles += check_cycles(case, measured)
+            report.append({"name": case["name"], "layer_cycles": measured,
+                           "predicted_cycles": case.get("predicted_cycles")})
     if "SYSTOLIC_RESULTS" in os.environ:
         with open(os.environ["SYSTOLIC_RESULTS"], "w") as f:
             json.dump(report, f)
+    if wrong_cycles:
+        raise AssertionError(
+            f"{len(wrong_cycles)} layers took other cycles than sw.perfmodel predicts: "
+            + "; ".join(wrong_cycles[:12]))

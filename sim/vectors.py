@@ -1,13 +1,15 @@
 """Test vectors for the core: layer sequences and their golden results, for cocotb and benches.
 
-The case format is the one `sim/test_core.py` reads.
+The case format is the one `sim/test_core.py` reads. Each case carries the cycles
+`systolic.sw.perfmodel` predicts for each of its layers; `sim/test_core.py` holds the core's
+``cycles`` counter to them, exactly.
 """
 
 import numpy as np
 
 from ..hw import layout
 from ..hw.isa import Mem, describe_conv, describe_pool, load_layout, pack_descriptor, pack_params
-from ..sw import arith
+from ..sw import arith, perfmodel
 
 __all__ = ["case_from_layers", "conv_params", "vector_file"]
 
@@ -32,11 +34,12 @@ def case_from_layers(cfg, name, x, layers, pauses=("none", "none"), seed=0, rese
     """A `sim/test_core.py` case running ``layers`` on ``x`` (activations ping-pong in memory).
 
     ``layers`` are dicts: ``{"kind": "conv", "params": (w, b, M, s), "stride", "pad", "relu"}``
-    or ``{"kind": "max" | "avg", "k", "stride"}``. The expected words come from the golden model.
+    or ``{"kind": "max" | "avg", "k", "stride"}``. The expected words come from the golden model,
+    the expected cycles of each layer (``predicted_cycles``) from the performance model.
     """
     act = layout.pack_activations(cfg, x)
     loads = [(Mem.ACT.value, a, v) for a, v in enumerate(act)]
-    weights, params, cmds = [], [], []
+    weights, params, cmds, predicted = [], [], [], []
     bases = (0, cfg.act_depth // 2)
     y = x
     for i, lay in enumerate(layers):
@@ -58,10 +61,11 @@ def case_from_layers(cfg, name, x, layers, pauses=("none", "none"), seed=0, rese
                               avg=avg, in_base=src, out_base=dst)
             y = (arith.avgpool2d if avg else arith.maxpool2d)(y, lay["k"], lay["stride"])
         cmds.append(pack_descriptor(cfg, d))
+        predicted.append(perfmodel.predict_cycles(cfg, d))
     loads += [(Mem.WEIGHT.value, a, v) for a, v in enumerate(weights)]
     loads += [(Mem.PARAM.value, a, v) for a, v in enumerate(params)]
     return {
-        "name": name, "loads": loads, "cmds": cmds,
+        "name": name, "loads": loads, "cmds": cmds, "predicted_cycles": predicted,
         "read_base": bases[len(layers) % 2], "expected": layout.pack_activations(cfg, y),
         "source": pauses[0], "sink": pauses[1], "seed": seed, "reset_after": reset_after,
     }

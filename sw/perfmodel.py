@@ -17,25 +17,43 @@ rq_lanes`` cycles in the requantizer) and a few cycles of hand-over between the 
     conv cycles = cout_tiles * (feed + rows + rows * G + cols + LATENCY + CONV_TILE)
                   + CONV_LAYER
 
-The pooling engine streams the input map through at one word a cycle::
+The pooling engine (``hw/pool.py``) streams the input map through at one word a cycle, then
+drains its pipeline: three units of two stages each (the row window, the column window and the
+finishing stage; ``PoolEngine.LATENCY`` in all). Each unit is busy until two cycles after the
+last word it takes, and the column window takes only the words that end a row window, the
+finishing stage only those that end a window both ways. Floor mode drops the rows and columns
+past the last window (``h_used = (out_h - 1) * stride + kh`` rows and ``w_used`` columns are
+covered), so the last word a later unit takes may come before the last input word, and the
+pipeline drains that much sooner::
 
-    pool cycles = in_h * in_w * cin_words + POOL_LAYER
+    after_h  = cin_words * (in_w - w_used)                            after the last row window
+    after_hv = cin_words * ((in_h - h_used) * in_w + in_w - w_used)   after the last window
+    tail = max(2, 4 - after_h, 6 - after_hv)
+    pool cycles = in_h * in_w * cin_words + tail + POOL_LAYER
 
 ``CONV_TILE``, ``CONV_LAYER`` and ``POOL_LAYER`` are the only fitted constants, measured on
 the RTL (``cycles`` counter) of lenet-digits and lenet5 layers on 2x4, 8x8 and 12x12 arrays
 (the coefficients of ``rows`` and ``cols`` were fitted too and match the structure above); the
-model is exact on every layer measured (``tests/test_network_rtl.py`` checks it).
+model is exact on every layer measured: ``tests/test_perf_rtl.py`` checks every layer kind and
+every pooling shape on the core's Verilog, ``tests/test_network_rtl.py`` whole networks.
 """
 
+import itertools
+
 from ..hw.isa import Op
+from ..hw.pool import PoolEngine
 from ..hw.requant import Requantizer
 
-__all__ = ["CONV_LAYER", "CONV_TILE", "POOL_LAYER", "layer_macs", "predict_cycles",
-           "utilization"]
+__all__ = ["CONV_LAYER", "CONV_TILE", "POOL_LAYER", "POOL_STAGES", "layer_macs", "pool_tail",
+           "pool_words", "predict_cycles", "utilization"]
 
 CONV_TILE = 12      #: fitted: per channel tile, beyond the structural overhead
 CONV_LAYER = 0      #: fitted: per convolution layer
-POOL_LAYER = 8      #: fitted: per pooling layer
+POOL_LAYER = 2      #: fitted: per pooling layer, beyond the pipeline's tail
+
+#: Stages of the pooling engine's units, in pipeline order: row window, column window, finish.
+POOL_STAGES = (2, 2, 2)
+assert sum(POOL_STAGES) == PoolEngine.LATENCY, "update POOL_STAGES from hw/pool.py"
 
 
 def predict_cycles(cfg, fields):
@@ -57,7 +75,30 @@ def predict_cycles(cfg, fields):
         feed = pixel_tiles * fields["kh"] * fields["kw"] * fields["cin_words"] * C
         per_tile = feed + R + R * G + C + Requantizer.LATENCY + CONV_TILE
         return fields["cout_tiles"] * per_tile + CONV_LAYER
-    return fields["in_h"] * fields["in_w"] * fields["cin_words"] + POOL_LAYER
+    return pool_words(fields) + pool_tail(fields) + POOL_LAYER
+
+
+def pool_words(fields):
+    """Input words of a pooling layer: the engine takes one a cycle."""
+    return fields["in_h"] * fields["in_w"] * fields["cin_words"]
+
+
+def pool_tail(fields):
+    """Cycles the pooling engine stays busy after taking the last input word of a layer.
+
+    Each unit of the pipeline is busy until its stages have passed on the last word it takes;
+    a unit that takes its last word ``after`` words before the end of the input drains that
+    many cycles sooner.
+    """
+    k, stride, cw = fields["kh"], fields["stride"], fields["cin_words"]
+    in_h, in_w = fields["in_h"], fields["in_w"]
+    w_left = in_w - ((fields["out_w"] - 1) * stride + k)    # columns past the last window
+    h_left = in_h - ((fields["out_h"] - 1) * stride + k)    # rows past the last window
+    after = (0,                                 # the row window takes every word
+             cw * w_left,                       # the column window: ends of row windows
+             cw * (h_left * in_w + w_left))     # the finish: ends of whole windows
+    depth = itertools.accumulate(POOL_STAGES)
+    return max(d - a for d, a in zip(depth, after, strict=True))
 
 
 def layer_macs(fields, cin, cout):
