@@ -1,6 +1,9 @@
 """The RTL harness's own behaviour: simulator selection and its error messages."""
 
 import json
+import os
+import re
+from pathlib import Path
 
 import pytest
 from systolic.hw.config import AcceleratorConfig
@@ -71,16 +74,38 @@ def test_missing_icarus_names_the_fix(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_passing_run_returns_results(tmp_path):
     results = run_pool(tmp_path, [one_case()])
-    assert results.name == "results.xml"
+    assert results.name == f"results-run-{os.getpid()}.xml"
     assert results.is_file()
+    # The run directory is gone; the results are kept beside the build.
+    assert not (results.parent / f"run-{os.getpid()}").exists()
 
 
 @pytest.mark.slow
 def test_failing_cocotb_test_raises(tmp_path):
     with pytest.raises(SimulationError,
-                       match=r"(?s)^1 of 1 cocotb tests failed on icarus \(.*\):\n  pool_layers: "
-                             r".*tiny: 1 of 4 values differ: word 0 lane 0: 9 != 10"):
+                       match=r"(?s)^1 of 1 cocotb tests failed on icarus \((.*)/results\.xml\):"
+                             r"\n  pool_layers: .*tiny: 1 of 4 values differ: word 0 lane 0: "
+                             r"9 != 10") as e:
         run_pool(tmp_path, [one_case(expected_delta=1)])
+    # A failing run keeps its directory, named in the message, for the user to look at.
+    run_dir = e.value.args[0].split("(", 1)[1].split(")", 1)[0].rsplit("/", 1)[0]
+    assert run_dir.endswith(f"/run-{os.getpid()}")
+    assert (Path(run_dir) / "results.xml").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sim", selected_simulators())
+def test_waves_are_kept(tmp_path, sim, capfd):
+    """A passing run with waveforms keeps them in the build directory and says where."""
+    results = run_pool(tmp_path, [one_case()], sim=sim, waves=True)
+    assert not (results.parent / f"run-{os.getpid()}").exists()
+    err = capfd.readouterr().err
+    match = re.search(r"systolic: waveforms of 'pool_engine' on \w+: (\S+)$", err, re.M)
+    assert match, err
+    waves = Path(match[1])
+    assert waves.parent == results.parent
+    assert waves.is_file()
+    assert waves.stat().st_size > 0
 
 
 def test_unknown_test_module(tmp_path):

@@ -1,0 +1,56 @@
+"""The boards' designs as built: each board's controller, synthesized by Yosys as the board build
+synthesizes it (ECP5: MULT18X18D and DP16KD; iCE40: SB_MAC16, SB_RAM40_4K and SB_SPRAM256KA),
+simulated cell by cell on the cell models, runs a whole network through the host driver and
+gives the golden model's logits exactly, every one."""
+
+import re
+
+import numpy as np
+import pytest
+from net_common import random_images, random_qnet
+from systolic.hw.config import preset
+from systolic.hw.netlist import NetlistError, board_controller, board_netlist, simulate_netlist
+from systolic.sim.runner import selected_simulators
+from systolic.sw import golden
+
+# Per board: the simulator and images CI runs (the fastest that checks the netlist: see
+# bench/netlist.py for both simulators' times, and for more images).
+CASES = {"icebreaker": 2, "ulx3s-85f": 2}
+
+
+def _sim():
+    sims = selected_simulators()
+    return "verilator" if "verilator" in sims else sims[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("board", list(CASES))
+def test_netlist_lenet_digits(board):
+    netlist = board_netlist(board)
+    kinds = {"ecp5": ("MULT18X18D", "DP16KD"),
+             "ice40": ("SB_MAC16", "SB_RAM40_4K", "SB_SPRAM256KA")}[netlist.family]
+    for kind in kinds:                  # the board's primitives are what is simulated
+        assert netlist.cells.get(kind, 0) > 0, (kind, netlist.cells)
+    qnet = random_qnet("lenet-digits")
+    images = random_images(qnet, CASES[board])
+    results = simulate_netlist(netlist, qnet, images, sim=_sim())
+    logits = np.array([r["logits"] for r in results["images"]], np.int8)
+    np.testing.assert_array_equal(logits, golden.run(qnet, images).logits)
+
+
+def test_board_controller_is_the_boards():
+    _, cfg = board_controller("icebreaker")
+    assert cfg == preset("small").replace(target="ice40")
+    _, cfg = board_controller("ulx3s-85f")
+    assert cfg == preset("default").replace(target="ecp5")
+
+
+def test_board_controller_rejects_another_family():
+    with pytest.raises(NetlistError, match=r"^Configuration target for icebreaker must be "
+                                           r"'ice40', not 'ecp5'$"):
+        board_controller("icebreaker", preset("small").replace(target="ecp5"))
+
+
+def test_unknown_board():
+    with pytest.raises(NetlistError, match=re.escape("Unknown board 'de0'; known boards: ")):
+        board_netlist("de0")
