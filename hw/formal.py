@@ -113,8 +113,12 @@ class FormalTop(wiring.Component):
         fragment = Fragment.get(self.dut, platform)
         m.submodules.dut = fragment
         wiring.connect(m, wiring.flipped(self), self.dut)
-        for rule in self.rules:
-            rule(m, self.dut, fragment)
+        try:
+            for rule in self.rules:
+                rule(m, self.dut, fragment)
+        except Exception:
+            m._MustUse__silence = True       # no "created but never used" on top of the error
+            raise
         return m
 
 

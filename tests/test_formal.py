@@ -92,12 +92,13 @@ class _DropsValid(wiring.Component):
 
 
 class _ChangesPayload(wiring.Component):
-    """A broken source: ``valid`` is held, but ``payload`` counts on while not ready."""
+    """A broken source: ``valid`` rises after reset and is held, but ``payload`` counts on
+    while not ready."""
     o_stream: Out(stream.Signature(8))
 
     def elaborate(self, platform):
         m = Module()
-        m.d.comb += self.o_stream.valid.eq(1)
+        m.d.sync += self.o_stream.valid.eq(1)
         m.d.sync += self.o_stream.payload.eq(self.o_stream.payload + 1)
         return m
 
