@@ -2,22 +2,67 @@
 
 The cocotb side (``sim/test_uart.py``) sends every byte value both ways, with the host's
 clock 1.5 % off, full duplex, glitches, framing errors, breaks (between characters and inside
-one) and an overrun, checking the bytes exactly and each reported condition.
+one) and an overrun, checking the bytes exactly and each reported condition. It runs at every
+divisor a board build uses: each board's default clock and baud rate (``hw/boards.py``) and
+every ``systolic build`` the README and ``systolic build --help`` show, as `BoardTop` makes
+them (the PLL's clock over the baud rate); and at an even divisor none of them uses.
 """
 
+import contextlib
+import io
 import json
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
+from systolic.hw.boards import BOARDS, BoardTop
 from systolic.hw.config import ConfigError
 from systolic.hw.uart import UARTBridge, UARTRx, UARTTx, divisor
 from systolic.sim.runner import parametrize_simulators, run_cocotb
+from systolic.sw import cli
 
-DIVISOR = 8
+DIVISOR = 8             # even, unlike every board's: the receiver's mid-bit sample differs
 FIFO_DEPTH = 8
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def documented_builds():
+    """``systolic build`` command lines the README and ``systolic build --help`` show."""
+    help_text = io.StringIO()
+    with contextlib.redirect_stdout(help_text), contextlib.suppress(SystemExit):
+        cli.main(["build", "--help"])
+    lines = re.findall(r"^\s*(systolic build --board .*)$",
+                       README.read_text() + "\n" + help_text.getvalue(), re.MULTILINE)
+    return [shlex.split(line, comments=True)[1:] for line in lines]
+
+
+def board_divisors():
+    """``{divisor: [build, ...]}`` of every board build: the defaults and the documented ones
+    (a build named ``board-<MHz>MHz-<baud>Bd``)."""
+    parser = cli.build_parser()
+    builds = [(name, None, None) for name in BOARDS]
+    for argv in documented_builds():
+        args = parser.parse_args(argv)
+        builds.append((args.board, args.clock, args.baud))
+    divisors = {}
+    for name, clock, baud in builds:
+        top = BoardTop(name, clock_mhz=clock, baud=baud)
+        # Only its divisor is read; never elaborated, so never "unused" (as hw/netlist.py does).
+        for part in (top, top.bridge, top.controller):
+            part._MustUse__silence = True
+        label = f"{name}-{top.clock_hz / 1e6:g}MHz-{top.baud}Bd"
+        labels = divisors.setdefault(top.bridge.divisor, [])
+        if label not in labels:
+            labels.append(label)
+    return divisors
+
+
+BOARD_DIVISORS = board_divisors()
 
 
 @pytest.mark.parametrize(("clk", "baud", "want"), [
@@ -99,8 +144,19 @@ def test_loopback_amaranth_sim():
     assert got == data
 
 
+def test_board_divisors_found():
+    """Every board's default and the documented ULX3S options are among the divisors run."""
+    builds = {b for labels in BOARD_DIVISORS.values() for b in labels}
+    for board in BOARDS.values():
+        assert f"{board.name}-{board.clock_mhz:g}MHz-{board.baud}Bd" in builds, builds
+    assert "ulx3s-85f-45MHz-3000000Bd" in builds, builds
+    assert {25, 15, 9} <= set(BOARD_DIVISORS), BOARD_DIVISORS
+    assert DIVISOR not in BOARD_DIVISORS
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("divisor", [DIVISOR, 9], ids=["even", "odd"])   # 9: the iCEBreaker's
+@pytest.mark.parametrize("divisor", sorted({DIVISOR, *BOARD_DIVISORS}),
+                         ids=lambda d: "+".join([str(d), *BOARD_DIVISORS.get(d, ["even"])]))
 @parametrize_simulators
 def test_uart_rtl(sim, divisor):
     params = {"divisor": divisor, "fifo_depth": FIFO_DEPTH}
