@@ -13,6 +13,8 @@ The properties (each is a function ``rule(m, dut, fragment)`` given to `FormalTo
   in the cycle after a reset. Asserted of output streams, assumed of input streams.
 * `accept_when_idle`: a command stream takes a command only while ``busy`` is low, and
   ``busy`` is high in the cycle after it took one.
+* `command_held` (an assumption): the sender holds the command's payload while ``busy``, as
+  the engines that keep no copy of their descriptor require.
 * `pipeline_rules`: a valid-only pipeline (no ``ready``) delivers each input ``valid`` and tag
   exactly ``latency`` cycles later, and nothing else.
 * `rejected_frames_write_nothing`: the controller's promise (``docs/protocol.md``) that a
@@ -53,6 +55,7 @@ __all__ = [
     "FormalTop",
     "accept_when_idle",
     "check",
+    "command_held",
     "pipeline_rules",
     "rejected_frames_write_nothing",
     "stream_rules",
