@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ..sw import arith
 from ..sw.errors import SystolicError
 
-__all__ = ["PRESETS", "TARGETS", "AcceleratorConfig", "ConfigError", "preset"]
+__all__ = ["PRESETS", "TARGETS", "AcceleratorConfig", "ConfigError", "preset", "preset_help"]
 
 TARGETS = ("generic", "ecp5", "ice40")
 
@@ -204,6 +204,11 @@ PRESETS = {
     "big": AcceleratorConfig(rows=12, cols=12, act_depth=8192, weight_depth=16384,
                              param_depth=128),
 }
+
+
+def preset_help():
+    """The presets for a ``--help``: ``"default (8x8), small (1x4), big (12x12)"``."""
+    return ", ".join(f"{name} ({c.rows}x{c.cols})" for name, c in PRESETS.items())
 
 
 def preset(name):

@@ -17,7 +17,7 @@ from .errors import SystolicError
 __all__ = ["add_parser", "run_demo"]
 
 
-def run_demo(out_dir, *, preset_name="default", images=40, sim="verilator", epochs=None,
+def run_demo(out_dir, *, preset_name="default", images=40, sim="fast", epochs=None,
              seed=0, log=print):
     """Run the demo, writing into ``out_dir``; returns the report as a dict.
 
@@ -67,7 +67,7 @@ def run_demo(out_dir, *, preset_name="default", images=40, sim="verilator", epoc
     log(f"[4/5] simulating {n} test images on {sim} (the first run builds the simulator, "
         "about a minute)")
     report = simulate.simulate(qnet, split.test.q[:n], cfg, labels=split.test.labels[:n],
-                               sim=sim)
+                               sim=sim, progress=simulate.progress_bar(n, log=log))
     float_pred = train.logits(model, split.test.x[:n]).argmax(dim=1).numpy()
     float_acc = float(np.mean(float_pred == split.test.labels[:n]))
 
@@ -97,6 +97,9 @@ def _run(args):
 
 def add_parser(subparsers):
     """Register ``systolic demo``."""
+    from ..hw.config import preset_help
+    from .simulate import SIMULATORS
+
     p = subparsers.add_parser(
         "demo", help="train, quantize, compile and simulate lenet-digits end to end",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -111,11 +114,11 @@ def add_parser(subparsers):
     p.add_argument("-o", "--output", default="systolic-demo", metavar="DIR",
                    help="directory for the Verilog, model and reports (default: "
                         "./systolic-demo)")
-    p.add_argument("--preset", default="default",
-                   help="accelerator preset: default (8x8), small (2x4), big (12x12)")
+    p.add_argument("--preset", default="default", metavar="P",
+                   help=f"accelerator preset: {preset_help()} (default: default)")
     p.add_argument("--images", type=int, default=40, metavar="N",
                    help="test images to simulate (default: 40)")
-    p.add_argument("--sim", choices=("verilator", "icarus"), default="verilator",
-                   help="simulator (default: verilator)")
+    p.add_argument("--sim", choices=SIMULATORS, default="fast",
+                   help="simulator: " + "; ".join(f"{k}: {v}" for k, v in SIMULATORS.items()))
     p.add_argument("--epochs", type=int, help="training epochs (default: the train defaults)")
     p.set_defaults(func=_run)

@@ -204,7 +204,7 @@ def _configuration(board, bitstream):
     return *built, f"as {bitstream} was built"
 
 
-def deploy_sim(qnet, images, labels, board, *, sim="verilator", faults=0, bitstream=None):
+def deploy_sim(qnet, images, labels, board, *, sim="fast", faults=0, bitstream=None):
     """Run ``images`` on the virtual board, ``faults`` frames damaged on the wire (see
     `fault_plan`), in the configuration ``bitstream`` was built with (else the board's);
     returns the summary dict."""
@@ -217,8 +217,10 @@ def deploy_sim(qnet, images, labels, board, *, sim="verilator", faults=0, bitstr
     with simulate._stdout_to_stderr():          # the simulator's chatter is not the report
         report = simulate.simulate(qnet, images, cfg, labels=labels, sim=sim,
                                    uart=(SIM_CLOCK_HZ, SIM_BAUD), faults=fault_plan(faults),
-                                   layer_cycles=False)     # as deploy_board
-    seconds = time.monotonic() - start
+                                   layer_cycles=False,     # as deploy_board
+                                   progress=simulate.progress_bar(len(images)))
+    # The simulation's pace, its build excluded.
+    seconds = report.speed.get("run_seconds", time.monotonic() - start)
     d = report.as_dict()
     return _summary(qnet, images, labels, report.logits, seconds, {
         "board": f"{board.name} (virtual, {sim})", "cycles_per_image": d["cycles_per_image"],
@@ -389,8 +391,11 @@ def add_parser(subparsers):
     p.add_argument("--no-program", action="store_true",
                    help="the board is already programmed: only talk to it")
     p.add_argument("--sim", action="store_true", help="the virtual board, in RTL simulation")
-    p.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
-                   help="simulator for --sim (default verilator)")
+    from .simulate import SIMULATORS
+
+    p.add_argument("--simulator", choices=SIMULATORS, default="fast",
+                   help="simulator for --sim: " + "; ".join(f"{k}: {v}"
+                                                             for k, v in SIMULATORS.items()))
     p.add_argument("--inject-faults", type=int, default=0, metavar="N",
                    help="with --sim: damage N frames on the wire (breaks, framing errors, "
                         "flipped bits, both ways) to watch the driver recover")

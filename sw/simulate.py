@@ -1,9 +1,14 @@
 """``systolic simulate``: run a compiled network on the core's RTL and check it against the
 golden model, logit by logit, with per-layer cycles against the performance model.
 
-The simulation runs the host driver (`systolic.sw.driver.Driver`) inside a cocotb testbench
-(``sim/test_network.py``) on Verilator or Icarus; `simulate` writes the job, runs it and
-compares.
+The simulation runs the host driver (`systolic.sw.driver.Driver`) against the controller's
+Verilog in one of two ways (`SIMULATORS`):
+
+- ``fast`` (the default): Verilator with a C++ harness that clocks the design and wakes Python
+  only when a reply frame is complete (`systolic.sim.fast`); the images are shared among
+  ``jobs`` simulator processes, one per core.
+- ``verilator`` or ``icarus``: a cocotb testbench (``sim/test_network.py``), Python on every
+  clock edge: a hundred times slower, kept as the reference route the unit tests share.
 """
 
 import argparse
@@ -23,8 +28,16 @@ from .compiler import compile_network
 from .errors import SystolicError
 
 __all__ = [
-    "SimulationReport", "add_parser", "dataset_images", "format_report", "run_rtl", "simulate",
+    "SIMULATORS", "SimulationReport", "add_parser", "dataset_images", "format_report",
+    "parse_window", "run_rtl", "simulate",
 ]
+
+#: How a network can be simulated: name -> what it is (the ``--sim`` choices).
+SIMULATORS = {
+    "fast": "Verilator clocked from C++, Python per frame (default)",
+    "verilator": "cocotb on Verilator, Python per clock edge (slow)",
+    "icarus": "cocotb on Icarus Verilog, Python per clock edge (slowest)",
+}
 
 
 @dataclass(eq=False)
@@ -51,6 +64,10 @@ class SimulationReport:
         What the link carried and went through: bytes to load the network (``load_bytes``)
         and per image (``bytes_per_image``, both ways), ``faults`` injected, frames
         ``resent`` and images ``reruns`` by the driver to recover from them.
+    speed : dict
+        The fast simulator's pace: ``sim_cycles`` simulated, ``sim_cycles_per_second``
+        (while clocking), ``jobs``, ``run_seconds`` (wall time, the build excluded);
+        ``waves``, the waveform file, when one was written.
     """
 
     program: object
@@ -62,6 +79,7 @@ class SimulationReport:
     wall_seconds: float
     sim: str
     link: dict = field(default_factory=dict)
+    speed: dict = field(default_factory=dict)
 
     @property
     def mismatches(self):
@@ -99,7 +117,9 @@ class SimulationReport:
             "utilization": perfmodel.utilization(cfg, self.program.macs, cycles),
             "config": {"rows": cfg.rows, "cols": cfg.cols, "pes": cfg.pes},
             "layers": self.layers(), "first_difference": self.first_difference,
-            "wall_seconds": self.wall_seconds, "link": self.link,
+            "wall_seconds": self.wall_seconds,
+            "images_per_second": n / self.speed.get("run_seconds", self.wall_seconds),
+            "link": self.link, **self.speed,
         }
 
 
@@ -117,13 +137,30 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, timeout=None,
-            uart=None, faults=(), layer_cycles=True):
+def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=None,
+            uart=None, faults=(), layer_cycles=True, jobs=None, progress=None,
+            waves_file=None):
     """Run ``qnet`` on int8 ``images`` ``(N, C, H, W)`` in the accelerator's RTL (controller
     and core), driven through the framed host protocol; with ``uart = (clk_hz, baud)``, the
     virtual board (`systolic.hw.virtual.VirtualBoard`), driven bit by bit on its UART pins,
-    where ``faults`` (see ``sim/test_network.py``) damage frames on the wire. Without
+    where ``faults`` (see `systolic.sim.fast.HarnessLink`) damage frames on the wire. Without
     ``layer_cycles`` the driver reads only each image's total cycles, as on a board.
+
+    Parameters
+    ----------
+    sim : str
+        One of `SIMULATORS`.
+    waves : None, True, or (first, stop) image range
+        Record waveforms of those images (``True``: all), as FST with ``fast`` (the file's
+        path is in the result's ``speed``), as the cocotb runner does otherwise.
+    waves_file : path or None
+        ``fast``: the FST file (default: ``systolic-waves.fst`` in the current directory).
+    jobs : int or None
+        ``fast``: simulator processes sharing the images (default: one per core, one with
+        ``faults`` or ``waves``).
+    progress : callable or None
+        ``fast``: called with a line of text when the simulator is built, and with the
+        number of images done (an int) as they finish.
 
     Returns
     -------
@@ -132,7 +169,8 @@ def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, tim
         alone without ``layer_cycles``), ``outputs``
         (with ``trace``: every layer's output, flattened ``(C, H, W)``; else ``None``);
         ``wire_bytes``, the bytes of the frames that loaded the network and that ran the
-        images; ``faults`` injected, frames ``resent`` and images ``reruns`` by the driver.
+        images; ``faults`` injected, frames ``resent`` and images ``reruns`` by the driver;
+        with ``fast``, ``speed`` (see `SimulationReport`).
 
     Raises
     ------
@@ -141,12 +179,131 @@ def run_rtl(qnet, images, cfg, *, sim="verilator", trace=False, waves=False, tim
     systolic.sim.runner.SimulationError
         When the simulator is missing, or the simulation fails or times out.
     """
+    if sim not in SIMULATORS:
+        raise SystolicError(f"Simulator must be one of {', '.join(SIMULATORS)}, not {sim!r}")
+    program = compile_network(qnet, cfg)          # fit errors before building anything
+    images = _check_images(images, program)
+    if sim == "fast":
+        return _run_fast(program, images, trace=trace, waves=waves, uart=uart, faults=faults,
+                         layer_cycles=layer_cycles, jobs=jobs, progress=progress,
+                         timeout=timeout, waves_file=waves_file)
+    return _run_cocotb(qnet, images, cfg, sim=sim, trace=trace, waves=bool(waves),
+                       timeout=timeout, uart=uart, faults=faults, layer_cycles=layer_cycles)
+
+
+def _check_images(images, program):
+    """``images`` as int8 ``(N, C, H, W)``; anything else is a clear error, not a cast."""
+    arr = np.asarray(images)
+    shape = tuple(program.input_shape)
+    if arr.ndim != 1 + len(shape) or arr.shape[1:] != shape or len(arr) < 1:
+        raise SystolicError(f"images must be an array of shape (N, {', '.join(map(str, shape))})"
+                            f" with N >= 1, not {arr.shape}")
+    if arr.dtype != np.int8:
+        if not np.issubdtype(arr.dtype, np.integer) or arr.min() < -128 or arr.max() > 127:
+            raise SystolicError(
+                f"images must be int8 (quantized: `QNet.quantize_input` or a data set's `q`), "
+                f"not {arr.dtype} in [{arr.min()}, {arr.max()}]")
+        arr = arr.astype(np.int8)
+    return arr
+
+
+def _recv_budget(program, divisor):
+    # Cycles a reply may take: the whole program's predicted run with a wide margin, plus the
+    # longest reply on the wire.
+    run = sum(perfmodel.predict_cycles(program.cfg, lay.fields) for lay in program.layers)
+    return 4 * run + 20 * (divisor or 1) * 1100 + 100_000
+
+
+def _run_fast(program, images, *, trace, waves, uart, faults, layer_cycles, jobs, progress,
+              timeout, waves_file):
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..hw.controller import Controller
+    from ..hw.virtual import VirtualBoard
+    from ..sim.fast import Harness, HarnessLink, build_harness
+    from .driver import Driver, FramedTransport
+
+    cfg = program.cfg
+    if uart is None:
+        top, name, divisor = Controller(cfg), "controller", None
+    else:
+        top, name = VirtualBoard(cfg, clk_freq=uart[0], baud=uart[1]), "virtual_board"
+        divisor = top.bridge.divisor
+    window = None
+    if waves:
+        window = (0, len(images)) if waves is True else tuple(waves)
+    if jobs is None:
+        jobs = 1 if (faults or window) else min(len(images), os.cpu_count() or 1, 2)
+    jobs = max(1, min(int(jobs), len(images)))
+    if (faults or window) and jobs > 1:
+        raise SystolicError("faults and waveforms need one simulator process: jobs=1")
+    say = progress if progress is not None else (lambda _: None)
+    exe = build_harness(top, name=name, uart_divisor=divisor, waves=window is not None,
+                        progress=lambda line: say(line))
+    budget = _recv_budget(program, divisor)
+    started = time.monotonic()
+    fst = Path(waves_file or "systolic-waves.fst").resolve()
+    lock = threading.Lock()
+    done = [0]
+
+    def worker(part):
+        first, chunk = part
+        with Harness(exe, waves=fst if window else None,
+                     timeout=timeout or 600) as harness:
+            link = HarnessLink(harness, divisor=divisor, budget=budget,
+                               faults=faults if first == 0 else ())
+            transport = FramedTransport(link, cfg)
+            driver = Driver(program, transport, layer_cycles=layer_cycles)
+
+            async def go():
+                await driver.load_network()
+                loaded = transport.wire_bytes
+                results = []
+                for n, image in enumerate(chunk, first):
+                    if window is not None and n == window[0]:
+                        harness.trace(True)
+                    results.append(await driver.infer(image, trace=trace))
+                    if window is not None and n + 1 == window[1]:
+                        harness.trace(False)
+                    with lock:
+                        done[0] += 1
+                        say(done[0])
+                return results, loaded
+
+            results, loaded = asyncio.run(go())
+            cycles, seconds = harness.info()
+        return {"results": results, "loaded": loaded, "run": transport.wire_bytes - loaded,
+                "resent": transport.resent, "reruns": driver.reruns,
+                "faults": link.injected, "cycles": cycles, "seconds": seconds}
+
+    size = -(-len(images) // jobs)
+    parts = [(i, images[i:i + size]) for i in range(0, len(images), size)]
+    with ThreadPoolExecutor(len(parts)) as pool:
+        outs = list(pool.map(worker, parts))
+    results = [r for out in outs for r in out["results"]]
+    cycles = sum(out["cycles"] for out in outs)
+    seconds = sum(out["seconds"] for out in outs)
+    speed = {"sim_cycles": cycles, "sim_cycles_per_second": cycles / seconds if seconds else None,
+             "jobs": len(parts), "run_seconds": time.monotonic() - started}
+    if window is not None:
+        speed["waves"] = str(fst)
+    return {"images": [{"logits": r.logits.tolist(), "cycles": r.layer_cycles or [r.cycles],
+                        "outputs": None if r.layer_outputs is None
+                        else [o.ravel().tolist() for o in r.layer_outputs]} for r in results],
+            "resent": sum(out["resent"] for out in outs),
+            "reruns": sum(out["reruns"] for out in outs),
+            "faults": sum(out["faults"] for out in outs),
+            "wire_bytes": [outs[0]["loaded"], sum(out["run"] for out in outs)],
+            "speed": speed}
+
+
+def _run_cocotb(qnet, images, cfg, *, sim, trace, waves, timeout, uart, faults, layer_cycles):
     from ..hw.controller import Controller
     from ..hw.virtual import VirtualBoard
     from ..sim.runner import run_cocotb
 
-    compile_network(qnet, cfg)          # fit errors before building anything
-    images = np.asarray(images, np.int8)
     with tempfile.TemporaryDirectory(prefix="systolic-sim-") as tmp:
         tmp = Path(tmp)
         qnet.save(tmp / "net.qnet")
@@ -184,15 +341,20 @@ def _first_difference(program, gold, results):
     return None
 
 
-def simulate(qnet, images, cfg, *, labels=None, sim="verilator", trace=False, waves=False,
-             uart=None, faults=(), layer_cycles=True):
-    """Run ``images`` in RTL and compare with the golden model; returns a `SimulationReport`."""
+def simulate(qnet, images, cfg, *, labels=None, sim="fast", trace=False, waves=None,
+             uart=None, faults=(), layer_cycles=True, jobs=None, progress=None,
+             waves_file=None):
+    """Run ``images`` in RTL and compare with the golden model; returns a `SimulationReport`.
+
+    The arguments are `run_rtl`'s; ``labels`` are the images' true classes, when known.
+    """
     program = compile_network(qnet, cfg)
-    images = np.asarray(images, np.int8)
+    images = _check_images(images, program)
     gold = golden.run(qnet, images)
     start = time.monotonic()
     out = run_rtl(qnet, images, cfg, sim=sim, trace=trace, waves=waves, uart=uart,
-                  faults=faults, layer_cycles=layer_cycles)
+                  faults=faults, layer_cycles=layer_cycles, jobs=jobs, progress=progress,
+                  waves_file=waves_file)
     wall = time.monotonic() - start
     results = out["images"]
     link = {k: out[k] for k in ("faults", "resent", "reruns")}
@@ -202,7 +364,7 @@ def simulate(qnet, images, cfg, *, labels=None, sim="verilator", trace=False, wa
     cycles = np.array([r["cycles"] for r in results], np.int64).reshape(len(images), -1)
     first = _first_difference(program, gold, results) if trace else None
     return SimulationReport(program, logits, gold.logits, labels, cycles, first, wall, sim,
-                            link)
+                            link, out.get("speed", {}))
 
 
 def _pct(v):
@@ -221,7 +383,10 @@ def format_report(report, *, float_accuracy=None):
               f"  RTL accuracy     {_pct(d['rtl_accuracy'])}",
               f"  cycles/image     {d['cycles_per_image']:.0f} ({d['macs_per_image']} MACs, "
               f"utilization {d['utilization']:.1%})",
-              f"  wall time        {d['wall_seconds']:.1f} s",
+              f"  wall time        {d['wall_seconds']:.1f} s"
+              + (f" ({d['images_per_second']:.1f} images/s, "
+                 f"{d['sim_cycles_per_second'] / 1e3:.0f}k cycles/s in each of "
+                 f"{d['jobs']} simulator processes)" if d.get("sim_cycles_per_second") else ""),
               "",
               f"  {'layer':34s} {'cycles':>8s} {'model':>8s} {'error':>7s} {'MACs':>8s} "
               f"{'util':>6s}"]
@@ -252,6 +417,49 @@ def dataset_images(qnet, dataset, data_dir, n):
     return test.q[:n], test.labels[:n]
 
 
+def progress_bar(total, *, log=None):
+    """A ``progress`` callback for `simulate`: lines of text go to ``log`` (default: standard
+    error), image counts to a tqdm bar on standard error (shown on a terminal only)."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(item):
+        nonlocal bar
+        if isinstance(item, str):
+            (log or (lambda line: print(line, file=sys.stderr)))(item)
+            return
+        if bar is None:
+            bar = tqdm(total=total, unit="image", desc="simulating", leave=False,
+                       disable=None, file=sys.stderr)
+        bar.update(item - bar.n)
+        if item >= total:
+            bar.close()
+
+    return progress
+
+
+def parse_window(text, images):
+    """``--waves`` text (``N``, ``N:M``, ``all``) as a ``(first, stop)`` range of images.
+
+    Raises
+    ------
+    SystolicError
+        For text of another form, or a range outside ``0 .. images``.
+    """
+    if text == "all":
+        return (0, images)
+    try:
+        first, _, stop = text.partition(":")
+        window = (int(first), int(stop) if stop else int(first) + 1)
+    except ValueError:
+        raise SystolicError(f"--waves must be N, N:M or all (images to record), not {text!r}"
+                            ) from None
+    if not 0 <= window[0] < window[1] <= images:
+        raise SystolicError(f"--waves must name images within 0..{images}, not {text!r}")
+    return window
+
+
 def _run(args):
     from ..hw.config import preset
     from .qnet import QNet
@@ -259,14 +467,19 @@ def _run(args):
     qnet = QNet.load(args.qnet)
     cfg = preset(args.preset)
     images, labels = dataset_images(qnet, args.dataset, args.data_dir, args.images)
+    waves = None if args.waves is None else parse_window(args.waves, len(images))
     quiet = _stdout_to_stderr() if args.json else contextlib.nullcontext()
     with quiet:
         report = simulate(qnet, images, cfg, labels=labels, sim=args.sim, trace=args.trace,
-                          waves=args.waves)
+                          waves=waves, waves_file=args.waves_file, jobs=args.jobs,
+                          progress=progress_bar(len(images)))
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
         print(format_report(report))
+    if report.speed.get("waves"):
+        print(f"waveforms of images {waves[0]}..{waves[1] - 1}: {report.speed['waves']}",
+              file=sys.stderr)
     if report.mismatches:
         raise SystolicError(f"{report.mismatches} of {len(images)} images differ from the "
                             "golden model" + ("" if args.trace else "; rerun with --trace to "
@@ -280,23 +493,41 @@ def add_parser(subparsers):
                          "model",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Compile a .qnet for an accelerator preset, run test images through the "
-                    "core's Verilog in a cocotb testbench (Verilator or Icarus), and compare "
-                    "every logit with the golden model exactly. Reports accuracies, cycles per "
-                    "image and per layer against the performance model, MACs and PE "
-                    "utilization. Exits with status 2 when any logit differs.",
+                    "accelerator's Verilog (the controller and core, driven by the host driver "
+                    "over the framed protocol), and compare every logit with the golden model "
+                    "exactly. Reports accuracies, cycles per image and per layer against the "
+                    "performance model, MACs and PE utilization, and the simulator's pace. "
+                    "Exits with status 2 when any logit differs.\n\n"
+                    "The default simulator, fast, is Verilator with a C++ harness that clocks "
+                    "the design and wakes Python once per reply frame, with one simulator "
+                    "process per core (--jobs). The first run of a design builds it (about a "
+                    "minute; cached under build/sim). --sim verilator or icarus run the same "
+                    "driver in a cocotb testbench, a clock edge at a time: the reference "
+                    "route, a hundred times slower.",
         epilog="examples:\n"
                "  systolic simulate model.qnet\n"
-               "  systolic simulate model.qnet --images 200 --json\n"
-               "  systolic simulate model.qnet --images 3 --sim icarus --trace\n"
+               "  systolic simulate model.qnet --images 360 --json\n"
+               "  systolic simulate model.qnet --images 3 --trace\n"
+               "  systolic simulate model.qnet --images 10 --waves 3     # image 3 as FST\n"
+               "  systolic simulate model.qnet --images 3 --sim icarus\n"
                "  systolic simulate lenet5.qnet --preset big --data-dir data/mnist")
     p.add_argument("qnet", metavar="FILE.qnet", help="quantized network")
-    p.add_argument("--preset", default="default",
-                   help="accelerator preset: default (8x8), small (2x4), big (12x12)")
+    from ..hw.config import preset_help
+
+    p.add_argument("--preset", default="default", metavar="P",
+                   help=f"accelerator preset: {preset_help()} (default: default)")
     p.add_argument("--images", type=int, default=20, metavar="N",
                    help="test images to run (default: 20)")
-    p.add_argument("--sim", choices=("verilator", "icarus"), default="verilator",
-                   help="simulator (default: verilator)")
-    p.add_argument("--waves", action="store_true", help="record waveforms")
+    p.add_argument("--sim", choices=SIMULATORS, default="fast",
+                   help="simulator: " + "; ".join(f"{k}: {v}" for k, v in SIMULATORS.items()))
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="fast: simulator processes sharing the images (default: one per core "
+                        "of two)")
+    p.add_argument("--waves", nargs="?", const="0", metavar="N[:M]|all",
+                   help="record waveforms of images N to M-1 (default: image 0); fast writes "
+                        "FST to --waves-file and prints its path")
+    p.add_argument("--waves-file", metavar="FILE.fst",
+                   help="fast: where the waveforms go (default: ./systolic-waves.fst)")
     p.add_argument("--trace", action="store_true",
                    help="read back every layer's output and name the first differing value")
     p.add_argument("--json", action="store_true",
