@@ -1,11 +1,13 @@
-"""The systolic command line: the train -> quantize -> eval flow, help and error reporting."""
+"""The systolic command line: the train -> quantize -> eval flow, help and error reporting.
+
+How long the flow takes is measured by ``bench/sw_speed.py``, not asserted here.
+"""
 
 import json
 import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 from systolic.sw import cli
@@ -16,10 +18,9 @@ from test_data import _write_set
 def flow(tmp_path_factory):
     """Run the documented first flow once: train, quantize, eval --json (in process)."""
     tmp = tmp_path_factory.mktemp("cli")
-    start = time.perf_counter()
     assert cli.main(["train", "-o", str(tmp / "m.pt")]) == 0
     assert cli.main(["quantize", str(tmp / "m.pt"), "-o", str(tmp / "m.qnet")]) == 0
-    return tmp, time.perf_counter() - start
+    return tmp
 
 
 def _main(capsys, *argv):
@@ -29,21 +30,17 @@ def _main(capsys, *argv):
 
 
 def test_flow_accuracy(flow, capsys):
-    tmp, elapsed = flow
-    code, out, _ = _main(capsys, "eval", str(tmp / "m.qnet"), "--json")
+    code, out, _ = _main(capsys, "eval", str(flow / "m.qnet"), "--json")
     assert code == 0
     result = json.loads(out)
-    print(f"train + quantize {elapsed:.1f} s; {result}")
     assert result["images"] == 360
     assert result["float_accuracy"] >= 0.97
     assert abs(result["int8_accuracy"] - result["float_accuracy"]) <= 0.01
     assert result["agreement"] == result["agree"] / 360
-    assert elapsed < 120
 
 
 def test_eval_text_and_checkpoint(flow, capsys):
-    tmp, _ = flow
-    code, out, _ = _main(capsys, "eval", str(tmp / "m.qnet"), "--model", str(tmp / "m.pt"))
+    code, out, _ = _main(capsys, "eval", str(flow / "m.qnet"), "--model", str(flow / "m.pt"))
     assert code == 0
     assert "float accuracy" in out
     assert "int8 accuracy" in out
@@ -51,8 +48,7 @@ def test_eval_text_and_checkpoint(flow, capsys):
 
 
 def test_quantize_with_qat(flow, capsys):
-    tmp, _ = flow
-    code, out, _ = _main(capsys, "quantize", str(tmp / "m.pt"), "-o", str(tmp / "q.qnet"),
+    code, out, _ = _main(capsys, "quantize", str(flow / "m.pt"), "-o", str(flow / "q.qnet"),
                          "--qat-epochs", "1", "--calib", "128")
     assert code == 0
     assert "quantized lenet-digits with 128 calibration images" in out
@@ -90,7 +86,7 @@ def test_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, message):
 
 
 def test_corrupt_qnet(capsys, tmp_path, flow):
-    raw = bytearray((flow[0] / "m.qnet").read_bytes())
+    raw = bytearray((flow / "m.qnet").read_bytes())
     raw[200] ^= 0xFF
     (tmp_path / "c.qnet").write_bytes(bytes(raw))
     code, _, err = _main(capsys, "eval", str(tmp_path / "c.qnet"))

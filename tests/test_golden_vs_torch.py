@@ -1,6 +1,7 @@
-"""The golden model against PyTorch: the fake-quantized forward and the float model."""
+"""The golden model against PyTorch: the fake-quantized forward and the float model.
 
-import time
+How fast the golden model runs is measured by ``bench/sw_speed.py``, not asserted here.
+"""
 
 import numpy as np
 import pytest
@@ -69,13 +70,9 @@ def test_golden_tracks_float_model():
     assert np.mean(golden.predict(qnet, split.test.q) == float_pred) >= 0.97
 
 
-def test_golden_is_fast_and_batch_consistent():
+def test_golden_is_batch_consistent():
     split, _, qnet = digits_model()
-    start = time.perf_counter()
     result = golden.run(qnet, split.test.q)
-    elapsed = time.perf_counter() - start
-    print(f"golden model on {len(split.test)} images: {elapsed * 1000:.0f} ms")
-    assert elapsed < 1.0
     one = golden.run(qnet, split.test.q[5:6])
     for batch, single in zip(result.outputs, one.outputs):
         assert np.array_equal(batch[5:6], single)
