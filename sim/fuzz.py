@@ -454,8 +454,8 @@ class FrameGenerator:
         return [(BAD_STOP, byte), (IDLE, 1)]
 
     def write_payload(self, mem, addr, count, *, lanes=0, words=None):
-        wb = lanes or mem_word_bytes(self.cfg, mem)
         words = count if words is None else words
+        wb = (lanes or mem_word_bytes(self.cfg, mem)) if words else 0
         head = bytes([(mem & _MEM_MASK) << _MEM_SHIFT | (lanes & _LANES_MASK) << _LANES_SHIFT])
         return head + struct.pack("<HH", addr & 0xFFFF, count & 0xFFFF) + self._bytes(words * wb)
 
@@ -578,7 +578,7 @@ class FrameGenerator:
         count = self._count((MAX_PAYLOAD - 5) // wb)
         addr = rng.randrange(64)
         return _bytes(raw_frame(Request.WRITE.value,
-                                self.write_payload(mem, addr, count, lanes=lanes)[:5]
+                                self.write_payload(mem, addr, count, lanes=lanes, words=0)
                                 + self._bytes(count * wb))), None
 
     def _bad_address(self):
@@ -702,6 +702,7 @@ class FuzzReport:
     count: int
     burst: int
     divisor: int | None
+    timeout: int
     frames: Counter = field(default_factory=Counter)
     between: Counter = field(default_factory=Counter)
     replies: Counter = field(default_factory=Counter)
@@ -721,7 +722,8 @@ class FuzzReport:
 
     def as_dict(self):
         return {"seed": self.seed, "count": self.count, "burst": self.burst,
-                "divisor": self.divisor, "frames": dict(self.frames),
+                "divisor": self.divisor, "timeout_cycles": self.timeout,
+                "frames": dict(self.frames),
                 "between": dict(self.between), "replies": dict(self.replies),
                 "frames_sent": self.frames_sent, "exchanges": self.exchanges,
                 "bursts": self.bursts, "golden_checks": self.golden_checks,
@@ -730,7 +732,9 @@ class FuzzReport:
                 "wrong_replies": self.wrong_replies}
 
     def summary(self):
-        top = "byte streams" if self.divisor is None else f"UART pins, {self.divisor} cycles a bit"
+        top = ("byte streams" if self.divisor is None
+               else f"UART pins, {self.divisor} cycles a bit")
+        top += f", timeout {self.timeout:,} cycles"
         lines = [
             f"controller fuzz, seed {self.seed}, {self.frames_sent} frames in {self.exchanges} "
             f"exchanges, {self.bursts} bursts ({top})",
@@ -772,17 +776,29 @@ def _network(qnet, cfg):
     return compile_network(qnet, cfg)
 
 
-def build(cfg, divisor=None, *, timeout_cycles=STREAM_TIMEOUT_CYCLES, progress=None):
-    """The fuzzed top's harness: ``(exe, divisor, timeout_cycles)``. With ``divisor``, the
-    virtual board (UART pins; a board's timeout), else the controller's byte streams."""
+def build(cfg, divisor=None, *, timeout_cycles=None, progress=None):
+    """The fuzzed top's harness: ``(exe, divisor, timeout_cycles)``.
+
+    With ``divisor``, the virtual board's UART pins at ``divisor`` clock cycles a bit, with a
+    board's frame timeout (`FRAME_TIMEOUT_BITS` bit times), or ``timeout_cycles`` if given
+    (a shorter one makes truncated and drained frames cheap); else the controller's byte
+    streams, with `STREAM_TIMEOUT_CYCLES` unless ``timeout_cycles`` is given.
+    """
     if divisor is None:
+        timeout_cycles = timeout_cycles or STREAM_TIMEOUT_CYCLES
         top = Controller(cfg, timeout_cycles=timeout_cycles)
         return build_harness(top, name="controller", progress=progress), None, timeout_cycles
     from ..hw.virtual import VirtualBoard
     top = VirtualBoard(cfg, clk_freq=divisor * _SIM_BAUD, baud=_SIM_BAUD)
+    if timeout_cycles is None:
+        timeout_cycles = FRAME_TIMEOUT_BITS * top.bridge.divisor
+    else:
+        # The same board around a controller with the shorter timeout.
+        top.controller._MustUse__silence = True         # replaced before elaboration
+        top.controller = Controller(cfg, timeout_cycles=timeout_cycles)
     exe = build_harness(top, name="virtual_board", uart_divisor=top.bridge.divisor,
                         progress=progress)
-    return exe, top.bridge.divisor, FRAME_TIMEOUT_BITS * top.bridge.divisor
+    return exe, top.bridge.divisor, timeout_cycles
 
 
 class _Run:
@@ -976,7 +992,8 @@ class _Run:
 
     def _fail(self, why, ex, *, want=(), got=b""):
         r = self.report
-        d = "" if self.divisor is None else f" --divisor {self.divisor}"
+        d = ("" if self.divisor is None else f" --divisor {self.divisor}") \
+            + f" --timeout-cycles {self.timeout}"
         lines = [f"Controller fuzz failed: {why}",
                  f"seed {r.seed}, burst {self.burst} (from 0), exchange {len(self.history)} of "
                  f"the burst, after {r.frames_sent} frames; replay with: python bench/fuzz.py "
@@ -994,8 +1011,8 @@ class _Run:
         raise FuzzFailure("\n".join(lines))
 
 
-def fuzz(qnet, cfg, *, count=10_000, seed=0, burst=50, divisor=None,
-         timeout_cycles=STREAM_TIMEOUT_CYCLES, images=16, log=None, progress=None):
+def fuzz(qnet, cfg, *, count=10_000, seed=0, burst=50, divisor=None, timeout_cycles=None,
+         images=16, log=None, progress=None):
     """Fuzz the controller with ``count`` frames; return a `FuzzReport`.
 
     Parameters
@@ -1012,8 +1029,9 @@ def fuzz(qnet, cfg, *, count=10_000, seed=0, burst=50, divisor=None,
         ``None``: the controller's byte streams (line faults as its ``line_fault`` input);
         else the virtual board's UART pins at ``divisor`` clock cycles a bit (breaks and
         framing errors through the UART).
-    timeout_cycles : int
-        The byte-stream controller's quiet timeout (the virtual board's is a board's).
+    timeout_cycles : int or None
+        The controller's quiet timeout in cycles (see `build`; default: a board's on the
+        UART pins, `STREAM_TIMEOUT_CYCLES` on the byte streams).
     images : int
         Distinct images the golden checks cycle through.
     log : callable or None
@@ -1033,7 +1051,7 @@ def fuzz(qnet, cfg, *, count=10_000, seed=0, burst=50, divisor=None,
     rng_images = np.random.default_rng(seed)
     pics = rng_images.integers(0, 128, (images, *qnet.input_shape)).astype(np.int8)
     exe, divisor, timeout = build(cfg, divisor, timeout_cycles=timeout_cycles, progress=progress)
-    report = FuzzReport(seed, count, burst, divisor)
+    report = FuzzReport(seed, count, burst, divisor, timeout)
     started = time.monotonic()
     with Harness(exe) as harness:
         run = _Run(harness, program, qnet, pics, rng=random.Random(seed), divisor=divisor,
