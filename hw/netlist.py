@@ -36,8 +36,12 @@ from ..sw.errors import SystolicError
 from .boards import BoardTop, get_board
 from .synth import SynthError, find_tool, run_tool
 
-__all__ = ["Netlist", "NetlistError", "board_controller", "board_netlist", "cell_models",
-           "simulate_netlist"]
+__all__ = ["VERILATOR_ARGS", "Netlist", "NetlistError", "board_controller", "board_netlist",
+           "cell_models", "simulate_netlist"]
+
+#: Verilator options for a netlist: only the top level's ports public (cocotb_tools makes every
+#: signal public, which for a netlist of thousands of cells multiplies the C++ to compile).
+VERILATOR_ARGS = ("--no-public-flat-rw",)
 
 # What the board build (`systolic.hw.build.build`) runs around `synth_<family>`: its
 # ``script_after_read`` and ``synth_opts`` overrides (see there for why).
@@ -256,7 +260,7 @@ def simulate_netlist(netlist, qnet, images, *, sim="verilator", trace=False, tim
     timeout : float, optional
         Wall-clock seconds for the simulation; default generous for the simulator.
     build_args : list of str
-        Further simulator compile options (e.g. ``["-O1"]`` for a faster Verilator build).
+        Further simulator compile options; on Verilator after `VERILATOR_ARGS`.
 
     Returns
     -------
@@ -274,6 +278,8 @@ def simulate_netlist(netlist, qnet, images, *, sim="verilator", trace=False, tim
     from ..sim.runner import run_cocotb
 
     images = np.asarray(images, np.int8)
+    if sim == "verilator":
+        build_args = [*VERILATOR_ARGS, *build_args]
     if timeout is None:
         timeout = 1200 + 60 * len(images) * (10 if sim == "icarus" else 1)
     with tempfile.TemporaryDirectory(prefix="systolic-netlist-") as tmp:
