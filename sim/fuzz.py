@@ -421,16 +421,27 @@ class FrameGenerator:
         program aim there, so that one that changed them would change the golden result.
     max_read : int
         Most words a READ asks for (its reply's length).
+    kinds : dict or None
+        Weights of frame kinds that replace `FRAME_KINDS`'s.
+
+    Raises
+    ------
+    ValueError
+        When ``kinds`` names a kind that is not one of `FRAME_KINDS`.
     """
 
-    def __init__(self, cfg, rng, *, uart, used, max_read=128):
+    def __init__(self, cfg, rng, *, uart, used, max_read=128, kinds=None):
         self.cfg = cfg
         self.rng = rng
         self.uart = uart
         self.used = used
         self.max_read = max_read
         self.fifo = rx_fifo_depth()
-        self._kinds, self._weights = zip(*FRAME_KINDS.items())
+        for name in kinds or {}:
+            if name not in FRAME_KINDS:
+                raise ValueError(f"Frame kind must be one of {', '.join(FRAME_KINDS)}, "
+                                 f"not {name!r}")
+        self._kinds, self._weights = zip(*{**FRAME_KINDS, **(kinds or {})}.items())
 
     # -- helpers -----------------------------------------------------------------------------
     def _count(self, most):
@@ -726,6 +737,7 @@ class FuzzReport:
                 "frames": dict(self.frames),
                 "between": dict(self.between), "replies": dict(self.replies),
                 "frames_sent": self.frames_sent, "exchanges": self.exchanges,
+                "splits": self.splits,
                 "bursts": self.bursts, "golden_checks": self.golden_checks,
                 "cycles": self.cycles, "sim_seconds": self.sim_seconds,
                 "seconds": self.seconds, "hangs": self.hangs,
@@ -737,7 +749,8 @@ class FuzzReport:
         top += f", timeout {self.timeout:,} cycles"
         lines = [
             f"controller fuzz, seed {self.seed}, {self.frames_sent} frames in {self.exchanges} "
-            f"exchanges, {self.bursts} bursts ({top})",
+            f"exchanges ({self.splits} split after a complete frame), {self.bursts} bursts "
+            f"({top})",
             "frames:  " + _counts(self.frames),
             "between: " + _counts(self.between),
             "replies: " + _counts(self.replies),
@@ -804,7 +817,8 @@ def build(cfg, divisor=None, *, timeout_cycles=None, progress=None):
 class _Run:
     """One fuzzing run on one harness: generator, model, checker and the golden checks."""
 
-    def __init__(self, harness, program, qnet, images, *, rng, divisor, timeout, report, log):
+    def __init__(self, harness, program, qnet, images, *, rng, divisor, timeout, report,
+                 kinds=None):
         import numpy as np
 
         from ..sw import golden
@@ -812,7 +826,7 @@ class _Run:
 
         self.h, self.program, self.rng = harness, program, rng
         self.cfg = cfg = program.cfg
-        self.divisor, self.timeout, self.report, self.log = divisor, timeout, report, log
+        self.divisor, self.timeout, self.report, self.kinds = divisor, timeout, report, kinds
         self.char = 10 * divisor if divisor else 1
         self.images = images
         self.gold = golden.run(qnet, images).logits
@@ -828,7 +842,7 @@ class _Run:
         self.gen = FrameGenerator(cfg, rng, uart=divisor is not None, used={
             Mem.ACT: cfg.act_depth, Mem.WEIGHT: len(program.weights),
             Mem.PARAM: len(program.params), Mem.PROGRAM: L},
-            max_read=min(128, MAX_PAYLOAD // cfg.cols))
+            max_read=min(128, MAX_PAYLOAD // cfg.cols), kinds=kinds)
 
     def _budget(self, sent, received, runs):
         return (2 * (sent * (self.char + 8) + received * self.char) + 2 * self.timeout
@@ -994,6 +1008,8 @@ class _Run:
         r = self.report
         d = ("" if self.divisor is None else f" --divisor {self.divisor}") \
             + f" --timeout-cycles {self.timeout}"
+        if self.kinds:
+            d += f" (and frame kinds weighted {self.kinds})"
         lines = [f"Controller fuzz failed: {why}",
                  f"seed {r.seed}, burst {self.burst} (from 0), exchange {len(self.history)} of "
                  f"the burst, after {r.frames_sent} frames; replay with: python bench/fuzz.py "
@@ -1012,7 +1028,7 @@ class _Run:
 
 
 def fuzz(qnet, cfg, *, count=10_000, seed=0, burst=50, divisor=None, timeout_cycles=None,
-         images=16, log=None, progress=None):
+         kinds=None, images=16, log=None, progress=None):
     """Fuzz the controller with ``count`` frames; return a `FuzzReport`.
 
     Parameters
@@ -1032,6 +1048,8 @@ def fuzz(qnet, cfg, *, count=10_000, seed=0, burst=50, divisor=None, timeout_cyc
     timeout_cycles : int or None
         The controller's quiet timeout in cycles (see `build`; default: a board's on the
         UART pins, `STREAM_TIMEOUT_CYCLES` on the byte streams).
+    kinds : dict or None
+        Weights of frame kinds replacing those of `FRAME_KINDS` (``{"line_fault": 40}``).
     images : int
         Distinct images the golden checks cycle through.
     log : callable or None
@@ -1055,7 +1073,7 @@ def fuzz(qnet, cfg, *, count=10_000, seed=0, burst=50, divisor=None, timeout_cyc
     started = time.monotonic()
     with Harness(exe) as harness:
         run = _Run(harness, program, qnet, pics, rng=random.Random(seed), divisor=divisor,
-                   timeout=timeout, report=report, log=log)
+                   timeout=timeout, report=report, kinds=kinds)
         run.setup()
         report.frames.clear()
         report.replies.clear()

@@ -146,10 +146,12 @@ def test_fuzz_byte_streams():
 @pytest.mark.slow
 def test_fuzz_uart_pins():
     """A few frames on the virtual board's UART pins at 8 cycles a bit: breaks and framing
-    errors go through the UART receiver (with a shorter frame timeout than a board's)."""
+    errors go through the UART receiver (with a shorter frame timeout than a board's), many of
+    them inside frames."""
     count = max(40, FRAMES // 25)
     report = fz.fuzz(random_qnet("lenet-digits"), preset("default"), count=count,
-                     seed=SEED + 1, burst=20, divisor=8, timeout_cycles=800)
+                     seed=SEED + 1, burst=20, divisor=8, timeout_cycles=800,
+                     kinds={"line_fault": 60})
     assert (report.hangs, report.wrong_replies) == (0, 0)
     assert report.frames["line_fault"] > 0
     assert report.replies["ERROR LINE_FAULT"] > 0
