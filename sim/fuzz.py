@@ -32,6 +32,7 @@ controller's byte-stream top has no FIFO and takes any amount; the same rule is 
 """
 
 import binascii
+import functools
 import inspect
 import random
 import struct
@@ -797,6 +798,12 @@ def build(cfg, divisor=None, *, timeout_cycles=None, progress=None):
     (a shorter one makes truncated and drained frames cheap); else the controller's byte
     streams, with `STREAM_TIMEOUT_CYCLES` unless ``timeout_cycles`` is given.
     """
+    return _build(cfg, divisor, timeout_cycles, progress)
+
+
+@functools.cache
+def _build(cfg, divisor, timeout_cycles, progress):
+    # Once a process: converting the design to Verilog (to find its build) takes seconds.
     if divisor is None:
         timeout_cycles = timeout_cycles or STREAM_TIMEOUT_CYCLES
         top = Controller(cfg, timeout_cycles=timeout_cycles)

@@ -7,6 +7,7 @@ more, e.g. ``SYSTOLIC_FUZZ_FRAMES=10000``. The model itself is pinned on hand-ma
 and a wrong model must be caught, with a message that replays it."""
 
 import os
+import random
 import re
 
 import pytest
@@ -70,7 +71,7 @@ def test_model_answers_as_the_protocol_says():
 def test_model_write_read_run():
     m = _model()
     cfg = m.cfg
-    gen = fz.FrameGenerator(cfg, __import__("random").Random(1), uart=False,
+    gen = fz.FrameGenerator(cfg, random.Random(1), uart=False,
                             used={Mem.ACT: 0, Mem.WEIGHT: 1, Mem.PARAM: 1, Mem.PROGRAM: 3})
     payload = gen.write_payload(Mem.ACT.value, 10, 2)
     assert _feed(m, fz.raw_frame(Request.WRITE.value, payload)) == [fz.Expected(Reply.ACK)]
@@ -113,7 +114,6 @@ def test_model_refuses_the_stream_tops_blind_cycle():
 
 
 def test_back_to_back_fits_the_fifo():
-    import random
     gen = fz.FrameGenerator(preset("default"), random.Random(3), uart=True,
                             used={Mem.ACT: 0, Mem.WEIGHT: 1, Mem.PARAM: 1, Mem.PROGRAM: 3})
     assert gen.fifo == fz.rx_fifo_depth() == 16
