@@ -300,7 +300,11 @@ class Controller(wiring.Component):
                         m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
                 with m.If(idx == length):
-                    m.next = "CRC0"
+                    # No byte taken in this cycle, but a line fault in it still breaks the frame.
+                    with m.If(self.line_fault):
+                        drain(m, Error.LINE_FAULT)
+                    with m.Else():
+                        m.next = "CRC0"
                 with m.Else():
                     m.d.comb += fb_w.en.eq(self.rx.valid)
                     with frame_byte():

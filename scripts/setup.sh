@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up systolic in ./.venv: system simulator (Icarus) where apt is available, then the
-# package with its development tools. Safe to run again; it skips what is already there.
+# Set up systolic in ./.venv: the system packages (Icarus, LZ4's header) where apt is available,
+# then the package with its development tools. Safe to run again; it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,17 @@ if ! command -v iverilog >/dev/null 2>&1; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq iverilog >/dev/null
   else
     echo "systolic setup: install Icarus Verilog 11+ (iverilog) with your package manager" >&2
+  fi
+fi
+
+# Verilator's FST waveform writer (simulate --waves) compiles against LZ4's header.
+if ! printf '#include <lz4.h>\n' | ${CXX:-g++} -x c++ -E - >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    echo "systolic setup: installing LZ4's header for FST waveforms (apt-get install liblz4-dev)"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq liblz4-dev >/dev/null
+  else
+    echo "systolic setup: install LZ4's development header (liblz4-dev) for FST waveforms" >&2
   fi
 fi
 

@@ -31,8 +31,8 @@ from ..sw import protocol
 from ..sw.driver import RESYNC_QUIET_BITS, Link
 from .runner import VERILATOR_ARGS, SimulationError, build_root, find_verilator
 
-__all__ = ["BYTE", "BAD_STOP", "BREAK", "IDLE", "LINE_FAULT", "Harness", "HarnessLink",
-           "bare_loop_rate", "build_harness", "damaged"]
+__all__ = ["BAD_STOP", "BREAK", "BYTE", "IDLE", "LINE_FAULT", "STREAM_TIMEOUT_CYCLES", "Harness",
+           "HarnessLink", "bare_loop_rate", "build_harness", "damaged", "network_top"]
 
 _HERE = Path(__file__).resolve().parent
 _SOURCE = _HERE / "fast_harness.cpp"
@@ -40,6 +40,9 @@ _BARE_SOURCE = _HERE / "fast_bare.cpp"
 
 #: Symbol kinds the harness puts on the design's input (see ``fast_harness.cpp``).
 BYTE, BAD_STOP, BREAK, IDLE, LINE_FAULT = range(5)
+#: The byte-stream controller's frame timeout here: the harness queues every frame whole, so no
+#: frame pauses for long, and a frame cut short on purpose (fuzzing) is answered soon.
+STREAM_TIMEOUT_CYCLES = 1024
 #: C++ optimization of the model and harness (Verilator's own default is -Os).
 _CXX_OPT = "-O2"
 # Verilator's output for the designs here has a few large functions: -O2 compiles them in about
@@ -61,6 +64,32 @@ def _verilog_text(top, name):
     if isinstance(top, (str, Path)):
         return Path(top).read_text()
     return verilog.convert(top, name=name)
+
+
+def network_top(cfg, uart=None):
+    """The design whole networks are simulated on: ``(top, name, divisor)``.
+
+    The `Controller` with `STREAM_TIMEOUT_CYCLES` (its byte streams; ``divisor`` ``None``),
+    or with ``uart = (clk_hz, baud)`` the `VirtualBoard` (its UART pins, ``divisor`` clock
+    cycles a bit, a board's frame timeout). `systolic.sw.simulate` and `systolic.sim.fuzz`
+    share it, and so share its build.
+    """
+    from ..hw.controller import Controller
+    from ..hw.virtual import VirtualBoard
+
+    if uart is None:
+        return Controller(cfg, timeout_cycles=STREAM_TIMEOUT_CYCLES), "controller", None
+    top = VirtualBoard(cfg, clk_freq=uart[0], baud=uart[1])
+    return top, "virtual_board", top.bridge.divisor
+
+
+def _check_lz4():
+    probe = subprocess.run([os.environ.get("CXX", "g++"), "-x", "c++", "-E", "-"],
+                           input=b"#include <lz4.h>\n", capture_output=True)
+    if probe.returncode != 0:
+        raise SimulationError(
+            "FST waveforms need LZ4's header (Verilator's FST writer compiles against it); "
+            "install it, e.g. `apt-get install liblz4-dev` (scripts/setup.sh does)")
 
 
 def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, progress=None):
@@ -87,6 +116,8 @@ def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, 
         When Verilator is missing or the build fails (the log's tail is in the message).
     """
     find_verilator()
+    if waves:
+        _check_lz4()
     text = _verilog_text(top, name)
     defines = [f"-DDIVISOR={int(uart_divisor)}", "-DHARNESS_UART"] if uart_divisor else []
     if waves:
@@ -168,6 +199,9 @@ class Harness:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
         self._err.close()
         if self.proc.returncode == 0:
             self.log.unlink(missing_ok=True)

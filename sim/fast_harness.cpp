@@ -48,7 +48,7 @@ enum : uint8_t { BYTE = 0, BAD_STOP = 1, BREAK = 2, IDLE = 3, LINE_FAULT = 4 };
 std::unique_ptr<VerilatedContext> ctx;
 std::unique_ptr<Vtop> top;
 #ifdef HARNESS_TRACE
-std::unique_ptr<VerilatedFstC> fst;
+std::unique_ptr<VerilatedFstC> waves;
 const char *fst_path = nullptr;
 bool tracing = false;
 #endif
@@ -175,12 +175,12 @@ void tick() {
     if (t.rx___05Fvalid) last_activity = cycles;
 #endif
 #ifdef HARNESS_TRACE
-    if (tracing) fst->dump(2 * cycles);
+    if (tracing) waves->dump(2 * cycles);
 #endif
     t.clk = 1;
     t.eval();
 #ifdef HARNESS_TRACE
-    if (tracing) fst->dump(2 * cycles + 1);
+    if (tracing) waves->dump(2 * cycles + 1);
 #endif
 #ifdef HARNESS_UART
     tx.step();
@@ -285,13 +285,13 @@ int main(int argc, char **argv) {
         case 'T': {
             uint8_t on = get<uint8_t>();
 #ifdef HARNESS_TRACE
-            if (on && !fst) {
-                fst = std::make_unique<VerilatedFstC>();
-                top->trace(fst.get(), 99);
-                fst->open(fst_path);
+            if (on && !waves) {
+                waves = std::make_unique<VerilatedFstC>();
+                top->trace(waves.get(), 99);
+                waves->open(fst_path);
             }
             tracing = on;
-            if (fst) fst->flush();
+            if (waves) waves->flush();
             put<uint8_t>(0);
 #else
             put<uint8_t>(on ? 1 : 0);            // built without tracing
@@ -309,7 +309,7 @@ int main(int argc, char **argv) {
         fflush(stdout);
     }
 #ifdef HARNESS_TRACE
-    if (fst) fst->close();
+    if (waves) waves->close();
 #endif
     top->final();
     put<uint8_t>(0);

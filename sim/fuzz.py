@@ -58,15 +58,23 @@ from ..hw.isa import (
 )
 from ..hw.uart import UARTBridge
 from ..sw import protocol
-from .fast import BAD_STOP, BREAK, BYTE, IDLE, LINE_FAULT, Harness, HarnessLink, build_harness
+from .fast import (
+    BAD_STOP,
+    BREAK,
+    BYTE,
+    IDLE,
+    LINE_FAULT,
+    STREAM_TIMEOUT_CYCLES,
+    Harness,
+    HarnessLink,
+    build_harness,
+    network_top,
+)
 from .runner import SimulationError
 
 __all__ = ["ControllerModel", "Expected", "FrameGenerator", "FuzzFailure", "FuzzReport",
            "STREAM_TIMEOUT_CYCLES", "fuzz", "raw_frame", "rx_fifo_depth"]
 
-#: The quiet timeout of the byte-stream controller the fuzzer builds: short, so that the many
-#: truncated and drained frames cost little; a byte comes every cycle on that top.
-STREAM_TIMEOUT_CYCLES = 1024
 #: The virtual board's clock for a given divisor: the baud rate ``systolic deploy --sim`` uses.
 _SIM_BAUD = 12.5e6
 
@@ -190,8 +198,8 @@ class ControllerModel:
     act_words : int
         Activation words a run of the network overwrites (unknown after any RUN).
     stream : bool
-        On the byte-stream top a line fault is a one-cycle pulse: refuse (`_Veto`) one in the
-        cycle the controller passes from a frame's payload to its CRC without listening.
+        The byte-stream top, where a line fault is a one-cycle pulse that may fall in any
+        cycle (the controller heeds it in every cycle of a frame, taking a byte or not).
 
     A valid WRITE to weights, parameters or the program raises `_Veto`: the fuzzer never sends
     one (the network must keep giving its golden result).
@@ -208,7 +216,6 @@ class ControllerModel:
         self.stats = [0] * cfg.program_depth
         self.act = [None] * cfg.act_depth
         self.state = _SYNC
-        self._blind = False                 # just passed from the payload to the CRC
         self.req = 0
         self._len = 0
         self._payload = bytearray()
@@ -240,7 +247,6 @@ class ControllerModel:
 
     def byte(self, b):
         """One byte from the host; the reply if it completes a frame."""
-        self._blind = False
         s = self.state
         if s == _SYNC:
             if b == SYNC_REQUEST:
@@ -260,13 +266,13 @@ class ControllerModel:
                 if self._len > MAX_PAYLOAD:
                     self._drain_with(Error.BAD_LENGTH)
                 elif self._len == 0:
-                    self.state, self._blind = _CRC0, True
+                    self.state = _CRC0
                 else:
                     self.state = _PAYLOAD
             elif s == _PAYLOAD:
                 self._payload.append(b)
                 if len(self._payload) == self._len:
-                    self.state, self._blind = _CRC0, True
+                    self.state = _CRC0
             elif s == _CRC0:
                 self.state = _CRC1
             else:
@@ -280,14 +286,11 @@ class ControllerModel:
         """A framing error or a break: breaks a frame after its sync byte; ignored between
         frames and in a frame already being swallowed."""
         if self.state in _IN_FRAME:
-            if self.stream and self._blind:
-                raise _Veto("a line fault in the controller's payload-to-CRC cycle")
             self._drain_with(Error.LINE_FAULT)
-        self._blind = False
 
     def quiet(self):
         """The line quiet for the timeout: the reply to a frame cut short or swallowed."""
-        s, self.state, self._blind = self.state, _SYNC, False
+        s, self.state = self.state, _SYNC
         if s in _IN_FRAME:
             return self._error(Error.TRUNCATED)
         if s == _DRAIN:
@@ -804,21 +807,20 @@ def build(cfg, divisor=None, *, timeout_cycles=None, progress=None):
 @functools.cache
 def _build(cfg, divisor, timeout_cycles, progress):
     # Once a process: converting the design to Verilog (to find its build) takes seconds.
-    if divisor is None:
-        timeout_cycles = timeout_cycles or STREAM_TIMEOUT_CYCLES
-        top = Controller(cfg, timeout_cycles=timeout_cycles)
-        return build_harness(top, name="controller", progress=progress), None, timeout_cycles
-    from ..hw.virtual import VirtualBoard
-    top = VirtualBoard(cfg, clk_freq=divisor * _SIM_BAUD, baud=_SIM_BAUD)
+    # Without a timeout of its own, the design `systolic simulate` runs, and so its build.
+    top, name, divisor = network_top(cfg, None if divisor is None
+                                     else (divisor * _SIM_BAUD, _SIM_BAUD))
     if timeout_cycles is None:
-        timeout_cycles = FRAME_TIMEOUT_BITS * top.bridge.divisor
+        timeout_cycles = (STREAM_TIMEOUT_CYCLES if divisor is None
+                          else FRAME_TIMEOUT_BITS * divisor)
+    elif divisor is None:
+        top = Controller(cfg, timeout_cycles=timeout_cycles)
     else:
         # The same board around a controller with the shorter timeout.
         top.controller._MustUse__silence = True         # replaced before elaboration
         top.controller = Controller(cfg, timeout_cycles=timeout_cycles)
-    exe = build_harness(top, name="virtual_board", uart_divisor=top.bridge.divisor,
-                        progress=progress)
-    return exe, top.bridge.divisor, timeout_cycles
+    exe = build_harness(top, name=name, uart_divisor=divisor, progress=progress)
+    return exe, divisor, timeout_cycles
 
 
 class _Run:

@@ -220,17 +220,11 @@ def _run_fast(program, images, *, trace, waves, uart, faults, layer_cycles, jobs
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..hw.controller import Controller
-    from ..hw.virtual import VirtualBoard
-    from ..sim.fast import Harness, HarnessLink, build_harness
+    from ..sim.fast import Harness, HarnessLink, build_harness, network_top
     from .driver import Driver, FramedTransport
 
     cfg = program.cfg
-    if uart is None:
-        top, name, divisor = Controller(cfg), "controller", None
-    else:
-        top, name = VirtualBoard(cfg, clk_freq=uart[0], baud=uart[1]), "virtual_board"
-        divisor = top.bridge.divisor
+    top, name, divisor = network_top(cfg, uart)
     window = None
     if waves:
         window = (0, len(images)) if waves is True else tuple(waves)

@@ -1,0 +1,113 @@
+"""The fast harness (`systolic.sim.fast`): whole networks on Verilator clocked from C++, the host
+driver a frame at a time. Same driver, same protocol, same golden comparison as the cocotb
+route (``tests/test_network_rtl.py``), so this is where the suite runs networks at scale:
+lenet-digits on the default preset, lenet5 on the 12x12 one, waveforms, and the harness's own
+failure paths. (The virtual board's UART with faults on the wire: ``tests/test_deploy.py``,
+``tests/test_fuzz.py``.)"""
+
+import asyncio
+
+import numpy as np
+import pytest
+from net_common import random_images, random_qnet
+from systolic.hw.config import preset
+from systolic.sim.fast import BYTE, Harness, HarnessLink, build_harness, network_top
+from systolic.sw import golden, perfmodel, protocol
+from systolic.sw.errors import SystolicError
+from systolic.sw.simulate import parse_window, simulate
+
+pytestmark = pytest.mark.slow
+
+
+def _exact(report, qnet, images):
+    np.testing.assert_array_equal(report.logits, golden.run(qnet, images).logits)
+    assert report.mismatches == 0
+    cfg = report.program.cfg
+    predicted = [perfmodel.predict_cycles(cfg, lay.fields) for lay in report.program.layers]
+    if report.layer_cycles.shape[1] == len(predicted):
+        assert np.all(report.layer_cycles == np.array(predicted)), (
+            report.layer_cycles[0].tolist(), predicted)
+    else:
+        assert np.all(report.layer_cycles[:, 0] == sum(predicted))
+
+
+def test_lenet_digits_fast_two_processes():
+    """Every logit of 24 images exact, shared between two simulator processes, and every layer
+    of every image taking exactly the cycles the performance model predicts."""
+    qnet = random_qnet("lenet-digits")
+    images = random_images(qnet, 24, seed=7)
+    report = simulate(qnet, images, preset("default"), jobs=2)
+    _exact(report, qnet, images)
+    d = report.as_dict()
+    assert (d["sim"], d["jobs"], d["images"]) == ("fast", 2, 24)
+    assert d["sim_cycles"] >= 24 * d["cycles_per_image"]
+
+
+def test_lenet_digits_fast_trace_and_waves(tmp_path):
+    """Every layer's output of every image read back and exact; image 1's waveforms as FST. (The
+    small preset: a waveform build is a build of its own, and this one's is quick.)"""
+    qnet = random_qnet("lenet-digits", seed=4)
+    images = random_images(qnet, 3, seed=3)
+    fst = tmp_path / "w.fst"
+    report = simulate(qnet, images, preset("small"), trace=True, waves=(1, 2),
+                      waves_file=fst)
+    _exact(report, qnet, images)
+    assert report.first_difference is None
+    assert report.speed["waves"] == str(fst)
+    head = fst.read_bytes()[:1]
+    assert head == b"\x00"                  # an FST file begins with its header block (type 0)
+    assert fst.stat().st_size > 1000
+
+
+def test_lenet5_big_preset_fast():
+    """lenet5 (28x28 MNIST-shaped input) on the 12x12 preset: exact, cycles as predicted."""
+    qnet = random_qnet("lenet5")
+    images = random_images(qnet, 6, seed=5)
+    report = simulate(qnet, images, preset("big"))
+    _exact(report, qnet, images)
+
+
+def test_lost_reply_is_a_link_error_not_a_hang():
+    """A reply that never comes (a request the controller answers with fewer bytes than asked
+    for) ends within the cycle budget as a `protocol.LinkError`."""
+    cfg = preset("default")
+    top, name, _ = network_top(cfg)
+    exe = build_harness(top, name=name)
+    with Harness(exe) as harness:
+        link = HarnessLink(harness, budget=20_000)
+
+        async def ask():
+            await link.send(protocol.status_request())
+            return await link.recv(200)
+
+        with pytest.raises(protocol.LinkError, match="reply stopped after"):
+            asyncio.run(ask())
+        cycles, _ = harness.info()
+        assert 20_000 <= cycles < 40_000
+        # The harness is still in step: a STATUS request gets its whole reply.
+        harness.queue((BYTE, b) for b in protocol.status_request())
+        head = harness.recv(4, 10_000)
+        assert head[0] == 0x5A
+        rest = harness.recv(int.from_bytes(head[2:4], "little") + 2, 10_000)
+        (reply,) = protocol.ReplyParser().feed(head + rest)
+        reply.check()
+
+
+def test_float_images_are_refused():
+    qnet = random_qnet("lenet-digits")
+    images = random_images(qnet, 2).astype(np.float32) / 127
+    with pytest.raises(SystolicError, match=r"^images must be int8 \(quantized"):
+        simulate(qnet, images, preset("default"))
+    with pytest.raises(SystolicError, match=r"^images must be an array of shape \(N, 1, 8, 8\)"):
+        simulate(qnet, np.zeros((2, 8, 8), np.int8), preset("default"))
+
+
+@pytest.mark.parametrize(("text", "window"), [("0", (0, 1)), ("2:5", (2, 5)), ("all", (0, 6))])
+def test_waves_window(text, window):
+    assert parse_window(text, 6) == window
+
+
+@pytest.mark.parametrize("text", ["6", "3:2", "x", "1:9"])
+def test_waves_window_errors(text):
+    with pytest.raises(SystolicError, match=r"^--waves must"):
+        parse_window(text, 6)
