@@ -40,7 +40,8 @@ __all__ = ["VERILATOR_ARGS", "Netlist", "NetlistError", "board_controller", "boa
            "cell_models", "simulate_netlist"]
 
 #: Verilator options for a netlist: only the top level's ports public (cocotb_tools makes every
-#: signal public, which for a netlist of thousands of cells multiplies the C++ to compile).
+#: signal public, which for a netlist of thousands of cells multiplies the C++ to compile; a
+#: control file makes the top level public again).
 VERILATOR_ARGS = ("--no-public-flat-rw",)
 
 # What the board build (`systolic.hw.build.build`) runs around `synth_<family>`: its
@@ -280,10 +281,19 @@ def simulate_netlist(netlist, qnet, images, *, sim="verilator", trace=False, tim
     from ..sim.runner import run_cocotb
 
     images = np.asarray(images, np.int8)
+    args = netlist.run_args()
     if sim == "verilator":
         build_args = [*VERILATOR_ARGS, *build_args]
+        # What cocotb reaches (the top level and its ports) public, nothing else.
+        vlt = netlist.path.with_name("public.vlt")
+        text = (f'`verilator_config\npublic -module "{netlist.name}"\n'
+                f'public_flat_rw -module "{netlist.name}" -var "*"\n')
+        if not vlt.is_file() or vlt.read_text() != text:
+            vlt.write_text(text)
+        args["sources"] = [vlt, *args["sources"]]
     if timeout is None:
-        timeout = 1200 + 60 * len(images) * (10 if sim == "icarus" else 1)
+        # Icarus runs a netlist at a few hundred cycles a second.
+        timeout = 1200 + 60 * len(images) if sim == "verilator" else 3600 * (1 + len(images))
     with tempfile.TemporaryDirectory(prefix="systolic-netlist-") as tmp:
         tmp = Path(tmp)
         qnet.save(tmp / "net.qnet")
@@ -296,7 +306,7 @@ def simulate_netlist(netlist, qnet, images, *, sim="verilator", trace=False, tim
                    build_args=build_args,
                    extra_env={"SYSTOLIC_NETWORK": tmp / "job.json",
                               "SYSTOLIC_RESULTS": tmp / "results.json"},
-                   **netlist.run_args())
+                   **args)
         return json.loads((tmp / "results.json").read_text())
 
 
