@@ -4,6 +4,8 @@ model. CI runs a cut of this (``tests/test_netlist_rtl.py``); this runs what it 
 
     python bench/netlist.py                          # both boards, both simulators, 4 images
     python bench/netlist.py --board ulx3s-85f --sim verilator --images 20
+
+A netlist is synthesized once and cached (like every simulator build) in build/sim/.
 """
 
 import argparse
@@ -31,6 +33,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="network seed (default: 0)")
     p.add_argument("--verilator-args", default="",
                    help="further Verilator options, e.g. -O1 (default: none)")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="wall-clock seconds a simulation may take (default: an hour an image "
+                        "on Icarus, a minute on Verilator, plus the build)")
     args = p.parse_args(argv)
     qnet = random_qnet("lenet-digits", seed=args.seed)
     images = random_images(qnet, args.images)
@@ -44,7 +49,8 @@ def main(argv=None):
         for sim in args.sim or SIMULATORS:
             extra = args.verilator_args.split() if sim == "verilator" else []
             start = time.monotonic()
-            results = simulate_netlist(netlist, qnet, images, sim=sim, build_args=extra)
+            results = simulate_netlist(netlist, qnet, images, sim=sim, build_args=extra,
+                                       timeout=args.timeout)
             seconds = time.monotonic() - start
             got = np.array([r["logits"] for r in results["images"]], np.int8)
             diff = np.argwhere(got != want)
