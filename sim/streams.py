@@ -11,20 +11,30 @@ decides, cycle by cycle, whether ``valid`` (source) or ``ready`` (sink) is offer
 A pause generator is any iterator of truthy ("offer this cycle") and falsy ("idle") values,
 e.g. ``itertools.cycle([1, 1, 1, 0])``; ``None`` offers every cycle. `Backpressure` names the
 patterns tests cross with each other.
+
+Every endpoint also watches its stream, every cycle from its creation to the end of the test,
+whether a transfer is under way or not, from the end of the design's first `reset` on:
+``valid`` and ``ready`` must read 0 or 1 (an X or Z is an error, never taken for 0), and on a
+stream the design drives (a `StreamSink`'s) a beat offered and not taken must still be
+offered, with the same payload, in the next cycle (the rule of `amaranth.lib.stream`), unless
+reset intervenes. A violation fails the test with a `StreamProtocolError` naming the stream
+and the cycle.
 """
 
 import enum
 import itertools
 import random
 
+import cocotb
 from amaranth.hdl import Shape
 from amaranth.lib import data
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge
 
 __all__ = [
-    "Backpressure", "StreamSink", "StreamSource", "bursty_pauses", "pack", "random_pauses",
-    "reset", "start_clock", "unpack",
+    "Backpressure", "StreamProtocolError", "StreamSink", "StreamSource", "bursty_pauses", "pack",
+    "random_pauses", "reset", "start_clock", "unpack",
 ]
 
 
@@ -123,8 +133,54 @@ def _port(dut, prefix, name):
             f"Amaranth component becomes {prefix}__payload, __valid and __ready") from None
 
 
+class StreamProtocolError(AssertionError):
+    """A stream broke the valid/ready handshake: an X or Z on ``valid`` or ``ready``, or a beat
+    the design offered withdrawn or changed before it was taken."""
+
+
+#: Reset signals `reset` has been through in this simulation. Before that a four-state
+#: simulator may show X where the design is not yet defined: memories, and (Icarus, on
+#: Amaranth's Verilog) logic whose inputs have not changed since time zero.
+_reset_done = set()
+
+
+class _Watch:
+    """Check the streams of one clock once a cycle (one task for all of them).
+
+    The signals are read once they have settled after the falling edge: what the next rising
+    edge will see, whether a driver changed them at the rising edge or, as `expect_quiet`
+    does, at the falling one.
+    """
+
+    _by_clock = {}
+
+    def __init__(self, clk):
+        self.clk = clk
+        self.endpoints = []
+        self.cycle = 0          #: cycles since the test's first endpoint on this clock
+        self.task = cocotb.start_soon(self._run())
+
+    @classmethod
+    def add(cls, endpoint):
+        """Watch ``endpoint``, with the running watch of its clock (a new one in a new test)."""
+        watch = cls._by_clock.get(endpoint.clk)
+        if watch is None or watch.task.done():
+            watch = cls._by_clock[endpoint.clk] = cls(endpoint.clk)
+        watch.endpoints.append(endpoint)
+        return watch
+
+    async def _run(self):
+        while True:
+            await FallingEdge(self.clk)
+            await ReadOnly()
+            self.cycle += 1
+            for endpoint in self.endpoints:
+                endpoint._check()
+
+
 class _Endpoint:
-    def __init__(self, dut, prefix, clk, pause, layout):
+    def __init__(self, dut, prefix, clk, pause, layout, *, design_drives):
+        self.name = prefix
         self.clk = clk
         self.payload = _port(dut, prefix, "payload")
         self.valid = _port(dut, prefix, "valid")
@@ -132,14 +188,52 @@ class _Endpoint:
         self.pause = pause
         self.layout = layout
         self.beats = 0          #: handshakes completed
+        self._design_drives = design_drives
+        try:
+            self._rst = dut.rst
+        except AttributeError:
+            self._rst = None
+        self._held = None       # the payload of a beat offered and not taken last cycle
+        self._watch = _Watch.add(self)
 
     def _offer(self):
         return True if self.pause is None else bool(next(self.pause))
 
-    @staticmethod
-    def _high(signal):
+    def _error(self, what):
+        return StreamProtocolError(f"Stream {self.name}, cycle {self._watch.cycle} "
+                                   f"({get_sim_time('ns'):.0f} ns): {what}")
+
+    def _high(self, signal):
+        """``signal`` (valid or ready) is 1; an X or Z is a `StreamProtocolError`."""
         v = signal.value
-        return v.is_resolvable and int(v) == 1
+        if not v.is_resolvable:
+            which = "valid" if signal is self.valid else "ready"
+            raise self._error(f"{which} must be 0 or 1, not {v}")
+        return int(v) == 1
+
+    def _check(self):
+        """The check of one cycle: a resolvable handshake, and a stalled beat held (if the
+        design drives the stream). Nothing is checked before the design's first `reset`
+        has finished, nor while its reset is held."""
+        if self._rst is not None:
+            rst = self._rst.value
+            if self._rst not in _reset_done or not rst.is_resolvable or int(rst):
+                self._held = None
+                return
+        valid, ready = self._high(self.valid), self._high(self.ready)
+        if not self._design_drives:
+            return
+        payload = self.payload.value
+        if self._held is not None:
+            if not valid:
+                raise self._error(
+                    f"valid fell while a beat (payload {self._held}) waited for ready; a beat "
+                    "offered must stay offered until it is taken")
+            if payload != self._held:
+                raise self._error(
+                    f"payload changed from {self._held} to {payload} while valid was high and "
+                    "ready low; it must hold until the beat is taken")
+        self._held = payload if valid and not ready else None
 
 
 class StreamSource(_Endpoint):
@@ -160,7 +254,7 @@ class StreamSource(_Endpoint):
     """
 
     def __init__(self, dut, prefix, clk, pause=None, layout=None):
-        super().__init__(dut, prefix, clk, pause, layout)
+        super().__init__(dut, prefix, clk, pause, layout, design_drives=False)
         self.valid.value = 0
 
     async def put(self, beat):
@@ -200,7 +294,7 @@ class StreamSink(_Endpoint):
     """
 
     def __init__(self, dut, prefix, clk, pause=None, layout=None):
-        super().__init__(dut, prefix, clk, pause, layout)
+        super().__init__(dut, prefix, clk, pause, layout, design_drives=True)
         self.ready.value = 0
 
     async def recv(self, count):
@@ -244,9 +338,11 @@ def start_clock(dut, period_ns=10, name="clk"):
 
 
 async def reset(dut, clk, cycles=2, name="rst"):
-    """Hold ``dut.<name>`` (Amaranth's synchronous reset) high for ``cycles`` clock edges."""
+    """Hold ``dut.<name>`` (Amaranth's synchronous reset) high for ``cycles`` clock edges, then
+    wait one more; the stream monitors check the design's streams from then on."""
     rst = getattr(dut, name)
     rst.value = 1
     await ClockCycles(clk, cycles)
     rst.value = 0
     await RisingEdge(clk)
+    _reset_done.add(rst)
