@@ -36,8 +36,8 @@ from ..sw.errors import SystolicError
 from .boards import BoardTop, get_board
 from .synth import SynthError, find_tool, run_tool
 
-__all__ = ["VERILATOR_ARGS", "Netlist", "NetlistError", "board_controller", "board_netlist",
-           "cell_models", "simulate_netlist"]
+__all__ = ["VERILATOR_ARGS", "Netlist", "NetlistError", "board_config", "board_controller",
+           "board_netlist", "cell_models", "simulate_netlist"]
 
 #: Verilator options for a netlist: only the top level's ports public (cocotb_tools makes every
 #: signal public, which for a netlist of thousands of cells multiplies the C++ to compile; a
@@ -107,8 +107,8 @@ class Netlist:
                 "defines": dict(self.defines)}
 
 
-def board_controller(board, cfg=None):
-    """The `Controller` as `BoardTop` instantiates it for ``board``, and its configuration.
+def board_config(board, cfg=None):
+    """``board`` (a `Board`) and the configuration its netlist is built with.
 
     Parameters
     ----------
@@ -125,9 +125,18 @@ def board_controller(board, cfg=None):
         spec = get_board(board)
     except SystolicError as e:
         raise NetlistError(str(e)) from None
-    if cfg is not None and cfg.target != spec.family:
+    if cfg is None:
+        return spec, spec.config()
+    if cfg.target != spec.family:
         raise NetlistError(f"Configuration target for {spec.name} must be {spec.family!r}, "
                            f"not {cfg.target!r}")
+    return spec, cfg
+
+
+def board_controller(board, cfg=None):
+    """The `Controller` as `BoardTop` instantiates it for ``board`` (see `board_config`), and
+    its configuration."""
+    spec, cfg = board_config(board, cfg)
     top = BoardTop(spec, cfg)
     # Only the controller is elaborated; the rest of the board top is not wanted here.
     top._MustUse__silence = top.bridge._MustUse__silence = True
@@ -204,8 +213,8 @@ def board_netlist(board, cfg=None, *, name="controller", build_dir=None):
     NetlistError
         If the board is unknown, ``cfg`` targets another family, or Yosys fails.
     """
-    controller, cfg = board_controller(board, cfg)
-    spec = get_board(board)
+    spec, cfg = board_config(board, cfg)      # errors before the controller is made
+    controller, cfg = board_controller(spec, cfg)
     if build_dir is None:
         from ..sim.runner import build_root
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from net_common import random_images, random_qnet
 from systolic.hw.config import preset
-from systolic.hw.netlist import NetlistError, board_controller, board_netlist, simulate_netlist
+from systolic.hw.netlist import NetlistError, board_config, board_netlist, simulate_netlist
 from systolic.sim.runner import selected_simulators
 from systolic.sw import golden
 
@@ -46,17 +46,17 @@ def test_netlist_lenet_digits(board):
     np.testing.assert_array_equal(logits, golden.run(qnet, images).logits)
 
 
-def test_board_controller_is_the_boards():
-    _, cfg = board_controller("icebreaker")
+def test_board_config_is_the_boards():
+    _, cfg = board_config("icebreaker")
     assert cfg == preset("small").replace(target="ice40")
-    _, cfg = board_controller("ulx3s-85f")
+    _, cfg = board_config("ulx3s-85f")
     assert cfg == preset("default").replace(target="ecp5")
 
 
-def test_board_controller_rejects_another_family():
+def test_board_config_rejects_another_family():
     with pytest.raises(NetlistError, match=r"^Configuration target for icebreaker must be "
                                            r"'ice40', not 'ecp5'$"):
-        board_controller("icebreaker", preset("small").replace(target="ecp5"))
+        board_netlist("icebreaker", preset("small").replace(target="ecp5"))
 
 
 def test_unknown_board():
