@@ -44,8 +44,9 @@ def test_lenet_digits_fast_two_processes():
 
 
 def test_lenet_digits_fast_trace_and_waves(tmp_path):
-    """Every layer's output of every image read back and exact; image 1's waveforms as FST. (The
-    small preset: a waveform build is a build of its own, and this one's is quick.)"""
+    """The iCEBreaker's configuration (a 1x4 array, one requantization lane on DSP blocks, a
+    max-only pooling engine): every layer's output of every image read back and exact, cycles
+    as predicted; image 1's waveforms as FST."""
     qnet = random_qnet("lenet-digits", seed=4)
     images = random_images(qnet, 3, seed=3)
     fst = tmp_path / "w.fst"
