@@ -1,6 +1,6 @@
 """The systolic array: a ``rows × cols`` mesh of processing elements with skewed edges."""
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -14,6 +14,29 @@ def _delay(m, sig, cycles, name):
     for i in range(cycles):
         nxt = Signal.like(sig, name=f"{name}_d{i}")
         m.d.sync += nxt.eq(sig)
+        sig = nxt
+    return sig
+
+
+def _hard_delay(m, sig, cycles, name, target):
+    """One-bit ``sig`` delayed by ``cycles`` flip-flops that synthesis keeps apart.
+
+    On the FPGA targets each stage is a flip-flop primitive (``TRELLIS_FF``, ``SB_DFFSR``)
+    with the ``sync`` domain's reset: Yosys merges equivalent built-in registers but never
+    primitive instances. In ``generic`` they are ordinary registers.
+    """
+    for i in range(cycles):
+        nxt = Signal(name=f"{name}_d{i}")
+        if target == "ecp5":
+            m.submodules[f"{name}_ff{i}"] = Instance(
+                "TRELLIS_FF", p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK", p_LSRMUX="LSR",
+                p_SRMODE="LSR_OVER_CE", p_REGSET="RESET",
+                i_CLK=ClockSignal("sync"), i_LSR=ResetSignal("sync"), i_DI=sig, o_Q=nxt)
+        elif target == "ice40":
+            m.submodules[f"{name}_ff{i}"] = Instance(
+                "SB_DFFSR", i_C=ClockSignal("sync"), i_R=ResetSignal("sync"), i_D=sig, o_Q=nxt)
+        else:
+            m.d.sync += nxt.eq(sig)
         sig = nxt
     return sig
 
@@ -41,6 +64,15 @@ class SystolicArray(wiring.Component):
         Tile start.
     results : Out(ArrayLayout(ArrayLayout(signed(32), cols), rows))
         Every PE's finished sum.
+
+    Notes
+    -----
+    Every row's ``first`` flag is its own pipeline. As pure delays of one input, the flag
+    registers of the PEs on an anti-diagonal are equivalent, and Yosys merges equivalent
+    registers: one flip-flop then drives the accumulators of up to ``rows`` PEs spread over the
+    chip (a 3 ns route at 8×8 on an ECP5-85F). The row skew of the flag is therefore built from
+    flip-flop primitives, which synthesis does not merge (a ``keep`` attribute on a signal does
+    not stop it), and within a row each PE's flag descends from its left neighbour's.
     """
 
     def __init__(self, cfg):
@@ -68,7 +100,7 @@ class SystolicArray(wiring.Component):
             pe = pes[r][0]
             m.d.comb += [
                 pe.a_in.eq(_delay(m, self.a[r], r, f"a{r}")),
-                pe.first_in.eq(_delay(m, self.first, r, f"first{r}")),
+                pe.first_in.eq(_hard_delay(m, self.first, r, f"first{r}", self._cfg.target)),
             ]
             for c in range(1, cols):
                 m.d.comb += [

@@ -1,6 +1,6 @@
 """The processing element: one int8 × int8 multiplier and one int32 accumulator."""
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -38,9 +38,19 @@ class ProcessingElement(wiring.Component):
     Notes
     -----
     The product is registered once more in the fabric before the accumulator: the route out
-    of the DSP block and the 32-bit carry chain then sit in different cycles (at 8×8 on an
-    ECP5-85F, that route alone is ~5 ns). ``first`` clears the accumulator operand rather
-    than selecting the product, so the clear folds into the carry chain's own LUTs.
+    of the DSP block and the carry chain then sit in different cycles (at 8×8 on an ECP5-85F,
+    that route alone is ~5 ns).
+
+    The 32-bit accumulator is two 16-bit halves, the high half one cycle behind the low one:
+    what the low half's sum carries out, less the product's sign (-1, 0 or +1), goes through
+    a register to the high half. The longest carry chain is then 18 bits (on an ECP5, 9
+    ``CCU2C`` cells where 32 bits take 16), and the two chains place independently.
+
+    Each half restarts by clearing its register (a synchronous reset, the flip-flops' own
+    reset pin) in the cycle before the new tile's first term reaches its adder, taking the
+    adder's output as the finished sum in that same cycle: no multiplexer sits between an
+    accumulator and its carry chain. The low half of the finished sum waits a cycle for the
+    high half, and ``result`` takes both at once.
     """
 
     #: Cycles from ``first`` at the PE's input to the capture of ``result``.
@@ -67,15 +77,25 @@ class ProcessingElement(wiring.Component):
             self.w_out.eq(self.w_in),
             self.first_out.eq(self.first_in),
         ]
-        product = Signal(signed(16))
+        product = Signal(signed(16), reset_less=True)
         m.d.sync += product.eq(mul.p)
-        # The flag waits as long as the product does.
-        first_d = [Signal(name=f"first_d{i}") for i in range(self.CAPTURE)]
-        m.d.sync += first_d[0].eq(self.first_in)
-        for prev, nxt in zip(first_d, first_d[1:]):
-            m.d.sync += nxt.eq(prev)
-        acc = Signal(signed(32))
-        m.d.sync += acc.eq(Mux(first_d[-1], 0, acc) + product)
-        with m.If(first_d[-1]):
-            m.d.sync += self.result.eq(acc)
+        # The restart flags of the two halves, a cycle apart (see Notes); derived from
+        # `first_out`, so the PE's flag pipeline is the row's own.
+        restart_lo, restart_hi = Signal(name="restart_lo"), Signal(name="restart_hi")
+        m.d.sync += [restart_lo.eq(self.first_out), restart_hi.eq(restart_lo)]
+        # Reset-less: what they hold before the first tile's restart is discarded.
+        lo = Signal(16, reset_less=True)
+        hi = Signal(16, reset_less=True)
+        # The low half plus the signed product, in 18 bits: above the low 16 bits is what the
+        # high half must add, -1, 0 or +1 (the carry out less the product's sign).
+        lo_sum = Signal(signed(18))
+        delta = Signal(signed(2), reset_less=True)
+        hi_sum = Signal(16)
+        m.d.comb += [lo_sum.eq(lo + product), hi_sum.eq(hi + delta)]
+        m.d.sync += [lo.eq(lo_sum[:16]), delta.eq(lo_sum[16:]), hi.eq(hi_sum)]
+        lo_done = Signal(16, reset_less=True)
+        with m.If(restart_lo):
+            m.d.sync += [lo.eq(0), lo_done.eq(lo_sum[:16])]
+        with m.If(restart_hi):
+            m.d.sync += [hi.eq(0), self.result.eq(Cat(lo_done, hi_sum))]
         return m
