@@ -34,9 +34,10 @@ from .config import preset
 from .generate import add_config_arguments, config_from_args
 
 # synth.py owns tool discovery and the parsing of nextpnr's report; the board build shares them.
-from .synth import SynthError, _parse, _tail, _tool
+from .synth import SynthError, find_tool, log_tail, parse_report
 
-__all__ = ["BuildError", "BuildReport", "add_parser", "build"]
+__all__ = ["BuildError", "BuildReport", "TimingError", "add_parser", "build", "check_timing",
+           "critical_path_summary", "format_critical_path"]
 
 NAME = "systolic"
 
@@ -61,6 +62,69 @@ _RESOURCES = {
 
 class BuildError(SynthError):
     """A board build that cannot start, a tool that failed, or a design too big for the device."""
+
+
+class TimingError(BuildError):
+    """A build that finished but missed its clock; the message has the fmax and critical path."""
+
+
+# Yosys and nextpnr name a mapped cell after the signal it drives, then append the primitive and
+# port it became ("pe_1_7.acc_TRELLIS_FF_Q_31", "...$CCU2_COMB1"); the design's name is the part
+# before that.
+_MAPPED = re.compile(r"(\$|_(TRELLIS_|CCU2C|LUT4|PFUMX|L6MUX21|DP16KD|MULT18X18D|ALU54B|"
+                     r"DPR16X4C|SB_|ICESTORM_)).*$")
+
+
+def _design_name(cell):
+    return _MAPPED.sub("", cell) or cell
+
+
+def critical_path_summary(segments, clock=None):
+    """Where nextpnr's critical path starts and ends and how its delay splits.
+
+    Parameters
+    ----------
+    segments : list of dict
+        The path from nextpnr's JSON report (``critical_paths[i]["path"]``, as
+        `systolic.hw.synth.SynthReport.critical_path` holds it): ``type`` (``clk-to-q``,
+        ``logic``, ``routing``, ``setup``), ``delay`` in ns, ``from``/``to`` cell and port.
+    clock : str, optional
+        The clock the path belongs to.
+
+    Returns
+    -------
+    dict
+        Empty for an empty path. Otherwise ``from`` and ``to``: the start and end registers in
+        the design's names (the mapped cell's name without the primitive Yosys appended);
+        ``from_cell``/``to_cell``: nextpnr's cell names with their ports; ``delay_ns``;
+        ``logic_ns`` (clock-to-out, logic and setup) and ``routing_ns``, which add up to it;
+        ``logic_levels`` (logic segments, carry-chain hops included); and ``clock``.
+    """
+    if not segments:
+        return {}
+    first, last = segments[0], segments[-1]
+    src, dst = first.get("from", {}), last.get("to", {})
+    routing = sum(s.get("delay", 0.0) for s in segments if s.get("type") == "routing")
+    total = sum(s.get("delay", 0.0) for s in segments)
+    return {
+        "clock": clock,
+        "from": _design_name(src.get("cell", "?")),
+        "to": _design_name(dst.get("cell", "?")),
+        "from_cell": f"{src.get('cell', '?')}.{src.get('port', '?')}",
+        "to_cell": f"{dst.get('cell', '?')}.{dst.get('port', '?')}",
+        "delay_ns": round(total, 3),
+        "logic_ns": round(total - routing, 3),
+        "routing_ns": round(routing, 3),
+        "logic_levels": sum(1 for s in segments if s.get("type") == "logic"),
+    }
+
+
+def format_critical_path(summary):
+    """One line: ``from -> to: D ns (L ns logic, R ns routing)``, or ``unknown``."""
+    if not summary:
+        return "unknown"
+    return (f"{summary['from']} -> {summary['to']}: {summary['delay_ns']:.2f} ns "
+            f"({summary['logic_ns']:.2f} ns logic, {summary['routing_ns']:.2f} ns routing)")
 
 
 @dataclass
@@ -95,6 +159,11 @@ class BuildReport:
         Hash of what was built: the build plan, the placer seed and the tools' versions.
     reused : bool
         The build directory already held this design's bitstream: nothing was run.
+    critical_path : dict
+        The slowest clock's worst path (`critical_path_summary`); empty if nextpnr gave none.
+    peak_gops : float
+        The array's peak rate at ``clock_mhz``: 2 operations (multiply, add) per PE per cycle,
+        in 10^9 operations per second.
     """
 
     board: str
@@ -117,6 +186,8 @@ class BuildReport:
     program_hint: str = ""
     design: str = ""
     reused: bool = False
+    critical_path: dict = field(default_factory=dict)
+    peak_gops: float = 0.0
 
     def as_dict(self):
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -147,6 +218,10 @@ class BuildReport:
             verdict = "met" if f["achieved"] >= f["constraint"] else "FAILED"
             lines.append(f"  fmax   {f['achieved']:6.1f} MHz for {f['constraint']:g} MHz "
                          f"({verdict})  {clock}")
+        if self.critical_path:
+            lines.append(f"  critical path {format_critical_path(self.critical_path)}")
+        lines.append(f"  peak   {self.peak_gops:.2f} GOPS ({self.config['rows']}x"
+                     f"{self.config['cols']} PEs, 2 ops a cycle each)")
         lines.append(f"  bitstream {self.bitstream}")
         if self.program_hint:
             lines.append(f"  program:  {self.program_hint}")
@@ -163,14 +238,14 @@ def _toolchain_env(family):
     try:
         for var, tool in _TOOLS[family].items():
             try:
-                os.environ[var] = _tool(tool)
+                os.environ[var] = find_tool(tool)
             except SynthError as e:
                 raise BuildError(str(e)) from None
         var, prog = _PROGRAMMERS[family]
         if not shutil.which(os.environ.get(var, prog)):
             # The platform insists on a programmer before building; `build` never programs,
             # so any existing program satisfies the check.
-            os.environ[var] = shutil.which("true") or _tool("yosys")
+            os.environ[var] = shutil.which("true") or find_tool("yosys")
         yield
     finally:
         os.environ.clear()
@@ -236,7 +311,7 @@ class _ToolWatch:
 
 
 def _nextpnr_phase(log):
-    for line in reversed(_tail(log, 40).splitlines()):
+    for line in reversed(log_tail(log, 40).splitlines()):
         if line.startswith("Info: ") and any(w in line for w in ("Running", "Routing", "placer",
                                                                 "Packing", "iter")):
             return line[6:60]
@@ -246,7 +321,7 @@ def _nextpnr_phase(log):
 def _overfull(log):
     """``(cell, used, available)`` for each over-used resource in nextpnr's utilisation log."""
     found = []
-    for m in re.finditer(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", _tail(log, 10_000),
+    for m in re.finditer(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", log_tail(log, 10_000),
                          re.MULTILINE):
         cell, used, avail = m.group(1), int(m.group(2)), int(m.group(3))
         if used > avail:
@@ -285,9 +360,9 @@ def _run_plan(build_dir, cfg):
         what = "; ".join(f"{_NAMES.get(c, c)} ({c}) {u} of {a}" for c, u, a in over)
         raise BuildError(f"The design does not fit the device: {what}. Use "
                          f"{_shrink_hint(cfg, over)}")
-    tail = _tail(pnr_log if pnr_log.exists() else build_dir / f"{NAME}.rpt")
+    tail = log_tail(pnr_log if pnr_log.exists() else build_dir / f"{NAME}.rpt")
     if "ERROR" not in tail:
-        tail = _tail(log)
+        tail = log_tail(log)
     raise BuildError(f"The toolchain failed (exit code {rc}) in {build_dir}; end of its log:\n"
                      f"{tail}")
 
@@ -407,11 +482,12 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
     bitstream = build_dir / (f"{NAME}.bit" if spec.family == "ecp5" else f"{NAME}.bin")
     if not bitstream.exists():
         raise BuildError(f"The toolchain finished but wrote no bitstream {bitstream}; end of "
-                         f"its log:\n{_tail(build_dir / 'build.log')}")
-    synth = _parse(build_dir, name=NAME, family=spec.family, device=platform.device,
+                         f"its log:\n{log_tail(build_dir / 'build.log')}")
+    synth = parse_report(build_dir, name=NAME, family=spec.family, device=platform.device,
                    package=platform.package, clock_mhz=target_mhz, out_of_context=False)
     clocks = {k: {"achieved": v["achieved"], "constraint": v.get("constraint", target_mhz)}
               for k, v in synth.fmax.items() if "achieved" in v}
+    slowest = min(clocks, key=lambda k: clocks[k]["achieved"]) if clocks else None
     report = BuildReport(
         board=spec.name, bitstream=bitstream, config=top.cfg.as_dict(), clock_mhz=target_mhz,
         baud=top.baud, luts=synth.luts, ffs=synth.ffs, dsps=synth.dsps, brams=synth.brams,
@@ -420,7 +496,8 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
         timing_met=all(c["achieved"] >= c["constraint"] for c in clocks.values()),
         clocks=clocks, stages={k: round(v, 1) for k, v in stages.items()},
         build_dir=build_dir, program_hint=spec.program_hint.format(bitstream=bitstream),
-        design=design)
+        design=design, critical_path=critical_path_summary(synth.critical_path, slowest),
+        peak_gops=round(2 * top.cfg.pes * target_mhz / 1000, 3))
     (build_dir / "report.json").write_text(json.dumps(
         {**report.as_dict(), "nextpnr": json.loads((build_dir / "report.json").read_text())},
         indent=2) + "\n")
@@ -436,12 +513,21 @@ def _run(args):
     report = build(spec.name, cfg, clock_mhz=args.clock, baud=args.baud, build_dir=args.output,
                    seed=args.seed, progress=not args.json, force=args.force)
     if args.json:
-        print(json.dumps(report.as_dict()))
+        print(json.dumps(report.as_dict()), flush=True)
+    else:
+        print(report.table(), flush=True)
+    check_timing(report)
+
+
+def check_timing(report):
+    """`TimingError` if ``report`` missed its clock: the fmax, the critical path, what to try."""
+    if report.timing_met:
         return
-    print(report.table())
-    if not report.timing_met:
-        print(f"warning: timing not met at {report.target_mhz:g} MHz; try --clock "
-              f"{int(report.fmax_mhz or 0)} or another --seed")
+    fmax = "unknown" if report.fmax_mhz is None else f"{report.fmax_mhz:.1f} MHz"
+    raise TimingError(
+        f"Timing not met: fmax {fmax} for a {report.target_mhz:g} MHz clock; critical path "
+        f"{format_critical_path(report.critical_path)}. Try --clock "
+        f"{int(report.fmax_mhz or 0)} or another --seed")
 
 
 def add_parser(subparsers):

@@ -32,7 +32,7 @@ from amaranth.lib.wiring import In, Out
 from ..sw.errors import SystolicError
 
 __all__ = ["DEVICES", "FAMILIES", "PortFolder", "SynthError", "SynthReport", "find_tool",
-           "run_tool", "synthesize"]
+           "log_tail", "parse_report", "run_tool", "synthesize"]
 
 #: Devices each family's nextpnr accepts (the ``--<device>`` flag) and its default package.
 DEVICES = {
@@ -280,7 +280,7 @@ def synthesize(component, *, family="ecp5", device=None, package=None, clock_mhz
         pnr_args += ["--pcf-allow-unconstrained"]
     run_tool(nextpnr, f"nextpnr-{family}", pnr_args, workdir, "nextpnr.log", progress=progress)
 
-    return _parse(workdir, name=name, family=family, device=device, package=package,
+    return parse_report(workdir, name=name, family=family, device=device, package=package,
                   clock_mhz=float(clock_mhz), out_of_context=out_of_context)
 
 
@@ -321,7 +321,8 @@ def find_tool(name):
     return found
 
 
-def _tail(path, lines=20):
+def log_tail(path, lines=20):
+    """The last ``lines`` lines of the log at ``path`` (``(no log)`` if unreadable)."""
     try:
         text = Path(path).read_text(errors="replace").splitlines()
     except OSError:
@@ -340,12 +341,8 @@ def run_tool(exe, tool, args, cwd, log, *, progress=False):
             _spin(proc, Path(cwd) / log, tool)
         rc = proc.wait()
     if rc != 0:
-        tail = _tail(Path(cwd) / log) if (Path(cwd) / log).exists() else _tail(out)
+        tail = log_tail(Path(cwd) / log) if (Path(cwd) / log).exists() else log_tail(out)
         raise SynthError(f"{tool} failed with exit code {rc} in {cwd}; end of its log:\n{tail}")
-
-
-# The names hw/build.py imports.
-_tool, _run = find_tool, run_tool
 
 
 def _spin(proc, log, tool):
@@ -357,7 +354,7 @@ def _spin(proc, log, tool):
         while proc.poll() is None:
             time.sleep(0.5)
             phase = ""
-            for line in reversed(_tail(log, 40).splitlines()):
+            for line in reversed(log_tail(log, 40).splitlines()):
                 if line.startswith("Info: ") and ("Running" in line or "Routing" in line
                                                   or "placer" in line or "Packing" in line):
                     phase = line[6:60]
@@ -370,12 +367,14 @@ def _spin(proc, log, tool):
 
 # Report -----------------------------------------------------------------------------------------
 
-def _parse(workdir, *, name, family, device, package, clock_mhz, out_of_context):
+def parse_report(workdir, *, name, family, device, package, clock_mhz, out_of_context):
+    """The `SynthReport` of the nextpnr run in ``workdir`` (its ``report.json``, and Yosys's
+    ``stat.json`` on iCE40); `SynthError` if the report is missing."""
     try:
         report = json.loads((workdir / "report.json").read_text())
     except (OSError, ValueError) as e:
         raise SynthError(f"nextpnr's report {workdir / 'report.json'} is missing or not JSON "
-                         f"({e}); end of its log:\n{_tail(workdir / 'nextpnr.log')}") from None
+                         f"({e}); end of its log:\n{log_tail(workdir / 'nextpnr.log')}") from None
     util = report.get("utilization", {})
 
     def used(cell):

@@ -9,7 +9,9 @@ minute, and then no time at all for the same design again (the bitstream is reus
 import json
 
 import pytest
-from systolic.hw.build import BuildError, BuildReport, _reusable, _run_plan, build
+from systolic.hw import build as build_module
+from systolic.hw.build import (BuildError, BuildReport, _reusable, _run_plan, build,
+                               critical_path_summary)
 from systolic.hw.config import preset
 from systolic.sw.cli import main
 from systolic.sw.errors import SystolicError
@@ -21,6 +23,42 @@ Info: \t        ICESTORM_RAM:     102/     30   340%
 Info: \t        ICESTORM_DSP:       8/      8   100%
 ERROR: Unable to place cell 'x', no BELs remaining to implement cell type 'ICESTORM_RAM'
 """
+
+
+# The critical path of an 8x8 array on the ECP5-85F as nextpnr's report.json gave it (the
+# carry chain's hops shortened to two).
+_REPORT_PATH = json.loads("""[
+ {"delay": 0.525, "type": "clk-to-q",
+  "from": {"cell": "pe_4_6.first_d0_TRELLIS_FF_Q", "loc": [60, 7], "port": "Q"},
+  "to": {"cell": "pe_4_6.first_d0_TRELLIS_FF_Q", "loc": [60, 7], "port": "Q"}},
+ {"delay": 2.999, "type": "routing", "net": "pe_3_5.first_d2",
+  "sources": ["/work/main/hw/pe.py:73"],
+  "from": {"cell": "pe_4_6.first_d0_TRELLIS_FF_Q", "loc": [60, 7], "port": "Q"},
+  "to": {"cell": "pe_1_7.acc_TRELLIS_FF_Q_5_DI_CCU2C_S0_B0_LUT4_Z", "loc": [36, 19],
+         "port": "D"}},
+ {"delay": 0.236, "type": "logic",
+  "from": {"cell": "pe_1_7.acc_TRELLIS_FF_Q_5_DI_CCU2C_S0_B0_LUT4_Z", "loc": [36, 19],
+           "port": "D"},
+  "to": {"cell": "pe_1_7.acc_TRELLIS_FF_Q_5_DI_CCU2C_S0_B0_LUT4_Z", "loc": [36, 19],
+         "port": "F"}},
+ {"delay": 1.07, "type": "routing", "net": "pe_1_7.acc_TRELLIS_FF_Q_5_DI_CCU2C_S0_B0",
+  "from": {"cell": "pe_1_7.acc_TRELLIS_FF_Q_5_DI_CCU2C_S0_B0_LUT4_Z", "loc": [36, 19],
+           "port": "F"},
+  "to": {"cell": "pe_1_7.acc_TRELLIS_FF_Q_5_DI_CCU2C_S0$CCU2_COMB0", "loc": [36, 19],
+         "port": "B"}},
+ {"delay": 0.448, "type": "logic",
+  "from": {"cell": "pe_1_7.acc_TRELLIS_FF_Q_5_DI_CCU2C_S0$CCU2_COMB0", "loc": [36, 19],
+           "port": "B"},
+  "to": {"cell": "pe_1_7.acc_TRELLIS_FF_Q_30_DI_CCU2C_S0$CCU2_COMB1", "loc": [39, 20],
+         "port": "F"}},
+ {"delay": 0.13, "type": "routing", "net": "pe_1_7.acc_TRELLIS_FF_Q_30_DI_CCU2C_S0_S1",
+  "from": {"cell": "pe_1_7.acc_TRELLIS_FF_Q_30_DI_CCU2C_S0$CCU2_COMB1", "loc": [39, 20],
+           "port": "F"},
+  "to": {"cell": "pe_1_7.acc_TRELLIS_FF_Q_31", "loc": [39, 20], "port": "DI"}},
+ {"delay": 0, "type": "setup",
+  "from": {"cell": "pe_1_7.acc_TRELLIS_FF_Q_31", "loc": [39, 20], "port": "DI"},
+  "to": {"cell": "pe_1_7.acc_TRELLIS_FF_Q_31", "loc": [39, 20], "port": "DI"}}
+]""")
 
 
 def fake_plan(tmp_path, script):
@@ -92,6 +130,41 @@ def test_reuse_needs_the_same_design_and_its_bitstream(tmp_path):
     assert _reusable(moved, "abc") is None                      # a broken report
 
 
+def test_critical_path_summary():
+    assert critical_path_summary(_REPORT_PATH, "clk") == {
+        "clock": "clk",
+        "from": "pe_4_6.first_d0", "to": "pe_1_7.acc",
+        "from_cell": "pe_4_6.first_d0_TRELLIS_FF_Q.Q", "to_cell": "pe_1_7.acc_TRELLIS_FF_Q_31.DI",
+        "delay_ns": 5.408, "logic_ns": 1.209, "routing_ns": 4.199, "logic_levels": 2,
+    }
+    assert critical_path_summary([]) == {}
+
+
+def _missed_report(tmp_path):
+    return BuildReport(
+        board="icebreaker", bitstream=tmp_path / "systolic.bin",
+        config={"rows": 1, "cols": 4}, clock_mhz=18.0, baud=1_000_000, luts=1, ffs=1, dsps=6,
+        brams=0, sprams=0, totals={}, fmax_mhz=15.25, target_mhz=18.0, timing_met=False,
+        clocks={"clk": {"achieved": 15.25, "constraint": 18.0}}, build_dir=tmp_path,
+        critical_path=critical_path_summary(_REPORT_PATH, "clk"), peak_gops=0.144)
+
+
+@pytest.mark.parametrize("json_flag", [True, False])
+def test_missed_timing_exits_nonzero(tmp_path, monkeypatch, capsys, json_flag):
+    monkeypatch.setattr(build_module, "build", lambda *args, **kwargs: _missed_report(tmp_path))
+    argv = ["build", "--board", "icebreaker", "-o", str(tmp_path)] + ["--json"] * json_flag
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err == ("systolic: error: Timing not met: fmax 15.2 MHz for a 18 MHz clock; "
+                   "critical path pe_4_6.first_d0 -> pe_1_7.acc: 5.41 ns (1.21 ns logic, "
+                   "4.20 ns routing). Try --clock 15 or another --seed\n")
+    if json_flag:                               # the report is still printed, whole
+        assert json.loads(out) == _missed_report(tmp_path).as_dict()
+    else:
+        assert "critical path pe_4_6.first_d0 -> pe_1_7.acc: 5.41 ns" in out
+        assert "peak   0.14 GOPS (1x4 PEs, 2 ops a cycle each)" in out
+
+
 @pytest.mark.slow
 def test_build_icebreaker_end_to_end(tmp_path, capsys):
     out = tmp_path / "ice"
@@ -112,6 +185,13 @@ def test_build_icebreaker_end_to_end(tmp_path, capsys):
     assert report["fmax_mhz"] > 0
     assert report["timing_met"] == (report["fmax_mhz"] >= 18.0)
     assert report["timing_met"]
+    assert report["peak_gops"] == 2 * 4 * 18.0 / 1000
+    path = report["critical_path"]
+    assert set(path) == {"clock", "from", "to", "from_cell", "to_cell", "delay_ns", "logic_ns",
+                         "routing_ns", "logic_levels"}
+    assert path["from"] and "$" not in path["from"] and "$" not in path["to"]
+    assert path["logic_ns"] + path["routing_ns"] == pytest.approx(path["delay_ns"], abs=2e-3)
+    assert path["delay_ns"] == pytest.approx(1000 / report["fmax_mhz"], rel=0.05)
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["luts"] == report["luts"]
     assert "utilization" in on_disk["nextpnr"]
