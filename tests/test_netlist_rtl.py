@@ -34,6 +34,7 @@ def _sim():
 @pytest.mark.slow
 @pytest.mark.parametrize("board", list(CASES))
 def test_netlist_lenet_digits(board):
+    sim = _sim()
     cfg, n = CASES[board]
     netlist = board_netlist(board, cfg)
     kinds = {"ecp5": ("MULT18X18D", "DP16KD"),
@@ -42,7 +43,7 @@ def test_netlist_lenet_digits(board):
         assert netlist.cells.get(kind, 0) > 0, (kind, netlist.cells)
     qnet = random_qnet("lenet-digits")
     images = random_images(qnet, n)
-    results = simulate_netlist(netlist, qnet, images, sim=_sim())
+    results = simulate_netlist(netlist, qnet, images, sim=sim)
     logits = np.array([r["logits"] for r in results["images"]], np.int8)
     np.testing.assert_array_equal(logits, golden.run(qnet, images).logits)
 
