@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _mac_grid import MacGrid
+from systolic.hw.build import critical_path_summary, format_critical_path
 from systolic.hw.config import TARGETS, AcceleratorConfig
 from systolic.hw.synth import FAMILIES, synthesize
 from systolic.sw.errors import SystolicError
@@ -80,6 +81,7 @@ def main(argv=None):
                 "brams": report.brams, "fmax_mhz": report.fmax_mhz,
                 "target_mhz": report.target_mhz, "timing_met": report.timing_met,
                 "totals": report.totals, "seconds": round(time.monotonic() - start, 1),
+                "critical_path": critical_path_summary(report.critical_path),
                 "workdir": str(report.workdir),
             }
             records.append(record)
@@ -93,7 +95,7 @@ def main(argv=None):
                       f"{report.target_mhz:g} MHz target "
                       f"({'met' if report.timing_met else 'FAILED'}); "
                       f"{record['seconds']:.0f} s", flush=True)
-                print("  critical path:\n    " +
+                print(f"  critical path {format_critical_path(record['critical_path'])}:\n    " +
                       report.format_critical_path().replace("\n", "\n    "), flush=True)
     except SystolicError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -165,3 +165,53 @@ def test_conv_requant_lanes(rows, cols, lanes, dsp, cin, h, w, cout, k, stride, 
     assert np.array_equal(y, exp)
     d = describe_conv(cfg, cin=cin, h=h, w=w, cout=cout, kh=k, kw=k, stride=stride, pad=pad)
     assert cycles == perfmodel.predict_cycles(cfg, d)
+
+
+@pytest.mark.parametrize("extreme", [False, True])
+def test_pe_sums_exact(extreme):
+    """One PE, tiles back to back: every tile's int32 sum exactly, ``CAPTURE`` + 1 cycles
+    after the next tile's ``first``; with ``extreme``, long tiles of ±128 × -128 products,
+    whose sums cross both 16-bit halves' boundaries in both directions."""
+    from systolic.hw.pe import ProcessingElement
+
+    rng = np.random.default_rng(11 + extreme)
+    tiles = []
+    for _ in range(12):
+        k = int(rng.integers(1, 700 if extreme else 20))
+        if extreme:
+            a = rng.choice(np.array([-128, 127]), k) * (1 if rng.random() < 0.5 else -1)
+            a = np.clip(a, -128, 127)
+            w = np.full(k, -128)
+        else:
+            a, w = rng.integers(-128, 128, k), rng.integers(-128, 128, k)
+        tiles.append((a.astype(np.int64), w.astype(np.int64)))
+    pe = ProcessingElement()
+    got = []
+
+    async def bench(ctx):
+        starts = []
+        cycle = 0
+        for a, w in [*tiles, (np.zeros(1, np.int64), np.zeros(1, np.int64))]:
+            for i in range(len(a)):
+                ctx.set(pe.a_in, int(a[i]))
+                ctx.set(pe.w_in, int(w[i]))
+                ctx.set(pe.first_in, int(i == 0))
+                if i == 0:
+                    starts.append(cycle)
+                await ctx.tick()
+                cycle += 1
+                for s in starts[1:]:
+                    if cycle == s + ProcessingElement.CAPTURE + 1:
+                        got.append(ctx.get(pe.result))
+        ctx.set(pe.first_in, 0)
+        for _ in range(ProcessingElement.CAPTURE + 1):
+            await ctx.tick()
+            cycle += 1
+            if cycle == starts[-1] + ProcessingElement.CAPTURE + 1:
+                got.append(ctx.get(pe.result))
+
+    sim = Simulator(pe)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [int(np.dot(a, w)) for a, w in tiles]
