@@ -92,7 +92,8 @@ def _check_lz4():
             "install it, e.g. `apt-get install liblz4-dev` (scripts/setup.sh does)")
 
 
-def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, progress=None):
+def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, progress=None,
+                  models=(), includes=(), defines=None, cxx_opt=_CXX_OPT):
     """Compile ``top`` with the harness into an executable; return its path (cached).
 
     Parameters
@@ -109,6 +110,11 @@ def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, 
         Build with FST waveform recording (slower; off until the host asks for it).
     progress : callable or None
         Called with a line of text when a build starts.
+    models, includes, defines
+        For a netlist (`systolic.hw.netlist.Netlist`): the cell models' Verilog files, their
+        include directories and preprocessor defines.
+    cxx_opt : str
+        The C++ optimization (a netlist of cells compiles far faster at ``-O1``).
 
     Raises
     ------
@@ -119,14 +125,18 @@ def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, 
     if waves:
         _check_lz4()
     text = _verilog_text(top, name)
-    defines = [f"-DDIVISOR={int(uart_divisor)}", "-DHARNESS_UART"] if uart_divisor else []
+    cdefs = [f"-DDIVISOR={int(uart_divisor)}", "-DHARNESS_UART"] if uart_divisor else []
     if waves:
-        defines.append("-DHARNESS_TRACE")
+        cdefs.append("-DHARNESS_TRACE")
     flags = [*VERILATOR_ARGS, "--prefix", "Vtop", "--top-module", name]
     if waves:
         flags.append("--trace-fst")
+    flags += [f"-I{Path(d).resolve()}" for d in includes]
+    flags += [f"+define+{k}" + ("" if v is None else f"={v}") for k, v in (defines or {}).items()]
+    models = [Path(m).resolve() for m in models]
     harness_text = source.read_text()
-    digest = hashlib.sha256(json.dumps([text, harness_text, defines, flags, _CXX_OPT])
+    digest = hashlib.sha256(json.dumps([text, harness_text, cdefs, flags, cxx_opt,
+                                        [m.read_text() for m in models]])
                             .encode()).hexdigest()[:16]
     build_dir = build_root() / f"fast-{name}-{digest}"
     exe = build_dir / "harness"
@@ -142,8 +152,8 @@ def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, 
             progress(f"building the {name} simulator with Verilator (once per design, "
                      "about a minute)")
         cmd = ["verilator", "--cc", "--exe", "--build", "-j", "2", *flags,
-               "-CFLAGS", " ".join([_CXX_OPT, *defines]), "-Mdir", "obj", "-o", "../harness",
-               f"{name}.v", source.name]
+               "-CFLAGS", " ".join([cxx_opt, *cdefs]), "-Mdir", "obj", "-o", "../harness",
+               f"{name}.v", *map(str, models), source.name]
         log = build_dir / "build.log"
         with open(log, "w") as f:
             done = subprocess.run(cmd, cwd=build_dir, stdout=f, stderr=subprocess.STDOUT)

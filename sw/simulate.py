@@ -139,7 +139,7 @@ def _stdout_to_stderr():
 
 def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=None,
             uart=None, faults=(), layer_cycles=True, jobs=None, progress=None,
-            waves_file=None):
+            waves_file=None, netlist=None):
     """Run ``qnet`` on int8 ``images`` ``(N, C, H, W)`` in the accelerator's RTL (controller
     and core), driven through the framed host protocol; with ``uart = (clk_hz, baud)``, the
     virtual board (`systolic.hw.virtual.VirtualBoard`), driven bit by bit on its UART pins,
@@ -155,6 +155,9 @@ def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=N
         path is in the result's ``speed``), as the cocotb runner does otherwise.
     waves_file : path or None
         ``fast``: the FST file (default: ``systolic-waves.fst`` in the current directory).
+    netlist : systolic.hw.netlist.Netlist or None
+        Simulate this synthesized netlist (a board's controller, cell by cell on its cell
+        models) instead of the design's Verilog; ``cfg`` must be the one it was built with.
     jobs : int or None
         ``fast``: simulator processes sharing the images (default: one per core, one with
         ``faults`` or ``waves``).
@@ -183,10 +186,17 @@ def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=N
         raise SystolicError(f"Simulator must be one of {', '.join(SIMULATORS)}, not {sim!r}")
     program = compile_network(qnet, cfg)          # fit errors before building anything
     images = _check_images(images, program)
+    if netlist is not None and (uart is not None or waves):
+        raise SystolicError("A netlist is simulated on its byte streams, without waveforms")
     if sim == "fast":
         return _run_fast(program, images, trace=trace, waves=waves, uart=uart, faults=faults,
                          layer_cycles=layer_cycles, jobs=jobs, progress=progress,
-                         timeout=timeout, waves_file=waves_file)
+                         timeout=timeout, waves_file=waves_file, netlist=netlist)
+    if netlist is not None:
+        from ..hw.netlist import simulate_netlist
+
+        return simulate_netlist(netlist, qnet, images, sim=sim, trace=trace, timeout=timeout,
+                                layer_cycles=layer_cycles)
     return _run_cocotb(qnet, images, cfg, sim=sim, trace=trace, waves=bool(waves),
                        timeout=timeout, uart=uart, faults=faults, layer_cycles=layer_cycles)
 
@@ -215,7 +225,7 @@ def _recv_budget(program, divisor):
 
 
 def _run_fast(program, images, *, trace, waves, uart, faults, layer_cycles, jobs, progress,
-              timeout, waves_file):
+              timeout, waves_file, netlist):
     import asyncio
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -224,7 +234,6 @@ def _run_fast(program, images, *, trace, waves, uart, faults, layer_cycles, jobs
     from .driver import Driver, FramedTransport
 
     cfg = program.cfg
-    top, name, divisor = network_top(cfg, uart)
     window = None
     if waves:
         window = (0, len(images)) if waves is True else tuple(waves)
@@ -234,8 +243,15 @@ def _run_fast(program, images, *, trace, waves, uart, faults, layer_cycles, jobs
     if (faults or window) and jobs > 1:
         raise SystolicError("faults and waveforms need one simulator process: jobs=1")
     say = progress if progress is not None else (lambda _: None)
-    exe = build_harness(top, name=name, uart_divisor=divisor, waves=window is not None,
-                        progress=lambda line: say(line))
+    if netlist is None:
+        top, name, divisor = network_top(cfg, uart)
+        exe = build_harness(top, name=name, uart_divisor=divisor, waves=window is not None,
+                            progress=lambda line: say(line))
+    else:
+        divisor = None
+        exe = build_harness(netlist.path, name=netlist.name, models=netlist.models,
+                            includes=netlist.includes, defines=netlist.defines,
+                            cxx_opt="-O1", progress=lambda line: say(line))
     budget = _recv_budget(program, divisor)
     started = time.monotonic()
     fst = Path(waves_file or "systolic-waves.fst").resolve()
@@ -337,7 +353,7 @@ def _first_difference(program, gold, results):
 
 def simulate(qnet, images, cfg, *, labels=None, sim="fast", trace=False, waves=None,
              uart=None, faults=(), layer_cycles=True, jobs=None, progress=None,
-             waves_file=None):
+             waves_file=None, netlist=None):
     """Run ``images`` in RTL and compare with the golden model; returns a `SimulationReport`.
 
     The arguments are `run_rtl`'s; ``labels`` are the images' true classes, when known.
@@ -348,7 +364,7 @@ def simulate(qnet, images, cfg, *, labels=None, sim="fast", trace=False, waves=N
     start = time.monotonic()
     out = run_rtl(qnet, images, cfg, sim=sim, trace=trace, waves=waves, uart=uart,
                   faults=faults, layer_cycles=layer_cycles, jobs=jobs, progress=progress,
-                  waves_file=waves_file)
+                  waves_file=waves_file, netlist=netlist)
     wall = time.monotonic() - start
     results = out["images"]
     link = {k: out[k] for k in ("faults", "resent", "reruns")}

@@ -8,10 +8,11 @@ import re
 import numpy as np
 import pytest
 from net_common import random_images, random_qnet
-from systolic.hw.config import preset
-from systolic.hw.netlist import NetlistError, board_config, board_netlist, simulate_netlist
+from systolic.hw.config import AcceleratorConfig, preset
+from systolic.hw.netlist import NetlistError, board_config, board_netlist
 from systolic.sim.runner import selected_simulators
 from systolic.sw import golden
+from systolic.sw.simulate import simulate
 
 # What CI simulates, per board: its configuration (None: the board's own) and images. The
 # ULX3S's 8x8 netlist (75 DP16KD, 64 MULT18X18D, 14k LUTs) takes far longer to build and run
@@ -28,7 +29,7 @@ def _sim():
     # Icarus takes over half an hour an image on a netlist: `bench/netlist.py --sim icarus`.
     if "verilator" not in selected_simulators():
         pytest.skip("netlists are simulated on Verilator; SIM excludes it")
-    return "verilator"
+    return "fast"
 
 
 @pytest.mark.slow
@@ -43,9 +44,11 @@ def test_netlist_lenet_digits(board):
         assert netlist.cells.get(kind, 0) > 0, (kind, netlist.cells)
     qnet = random_qnet("lenet-digits")
     images = random_images(qnet, n)
-    results = simulate_netlist(netlist, qnet, images, sim=sim)
-    logits = np.array([r["logits"] for r in results["images"]], np.int8)
-    np.testing.assert_array_equal(logits, golden.run(qnet, images).logits)
+    # On the fast harness: the netlist and its cell models compiled with the C++ clock loop.
+    report = simulate(qnet, images, AcceleratorConfig.from_dict(netlist.config), sim=sim,
+                      netlist=netlist, jobs=1)
+    np.testing.assert_array_equal(report.logits, golden.run(qnet, images).logits)
+    assert report.mismatches == 0
 
 
 def test_board_config_is_the_boards():
