@@ -41,18 +41,20 @@ class ProcessingElement(wiring.Component):
     of the DSP block and the carry chain then sit in different cycles (at 8×8 on an ECP5-85F,
     that route alone is ~5 ns).
 
-    The accumulator is a 32-bit running sum that is never cleared, in two 16-bit halves, the
-    high half one cycle behind the low one: what the low half's sum carries out, less the
-    product's sign (-1, 0 or +1), goes through a register to the high half. Each half's loop
-    is then a flip-flop, one carry chain of at most 18 bits (on an ECP5, 9 ``CCU2C`` cells
-    where 32 bits take 16) and the same flip-flop again, with no multiplexer for a clear and
-    no other load on the chain's outputs, so the placer can keep each loop within its slices.
-    A tile's sum is the running sum at its end less the running sum at its start (modulo
-    2**32, exact whenever the sum fits int32), subtracted off the loop, half by half.
+    The 32-bit accumulator is two 16-bit halves, the high half one cycle behind the low one:
+    what the low half's sum carries out, less the product's sign (-1, 0 or +1), goes through
+    a register to the high half. The longest carry chain is then 18 bits (on an ECP5, 9
+    ``CCU2C`` cells where 32 bits take 16), and the two chains place independently.
+
+    Each half restarts by clearing its register (a synchronous reset, the flip-flops' own
+    reset pin) in the cycle before the new tile's first term reaches its adder, taking the
+    adder's output as the finished sum in that same cycle: no multiplexer sits between an
+    accumulator and its carry chain. The low half of the finished sum waits a cycle for the
+    high half, and ``result`` takes both at once.
     """
 
     #: Cycles from ``first`` at the PE's input to the capture of ``result``.
-    CAPTURE = dsp.LATENCY + 2
+    CAPTURE = dsp.LATENCY + 1
 
     a_in: In(signed(8))
     w_in: In(signed(8))
@@ -77,29 +79,23 @@ class ProcessingElement(wiring.Component):
         ]
         product = Signal(signed(16), reset_less=True)
         m.d.sync += product.eq(mul.p)
-        # The flag at the cycle a tile's first product reaches the low half's adder, and a
-        # cycle later; derived from `first_out`, so the PE's flag pipeline is the row's own.
-        flags = [Signal(name=f"first_d{i}") for i in range(3)]
-        m.d.sync += [flags[0].eq(self.first_out), flags[1].eq(flags[0]), flags[2].eq(flags[1])]
-        end_lo, end_hi = flags[1], flags[2]
-        # The running sum. Reset-less: any start value cancels out of every tile's sum.
+        # The restart flags of the two halves, a cycle apart (see Notes); derived from
+        # `first_out`, so the PE's flag pipeline is the row's own.
+        restart_lo, restart_hi = Signal(name="restart_lo"), Signal(name="restart_hi")
+        m.d.sync += [restart_lo.eq(self.first_out), restart_hi.eq(restart_lo)]
+        # Reset-less: what they hold before the first tile's restart is discarded.
         lo = Signal(16, reset_less=True)
         hi = Signal(16, reset_less=True)
         # The low half plus the signed product, in 18 bits: above the low 16 bits is what the
         # high half must add, -1, 0 or +1 (the carry out less the product's sign).
         lo_sum = Signal(signed(18))
         delta = Signal(signed(2), reset_less=True)
-        m.d.comb += lo_sum.eq(lo + product)
-        m.d.sync += [lo.eq(lo_sum[:16]), delta.eq(lo_sum[16:]), hi.eq(hi + delta)]
-        # At a tile boundary: the tile's sum is the running sum less its value at the last one.
-        lo_base = Signal(16, reset_less=True)
-        hi_base = Signal(16, reset_less=True)
-        lo_diff = Signal(signed(17))
+        hi_sum = Signal(16)
+        m.d.comb += [lo_sum.eq(lo + product), hi_sum.eq(hi + delta)]
+        m.d.sync += [lo.eq(lo_sum[:16]), delta.eq(lo_sum[16:]), hi.eq(hi_sum)]
         lo_done = Signal(16, reset_less=True)
-        borrow = Signal(reset_less=True)
-        m.d.comb += lo_diff.eq(lo - lo_base)
-        with m.If(end_lo):
-            m.d.sync += [lo_done.eq(lo_diff[:16]), borrow.eq(lo_diff[16]), lo_base.eq(lo)]
-        with m.If(end_hi):
-            m.d.sync += [self.result.eq(Cat(lo_done, hi - hi_base - borrow)), hi_base.eq(hi)]
+        with m.If(restart_lo):
+            m.d.sync += [lo.eq(0), lo_done.eq(lo_sum[:16])]
+        with m.If(restart_hi):
+            m.d.sync += [hi.eq(0), self.result.eq(Cat(lo_done, hi_sum))]
         return m
