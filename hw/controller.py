@@ -356,7 +356,10 @@ class Controller(wiring.Component):
             # length does not match its count, or whose words run past the memory's end, is
             # answered before anything is written.
             with m.State("WRITE_ADDR"):
-                with m.If(pad):
+                with m.If(pad & dry):
+                    # Counting: a packed word's zero lanes take no bytes of the frame.
+                    m.d.sync += [j.eq(0), addr.eq(addr + 1)]
+                with m.Elif(pad):
                     m.next = "WRITE_BYTE"
                 with m.Elif((idx == length) & ~dry):
                     reply(m, _Payload.NONE)
