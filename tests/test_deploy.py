@@ -168,7 +168,7 @@ def test_deploy_virtual_board_report(qnet_path, capsys):
     assert main(["deploy", str(qnet_path), "--board", "icebreaker", "--sim",
                  "--images", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "2 images on icebreaker (virtual, verilator): 0 differ from the golden model"
+    assert lines[0] == "2 images on icebreaker (virtual, fast): 0 differ from the golden model"
     assert re.fullmatch(r"  on the wire       127 bytes/image: at most 1575 images/second at "
                         r"2000000 Bd", lines[4])
     assert re.fullmatch(r"  on the board      the array: \d+ images/second at 18 MHz; line, "
