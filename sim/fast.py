@@ -13,7 +13,6 @@ harness options; a second run of the same design starts at once.
 """
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -29,7 +28,7 @@ from amaranth.back import verilog
 from ..hw.isa import Request
 from ..sw import protocol
 from ..sw.driver import RESYNC_QUIET_BITS, Link
-from .runner import VERILATOR_ARGS, SimulationError, build_root, find_verilator
+from .runner import VERILATOR_ARGS, SimulationError, build_root, find_verilator, locked
 
 __all__ = ["BAD_STOP", "BREAK", "BYTE", "IDLE", "LINE_FAULT", "STREAM_TIMEOUT_CYCLES", "Harness",
            "HarnessLink", "bare_loop_rate", "build_harness", "damaged", "network_top"]
@@ -47,17 +46,6 @@ STREAM_TIMEOUT_CYCLES = 1024
 _CXX_OPT = "-O2"
 # Verilator's output for the designs here has a few large functions: -O2 compiles them in about
 # a minute on this machine and runs as fast as -O3.
-
-
-@contextlib.contextmanager
-def _locked(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _verilog_text(top, name):
@@ -140,7 +128,7 @@ def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, 
                             .encode()).hexdigest()[:16]
     build_dir = build_root() / f"fast-{name}-{digest}"
     exe = build_dir / "harness"
-    with _locked(build_dir.with_name(build_dir.name + ".lock")):
+    with locked(build_dir.with_name(build_dir.name + ".lock")):
         if exe.is_file():
             return exe
         if build_dir.exists():

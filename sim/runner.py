@@ -37,7 +37,7 @@ from amaranth.lib import wiring
 from ..sw.errors import SystolicError
 
 __all__ = [
-    "SIMULATORS", "VERILATOR_ARGS", "SimulationError", "build_root", "find_verilator",
+    "SIMULATORS", "VERILATOR_ARGS", "SimulationError", "build_root", "find_verilator", "locked",
     "parametrize_simulators", "run_cocotb", "selected_simulators",
 ]
 
@@ -143,7 +143,7 @@ def _module_name(test_module):
 
 
 @contextlib.contextmanager
-def _locked(path):
+def locked(path):
     """Hold an exclusive lock on ``path`` (pytest-xdist workers building the same design)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
@@ -199,7 +199,7 @@ def _build(runner, sim, *, write_sources, name, build_dir, waves, includes=(), d
     ``write_sources(build_dir)`` returns the Verilog files to compile, writing any it makes.
     """
     stamp = build_dir / "build.ok"
-    with _locked(build_dir.with_name(build_dir.name + ".lock")):
+    with locked(build_dir.with_name(build_dir.name + ".lock")):
         if stamp.is_file():
             return
         if build_dir.exists():

@@ -26,7 +26,7 @@ from systolic.hw.isa import (
     pack_params,
 )
 from systolic.hw.virtual import VirtualBoard
-from systolic.sim.runner import parametrize_simulators, run_cocotb
+from systolic.sim.runner import parametrize_simulators, run_cocotb, selected_simulators
 from systolic.sim.vectors import conv_params
 from systolic.sw import arith
 from systolic.sw import protocol as P
@@ -212,13 +212,17 @@ def check_replies(cases, replies, *, program_length, last_run,
     return done
 
 
+# The 12-lane configuration runs on Verilator only, to keep the suite short.
+_PROTOCOL_CASES = [pytest.param(sim, cfg, id=f"{sim}-{name}")
+                   for sim in selected_simulators()
+                   for cfg, name in [(CFG, "4-lanes"), (WIDE, "12-lanes"),
+                                     (NARROW_PARAMS, "8-lanes-1-requant-lane")]
+                   if not (cfg is WIDE and sim == "icarus")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("cfg", [CFG, WIDE, NARROW_PARAMS],
-                         ids=["4-lanes", "12-lanes", "8-lanes-1-requant-lane"])
-@parametrize_simulators
+@pytest.mark.parametrize(("sim", "cfg"), _PROTOCOL_CASES)
 def test_controller_protocol(sim, cfg, tmp_path):
-    if cfg is WIDE and sim == "icarus":
-        pytest.skip("the 12-lane configuration runs on Verilator only, to keep the suite short")
     cases = exchanges(cfg)
     replies = run_exchanges(cfg, cases, sim, tmp_path)
     done_cycles = check_replies(cases, replies, program_length=3,
