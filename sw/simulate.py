@@ -246,12 +246,12 @@ def _run_fast(program, images, *, trace, waves, uart, faults, layer_cycles, jobs
     if netlist is None:
         top, name, divisor = network_top(cfg, uart)
         exe = build_harness(top, name=name, uart_divisor=divisor, waves=window is not None,
-                            progress=lambda line: say(line))
+                            progress=say)
     else:
         divisor = None
         exe = build_harness(netlist.path, name=netlist.name, models=netlist.models,
                             includes=netlist.includes, defines=netlist.defines,
-                            cxx_opt="-O1", progress=lambda line: say(line))
+                            cxx_opt="-O1", progress=say)
     budget = _recv_budget(program, divisor)
     started = time.monotonic()
     fst = Path(waves_file or "systolic-waves.fst").resolve()
