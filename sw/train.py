@@ -180,7 +180,9 @@ def load_checkpoint(path):
     Raises
     ------
     CheckpointError
-        When the file is missing, not a checkpoint, of another version or inconsistent.
+        When the file is missing, not a checkpoint (the message says what it is instead), of
+        another version, describes a model the accelerator cannot run (naming the layer and what
+        is supported) or is inconsistent.
     """
     path = Path(path)
     if not path.is_file():
@@ -189,7 +191,15 @@ def load_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises pickle, zip and runtime errors for foreign files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+        # torch's own text is several lines with terminal escapes and advice (weights_only=False)
+        # that does not apply here: name what the file is instead.
+        if "Unsupported global" in str(e):
+            what = ("it holds pickled Python objects (a saved module?); save a model of your own "
+                    "with torch.export.save and quantize the .pt2, or train one with "
+                    "'systolic train -o FILE.pt'")
+        else:
+            what = "it is not a PyTorch file; train one with 'systolic train -o FILE.pt'"
+        raise CheckpointError(f"{path}: not a systolic checkpoint: {what}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a systolic checkpoint; train one with "
                               "'systolic train -o FILE.pt'")
@@ -202,6 +212,8 @@ def load_checkpoint(path):
         model.load_state_dict(ckpt["state_dict"])
         result = Checkpoint(model.eval(), str(ckpt["arch"]), shape, str(ckpt["dataset"]),
                             int(ckpt["p_max"]))
+    except models.ModelError as e:
+        raise CheckpointError(f"{path}: the checkpoint's model is not supported: {e}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: checkpoint is inconsistent ({e})") from None
     return result

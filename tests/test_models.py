@@ -128,8 +128,48 @@ def test_bad_checkpoints(tmp_path):
                                               r"one with 'systolic train -o FILE\.pt'$"):
         train.load_checkpoint(tmp_path / "none.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"^.*junk\.pt: not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match=r"^.*junk\.pt: not a systolic checkpoint: it is "
+                                              r"not a PyTorch file; train one with 'systolic "
+                                              r"train -o FILE\.pt'$"):
         train.load_checkpoint(tmp_path / "junk.pt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match=r"^.*other\.pt: not a systolic checkpoint"):
         train.load_checkpoint(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("kind", ["random", "module"])
+def test_foreign_file_is_one_line(tmp_path, kind):
+    # Issue 14: torch's text (several lines, terminal escapes, advice to pass weights_only=False)
+    # must not reach the user.
+    path = tmp_path / "junk.pt"
+    if kind == "random":
+        path.write_bytes(bytes(range(256)) * 3)
+    else:
+        torch.save(nn.Linear(2, 3), path)
+    with pytest.raises(CheckpointError) as exc:
+        train.load_checkpoint(path)
+    message = str(exc.value)
+    assert "\n" not in message
+    assert "\x1b" not in message
+    assert "weights_only" not in message
+    assert message.startswith(f"{path}: not a systolic checkpoint: ")
+    assert "'systolic train -o FILE.pt'" in message
+    if kind == "module":
+        assert "pickled Python objects (a saved module?)" in message
+
+
+@pytest.mark.parametrize(("conv", "problem"), [
+    ({"kernel_size": [9, 9]}, r"kernel size must be between 1 and 7, not \(9, 9\)"),
+    ({"kernel_size": [3, 3], "dilation": 2}, r"dilation must be 1, not \(2, 2\)"),
+])
+def test_checkpoint_with_unsupported_layer(tmp_path, conv, problem):
+    spec = [{"type": "Conv2d", "in_channels": 1, "out_channels": 2, "stride": 1, "padding": 0,
+             "bias": True, **conv}, {"type": "Flatten"}, {"type": "Linear", "in_features": 8,
+                                                          "out_features": 10, "bias": True}]
+    torch.save({"format": "systolic.checkpoint", "version": 1, "arch": "custom", "spec": spec,
+                "input_shape": [1, 8, 8], "dataset": "digits", "p_max": 16, "state_dict": {}},
+               tmp_path / "c.pt")
+    with pytest.raises(CheckpointError,
+                       match=r"^.*c\.pt: the checkpoint's model is not supported: layer 0 "
+                             r"\(Conv2d\(.*\)\): " + problem + SUPPORTED):
+        train.load_checkpoint(tmp_path / "c.pt")
