@@ -113,6 +113,9 @@ class SimulationReport:
             "logit_mismatches": int(np.sum(self.logits != self.golden_logits)),
             "golden_accuracy": acc(np.argmax(self.golden_logits, axis=1)),
             "rtl_accuracy": acc(np.argmax(self.logits, axis=1)),
+            # Per image, for a confusion matrix (`systolic.sw.report`).
+            "predictions": np.argmax(self.logits, axis=1).tolist(),
+            "labels": None if self.labels is None else np.asarray(self.labels).tolist(),
             "cycles_per_image": cycles, "macs_per_image": self.program.macs,
             "utilization": perfmodel.utilization(cfg, self.program.macs, cycles),
             "config": {"rows": cfg.rows, "cols": cfg.cols, "pes": cfg.pes},
