@@ -89,9 +89,12 @@ class ConvEngine(wiring.Component):
         # Pixel walker: the next output pixel of the layer and its input window origin.
         ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
         wbase, iy0, ix0 = Signal(signed(sb)), Signal(coord), Signal(coord)
+        # The walker's image in the batch and the next image's input origin.
+        img = Signal(range(256 + 1))
+        next_origin = Signal(signed(sb))
         # Block counters inside a pixel tile.
         ky, kx = Signal(cfg.kernel_bits), Signal(cfg.kernel_bits)
-        cw = Signal(8)
+        cw = Signal.like(desc.cin_words)
         r = Signal(range(R))
         tap_off = Signal(signed(sb))
         block0 = Signal()                               # filling the tile's first block
@@ -112,7 +115,7 @@ class ConvEngine(wiring.Component):
         walker = Signal(info)
         m.d.comb += [
             walker.base.eq(wbase), walker.iy0.eq(iy0), walker.ix0.eq(ix0),
-            walker.valid.eq(oy < desc.out_h),
+            walker.valid.eq(img < desc.batch),
         ]
         cur = Signal(info)
         m.d.comb += cur.eq(Mux(block0, walker, rows_info[0]))
@@ -136,7 +139,9 @@ class ConvEngine(wiring.Component):
 
         # After this cycle's step, does the walker still point inside the output map?
         more = Signal()
-        m.d.comb += more.eq(Mux(block0 & (ox == desc.out_w - 1), oy + 1, oy) < desc.out_h)
+        line_end = ox == desc.out_w - 1
+        img_end = line_end & (oy == desc.out_h - 1)
+        m.d.comb += more.eq(Mux(block0 & img_end, img + 1, img) < desc.batch)
         last_block = ((cw == desc.cin_words - 1) & (kx == desc.kw - 1) & (ky == desc.kh - 1))
 
         # ---- Feed ----------------------------------------------------------------------------
@@ -212,6 +217,7 @@ class ConvEngine(wiring.Component):
         sel_tag = Signal(tag)
         out_addr = Signal(cfg.act_addr_bits)
         dx, dy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
+        dimg = Signal.like(img)
         m.d.sync += [sel.eq(picked), sel_valid.eq(emit)]
         # The group's parameter word is read in the emit cycle; sums and parameters then meet
         # in registers (block RAM data goes into a register before any logic).
@@ -223,14 +229,18 @@ class ConvEngine(wiring.Component):
                      rq_tag.eq(sel_tag)]
         with m.If(emit):
             m.d.sync += [
-                sel_tag.valid.eq(dy < desc.out_h),
+                sel_tag.valid.eq(dimg < desc.batch),
                 sel_tag.addr.eq(out_addr),
                 sel_tag.last.eq(row_end),
             ]
             with m.If(row_end):
                 m.d.sync += out_addr.eq(out_addr + desc.cout_tiles)
                 with m.If(dx == desc.out_w - 1):
-                    m.d.sync += [dx.eq(0), dy.eq(dy + 1)]
+                    m.d.sync += dx.eq(0)
+                    with m.If(dy == desc.out_h - 1):
+                        m.d.sync += [dy.eq(0), dimg.eq(dimg + 1)]
+                    with m.Else():
+                        m.d.sync += dy.eq(dy + 1)
                 with m.Else():
                     m.d.sync += dx.eq(dx + 1)
         m.d.comb += [
@@ -262,11 +272,12 @@ class ConvEngine(wiring.Component):
 
         def reset_walker():
             return [
-                ox.eq(0), oy.eq(0), wbase.eq(desc.origin),
+                ox.eq(0), oy.eq(0), wbase.eq(desc.origin), img.eq(0),
+                next_origin.eq(desc.origin + desc.in_img_step),
                 iy0.eq(-desc.pad), ix0.eq(-desc.pad),
                 ky.eq(0), kx.eq(0), cw.eq(0), r.eq(0), tap_off.eq(0),
                 block0.eq(1), have_prev.eq(0),
-                out_addr.eq(desc.out_base + t), dx.eq(0), dy.eq(0),
+                out_addr.eq(desc.out_base + t), dx.eq(0), dy.eq(0), dimg.eq(0),
             ]
 
         with m.FSM():
@@ -293,7 +304,12 @@ class ConvEngine(wiring.Component):
                         m.d.sync += rows_info[i].eq(rows_info[i + 1])
                     m.d.sync += rows_info[R - 1].eq(cur)
                     with m.If(block0):
-                        with m.If(ox == desc.out_w - 1):
+                        with m.If(img_end):
+                            m.d.sync += [ox.eq(0), oy.eq(0), img.eq(img + 1),
+                                         wbase.eq(next_origin),
+                                         next_origin.eq(next_origin + desc.in_img_step),
+                                         ix0.eq(-desc.pad), iy0.eq(-desc.pad)]
+                        with m.Elif(line_end):
                             m.d.sync += [ox.eq(0), oy.eq(oy + 1), wbase.eq(wbase + desc.y_step),
                                          ix0.eq(-desc.pad), iy0.eq(iy0 + desc.stride)]
                         with m.Else():

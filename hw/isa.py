@@ -8,7 +8,10 @@ Memory layouts (see `describe_conv`):
 
 * activation memory: word ``in_base + (y * W + x) * CW + cw`` holds channels
   ``cw * cols .. cw * cols + cols - 1`` of pixel ``(y, x)``; ``CW = ceil(C / cols)``; unused
-  lanes hold 0.
+  lanes hold 0. A batch of images (a convolution's ``batch``) lies one image after the other,
+  ``H * W * CW`` words apart (``in_img_step``), and so do its outputs.
+* a fully connected layer reads its input map as one pixel of ``H * W * CW`` words, in memory
+  order (`describe_linear`): flattening is a layout, so the map may have any size.
 * weight memory: for output channel tile ``t``, the words from ``w_base + t * taps * CW * cols``
   are ``k = ((ky * kw + kx) * CW + cw) * cols + lane`` in order; word ``k`` holds the weights of
   input channel ``cw * cols + lane`` at tap ``(ky, kx)`` for the ``cols`` output channels of the
@@ -26,9 +29,9 @@ from .config import AcceleratorConfig
 __all__ = [
     "FRAME_CRC", "FRAME_TIMEOUT_BITS", "MAX_PAYLOAD", "SYNC_REPLY", "SYNC_REQUEST", "Error", "Mem",
     "Op", "Reply", "WRITE_TARGET",
-    "Request", "describe_conv", "describe_pool", "layer_layout", "load_layout", "mem_depth",
-    "mem_word_bytes", "pack_descriptor", "pack_params", "param_lane_layout", "param_layout",
-    "word_layout",
+    "Request", "describe_conv", "describe_linear", "describe_pool", "layer_layout",
+    "load_layout", "mem_depth", "mem_word_bytes", "pack_descriptor", "pack_params",
+    "param_lane_layout", "param_layout", "word_layout",
 ]
 
 
@@ -149,14 +152,18 @@ def layer_layout(cfg: AcceleratorConfig):
         "kw": cfg.kernel_bits,
         "stride": 2,
         "pad": 3,
-        "cin_words": 8,          # CW of the input: words per input pixel
+        # CW of the input: words per input pixel (a fully connected layer's input is one
+        # pixel of all the map's words, so this is as wide as an activation address)
+        "cin_words": cfg.act_addr_bits + 1,
         "cout_tiles": 8,         # channel tiles of the output: words per output pixel
+        "batch": 8,              # images, one after the other in memory (a convolution's)
         # Derived by the compiler (describe_conv):
         "origin": signed(sb),        # address of input pixel (-pad, -pad)
         "x_step": signed(sb),        # address step to the next output pixel in a row
         "y_step": signed(sb),        # address step from the last pixel of a row to the next row
         "tap_row_step": signed(sb),  # step from tap (ky, kw-1, CW-1) to (ky+1, 0, 0), minus 1
         "w_tile_words": cfg.weight_addr_bits + 1,
+        "in_img_step": cfg.act_addr_bits + 1,   # words from one image's input to the next's
     })
 
 
@@ -205,10 +212,12 @@ def _ceil_div(a, b):
 
 
 def describe_conv(cfg, *, cin, h, w, cout, kh, kw, stride=1, pad=0, relu=False,
-                  in_base=0, out_base=0, w_base=0, p_base=0):
-    """Descriptor fields (a dict) for a convolution of a ``(cin, h, w)`` input.
+                  in_base=0, out_base=0, w_base=0, p_base=0, batch=1):
+    """Descriptor fields (a dict) for a convolution of ``batch`` ``(cin, h, w)`` inputs, stored
+    one after the other from ``in_base``; the outputs follow each other from ``out_base``.
 
-    A fully connected layer on a ``(C, H, W)`` input is ``kh = H, kw = W`` with no padding.
+    A fully connected layer is a 1x1 convolution of a one-pixel input holding all the words
+    of its input map (`describe_linear`).
     """
     cw = _ceil_div(cin, cfg.cols)
     ho = (h + 2 * pad - kh) // stride + 1
@@ -223,7 +232,18 @@ def describe_conv(cfg, *, cin, h, w, cout, kh, kw, stride=1, pad=0, relu=False,
         "y_step": (stride * w - (wo - 1) * stride) * cw,
         "tap_row_step": (w - kw) * cw,
         "w_tile_words": kh * kw * cw * cfg.cols,
+        "batch": batch, "in_img_step": h * w * cw,
     }
+
+
+def describe_linear(cfg, *, in_words, cout, relu=False, in_base=0, out_base=0, w_base=0,
+                    p_base=0, batch=1):
+    """Descriptor fields (a dict) for a fully connected layer whose input is the ``in_words``
+    activation words of a map (any shape: flattening is a layout, the words in memory order),
+    for each of ``batch`` images."""
+    return describe_conv(cfg, cin=in_words * cfg.cols, h=1, w=1, cout=cout, kh=1, kw=1,
+                         relu=relu, in_base=in_base, out_base=out_base, w_base=w_base,
+                         p_base=p_base, batch=batch)
 
 
 def describe_pool(cfg, *, channels, h, w, kernel, stride, avg=False, in_base=0, out_base=0):
@@ -236,6 +256,7 @@ def describe_pool(cfg, *, channels, h, w, kernel, stride, avg=False, in_base=0, 
         "out_w": (w - kernel) // stride + 1, "kh": kernel, "kw": kernel,
         "stride": stride, "pad": 0, "cin_words": cw, "cout_tiles": cw,
         "origin": 0, "x_step": 0, "y_step": 0, "tap_row_step": 0, "w_tile_words": 0,
+        "batch": 1, "in_img_step": 0,
     }
 
 

@@ -9,8 +9,8 @@ import numpy as np
 from .isa import pack_params
 
 __all__ = [
-    "conv_weight_words", "linear_as_conv", "pack_activations", "pack_params",
-    "unpack_activations",
+    "conv_weight_words", "linear_as_conv", "linear_weight_words", "pack_activations",
+    "pack_params", "unpack_activations",
 ]
 
 
@@ -50,6 +50,20 @@ def conv_weight_words(cfg, wq):
     # Tile t, then (ky, kx, cw, lane), then the tile's output channels across the word.
     k = full.reshape(cot, cfg.cols, cw * cfg.cols, kh, kw).transpose(0, 3, 4, 2, 1)
     return _words_from_lanes(k.reshape(-1, cfg.cols))
+
+
+def linear_weight_words(cfg, w, in_shape):
+    """Weight words of a fully connected layer's ``(Cout, C*H*W)`` weights (PyTorch's
+    flattening order) for its input read as one pixel of all the ``(C, H, W)`` map's words in
+    memory order (`systolic.hw.isa.describe_linear`): input word ``(y * W + x) * CW + cw``,
+    lane ``l`` is channel ``cw * cols + l`` of pixel ``(y, x)``; padding lanes weigh 0."""
+    co = w.shape[0]
+    c, h, wd = in_shape
+    cw = -(-c // cfg.cols)
+    full = np.zeros((co, cw * cfg.cols, h, wd), np.int8)
+    full[:, :c] = np.asarray(w).reshape(co, c, h, wd)
+    flat = full.transpose(0, 2, 3, 1).reshape(co, h * wd * cw * cfg.cols, 1, 1)
+    return conv_weight_words(cfg, flat)
 
 
 def linear_as_conv(w, in_shape):

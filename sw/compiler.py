@@ -5,10 +5,22 @@ the weight and parameter memory images, one packed layer descriptor per layer, w
 image goes and where the logits come back from. The formats are those of `systolic.hw.isa` and
 `systolic.hw.layout`; the compiler only chooses addresses and checks that everything fits.
 
-Activations ping-pong between two regions of activation memory: the input image (tensor 0) and
-every even-numbered layer output live in region A at address 0, the odd ones in region B right
-after the largest tensor of region A. A flatten layer costs nothing: the next fully connected
-layer reads the ``(C, H, W)`` map as a convolution whose kernel covers it.
+A program runs a *batch* of images at once: each convolution walks the output pixels of all
+of them as one sequence (so a fully connected layer puts one image on each row of the array,
+and its weights stream once per batch), each pooling layer takes the images stacked into one
+tall map when its windows do not straddle them (else one command an image, or as many as the
+map height allows). Activations ping-pong between two regions of activation memory: the
+input batch (tensor 0) and every even-numbered layer output live in region A at address 0,
+the odd ones in region B right after the largest tensor of region A; a tensor's images lie
+one after the other. A flatten layer costs nothing: the next fully connected layer reads the
+map's words in memory order, as one pixel (`systolic.hw.isa.describe_linear`).
+
+With ``dense_input``, a first convolution with fewer input channels than the array has
+columns is turned into a 1x1 convolution of its *im2col* input: the host sends, for each
+output pixel, the ``kh * kw * cin`` values its kernel covers (padding included), so that
+every reduction step of the array carries a real product instead of one lane in ``cols``.
+The input then takes about ``kh * kw / stride^2`` times the bytes on the link: worth it
+where compute, not the link, is the bottleneck (simulation, a fast link), not on a UART.
 """
 
 from dataclasses import dataclass, field
@@ -17,14 +29,15 @@ import numpy as np
 
 from ..hw import layout
 from ..hw.config import AcceleratorConfig
-from ..hw.isa import Mem, describe_conv, describe_pool, pack_descriptor
+from ..hw.isa import Mem, describe_conv, describe_linear, describe_pool, pack_descriptor
 from ..hw.pool import pool_line_words
 from .errors import SystolicError
 from .qnet import Conv, Flatten, Linear, Pool, QNet
 
-__all__ = ["CompiledLayer", "FitError", "Program", "compile_network"]
+__all__ = ["CompiledLayer", "FitError", "Program", "compile_network", "im2col", "largest_batch"]
 
-_FIELD_MAX = 255            # cin_words and cout_tiles are 8-bit descriptor fields
+_FIELD_MAX = 255            # cout_tiles is an 8-bit descriptor field, and a map's channel words
+MAX_BATCH = 255             #: the descriptor's batch field
 _BIGGER = "a bigger preset (--preset big)"
 
 
@@ -34,7 +47,7 @@ class FitError(SystolicError, ValueError):
 
 @dataclass(eq=False)
 class CompiledLayer:
-    """One hardware layer of a `Program`.
+    """One hardware layer of a `Program`: one or more program entries.
 
     Members
     -------
@@ -44,37 +57,48 @@ class CompiledLayer:
         ``"layer 3 (conv 16->32 3x3)"``: for reports and error messages.
     kind : str
         ``"conv"``, ``"linear"``, ``"maxpool"`` or ``"avgpool"``.
-    fields : dict
-        Descriptor fields (`systolic.hw.isa.describe_conv` / `describe_pool`).
-    command : int
-        The packed descriptor.
+    entries : list of dict
+        Descriptor fields (`systolic.hw.isa.describe_conv` / `describe_pool`) of each program
+        entry the layer takes: one for a convolution or fully connected layer, one per group
+        of stacked images for pooling.
+    commands : list of int
+        The packed descriptors of `entries`.
     in_shape, out_shape : tuple of int
-        ``(C, H, W)`` of the input and output maps (a linear layer's output is ``(Co, 1, 1)``).
+        ``(C, H, W)`` of one image's input and output maps (a linear layer's output is
+        ``(Co, 1, 1)``; a densely packed first convolution's input is its im2col map).
     macs : int
-        Multiply-accumulates of the layer (0 for pooling).
+        Multiply-accumulates of the layer, per image (0 for pooling).
     out_words : int
-        Activation words of the output.
+        Activation words of one image's output.
+    out_base : int
+        Activation address of the first image's output.
     """
 
     index: int
     name: str
     kind: str
-    fields: dict
-    command: int
+    entries: list
+    commands: list
     in_shape: tuple
     out_shape: tuple
     macs: int
     out_words: int
+    out_base: int
 
     @property
-    def out_base(self):
-        """Activation address of the layer's output."""
-        return self.fields["out_base"]
+    def fields(self):
+        """The first entry's descriptor fields."""
+        return self.entries[0]
+
+    @property
+    def command(self):
+        """The first entry's packed descriptor."""
+        return self.commands[0]
 
 
 @dataclass(eq=False)
 class Program:
-    """A network compiled for one `AcceleratorConfig`.
+    """A network compiled for one `AcceleratorConfig` and a batch size.
 
     Members
     -------
@@ -82,18 +106,25 @@ class Program:
     layers : list of CompiledLayer
         The hardware layers, in execution order (flatten layers compile to nothing).
     weights, params : list of int
-        Weight and parameter memory images, from address 0.
+        Weight and parameter memory images, from address 0 (the same for every batch size).
     input_shape : tuple of int
-        ``(C, H, W)`` of the input image, stored from `input_base`.
+        ``(C, H, W)`` of an input image.
     input_base : int
+        Where the batch's input goes: image ``b`` from ``input_base + b * image_words``.
     output_base : int
-        Activation address of the logits.
+        Activation address of the first image's logits; image ``b``'s follow
+        ``b * output_words`` later.
     classes : int
         Number of logits.
     act_words : int
         Activation memory words the program uses.
     w_bases : list of int or None
         Weight memory base of each layer (``None`` for pooling).
+    batch : int
+        Images the program runs at once.
+    dense : tuple or None
+        ``(kh, kw, stride, pad)`` of the first convolution when its input goes densely
+        packed (`im2col`), else ``None``.
     """
 
     cfg: AcceleratorConfig
@@ -106,36 +137,73 @@ class Program:
     classes: int
     act_words: int
     w_bases: list = field(default_factory=list)
+    batch: int = 1
+    dense: tuple | None = None
+    source: object = field(default=None, repr=False)
 
     def loads(self):
         """The network's memory writes ``(Mem, addr, data)``: weights, then parameters."""
         return ([(Mem.WEIGHT, a, v) for a, v in enumerate(self.weights)]
                 + [(Mem.PARAM, a, v) for a, v in enumerate(self.params)])
 
+    @property
+    def commands(self):
+        """The program memory image: every layer's entries in order."""
+        return [c for lay in self.layers for c in lay.commands]
+
+    def entry_range(self, i):
+        """``(start, count)``: the program entries of hardware layer ``i``."""
+        start = sum(len(lay.commands) for lay in self.layers[:i])
+        return start, len(self.layers[i].commands)
+
+    def with_batch(self, batch):
+        """This network compiled for another batch size (same weights and parameters)."""
+        if batch == self.batch:
+            return self
+        qnet, dense = self.source
+        return compile_network(qnet, self.cfg, batch=batch, dense_input=dense)
+
+    def _check_image(self, image):
+        image = np.asarray(image)
+        if image.dtype != np.int8 or image.shape != tuple(self.input_shape):
+            raise SystolicError(f"image must be int8 {tuple(self.input_shape)}, not "
+                                f"{image.dtype} {image.shape}")
+        return image
+
+    @property
+    def input_map(self):
+        """``(C, H, W)`` of the input as stored: the image, or its im2col map when dense."""
+        return self.layers[0].in_shape
+
+    @property
+    def image_words(self):
+        """Activation words of one image's input."""
+        return _words(self.cfg.cols, self.input_map)
+
     def input_words(self, image):
-        """Activation words of one int8 ``(C, H, W)`` image, to be written from `input_base`.
+        """Activation words of one int8 ``(C, H, W)`` image, to be written from `input_base`
+        (image ``b`` of a batch: ``b * image_words`` further).
 
         Raises
         ------
         SystolicError
             When the image is not int8 of the network's input shape.
         """
-        image = np.asarray(image)
-        if image.dtype != np.int8 or image.shape != tuple(self.input_shape):
-            raise SystolicError(f"image must be int8 {tuple(self.input_shape)}, not "
-                                f"{image.dtype} {image.shape}")
+        image = self._check_image(image)
+        if self.dense is not None:
+            image = im2col(image, *self.dense)
         return layout.pack_activations(self.cfg, image)
 
     @property
     def input_lanes(self):
         """Bytes a word of the input takes in a WRITE frame (`hw.isa.WRITE_TARGET`): its
         channels, when fewer than ``cols`` (the other lanes are zero); else 0, whole words."""
-        channels = self.input_shape[0]
+        channels = self.input_map[0]
         return channels if channels < min(self.cfg.cols, 16) else 0
 
     @property
     def output_words(self):
-        """Activation words holding the logits."""
+        """Activation words holding one image's logits."""
         return -(-self.classes // self.cfg.cols)
 
     def decode_output(self, words):
@@ -143,7 +211,8 @@ class Program:
         return self.decode_layer(len(self.layers) - 1, words).reshape(self.classes)
 
     def decode_layer(self, i, words):
-        """The int8 ``(C, H, W)`` output of hardware layer ``i`` from its words."""
+        """The int8 ``(C, H, W)`` output of hardware layer ``i`` for one image from its
+        words."""
         c, h, w = self.layers[i].out_shape
         if len(words) != _words(self.cfg.cols, (c, h, w)):
             raise SystolicError(f"{self.layers[i].name}: output must be "
@@ -154,6 +223,19 @@ class Program:
     def macs(self):
         """Multiply-accumulates per image."""
         return sum(lay.macs for lay in self.layers)
+
+
+def im2col(x, kh, kw, stride, pad):
+    """The im2col map of an int8 ``(C, H, W)`` image for a ``kh x kw`` convolution: channel
+    ``(ky * kw + kx) * C + c`` of output pixel ``(oy, ox)`` is input channel ``c`` at
+    ``(oy * stride + ky - pad, ox * stride + kx - pad)`` (0 outside the image)."""
+    c, h, w = x.shape
+    xp = np.zeros((c, h + 2 * pad, w + 2 * pad), np.int8)
+    xp[:, pad:pad + h, pad:pad + w] = x
+    ho, wo = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    cols = [xp[:, ky:ky + stride * (ho - 1) + 1:stride, kx:kx + stride * (wo - 1) + 1:stride]
+            for ky in range(kh) for kx in range(kw)]
+    return np.concatenate(cols, axis=0)
 
 
 def _words(cols, shape):
@@ -185,43 +267,27 @@ def _check_dims(cfg, name, shape, what):
                        f"{_BIGGER}")
 
 
-def _check_kernel(cfg, name, kh, kw, linear_input=None):
-    if max(kh, kw) <= cfg.max_kernel:
-        return
-    if linear_input is not None:
-        c, h, w = linear_input
-        raise FitError(
-            f"{name}: a fully connected layer runs as a convolution covering its {c}x{h}x{w} "
-            f"input, so the map must be at most {cfg.max_kernel}x{cfg.max_kernel}, not "
-            f"{h}x{w}; pool or stride the map down before the linear layer")
-    raise FitError(f"{name}: kernel size must be at most max_kernel {cfg.max_kernel}, not "
-                   f"{kh}x{kw}; use a smaller kernel (or two stacked ones)")
+def _check_kernel(cfg, name, kh, kw):
+    if max(kh, kw) > cfg.max_kernel:
+        raise FitError(f"{name}: kernel size must be at most max_kernel {cfg.max_kernel}, not "
+                       f"{kh}x{kw}; use a smaller kernel (or two stacked ones)")
 
 
-def compile_network(qnet: QNet, cfg: AcceleratorConfig) -> Program:
-    """Compile ``qnet`` for the accelerator ``cfg``.
+def _dense_first(cfg, layer, shape):
+    """Whether the first layer's input goes densely packed: a convolution with fewer input
+    channels than columns, whose im2col map takes fewer reduction steps."""
+    if not isinstance(layer, Conv):
+        return False
+    co, ci, kh, kw = layer.w.shape
+    k = ci * kh * kw
+    return ci < cfg.cols and -(-k // cfg.cols) < kh * kw * -(-ci // cfg.cols)
 
-    Parameters
-    ----------
-    qnet : QNet
-        A network that passes ``qnet.check()``.
-    cfg : AcceleratorConfig
 
-    Returns
-    -------
-    Program
-
-    Raises
-    ------
-    FitError
-        When a layer is not supported or something does not fit the configuration: kernel
-        size, map size, channel count, pooling line buffer, activation, weight or parameter
-        memory. The message names the layer and what to change.
-    """
-    qnet.check()
-    # Pass 1: shapes and layer kinds; Flatten folds into the next linear layer.
+def _plan(qnet, cfg, dense_input):
+    """Pass 1: ``[(index, layer, in_shape, out_shape)]`` of the hardware layers, and the
+    dense packing of the first layer (or ``None``)."""
     shape = tuple(qnet.input_shape)
-    plan = []           # (index, layer, in_shape (C, H, W), out_shape (C, H, W))
+    plan, dense = [], None
     for i, layer in enumerate(qnet.layers):
         name = _layer_name(i, layer)
         if isinstance(layer, Flatten):
@@ -245,24 +311,111 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig) -> Program:
         else:
             raise FitError(f"{name}: layer type must be Conv, Linear, Pool or Flatten, not "
                            f"{type(layer).__name__}")
-        plan.append((i, layer, shape, out))
+        in_shape = shape
+        if not plan and dense_input and _dense_first(cfg, layer, shape):
+            co, ci, kh, kw = layer.w.shape
+            dense = (kh, kw, layer.stride, layer.pad)
+            in_shape = (ci * kh * kw, out[1], out[2])
+        plan.append((i, layer, in_shape, out))
         shape = out
+    return plan, dense
+
+
+def _tensor_words(cfg, qnet, plan):
+    """Words of one image of each tensor: the input (as stored), then each layer's output."""
+    return [_words(cfg.cols, plan[0][2])] + [_words(cfg.cols, p[3]) for p in plan]
+
+
+def _per_image_words(cfg, qnet, plan):
+    sizes = _tensor_words(cfg, qnet, plan)
+    return max(sizes[0::2]) + max(sizes[1::2] or [0])
+
+
+def largest_batch(qnet, cfg, *, dense_input=False):
+    """The largest batch of ``qnet`` that fits ``cfg``'s activation and program memories
+    (at most `MAX_BATCH`); 0 when not even one image fits."""
+    plan, _ = _plan(qnet, cfg, dense_input)
+    batch = min(MAX_BATCH, cfg.act_depth // _per_image_words(cfg, qnet, plan))
+    while batch > 0 and _entries(cfg, plan, batch) > cfg.program_depth:
+        batch -= 1
+    return batch
+
+
+def _pool_groups(cfg, layer, in_shape, batch):
+    """Images per pooling command: all the batch stacked into one tall map when the windows
+    tile each image's rows exactly (``h % stride == 0`` and ``kernel <= stride``), as many as
+    ``max_dim`` rows allow; else one image a command."""
+    h = in_shape[1]
+    if h % layer.stride or layer.kernel > layer.stride:
+        return [1] * batch
+    per = max(1, cfg.max_dim // h)
+    return [min(per, batch - b) for b in range(0, batch, per)]
+
+
+def _entries(cfg, plan, batch):
+    return sum(len(_pool_groups(cfg, layer, shape, batch)) if isinstance(layer, Pool) else 1
+               for _, layer, shape, _ in plan)
+
+
+def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
+                    dense_input=False) -> Program:
+    """Compile ``qnet`` for the accelerator ``cfg``.
+
+    Parameters
+    ----------
+    qnet : QNet
+        A network that passes ``qnet.check()``.
+    cfg : AcceleratorConfig
+    batch : int
+        Images run at once (1 to `MAX_BATCH`; `largest_batch` tells what fits).
+    dense_input : bool
+        Send a first convolution with few input channels its im2col input (see the module's
+        description): fewer cycles, more bytes on the link.
+
+    Returns
+    -------
+    Program
+
+    Raises
+    ------
+    FitError
+        When a layer is not supported or something does not fit the configuration: kernel
+        size, map size, channel count, pooling line buffer, activation, weight or parameter
+        memory, the batch. The message names the layer and what to change.
+    """
+    qnet.check()
+    if not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise FitError(f"batch must be an integer from 1 to {MAX_BATCH}, not {batch!r}")
+    plan, dense = _plan(qnet, cfg, dense_input)
 
     # Activation regions: tensor 0 (input) and even layer outputs in A, odd ones in B.
-    tensors = [tuple(qnet.input_shape)] + [p[3] for p in plan]
-    sizes = [_words(cfg.cols, s) for s in tensors]
-    size_a = max(sizes[0::2])
-    size_b = max(sizes[1::2])
+    tensors = [plan[0][2]] + [p[3] for p in plan]
+    sizes = _tensor_words(cfg, qnet, plan)
+    size_a = batch * max(sizes[0::2])
+    size_b = batch * max(sizes[1::2])
     bases = (0, size_a)
     if size_a + size_b > cfg.act_depth:
         big = max(range(len(tensors)), key=lambda j: sizes[j])
         where = ("the input image" if big == 0
                  else f"the output of {_layer_name(plan[big - 1][0], plan[big - 1][1])}")
+        fits = largest_batch(qnet, cfg, dense_input=dense_input)
+        if batch > 1 and fits:
+            raise FitError(
+                f"a batch of {batch} images must fit act_depth {cfg.act_depth} words, not "
+                f"{size_a + size_b} ({(size_a + size_b) // batch} words an image); the "
+                f"largest batch that fits is {fits}")
         raise FitError(
             f"activations must fit act_depth {cfg.act_depth} words, not {size_a + size_b} "
             f"(two ping-pong buffers of {size_a} and {size_b} words; the largest is {where}, "
             f"{tensors[big]} in {sizes[big]} words); use {_BIGGER}, fewer channels or a "
             "smaller input")
+    entries = _entries(cfg, plan, batch)
+    if entries > cfg.program_depth:
+        fits = largest_batch(qnet, cfg, dense_input=dense_input)
+        raise FitError(
+            f"the program must fit program_depth {cfg.program_depth} entries, not {entries} "
+            f"(a batch of {batch}); " + (f"the largest batch that fits is {fits}" if fits
+                                         else "raise program_depth"))
 
     # Pass 2: descriptors and memory images.
     layers, weights, params, w_bases = [], [], [], []
@@ -273,19 +426,29 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig) -> Program:
         _check_dims(cfg, name, in_shape, "input")
         _check_dims(cfg, name, out, "output")
         if isinstance(layer, Conv | Linear):
-            if isinstance(layer, Conv):
-                wq, kind = layer.w, "conv"
-                _check_kernel(cfg, name, wq.shape[2], wq.shape[3])
-                stride, pad = layer.stride, layer.pad
+            co = layer.w.shape[0]
+            common = dict(relu=layer.relu, in_base=src, out_base=dst, w_base=len(weights),
+                          p_base=len(params), batch=batch)
+            if isinstance(layer, Linear):
+                kind = "linear"
+                in_words = _words(cfg.cols, in_shape)
+                fields = describe_linear(cfg, in_words=in_words, cout=co, **common)
+                words = layout.linear_weight_words(cfg, layer.w, in_shape)
+                macs = co * layer.w.shape[1]
             else:
-                wq, kind = layout.linear_as_conv(layer.w, in_shape), "linear"
-                _check_kernel(cfg, name, h, w, linear_input=in_shape)
-                stride, pad = 1, 0
-            co, _, kh, kw = wq.shape
-            fields = describe_conv(cfg, cin=c, h=h, w=w, cout=co, kh=kh, kw=kw, stride=stride,
-                                   pad=pad, relu=layer.relu, in_base=src, out_base=dst,
-                                   w_base=len(weights), p_base=len(params))
-            steps = kh * kw * fields["cin_words"] * cfg.cols
+                kind = "conv"
+                _, ci, kh, kw = layer.w.shape
+                _check_kernel(cfg, name, kh, kw)
+                wq = layer.w
+                if n == 0 and dense is not None:
+                    wq = wq.transpose(0, 2, 3, 1).reshape(co, ci * kh * kw, 1, 1)
+                    fields = describe_conv(cfg, cin=c, h=h, w=w, cout=co, kh=1, kw=1, **common)
+                else:
+                    fields = describe_conv(cfg, cin=c, h=h, w=w, cout=co, kh=kh, kw=kw,
+                                           stride=layer.stride, pad=layer.pad, **common)
+                words = layout.conv_weight_words(cfg, wq)
+                macs = out[1] * out[2] * co * ci * kh * kw
+            steps = fields["kh"] * fields["kw"] * fields["cin_words"] * cfg.cols
             need = cfg.cols + (cfg.rows - 1) * (cfg.rq_groups - 1)
             if steps < need:
                 raise FitError(
@@ -294,9 +457,8 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig) -> Program:
                     f"{cfg.cols} tile; use a configuration with more requant_lanes or fewer "
                     "rows")
             w_bases.append(len(weights))
-            weights += layout.conv_weight_words(cfg, wq)
+            weights += words
             params += layout.pack_params(cfg, layer.b, layer.M, layer.s)
-            macs = out[1] * out[2] * co * c * kh * kw
             if len(weights) > cfg.weight_depth:
                 raise FitError(
                     f"{name}: weights must fit weight_depth {cfg.weight_depth} words, not "
@@ -307,11 +469,18 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig) -> Program:
                     f"{name}: parameters must fit param_depth {cfg.param_depth} channel "
                     f"tiles, not {len(params) // cfg.rq_groups}; use {_BIGGER} or fewer "
                     "output channels")
+            entries = [fields]
         else:
             kind = f"{layer.kind}pool"
-            fields = describe_pool(cfg, channels=c, h=h, w=w, kernel=layer.kernel,
-                                   stride=layer.stride, avg=layer.kind == "avg",
-                                   in_base=src, out_base=dst)
+            entries, done = [], 0
+            in_words, out_words = _words(cfg.cols, in_shape), _words(cfg.cols, out)
+            for group in _pool_groups(cfg, layer, in_shape, batch):
+                fields = describe_pool(cfg, channels=c, h=h * group, w=w, kernel=layer.kernel,
+                                       stride=layer.stride, avg=layer.kind == "avg",
+                                       in_base=src + done * in_words,
+                                       out_base=dst + done * out_words)
+                entries.append(fields)
+                done += group
             line = pool_line_words(cfg)
             if fields["out_w"] * fields["cin_words"] > line:
                 raise FitError(
@@ -320,13 +489,16 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig) -> Program:
                     f"channels, a narrower map or {_BIGGER}")
             w_bases.append(None)
             macs = 0
-        try:
-            command = pack_descriptor(cfg, fields)
-        except ValueError as e:
-            raise FitError(f"{name}: the layer descriptor does not fit ({e}); use "
-                           f"{_BIGGER} or a smaller layer") from None
-        layers.append(CompiledLayer(i, name, kind, fields, command, in_shape, out, macs,
-                                    _words(cfg.cols, out)))
+        commands = []
+        for fields in entries:
+            try:
+                commands.append(pack_descriptor(cfg, fields))
+            except ValueError as e:
+                raise FitError(f"{name}: the layer descriptor does not fit ({e}); use "
+                               f"{_BIGGER} or a smaller layer") from None
+        layers.append(CompiledLayer(i, name, kind, entries, commands, in_shape, out, macs,
+                                    _words(cfg.cols, out), dst))
     last = layers[-1]
     return Program(cfg, layers, weights, params, tuple(qnet.input_shape), 0, last.out_base,
-                   last.out_shape[0], size_a + size_b, w_bases)
+                   last.out_shape[0], size_a + size_b, w_bases, batch, dense,
+                   (qnet, dense_input))

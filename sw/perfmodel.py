@@ -5,9 +5,11 @@ The convolution engine (``hw/conv.py``) runs one output channel tile (``cols`` c
 time. Within a tile, output pixels go in tiles of ``rows``; each pixel tile walks its reduction
 in blocks ``(ky, kx, cw)``, and the array consumes one block in ``cols`` cycles (one input
 channel a cycle) while the fill reads the next block's ``rows`` words, so the array is fed
-every cycle::
+every cycle. The output pixels of a batch's images are walked as one sequence, so a pixel
+tile may hold the end of one image and the start of the next::
 
-    feed = pixel_tiles * kh * kw * cin_words * cols        (pixel_tiles = ceil(out_h*out_w / rows))
+    feed = pixel_tiles * kh * kw * cin_words * cols
+    pixel_tiles = ceil(batch * out_h * out_w / rows)
 
 Around the feed, each channel tile spends a fixed overhead: filling the first block (``rows``
 reads), the settle period that lets the last results drain through the array and the
@@ -45,7 +47,7 @@ from ..hw.pool import PoolEngine
 from ..hw.requant import Requantizer
 
 __all__ = ["CONV_LAYER", "CONV_TILE", "POOL_LAYER", "POOL_STAGES", "layer_macs", "pool_tail",
-           "pool_words", "predict_cycles", "utilization"]
+           "pool_words", "predict_cycles", "predict_layer", "predict_program", "utilization"]
 
 CONV_TILE = 12      #: fitted: per channel tile, beyond the structural overhead
 CONV_LAYER = 0      #: fitted: per convolution layer
@@ -71,11 +73,22 @@ def predict_cycles(cfg, fields):
     """
     R, C, G = cfg.rows, cfg.cols, cfg.rq_groups
     if fields["op"] == Op.CONV:
-        pixel_tiles = -(-fields["out_h"] * fields["out_w"] // R)
+        pixel_tiles = -(-fields.get("batch", 1) * fields["out_h"] * fields["out_w"] // R)
         feed = pixel_tiles * fields["kh"] * fields["kw"] * fields["cin_words"] * C
         per_tile = feed + R + R * G + C + Requantizer.LATENCY + CONV_TILE
         return fields["cout_tiles"] * per_tile + CONV_LAYER
     return pool_words(fields) + pool_tail(fields) + POOL_LAYER
+
+
+def predict_layer(cfg, layer):
+    """Predicted cycles of a compiled layer (`systolic.sw.compiler.CompiledLayer`): the sum of
+    its program entries' (a pooling layer may take one per group of images)."""
+    return sum(predict_cycles(cfg, fields) for fields in layer.entries)
+
+
+def predict_program(program):
+    """Predicted cycles of a whole `systolic.sw.compiler.Program` (one batch)."""
+    return sum(predict_layer(program.cfg, lay) for lay in program.layers)
 
 
 def pool_words(fields):

@@ -10,7 +10,7 @@ from systolic.hw import layout
 from systolic.hw.config import AcceleratorConfig, preset
 from systolic.hw.isa import Mem, Op, describe_conv, pack_descriptor
 from systolic.sw import perfmodel
-from systolic.sw.compiler import FitError, compile_network
+from systolic.sw.compiler import FitError, compile_network, im2col, largest_batch
 from systolic.sw.errors import SystolicError
 from systolic.sw.qnet import Conv, Flatten, Linear, Pool, QNet
 
@@ -80,7 +80,8 @@ def test_lenet_digits_descriptors():
         ("linear", (32, 2, 2), (10, 1, 1), 128 * 10),
     ]
     fc = prog.layers[-1].fields
-    assert (fc["kh"], fc["kw"], fc["cin_words"], fc["cout_tiles"], fc["pad"]) == (2, 2, 4, 2, 0)
+    # Flattening is a layout: the 32x2x2 map is one pixel of 2 * 2 * 4 words.
+    assert (fc["kh"], fc["kw"], fc["cin_words"], fc["cout_tiles"], fc["pad"]) == (1, 1, 16, 2, 0)
 
 
 def test_input_and_output_words():
@@ -105,11 +106,78 @@ def test_kernel_too_large():
 
 
 def test_linear_over_wide_map():
-    qnet = _net([_conv(1, 2, 3, pad=1), Flatten(), _linear(2 * 8 * 8, 3)], (1, 8, 8))
-    with pytest.raises(FitError, match=r"^layer 2 \(linear 128->3\): a fully connected layer "
-                                       r"runs as a convolution covering its 2x8x8 input, so "
-                                       r"the map must be at most 7x7, not 8x8; pool"):
-        compile_network(qnet, preset("default"))
+    """Flattening is a layout: a linear layer after a 16-channel 12x12 map (wider than any
+    kernel) is one pixel of all the map's 288 words."""
+    qnet = _net([_conv(1, 16, 3, pad=1), Flatten(), _linear(16 * 12 * 12, 3)], (1, 12, 12))
+    prog = compile_network(qnet, preset("default"))
+    fc = prog.layers[-1].fields
+    assert (fc["in_h"], fc["in_w"], fc["kh"], fc["kw"], fc["cin_words"]) == (1, 1, 1, 1, 288)
+
+
+def test_batch_layout():
+    """A batch's images lie one after the other in each tensor; convolutions take the whole
+    batch in one command, aligned pooling stacks the images (as many as max_dim rows allow),
+    unaligned pooling takes a command an image."""
+    cfg = AcceleratorConfig(act_depth=4096, max_dim=16)
+    qnet = _net([_conv(1, 8, 3, pad=1), Pool("max", 2, 2), _conv(8, 8, 1),
+                 Pool("max", 3, 2), Flatten(), _linear(8, 4)], (1, 8, 8))
+    prog = compile_network(qnet, cfg, batch=5)
+    conv, pool, conv2, pool2, fc = prog.layers
+    assert [f["batch"] for f in conv.entries] == [5]
+    assert conv.fields["in_img_step"] == 64
+    # 8 rows an image, max_dim 16: two images a command.
+    assert [(f["in_h"], f["in_base"] - pool.entries[0]["in_base"]) for f in pool.entries] == [
+        (16, 0), (16, 128), (8, 256)]
+    assert [f["out_base"] - pool.entries[0]["out_base"] for f in pool.entries] == [0, 32, 64]
+    # A 3x3 window with stride 2 on 4 rows would straddle two images.
+    assert [f["in_h"] for f in pool2.entries] == [4] * 5
+    assert fc.fields["batch"] == 5
+    assert prog.entry_range(2) == (4, 1)
+    assert len(prog.commands) == 1 + 3 + 1 + 5 + 1
+    # The same weights whatever the batch.
+    assert prog.weights == compile_network(qnet, cfg).weights
+
+
+def test_batch_too_large():
+    qnet = random_qnet("lenet-digits")
+    cfg = preset("default")
+    fits = largest_batch(qnet, cfg)
+    assert fits == cfg.act_depth // (64 + 128)
+    compile_network(qnet, cfg, batch=fits)
+    with pytest.raises(FitError, match=rf"^a batch of {fits + 1} images must fit act_depth 4096 "
+                                       rf"words, not {(fits + 1) * 192} \(192 words an image\); "
+                                       rf"the largest batch that fits is {fits}$"):
+        compile_network(qnet, cfg, batch=fits + 1)
+    with pytest.raises(FitError, match="batch must be an integer from 1 to 255, not 0"):
+        compile_network(qnet, cfg, batch=0)
+
+
+def test_dense_input():
+    """A first convolution with one input channel takes its im2col input: a 1x1 convolution
+    of 9 channels, its weights in (ky, kx, c) order; the host packs the image."""
+    qnet = random_qnet("lenet-digits")
+    cfg = preset("default")
+    prog = compile_network(qnet, cfg, dense_input=True)
+    conv = prog.layers[0]
+    assert prog.dense == (3, 3, 1, 1)
+    assert conv.in_shape == (9, 8, 8)
+    assert (conv.fields["kh"], conv.fields["cin_words"], conv.fields["pad"]) == (1, 2, 0)
+    assert prog.input_lanes == 0
+    assert prog.image_words == 128
+    image = np.arange(64, dtype=np.int8).reshape(1, 8, 8)
+    cols = im2col(image, 3, 3, 1, 1)
+    assert cols.shape == (9, 8, 8)
+    assert cols[4].tolist() == image[0].tolist()                # the centre tap
+    assert cols[0, 0].tolist() == [0] * 8                       # above the image: padding
+    assert cols[0, 1, 1:].tolist() == image[0, 0, :7].tolist()  # tap (-1, -1)
+    assert prog.input_words(image) == layout.pack_activations(cfg, cols)
+    w = qnet.layers[0].w
+    dense_w = w.transpose(0, 2, 3, 1).reshape(16, 9, 1, 1)
+    assert prog.weights[:len(layout.conv_weight_words(cfg, dense_w))] == \
+        layout.conv_weight_words(cfg, dense_w)
+    # A first layer with as many channels as columns is left alone.
+    assert compile_network(_net([_conv(8, 8, 3), Flatten(), _linear(8 * 6 * 6, 2)],
+                                (8, 8, 8)), cfg, dense_input=True).dense is None
 
 
 def test_activations_do_not_fit():

@@ -6,7 +6,14 @@ from amaranth.sim import Simulator
 from systolic.hw import layout
 from systolic.hw.config import AcceleratorConfig
 from systolic.hw.core import Core
-from systolic.hw.isa import Mem, describe_conv, describe_pool, layer_layout, pack_params
+from systolic.hw.isa import (
+    Mem,
+    describe_conv,
+    describe_linear,
+    describe_pool,
+    layer_layout,
+    pack_params,
+)
 from systolic.sim.vectors import conv_params
 from systolic.sw import arith, perfmodel
 
@@ -136,6 +143,63 @@ def test_conv_pool_conv_on_chip(avg):
     words, cycles = run_layers(cfg, loads, [d1, d2, d3], 0, 2 * 2 * 2)
     assert np.array_equal(layout.unpack_activations(cfg, words, 5, 2, 2), y3)
     assert all(c > 0 for c in cycles)
+
+
+BATCH_CASES = [
+    # rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad
+    (2, 4, 0, 3, 3, 5, 5, 6, 3, 1, 1),        # pixel tiles straddle images (25 % 2)
+    (3, 4, 0, 4, 5, 4, 6, 5, 3, 2, 0),        # stride 2, no padding, 3 rows
+    (2, 4, 2, 2, 2, 3, 3, 4, 2, 1, 1),        # requantization in two groups
+    (4, 4, 0, 5, 6, 1, 1, 7, 1, 1, 0),        # one pixel an image: a row an image
+]
+
+
+@pytest.mark.parametrize(("rows", "cols", "lanes", "batch", "cin", "h", "w", "cout", "k",
+                          "stride", "pad"), BATCH_CASES)
+def test_conv_batch(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad):
+    """A batch of images in one command: each image's output exactly as alone, one after the
+    other, and the performance model predicts the cycles."""
+    cfg = AcceleratorConfig(rows=rows, cols=cols, act_depth=1024, weight_depth=1024,
+                            param_depth=16, requant_lanes=lanes)
+    rng = np.random.default_rng(hash((rows, cols, batch, cin, h, w, cout, k)) % 2**32)
+    xs = rng.integers(-128, 128, (batch, cin, h, w)).astype(np.int8)
+    wq, b, m, s = conv_params(rng, cin, cout, k)
+    xw = [v for x in xs for v in layout.pack_activations(cfg, x)]
+    d = describe_conv(cfg, cin=cin, h=h, w=w, cout=cout, kh=k, kw=k, stride=stride, pad=pad,
+                      relu=True, in_base=0, out_base=len(xw), batch=batch)
+    per = d["out_h"] * d["out_w"] * d["cout_tiles"]
+    loads = {Mem.ACT: xw, Mem.WEIGHT: layout.conv_weight_words(cfg, wq),
+             Mem.PARAM: pack_params(cfg, b, m, s)}
+    words, (cycles,) = run_layers(cfg, loads, [d], len(xw), batch * per)
+    for i, x in enumerate(xs):
+        exp = arith.requantize(arith.conv2d_acc(x, wq, b, stride=stride, padding=pad), m, s,
+                               relu=True)
+        got = layout.unpack_activations(cfg, words[i * per:(i + 1) * per], cout, d["out_h"],
+                                        d["out_w"])
+        assert np.array_equal(got, exp), i
+    assert cycles == perfmodel.predict_cycles(cfg, d)
+
+
+def test_linear_over_flattened_map():
+    """A fully connected layer on a 12x12 map (larger than any kernel), as a layout: the
+    input's words in memory order, a batch of two."""
+    cfg = AcceleratorConfig(rows=2, cols=4, act_depth=2048, weight_depth=4096, param_depth=16)
+    rng = np.random.default_rng(5)
+    c, h, w, cout, batch = 6, 12, 12, 5, 2
+    xs = rng.integers(-128, 128, (batch, c, h, w)).astype(np.int8)
+    wl, b, m, s = conv_params(rng, c * h * w, cout, 1)
+    wl = wl.reshape(cout, c * h * w)
+    xw = [v for x in xs for v in layout.pack_activations(cfg, x)]
+    n = len(xw) // batch
+    d = describe_linear(cfg, in_words=n, cout=cout, in_base=0, out_base=len(xw), batch=batch)
+    loads = {Mem.ACT: xw, Mem.WEIGHT: layout.linear_weight_words(cfg, wl, (c, h, w)),
+             Mem.PARAM: pack_params(cfg, b, m, s)}
+    words, (cycles,) = run_layers(cfg, loads, [d], len(xw), batch * d["cout_tiles"])
+    for i, x in enumerate(xs):
+        exp = arith.requantize(arith.conv2d_acc(x, wl.reshape(cout, c, h, w), b), m, s)
+        got = layout.unpack_activations(cfg, words[i * 2:(i + 1) * 2], cout, 1, 1)
+        assert np.array_equal(got, exp), i
+    assert cycles == perfmodel.predict_cycles(cfg, d)
 
 
 RQ_CASES = [
