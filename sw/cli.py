@@ -26,6 +26,7 @@ COMMANDS = [
     "systolic.sw.simulate",
     "systolic.sw.demo",
     "systolic.sw.deploy",
+    "systolic.sw.report",
 ]
 
 
