@@ -97,8 +97,14 @@ def _pair(v):
     return tuple(v) if isinstance(v, tuple | list) else (v, v)
 
 
+class _LayerProblem(Exception):
+    def __init__(self, i, layer, problem):
+        super().__init__(i, layer, problem)
+        self.i, self.layer, self.problem = i, layer, problem
+
+
 def _fail(i, layer, problem):
-    raise ModelError(f"layer {i} ({layer!r}): {problem}; {SUPPORTED}")
+    raise _LayerProblem(i, layer, problem)
 
 
 def _check_conv(i, layer, shape):
@@ -156,7 +162,7 @@ def _check_pool(i, layer, shape):
     return (c, (h - k[0]) // st[0] + 1, (w - k[0]) // st[0] + 1)
 
 
-def check_supported(model, input_shape):
+def check_supported(model, input_shape, *, where=None):
     """Check that the accelerator can run ``model`` on inputs of ``input_shape``.
 
     Parameters
@@ -165,6 +171,9 @@ def check_supported(model, input_shape):
         The model; see the module documentation for what is supported.
     input_shape : tuple of int
         ``(C, H, W)`` of one input image.
+    where : list of str, optional
+        Where each layer came from in the user's model (the front end's module path and source
+        line), named in errors.
 
     Returns
     -------
@@ -184,6 +193,14 @@ def check_supported(model, input_shape):
         raise ModelError(f"input shape must be (C, H, W) of positive integers, not {shape!r}")
     if len(model) == 0:
         raise ModelError(f"model must have at least one layer; {SUPPORTED}")
+    try:
+        return _check_layers(model, shape)
+    except _LayerProblem as e:
+        origin = f" from {where[e.i]}" if where is not None else ""
+        raise ModelError(f"layer {e.i} ({e.layer!r}){origin}: {e.problem}; {SUPPORTED}") from None
+
+
+def _check_layers(model, shape):
     shapes = []
     previous = None
     for i, layer in enumerate(model):

@@ -11,6 +11,9 @@ Per the arithmetic contract (``docs/arithmetic.md``):
 * ``(M, s) = arith.choose_multiplier(s_in * s_w / s_out)``; ReLU is fused into the preceding
   layer; pooling and flattening keep the scale.
 
+Any traceable model is first lowered to that layer chain by `frontend.lower` (BatchNorm folded
+into the layer before it, functional forms and identities resolved).
+
 ``round`` is round-half-up throughout. `fake_quant_forward` is the float64 PyTorch rendering of a
 `QNet` with the real multipliers, which the tests hold the golden model against.
 """
@@ -23,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import arith, models
+from . import arith, frontend, models
 from .qnet import Conv, Flatten, Linear, Pool, QNet
 
 __all__ = [
-    "add_parser", "calibrate", "fake_quant_forward", "fake_quant_layer", "qat_finetune",
-    "quantize",
+    "add_parser", "calibrate", "fake_quant_forward", "fake_quant_layer", "load_program",
+    "qat_finetune", "quantize",
 ]
 
 
@@ -93,17 +96,19 @@ def _quantize_layer(layer, name, s_in, amax, relu):
     return Linear(**params)
 
 
-def quantize(model, calib_x, *, input_shape, p_max, dataset, arch="custom"):
+def quantize(model, calib_x, *, input_shape=None, p_max, dataset, arch="custom"):
     """Quantize a trained float model to a `QNet` (see the module documentation).
 
     Parameters
     ----------
-    model : torch.nn.Sequential
-        A supported model (`models.check_supported`).
+    model : torch.nn.Module or torch.export.ExportedProgram
+        A supported ``torch.nn.Sequential`` (`models.check_supported`), or any model
+        ``torch.export`` traces into supported operations (`frontend.lower`: BatchNorm after a
+        Conv2d or Linear is folded into it, with its running statistics).
     calib_x : array_like
         Float calibration images ``p / p_max``, ``(N,) + input_shape``.
     input_shape : tuple of int
-        ``(C, H, W)``.
+        ``(C, H, W)``; for a program, by default its example input's.
     p_max : int
         Largest raw pixel value.
     dataset, arch : str
@@ -112,16 +117,21 @@ def quantize(model, calib_x, *, input_shape, p_max, dataset, arch="custom"):
     Returns
     -------
     QNet
-        With the float model's spec and state stored alongside.
+        With the float model's spec and state stored alongside (the lowered ``Sequential``,
+        BatchNorm folded).
 
     Raises
     ------
     models.ModelError
-        When the model is not supported, naming the layer.
+        When the model is not supported, naming the layer or operation, where it is in the
+        model and what to use instead.
     arith.ContractError
         When a layer's integer parameters would leave the contract (overflowing bias or
         accumulator, unrepresentable multiplier), naming the layer and channel.
     """
+    if input_shape is None and isinstance(model, torch.export.ExportedProgram):
+        input_shape = frontend.example_input_shape(model)
+    model = frontend.lower(model, input_shape)
     spec = models.model_spec(model, input_shape)
     amax = calibrate(model, calib_x)
     requant = {i: (j, relu) for i, j, relu in _requantized(model)}
@@ -245,6 +255,28 @@ def qat_finetune(model, split, *, epochs, calib_x, lr=0.005, batch_size=32, seed
                        progress=progress, log=log)
 
 
+def load_program(path):
+    """Read a program saved with ``torch.export.save`` (a ``.pt2`` file).
+
+    Raises
+    ------
+    SystolicError
+        When the file is missing or is not such a program, in one line.
+    """
+    from .errors import SystolicError
+
+    path = Path(path)
+    if not path.is_file():
+        raise SystolicError(f"{path}: file not found; save your model with "
+                            "torch.export.save(torch.export.export(model, (example,)), FILE)")
+    try:
+        return torch.export.load(path)
+    except Exception:  # torch raises zip, key, JSON and runtime errors for foreign files
+        raise SystolicError(f"{path}: not a program saved by torch.export.save; save your model "
+                            "with torch.export.save(torch.export.export(model, (example,)), "
+                            "FILE)") from None
+
+
 def _run(args):
     from . import data, train
     from .errors import SystolicError
@@ -257,34 +289,64 @@ def _run(args):
         raise SystolicError(f"{args.output}: directory "
                             f"{str(Path(args.output).parent)!r} must exist")
     train.set_threads()
-    ckpt = train.load_checkpoint(args.checkpoint)
-    split = data.load(ckpt.dataset, args.data_dir)
+    if Path(args.checkpoint).suffix == ".pt2":
+        if args.dataset is None:
+            raise SystolicError(f"{args.checkpoint}: a program needs the data set to calibrate "
+                                "on; pass --dataset digits or --dataset mnist")
+        program = load_program(args.checkpoint)
+        input_shape = frontend.example_input_shape(program)
+        dataset, arch = args.dataset, Path(args.checkpoint).stem
+        split = data.load(dataset, args.data_dir)
+        if split.train.input_shape != input_shape:
+            raise SystolicError(
+                f"{args.checkpoint}: the program's input must match the {dataset} images, not "
+                f"{input_shape} against {split.train.input_shape}; export it with an example "
+                f"input of shape (1, {', '.join(map(str, split.train.input_shape))})")
+        model = frontend.lower(program)
+        p_max = split.train.p_max
+    else:
+        ckpt = train.load_checkpoint(args.checkpoint)
+        if args.dataset is not None and args.dataset != ckpt.dataset:
+            raise SystolicError(f"{args.checkpoint}: --dataset must be the checkpoint's "
+                                f"{ckpt.dataset}, not {args.dataset}")
+        model, input_shape, dataset, arch, p_max = (ckpt.model, ckpt.input_shape, ckpt.dataset,
+                                                    ckpt.arch, ckpt.p_max)
+        split = data.load(dataset, args.data_dir)
     calib_x = split.train.x[:args.calib]
     if args.qat_epochs:
         print(f"quantization-aware fine-tuning for {args.qat_epochs} epochs")
-        qat_finetune(ckpt.model, split, epochs=args.qat_epochs, calib_x=calib_x, seed=args.seed)
-    qnet = quantize(ckpt.model, calib_x, input_shape=ckpt.input_shape, p_max=ckpt.p_max,
-                    dataset=ckpt.dataset, arch=ckpt.arch)
+        qat_finetune(model, split, epochs=args.qat_epochs, calib_x=calib_x, seed=args.seed)
+    qnet = quantize(model, calib_x, input_shape=input_shape, p_max=p_max, dataset=dataset,
+                    arch=arch)
     qnet.save(args.output)
-    print(f"quantized {ckpt.arch} with {len(calib_x)} calibration images; wrote {args.output}")
+    print(f"quantized {arch} with {len(calib_x)} calibration images; wrote {args.output}")
 
 
 def add_parser(subparsers):
     """Register ``systolic quantize``."""
     p = subparsers.add_parser(
-        "quantize", help="quantize a float checkpoint to an int8 .qnet",
+        "quantize", help="quantize a float checkpoint or exported model to an int8 .qnet",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Post-training quantization per the arithmetic contract: per-channel int8 "
                     "weights, int32 biases, per-tensor int8 activations calibrated on training "
                     "images, (M, s) requantization pairs. Optionally fine-tune with "
                     "quantization-aware training first. Writes a .qnet (docs/qnet.md) that also "
-                    "stores the float weights, for 'systolic eval'.",
+                    "stores the float weights, for 'systolic eval'. Takes a checkpoint of "
+                    "'systolic train', or any model saved with torch.export.save (.pt2): "
+                    "BatchNorm is folded into the layer before it, and an operation the "
+                    "accelerator cannot run is named with where it is and what to use instead.",
         epilog="examples:\n"
                "  systolic quantize model.pt -o model.qnet\n"
                "  systolic quantize model.pt -o model.qnet --calib 512\n"
                "  systolic quantize model.pt -o model.qnet --qat-epochs 3\n"
-               "  systolic quantize lenet5.pt -o lenet5.qnet --data-dir data/mnist")
-    p.add_argument("checkpoint", metavar="MODEL.pt", help="float checkpoint from 'systolic train'")
+               "  systolic quantize lenet5.pt -o lenet5.qnet --data-dir data/mnist\n"
+               "  systolic quantize mynet.pt2 --dataset digits -o mynet.qnet")
+    p.add_argument("checkpoint", metavar="MODEL.pt|MODEL.pt2",
+                   help="float checkpoint from 'systolic train', or a program saved with "
+                        "torch.export.save (.pt2; its example input gives the input shape)")
+    p.add_argument("--dataset", choices=("digits", "mnist"),
+                   help="data set to calibrate on, scaled as the trainer does (p / p_max); "
+                        "required for a .pt2 (default for a .pt: the checkpoint's)")
     p.add_argument("-o", "--output", required=True, metavar="FILE.qnet", help=".qnet to write")
     p.add_argument("--calib", type=int, default=256, metavar="N",
                    help="training images to calibrate activation scales on (default: 256)")

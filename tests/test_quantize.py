@@ -56,8 +56,9 @@ def test_relu_outputs_use_the_full_positive_range():
 def test_unsupported_layer_is_named():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(144, 10))
     with pytest.raises(models.ModelError,
-                       match=r"^layer 1 \(Tanh\(\)\): Tanh is not supported; supported layers: "
-                             r"Conv2d \(kernel 1-7"):
+                       match=r"^tanh at module '1' \(Tanh\): not supported; the accelerator's "
+                             r"only activation is ReLU, fused into the Conv2d or Linear before "
+                             r"it: use nn\.ReLU or F\.relu$"):
         quantize.quantize(model, np.zeros((4, 1, 8, 8), np.float32), input_shape=(1, 8, 8),
                           p_max=16, dataset="digits")
 
