@@ -140,6 +140,48 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
+@contextlib.contextmanager
+def simulator_log(verbose=False):
+    """Keep what simulators print on standard output (cocotb's log, a build's output) off the
+    terminal: it goes to ``logs/simulate-<pid>.log`` in the build directory
+    (`systolic.sim.runner.build_root`), which is removed after a run that succeeded; a
+    `SystolicError` raised inside names it. Yields ``say(line)``, which prints on the real
+    standard output. With ``verbose`` nothing is redirected."""
+    if verbose:
+        yield print
+        return
+    from ..sim.runner import build_root
+
+    log = build_root() / "logs" / f"simulate-{os.getpid()}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    console = os.fdopen(os.dup(saved), "w")
+
+    def say(line):
+        console.write(f"{line}\n")
+        console.flush()
+
+    keep = False
+    with open(log, "wb") as f:
+        os.dup2(f.fileno(), 1)
+        try:
+            yield say
+        except SystolicError as e:
+            sys.stdout.flush()
+            keep = log.stat().st_size > 0
+            if keep:
+                e.args = (f"{e} (the simulator's log: {log})",)
+            raise
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            console.close()
+            if not keep:
+                log.unlink(missing_ok=True)
+
+
 def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=None,
             uart=None, faults=(), layer_cycles=True, jobs=None, progress=None,
             waves_file=None, netlist=None):
@@ -487,7 +529,8 @@ def _run(args):
     cfg = preset(args.preset)
     images, labels = dataset_images(qnet, args.dataset, args.data_dir, args.images)
     waves = None if args.waves is None else parse_window(args.waves, len(images))
-    quiet = _stdout_to_stderr() if args.json else contextlib.nullcontext()
+    quiet = _stdout_to_stderr() if args.json and args.verbose else simulator_log(
+        args.verbose)
     with quiet:
         report = simulate(qnet, images, cfg, labels=labels, sim=args.sim, trace=args.trace,
                           waves=waves, waves_file=args.waves_file, jobs=args.jobs,
@@ -496,6 +539,16 @@ def _run(args):
         print(json.dumps(report.as_dict()))
     else:
         print(format_report(report))
+        if args.trace and report.first_difference is None:
+            print(f"--trace: all {len(report.program.layers)} layers of {len(images)} images "
+                  "match the golden model, every value")
+    if args.report:
+        from .report import dataset_float_images, write_report
+
+        path = write_report(args.report, simulation=report, qnet=qnet, cfg=cfg, images=images,
+                            float_images=dataset_float_images(qnet, args.dataset, args.data_dir,
+                                                              len(images)))
+        print(f"report: {path}", file=sys.stderr)
     if report.speed.get("waves"):
         print(f"waveforms of images {waves[0]}..{waves[1] - 1}: {report.speed['waves']}",
               file=sys.stderr)
@@ -522,7 +575,13 @@ def add_parser(subparsers):
                     "process per core (--jobs). The first run of a design builds it (about a "
                     "minute; cached under build/sim). --sim verilator or icarus run the same "
                     "driver in a cocotb testbench, a clock edge at a time: the reference "
-                    "route, a hundred times slower.",
+                    "route, a hundred times slower.\n\n"
+                    "Waveforms: --waves records the chosen images; fast writes FST to "
+                    "--waves-file, verilator and icarus write into the design's build "
+                    "directory under build/sim (or $SYSTOLIC_BUILD_DIR): icarus "
+                    "controller.fst, verilator controller-run-PID.vcd. The path is printed "
+                    "either way. SYSTOLIC_WAVES=1 in the environment records waveforms of every "
+                    "cocotb run (the test suite's too) the same way.",
         epilog="examples:\n"
                "  systolic simulate model.qnet\n"
                "  systolic simulate model.qnet --images 360 --json\n"
@@ -549,6 +608,11 @@ def add_parser(subparsers):
                    help="fast: where the waveforms go (default: ./systolic-waves.fst)")
     p.add_argument("--trace", action="store_true",
                    help="read back every layer's output and name the first differing value")
+    p.add_argument("--report", metavar="FILE.html",
+                   help="also write the HTML report (see 'systolic report') to FILE.html")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the simulator's own output (cocotb's log); by default it goes to "
+                        "a log file in the build directory, named when something fails")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: images, mismatches, golden_accuracy, "
                         "rtl_accuracy, cycles_per_image, layers, ...")
