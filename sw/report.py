@@ -31,7 +31,8 @@ import numpy as np
 
 from .errors import SystolicError
 
-__all__ = ["ReportError", "add_parser", "numeric_profile", "render_report", "write_report"]
+__all__ = ["ReportError", "add_parser", "board_rates", "dataset_float_images", "numeric_profile",
+           "render_report", "write_report"]
 
 
 class ReportError(SystolicError):
@@ -77,9 +78,10 @@ def _load_json(value, what):
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise ReportError(f"{what} {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ReportError(f"{what} {str(path)!r} must be a JSON file, not unreadable ({e})"
-                          ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise ReportError(f"{what} {str(path)!r} must be a JSON file ('systolic "
+                          f"{'simulate' if what.startswith('sim') else 'build'} --json' "
+                          "output); a network goes in with --qnet") from None
 
 
 def _config(cfg, build, simulation):
@@ -555,9 +557,9 @@ def render_report(*, simulation=None, qnet=None, build=None, board=None, cfg=Non
     """The report's HTML text; see `write_report` for the arguments."""
     from .qnet import QNet
 
-    simulation = _load_json(simulation, "simulation report")
-    if simulation is not None and not isinstance(simulation, dict):
+    if hasattr(simulation, "as_dict"):              # a SimulationReport
         simulation = simulation.as_dict()
+    simulation = _load_json(simulation, "simulation report")
     build = _load_json(build, "build report")
     if isinstance(qnet, str | Path):
         qnet = QNet.load(qnet)
@@ -633,6 +635,14 @@ def _float_predictions(qnet, float_images):
     return out.argmax(dim=1).numpy()
 
 
+def dataset_float_images(qnet, dataset, data_dir, n):
+    """The first ``n`` test images of the network's data set in float (``p / p_max``), as its
+    float model takes them (`systolic.sw.simulate.dataset_images` gives them in int8)."""
+    from . import data
+
+    return data.load(dataset or qnet.dataset, data_dir).test.x[:n]
+
+
 def write_report(path, *, simulation=None, qnet=None, build=None, board=None, cfg=None,
                  images=None, float_images=None, labels=None, float_accuracy=None,
                  title=None):
@@ -699,9 +709,7 @@ def _run(args):
 
         n = args.images or (simulation or {}).get("images") or 200
         images, labels = dataset_images(qnet, args.dataset, args.data_dir, n)
-        from . import data
-
-        float_images = data.load(args.dataset or qnet.dataset, args.data_dir).test.x[:n]
+        float_images = dataset_float_images(qnet, args.dataset, args.data_dir, n)
     cfg = None
     if args.preset:
         from ..hw.config import preset
