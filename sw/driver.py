@@ -206,34 +206,43 @@ class Inference:
     logits : numpy.ndarray
         int8 ``(classes,)``.
     cycles : int
-        The image's cycles: its layers', summed, from the core's counter.
+        The cycles of the run that computed the image, from the core's counter: its batch's
+        layers', summed (divide by `batch` for a share per image).
     layer_cycles : list of int or None
-        Cycles of each hardware layer (``Program.layers``), when the driver asked for them.
+        Cycles of each hardware layer (``Program.layers``) in that run, when the driver asked
+        for them.
     layer_outputs : list of numpy.ndarray or None
-        With tracing, every hardware layer's int8 ``(C, H, W)`` output.
+        With tracing, every hardware layer's int8 ``(C, H, W)`` output for this image.
+    batch : int
+        Images run together with this one (itself included).
     """
 
     logits: np.ndarray
     cycles: int
     layer_cycles: list | None = None
     layer_outputs: list | None = None
+    batch: int = 1
 
 
 class Driver:
     """Runs a `Program` on a core through ``transport``.
+
+    Images go in batches of up to ``program.batch``; a shorter batch (the last of a run, or
+    `infer`'s single image) runs the same network compiled for its size
+    (`Program.with_batch`), which takes rewriting the program memory only.
 
     Parameters
     ----------
     program : Program
     transport : Transport
     layer_cycles : bool
-        Read each layer's cycles after every image (a STATS request: one more exchange on
+        Read each layer's cycles after every batch (a STATS request: one more exchange on
         the link), not only the total.
 
     Members
     -------
     reruns : int
-        Images run again from their input because the link lost or damaged a reply
+        Batches run again from their input because the link lost or damaged a reply
         (`protocol.LinkError`) in the middle of them.
     """
 
@@ -242,28 +251,54 @@ class Driver:
         self.transport = transport
         self.layer_cycles = layer_cycles
         self.reruns = 0
+        self._variants = {program.batch: program}
+        self._loaded = None
 
     async def load_network(self):
         """Write the weights, the parameters and the program (once per network)."""
         p = self.program
-        if len(p.layers) > p.cfg.program_depth:
-            raise SystolicError(
-                f"The network has {len(p.layers)} hardware layers but the program memory "
-                f"holds {p.cfg.program_depth}; raise program_depth")
         await self.transport.write(p.loads())
-        await self.transport.write([(Mem.PROGRAM, i, layer.command)
-                                    for i, layer in enumerate(p.layers)])
+        await self._load_program(p)
+
+    async def _load_program(self, p):
+        if len(p.commands) > p.cfg.program_depth:
+            raise SystolicError(
+                f"The network takes {len(p.commands)} program entries (a batch of {p.batch}) "
+                f"but the program memory holds {p.cfg.program_depth}; use a smaller batch or "
+                "raise program_depth")
+        self._loaded = None
+        await self.transport.write([(Mem.PROGRAM, i, c) for i, c in enumerate(p.commands)])
+        self._loaded = p
+
+    def _program_for(self, n):
+        if n not in self._variants:
+            variant = self.program.with_batch(n)
+            if variant.weights != self.program.weights or variant.params != self.program.params:
+                raise AssertionError("a batch size changed the weight memory image")
+            self._variants[n] = variant
+        return self._variants[n]
 
     async def infer(self, image, *, trace=False, attempts=3):
-        """Run one int8 ``(C, H, W)`` image; returns an `Inference`.
+        """Run one int8 ``(C, H, W)`` image alone; returns an `Inference`."""
+        (result,) = await self.infer_batch([image], trace=trace, attempts=attempts)
+        return result
+
+    async def infer_batch(self, images, *, trace=False, attempts=3):
+        """Run int8 ``(C, H, W)`` images, at most ``program.batch``, in one run; returns an
+        `Inference` each.
 
         With ``trace``, every layer's output is read back as soon as the layer has run (the
-        ping-pong buffers overwrite it two layers later). An image whose run the link cut
+        ping-pong buffers overwrite it two layers later). A batch whose run the link cut
         short (`protocol.LinkError`) is run again from its input, up to ``attempts`` times.
         """
+        images = list(images)
+        if not 1 <= len(images) <= self.program.batch:
+            raise SystolicError(f"A batch must hold 1 to {self.program.batch} images (the "
+                                f"program's batch), not {len(images)}")
+        p = self._program_for(len(images))
         for attempt in range(attempts):
             try:
-                return await self._infer(image, trace)
+                return await self._infer(p, images, trace)
             except protocol.LinkError:
                 if attempt == attempts - 1:
                     raise
@@ -271,29 +306,49 @@ class Driver:
                 self.reruns += 1
         raise AssertionError("unreachable")
 
-    async def _infer(self, image, trace):
-        p = self.program
-        words = p.input_words(image)
+    async def _infer(self, p, images, trace):
+        n = len(images)
+        words = [w for image in images for w in p.input_words(image)]
+        if self._loaded is not p:
+            await self._load_program(p)
         await self.transport.write(((Mem.ACT, p.input_base + a, v) for a, v in enumerate(words)),
                                    lanes=p.input_lanes)
         if trace:
-            layers, outputs = [], []
+            layers, outputs = [], [[] for _ in images]
             for i, layer in enumerate(p.layers):
-                total, _ = await self.transport.run(i, 1, per_entry=False)
+                start, count = p.entry_range(i)
+                total, _ = await self.transport.run(start, count, per_entry=False)
                 layers.append(total)
-                got = await self.transport.read(layer.out_base, layer.out_words)
-                outputs.append(p.decode_layer(i, got))
-            return Inference(outputs[-1].reshape(p.classes), sum(layers), layers, outputs)
-        total, layers = await self.transport.run(0, len(p.layers),
-                                                 per_entry=self.layer_cycles)
-        logits = p.decode_output(await self.transport.read(p.output_base, p.output_words))
-        return Inference(logits, total, layers)
+                got = await self.transport.read(layer.out_base, n * layer.out_words)
+                for b in range(n):
+                    part = got[b * layer.out_words:(b + 1) * layer.out_words]
+                    outputs[b].append(p.decode_layer(i, part))
+            return [Inference(out[-1].reshape(p.classes), sum(layers), layers, out, n)
+                    for out in outputs]
+        total, entries = await self.transport.run(0, len(p.commands),
+                                                  per_entry=self.layer_cycles)
+        layers = None
+        if entries is not None:
+            layers = []
+            for i in range(len(p.layers)):
+                start, count = p.entry_range(i)
+                layers.append(sum(entries[start:start + count]))
+        got = await self.transport.read(p.output_base, n * p.output_words)
+        ow = p.output_words
+        return [Inference(p.decode_output(got[b * ow:(b + 1) * ow]), total, layers, None, n)
+                for b in range(n)]
 
     async def run_images(self, images, *, trace=False, log=None, every=10):
-        """`infer` on each image in turn; ``log(text)`` is called every ``every`` images."""
-        results = []
-        for n, image in enumerate(images, 1):
-            results.append(await self.infer(image, trace=trace))
-            if log is not None and (n % every == 0 or n == len(images)):
-                log(f"{n}/{len(images)} images, {results[-1].cycles} cycles for the last")
+        """Run ``images`` in batches of ``program.batch`` (`infer_batch`); ``log(text)`` is
+        called every ``every`` images or so."""
+        results, logged = [], 0
+        step = self.program.batch
+        for at in range(0, len(images), step):
+            batch = await self.infer_batch(images[at:at + step], trace=trace)
+            results += batch
+            if log is not None and (len(results) - logged >= every or
+                                    len(results) == len(images)):
+                logged = len(results)
+                log(f"{len(results)}/{len(images)} images, {batch[-1].cycles} cycles for the "
+                    f"last batch of {len(batch)}")
         return results

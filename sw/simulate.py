@@ -29,7 +29,7 @@ from .errors import SystolicError
 
 __all__ = [
     "SIMULATORS", "SimulationReport", "add_parser", "dataset_images", "format_report",
-    "parse_window", "run_rtl", "simulate",
+    "parse_window", "resolve_batch", "run_rtl", "simulate",
 ]
 
 #: How a network can be simulated: name -> what it is (the ``--sim`` choices).
@@ -52,8 +52,9 @@ class SimulationReport:
     labels : numpy.ndarray or None
         True classes, when known.
     layer_cycles : numpy.ndarray
-        int64 ``(N, layers)``: the core's ``cycles`` for every layer of every image; ``(N, 1)``,
-        each image's total, when the per-layer counters were not read (``layer_cycles`` off).
+        int64 ``(N, layers)``: the core's ``cycles`` for every layer of the run (batch) of
+        every image; ``(N, 1)``, the run's total, when the per-layer counters were not read
+        (``layer_cycles`` off).
     first_difference : dict or None
         With tracing: the first layer, image and ``(c, y, x)`` where RTL and golden differ.
     wall_seconds : float
@@ -80,6 +81,33 @@ class SimulationReport:
     sim: str
     link: dict = field(default_factory=dict)
     speed: dict = field(default_factory=dict)
+    batch_sizes: np.ndarray | None = None
+
+    @property
+    def batches(self):
+        """int64 ``(N,)``: the size of the batch each image ran in."""
+        if self.batch_sizes is None:
+            return np.ones(len(self.logits), np.int64)
+        return self.batch_sizes
+
+    def _predicted(self):
+        """int64 ``(N, layers)``: the performance model's cycles for each image's run."""
+        variants = {}
+        rows = []
+        for b in self.batches:
+            if b not in variants:
+                prog = self.program.with_batch(int(b))
+                variants[b] = [perfmodel.predict_layer(prog.cfg, lay) for lay in prog.layers]
+            rows.append(variants[b])
+        return np.array(rows, np.int64)
+
+    @property
+    def model_exact(self):
+        """Whether every layer of every run took exactly the performance model's cycles
+        (``None`` without the per-layer counters)."""
+        if self.layer_cycles.shape[1] != len(self.program.layers):
+            return None
+        return bool(np.all(self.layer_cycles == self._predicted()))
 
     @property
     def mismatches(self):
@@ -87,17 +115,23 @@ class SimulationReport:
         return int(np.sum(np.any(self.logits != self.golden_logits, axis=1)))
 
     def layers(self):
-        """Per hardware layer: name, cycles (mean over images), predicted, MACs, utilization
-        (none without the per-layer counters)."""
+        """Per hardware layer: name, cycles and predicted cycles (an image's share of its
+        run's, the mean over images), MACs, utilization (none without the per-layer
+        counters)."""
         cfg = self.program.cfg
         rows = []
         if self.layer_cycles.shape[1] != len(self.program.layers):
             return rows
+
+        def share(col):
+            v = float(np.mean(col / self.batches))
+            return int(v) if v.is_integer() else v
+
+        predicted = self._predicted()
         for j, lay in enumerate(self.program.layers):
-            col = self.layer_cycles[:, j]
-            cycles = int(col[0]) if np.all(col == col[0]) else float(np.mean(col))
+            cycles = share(self.layer_cycles[:, j])
             rows.append({"name": lay.name, "kind": lay.kind, "cycles": cycles,
-                         "predicted_cycles": perfmodel.predict_cycles(cfg, lay.fields),
+                         "predicted_cycles": share(predicted[:, j]),
                          "macs": lay.macs,
                          "utilization": perfmodel.utilization(cfg, lay.macs, cycles)})
         return rows
@@ -106,7 +140,7 @@ class SimulationReport:
         n = len(self.logits)
         acc = (lambda p: float(np.mean(p == self.labels))) if self.labels is not None else (
             lambda p: None)
-        cycles = float(np.mean(self.layer_cycles.sum(axis=1)))
+        cycles = float(np.mean(self.layer_cycles.sum(axis=1) / self.batches))
         cfg = self.program.cfg
         return {
             "images": n, "sim": self.sim, "mismatches": self.mismatches,
@@ -118,6 +152,8 @@ class SimulationReport:
             "labels": None if self.labels is None else np.asarray(self.labels).tolist(),
             "cycles_per_image": cycles, "macs_per_image": self.program.macs,
             "utilization": perfmodel.utilization(cfg, self.program.macs, cycles),
+            "batch": self.program.batch, "dense_input": self.program.dense is not None,
+            "model_exact": self.model_exact,
             "config": {"rows": cfg.rows, "cols": cfg.cols, "pes": cfg.pes},
             "layers": self.layers(), "first_difference": self.first_difference,
             "wall_seconds": self.wall_seconds,
@@ -184,7 +220,7 @@ def simulator_log(verbose=False):
 
 def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=None,
             uart=None, faults=(), layer_cycles=True, jobs=None, progress=None,
-            waves_file=None, netlist=None):
+            waves_file=None, netlist=None, batch=1, dense_input=False):
     """Run ``qnet`` on int8 ``images`` ``(N, C, H, W)`` in the accelerator's RTL (controller
     and core), driven through the framed host protocol; with ``uart = (clk_hz, baud)``, the
     virtual board (`systolic.hw.virtual.VirtualBoard`), driven bit by bit on its UART pins,
@@ -206,6 +242,10 @@ def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=N
     jobs : int or None
         ``fast``: simulator processes sharing the images (default: one per core, one with
         ``faults`` or ``waves``).
+    batch : int
+        Images per run (`compiler.compile_network`; `compiler.largest_batch` tells what fits).
+    dense_input : bool
+        Send the first convolution its im2col input (`compiler.compile_network`).
     progress : callable or None
         ``fast``: called with a line of text when the simulator is built, and with the
         number of images done (an int) as they finish.
@@ -214,7 +254,8 @@ def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=N
     -------
     dict
         ``images``, per image: ``logits`` (list of int), ``cycles`` (per layer, or the total
-        alone without ``layer_cycles``), ``outputs``
+        alone without ``layer_cycles``, of the run it was part of), ``batch`` (that run's
+        images), ``outputs``
         (with ``trace``: every layer's output, flattened ``(C, H, W)``; else ``None``);
         ``wire_bytes``, the bytes of the frames that loaded the network and that ran the
         images; ``faults`` injected, frames ``resent`` and images ``reruns`` by the driver;
@@ -229,10 +270,14 @@ def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=N
     """
     if sim not in SIMULATORS:
         raise SystolicError(f"Simulator must be one of {', '.join(SIMULATORS)}, not {sim!r}")
-    program = compile_network(qnet, cfg)          # fit errors before building anything
+    # Fit errors before building anything.
+    program = compile_network(qnet, cfg, batch=batch, dense_input=dense_input)
     images = _check_images(images, program)
     if netlist is not None and (uart is not None or waves):
         raise SystolicError("A netlist is simulated on its byte streams, without waveforms")
+    if sim != "fast" and (batch != 1 or dense_input):
+        raise SystolicError(f"--sim {sim} runs one image at a time, as compiled for the "
+                            "cocotb testbench: use --sim fast for batches and dense input")
     if sim == "fast":
         return _run_fast(program, images, trace=trace, waves=waves, uart=uart, faults=faults,
                          layer_cycles=layer_cycles, jobs=jobs, progress=progress,
@@ -316,14 +361,16 @@ def _run_fast(program, images, *, trace, waves, uart, faults, layer_cycles, jobs
                 await driver.load_network()
                 loaded = transport.wire_bytes
                 results = []
-                for n, image in enumerate(chunk, first):
-                    if window is not None and n == window[0]:
+                step = program.batch
+                for at in range(0, len(chunk), step):
+                    n, stop = first + at, first + min(at + step, len(chunk))
+                    if window is not None and n <= window[0] < stop:
                         harness.trace(True)
-                    results.append(await driver.infer(image, trace=trace))
-                    if window is not None and n + 1 == window[1]:
+                    results += await driver.infer_batch(chunk[at:at + step], trace=trace)
+                    if window is not None and n < window[1] <= stop:
                         harness.trace(False)
                     with lock:
-                        done[0] += 1
+                        done[0] += stop - n
                         say(done[0])
                 return results, loaded
 
@@ -333,7 +380,9 @@ def _run_fast(program, images, *, trace, waves, uart, faults, layer_cycles, jobs
                 "resent": transport.resent, "reruns": driver.reruns,
                 "faults": link.injected, "cycles": cycles, "seconds": seconds}
 
+    # Each process's share in whole batches.
     size = -(-len(images) // jobs)
+    size = -(-size // program.batch) * program.batch
     parts = [(i, images[i:i + size]) for i in range(0, len(images), size)]
     with ThreadPoolExecutor(len(parts)) as pool:
         outs = list(pool.map(worker, parts))
@@ -345,6 +394,7 @@ def _run_fast(program, images, *, trace, waves, uart, faults, layer_cycles, jobs
     if window is not None:
         speed["waves"] = str(fst)
     return {"images": [{"logits": r.logits.tolist(), "cycles": r.layer_cycles or [r.cycles],
+                        "batch": r.batch,
                         "outputs": None if r.layer_outputs is None
                         else [o.ravel().tolist() for o in r.layer_outputs]} for r in results],
             "resent": sum(out["resent"] for out in outs),
@@ -398,18 +448,18 @@ def _first_difference(program, gold, results):
 
 def simulate(qnet, images, cfg, *, labels=None, sim="fast", trace=False, waves=None,
              uart=None, faults=(), layer_cycles=True, jobs=None, progress=None,
-             waves_file=None, netlist=None):
+             waves_file=None, netlist=None, batch=1, dense_input=False):
     """Run ``images`` in RTL and compare with the golden model; returns a `SimulationReport`.
 
     The arguments are `run_rtl`'s; ``labels`` are the images' true classes, when known.
     """
-    program = compile_network(qnet, cfg)
+    program = compile_network(qnet, cfg, batch=batch, dense_input=dense_input)
     images = _check_images(images, program)
     gold = golden.run(qnet, images)
     start = time.monotonic()
     out = run_rtl(qnet, images, cfg, sim=sim, trace=trace, waves=waves, uart=uart,
                   faults=faults, layer_cycles=layer_cycles, jobs=jobs, progress=progress,
-                  waves_file=waves_file, netlist=netlist)
+                  waves_file=waves_file, netlist=netlist, batch=batch, dense_input=dense_input)
     wall = time.monotonic() - start
     results = out["images"]
     link = {k: out[k] for k in ("faults", "resent", "reruns")}
@@ -417,9 +467,10 @@ def simulate(qnet, images, cfg, *, labels=None, sim="fast", trace=False, waves=N
     link["bytes_per_image"] = run_bytes / len(images)
     logits = np.array([r["logits"] for r in results], np.int8).reshape(len(images), -1)
     cycles = np.array([r["cycles"] for r in results], np.int64).reshape(len(images), -1)
+    sizes = np.array([r.get("batch", 1) for r in results], np.int64)
     first = _first_difference(program, gold, results) if trace else None
     return SimulationReport(program, logits, gold.logits, labels, cycles, first, wall, sim,
-                            link, out.get("speed", {}))
+                            link, out.get("speed", {}), sizes)
 
 
 def _pct(v):
@@ -437,7 +488,8 @@ def format_report(report, *, float_accuracy=None):
     lines += [f"  golden accuracy  {_pct(d['golden_accuracy'])}",
               f"  RTL accuracy     {_pct(d['rtl_accuracy'])}",
               f"  cycles/image     {d['cycles_per_image']:.0f} ({d['macs_per_image']} MACs, "
-              f"utilization {d['utilization']:.1%})",
+              f"utilization {d['utilization']:.1%}; batches of {d['batch']}"
+              + (", dense input" if d["dense_input"] else "") + ")",
               f"  wall time        {d['wall_seconds']:.1f} s"
               + (f" ({d['images_per_second']:.1f} images/s, "
                  f"{d['sim_cycles_per_second'] / 1e3:.0f}k cycles/s in each of "
@@ -453,7 +505,7 @@ def format_report(report, *, float_accuracy=None):
                          f"{'-':>8s} {'':6s}  (no pass of its own)")
         last = lay.index
         err = (row["predicted_cycles"] - row["cycles"]) / row["cycles"]
-        lines.append(f"  {row['name']:34s} {row['cycles']:8.0f} {row['predicted_cycles']:8d} "
+        lines.append(f"  {row['name']:34s} {row['cycles']:8.0f} {row['predicted_cycles']:8.0f} "
                      f"{err:+7.2%} {row['macs']:8d} {row['utilization']:6.1%}")
     if d["first_difference"]:
         f = d["first_difference"]
@@ -521,6 +573,24 @@ def parse_window(text, images):
     return window
 
 
+def resolve_batch(text, qnet, cfg, images, *, dense_input=False, jobs=None):
+    """``--batch`` text (a number or ``auto``) as a batch size: ``auto`` is the largest batch
+    that fits the accelerator's memories, at most the images each simulator process gets."""
+    from .compiler import FitError, largest_batch
+
+    if text != "auto":
+        try:
+            return int(text)
+        except ValueError:
+            raise SystolicError(f"--batch must be a number or auto, not {text!r}") from None
+    fits = largest_batch(qnet, cfg, dense_input=dense_input)
+    if fits == 0:
+        compile_network(qnet, cfg, dense_input=dense_input)     # raises the fit error
+        raise FitError("the network does not fit")
+    share = -(-images // max(1, min(jobs or 2, images)))
+    return max(1, min(fits, share))
+
+
 def _run(args):
     from ..hw.config import preset
     from .qnet import QNet
@@ -529,11 +599,14 @@ def _run(args):
     cfg = preset(args.preset)
     images, labels = dataset_images(qnet, args.dataset, args.data_dir, args.images)
     waves = None if args.waves is None else parse_window(args.waves, len(images))
+    batch = resolve_batch(args.batch, qnet, cfg, len(images), dense_input=args.dense_input,
+                          jobs=args.jobs)
     quiet = _stdout_to_stderr() if args.json and args.verbose else simulator_log(
         args.verbose)
     with quiet:
         report = simulate(qnet, images, cfg, labels=labels, sim=args.sim, trace=args.trace,
                           waves=waves, waves_file=args.waves_file, jobs=args.jobs,
+                          batch=batch, dense_input=args.dense_input,
                           progress=progress_bar(len(images)))
     if args.json:
         print(json.dumps(report.as_dict()))
@@ -606,6 +679,13 @@ def add_parser(subparsers):
                         "FST to --waves-file and prints its path")
     p.add_argument("--waves-file", metavar="FILE.fst",
                    help="fast: where the waveforms go (default: ./systolic-waves.fst)")
+    p.add_argument("--batch", default="auto", metavar="N|auto",
+                   help="images per run: each layer takes the whole batch at once, so a fully "
+                        "connected layer puts an image on each row of the array (default: "
+                        "auto, the largest batch that fits the memories)")
+    p.add_argument("--dense-input", action=argparse.BooleanOptionalAction, default=True,
+                   help="send a first convolution with few input channels its im2col input "
+                        "(kh*kw times the bytes, a fraction of the cycles; default: on)")
     p.add_argument("--trace", action="store_true",
                    help="read back every layer's output and name the first differing value")
     p.add_argument("--report", metavar="FILE.html",
