@@ -1,0 +1,355 @@
+"""The model front end: traced models lowered to the layer chain, BatchNorm folding, the
+``.pt2`` command line and the errors for what the accelerator cannot run."""
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from systolic.sw import cli, data, frontend, golden, models, quantize, train
+from systolic.sw.models import ModelError
+from systolic.sw.qnet import Conv, Linear
+from torch import nn
+
+
+def _randomize_batchnorm(model, seed=0):
+    """Running statistics and affine parameters far from the identity, so folding matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(0.25 + torch.rand(n, generator=g))
+                if m.affine:
+                    m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                    m.bias.copy_(torch.rand(n, generator=g) - 0.5)
+    return model
+
+
+class BnNet(nn.Module):
+    """BatchNorm after convolutions (with and without bias) and after a linear layer, and the
+    functional forms: F.relu, torch.relu, in-place ReLU, F.max_pool2d, F.avg_pool2d, view."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 12, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(12)
+        self.conv2 = nn.Conv2d(12, 16, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.fc1 = nn.Linear(64, 24)
+        self.bn3 = nn.BatchNorm1d(24)
+        self.drop = nn.Dropout(0.3)
+        self.fc2 = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        x = F.avg_pool2d(torch.relu(self.bn2(self.conv2(x))), 2)
+        x = x.view(x.size(0), -1)
+        x = self.drop(x)
+        x = F.relu(self.bn3(self.fc1(x)), inplace=True)
+        return self.fc2(x)
+
+
+class Head(nn.Module):
+    """Other forms: a nested Sequential with a stride-2 conv, torch.flatten, adaptive and mean
+    pooling over a 2x2 map, BatchNorm without affine parameters."""
+
+    def __init__(self, mean):
+        super().__init__()
+        self.mean = mean
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1),
+                                      nn.BatchNorm2d(8, affine=False), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Identity())
+        self.fc = nn.Linear(8 if mean else 32, 10)
+
+    def forward(self, x):
+        x = self.features(x)                               # 8 x 4 x 4
+        x = F.adaptive_avg_pool2d(x, 2)                    # 8 x 2 x 2
+        x = x.mean((2, 3)) if self.mean else torch.flatten(x, 1)
+        return self.fc(x)
+
+
+@pytest.fixture(scope="module")
+def split():
+    train.set_threads()
+    return data.load_digits()
+
+
+def test_plain_sequential_is_unchanged():
+    model = models.build_model("lenet-digits", seed=0)
+    assert frontend.lower(model, (1, 8, 8)) is model
+
+
+@pytest.mark.parametrize("make", [BnNet, lambda: Head(mean=False), lambda: Head(mean=True)],
+                         ids=["bn", "head-flatten", "head-mean"])
+def test_lowered_model_equals_the_original(split, make):
+    torch.manual_seed(1)
+    model = _randomize_batchnorm(make()).eval()
+    lowered = frontend.lower(model, (1, 8, 8))
+    assert all(type(m) in (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten)
+               for m in lowered)
+    x = torch.from_numpy(split.test.x)
+    with torch.no_grad():
+        want, got = model(x), lowered(x)
+    print(f"{type(model).__name__}: max |difference| {float((want - got).abs().max()):.3g} "
+          f"(logits up to {float(want.abs().max()):.3g})")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_lowering_leaves_the_model_training_flags_alone():
+    model = BnNet().train()
+    frontend.lower(model, (1, 8, 8))
+    assert all(m.training for m in model.modules())
+
+
+def test_fold_batchnorm_formula():
+    conv = nn.Conv2d(3, 4, 3, bias=False)
+    bn = _randomize_batchnorm(nn.BatchNorm2d(4)).eval()
+    folded = frontend.fold_batchnorm(conv, bn.running_mean, bn.running_var, bn.eps, bn.weight,
+                                     bn.bias)
+    k = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    w = conv.weight.double() * k.reshape(4, 1, 1, 1)
+    b = (-bn.running_mean.double()) * k + bn.bias.double()
+    assert torch.equal(folded.weight.data, w.float())
+    assert torch.equal(folded.bias.data, b.float())
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def bn_qnet(split):
+    torch.manual_seed(2)
+    model = _randomize_batchnorm(BnNet()).eval()
+    qnet = quantize.quantize(model, split.train.x[:256], input_shape=(1, 8, 8), p_max=16,
+                             dataset="digits")
+    return model, qnet
+
+
+def test_golden_vs_fake_quant_per_layer(split, bn_qnet):
+    """As tests/test_golden_vs_torch.py for Sequential: each requantization within 1 LSB of
+    PyTorch's fake-quantized layer fed the same int8 input, everything else exact."""
+    _, qnet = bn_qnet
+    images = split.test.q
+    result = golden.run(qnet, images)
+    inputs = [images] + result.outputs[:-1]
+    for i, layer in enumerate(qnet.layers):
+        m = qnet.multipliers(i) if isinstance(layer, Conv | Linear) else None
+        fake = quantize.fake_quant_layer(layer, torch.from_numpy(inputs[i].astype(np.float64)),
+                                         m)
+        diff = np.abs(fake.numpy().astype(np.int64) - result.outputs[i].astype(np.int64))
+        if isinstance(layer, Conv | Linear):
+            assert diff.max() <= 1, f"layer {i}"
+            print(f"layer {i} ({layer.KIND}): {np.mean(diff != 0):.4%} elements 1 LSB off")
+        else:
+            assert diff.max() == 0, f"layer {i}"
+
+
+def test_golden_vs_fake_quant_end_to_end(split, bn_qnet):
+    model, qnet = bn_qnet
+    result = golden.run(qnet, split.test.q)
+    fake = quantize.fake_quant_forward(qnet, split.test.q)
+    rates = [float(np.mean(f.numpy() != g)) for f, g in zip(fake, result.outputs)]
+    agree = float(np.mean(fake[-1].numpy().argmax(axis=1) == result.predictions))
+    float_pred = train.logits(model, split.test.x).argmax(dim=1).numpy()
+    float_agree = float(np.mean(float_pred == result.predictions))
+    print(f"BatchNorm net: per-layer mismatch rates {[f'{r:.3%}' for r in rates]}, top-1 "
+          f"agreement with fake-quant {agree:.2%}, with the float model {float_agree:.2%}")
+    assert max(rates) < 0.05
+    assert agree >= 0.97
+    assert float_agree >= 0.9
+
+
+def test_float_model_in_the_qnet_is_the_folded_one(split, bn_qnet):
+    model, qnet = bn_qnet
+    x = torch.from_numpy(split.test.x)
+    with torch.no_grad():
+        torch.testing.assert_close(qnet.float_model()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_program_and_module_give_the_same_qnet(split, bn_qnet, tmp_path):
+    model, qnet = bn_qnet
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 1, 8, 8),)),
+                      tmp_path / "m.pt2")
+    program = torch.export.load(tmp_path / "m.pt2")
+    assert frontend.example_input_shape(program) == (1, 8, 8)
+    again = quantize.quantize(program, split.train.x[:256], p_max=16, dataset="digits")
+    assert [type(q) for q in again.layers] == [type(q) for q in qnet.layers]
+    for a, b in zip(again.layers, qnet.layers):
+        for name in ("w", "b", "M", "s"):
+            if hasattr(a, name):
+                assert np.array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_decomposed_program_lowers_too(split):
+    # The core ATen opset (run_decompositions): convolution, addmm with a transposed weight,
+    # _native_batch_norm_legit_no_training.
+    torch.manual_seed(3)
+    model = _randomize_batchnorm(BnNet()).eval()
+    program = torch.export.export(model, (torch.zeros(1, 1, 8, 8),))
+    with warnings.catch_warnings():     # torch's own use of its deprecated pytree API
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                FutureWarning)
+        program = program.run_decompositions()
+    assert any(n.target is torch.ops.aten.addmm.default for n in program.graph.nodes)
+    lowered = frontend.lower(program)
+    x = torch.from_numpy(split.test.x)
+    with torch.no_grad():
+        torch.testing.assert_close(lowered(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+# Errors -------------------------------------------------------------------------------------
+
+class Wrap(nn.Module):
+    """``body`` between an input conv and a linear head sized from a trial run."""
+
+    def __init__(self, body, fn=None, features=None):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.body = body
+        self.fn = fn
+        with torch.no_grad():
+            n = features or self._features(torch.zeros(1, 1, 8, 8)).flatten(1).shape[1]
+        self.head = nn.Linear(n, 10)
+
+    def _features(self, x):
+        x = self.body(self.stem(x))
+        return self.fn(x) if self.fn else x
+
+    def forward(self, x):
+        return self.head(torch.flatten(self._features(x), 1))
+
+
+LINE = r"test_frontend\.py:\d+ `.*`"
+ERRORS = [
+    ("depthwise", lambda: Wrap(nn.Conv2d(4, 4, 3, groups=4)),
+     r"^conv2d at module 'body' \(Conv2d\), " + LINE + r": a depthwise convolution \(groups=4\) "
+     r"is not supported; use groups=1 \(a full convolution"),
+    ("grouped", lambda: Wrap(nn.Conv2d(4, 8, 3, groups=2)),
+     r"^conv2d at module 'body' \(Conv2d\), .*: a grouped convolution \(groups=2\) is not "
+     r"supported; use groups=1"),
+    ("dilation", lambda: Wrap(nn.Conv2d(4, 4, 3, dilation=2)),
+     r"^conv2d at module 'body' \(Conv2d\), .*: a dilated convolution \(dilation=\(2, 2\)\) is "
+     r"not supported; use dilation=1: a 3x3 kernel dilated by 2 covers 5x5"),
+    ("sigmoid", lambda: Wrap(nn.Sigmoid()),
+     r"^sigmoid at module 'body' \(Sigmoid\), .*: not supported; the accelerator's only "
+     r"activation is ReLU"),
+    ("gelu", lambda: Wrap(nn.Identity(), F.gelu),
+     r"^gelu at " + LINE + r": not supported; the accelerator's only activation is ReLU"),
+    ("concatenation", lambda: Wrap(nn.Identity(), lambda x: torch.cat([x, x], 1)),
+     r"^cat at " + LINE + r": not supported; concatenation joins branches, and the accelerator "
+     r"runs a chain of layers: widen one convolution instead"),
+    ("residual", lambda: Wrap(nn.Identity(), lambda x: x + F.relu(x)),
+     r"^add at " + LINE + r": it combines 2 activations .*; element-wise arithmetic between "
+     r"activations \(a residual add\) is not supported yet"),
+    ("upsampling", lambda: Wrap(nn.Upsample(scale_factor=2)),
+     r"^upsample_nearest2d at module 'body' \(Upsample\), .*: not supported; the accelerator "
+     r"keeps or shrinks feature maps"),
+    ("pre-activation batchnorm", lambda: Wrap(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4))),
+     r"^batch_norm at module 'body\.1' \(BatchNorm2d\), .*: a BatchNorm must directly follow a "
+     r"Conv2d or Linear layer \(it is folded into that layer's weights and bias\); move it"),
+    ("relu after pooling", lambda: Wrap(nn.Sequential(nn.MaxPool2d(2), nn.ReLU())),
+     r"^relu at module 'body\.1' \(ReLU\), .*: a ReLU must directly follow a Conv2d or Linear "
+     r"layer \(the hardware fuses it there\); move the ReLU before the pooling"),
+    ("softmax", lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Softmax(1)),
+     r"^softmax at module '2' \(Softmax\): not supported; the logits are the last Linear "
+     r"layer's outputs"),
+    ("global mean", lambda: Wrap(nn.Identity(), lambda x: x.mean((2, 3))),
+     r"^mean at " + LINE + r": a mean over dimensions \[2, 3\] of \(1, 4, 8, 8\) is not "
+     r"supported \(only over H and W of a 2x2 or 3x3 map\); pool with AvgPool2d"),
+    ("kernel 9", lambda: Wrap(nn.Conv2d(4, 4, 9, padding=4), nn.BatchNorm2d(4)),
+     r"^layer 1 \(Conv2d\(4, 4, kernel_size=\(9, 9\), .*\)\) from module 'body' \(Conv2d\), .* \+ "
+     r"module 'fn' \(BatchNorm2d\), .*: kernel size must be between 1 and 7, not \(9, 9\); "
+     r"supported layers: Conv2d"),
+]
+
+
+@pytest.mark.parametrize(("make", "match"), [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
+def test_unsupported_operations_are_named(make, match):
+    with pytest.raises(ModelError, match=match) as exc:
+        frontend.lower(make().eval(), (1, 8, 8))
+    assert "\n" not in str(exc.value)
+
+
+def test_untraceable_model():
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x.flatten(1) if x.sum() > 0 else -x.flatten(1)
+
+    with pytest.raises(ModelError, match=r"^torch\.export could not trace the model \(.*\); its "
+                                         r"forward must run on a \(1, 1, 8, 8\) image batch"):
+        frontend.lower(Branchy(), (1, 8, 8))
+
+
+def test_not_a_model():
+    with pytest.raises(ModelError, match=r"^model must be a torch\.nn\.Module or a "
+                                         r"torch\.export\.ExportedProgram, not str$"):
+        frontend.lower("model.pt2", (1, 8, 8))
+
+
+# The command line ---------------------------------------------------------------------------
+
+def _main(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_quantizes_a_program(capsys, tmp_path, split, bn_qnet):
+    model, qnet = bn_qnet
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 1, 8, 8),)),
+                      tmp_path / "bnnet.pt2")
+    code, out, err = _main(capsys, "quantize", tmp_path / "bnnet.pt2", "--dataset", "digits",
+                           "-o", tmp_path / "bnnet.qnet")
+    assert (code, err) == (0, "")
+    assert out == f"quantized bnnet with 256 calibration images; wrote {tmp_path}/bnnet.qnet\n"
+    code, out, err = _main(capsys, "eval", tmp_path / "bnnet.qnet", "--json")
+    assert (code, err) == (0, "")
+    assert '"images": 360' in out
+    from systolic.sw.qnet import QNet
+    loaded = QNet.load(tmp_path / "bnnet.qnet")
+    assert loaded.arch == "bnnet"
+    assert np.array_equal(golden.run(loaded, split.test.q).logits,
+                          golden.run(qnet, split.test.q).logits)
+
+
+@pytest.mark.parametrize(("setup", "argv", "message"), [
+    ("random", ["quantize", "junk.pt", "-o", "x.qnet"],
+     r"junk\.pt: not a systolic checkpoint: it is not a PyTorch file; train one with 'systolic "
+     r"train -o FILE\.pt'$"),
+    ("module", ["quantize", "junk.pt", "-o", "x.qnet"],
+     r"junk\.pt: not a systolic checkpoint: it holds pickled Python objects \(a saved module\?\)"),
+    ("random", ["quantize", "junk.pt2", "--dataset", "digits", "-o", "x.qnet"],
+     r"junk\.pt2: not a program saved by torch\.export\.save; save your model with "),
+    ("random", ["quantize", "junk.pt2", "-o", "x.qnet"],
+     r"junk\.pt2: a program needs the data set to calibrate on; pass --dataset digits or "
+     r"--dataset mnist$"),
+    ("sigmoid", ["quantize", "junk.pt2", "--dataset", "digits", "-o", "x.qnet"],
+     r"sigmoid at module '2' \(Sigmoid\): not supported; the accelerator's only activation is "
+     r"ReLU"),
+    ("mnist-shaped", ["quantize", "junk.pt2", "--dataset", "digits", "-o", "x.qnet"],
+     r"junk\.pt2: the program's input must match the digits images, not \(1, 28, 28\) against "
+     r"\(1, 8, 8\); export it with an example input of shape \(1, 1, 8, 8\)$"),
+])
+def test_cli_errors_are_one_line(capsys, tmp_path, monkeypatch, setup, argv, message):
+    monkeypatch.chdir(tmp_path)
+    name = argv[1]
+    if setup == "random":
+        (tmp_path / name).write_bytes(bytes(range(256)) * 4)
+    elif setup == "module":
+        torch.save(nn.Linear(2, 3), tmp_path / name)
+    else:
+        shape = (1, 1, 28, 28) if setup == "mnist-shaped" else (1, 1, 8, 8)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(shape[2] * shape[3], 10), nn.Sigmoid())
+        if setup == "mnist-shaped":
+            model = model[:2]
+        torch.export.save(torch.export.export(model, (torch.zeros(shape),)), tmp_path / name)
+    code, out, err = _main(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "\x1b" not in err
+    assert re.match(r"^systolic: error: " + message, err), err
