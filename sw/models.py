@@ -8,6 +8,9 @@ A supported model is a flat `torch.nn.Sequential` of:
 * ``MaxPool2d`` / ``AvgPool2d``: square window 2 or 3, stride 1..3, no padding, floor mode;
 * ``Flatten`` (all of ``C, H, W``), then ``Linear`` layers, the last of which gives the logits.
 
+Any other model (BatchNorm, functional forms, a ``torch.export`` program) is first lowered to
+such a ``Sequential`` by `frontend.lower`.
+
 A model is described by a *spec*, a list of plain dicts (one per layer) that `model_spec` and
 `model_from_spec` convert; checkpoints and ``.qnet`` files store it, so any supported model,
 named or custom, can be rebuilt.

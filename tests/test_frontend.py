@@ -353,3 +353,24 @@ def test_cli_errors_are_one_line(capsys, tmp_path, monkeypatch, setup, argv, mes
     assert err.count("\n") == 1
     assert "\x1b" not in err
     assert re.match(r"^systolic: error: " + message, err), err
+
+
+def test_readme_example_runs(capsys, tmp_path, monkeypatch):
+    """The README's own-model example, as written (one epoch instead of five), then the
+    commands it lists."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Your own model"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "epochs=5" in code
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace("epochs=5", "epochs=1"), "mynet.py", "exec"),
+         {"__name__": "mynet"})
+    capsys.readouterr()
+    assert _main(capsys, "quantize", "mynet.pt2", "--dataset", "digits", "-o",
+                 "mynet.qnet")[0] == 0
+    code, out, err = _main(capsys, "eval", "mynet.qnet")
+    assert (code, err) == (0, "")
+    print(out)
+    assert "int8 accuracy" in out
