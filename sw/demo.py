@@ -17,12 +17,24 @@ from .errors import SystolicError
 __all__ = ["add_parser", "run_demo"]
 
 
-def run_demo(out_dir, *, preset_name="default", images=40, sim="fast", epochs=None,
-             seed=0, log=print):
-    """Run the demo, writing into ``out_dir``; returns the report as a dict.
+#: What the demo writes into its directory, in the order its last line names them.
+FILES = {
+    "model.pt": "the float model",
+    "model.qnet": "the int8 network",
+    "systolic.v": "the accelerator's Verilog",
+    "manifest.json": "its configuration",
+    "report.txt": None,
+    "report.json": None,
+    "report.html": "plots; open it in a browser",
+}
 
-    Files written: ``model.pt``, ``model.qnet``, ``systolic.v``, ``manifest.json``,
-    ``report.json``, ``report.txt``.
+
+def run_demo(out_dir, *, preset_name="default", images=40, sim="fast", epochs=None,
+             seed=0, log=print, verbose=False):
+    """Run the demo, writing `FILES` into ``out_dir``; returns the report as a dict.
+
+    ``log`` gets the steps and the summary; the simulator's own output goes to a log file
+    (`systolic.sw.simulate.simulator_log`) unless ``verbose``.
 
     Raises
     ------
@@ -66,8 +78,11 @@ def run_demo(out_dir, *, preset_name="default", images=40, sim="fast", epochs=No
     n = min(images, len(split.test))
     log(f"[4/5] simulating {n} test images on {sim} (the first run builds the simulator, "
         "about a minute)")
-    report = simulate.simulate(qnet, split.test.q[:n], cfg, labels=split.test.labels[:n],
-                               sim=sim, progress=simulate.progress_bar(n, log=log))
+    with simulate.simulator_log(verbose) as say:
+        # print() would go to the simulator's log now: the terminal's lines go through say.
+        report = simulate.simulate(
+            qnet, split.test.q[:n], cfg, labels=split.test.labels[:n], sim=sim,
+            progress=simulate.progress_bar(n, log=say if log is print else log))
     float_pred = train.logits(model, split.test.x[:n]).argmax(dim=1).numpy()
     float_acc = float(np.mean(float_pred == split.test.labels[:n]))
 
@@ -81,9 +96,17 @@ def run_demo(out_dir, *, preset_name="default", images=40, sim="fast", epochs=No
               f"{full['float_accuracy']:.2%}, int8 accuracy {full['int8_accuracy']:.2%}")
     (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "report.txt").write_text(text + "\n")
+    from ..hw.boards import BOARDS
+    from .report import write_report
+
+    board = next((b for b in BOARDS.values() if b.preset == preset_name), None)
+    write_report(out / "report.html", simulation=result, qnet=qnet, cfg=cfg,
+                 images=split.test.q[:n], float_images=split.test.x[:n],
+                 float_accuracy=float_acc, board=board and board.name,
+                 title=f"systolic demo: lenet-digits on the {preset_name} preset")
     log(text)
-    log(f"\nwrote {out / 'systolic.v'} (Verilog of the accelerator), {out / 'model.qnet'}, "
-        f"{out / 'report.txt'} and {out / 'report.json'} in {result['total_seconds']:.0f} s")
+    names = ", ".join(name + (f" ({what})" if what else "") for name, what in FILES.items())
+    log(f"\nwrote {names} into {out} in {time.monotonic() - start:.0f} s")
     if report.mismatches:
         raise SystolicError(f"{report.mismatches} of {n} images differ from the golden model; "
                             f"see {out / 'report.txt'}")
@@ -92,7 +115,7 @@ def run_demo(out_dir, *, preset_name="default", images=40, sim="fast", epochs=No
 
 def _run(args):
     run_demo(args.output, preset_name=args.preset, images=args.images, sim=args.sim,
-             epochs=args.epochs)
+             epochs=args.epochs, verbose=args.verbose)
 
 
 def add_parser(subparsers):
@@ -106,8 +129,11 @@ def add_parser(subparsers):
         description="The whole flow on the built-in 8x8 digits: train lenet-digits, quantize "
                     "it to int8, compile it for an accelerator preset, write the core's "
                     "Verilog, run test images through the RTL and compare float, int8 golden "
-                    "and RTL accuracy, with cycles and PE utilization per layer. Takes a few "
-                    "minutes.",
+                    "and RTL accuracy, with cycles and PE utilization per layer. Writes "
+                    "report.html beside the model and Verilog: the network, cycles against the "
+                    "performance model, float against int8 per layer, the confusion matrix and "
+                    "what the matching board allows (see 'systolic report'). Takes a minute "
+                    "or two; the simulator's own output goes to a log file (-v shows it).",
         epilog="examples:\n"
                "  systolic demo\n"
                "  systolic demo -o /tmp/demo --images 100 --sim icarus")
@@ -121,4 +147,7 @@ def add_parser(subparsers):
     p.add_argument("--sim", choices=SIMULATORS, default="fast",
                    help="simulator: " + "; ".join(f"{k}: {v}" for k, v in SIMULATORS.items()))
     p.add_argument("--epochs", type=int, help="training epochs (default: the train defaults)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the simulator's own output (cocotb's log); by default it goes to "
+                        "a log file in the build directory, named when something fails")
     p.set_defaults(func=_run)

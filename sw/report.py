@@ -237,9 +237,11 @@ def _e(text):
     return html.escape(str(text))
 
 
-def _table(header, rows, *, cls=""):
+def _table(header, rows, *, cls="", text=(0, 1)):
+    """An HTML table; in a ``num`` table the columns but ``text`` are right-aligned."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f'<td class="{"t" if k in text else "n"}">{c}</td>'
+                                    for k, c in enumerate(row)) + "</tr>" for row in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -265,7 +267,7 @@ def _network_section(qnet, cfg):
     ax.set_ylim(0, 1)
     ax.axis("off")
     boxes = [("input", _shape(qnet.input_shape), "", "#e8eef7")] + [
-        (f"{r['index']}: {r['what']}", _shape(r["out"]),
+        (f"{r['index']}: {r['what']}".replace(" + ", "\n+ "), _shape(r["out"]),
          (f"{r['macs']:,} MACs\n" if r["macs"] else "")
          + (f"{r['weight_words']:,} weight words\n" if r["weight_words"] else "")
          + (f"{r['act_words']:,} act. words" if r["act_words"] else
@@ -275,8 +277,8 @@ def _network_section(qnet, cfg):
     for k, (name, shape, detail, color) in enumerate(boxes):
         ax.add_patch(plt.Rectangle((k - 0.42, 0.08), 0.84, 0.84, facecolor=color,
                                    edgecolor="#555555", linewidth=0.8))
-        ax.text(k, 0.8, name, ha="center", va="center", fontsize=7.5, weight="bold", wrap=True)
-        ax.text(k, 0.62, shape, ha="center", va="center", fontsize=8)
+        ax.text(k, 0.8, name, ha="center", va="center", fontsize=7.5, weight="bold")
+        ax.text(k, 0.6, shape, ha="center", va="center", fontsize=8)
         ax.text(k, 0.33, detail, ha="center", va="center", fontsize=6.5, color="#333333")
         if k:
             ax.annotate("", xy=(k - 0.42, 0.5), xytext=(k - 0.58, 0.5),
@@ -337,7 +339,7 @@ def _performance_section(sim):
                      _num(row["predicted_cycles"]), f"{err:+.2%}", _num(row["macs"]),
                      f"{row['utilization']:.1%}"])
     table = _table(["layer", "cycles (RTL)", "model", "model error", "MACs", "utilization"],
-                   rows, cls="num")
+                   rows, cls="num", text=(0,))
     return _section("performance", "Cycles and utilization", _svg(fig) + table, summary)
 
 
@@ -354,7 +356,8 @@ def _profile_section(qnet, profile, net_rows):
              f"{p['max_lsb']:.2f}", f"{p['cosine']:.5f}", f"{p['saturated']:.2%}",
              f"{p['underflow']:.2%}"] for p in profile]
     table = _table(["layer", "LSB (real)", "error RMS (LSB)", "error max (LSB)",
-                    "cosine similarity", "saturated", "below \u00bd LSB"], rows, cls="num")
+                    "cosine similarity", "saturated", "below \u00bd LSB"], rows, cls="num",
+                   text=(0,))
 
     # hls4ml-style: where log2 |value| falls, each layer against its int8 range (grey band:
     # one LSB up to 127 LSB; below it a value rounds to zero, above it saturates).
@@ -406,7 +409,7 @@ def _accuracy_section(sim, float_accuracy, predictions, labels, classes):
     rows.append(["images", f"{sim['images']:,}"])
     rows.append(["images whose logits differ from the golden model",
                  f"{sim['mismatches']} ({sim.get('logit_mismatches', 0)} logits)"])
-    body += _table(["", ""], rows, cls="num")
+    body += _table(["", ""], rows, cls="num", text=(0,))
     if predictions is not None and labels is not None:
         k = classes or int(max(np.max(predictions), np.max(labels)) + 1)
         m = np.zeros((k, k), np.int64)
@@ -542,7 +545,7 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bo
 margin-top:1.8em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}
-th{background:#f3f3f3}table.num td+td{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f3f3f3}table.num td.n{text-align:right;font-variant-numeric:tabular-nums}
 table.kv td:first-child{font-weight:600;background:#fafafa}
 figure.plot{margin:.6em 0;overflow-x:auto}figure.plot svg{max-width:100%;height:auto}
 .note{color:#555;max-width:70em}.summary{font-size:1.05em}
