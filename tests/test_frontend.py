@@ -1,6 +1,7 @@
 """The model front end: traced models lowered to the layer chain, BatchNorm folding, the
 ``.pt2`` command line and the errors for what the accelerator cannot run."""
 
+import json
 import re
 import warnings
 
@@ -374,3 +375,37 @@ def test_readme_example_runs(capsys, tmp_path, monkeypatch):
     assert (code, err) == (0, "")
     print(out)
     assert "int8 accuracy" in out
+
+
+@pytest.mark.slow
+def test_lowered_model_on_the_rtl(split, bn_qnet):
+    """A BatchNorm net, lowered and quantized, runs on the RTL (the fast harness) exactly."""
+    from systolic.hw.config import preset
+    from systolic.sw.simulate import simulate
+
+    _, qnet = bn_qnet
+    images = split.test.q[:6]
+    report = simulate(qnet, images, preset("default"), sim="fast", trace=True)
+    np.testing.assert_array_equal(report.logits, golden.run(qnet, images).logits)
+    assert report.mismatches == 0
+    assert report.first_difference is None
+
+
+def test_cli_qat_on_a_program(capsys, tmp_path, split):
+    """Quantization-aware fine-tuning of a program: on its lowered chain (BatchNorm folded,
+    then frozen in the weights)."""
+    torch.manual_seed(4)
+    model = BnNet()
+    train.train(model, split, epochs=2, batch_size=32, lr=0.05, momentum=0.9, weight_decay=1e-4,
+                progress=False, log=lambda line: None)
+    torch.export.save(torch.export.export(model.eval(), (torch.zeros(1, 1, 8, 8),)),
+                      tmp_path / "q.pt2")
+    code, out, err = _main(capsys, "quantize", tmp_path / "q.pt2", "--dataset", "digits",
+                           "--qat-epochs", "1", "--calib", "64", "-o", tmp_path / "q.qnet")
+    assert (code, err) == (0, "")
+    assert out.startswith("quantization-aware fine-tuning for 1 epochs\n")
+    assert out.endswith(f"quantized q with 64 calibration images; wrote {tmp_path}/q.qnet\n")
+    code, out, _ = _main(capsys, "eval", tmp_path / "q.qnet", "--json")
+    assert code == 0
+    print(out)
+    assert json.loads(out)["int8_accuracy"] >= 0.9
