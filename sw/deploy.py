@@ -173,19 +173,32 @@ def fault_plan(count):
              "nth": i + 1} for i in range(count)]
 
 
+#: Per FPGA family, what a network too big for a board's bitstream can do there. deploy takes
+#: no preset: the configuration is the bitstream's, so the advice is to build another one, where
+#: the FPGA has room for it (the iCE40UP5K is nearly full with the small preset).
+_BIGGER_BITSTREAM = {
+    "ecp5": "build one that holds the network (systolic build --board {board} --preset big, "
+            "or --act-depth N ...) and pass it with --bitstream, or use fewer channels",
+    "ice40": "the {board}'s iCE40UP5K has no room for a bigger array or memories than its "
+             "{preset} preset's, so use fewer channels or a smaller input",
+}
+
+
 def _compile(qnet, cfg, board, source):
-    """`compile_network`, its fit errors saying what to do on a board."""
+    """`compile_network`, its fit errors saying what to do on a board (not the compiler's
+    ``--preset`` advice, which is for ``simulate``)."""
     try:
         return compile_network(qnet, cfg)
     except FitError as e:
+        problem, advice, _ = str(e).rpartition("; use ")
         others = ", ".join(b for b in BOARDS if b != board.name)
+        todo = _BIGGER_BITSTREAM[board.family].format(board=board.name, preset=board.preset)
         raise SystolicError(
             f"The network does not fit the {board.name} accelerator ({source}: "
             f"{cfg.rows}x{cfg.cols} array, {cfg.act_depth}-word activation and "
-            f"{cfg.weight_depth}-word weight memories): {e}. On a board the configuration is "
-            f"its bitstream's: build one that holds the network, if the FPGA has room "
-            f"(systolic build --board {board.name} --preset P or --act-depth N ...), and pass "
-            f"--bitstream; or deploy to another board ({others})") from None
+            f"{cfg.weight_depth}-word weight memories): {problem if advice else e}. On a "
+            f"board the configuration is its bitstream's: {todo}; or deploy to another board "
+            f"({others})") from None
 
 
 def _configuration(board, bitstream):

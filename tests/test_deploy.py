@@ -140,8 +140,33 @@ def test_deploy_a_network_the_board_cannot_hold(tmp_path, capsys, monkeypatch, w
         r"systolic: error: The network does not fit the icebreaker accelerator \(the board's "
         r"default, the small preset: 1x4 array, 1024-word activation and 16384-word weight "
         r"memories\): activations must fit act_depth 1024 words, .*\. On a board the "
-        r"configuration is its bitstream's: .* and pass --bitstream; or deploy to another "
-        r"board \(ulx3s-85f\)\n$", capsys.readouterr().err)
+        r"configuration is its bitstream's: the icebreaker's iCE40UP5K has no room for a bigger "
+        r"array or memories than its small preset's, so use fewer channels or a smaller input; "
+        r"or deploy to another board \(ulx3s-85f\)\n$", capsys.readouterr().err)
+
+
+def test_deploy_fit_advice_fits_the_command(tmp_path, capsys, monkeypatch):
+    """deploy takes no --preset: on the ULX3S the advice is a bigger bitstream to build and pass
+    with --bitstream, never the compiler's '--preset big' as if deploy took it."""
+    monkeypatch.chdir(tmp_path)
+    split, _, _ = digits_model()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 600, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(600 * 8 * 8, 10))
+    qnet = quantize.quantize(model, split.train.x[:8], input_shape=(1, 8, 8), p_max=16,
+                             dataset="digits")
+    qnet.save(tmp_path / "wider.qnet")
+    assert main(["deploy", str(tmp_path / "wider.qnet"), "--board", "ulx3s-85f", "--sim",
+                 "--images", "1"]) == 2
+    err = capsys.readouterr().err
+    assert re.match(
+        r"systolic: error: The network does not fit the ulx3s-85f accelerator \(the board's "
+        r"default, the default preset: 8x8 array, 4096-word activation and 8192-word weight "
+        r"memories\): activations must fit act_depth 4096 words, not \d+ \([^;]*; the largest "
+        r"[^;]*\)\. On a board the configuration is its bitstream's: build one that holds the "
+        r"network \(systolic build --board ulx3s-85f --preset big, or --act-depth N \.\.\.\) "
+        r"and pass it with --bitstream, or use fewer channels; or deploy to another board "
+        r"\(icebreaker\)\n$", err)
 
 
 def test_deploy_uses_the_last_build(qnet_path, tmp_path, capsys, monkeypatch):
