@@ -309,7 +309,7 @@ def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None
         asyncio.run(driver.load_network())
         loaded = transport.wire_bytes
         start = time.monotonic()
-        results = asyncio.run(driver.run_images(list(images)))
+        results = asyncio.run(_run_images(driver, images))
         seconds = time.monotonic() - start
     finally:
         link.close()
@@ -318,6 +318,18 @@ def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None
         "board": board.name, "cycles_per_image": int(np.mean([r.cycles for r in results])),
         "resent_frames": transport.resent, "rerun_images": driver.reruns},
         baud=baud, bytes_per_image=(transport.wire_bytes - loaded) / len(images))
+
+
+async def _run_images(driver, images):
+    """`Driver.infer` on each image, with a progress bar (on a terminal)."""
+    from .simulate import progress_bar
+
+    bar = progress_bar(len(images))
+    results = []
+    for n, image in enumerate(images, 1):
+        results.append(await driver.infer(image))
+        bar(n)
+    return results
 
 
 def _run(args):
