@@ -13,9 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import arith
-from .qnet import Conv, Flatten, Linear, Pool, QNet
+from .qnet import ADD_SHIFT_SPREAD, Add, Conv, Flatten, GlobalAvgPool, Linear, Pool, QNet
 
-__all__ = ["GoldenResult", "add_parser", "evaluate", "predict", "run", "run_layer"]
+__all__ = [
+    "GoldenResult", "add_parser", "evaluate", "global_avgpool", "predict", "residual_add", "run",
+    "run_layer",
+]
 
 
 @dataclass(eq=False)
@@ -41,8 +44,65 @@ class GoldenResult:
         return np.argmax(self.logits, axis=1)
 
 
-def run_layer(layer, x):
+def residual_add(x1, x2, M, s, *, relu=False):
+    """The contract's residual add of two int8 tensors of the same shape.
+
+    With ``S = max(s1, s2)``: ``clamp(((x1 * M1) << (S - s1)) + ((x2 * M2) << (S - s2))
+    + 2^(S-1)) >> S, -128, 127)``, then ``max(., 0)`` when ``relu``: each operand brought to the
+    output scale by its own multiplier and shift, summed, rounded once, saturated.
+
+    Raises
+    ------
+    arith.ContractError
+        On operands outside int8 or of different shapes, or ``M``, ``s`` outside the contract.
+    """
+    x1 = np.asarray(x1)
+    x2 = np.asarray(x2)
+    for name, x in (("first operand", x1), ("second operand", x2)):
+        if x.dtype.kind not in "iu":
+            raise arith.ContractError(f"residual add {name} must be an integer array, not "
+                                      f"{x.dtype}")
+        if x.size and (x.min() < arith.INT8_MIN or x.max() > arith.INT8_MAX):
+            raise arith.ContractError(f"residual add {name} must lie in [-128, 127]")
+    if x1.shape != x2.shape:
+        raise arith.ContractError(f"residual add operands must have the same shape, not "
+                                  f"{x1.shape} and {x2.shape}")
+    (m1, m2), (s1, s2) = (int(v) for v in M), (int(v) for v in s)
+    if not (0 <= m1 <= arith.M_MAX and 0 <= m2 <= arith.M_MAX):
+        raise arith.ContractError(f"residual add multipliers must lie in [0, {arith.M_MAX}], "
+                                  f"not {[m1, m2]}")
+    if not all(arith.SHIFT_MIN <= v <= arith.SHIFT_MAX for v in (s1, s2)) \
+            or abs(s1 - s2) > ADD_SHIFT_SPREAD:
+        raise arith.ContractError(f"residual add shifts must lie in [{arith.SHIFT_MIN}, "
+                                  f"{arith.SHIFT_MAX}] and differ by at most "
+                                  f"{ADD_SHIFT_SPREAD}, not {[s1, s2]}")
+    top = max(s1, s2)
+    # |x * M| < 2^22, shifted by at most 16: the sum and its rounding fit 40 bits (int64 here).
+    total = ((x1.astype(np.int64) * m1) << (top - s1)) + ((x2.astype(np.int64) * m2) << (top - s2))
+    y = (total + (np.int64(1) << (top - 1))) >> top
+    return np.clip(y, 0 if relu else arith.INT8_MIN, arith.INT8_MAX).astype(np.int8)
+
+
+def global_avgpool(x):
+    """Each channel's mean over its whole ``H x W`` map, rounded half up:
+    ``floor((2*S + N) / (2*N))`` with ``S`` the channel's sum and ``N = H * W``.
+
+    ``x`` is int8 ``(N, C, H, W)`` or ``(C, H, W)``; the result keeps the rank, ``H = W = 1``.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind not in "iu":
+        raise arith.ContractError(f"activations must be an integer array, not {x.dtype}")
+    if x.size and (x.min() < arith.INT8_MIN or x.max() > arith.INT8_MAX):
+        raise arith.ContractError("activations must lie in [-128, 127]")
+    n = x.shape[-1] * x.shape[-2]
+    total = x.astype(np.int64).sum(axis=(-2, -1), keepdims=True)
+    return ((2 * total + n) // (2 * n)).astype(np.int8)
+
+
+def run_layer(layer, x, skip=None):
     """One layer on an int8 batch ``x`` (``(N, C, H, W)`` or ``(N, K)``); returns int8.
+
+    ``skip`` is an `Add` layer's second operand (the output of its ``skip`` layer).
 
     Raises
     ------
@@ -60,7 +120,14 @@ def run_layer(layer, x):
         return pool(x, layer.kernel, layer.stride)
     if isinstance(layer, Flatten):
         return x.reshape(len(x), -1)
-    raise TypeError(f"layer must be a Conv, Linear, Pool or Flatten, not {type(layer).__name__}")
+    if isinstance(layer, GlobalAvgPool):
+        return global_avgpool(x)
+    if isinstance(layer, Add):
+        if skip is None:
+            raise TypeError("an Add layer needs its skip operand")
+        return residual_add(x, skip, layer.M, layer.s, relu=layer.relu)
+    raise TypeError(f"layer must be a Conv, Linear, Pool, GlobalAvgPool, Add or Flatten, not "
+                    f"{type(layer).__name__}")
 
 
 def run(qnet: QNet, images):
@@ -90,7 +157,10 @@ def run(qnet: QNet, images):
     qnet.check()
     outputs, x = [], images
     for layer in qnet.layers:
-        x = run_layer(layer, x)
+        skip = None
+        if isinstance(layer, Add):
+            skip = images if layer.skip == -1 else outputs[layer.skip]
+        x = run_layer(layer, x, skip)
         outputs.append(x)
     return GoldenResult(outputs)
 

@@ -19,7 +19,8 @@ from . import arith
 from .errors import SystolicError
 
 __all__ = [
-    "FORMAT_VERSION", "MAGIC", "Conv", "Flatten", "Linear", "Pool", "QNet", "QnetError",
+    "ADD_SHIFT_SPREAD", "FORMAT_VERSION", "MAGIC", "Add", "Conv", "Flatten", "GlobalAvgPool",
+    "Linear", "Pool", "QNet", "QnetError",
 ]
 
 MAGIC = b"SYSTQNET"
@@ -27,6 +28,9 @@ FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct("<8sII")      # magic, version, header length
 _CRC = struct.Struct("<I")
 _ALIGN = 8
+#: A residual add's two shifts differ by at most this much (``docs/arithmetic.md``): its aligned
+#: sum then fits 40 bits.
+ADD_SHIFT_SPREAD = 16
 _DTYPES = {"int8": "<i1", "uint8": "<u1", "uint16": "<u2", "int32": "<i4", "float32": "<f4",
            "float64": "<f8"}
 
@@ -147,7 +151,68 @@ class Flatten:
         return (int(np.prod(shape)),)
 
 
-_LAYER_TYPES = {cls.KIND: cls for cls in (Conv, Linear, Pool, Flatten)}
+@dataclass(eq=False)
+class GlobalAvgPool:
+    """Global average pooling: each channel's mean over ``H x W``, rounded half up, to
+    ``(C, 1, 1)``; keeps the scale."""
+
+    KIND: ClassVar[str] = "gap"
+
+    def out_shape(self, shape):
+        """Output ``(C, 1, 1)``."""
+        if len(shape) != 3:
+            raise QnetError(f"global average pooling input must be (C, H, W), not "
+                            f"{tuple(shape)}")
+        return (shape[0], 1, 1)
+
+
+@dataclass(eq=False)
+class Add:
+    """A residual add of the previous layer's output and an earlier tensor, requantized once.
+
+    Members
+    -------
+    skip : int
+        Index of the layer whose output is the second operand (``-1``: the network input); it
+        must come before this layer and have the same shape as the previous layer's output.
+    M, s : tuple of int
+        Per operand (the previous output first, then the skip), the requantization multiplier
+        in [0, 32767] and shift in [1, 47] bringing it to the output scale; the shifts differ by
+        at most `ADD_SHIFT_SPREAD`.
+    relu : bool
+        Whether the sum is clamped to [0, 127].
+    out_scale : float
+        Real value of one output LSB.
+    """
+
+    KIND: ClassVar[str] = "add"
+    skip: int
+    M: tuple
+    s: tuple
+    relu: bool
+    out_scale: float
+
+    def out_shape(self, shape):
+        """The same shape (`QNet.shapes` checks the skip's)."""
+        return tuple(shape)
+
+    def check(self):
+        """Check ``skip``, ``M`` and ``s`` against the contract; raises `QnetError`."""
+        if not isinstance(self.skip, int) or isinstance(self.skip, bool) or self.skip < -1:
+            raise QnetError(f"add skip must be a layer index or -1 (the input), not "
+                            f"{self.skip!r}")
+        for name, v, lo, hi in (("M", self.M, 0, arith.M_MAX),
+                                ("s", self.s, arith.SHIFT_MIN, arith.SHIFT_MAX)):
+            if len(v) != 2 or not all(isinstance(x, int | np.integer) and lo <= x <= hi
+                                      for x in v):
+                raise QnetError(f"add {name} must be two integers in [{lo}, {hi}], not "
+                                f"{list(v)}")
+        if abs(int(self.s[0]) - int(self.s[1])) > ADD_SHIFT_SPREAD:
+            raise QnetError(f"add shifts must differ by at most {ADD_SHIFT_SPREAD}, not "
+                            f"{list(self.s)}")
+
+
+_LAYER_TYPES = {cls.KIND: cls for cls in (Conv, Linear, Pool, Flatten, GlobalAvgPool, Add)}
 _TENSORS = {"w": "int8", "b": "int32", "M": "uint16", "s": "uint8", "w_scale": "float64"}
 
 
@@ -157,8 +222,9 @@ class QNet:
 
     Members
     -------
-    layers : list of Conv, Pool, Flatten, Linear
-        In order; the last is a `Linear` whose int8 outputs are the logits.
+    layers : list of Conv, Pool, GlobalAvgPool, Add, Flatten, Linear
+        In order, each taking the previous one's output (an `Add` also an earlier one's); the
+        last is a `Linear` whose int8 outputs are the logits.
     input_shape : tuple of int
         ``(C, H, W)`` of one input image.
     p_max : int
@@ -194,20 +260,32 @@ class QNet:
         shapes = []
         for i, layer in enumerate(self.layers):
             try:
+                if isinstance(layer, Add):
+                    _check_skip(layer, i, tuple(self.input_shape), shapes, shape)
                 shape = layer.out_shape(shape)
             except QnetError as e:
                 raise QnetError(f"layer {i} ({layer.KIND}): {e}") from None
             shapes.append(shape)
         return shapes
 
-    def in_scales(self):
-        """The real scale of each layer's input."""
+    def out_scales(self):
+        """The real scale of each layer's output."""
         scales, scale = [], self.input_scale
         for layer in self.layers:
-            scales.append(scale)
-            if isinstance(layer, Conv | Linear):
+            if isinstance(layer, Conv | Linear | Add):
                 scale = layer.out_scale
+            scales.append(scale)
         return scales
+
+    def in_scales(self):
+        """The real scale of each layer's input."""
+        return [self.input_scale] + self.out_scales()[:-1]
+
+    def add_multipliers(self, i):
+        """The real multipliers ``(s_prev / s_out, s_skip / s_out)`` of the `Add` layer ``i``."""
+        layer = self.layers[i]
+        skip = self.input_scale if layer.skip == -1 else self.out_scales()[layer.skip]
+        return self.in_scales()[i] / layer.out_scale, skip / layer.out_scale
 
     def multipliers(self, i):
         """The real requantization multipliers ``m = s_in * w_scale / s_out`` of layer ``i``."""
@@ -226,6 +304,12 @@ class QNet:
         """
         if not self.layers or not isinstance(self.layers[-1], Linear):
             raise QnetError("the last layer must be linear (its outputs are the logits)")
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Add):
+                try:
+                    layer.check()
+                except QnetError as e:
+                    raise QnetError(f"layer {i} ({layer.KIND}): {e}") from None
         self.shapes()
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, Conv | Linear):
@@ -284,6 +368,10 @@ class QNet:
                      "out_shape": list(out_shape)}
             if isinstance(layer, Pool):
                 entry.update(op=layer.kind, kernel=layer.kernel, stride=layer.stride)
+            elif isinstance(layer, Add):
+                entry.update(skip=layer.skip, M=[int(v) for v in layer.M],
+                             s=[int(v) for v in layer.s], relu=bool(layer.relu),
+                             out_scale=float(layer.out_scale))
             elif isinstance(layer, Conv | Linear):
                 if isinstance(layer, Conv):
                     entry.update(kernel=list(layer.w.shape[2:]), stride=layer.stride,
@@ -330,6 +418,16 @@ class QNet:
             raise QnetError(f"{path}: {e}") from None
         except arith.ContractError as e:
             raise QnetError(f"{path}: {e}") from None
+
+
+def _check_skip(layer, i, input_shape, shapes, shape):
+    if layer.skip >= i:
+        raise QnetError(f"add skip must name an earlier layer (below {i}) or -1, not "
+                        f"{layer.skip}")
+    other = input_shape if layer.skip == -1 else shapes[layer.skip]
+    if tuple(other) != tuple(shape):
+        raise QnetError(f"add operands must have the same shape, not {tuple(shape)} and "
+                        f"{tuple(other)} (the output of {layer.skip})")
 
 
 def _parse(raw):
@@ -404,7 +502,7 @@ def _from_header(h, data):
     shape = tuple(_get(h, "input_shape", list, "header"))
     if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
         raise QnetError(f"malformed header: input_shape must be [C, H, W], not {list(shape)}")
-    layers = []
+    layers, out_shapes = [], []
     for i, e in enumerate(_get(h, "layers", list, "header")):
         where = f"layers[{i}]"
         kind = _get(e, "kind", str, where)
@@ -420,6 +518,17 @@ def _from_header(h, data):
                          _get(e, "stride", int, where))
         elif kind == "flatten":
             layer = Flatten()
+        elif kind == "gap":
+            layer = GlobalAvgPool()
+        elif kind == "add":
+            layer = Add(_get(e, "skip", int, where), tuple(_get(e, "M", list, where)),
+                        tuple(_get(e, "s", list, where)), _get(e, "relu", bool, where),
+                        _get(e, "out_scale", float, where))
+            try:
+                layer.check()
+                _check_skip(layer, i, tuple(h["input_shape"]), out_shapes, shape)
+            except QnetError as err:
+                raise QnetError(f"malformed header: {where} (add): {err}") from None
         else:
             tensors = _get(e, "tensors", dict, where)
             t = {name: _tensor(data, _get(tensors, name, dict, f"{where}.tensors"),
@@ -450,6 +559,7 @@ def _from_header(h, data):
             raise QnetError(f"inconsistent shapes: {where}.out_shape must be {shape}, not "
                             f"{tuple(e['out_shape'])}")
         layers.append(layer)
+        out_shapes.append(shape)
     fm = h.get("float_model")
     spec, state = None, {}
     if fm is not None:

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import arith, frontend, models
-from .qnet import Conv, Flatten, Linear, Pool, QNet
+from .qnet import ADD_SHIFT_SPREAD, Add, Conv, Flatten, GlobalAvgPool, Linear, Pool, QNet
 
 __all__ = [
-    "add_parser", "calibrate", "fake_quant_forward", "fake_quant_layer", "load_program",
-    "qat_finetune", "quantize",
+    "add_multipliers", "add_parser", "calibrate", "fake_quant_forward", "fake_quant_layer",
+    "load_program", "qat_finetune", "quantize",
 ]
 
 
@@ -155,14 +155,20 @@ def quantize(model, calib_x, *, input_shape=None, p_max, dataset, arch="custom")
     return qnet
 
 
-def fake_quant_layer(layer, x, m):
+def fake_quant_layer(layer, x, m, skip=None):
     """One layer of the fake-quantized forward, in float64 on the integer grid.
 
     ``x`` is an integer-valued float64 tensor (``(N, C, H, W)`` or ``(N, K)``); Conv and Linear
     layers round ``acc * m`` half up with the real multipliers ``m`` (float64 ``(Cout,)``)
-    instead of the contract's ``(acc * M + 2^(s-1)) >> s``; pooling follows the contract.
+    instead of the contract's ``(acc * M + 2^(s-1)) >> s``; an `Add` rounds
+    ``x * m[0] + skip * m[1]`` half up; pooling follows the contract.
     Returns an integer-valued float64 tensor.
     """
+    if isinstance(layer, Add):
+        y = torch.floor(x * float(m[0]) + skip * float(m[1]) + 0.5)
+        return y.clamp(0 if layer.relu else arith.INT8_MIN, arith.INT8_MAX)
+    if isinstance(layer, GlobalAvgPool):
+        return torch.floor(x.mean(dim=(2, 3), keepdim=True) + 0.5)
     if isinstance(layer, Conv | Linear):
         w = torch.from_numpy(layer.w.astype(np.float64))
         b = torch.from_numpy(layer.b.astype(np.float64))
@@ -189,13 +195,40 @@ def fake_quant_forward(qnet, images):
     list of torch.Tensor
         Each layer's output, integer-valued float64 (compare with `golden.run`).
     """
-    x = torch.from_numpy(np.asarray(images).astype(np.float64))
+    x = first = torch.from_numpy(np.asarray(images).astype(np.float64))
     outputs = []
     for i, layer in enumerate(qnet.layers):
-        m = qnet.multipliers(i) if isinstance(layer, Conv | Linear) else None
-        x = fake_quant_layer(layer, x, m)
+        m, skip = None, None
+        if isinstance(layer, Conv | Linear):
+            m = qnet.multipliers(i)
+        elif isinstance(layer, Add):
+            m = qnet.add_multipliers(i)
+            skip = first if layer.skip == -1 else outputs[layer.skip]
+        x = fake_quant_layer(layer, x, m, skip)
         outputs.append(x)
     return outputs
+
+
+def add_multipliers(m1, m2):
+    """``(M, s)`` pairs of a residual add's two real multipliers, per the contract.
+
+    Each is `arith.choose_multiplier`'s; when their shifts differ by more than
+    `qnet.ADD_SHIFT_SPREAD`, the larger shift (the smaller multiplier) is brought down to the
+    smaller plus the spread, ``M = round_half_up(m * 2^s)`` there (it then fits 15 bits).
+
+    Returns
+    -------
+    tuple
+        ``((M1, M2), (s1, s2))`` as Python ints.
+    """
+    M, s = arith.choose_multiplier([m1, m2])
+    M, s = [int(v) for v in M], [int(v) for v in s]
+    lo = min(s)
+    for k in range(2):
+        if s[k] > lo + ADD_SHIFT_SPREAD:
+            s[k] = lo + ADD_SHIFT_SPREAD
+            M[k] = int(np.floor((m1, m2)[k] * 2.0 ** s[k] + 0.5))
+    return tuple(M), tuple(s)
 
 
 class _FakeQuant(torch.autograd.Function):
