@@ -372,7 +372,7 @@ def _profile_section(qnet, profile, net_rows):
                       else (p["scale"], 127 * p["scale"]))
             ax.add_patch(plt.Rectangle((math.log2(lo), y - 0.4), math.log2(hi / lo), 0.8,
                                        color="#d9d9d9", zorder=0))
-        ax.boxplot(data, positions=pos, vert=False, widths=0.5, whis=(0, 100),
+        ax.boxplot(data, positions=pos, orientation="horizontal", widths=0.5, whis=(0, 100),
                    showfliers=False, medianprops={"color": "#c00000"})
         ax.set_yticks(pos, [names[p["index"]] for p in items], fontsize=7)
         ax.set_xlabel("log2 |value|  (grey: the int8 range, 1 to 127 LSB)")

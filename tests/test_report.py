@@ -1,0 +1,240 @@
+"""``systolic report`` (`systolic.sw.report`): one self-contained HTML page, its sections there
+when their data is, every plot an inline SVG, no address outside the page; the numeric profile
+measures what it says; and what users see of ``simulate`` and ``demo``: a quiet standard
+output, ``--trace``'s verdict, the demo's files and layer numbers, ``SYSTOLIC_WAVES``
+documented."""
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sw_common import digits_model
+from systolic.sw import golden, report
+from systolic.sw.cli import main
+
+_ROOT = Path(__file__).resolve().parent.parent
+BUILD = _ROOT / "tests" / "data" / "icebreaker-build.json"      # a real `build --json`
+# HTML elements that have no end tag.
+_VOID = {"meta", "br", "img", "input", "link", "hr", "col", "wbr", "source", "area", "base"}
+
+
+class _Page(HTMLParser):
+    """The parts of a page the tests look at: sections and their SVGs, every attribute, and
+    whether each element is closed in order (inline SVG's own empty elements included)."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.sections, self.attrs, self.errors = [], {}, [], []
+        self.text = []
+
+    def handle_starttag(self, tag, attrs):
+        self.attrs += attrs
+        if tag == "section":
+            self.sections[dict(attrs)["id"]] = 0
+        if tag == "svg":
+            section = next((s for t, s in reversed(self.stack) if t == "section"), None)
+            if section is not None:
+                self.sections[section] += 1
+        if tag not in _VOID:
+            self.stack.append((tag, dict(attrs).get("id")))
+
+    def handle_startendtag(self, tag, attrs):
+        self.attrs += attrs
+
+    def handle_endtag(self, tag):
+        if tag in _VOID:
+            return
+        if not self.stack or self.stack[-1][0] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+            return
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(text):
+    page = _Page()
+    page.feed(text)
+    page.close()
+    assert page.errors == []
+    assert page.stack == []
+    return page
+
+
+def _self_contained(text):
+    """Nothing a browser would fetch, and no address at all outside the page."""
+    assert not re.search(r"(?i)\b(https?|ftp|file|data|javascript):", text)
+    assert not re.search(r"(?i)<(script|link|img|iframe|object|embed)\b", text)
+    assert not re.search(r"(?i)(@import|url\((?!#))", text)     # url(#clip): in the page
+    page = _parse(text)
+    for name, value in page.attrs:
+        if name in ("href", "src", "xlink:href", "action"):
+            assert value.startswith("#"), (name, value)
+    return page
+
+
+def test_report_network_profile_build(tmp_path):
+    """From a network, test images and a build report: the network, its numeric profile and
+    the build, each with its plots; the build's numbers as the report holds them."""
+    split, _, qnet = digits_model()
+    path = report.write_report(tmp_path / "r.html", qnet=qnet, build=BUILD,
+                               images=split.test.q[:50], float_images=split.test.x[:50],
+                               labels=split.test.labels[:50])
+    text = path.read_text()
+    page = _self_contained(text)
+    assert page.sections == {"network": 1, "profile": 2, "build": 1}
+    words = " ".join(" ".join(page.text).split())
+    assert "4,961 / 5,280 (94%)" in words                  # logic cells of the iCE40UP5K
+    assert "fmax 21.2 MHz (timing met)" in words
+    assert "controller.req \u2192 controller.total" in words    # the critical path
+    assert "47.19 ns: 13.59 ns logic (13 levels), 33.60 ns routing" in words
+    # Memory on the build's configuration (the small preset, 1x4): the 16-channel 8x8 map of
+    # the first convolution is 4 words a pixel.
+    assert re.search("conv 1\u219216 3\u00d73 \\+ ReLU 1\u00d78\u00d78 16\u00d78\u00d78 9,216 "
+                     "208 [\\d,]+ 256 ", words)
+
+
+def test_numeric_profile_measures_the_int8_error():
+    """The profile's error is the int8 golden model's against the float model, per layer: a
+    sound network stays within a few LSB with a cosine near 1; one layer's weights negated in
+    the int8 network alone show up at that layer, not before it."""
+    split, _, qnet = digits_model()
+    images, floats = split.test.q[:40], split.test.x[:40]
+    good = report.numeric_profile(qnet, images, floats)
+    assert [p["index"] for p in good] == list(range(len(qnet.layers)))
+    for p in good:
+        assert p["max_lsb"] < 3, p
+        assert p["cosine"] > 0.999, p
+    # The first layer's error is rounding alone: the input's half LSB through the weights, and
+    # the output's half LSB.
+    assert good[0]["max_lsb"] <= 1.0
+    gold = golden.run(qnet, images).outputs[-1]
+    want = np.sqrt(np.mean((_float_logits(qnet, floats) / good[-1]["scale"] - gold) ** 2))
+    assert good[-1]["rms_lsb"] == pytest.approx(want, rel=1e-9)
+
+    broken = copy.deepcopy(qnet)
+    broken.layers[2].w = (-broken.layers[2].w.astype(np.int16)).clip(-127, 127).astype(np.int8)
+    bad = report.numeric_profile(broken, images, floats)
+    assert [p["rms_lsb"] for p in bad[:2]] == [p["rms_lsb"] for p in good[:2]]
+    assert bad[2]["cosine"] < 0.5
+    assert bad[2]["max_lsb"] > 20
+
+
+def _float_logits(qnet, floats):
+    import torch
+
+    with torch.no_grad():
+        return qnet.float_model()(torch.from_numpy(floats)).double().numpy()
+
+
+def test_report_needs_something(tmp_path, capsys):
+    assert main(["report", "-o", str(tmp_path / "r.html")]) == 2
+    assert re.match(r"systolic: error: give a simulation report \(simulate --json > sim.json\)"
+                    r", --qnet FILE.qnet or --build report.json\n$", capsys.readouterr().err)
+    (tmp_path / "x.qnet").write_bytes(b"\xfe\x00")
+    assert main(["report", str(tmp_path / "x.qnet")]) == 2
+    assert re.match(r"systolic: error: simulation report '.*x.qnet' must be a JSON file "
+                    r"\('systolic simulate --json' output\); a network goes in with --qnet\n$",
+                    capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_report_from_simulate_json_and_a_build(tmp_path, capfd):
+    """``systolic report`` on what ``simulate --json`` printed (the iCEBreaker's small preset)
+    and the iCEBreaker's build report: every section, the confusion matrix of the RTL's
+    predictions, the board's rates from the build's clock and baud rate."""
+    split, _, qnet = digits_model()
+    qnet.save(tmp_path / "m.qnet")
+    assert main(["simulate", str(tmp_path / "m.qnet"), "--preset", "small", "--images", "6",
+                 "--json"]) == 0
+    sim = json.loads(capfd.readouterr().out)
+    assert sim["predictions"] == np.argmax(golden.run(qnet, split.test.q[:6]).logits,
+                                           axis=1).tolist()
+    assert sim["labels"] == split.test.labels[:6].tolist()
+    (tmp_path / "sim.json").write_text(json.dumps(sim))
+    out = tmp_path / "r.html"
+    assert main(["report", str(tmp_path / "sim.json"), "--qnet", str(tmp_path / "m.qnet"),
+                 "--build", str(BUILD), "-o", str(out)]) == 0
+    assert capfd.readouterr().out == f"wrote {out}\n"
+    page = _self_contained(out.read_text())
+    assert page.sections == {"network": 1, "performance": 1, "profile": 2, "accuracy": 1,
+                             "build": 1, "board": 1}
+    words = " ".join(" ".join(page.text).split())
+    assert "6 images on fast, 1\u00d74 array: 0 differ from the golden model" in words
+    rates = report.board_rates(sim["cycles_per_image"], sim["link"]["bytes_per_image"],
+                               18.0, 2_000_000)
+    assert f"images/s the array allows {rates['compute_per_second']:,.0f}" in words
+    assert f"latency of one image {1e3 * rates['latency_seconds']:.2f} ms" in words
+    for row in sim["layers"]:
+        assert f"{row['name']} {row['cycles']:,}" in words
+
+
+def _stdout_lines(argv, cwd):
+    done = subprocess.run([sys.executable, "-m", "systolic.sw.cli", *argv], cwd=cwd,
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.splitlines(), done.stderr
+
+
+# What only a simulator's own log holds: cocotb's and the GPI's lines, Verilator's and
+# Icarus's warnings and build output.
+_SIM_LOG = re.compile(r"(?i)\b(cocotb|gpi|vpi|vvp|iverilog|verilator|%warning)\b|\d+\.\d+ns ")
+
+
+@pytest.mark.slow
+def test_simulate_is_quiet_and_trace_says_all_match(tmp_path):
+    """On the cocotb route (Icarus, the most talkative), standard output holds the summary
+    alone; with --trace and no difference it says that every layer matched."""
+    _, _, qnet = digits_model()
+    qnet.save(tmp_path / "m.qnet")
+    lines, _ = _stdout_lines(["simulate", "m.qnet", "--images", "1", "--sim", "icarus",
+                              "--trace"], tmp_path)
+    assert not [line for line in lines if _SIM_LOG.search(line)]
+    assert lines[0].startswith("1 images on icarus, 8x8 array: 0 mismatching images")
+    assert lines[-1] == "--trace: all 5 layers of 1 images match the golden model, every value"
+
+
+@pytest.mark.slow
+def test_demo_report_files_and_quiet(tmp_path):
+    """The demo on the cocotb route: no simulator log on standard output; its layer table
+    numbered as the network is (the flatten layer too); its last line names every file it
+    wrote; report.html with every section a simulation gives."""
+    lines, _ = _stdout_lines(["demo", "-o", "d", "--images", "2", "--epochs", "1", "--sim",
+                              "icarus"], tmp_path)
+    assert not [line for line in lines if _SIM_LOG.search(line)]
+    numbers = [int(m.group(1)) for line in lines
+               if (m := re.match(r"  layer (\d+) \(", line))]
+    assert numbers == list(range(6))
+    written = {p.name for p in (tmp_path / "d").iterdir()}
+    assert written == {"model.pt", "model.qnet", "systolic.v", "manifest.json", "report.txt",
+                       "report.json", "report.html"}
+    last = lines[-1]
+    assert re.fullmatch(r"wrote .* into d in \d+ s", last)
+    named = set(re.findall(r"[\w.]+\.(?:pt|qnet|v|json|txt|html)\b", last))
+    assert named == written
+    page = _self_contained((tmp_path / "d" / "report.html").read_text())
+    assert page.sections == {"network": 1, "performance": 1, "profile": 2, "accuracy": 1,
+                             "board": 1}
+
+
+def test_waveforms_documented():
+    """Where waveforms go and SYSTOLIC_WAVES: in simulate --help and the README, not only in
+    a docstring."""
+    from systolic.sw.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["simulate"]
+    text = " ".join(sub.format_help().split())
+    assert "SYSTOLIC_WAVES=1" in text
+    for words in ("build/sim", "controller.fst", "controller-run-PID.vcd", "--waves-file"):
+        assert words in text
+    readme = " ".join((_ROOT / "README.md").read_text().split())
+    for words in ("`SYSTOLIC_WAVES=1`", "`controller.fst`", "`./systolic-waves.fst`"):
+        assert words in readme
