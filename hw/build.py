@@ -4,7 +4,8 @@
 write its build plan (Yosys script, constraints, nextpnr and packer command lines), runs it
 with the YoWASP tools of this Python environment, and parses nextpnr's JSON report into a
 `BuildReport`: logic, flip-flops, DSPs and memories against the device's totals, and fmax per
-clock against the target. The report is also written to ``<build_dir>/report.json``.
+clock against the target. The report is also written to ``<build_dir>/report.json``, and as
+a page with plots to ``<build_dir>/report.html`` (`systolic.sw.report`).
 
 A build directory whose report names the same design (a hash of the build plan, the placer
 seed and the tools' versions) and still holds its bitstream is reused instead of built again
@@ -471,7 +472,8 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
         design = _design_hash(plan, spec.family, seed)
         if not force and (reused := _reusable(build_dir, design)) is not None:
             return reused
-        for stale in ("report.json", f"{NAME}.bit", f"{NAME}.bin", f"{NAME}.tim"):
+        for stale in ("report.json", "report.html", f"{NAME}.bit", f"{NAME}.bin",
+                      f"{NAME}.tim"):
             (build_dir / stale).unlink(missing_ok=True)
         plan.extract(build_dir)
         watch = _ToolWatch(build_dir, spec.family)
@@ -501,6 +503,11 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
     (build_dir / "report.json").write_text(json.dumps(
         {**report.as_dict(), "nextpnr": json.loads((build_dir / "report.json").read_text())},
         indent=2) + "\n")
+    # The same page `systolic report` writes.
+    from ..sw.report import write_report
+
+    write_report(build_dir / "report.html", build=report.as_dict(),
+                 title=f"systolic build: {spec.name}")
     return report
 
 

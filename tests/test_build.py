@@ -202,6 +202,9 @@ def test_build_icebreaker_end_to_end(tmp_path, capsys):
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["luts"] == report["luts"]
     assert "utilization" in on_disk["nextpnr"]
+    page = (out / "report.html").read_text()            # the same, as `systolic report` draws it
+    assert '<section id="build">' in page
+    assert f"{report['luts']:,} / 5,280" in page
     assert not report["reused"]
     # The same design again: its bitstream is reused, nothing is run.
     built = (out / "systolic.bin").stat().st_mtime_ns
