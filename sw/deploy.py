@@ -21,7 +21,7 @@ import numpy as np
 
 from ..hw.boards import BOARDS, get_board
 from . import golden
-from .compiler import FitError, compile_network
+from .compiler import FitError, compile_network, largest_batch
 from .driver import RESYNC_QUIET_BITS, Driver, FramedTransport, Link
 from .errors import SystolicError
 from .protocol import LinkError
@@ -184,11 +184,15 @@ _BIGGER_BITSTREAM = {
 }
 
 
-def _compile(qnet, cfg, board, source):
-    """`compile_network`, its fit errors saying what to do on a board (not the compiler's
-    ``--preset`` advice, which is for ``simulate``)."""
+def _compile(qnet, cfg, board, source, batch=1, images=1):
+    """`compile_network` for ``batch`` images (``None``: the largest batch that fits, at most
+    ``images``), its fit errors saying what to do on a board (not the compiler's ``--preset``
+    advice, which is for ``simulate``). The input goes as it is, not densely packed: on a
+    serial line the bytes, not the array's cycles, take the time."""
     try:
-        return compile_network(qnet, cfg)
+        if batch is None:
+            batch = max(1, min(largest_batch(qnet, cfg), images))
+        return compile_network(qnet, cfg, batch=batch)
     except FitError as e:
         problem, advice, _ = str(e).rpartition("; use ")
         others = ", ".join(b for b in BOARDS if b != board.name)
@@ -217,26 +221,27 @@ def _configuration(board, bitstream):
     return *built, f"as {bitstream} was built"
 
 
-def deploy_sim(qnet, images, labels, board, *, sim="fast", faults=0, bitstream=None):
+def deploy_sim(qnet, images, labels, board, *, sim="fast", faults=0, bitstream=None, batch=1):
     """Run ``images`` on the virtual board, ``faults`` frames damaged on the wire (see
-    `fault_plan`), in the configuration ``bitstream`` was built with (else the board's);
-    returns the summary dict."""
+    `fault_plan`), in the configuration ``bitstream`` was built with (else the board's), in
+    batches of ``batch`` (``None``: the largest that fits); returns the summary dict."""
     from . import simulate
 
     cfg, _, source = _configuration(board, bitstream)
-    _compile(qnet, cfg, board, source)
+    batch = _compile(qnet, cfg, board, source, batch, len(images)).batch
     cfg = cfg.replace(target="generic")
     start = time.monotonic()
     with simulate._stdout_to_stderr():          # the simulator's chatter is not the report
         report = simulate.simulate(qnet, images, cfg, labels=labels, sim=sim,
                                    uart=(SIM_CLOCK_HZ, SIM_BAUD), faults=fault_plan(faults),
                                    layer_cycles=False,     # as deploy_board
-                                   progress=simulate.progress_bar(len(images)))
+                                   progress=simulate.progress_bar(len(images)), batch=batch)
     # The simulation's pace, its build excluded.
     seconds = report.speed.get("run_seconds", time.monotonic() - start)
     d = report.as_dict()
     return _summary(qnet, images, labels, report.logits, seconds, {
         "board": f"{board.name} (virtual, {sim})", "cycles_per_image": d["cycles_per_image"],
+        "batch": batch,
         "faults_injected": report.link["faults"], "resent_frames": report.link["resent"],
         "rerun_images": report.link["reruns"],
         "note": "images_per_second is the simulation's, not a board's"},
@@ -272,7 +277,7 @@ def default_bitstream(board):
 
 
 def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None,
-                 program=True, log=print):
+                 program=True, log=print, batch=1):
     """Program ``board`` and run ``images``.
 
     The bitstream is ``bitstream``, else the last ``systolic build`` of the board (in
@@ -284,7 +289,8 @@ def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None
         bitstream = default_bitstream(board)
         log(f"using {bitstream}, the last build for {board.name}")
     cfg, built_baud, source = _configuration(board, bitstream)
-    program_ = _compile(qnet, cfg, board, source)       # before any build: it may not fit
+    # Before any build: it may not fit.
+    program_ = _compile(qnet, cfg, board, source, batch, len(images))
     if program and bitstream is None:
         from ..hw.build import build
 
@@ -315,21 +321,31 @@ def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None
         link.close()
     logits = np.array([r.logits for r in results], np.int8)
     return _summary(qnet, images, labels, logits, seconds, {
-        "board": board.name, "cycles_per_image": int(np.mean([r.cycles for r in results])),
+        "board": board.name,
+        "cycles_per_image": float(np.mean([r.cycles / r.batch for r in results])),
+        "batch": program_.batch,
         "resent_frames": transport.resent, "rerun_images": driver.reruns},
         baud=baud, bytes_per_image=(transport.wire_bytes - loaded) / len(images))
 
 
 async def _run_images(driver, images):
-    """`Driver.infer` on each image, with a progress bar (on a terminal)."""
+    """`Driver.infer_batch` on each batch of images, with a progress bar (on a terminal)."""
     from .simulate import progress_bar
 
     bar = progress_bar(len(images))
     results = []
-    for n, image in enumerate(images, 1):
-        results.append(await driver.infer(image))
-        bar(n)
+    step = driver.program.batch
+    for at in range(0, len(images), step):
+        results += await driver.infer_batch(images[at:at + step])
+        bar(len(results))
     return results
+
+
+def _batch_arg(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise SystolicError(f"--batch must be a number or auto, not {text!r}") from None
 
 
 def _run(args):
@@ -345,13 +361,15 @@ def _run(args):
     if not args.sim and args.port is None:
         raise SystolicError("--port is required to deploy to a board (e.g. /dev/ttyUSB0); "
                             "use --sim for the virtual board")
+    batch = None if args.batch == "auto" else _batch_arg(args.batch)
     if args.sim:
         summary = deploy_sim(qnet, images, labels, board, sim=args.simulator,
-                             faults=args.inject_faults, bitstream=args.bitstream)
+                             faults=args.inject_faults, bitstream=args.bitstream, batch=batch)
     else:
         log = (lambda s: print(s, file=sys.stderr)) if args.json else print
         summary = deploy_board(qnet, images, labels, board, port=args.port, baud=args.baud,
-                               bitstream=args.bitstream, program=not args.no_program, log=log)
+                               bitstream=args.bitstream, program=not args.no_program, log=log,
+                               batch=batch)
     if args.json:
         print(json.dumps(summary))
         return
@@ -359,7 +377,8 @@ def _run(args):
           "differ from the golden model")
     print(f"  accuracy          {summary['accuracy']:.2%} "
           f"(golden {summary['golden_accuracy']:.2%})")
-    print(f"  cycles/image      {summary['cycles_per_image']}")
+    print(f"  cycles/image      {summary['cycles_per_image']:.0f} (batches of "
+          f"{summary['batch']})")
     print(f"  images/second     {summary['images_per_second']:.1f}"
           + (" (simulation)" if args.sim else ""))
     print(f"  on the wire       {summary['wire_bytes_per_image']:.0f} bytes/image: at most "
@@ -413,6 +432,10 @@ def add_parser(subparsers):
                         "gives the configuration and baud rate (default: build/BOARD's, the "
                         "last 'systolic build', else one built now); with --sim, the "
                         "configuration to simulate")
+    p.add_argument("--batch", default="auto", metavar="N|auto",
+                   help="images per run: one WRITE, RUN and READ exchange a batch, each layer "
+                        "taking the whole batch at once (default: auto, the largest batch "
+                        "the bitstream's memories hold)")
     p.add_argument("--no-program", action="store_true",
                    help="the board is already programmed: only talk to it")
     p.add_argument("--sim", action="store_true", help="the virtual board, in RTL simulation")

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +141,10 @@ class SimulationReport:
         n = len(self.logits)
         acc = (lambda p: float(np.mean(p == self.labels))) if self.labels is not None else (
             lambda p: None)
-        cycles = float(np.mean(self.layer_cycles.sum(axis=1) / self.batches))
+        # Each run's total counts once (its images share it): exact, then one division.
+        runs = sum(Fraction(int(t), int(b))
+                   for t, b in zip(self.layer_cycles.sum(axis=1), self.batches, strict=True))
+        cycles = float(runs / n)
         cfg = self.program.cfg
         return {
             "images": n, "sim": self.sim, "mismatches": self.mismatches,

@@ -10,7 +10,7 @@ from sw_common import digits_model
 from systolic.hw.boards import get_board
 from systolic.sw import perfmodel, quantize
 from systolic.sw.cli import main
-from systolic.sw.compiler import compile_network
+from systolic.sw.compiler import compile_network, largest_batch
 from systolic.sw.deploy import built_with, low_latency
 from systolic.sw.errors import SystolicError
 from systolic.sw.qnet import QNet
@@ -39,10 +39,15 @@ def test_deploy_virtual_board_is_exact(qnet_path, capsys, board, images):
     assert out["images_per_second"] > 0
     # The cycle count comes back over the UART too (in the DONE reply; deploy skips the
     # per-layer STATS, one exchange less an image): what the performance model predicts.
+    # Batches of the largest size the board's memories hold (at most the images), the last
+    # one shorter: the cycles the model predicts for each size, shared among their images.
     cfg = get_board(board).config()
-    program = compile_network(QNet.load(qnet_path), cfg)
-    assert out["cycles_per_image"] == sum(perfmodel.predict_cycles(cfg, lay.fields)
-                                          for lay in program.layers)
+    qnet = QNet.load(qnet_path)
+    batch = min(largest_batch(qnet, cfg), images)
+    assert out["batch"] == batch
+    sizes = [min(batch, images - at) for at in range(0, images, batch)]
+    total = sum(perfmodel.predict_program(compile_network(qnet, cfg, batch=b)) for b in sizes)
+    assert out["cycles_per_image"] == total / images
 
 
 @pytest.mark.slow
@@ -51,7 +56,7 @@ def test_deploy_virtual_board_recovers_from_line_faults(qnet_path, capsys):
     requests and in replies, on WRITE, RUN and READ): the driver resends what the board
     rejected, runs again an image whose RUN reply was lost, and every logit is still exact."""
     assert main(["deploy", str(qnet_path), "--board", "ulx3s-85f", "--sim", "--images", "12",
-                 "--inject-faults", "12", "--json"]) == 0
+                 "--inject-faults", "12", "--batch", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["images"], out["mismatches"]) == (12, 0)
     assert out["faults_injected"] == 12
@@ -194,7 +199,9 @@ def test_deploy_virtual_board_report(qnet_path, capsys):
                  "--images", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "2 images on icebreaker (virtual, fast): 0 differ from the golden model"
-    assert re.fullmatch(r"  on the wire       127 bytes/image: at most 1575 images/second at "
+    assert re.fullmatch(r"  cycles/image      \d+ \(batches of 2\)", lines[2])
+    # One RUN and one READ exchange for the batch of two: 102 bytes an image, not 127 alone.
+    assert re.fullmatch(r"  on the wire       102 bytes/image: at most 1970 images/second at "
                         r"2000000 Bd", lines[4])
     assert re.fullmatch(r"  on the board      the array: \d+ images/second at 18 MHz; line, "
                         r"then array: \d+", lines[5])
