@@ -2,9 +2,10 @@
 
 `lower` takes a ``torch.nn.Module`` (traced with ``torch.export.export``) or an
 ``ExportedProgram`` (for instance one read back with ``torch.export.load``) and walks its graph
-into the flat ``torch.nn.Sequential`` that `models.check_supported` accepts, so quantization,
-the ``.qnet`` file, the golden model and the compiler need nothing new. It understands modules
-and their functional forms:
+into the flat ``torch.nn.Sequential`` (or, with residual adds, `models.Chain`) that
+`models.check_supported` accepts, so quantization, the ``.qnet`` file, the golden model and the
+compiler take it as they take the trainer's models. It understands modules and their
+functional forms:
 
 * convolution (``nn.Conv2d``, ``F.conv2d``), fully connected layers (``nn.Linear``,
   ``F.linear``, ``addmm`` / ``mm`` with constant weights);
@@ -15,13 +16,17 @@ and their functional forms:
   ``x.mean((2, 3))`` when they amount to a 2x2 or 3x3 window);
 * flattening before a linear layer (``nn.Flatten``, ``torch.flatten(x, 1)``,
   ``x.view(n, -1)``, ``x.reshape(n, -1)``);
+* a residual add ``a + b`` (``torch.add``, ``+=``) of the latest result and an earlier output
+  of the same shape (an identity shortcut), ReLU may follow; global average pooling
+  (``x.mean((2, 3))``, ``F.adaptive_avg_pool2d(x, 1)``, ``nn.AdaptiveAvgPool2d(1)``). These
+  two run in the golden model only: the accelerator does not run them yet;
 * ``Dropout`` and other identities (ignored: the model is lowered as in eval mode).
 
 Anything else (another activation, a grouped, depthwise or dilated convolution, concatenation,
-a residual add, upsampling, explicit padding, ...) raises `models.ModelError` naming the
+a projection shortcut, upsampling, explicit padding, ...) raises `models.ModelError` naming the
 operation, where it is in the user's model (module path and source line, as ``torch.export``
-records them) and the nearest supported rewrite. The graph must be a chain: each operation
-takes the previous one's output.
+records them) and the nearest supported rewrite. Apart from a residual add's second operand,
+the graph must be a chain: each operation takes the previous one's output.
 
 A plain ``nn.Sequential`` of the supported layers is returned unchanged, so its errors are the
 validator's.
@@ -59,9 +64,10 @@ _REWRITES = {
         "concatenation joins branches, and the accelerator runs a chain of layers: widen one "
         "convolution instead of concatenating branches"),
     **dict.fromkeys(
-        ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"),
-        "element-wise arithmetic between activations (a residual add) is not supported yet: the "
-        "accelerator runs a chain of layers; remove the skip connection"),
+        ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "rsub"),
+        "the only element-wise arithmetic is a residual add, a + b of the latest result and an "
+        "earlier layer's output (or the input) of the same shape; fold a constant offset or "
+        "scale into the Conv2d or Linear before it"),
     **dict.fromkeys(
         ("upsample_nearest2d", "upsample_bilinear2d", "upsample_bicubic2d", "_upsample_nearest_"
          "exact2d", "_upsample_bilinear2d_aa", "upsample_nearest1d", "pixel_shuffle",
@@ -92,7 +98,8 @@ _SUPPORTED_OPS = (
     "dilation or groups), Linear / F.linear, BatchNorm directly after either (folded), ReLU / "
     "F.relu directly after either, MaxPool2d / AvgPool2d and their functional forms (square "
     "window 2-3, stride 1-3, no padding), flatten / view(n, -1) before a Linear, Dropout "
-    "(ignored); the last layer is a Linear (the logits)")
+    "(ignored), a residual add of an earlier output and global average pooling (golden model "
+    "only); the last layer is a Linear (the logits)")
 
 
 def example_input_shape(program):
@@ -162,9 +169,10 @@ def lower(model, input_shape=None):
 
     Returns
     -------
-    torch.nn.Sequential
+    torch.nn.Sequential or models.Chain
         In eval mode, with BatchNorm folded and identities dropped; the same function as
-        ``model`` in eval mode (up to float rounding of the folding).
+        ``model`` in eval mode (up to float rounding of the folding). A `models.Chain` when
+        the model has residual adds.
 
     Raises
     ------
@@ -192,7 +200,8 @@ def lower(model, input_shape=None):
         raise ModelError(f"model must be a torch.nn.Module or a torch.export.ExportedProgram, "
                          f"not {type(model).__name__}")
     layers, where = _Walker(program).walk()
-    seq = nn.Sequential(*layers).eval()
+    seq = (models.Chain if any(type(m) is models.Add for m in layers) else nn.Sequential)(
+        *layers).eval()
     models.check_supported(seq, shape, where=where)
     return seq
 
@@ -259,6 +268,8 @@ class _Walker:
         self.layers, self.where = [], []
         self.current = None         # the chain's last activation node
         self.tail = None            # index of the Conv2d / Linear a BatchNorm may fold into
+        self.relu_ok = False        # whether a ReLU may follow (a Conv2d, Linear or Add)
+        self.index = {}             # activation node -> the lowered layer whose output it is
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -277,10 +288,16 @@ class _Walker:
             return self.values[arg]
         return arg
 
-    def emit(self, node, layer, *, tail=False):
+    def emit(self, node, layer, *, tail=False, relu_ok=None):
         self.layers.append(layer.eval())
         self.where.append(_where(node))
         self.tail = len(self.layers) - 1 if tail else None
+        self.relu_ok = tail if relu_ok is None else relu_ok
+
+    def forget(self, i):
+        """Layer ``i``'s output is replaced (by a folded BatchNorm or a fused ReLU): the nodes
+        that named it no longer have a value an `Add` could read."""
+        self.index = {n: j for n, j in self.index.items() if j != i}
 
     @staticmethod
     def shape(node):
@@ -294,6 +311,7 @@ class _Walker:
             if node.op == "placeholder":
                 if node.name in self.user_inputs:
                     self.current = node
+                    self.index[node] = -1
                 continue
             if node.op == "output":
                 self.finish(node)
@@ -305,14 +323,19 @@ class _Walker:
                 self.fold_constant(node)
                 continue
             acts = [a for a in inputs if a not in self.values]
+            if node.target in (_aten.add.Tensor, _aten.add_.Tensor):
+                self.add(node)
+                self.advance(node)
+                continue
             if len(acts) > 1:
                 self.fail(node, f"it combines {len(acts)} activations "
                                 f"({', '.join(a.name for a in acts)})")
             if acts[0] is not self.current:
                 self.fail(node, f"the model must be a chain of layers, but this takes "
                                 f"{acts[0].name}, not the latest result {self.current.name} (a "
-                                "branch or skip connection)",
-                          "the accelerator runs one chain of layers: remove the branch")
+                                "branch, or a projection on a skip connection)",
+                          "a skip connection may only add an earlier output unchanged (an "
+                          "identity shortcut): remove the branch or the layers on the skip path")
             self.step(node)
         return self.layers, self.where
 
@@ -331,6 +354,8 @@ class _Walker:
 
     def advance(self, node):
         self.current = node
+        if node not in self.index:
+            self.index[node] = len(self.layers) - 1
 
     def step(self, node):
         t = node.target
@@ -453,16 +478,38 @@ class _Walker:
                             "(track_running_stats=False) cannot be folded",
                       "use track_running_stats=True")
         eps = a[7] if node.target is _aten.batch_norm.default else a[6]
+        self.forget(self.tail)
         self.layers[-1] = fold_batchnorm(self.layers[-1], mean, var, float(eps), gamma, beta)
         self.where[-1] += f" + {_where(node)}"
 
     def relu(self, node):
-        if self.tail is None:
-            self.fail(node, "a ReLU must directly follow a Conv2d or Linear layer (the hardware "
-                            "fuses it there)",
+        if not self.relu_ok:
+            self.fail(node, "a ReLU must directly follow a Conv2d, Linear or residual add (the "
+                            "hardware fuses it there)",
                       "move the ReLU before the pooling (for max pooling the result is the "
                       "same) or after a Conv2d or Linear")
+        self.forget(len(self.layers) - 1)
         self.emit(node, nn.ReLU())
+
+    def add(self, node):
+        a, kw = list(node.args), node.kwargs
+        alpha = a[2] if len(a) > 2 else kw.get("alpha", 1)
+        x, y = a[0], a[1]
+        if not all(isinstance(v, torch.fx.Node) and v not in self.values for v in (x, y)):
+            self.fail(node, "adding a constant is not supported")
+        if alpha != 1:
+            self.fail(node, f"a residual add must have alpha=1, not {alpha}")
+        if self.current not in (x, y):
+            self.fail(node, f"it adds {x.name} and {y.name}, neither of them the latest result "
+                            f"{self.current.name} (two branches)",
+                      "a skip connection may only add an earlier output unchanged to the "
+                      "latest result (an identity shortcut)")
+        other = y if x is self.current else x
+        if other not in self.index:
+            self.fail(node, f"it adds {other.name}, a Conv2d or Linear output before the "
+                            "BatchNorm or ReLU that follows it, which the lowering does not keep",
+                      "add the output after its BatchNorm and ReLU")
+        self.emit(node, models.Add(self.index[other]), relu_ok=True)
 
     def pool(self, node, cls, a, names):
         args = dict(zip(names, a[1:]))
@@ -485,6 +532,9 @@ class _Walker:
                 and h // out[0] in (2, 3):
             self.emit(node, cls(h // out[0]))
             return
+        if tuple(out) == (1, 1) and cls is nn.AvgPool2d:
+            self.emit(node, nn.AdaptiveAvgPool2d(1))
+            return
         self.fail(node, f"adaptive pooling of a {h}x{w} map to {tuple(out)} is not supported "
                         "(only when it is a 2x2 or 3x3 window)",
                   "pool with MaxPool2d or AvgPool2d (window 2-3) down to the size, then Flatten")
@@ -494,12 +544,14 @@ class _Walker:
         dims = a[1] if len(a) > 1 else kw.get("dim")
         keep = a[2] if len(a) > 2 else kw.get("keepdim", False)
         if shape is None or len(shape) != 4 or dims is None \
-                or sorted(d % 4 for d in dims) != [2, 3] or shape[2] != shape[3] \
-                or shape[2] not in (2, 3):
+                or sorted(d % 4 for d in dims) != [2, 3]:
             self.fail(node, f"a mean over dimensions {dims} of {shape} is not supported (only "
-                            "over H and W of a 2x2 or 3x3 map)",
-                      "pool with AvgPool2d (window 2-3) down to 1x1, then Flatten")
-        self.emit(node, nn.AvgPool2d(shape[2]))
+                            "over H and W: global average pooling)",
+                      "x.mean((2, 3)) or F.adaptive_avg_pool2d(x, 1)")
+        if shape[2] == shape[3] and shape[2] in (2, 3):
+            self.emit(node, nn.AvgPool2d(shape[2]))
+        else:
+            self.emit(node, nn.AdaptiveAvgPool2d(1))
         if not keep:
             self.emit(node, nn.Flatten())
 

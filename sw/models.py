@@ -8,8 +8,13 @@ A supported model is a flat `torch.nn.Sequential` of:
 * ``MaxPool2d`` / ``AvgPool2d``: square window 2 or 3, stride 1..3, no padding, floor mode;
 * ``Flatten`` (all of ``C, H, W``), then ``Linear`` layers, the last of which gives the logits.
 
+A `Chain` (a ``Sequential`` whose layers may also read an earlier layer's output) may besides
+hold a residual `Add` (the previous output plus an earlier one of the same shape; ReLU may follow
+it) and global average pooling (``AdaptiveAvgPool2d(1)``). The golden model runs these; the
+accelerator does not yet (the compiler refuses them, naming the layer).
+
 Any other model (BatchNorm, functional forms, a ``torch.export`` program) is first lowered to
-such a ``Sequential`` by `frontend.lower`.
+such a ``Sequential`` or `Chain` by `frontend.lower`.
 
 A model is described by a *spec*, a list of plain dicts (one per layer) that `model_spec` and
 `model_from_spec` convert; checkpoints and ``.qnet`` files store it, so any supported model,
@@ -25,8 +30,8 @@ from . import arith
 from .errors import SystolicError
 
 __all__ = [
-    "ARCHS", "CONV_PADDINGS", "SUPPORTED", "Arch", "ModelError", "build_model",
-    "check_supported", "model_from_spec", "model_spec",
+    "ARCHS", "CONV_PADDINGS", "SUPPORTED", "Add", "Arch", "Chain", "ModelError", "build_model",
+    "check_supported", "model_from_spec", "model_spec", "run_layers",
 ]
 
 CONV_PADDINGS = range(0, 4)     #: zero padding 0..3
@@ -34,11 +39,47 @@ CONV_PADDINGS = range(0, 4)     #: zero padding 0..3
 SUPPORTED = (
     "supported layers: Conv2d (kernel 1-7, stride 1-2, zero padding 0-3, no dilation or "
     "groups), ReLU (directly after Conv2d or Linear), MaxPool2d and AvgPool2d (square window "
-    "2-3, stride 1-3, no padding, floor mode), Flatten, Linear (the last layer)")
+    "2-3, stride 1-3, no padding, floor mode), Flatten, Linear (the last layer); in the golden "
+    "model only, not yet on the accelerator: residual Add, AdaptiveAvgPool2d(1)")
 
 
 class ModelError(SystolicError, ValueError):
     """A model the accelerator cannot run; the message names the layer and what is supported."""
+
+
+class Add(nn.Module):
+    """A residual add in a `Chain`: the previous layer's output plus layer ``skip``'s output
+    (``-1``: the chain's input)."""
+
+    def __init__(self, skip):
+        super().__init__()
+        self.skip = skip
+
+    def forward(self, x, other):
+        return x + other
+
+    def extra_repr(self):
+        return f"skip={self.skip}"
+
+
+def run_layers(model, x):
+    """Every layer's output of ``model`` (a ``Sequential`` or `Chain`) on the batch ``x``."""
+    outputs = []
+    h = x
+    for layer in model:
+        if isinstance(layer, Add):
+            h = layer(h, x if layer.skip == -1 else outputs[layer.skip])
+        else:
+            h = layer(h)
+        outputs.append(h)
+    return outputs
+
+
+class Chain(nn.Sequential):
+    """A ``Sequential`` whose `Add` layers add an earlier layer's output (a residual)."""
+
+    def forward(self, x):
+        return run_layers(self, x)[-1]
 
 
 @dataclass(frozen=True)
@@ -206,8 +247,18 @@ def check_supported(model, input_shape, *, where=None):
 def _check_layers(model, shape):
     shapes = []
     previous = None
+    first = shape
     for i, layer in enumerate(model):
-        if type(layer) is nn.Conv2d:
+        if type(layer) is Add:
+            _check_add(model, i, layer, first, shapes, shape)
+        elif type(layer) is nn.AdaptiveAvgPool2d:
+            if _pair(layer.output_size) != (1, 1):
+                _fail(i, layer, f"adaptive pooling must be to 1x1 (global), not "
+                                f"{layer.output_size}")
+            if len(shape) != 3:
+                _fail(i, layer, f"global pooling input must be (C, H, W), not {shape}")
+            shape = (shape[0], 1, 1)
+        elif type(layer) is nn.Conv2d:
             shape = _check_conv(i, layer, shape)
         elif type(layer) is nn.Linear:
             if len(shape) != 1:
@@ -218,8 +269,8 @@ def _check_layers(model, shape):
                       f"not {layer.in_features}")
             shape = (layer.out_features,)
         elif type(layer) is nn.ReLU:
-            if type(previous) not in (nn.Conv2d, nn.Linear):
-                _fail(i, layer, "ReLU must directly follow a Conv2d or Linear layer")
+            if type(previous) not in (nn.Conv2d, nn.Linear, Add):
+                _fail(i, layer, "ReLU must directly follow a Conv2d, Linear or Add layer")
         elif type(layer) in (nn.MaxPool2d, nn.AvgPool2d):
             shape = _check_pool(i, layer, shape)
         elif type(layer) is nn.Flatten:
@@ -235,6 +286,23 @@ def _check_layers(model, shape):
     if type(model[-1]) is not nn.Linear:
         _fail(len(model) - 1, model[-1], "the last layer must be Linear (it gives the logits)")
     return shapes
+
+
+def _check_add(model, i, layer, first, shapes, shape):
+    if not isinstance(model, Chain):
+        _fail(i, layer, "a residual Add needs a models.Chain, not a plain Sequential")
+    skip = layer.skip
+    if not isinstance(skip, int) or isinstance(skip, bool) or not -1 <= skip < i:
+        _fail(i, layer, f"skip must be an earlier layer's index (below {i}) or -1 (the "
+                        f"input), not {skip!r}")
+    other = first if skip == -1 else shapes[skip]
+    if other != shape:
+        _fail(i, layer, f"the operands must have the same shape, not {shape} and {other} (the "
+                        f"output of layer {skip})")
+    if skip >= 0 and type(model[skip]) in (nn.Conv2d, nn.Linear, Add) \
+            and type(model[skip + 1]) is nn.ReLU:
+        _fail(i, layer, f"skip must not be layer {skip}: its output before the ReLU that follows "
+                        f"is not kept; add layer {skip + 1}'s output")
 
 
 def model_spec(model, input_shape):
@@ -262,6 +330,10 @@ def model_spec(model, input_shape):
             stride = layer.kernel_size if layer.stride is None else layer.stride
             spec.append({"type": kind, "kernel_size": _pair(layer.kernel_size)[0],
                          "stride": _pair(stride)[0]})
+        elif kind == "Add":
+            spec.append({"type": kind, "skip": layer.skip})
+        elif kind == "AdaptiveAvgPool2d":
+            spec.append({"type": kind, "output_size": 1})
         else:
             spec.append({"type": kind})
     return spec
@@ -285,8 +357,10 @@ def model_from_spec(spec, input_shape):
                 layers.append(nn.Conv2d(**args))
             elif kind == "Linear":
                 layers.append(nn.Linear(**args))
-            elif kind in ("MaxPool2d", "AvgPool2d", "ReLU", "Flatten"):
+            elif kind in ("MaxPool2d", "AvgPool2d", "ReLU", "Flatten", "AdaptiveAvgPool2d"):
                 layers.append(getattr(nn, kind)(**args))
+            elif kind == "Add":
+                layers.append(Add(**args))
             else:
                 raise ModelError(f"model spec layer type must be a supported layer, not {kind!r}; "
                                  f"{SUPPORTED}")
@@ -294,7 +368,7 @@ def model_from_spec(spec, input_shape):
         if isinstance(e, ModelError):
             raise
         raise ModelError(f"model spec entry {len(layers)} is malformed ({e})") from None
-    model = nn.Sequential(*layers)
+    model = (Chain if any(type(m) is Add for m in layers) else nn.Sequential)(*layers)
     check_supported(model, tuple(input_shape))
     return model
 

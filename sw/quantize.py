@@ -9,7 +9,9 @@ Per the arithmetic contract (``docs/arithmetic.md``):
 * weights are symmetric int8 per output channel: ``s_w[c] = max |w[c]| / 127``,
   ``w_q = round(w / s_w)``; the bias is ``b_q = round(b / (s_in * s_w))`` in int32;
 * ``(M, s) = arith.choose_multiplier(s_in * s_w / s_out)``; ReLU is fused into the preceding
-  layer; pooling and flattening keep the scale.
+  layer; pooling and flattening keep the scale;
+* a residual add's output scale is calibrated as a layer's; each operand gets its own
+  ``(M, s)`` (`add_multipliers`).
 
 Any traceable model is first lowered to that layer chain by `frontend.lower` (BatchNorm folded
 into the layer before it, functional forms and identities resolved).
@@ -36,10 +38,11 @@ __all__ = [
 
 
 def _requantized(model):
-    """Indices of the Conv2d / Linear layers and of the tensor each one's output scale uses."""
+    """Indices of the Conv2d / Linear / Add layers and of the tensor each one's output scale
+    uses."""
     out = []
     for i, layer in enumerate(model):
-        if type(layer) in (nn.Conv2d, nn.Linear):
+        if type(layer) in (nn.Conv2d, nn.Linear, models.Add):
             relu = i + 1 < len(model) and type(model[i + 1]) is nn.ReLU
             out.append((i, i + 1 if relu else i, relu))
     return out
@@ -58,9 +61,8 @@ def calibrate(model, x, *, batch_size=256):
     amax = [0.0] * len(model)
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            h = x[start:start + batch_size]
-            for i, layer in enumerate(model):
-                h = layer(h)
+            outputs = models.run_layers(model, x[start:start + batch_size])
+            for i, h in enumerate(outputs):
                 amax[i] = max(amax[i], float(h.abs().max()))
     return amax
 
@@ -136,9 +138,22 @@ def quantize(model, calib_x, *, input_shape=None, p_max, dataset, arch="custom")
     amax = calibrate(model, calib_x)
     requant = {i: (j, relu) for i, j, relu in _requantized(model)}
     layers, s_in = [], 1 / arith.INT8_MAX
+    index = []                  # the QNet layer whose output each float layer's output is
+    scales = []                 # the scale of each QNet layer's output
     for i, layer in enumerate(model):
         name = f"layer {i} ({layer!r})"
-        if i in requant:
+        if i in requant and type(layer) is models.Add:
+            j, relu = requant[i]
+            skip = -1 if layer.skip == -1 else index[layer.skip]
+            s_skip = 1 / arith.INT8_MAX if skip == -1 else scales[skip]
+            out_scale = amax[j] / arith.INT8_MAX if amax[j] > 0 else s_in
+            try:
+                M, s = add_multipliers(s_in / out_scale, s_skip / out_scale)
+            except arith.ContractError as e:
+                raise arith.ContractError(f"{name}: {e}") from None
+            layers.append(Add(skip, M, s, relu, float(out_scale)))
+            s_in = out_scale
+        elif i in requant:
             j, relu = requant[i]
             q = _quantize_layer(layer, name, s_in, amax[j], relu)
             s_in = q.out_scale
@@ -146,8 +161,12 @@ def quantize(model, calib_x, *, input_shape=None, p_max, dataset, arch="custom")
         elif type(layer) in (nn.MaxPool2d, nn.AvgPool2d):
             layers.append(Pool("max" if type(layer) is nn.MaxPool2d else "avg",
                                spec[i]["kernel_size"], spec[i]["stride"]))
+        elif type(layer) is nn.AdaptiveAvgPool2d:
+            layers.append(GlobalAvgPool())
         elif type(layer) is nn.Flatten:
             layers.append(Flatten())
+        index.append(len(layers) - 1)
+        scales[len(scales):] = [s_in] * (len(layers) - len(scales))
     state = {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()}
     qnet = QNet(layers, tuple(input_shape), int(p_max), dataset, arch, 1 / arith.INT8_MAX,
                 spec, state)
@@ -248,9 +267,12 @@ def _qat_forward(model, out_scales):
     requant = {j: i for i, j, _ in _requantized(model)}
 
     def forward(x):
-        h = _FakeQuant.apply(x, 1 / arith.INT8_MAX, 0, arith.INT8_MAX)
+        h = first = _FakeQuant.apply(x, 1 / arith.INT8_MAX, 0, arith.INT8_MAX)
+        outs = []
         for j, layer in enumerate(model):
-            if type(layer) in (nn.Conv2d, nn.Linear):
+            if type(layer) is models.Add:
+                h = layer(h, first if layer.skip == -1 else outs[layer.skip])
+            elif type(layer) in (nn.Conv2d, nn.Linear):
                 w = layer.weight
                 dims = (w.shape[0],) + (1,) * (w.dim() - 1)
                 scale = (w.detach().abs().reshape(w.shape[0], -1).amax(dim=1) / arith.WEIGHT_MAX)
@@ -264,6 +286,7 @@ def _qat_forward(model, out_scales):
                 h = layer(h)
             if j in requant:
                 h = _FakeQuant.apply(h, out_scales[j], arith.INT8_MIN, arith.INT8_MAX)
+            outs.append(h)
         return h
 
     return forward

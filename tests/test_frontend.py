@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from systolic.sw import cli, data, frontend, golden, models, quantize, train
 from systolic.sw.models import ModelError
-from systolic.sw.qnet import Conv, Linear
+from systolic.sw.qnet import Add, Conv, Linear
 from torch import nn
 
 
@@ -224,6 +224,18 @@ class Wrap(nn.Module):
         return self.head(torch.flatten(self._features(x), 1))
 
 
+class ProjectionBlock(nn.Module):
+    """A residual block whose shortcut is a 1x1 convolution (a branch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3, padding=1)
+        self.proj = nn.Conv2d(4, 8, 1)
+
+    def forward(self, x):
+        return F.relu(self.conv(x)) + self.proj(x)
+
+
 LINE = r"test_frontend\.py:\d+ `.*`"
 ERRORS = [
     ("depthwise", lambda: Wrap(nn.Conv2d(4, 4, 3, groups=4)),
@@ -243,9 +255,20 @@ ERRORS = [
     ("concatenation", lambda: Wrap(nn.Identity(), lambda x: torch.cat([x, x], 1)),
      r"^cat at " + LINE + r": not supported; concatenation joins branches, and the accelerator "
      r"runs a chain of layers: widen one convolution instead"),
-    ("residual", lambda: Wrap(nn.Identity(), lambda x: x + F.relu(x)),
-     r"^add at " + LINE + r": it combines 2 activations .*; element-wise arithmetic between "
-     r"activations \(a residual add\) is not supported yet"),
+    ("add before relu", lambda: Wrap(nn.Identity(), lambda x: x + F.relu(x)),
+     r"^add at " + LINE + r": it adds conv2d, a Conv2d or Linear output before the BatchNorm or "
+     r"ReLU that follows it, which the lowering does not keep; add the output after its "
+     r"BatchNorm and ReLU$"),
+    ("projection shortcut", lambda: Wrap(nn.Identity(), ProjectionBlock()),
+     r"^conv2d at module 'fn\.proj' \(Conv2d\), .*: the model must be a chain of layers, but "
+     r"this takes conv2d, not the latest result .* \(a branch, or a projection on a skip "
+     r"connection\); a skip connection may only add an earlier output unchanged"),
+    ("add a constant", lambda: Wrap(nn.Identity(), lambda x: x + 1.0),
+     r"^add at " + LINE + r": adding a constant is not supported; the only element-wise "
+     r"arithmetic is a residual add"),
+    ("multiply", lambda: Wrap(nn.Identity(), lambda x: x * x),
+     r"^mul at " + LINE + r": not supported; the only element-wise arithmetic is a residual "
+     r"add"),
     ("upsampling", lambda: Wrap(nn.Upsample(scale_factor=2)),
      r"^upsample_nearest2d at module 'body' \(Upsample\), .*: not supported; the accelerator "
      r"keeps or shrinks feature maps"),
@@ -253,14 +276,14 @@ ERRORS = [
      r"^batch_norm at module 'body\.1' \(BatchNorm2d\), .*: a BatchNorm must directly follow a "
      r"Conv2d or Linear layer \(it is folded into that layer's weights and bias\); move it"),
     ("relu after pooling", lambda: Wrap(nn.Sequential(nn.MaxPool2d(2), nn.ReLU())),
-     r"^relu at module 'body\.1' \(ReLU\), .*: a ReLU must directly follow a Conv2d or Linear "
-     r"layer \(the hardware fuses it there\); move the ReLU before the pooling"),
+     r"^relu at module 'body\.1' \(ReLU\), .*: a ReLU must directly follow a Conv2d, Linear or "
+     r"residual add \(the hardware fuses it there\); move the ReLU before the pooling"),
     ("softmax", lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Softmax(1)),
      r"^softmax at module '2' \(Softmax\): not supported; the logits are the last Linear "
      r"layer's outputs"),
-    ("global mean", lambda: Wrap(nn.Identity(), lambda x: x.mean((2, 3))),
-     r"^mean at " + LINE + r": a mean over dimensions \[2, 3\] of \(1, 4, 8, 8\) is not "
-     r"supported \(only over H and W of a 2x2 or 3x3 map\); pool with AvgPool2d"),
+    ("channel mean", lambda: Wrap(nn.Identity(), lambda x: x.mean(1, keepdim=True)),
+     r"^mean at " + LINE + r": a mean over dimensions \[1\] of \(1, 4, 8, 8\) is not "
+     r"supported \(only over H and W: global average pooling\); x\.mean\(\(2, 3\)\)"),
     ("kernel 9", lambda: Wrap(nn.Conv2d(4, 4, 9, padding=4), nn.BatchNorm2d(4)),
      r"^layer 1 \(Conv2d\(4, 4, kernel_size=\(9, 9\), .*\)\) from module 'body' \(Conv2d\), .* \+ "
      r"module 'fn' \(BatchNorm2d\), .*: kernel size must be between 1 and 7, not \(9, 9\); "
@@ -409,3 +432,122 @@ def test_cli_qat_on_a_program(capsys, tmp_path, split):
     assert code == 0
     print(out)
     assert json.loads(out)["int8_accuracy"] >= 0.9
+
+
+# Residual networks (golden model only: the compiler refuses them) ---------------------------
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + x)
+
+
+class ResNet(nn.Module):
+    """BatchNorm, two identity-shortcut residual blocks, max pooling between them, global
+    average pooling by x.mean((2, 3)) over a 4x4 map, a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.block1 = Block(8)
+        self.block2 = Block(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stem(x)))
+        x = self.block2(F.max_pool2d(self.block1(x), 2))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def resnet(split):
+    torch.manual_seed(6)
+    model = _randomize_batchnorm(ResNet()).eval()
+    qnet = quantize.quantize(model, split.train.x[:256], input_shape=(1, 8, 8), p_max=16,
+                             dataset="digits")
+    return model, qnet
+
+
+def test_residual_network_lowers(split, resnet):
+    model, qnet = resnet
+    lowered = frontend.lower(model, (1, 8, 8))
+    assert isinstance(lowered, models.Chain)
+    assert [m.skip for m in lowered if isinstance(m, models.Add)] == [1, 7]
+    assert type(lowered[13]) is nn.AdaptiveAvgPool2d
+    x = torch.from_numpy(split.test.x)
+    with torch.no_grad():
+        torch.testing.assert_close(lowered(x), model(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(qnet.float_model()(x), model(x), rtol=1e-5, atol=1e-5)
+    assert [q.KIND for q in qnet.layers] == ["conv", "conv", "conv", "add", "pool", "conv",
+                                             "conv", "add", "gap", "flatten", "linear"]
+    assert [q.skip for q in qnet.layers if isinstance(q, Add)] == [0, 4]
+
+
+def test_residual_network_golden_vs_fake_quant(split, resnet):
+    model, qnet = resnet
+    images = split.test.q
+    result = golden.run(qnet, images)
+    inputs = [images] + result.outputs[:-1]
+    for i, layer in enumerate(qnet.layers):
+        m, skip = None, None
+        if isinstance(layer, Conv | Linear):
+            m = qnet.multipliers(i)
+        elif isinstance(layer, Add):
+            m = qnet.add_multipliers(i)
+            skip = torch.from_numpy(result.outputs[layer.skip].astype(np.float64))
+        fake = quantize.fake_quant_layer(layer, torch.from_numpy(inputs[i].astype(np.float64)),
+                                         m, skip)
+        diff = np.abs(fake.numpy() - result.outputs[i].astype(np.float64))
+        assert diff.max() <= (1 if isinstance(layer, Conv | Linear | Add) else 0), f"layer {i}"
+    fake = quantize.fake_quant_forward(qnet, images)
+    rates = [float(np.mean(f.numpy() != g)) for f, g in zip(fake, result.outputs)]
+    float_pred = train.logits(model, split.test.x).argmax(dim=1).numpy()
+    print(f"residual net: per-layer mismatch rates {[f'{r:.3%}' for r in rates]}; top-1 "
+          f"agreement with the float model {np.mean(float_pred == result.predictions):.2%}")
+    assert max(rates) < 0.05
+    assert np.mean(fake[-1].numpy().argmax(axis=1) == result.predictions) >= 0.97
+
+
+def test_residual_program_through_the_command_line(capsys, tmp_path, split, resnet):
+    model, qnet = resnet
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 1, 8, 8),)),
+                      tmp_path / "res.pt2")
+    code, _, err = _main(capsys, "quantize", tmp_path / "res.pt2", "--dataset", "digits",
+                         "-o", tmp_path / "res.qnet")
+    assert (code, err) == (0, "")
+    code, out, err = _main(capsys, "eval", tmp_path / "res.qnet", "--json")
+    assert (code, err) == (0, "")
+    from systolic.sw.qnet import QNet
+    back = QNet.load(tmp_path / "res.qnet")
+    assert np.array_equal(golden.run(back, split.test.q).logits,
+                          golden.run(qnet, split.test.q).logits)
+    code, _, err = _main(capsys, "simulate", tmp_path / "res.qnet", "--images", "1")
+    assert code == 2
+    assert re.match(r"^systolic: error: layer 3 \(add\): ", err), err
+    assert err.count("\n") == 1
+
+
+def test_residual_qat(split):
+    torch.manual_seed(7)
+    model = ResNet()
+    train.train(model, split, epochs=2, batch_size=32, lr=0.05, momentum=0.9, weight_decay=1e-4,
+                progress=False, log=lambda line: None)
+    lowered = frontend.lower(model.eval(), (1, 8, 8))
+    history = quantize.qat_finetune(lowered, split, epochs=1, calib_x=split.train.x[:64],
+                                    progress=False, log=lambda line: None)
+    qnet = quantize.quantize(lowered, split.train.x[:64], input_shape=(1, 8, 8), p_max=16,
+                             dataset="digits")
+    int8 = float(np.mean(golden.predict(qnet, split.test.q) == split.test.labels))
+    print(f"residual net after 1 QAT epoch: fake-quant {history[-1].test_accuracy:.2%}, "
+          f"int8 {int8:.2%}")
+    assert int8 >= 0.85
+    assert abs(history[-1].test_accuracy - int8) <= 0.03

@@ -43,7 +43,7 @@ def test_unknown_architecture():
     ([nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4, 10)],
      r"^layer 0 \(.*\): in_channels must match the input's 1 channels, not 2"),
     ([nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(36, 10)],
-     r"^layer 2 \(ReLU\(\)\): ReLU must directly follow a Conv2d or Linear layer"),
+     r"^layer 2 \(ReLU\(\)\): ReLU must directly follow a Conv2d, Linear or Add layer"),
     ([nn.MaxPool2d(4), nn.Flatten(), nn.Linear(4, 10)],
      r"^layer 0 \(MaxPool2d\(.*\)\): pooling window must be square, 2 or 3, not \(4, 4\)"),
     ([nn.MaxPool2d(2, padding=1), nn.Flatten(), nn.Linear(25, 10)],
@@ -173,3 +173,52 @@ def test_checkpoint_with_unsupported_layer(tmp_path, conv, problem):
                        match=r"^.*c\.pt: the checkpoint's model is not supported: layer 0 "
                              r"\(Conv2d\(.*\)\): " + problem + SUPPORTED):
         train.load_checkpoint(tmp_path / "c.pt")
+
+
+def _chain(*layers):
+    return models.Chain(*layers)
+
+
+def test_chain_spec_round_trip():
+    model = _chain(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                   models.Add(1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                   nn.Linear(4, 10))
+    assert models.check_supported(model, (1, 8, 8))[3:6] == [(4, 8, 8), (4, 8, 8), (4, 1, 1)]
+    spec = models.model_spec(model, (1, 8, 8))
+    assert spec[3] == {"type": "Add", "skip": 1}
+    assert spec[5] == {"type": "AdaptiveAvgPool2d", "output_size": 1}
+    rebuilt = models.model_from_spec(spec, (1, 8, 8))
+    assert type(rebuilt) is models.Chain
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        h = torch.relu(model[0](x))
+        want = model[7](torch.relu(model[2](h) + h).mean((2, 3)))
+        torch.testing.assert_close(rebuilt(x), want)
+
+
+@pytest.mark.parametrize(("layers", "match"), [
+    ([nn.Conv2d(1, 4, 3, padding=1), models.Add(-1), nn.Flatten(), nn.Linear(256, 10)],
+     r"^layer 1 \(Add\(skip=-1\)\): the operands must have the same shape, not \(4, 8, 8\) and "
+     r"\(1, 8, 8\) \(the output of layer -1\)"),
+    ([nn.Conv2d(1, 4, 3, padding=1), models.Add(1), nn.Flatten(), nn.Linear(256, 10)],
+     r"^layer 1 \(Add\(skip=1\)\): skip must be an earlier layer's index \(below 1\) or -1 \(the "
+     r"input\), not 1"),
+    ([nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1), models.Add(0), nn.Flatten(),
+      nn.Linear(256, 10)],
+     r"^layer 3 \(Add\(skip=0\)\): skip must not be layer 0: its output before the ReLU that "
+     r"follows is not kept; add layer 1's output"),
+    ([nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 10)],
+     r"^layer 1 \(AdaptiveAvgPool2d\(output_size=2\)\): adaptive pooling must be to 1x1 "
+     r"\(global\), not 2"),
+])
+def test_bad_chains(layers, match):
+    with pytest.raises(ModelError, match=match + SUPPORTED):
+        models.check_supported(_chain(*layers), (1, 8, 8))
+
+
+def test_add_needs_a_chain():
+    with pytest.raises(ModelError, match=r"^layer 1 \(Add\(skip=-1\)\): a residual Add needs a "
+                                         r"models\.Chain, not a plain Sequential"):
+        models.check_supported(nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), models.Add(-1),
+                                             nn.Flatten(), nn.Linear(64, 10)), (1, 8, 8))
