@@ -242,7 +242,8 @@ def _table(header, rows, *, cls="", text=(0, 1)):
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f'<td class="{"t" if k in text else "n"}">{c}</td>'
                                     for k, c in enumerate(row)) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    head = f"<thead><tr>{head}</tr></thead>" if any(header) else ""
+    return f'<table class="{cls}">{head}<tbody>{body}</tbody></table>'
 
 
 def _num(v, fmt="{:,}"):
@@ -415,7 +416,10 @@ def _accuracy_section(sim, float_accuracy, predictions, labels, classes):
         m = np.zeros((k, k), np.int64)
         np.add.at(m, (np.asarray(labels), np.asarray(predictions)), 1)
         fig, ax = plt.subplots(figsize=(0.42 * k + 1.6, 0.42 * k + 1.2))
-        ax.imshow(m, cmap="Blues")
+        # Vector cells (pcolormesh), not imshow's embedded raster image.
+        ax.pcolormesh(np.arange(k + 1) - 0.5, np.arange(k + 1) - 0.5, m, cmap="Blues")
+        ax.set_aspect("equal")
+        ax.invert_yaxis()
         for (t, p), v in np.ndenumerate(m):
             if v:
                 ax.text(p, t, str(v), ha="center", va="center", fontsize=7,
