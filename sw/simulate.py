@@ -687,9 +687,11 @@ def add_parser(subparsers):
                    help="images per run: each layer takes the whole batch at once, so a fully "
                         "connected layer puts an image on each row of the array (default: "
                         "auto, the largest batch that fits the memories)")
-    p.add_argument("--dense-input", action=argparse.BooleanOptionalAction, default=True,
-                   help="send a first convolution with few input channels its im2col input "
-                        "(kh*kw times the bytes, a fraction of the cycles; default: on)")
+    p.add_argument("--dense-input", action=argparse.BooleanOptionalAction, default=False,
+                   help="send a first convolution with few input channels its im2col input: "
+                        "every reduction step of the array does real work, for kh*kw times the "
+                        "input's bytes on the link. Fewer array cycles (what a chip with a fast "
+                        "host link would run), a slower simulation (default: off)")
     p.add_argument("--trace", action="store_true",
                    help="read back every layer's output and name the first differing value")
     p.add_argument("--report", metavar="FILE.html",
