@@ -13,20 +13,21 @@ functional forms:
   layer's weights and bias with the running statistics (eval mode);
 * ReLU (``nn.ReLU``, ``F.relu``, ``torch.relu``, in place or not, ``clamp(min=0)``);
 * max and average pooling (modules, ``F.max_pool2d``, ``F.avg_pool2d``; adaptive pooling and
-  ``x.mean((2, 3))`` when they amount to a 2x2 or 3x3 window);
+  ``x.mean((2, 3))`` when they amount to a 2x2 or 3x3 window; average pooling over the whole
+  map is global average pooling);
 * flattening before a linear layer (``nn.Flatten``, ``torch.flatten(x, 1)``,
   ``x.view(n, -1)``, ``x.reshape(n, -1)``);
 * a residual add ``a + b`` (``torch.add``, ``+=``) of the latest result and an earlier output
-  of the same shape (an identity shortcut), ReLU may follow; global average pooling
+  of the same shape, ReLU may follow, and branches from an earlier output (a projection
+  shortcut: a `models.Branch` starts the layers on it); global average pooling
   (``x.mean((2, 3))``, ``F.adaptive_avg_pool2d(x, 1)``, ``nn.AdaptiveAvgPool2d(1)``). These
   two run in the golden model only: the accelerator does not run them yet;
 * ``Dropout`` and other identities (ignored: the model is lowered as in eval mode).
 
 Anything else (another activation, a grouped, depthwise or dilated convolution, concatenation,
-a projection shortcut, upsampling, explicit padding, ...) raises `models.ModelError` naming the
+upsampling, explicit padding, ...) raises `models.ModelError` naming the
 operation, where it is in the user's model (module path and source line, as ``torch.export``
-records them) and the nearest supported rewrite. Apart from a residual add's second operand,
-the graph must be a chain: each operation takes the previous one's output.
+records them) and the nearest supported rewrite.
 
 A plain ``nn.Sequential`` of the supported layers is returned unchanged, so its errors are the
 validator's.
@@ -200,7 +201,8 @@ def lower(model, input_shape=None):
         raise ModelError(f"model must be a torch.nn.Module or a torch.export.ExportedProgram, "
                          f"not {type(model).__name__}")
     layers, where = _Walker(program).walk()
-    seq = (models.Chain if any(type(m) is models.Add for m in layers) else nn.Sequential)(
+    seq = (models.Chain if any(type(m) in (models.Add, models.Branch) for m in layers)
+           else nn.Sequential)(
         *layers).eval()
     models.check_supported(seq, shape, where=where)
     return seq
@@ -331,11 +333,7 @@ class _Walker:
                 self.fail(node, f"it combines {len(acts)} activations "
                                 f"({', '.join(a.name for a in acts)})")
             if acts[0] is not self.current:
-                self.fail(node, f"the model must be a chain of layers, but this takes "
-                                f"{acts[0].name}, not the latest result {self.current.name} (a "
-                                "branch, or a projection on a skip connection)",
-                          "a skip connection may only add an earlier output unchanged (an "
-                          "identity shortcut): remove the branch or the layers on the skip path")
+                self.branch(node, acts[0])
             self.step(node)
         return self.layers, self.where
 
@@ -491,6 +489,17 @@ class _Walker:
         self.forget(len(self.layers) - 1)
         self.emit(node, nn.ReLU())
 
+    def branch(self, node, src):
+        """``node`` computes on an earlier result ``src``: a new branch starts there (a
+        projection shortcut, say); an `Add` must join it to the other."""
+        if src not in self.index:
+            self.fail(node, f"it takes {src.name}, a Conv2d or Linear output before the "
+                            "BatchNorm or ReLU that follows it, which the lowering does not keep",
+                      "branch from the output after its BatchNorm and ReLU")
+        self.emit(node, models.Branch(self.index[src]))
+        self.where[-1] = f"the branch into {_where(node)}"
+        self.current = src
+
     def add(self, node):
         a, kw = list(node.args), node.kwargs
         alpha = a[2] if len(a) > 2 else kw.get("alpha", 1)
@@ -501,9 +510,8 @@ class _Walker:
             self.fail(node, f"a residual add must have alpha=1, not {alpha}")
         if self.current not in (x, y):
             self.fail(node, f"it adds {x.name} and {y.name}, neither of them the latest result "
-                            f"{self.current.name} (two branches)",
-                      "a skip connection may only add an earlier output unchanged to the "
-                      "latest result (an identity shortcut)")
+                            f"{self.current.name}",
+                      "add each branch's result as soon as it is computed")
         other = y if x is self.current else x
         if other not in self.index:
             self.fail(node, f"it adds {other.name}, a Conv2d or Linear output before the "
@@ -520,6 +528,12 @@ class _Walker:
             args["dilation"] = _one(args["dilation"])
         kernel, stride = _one(args.pop("kernel_size")), _one(args.pop("stride"))
         args["padding"] = _one(args.get("padding", 0))
+        shape, out = self.shape(node.args[0]), self.shape(node)
+        if cls is nn.AvgPool2d and shape is not None and out is not None \
+                and _pair(kernel) == tuple(shape[-2:]) and tuple(out[-2:]) == (1, 1) \
+                and _pair(kernel)[0] not in (2, 3) and args["padding"] == 0:
+            self.emit(node, nn.AdaptiveAvgPool2d(1))     # a window over the whole map: global
+            return
         self.emit(node, cls(kernel, stride, **args))
 
     def adaptive(self, node, cls, size):

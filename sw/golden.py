@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import arith
-from .qnet import ADD_SHIFT_SPREAD, Add, Conv, Flatten, GlobalAvgPool, Linear, Pool, QNet
+from .qnet import ADD_SHIFT_SPREAD, Add, Branch, Conv, Flatten, GlobalAvgPool, Linear, Pool, QNet
 
 __all__ = [
     "GoldenResult", "add_parser", "evaluate", "global_avgpool", "predict", "residual_add", "run",
@@ -102,7 +102,8 @@ def global_avgpool(x):
 def run_layer(layer, x, skip=None):
     """One layer on an int8 batch ``x`` (``(N, C, H, W)`` or ``(N, K)``); returns int8.
 
-    ``skip`` is an `Add` layer's second operand (the output of its ``skip`` layer).
+    ``skip`` is an `Add` layer's second operand (the output of its ``skip`` layer), or a
+    `Branch` layer's output (the output of its ``src`` layer).
 
     Raises
     ------
@@ -122,11 +123,14 @@ def run_layer(layer, x, skip=None):
         return x.reshape(len(x), -1)
     if isinstance(layer, GlobalAvgPool):
         return global_avgpool(x)
-    if isinstance(layer, Add):
+    if isinstance(layer, Add | Branch):
         if skip is None:
-            raise TypeError("an Add layer needs its skip operand")
+            raise TypeError(f"an {type(layer).__name__} layer needs its other operand")
+        if isinstance(layer, Branch):
+            return skip
         return residual_add(x, skip, layer.M, layer.s, relu=layer.relu)
-    raise TypeError(f"layer must be a Conv, Linear, Pool, GlobalAvgPool, Add or Flatten, not "
+    raise TypeError(f"layer must be a Conv, Linear, Pool, GlobalAvgPool, Add, Branch or "
+                    f"Flatten, not "
                     f"{type(layer).__name__}")
 
 
@@ -158,8 +162,9 @@ def run(qnet: QNet, images):
     outputs, x = [], images
     for layer in qnet.layers:
         skip = None
-        if isinstance(layer, Add):
-            skip = images if layer.skip == -1 else outputs[layer.skip]
+        if isinstance(layer, Add | Branch):
+            src = layer.skip if isinstance(layer, Add) else layer.src
+            skip = images if src == -1 else outputs[src]
         x = run_layer(layer, x, skip)
         outputs.append(x)
     return GoldenResult(outputs)

@@ -10,7 +10,8 @@ A supported model is a flat `torch.nn.Sequential` of:
 
 A `Chain` (a ``Sequential`` whose layers may also read an earlier layer's output) may besides
 hold a residual `Add` (the previous output plus an earlier one of the same shape; ReLU may follow
-it) and global average pooling (``AdaptiveAvgPool2d(1)``). The golden model runs these; the
+it), a `Branch` (the layers after it start again from an earlier output: a projection
+shortcut) and global average pooling (``AdaptiveAvgPool2d(1)``). The golden model runs these; the
 accelerator does not yet (the compiler refuses them, naming the layer).
 
 Any other model (BatchNorm, functional forms, a ``torch.export`` program) is first lowered to
@@ -30,21 +31,36 @@ from . import arith
 from .errors import SystolicError
 
 __all__ = [
-    "ARCHS", "CONV_PADDINGS", "SUPPORTED", "Add", "Arch", "Chain", "ModelError", "build_model",
-    "check_supported", "model_from_spec", "model_spec", "run_layers",
+    "ARCHS", "CONV_PADDINGS", "SUPPORTED", "Add", "Arch", "Branch", "Chain", "ModelError",
+    "build_model", "check_supported", "model_from_spec", "model_spec", "run_layers",
 ]
 
 CONV_PADDINGS = range(0, 4)     #: zero padding 0..3
 
 SUPPORTED = (
     "supported layers: Conv2d (kernel 1-7, stride 1-2, zero padding 0-3, no dilation or "
-    "groups), ReLU (directly after Conv2d or Linear), MaxPool2d and AvgPool2d (square window "
+    "groups), ReLU (directly after Conv2d, Linear or Add), MaxPool2d and AvgPool2d (square window "
     "2-3, stride 1-3, no padding, floor mode), Flatten, Linear (the last layer); in the golden "
-    "model only, not yet on the accelerator: residual Add, AdaptiveAvgPool2d(1)")
+    "model only, not yet on the accelerator: residual Add, Branch, AdaptiveAvgPool2d(1)")
 
 
 class ModelError(SystolicError, ValueError):
     """A model the accelerator cannot run; the message names the layer and what is supported."""
+
+
+class Branch(nn.Module):
+    """The start of a branch in a `Chain`: its output is layer ``src``'s output (``-1``: the
+    chain's input), the input of the layers after it."""
+
+    def __init__(self, src):
+        super().__init__()
+        self.src = src
+
+    def forward(self, x, other):
+        return other
+
+    def extra_repr(self):
+        return f"src={self.src}"
 
 
 class Add(nn.Module):
@@ -67,8 +83,9 @@ def run_layers(model, x):
     outputs = []
     h = x
     for layer in model:
-        if isinstance(layer, Add):
-            h = layer(h, x if layer.skip == -1 else outputs[layer.skip])
+        if isinstance(layer, Add | Branch):
+            src = layer.skip if isinstance(layer, Add) else layer.src
+            h = layer(h, x if src == -1 else outputs[src])
         else:
             h = layer(h)
         outputs.append(h)
@@ -251,6 +268,9 @@ def _check_layers(model, shape):
     for i, layer in enumerate(model):
         if type(layer) is Add:
             _check_add(model, i, layer, first, shapes, shape)
+        elif type(layer) is Branch:
+            _check_source(model, i, layer, layer.src, "src")
+            shape = first if layer.src == -1 else shapes[layer.src]
         elif type(layer) is nn.AdaptiveAvgPool2d:
             if _pair(layer.output_size) != (1, 1):
                 _fail(i, layer, f"adaptive pooling must be to 1x1 (global), not "
@@ -288,21 +308,25 @@ def _check_layers(model, shape):
     return shapes
 
 
-def _check_add(model, i, layer, first, shapes, shape):
+def _check_source(model, i, layer, src, name):
     if not isinstance(model, Chain):
-        _fail(i, layer, "a residual Add needs a models.Chain, not a plain Sequential")
-    skip = layer.skip
-    if not isinstance(skip, int) or isinstance(skip, bool) or not -1 <= skip < i:
-        _fail(i, layer, f"skip must be an earlier layer's index (below {i}) or -1 (the "
-                        f"input), not {skip!r}")
-    other = first if skip == -1 else shapes[skip]
+        what = "residual Add" if type(layer) is Add else "Branch"
+        _fail(i, layer, f"a {what} needs a models.Chain, not a plain Sequential")
+    if not isinstance(src, int) or isinstance(src, bool) or not -1 <= src < i:
+        _fail(i, layer, f"{name} must be an earlier layer's index (below {i}) or -1 (the "
+                        f"input), not {src!r}")
+    if src >= 0 and type(model[src]) in (nn.Conv2d, nn.Linear, Add) \
+            and type(model[src + 1]) is nn.ReLU:
+        _fail(i, layer, f"{name} must not be layer {src}: its output before the ReLU that "
+                        f"follows is not kept; use layer {src + 1}'s output")
+
+
+def _check_add(model, i, layer, first, shapes, shape):
+    _check_source(model, i, layer, layer.skip, "skip")
+    other = first if layer.skip == -1 else shapes[layer.skip]
     if other != shape:
         _fail(i, layer, f"the operands must have the same shape, not {shape} and {other} (the "
-                        f"output of layer {skip})")
-    if skip >= 0 and type(model[skip]) in (nn.Conv2d, nn.Linear, Add) \
-            and type(model[skip + 1]) is nn.ReLU:
-        _fail(i, layer, f"skip must not be layer {skip}: its output before the ReLU that follows "
-                        f"is not kept; add layer {skip + 1}'s output")
+                        f"output of layer {layer.skip})")
 
 
 def model_spec(model, input_shape):
@@ -332,6 +356,8 @@ def model_spec(model, input_shape):
                          "stride": _pair(stride)[0]})
         elif kind == "Add":
             spec.append({"type": kind, "skip": layer.skip})
+        elif kind == "Branch":
+            spec.append({"type": kind, "src": layer.src})
         elif kind == "AdaptiveAvgPool2d":
             spec.append({"type": kind, "output_size": 1})
         else:
@@ -361,6 +387,8 @@ def model_from_spec(spec, input_shape):
                 layers.append(getattr(nn, kind)(**args))
             elif kind == "Add":
                 layers.append(Add(**args))
+            elif kind == "Branch":
+                layers.append(Branch(**args))
             else:
                 raise ModelError(f"model spec layer type must be a supported layer, not {kind!r}; "
                                  f"{SUPPORTED}")
@@ -368,7 +396,7 @@ def model_from_spec(spec, input_shape):
         if isinstance(e, ModelError):
             raise
         raise ModelError(f"model spec entry {len(layers)} is malformed ({e})") from None
-    model = (Chain if any(type(m) is Add for m in layers) else nn.Sequential)(*layers)
+    model = (Chain if any(type(m) in (Add, Branch) for m in layers) else nn.Sequential)(*layers)
     check_supported(model, tuple(input_shape))
     return model
 

@@ -19,7 +19,8 @@ from . import arith
 from .errors import SystolicError
 
 __all__ = [
-    "ADD_SHIFT_SPREAD", "FORMAT_VERSION", "MAGIC", "Add", "Conv", "Flatten", "GlobalAvgPool",
+    "ADD_SHIFT_SPREAD", "FORMAT_VERSION", "MAGIC", "Add", "Branch", "Conv", "Flatten",
+    "GlobalAvgPool",
     "Linear", "Pool", "QNet", "QnetError",
 ]
 
@@ -212,7 +213,30 @@ class Add:
                             f"{list(self.s)}")
 
 
-_LAYER_TYPES = {cls.KIND: cls for cls in (Conv, Linear, Pool, Flatten, GlobalAvgPool, Add)}
+@dataclass(eq=False)
+class Branch:
+    """The start of a branch: its output is layer ``src``'s output (``-1``: the input image),
+    the input of the layers that follow; a residual block's projection shortcut starts so.
+
+    Members
+    -------
+    src : int
+        An earlier layer's index, or ``-1``.
+    """
+
+    KIND: ClassVar[str] = "branch"
+    src: int
+
+    def check(self, i):
+        """Check ``src`` for layer ``i``; raises `QnetError`."""
+        if not isinstance(self.src, int) or isinstance(self.src, bool) \
+                or not -1 <= self.src < i:
+            raise QnetError(f"branch src must name an earlier layer (below {i}) or -1, not "
+                            f"{self.src!r}")
+
+
+_LAYER_TYPES = {cls.KIND: cls for cls in (Conv, Linear, Pool, Flatten, GlobalAvgPool, Add,
+                                           Branch)}
 _TENSORS = {"w": "int8", "b": "int32", "M": "uint16", "s": "uint8", "w_scale": "float64"}
 
 
@@ -222,9 +246,10 @@ class QNet:
 
     Members
     -------
-    layers : list of Conv, Pool, GlobalAvgPool, Add, Flatten, Linear
-        In order, each taking the previous one's output (an `Add` also an earlier one's); the
-        last is a `Linear` whose int8 outputs are the logits.
+    layers : list of Conv, Pool, GlobalAvgPool, Add, Branch, Flatten, Linear
+        In order, each taking the previous one's output (an `Add` also an earlier one's, a
+        `Branch` only an earlier one's); the last is a `Linear` whose int8 outputs are the
+        logits.
     input_shape : tuple of int
         ``(C, H, W)`` of one input image.
     p_max : int
@@ -262,7 +287,11 @@ class QNet:
             try:
                 if isinstance(layer, Add):
                     _check_skip(layer, i, tuple(self.input_shape), shapes, shape)
-                shape = layer.out_shape(shape)
+                if isinstance(layer, Branch):
+                    layer.check(i)
+                    shape = tuple(self.input_shape) if layer.src == -1 else shapes[layer.src]
+                else:
+                    shape = layer.out_shape(shape)
             except QnetError as e:
                 raise QnetError(f"layer {i} ({layer.KIND}): {e}") from None
             shapes.append(shape)
@@ -274,6 +303,8 @@ class QNet:
         for layer in self.layers:
             if isinstance(layer, Conv | Linear | Add):
                 scale = layer.out_scale
+            elif isinstance(layer, Branch):
+                scale = self.input_scale if layer.src == -1 else scales[layer.src]
             scales.append(scale)
         return scales
 
@@ -368,6 +399,8 @@ class QNet:
                      "out_shape": list(out_shape)}
             if isinstance(layer, Pool):
                 entry.update(op=layer.kind, kernel=layer.kernel, stride=layer.stride)
+            elif isinstance(layer, Branch):
+                entry.update(src=layer.src)
             elif isinstance(layer, Add):
                 entry.update(skip=layer.skip, M=[int(v) for v in layer.M],
                              s=[int(v) for v in layer.s], relu=bool(layer.relu),
@@ -520,6 +553,12 @@ def _from_header(h, data):
             layer = Flatten()
         elif kind == "gap":
             layer = GlobalAvgPool()
+        elif kind == "branch":
+            layer = Branch(_get(e, "src", int, where))
+            try:
+                layer.check(i)
+            except QnetError as err:
+                raise QnetError(f"malformed header: {where} (branch): {err}") from None
         elif kind == "add":
             layer = Add(_get(e, "skip", int, where), tuple(_get(e, "M", list, where)),
                         tuple(_get(e, "s", list, where)), _get(e, "relu", bool, where),
@@ -552,7 +591,10 @@ def _from_header(h, data):
                 raise QnetError(f"inconsistent shapes: {where}: b, M, s and w_scale must have "
                                 f"one entry per output channel of w {t['w'].shape}")
         try:
-            shape = layer.out_shape(shape)
+            if isinstance(layer, Branch):
+                shape = tuple(h["input_shape"]) if layer.src == -1 else out_shapes[layer.src]
+            else:
+                shape = layer.out_shape(shape)
         except QnetError as err:
             raise QnetError(f"inconsistent shapes: {where} ({kind}): {err}") from None
         if tuple(_get(e, "out_shape", list, where)) != shape:

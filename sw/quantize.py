@@ -29,7 +29,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import arith, frontend, models
-from .qnet import ADD_SHIFT_SPREAD, Add, Conv, Flatten, GlobalAvgPool, Linear, Pool, QNet
+from .qnet import (
+    ADD_SHIFT_SPREAD,
+    Add,
+    Branch,
+    Conv,
+    Flatten,
+    GlobalAvgPool,
+    Linear,
+    Pool,
+    QNet,
+)
 
 __all__ = [
     "add_multipliers", "add_parser", "calibrate", "fake_quant_forward", "fake_quant_layer",
@@ -163,6 +173,10 @@ def quantize(model, calib_x, *, input_shape=None, p_max, dataset, arch="custom")
                                spec[i]["kernel_size"], spec[i]["stride"]))
         elif type(layer) is nn.AdaptiveAvgPool2d:
             layers.append(GlobalAvgPool())
+        elif type(layer) is models.Branch:
+            src = -1 if layer.src == -1 else index[layer.src]
+            layers.append(Branch(src))
+            s_in = 1 / arith.INT8_MAX if src == -1 else scales[src]
         elif type(layer) is nn.Flatten:
             layers.append(Flatten())
         index.append(len(layers) - 1)
@@ -183,6 +197,8 @@ def fake_quant_layer(layer, x, m, skip=None):
     ``x * m[0] + skip * m[1]`` half up; pooling follows the contract.
     Returns an integer-valued float64 tensor.
     """
+    if isinstance(layer, Branch):
+        return skip
     if isinstance(layer, Add):
         y = torch.floor(x * float(m[0]) + skip * float(m[1]) + 0.5)
         return y.clamp(0 if layer.relu else arith.INT8_MIN, arith.INT8_MAX)
@@ -223,6 +239,8 @@ def fake_quant_forward(qnet, images):
         elif isinstance(layer, Add):
             m = qnet.add_multipliers(i)
             skip = first if layer.skip == -1 else outputs[layer.skip]
+        elif isinstance(layer, Branch):
+            skip = first if layer.src == -1 else outputs[layer.src]
         x = fake_quant_layer(layer, x, m, skip)
         outputs.append(x)
     return outputs
@@ -272,6 +290,8 @@ def _qat_forward(model, out_scales):
         for j, layer in enumerate(model):
             if type(layer) is models.Add:
                 h = layer(h, first if layer.skip == -1 else outs[layer.skip])
+            elif type(layer) is models.Branch:
+                h = first if layer.src == -1 else outs[layer.src]
             elif type(layer) in (nn.Conv2d, nn.Linear):
                 w = layer.weight
                 dims = (w.shape[0],) + (1,) * (w.dim() - 1)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from systolic.sw import cli, data, frontend, golden, models, quantize, train
+from systolic.sw import arith, cli, data, frontend, golden, models, quantize, train
 from systolic.sw.models import ModelError
-from systolic.sw.qnet import Add, Conv, Linear
+from systolic.sw.qnet import Add, Branch, Conv, Linear
 from torch import nn
 
 
@@ -224,18 +224,6 @@ class Wrap(nn.Module):
         return self.head(torch.flatten(self._features(x), 1))
 
 
-class ProjectionBlock(nn.Module):
-    """A residual block whose shortcut is a 1x1 convolution (a branch)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(4, 8, 3, padding=1)
-        self.proj = nn.Conv2d(4, 8, 1)
-
-    def forward(self, x):
-        return F.relu(self.conv(x)) + self.proj(x)
-
-
 LINE = r"test_frontend\.py:\d+ `.*`"
 ERRORS = [
     ("depthwise", lambda: Wrap(nn.Conv2d(4, 4, 3, groups=4)),
@@ -259,10 +247,10 @@ ERRORS = [
      r"^add at " + LINE + r": it adds conv2d, a Conv2d or Linear output before the BatchNorm or "
      r"ReLU that follows it, which the lowering does not keep; add the output after its "
      r"BatchNorm and ReLU$"),
-    ("projection shortcut", lambda: Wrap(nn.Identity(), ProjectionBlock()),
-     r"^conv2d at module 'fn\.proj' \(Conv2d\), .*: the model must be a chain of layers, but "
-     r"this takes conv2d, not the latest result .* \(a branch, or a projection on a skip "
-     r"connection\); a skip connection may only add an earlier output unchanged"),
+    ("branch before relu", lambda: Wrap(nn.Identity(), lambda x: F.relu(x) + x.flatten().sum()),
+     r"^flatten at " + LINE + r": it takes conv2d, a Conv2d or Linear output before the "
+     r"BatchNorm or ReLU that follows it, which the lowering does not keep; branch from the "
+     r"output after its BatchNorm and ReLU$"),
     ("add a constant", lambda: Wrap(nn.Identity(), lambda x: x + 1.0),
      r"^add at " + LINE + r": adding a constant is not supported; the only element-wise "
      r"arithmetic is a residual add"),
@@ -551,3 +539,78 @@ def test_residual_qat(split):
           f"int8 {int8:.2%}")
     assert int8 >= 0.85
     assert abs(history[-1].test_accuracy - int8) <= 0.03
+
+
+class Stack(nn.Module):
+    """A ResNet-8 stack: two 3x3 convolutions with BatchNorm, the first strided, and a 1x1
+    strided projection on the shortcut when the shape changes (as MLPerf Tiny's model)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.proj = nn.Conv2d(cin, cout, 1, stride) if stride != 1 or cin != cout else None
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + (self.proj(x) if self.proj is not None else x))
+
+
+class ResNet8(nn.Module):
+    """The MLPerf Tiny image-classification topology: 32x32x3 input; 16, 32, 64 channels in
+    three residual stacks; average pooling over the final 8x8 map; dense 10."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.stacks = nn.Sequential(Stack(16, 16, 1), Stack(16, 32, 2), Stack(32, 64, 2))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.stacks(F.relu(self.bn(self.stem(x))))
+        return self.fc(torch.flatten(F.avg_pool2d(x, 8), 1))
+
+
+def test_resnet8_topology_in_the_golden_model():
+    torch.manual_seed(8)
+    model = _randomize_batchnorm(ResNet8()).eval()
+    rng = np.random.default_rng(8)
+    pixels = rng.integers(0, 256, (48, 3, 32, 32))
+    x = (pixels / 255).astype(np.float32)
+    lowered = frontend.lower(model, (3, 32, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(lowered(torch.from_numpy(x)), model(torch.from_numpy(x)),
+                                   rtol=1e-4, atol=1e-5)
+    qnet = quantize.quantize(model, x, input_shape=(3, 32, 32), p_max=255, dataset="random",
+                             arch="resnet8")
+    kinds = [q.KIND for q in qnet.layers]
+    assert kinds.count("add") == 3
+    assert kinds.count("branch") == 2
+    assert kinds[-3:] == ["gap", "flatten", "linear"]
+    images = arith.quantize_image(pixels, 255)
+    result = golden.run(qnet, images)
+    inputs = [images] + result.outputs[:-1]
+    for i, layer in enumerate(qnet.layers):
+        m, other = None, None
+        if isinstance(layer, Conv | Linear):
+            m = qnet.multipliers(i)
+        elif isinstance(layer, Add | Branch):
+            src = layer.skip if isinstance(layer, Add) else layer.src
+            other = torch.from_numpy(result.outputs[src].astype(np.float64))
+            m = qnet.add_multipliers(i) if isinstance(layer, Add) else None
+        fake = quantize.fake_quant_layer(layer, torch.from_numpy(inputs[i].astype(np.float64)),
+                                         m, other)
+        diff = np.abs(fake.numpy() - result.outputs[i].astype(np.float64))
+        assert diff.max() <= (1 if isinstance(layer, Conv | Linear | Add) else 0), f"layer {i}"
+    fake = quantize.fake_quant_forward(qnet, images)
+    float_pred = train.logits(model, x).argmax(dim=1).numpy()
+    print(f"resnet8 ({len(qnet.layers)} layers: {kinds}): end-to-end mismatch rates "
+          f"{max(float(np.mean(f.numpy() != g)) for f, g in zip(fake, result.outputs)):.2%} "
+          f"at most; top-1 agreement with fake-quant "
+          f"{np.mean(fake[-1].numpy().argmax(axis=1) == result.predictions):.2%}, with float "
+          f"{np.mean(float_pred == result.predictions):.2%}")
+    assert np.mean(fake[-1].numpy().argmax(axis=1) == result.predictions) >= 0.9

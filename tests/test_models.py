@@ -207,7 +207,7 @@ def test_chain_spec_round_trip():
     ([nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1), models.Add(0), nn.Flatten(),
       nn.Linear(256, 10)],
      r"^layer 3 \(Add\(skip=0\)\): skip must not be layer 0: its output before the ReLU that "
-     r"follows is not kept; add layer 1's output"),
+     r"follows is not kept; use layer 1's output"),
     ([nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 10)],
      r"^layer 1 \(AdaptiveAvgPool2d\(output_size=2\)\): adaptive pooling must be to 1x1 "
      r"\(global\), not 2"),

@@ -137,7 +137,7 @@ def test_malformed_json(tmp_path, saved):
     (lambda h: h.update(p_max="16"), r"malformed header: header\.p_max must be int, not '16'$"),
     (lambda h: h["layers"][0].update(kind="lstm"),
      r"malformed header: layers\[0\]\.kind must be one of conv, linear, pool, flatten, gap, "
-     r"add, not 'lstm'$"),
+     r"add, branch, not 'lstm'$"),
     (lambda h: h["layers"][0]["tensors"]["w"].update(dtype="int16"),
      r"malformed header: layers\[0\]\.tensors\.w\.dtype must be int8, not 'int16'$"),
     (lambda h: h["layers"][0]["tensors"]["b"].update(offset=10 ** 9),
