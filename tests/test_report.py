@@ -6,6 +6,7 @@ documented."""
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from sw_common import digits_model
 from systolic.sw import golden, report
 from systolic.sw.cli import main
+from systolic.sw.errors import SystolicError
 
 _ROOT = Path(__file__).resolve().parent.parent
 BUILD = _ROOT / "tests" / "data" / "icebreaker-build.json"      # a real `build --json`
@@ -222,6 +224,31 @@ def test_demo_report_files_and_quiet(tmp_path):
     page = _self_contained((tmp_path / "d" / "report.html").read_text())
     assert page.sections == {"network": 1, "performance": 1, "profile": 2, "accuracy": 1,
                              "board": 1}
+
+
+def test_simulator_log_keeps_stdout_for_the_summary(tmp_path, monkeypatch, capfd):
+    """What a simulator writes on file descriptor 1 goes to the build directory's log, removed
+    after a run that succeeded and named by the error of one that failed."""
+    from systolic.sw.simulate import simulator_log
+
+    monkeypatch.setenv("SYSTOLIC_BUILD_DIR", str(tmp_path))
+    with simulator_log() as say:
+        os.write(1, b"     0.00ns INFO     cocotb.regression   Running tests\n")
+        say("for the terminal")
+    assert capfd.readouterr().out == "for the terminal\n"
+    assert list((tmp_path / "logs").iterdir()) == []
+
+    def failing():
+        with simulator_log():
+            os.write(1, b"why it failed\n")
+            raise SystolicError("The simulation failed")
+
+    with pytest.raises(SystolicError, match=r"^The simulation failed \(the simulator's log: "
+                                            r".*/logs/simulate-\d+\.log\)$") as info:
+        failing()
+    log = Path(re.search(r"log: (.*)\)$", str(info.value)).group(1))
+    assert log.read_text() == "why it failed\n"
+    assert capfd.readouterr().out == ""
 
 
 def test_waveforms_documented():
