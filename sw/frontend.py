@@ -46,8 +46,10 @@ from .models import ModelError
 __all__ = ["example_input_shape", "fold_batchnorm", "lower"]
 
 _aten = torch.ops.aten
-_PLAIN = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten)
-_TORCH_DIR = os.path.dirname(torch.__file__)
+_PLAIN = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten,
+          nn.AdaptiveAvgPool2d, models.Add, models.Branch)
+#: Source files that are not the user's: torch's and ours (a `models.Chain`'s loop).
+_NOT_USER = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)))
 
 _ACTIVATION = ("the accelerator's only activation is ReLU, fused into the Conv2d or Linear "
                "before it: use nn.ReLU or F.relu")
@@ -195,15 +197,14 @@ def lower(model, input_shape=None):
             raise ModelError(f"input shape must be (C, H, W) of positive integers, not "
                              f"{shape!r}")
         if isinstance(model, nn.Sequential) and all(type(m) in _PLAIN for m in model):
-            return model
+            return model        # the trainer's models, and what lower returns
         program = _export(model, shape)
     else:
         raise ModelError(f"model must be a torch.nn.Module or a torch.export.ExportedProgram, "
                          f"not {type(model).__name__}")
     layers, where = _Walker(program).walk()
-    seq = (models.Chain if any(type(m) in (models.Add, models.Branch) for m in layers)
-           else nn.Sequential)(
-        *layers).eval()
+    chain = any(type(m) in (models.Add, models.Branch) for m in layers)
+    seq = (models.Chain if chain else nn.Sequential)(*layers).eval()
     models.check_supported(seq, shape, where=where)
     return seq
 
@@ -229,7 +230,7 @@ def _plain(text):
 
 def _op_name(node):
     target = node.target
-    if isinstance(target, torch._ops.OpOverload):
+    if hasattr(target, "overloadpacket"):          # an ATen operator overload
         return target.overloadpacket.__name__
     return getattr(target, "__name__", str(target))
 
@@ -245,7 +246,7 @@ def _where(node):
             parts.append(f"module '{path}' ({cls.rsplit('.', 1)[-1]})")
     frames = re.findall(r'File "([^"]+)", line (\d+), in \S+\n +(.*)',
                         node.meta.get("stack_trace") or "")
-    user = [f for f in frames if not os.path.abspath(f[0]).startswith(_TORCH_DIR)]
+    user = [f for f in frames if not os.path.abspath(f[0]).startswith(_NOT_USER)]
     if user:
         file, line, code = user[-1]
         parts.append(f"{os.path.basename(file)}:{line} `{code.strip()}`")

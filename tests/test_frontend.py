@@ -614,3 +614,18 @@ def test_resnet8_topology_in_the_golden_model():
           f"{np.mean(fake[-1].numpy().argmax(axis=1) == result.predictions):.2%}, with float "
           f"{np.mean(float_pred == result.predictions):.2%}")
     assert np.mean(fake[-1].numpy().argmax(axis=1) == result.predictions) >= 0.9
+
+
+def test_program_exported_in_training_mode_lowers_as_in_eval_mode():
+    torch.manual_seed(9)
+    model = _randomize_batchnorm(BnNet()).train()
+    program = torch.export.export(model, (torch.zeros(2, 1, 8, 8),))
+    lowered = frontend.lower(program)
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(lowered(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_lowered_chain_is_its_own_lowering():
+    chain = frontend.lower(_randomize_batchnorm(ResNet()).eval(), (1, 8, 8))
+    assert frontend.lower(chain, (1, 8, 8)) is chain
