@@ -129,8 +129,12 @@ def _network_rows(qnet, cfg):
                 " + ReLU" if layer.relu else "")
         elif isinstance(layer, Pool):
             what = f"{layer.kind}pool {layer.kernel}\u00d7{layer.kernel} /{layer.stride}"
-        else:
+        elif isinstance(layer, Flatten):
             what = "flatten"
+        else:                                   # what the accelerator does not run (yet)
+            what = getattr(layer, "KIND", type(layer).__name__.lower())
+            what += {"add": f" (+ layer {getattr(layer, 'skip', '?')})",
+                     "branch": f" (from layer {getattr(layer, 'src', '?')})"}.get(what, "")
         out = tuple(shapes[i])
         macs = int(np.prod(out)) * int(np.prod(layer.w.shape[1:])) \
             if isinstance(layer, Conv | Linear) else 0
@@ -188,8 +192,15 @@ def numeric_profile(qnet, images, float_images=None):
     import torch
 
     from . import golden
-    from .qnet import Conv, Linear
+    from .qnet import Conv, Flatten, Linear, Pool
 
+    plain = (Conv, Linear, Pool, Flatten)
+    other = next((i for i, layer in enumerate(qnet.layers) if not isinstance(layer, plain)),
+                 None)
+    if other is not None:
+        raise ReportError(f"the numeric profile covers chains of convolution, pooling, flatten "
+                          f"and linear layers, not layer {other} "
+                          f"({getattr(qnet.layers[other], 'KIND', '?')})")
     model = qnet.float_model()
     groups = _float_layers(model)
     if len(groups) != len(qnet.layers):
