@@ -221,10 +221,13 @@ def _configuration(board, bitstream):
     return *built, f"as {bitstream} was built"
 
 
-def deploy_sim(qnet, images, labels, board, *, sim="fast", faults=0, bitstream=None, batch=1):
+def deploy_sim(qnet, images, labels, board, *, sim="fast", faults=0, bitstream=None, batch=1,
+               report_path=None):
     """Run ``images`` on the virtual board, ``faults`` frames damaged on the wire (see
     `fault_plan`), in the configuration ``bitstream`` was built with (else the board's), in
-    batches of ``batch`` (``None``: the largest that fits); returns the summary dict."""
+    batches of ``batch`` (``None``: the largest that fits); returns the summary dict. With
+    ``report_path``, also writes the HTML report there (`systolic.sw.report`; the bitstream's
+    build report in it when there is one)."""
     from . import simulate
 
     cfg, _, source = _configuration(board, bitstream)
@@ -239,6 +242,13 @@ def deploy_sim(qnet, images, labels, board, *, sim="fast", faults=0, bitstream=N
     # The simulation's pace, its build excluded.
     seconds = report.speed.get("run_seconds", time.monotonic() - start)
     d = report.as_dict()
+    if report_path is not None:
+        from .report import write_report
+
+        beside = None if bitstream is None else Path(bitstream).parent / "report.json"
+        write_report(report_path, simulation=report, qnet=qnet, cfg=cfg, images=images,
+                     board=board.name, build=beside if beside and beside.is_file() else None,
+                     title=f"systolic deploy --sim: {qnet.arch} on {board.name}")
     return _summary(qnet, images, labels, report.logits, seconds, {
         "board": f"{board.name} (virtual, {sim})", "cycles_per_image": d["cycles_per_image"],
         "batch": batch,
@@ -354,6 +364,9 @@ def _run(args):
     board = get_board(args.board)
     qnet = QNet.load(args.model)
     images, labels = dataset_images(qnet, args.dataset, args.data_dir, args.images)
+    if args.report and not args.sim:
+        raise SystolicError("--report writes the virtual board's report: add --sim (on a "
+                            "board, 'systolic report --qnet ... --build ...')")
     if args.inject_faults and not args.sim:
         raise SystolicError("--inject-faults damages the virtual board's wire: add --sim")
     if args.inject_faults < 0:
@@ -364,7 +377,8 @@ def _run(args):
     batch = None if args.batch == "auto" else _batch_arg(args.batch)
     if args.sim:
         summary = deploy_sim(qnet, images, labels, board, sim=args.simulator,
-                             faults=args.inject_faults, bitstream=args.bitstream, batch=batch)
+                             faults=args.inject_faults, bitstream=args.bitstream, batch=batch,
+                             report_path=args.report)
     else:
         log = (lambda s: print(s, file=sys.stderr)) if args.json else print
         summary = deploy_board(qnet, images, labels, board, port=args.port, baud=args.baud,
@@ -447,5 +461,7 @@ def add_parser(subparsers):
     p.add_argument("--inject-faults", type=int, default=0, metavar="N",
                    help="with --sim: damage N frames on the wire (breaks, framing errors, "
                         "flipped bits, both ways) to watch the driver recover")
+    p.add_argument("--report", metavar="FILE.html",
+                   help="with --sim: also write the HTML report (see 'systolic report')")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run)
