@@ -22,7 +22,9 @@ functional forms:
   shortcut: a `models.Branch` starts the layers on it); global average pooling
   (``x.mean((2, 3))``, ``F.adaptive_avg_pool2d(x, 1)``, ``nn.AdaptiveAvgPool2d(1)``). These
   two run in the golden model only: the accelerator does not run them yet;
-* ``Dropout`` and other identities (ignored: the model is lowered as in eval mode).
+* ``Dropout`` and other identities (ignored: the model is lowered as in eval mode), and a
+  softmax or log-softmax over the classes at the very end (dropped: it keeps the argmax, and
+  the accelerator's logits are the scores before it).
 
 Anything else (another activation, a grouped, depthwise or dilated convolution, concatenation,
 upsampling, explicit padding, ...) raises `models.ModelError` naming the
@@ -60,8 +62,8 @@ _REWRITES = {
          "logsigmoid", "softsign", "tanhshrink", "threshold", "glu"), _ACTIVATION),
     **dict.fromkeys(
         ("softmax", "_softmax", "log_softmax", "_log_softmax"),
-        "the logits are the last Linear layer's outputs and the class their argmax: drop it "
-        "from the model (apply it on the host if you need probabilities)"),
+        "the logits are the last Linear layer's outputs and the class their argmax: a softmax "
+        "is only dropped as the model's last operation, over the classes"),
     **dict.fromkeys(
         ("cat", "concat", "concatenate", "stack"),
         "concatenation joins branches, and the accelerator runs a chain of layers: widen one "
@@ -101,8 +103,8 @@ _SUPPORTED_OPS = (
     "dilation or groups), Linear / F.linear, BatchNorm directly after either (folded), ReLU / "
     "F.relu directly after either, MaxPool2d / AvgPool2d and their functional forms (square "
     "window 2-3, stride 1-3, no padding), flatten / view(n, -1) before a Linear, Dropout "
-    "(ignored), a residual add of an earlier output and global average pooling (golden model "
-    "only); the last layer is a Linear (the logits)")
+    "(ignored), a final softmax (dropped), a residual add of an earlier output and global "
+    "average pooling (golden model only); the last layer is a Linear (the logits)")
 
 
 def example_input_shape(program):
@@ -253,6 +255,14 @@ def _where(node):
     return ", ".join(parts) or f"graph node {node.name}"
 
 
+_SOFTMAX = (_aten.softmax.int, _aten._softmax.default, _aten.log_softmax.int,
+            _aten._log_softmax.default)
+_IDENTITIES = (_aten.dropout.default, _aten.dropout_.default, _aten.feature_dropout.default,
+               _aten.alpha_dropout.default, _aten.feature_alpha_dropout.default,
+               _aten.clone.default, _aten.contiguous.default, _aten.alias.default,
+               _aten.detach.default, _aten.detach_.default)
+
+
 class _Walker:
     """Walks an ExportedProgram's graph in order, keeping the chain's last activation."""
 
@@ -400,17 +410,22 @@ class _Walker:
         elif t in (_aten.flatten.using_ints, _aten.view.default, _aten.reshape.default,
                    _aten._unsafe_view.default):
             self.flatten(node)
-        elif t in (_aten.dropout.default, _aten.dropout_.default,
-                   _aten.feature_dropout.default, _aten.alpha_dropout.default,
-                   _aten.feature_alpha_dropout.default, _aten.clone.default,
-                   _aten.contiguous.default, _aten.alias.default, _aten.detach.default,
-                   _aten.detach_.default):
-            pass
-        else:
+        elif t in _SOFTMAX:
+            if not self.final_softmax(node):
+                self.fail(node, "not supported")
+        elif t not in _IDENTITIES:
             self.fail(node, "not supported")
         self.advance(node)
 
     # -- operations -----------------------------------------------------------------------
+
+    def final_softmax(self, node):
+        """Whether ``node`` is a softmax or log-softmax over the classes whose result is the
+        model's output: it keeps the argmax, so the logits before it stand for it."""
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        shape = self.shape(node.args[0])
+        return (shape is not None and len(shape) == 2 and dim in (1, -1)
+                and [u.op for u in node.users] == ["output"])
 
     def conv(self, node, a):
         names = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]

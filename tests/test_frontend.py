@@ -266,9 +266,10 @@ ERRORS = [
     ("relu after pooling", lambda: Wrap(nn.Sequential(nn.MaxPool2d(2), nn.ReLU())),
      r"^relu at module 'body\.1' \(ReLU\), .*: a ReLU must directly follow a Conv2d, Linear or "
      r"residual add \(the hardware fuses it there\); move the ReLU before the pooling"),
-    ("softmax", lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Softmax(1)),
-     r"^softmax at module '2' \(Softmax\): not supported; the logits are the last Linear "
-     r"layer's outputs"),
+    ("softmax", lambda: Wrap(nn.Softmax(1)),
+     r"^softmax at module 'body' \(Softmax\), .*: not supported; the logits are the last Linear "
+     r"layer's outputs and the class their argmax: a softmax is only dropped as the model's "
+     r"last operation, over the classes$"),
     ("channel mean", lambda: Wrap(nn.Identity(), lambda x: x.mean(1, keepdim=True)),
      r"^mean at " + LINE + r": a mean over dimensions \[1\] of \(1, 4, 8, 8\) is not "
      r"supported \(only over H and W: global average pooling\); x\.mean\(\(2, 3\)\)"),
@@ -629,3 +630,15 @@ def test_program_exported_in_training_mode_lowers_as_in_eval_mode():
 def test_lowered_chain_is_its_own_lowering():
     chain = frontend.lower(_randomize_batchnorm(ResNet()).eval(), (1, 8, 8))
     assert frontend.lower(chain, (1, 8, 8)) is chain
+
+
+def test_final_log_softmax_is_dropped(split):
+    """As in PyTorch's MNIST example: the argmax is the same without it."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10),
+                          nn.LogSoftmax(dim=1)).eval()
+    lowered = frontend.lower(model, (1, 8, 8))
+    assert [type(m) for m in lowered] == [nn.Conv2d, nn.ReLU, nn.Flatten, nn.Linear]
+    x = torch.from_numpy(split.test.x)
+    with torch.no_grad():
+        torch.testing.assert_close(lowered(x), model[:4](x))
+        assert torch.equal(lowered(x).argmax(1), model(x).argmax(1))
