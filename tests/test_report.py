@@ -178,6 +178,30 @@ def test_report_from_simulate_json_and_a_build(tmp_path, capfd):
         assert f"{row['name']} {row['cycles']:,}" in words
 
 
+@pytest.mark.slow
+def test_deploy_sim_report(tmp_path, capsys):
+    """``deploy --sim --report``: the virtual board's page, its rates from the board's clock
+    and baud rate; the per-layer counters are not read on a board, and the page says so."""
+    _, _, qnet = digits_model()
+    qnet.save(tmp_path / "m.qnet")
+    out = tmp_path / "d.html"
+    assert main(["deploy", str(tmp_path / "m.qnet"), "--board", "ulx3s-85f", "--sim",
+                 "--images", "3", "--report", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    page = _self_contained(out.read_text())
+    assert page.sections == {"network": 1, "performance": 0, "profile": 2, "accuracy": 1,
+                             "board": 1}
+    words = " ".join(" ".join(page.text).split())
+    assert "The per-layer counters were not read in this run." in words
+    rates = report.board_rates(summary["cycles_per_image"], summary["wire_bytes_per_image"],
+                               50.0, 2_000_000)
+    assert f"images/s the line allows {rates['line_per_second']:,.0f}" in words
+    assert main(["deploy", str(tmp_path / "m.qnet"), "--board", "ulx3s-85f", "--port", "x",
+                 "--report", str(out)]) == 2
+    assert re.match(r"systolic: error: --report writes the virtual board's report: add --sim",
+                    capsys.readouterr().err)
+
+
 def _stdout_lines(argv, cwd):
     done = subprocess.run([sys.executable, "-m", "systolic.sw.cli", *argv], cwd=cwd,
                           capture_output=True, text=True, timeout=1200)
