@@ -19,6 +19,7 @@ is there:
 """
 
 import argparse
+import contextlib
 import datetime
 import html
 import io
@@ -90,17 +91,17 @@ def _config(cfg, build, simulation):
 
     if cfg is not None:
         return cfg
+    built = None
     if build and isinstance(build.get("config"), dict):
-        try:
-            return AcceleratorConfig.from_dict(build["config"]).replace(target="generic")
-        except (SystolicError, TypeError, ValueError, KeyError):
-            pass
+        with contextlib.suppress(SystolicError, TypeError, ValueError, KeyError):
+            built = AcceleratorConfig.from_dict(build["config"]).replace(target="generic")
     if simulation and isinstance(simulation.get("config"), dict):
+        # The simulated configuration first: the memory a layer takes goes with its cycles.
         sc = simulation["config"]
-        for p in PRESETS.values():
-            if (p.rows, p.cols) == (sc.get("rows"), sc.get("cols")):
-                return p
-    return None
+        for c in [built, *PRESETS.values()]:
+            if c is not None and (c.rows, c.cols) == (sc.get("rows"), sc.get("cols")):
+                return c
+    return built
 
 
 def _network_rows(qnet, cfg):
@@ -259,6 +260,11 @@ def _table(header, rows, *, cls="", text=(0, 1)):
 
 def _num(v, fmt="{:,}"):
     return "\u2014" if v is None else fmt.format(v)
+
+
+def _a(rows):
+    """The article before a spoken number: "an 8x8", "a 12x12"."""
+    return "an" if str(rows)[0] == "8" or rows in (11, 18) else "a"
 
 
 def _shape(s):
@@ -478,8 +484,9 @@ def _build_section(build):
                    label="clock" if xx == 0 else None)
     ax2.set_xticks(x, [c if len(c) < 20 else c[:18] + "\u2026" for c in names], fontsize=7)
     ax2.set_ylabel("MHz")
+    ax2.set_ylim(0, 1.3 * max(got + want + [1]))
     ax2.set_title("fmax against the clock")
-    ax2.legend(frameon=False)
+    ax2.legend(frameon=False, loc="upper center", ncol=2)
     fig.tight_layout()
     rows = [["board", _e(build.get("board"))],
             ["array", f"{build['config']['rows']}\u00d7{build['config']['cols']}"
@@ -546,8 +553,16 @@ def _board_section(sim, build, board):
                                  "pes": get_board(b).config().pes}
     note = (f"{bound.capitalize()} bounds the images a second. A real USB adapter adds its "
             "latency to each reply on top.")
-    if not same and not build:
-        note += (f" The cycles are those simulated on a {sim['config']['rows']}\u00d7"
+    built = (build or {}).get("config") or {}
+    if built and (built.get("rows"), built.get("cols")) != (sim["config"]["rows"],
+                                                            sim["config"]["cols"]):
+        note = (f'<span class="bad">The cycles were simulated on {_a(sim["config"]["rows"])} '
+                f'{sim["config"]["rows"]}\u00d7{sim["config"]["cols"]} array, but the build is '
+                f'{_a(built["rows"])} {built["rows"]}\u00d7{built["cols"]} one: simulate its '
+                'configuration for its rates.</span> ' + note)
+    elif not same and not build:
+        note += (f" The cycles are those simulated on {_a(sim['config']['rows'])} "
+                 f"{sim['config']['rows']}\u00d7"
                  f"{sim['config']['cols']} array, not the {b.name}'s default.")
     return _section("board", f"On the board: {b.name}", _svg(fig) + _table(["", ""], rows,
                                                                               cls="kv"), note)
