@@ -623,7 +623,8 @@ def render_report(*, simulation=None, qnet=None, build=None, board=None, cfg=Non
                 float_accuracy = float(np.mean(pred == np.asarray(labels)))
     if simulation is not None:
         predictions = simulation.get("predictions")
-        labels = simulation.get("labels", labels)
+        if simulation.get("labels") is not None:
+            labels = simulation["labels"]
         sections.append(_accuracy_section(
             simulation, float_accuracy, predictions,
             None if labels is None or predictions is None else labels[:len(predictions)],
