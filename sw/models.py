@@ -32,7 +32,8 @@ from .errors import SystolicError
 
 __all__ = [
     "ARCHS", "CONV_PADDINGS", "SUPPORTED", "Add", "Arch", "Branch", "Chain", "ModelError",
-    "build_model", "check_supported", "model_from_spec", "model_spec", "run_layers",
+    "ResNet", "ResidualStack", "build_model", "check_supported", "model_from_spec", "model_spec",
+    "run_layers",
 ]
 
 CONV_PADDINGS = range(0, 4)     #: zero padding 0..3
@@ -128,12 +129,66 @@ def _lenet5():
         nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
 
 
+class ResidualStack(nn.Module):
+    """Two 3x3 convolutions with BatchNorm, the first strided, and a shortcut added before the
+    last ReLU: the input itself, or a strided 1x1 convolution when the shape changes."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.proj = nn.Conv2d(cin, cout, 1, stride) if stride != 1 or cin != cout else None
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + (x if self.proj is None else self.proj(x)))
+
+
+class ResNet(nn.Module):
+    """A stem (3x3 convolution, BatchNorm, ReLU, optionally 2x2 max pooling), residual stacks,
+    global average pooling and one linear layer. Lowered (`frontend.lower`) to a `Chain`."""
+
+    def __init__(self, cin, stacks, *, stem=16, pool=False, classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(cin, stem, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(stem)
+        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+        widths = [stem] + [c for c, _ in stacks]
+        self.stacks = nn.Sequential(*(ResidualStack(a, b, st) for a, b, (_, st) in
+                                      zip(widths, widths[1:], stacks)))
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[-1], classes)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.bn(self.stem(x))))
+        return self.fc(torch.flatten(self.gap(self.stacks(x)), 1))
+
+
+def _resnet_mnist():
+    return ResNet(1, [(16, 1), (32, 2), (32, 1)], pool=True)
+
+
+def _mlperf_resnet8():
+    return ResNet(3, [(16, 1), (32, 2), (64, 2)])
+
+
 ARCHS = {a.name: a for a in (
     Arch("lenet-digits", (1, 8, 8), "digits",
          "two 3x3 conv + max-pool stages (16, 32 channels), one linear layer", _lenet_digits),
     Arch("lenet5", (1, 28, 28), "mnist",
          "LeCun 1998: two 5x5 conv + max-pool stages (6, 16 channels), three linear layers",
          _lenet5),
+    Arch("resnet-mnist", (1, 28, 28), "mnist",
+         "3x3 conv + BatchNorm stem, 2x2 max-pool, three residual stacks (16, 32, 32 channels; "
+         "a projection shortcut), global average pooling, one linear layer (golden model "
+         "only for now)", _resnet_mnist),
+    Arch("mlperf-resnet8", (3, 32, 32), "cifar10",
+         "the MLPerf Tiny image-classification topology: three residual stacks (16, 32, 64 "
+         "channels), global average pooling, dense 10; no data set here: random weights "
+         "(golden model only for now)", _mlperf_resnet8),
 )}
 
 

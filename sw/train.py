@@ -157,6 +157,9 @@ def train(model, split, *, epochs, batch_size, lr, momentum, weight_decay, seed=
 def save_checkpoint(path, model, *, arch, input_shape, dataset, p_max):
     """Write ``model`` and its metadata as a ``.pt`` checkpoint (see the module documentation).
 
+    A model that is not a plain supported ``Sequential`` (BatchNorm, residual stacks) is stored
+    lowered (`frontend.lower`: BatchNorm folded, as quantization sees it).
+
     Raises
     ------
     models.ModelError
@@ -164,6 +167,9 @@ def save_checkpoint(path, model, *, arch, input_shape, dataset, p_max):
     CheckpointError
         When the directory of ``path`` does not exist.
     """
+    from . import frontend
+
+    model = frontend.lower(model, tuple(input_shape))     # BatchNorm folded, as quantize sees it
     spec = models.model_spec(model, input_shape)
     if not Path(path).parent.is_dir():
         raise CheckpointError(f"{path}: directory {str(Path(path).parent)!r} must exist")
@@ -258,7 +264,7 @@ def add_parser(subparsers):
                "\ndata sets: digits (scikit-learn 8x8, built in); mnist (IDX files in "
                "--data-dir; a lone t10k set\nis split: first 8,000 images train, last 2,000 "
                "test)\narchitectures:\n" + "\n".join(
-                   f"  {a.name:14s}{a.input_shape} for {a.dataset}: {a.description}"
+                   f"  {a.name:16s}{a.input_shape} for {a.dataset}: {a.description}"
                    for a in models.ARCHS.values()))
     p.add_argument("-o", "--output", required=True, metavar="FILE.pt",
                    help="checkpoint to write")

@@ -542,43 +542,9 @@ def test_residual_qat(split):
     assert abs(history[-1].test_accuracy - int8) <= 0.03
 
 
-class Stack(nn.Module):
-    """A ResNet-8 stack: two 3x3 convolutions with BatchNorm, the first strided, and a 1x1
-    strided projection on the shortcut when the shape changes (as MLPerf Tiny's model)."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.proj = nn.Conv2d(cin, cout, 1, stride) if stride != 1 or cin != cout else None
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return F.relu(y + (self.proj(x) if self.proj is not None else x))
-
-
-class ResNet8(nn.Module):
-    """The MLPerf Tiny image-classification topology: 32x32x3 input; 16, 32, 64 channels in
-    three residual stacks; average pooling over the final 8x8 map; dense 10."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.bn = nn.BatchNorm2d(16)
-        self.stacks = nn.Sequential(Stack(16, 16, 1), Stack(16, 32, 2), Stack(32, 64, 2))
-        self.fc = nn.Linear(64, 10)
-
-    def forward(self, x):
-        x = self.stacks(F.relu(self.bn(self.stem(x))))
-        return self.fc(torch.flatten(F.avg_pool2d(x, 8), 1))
-
-
 def test_resnet8_topology_in_the_golden_model():
-    torch.manual_seed(8)
-    model = _randomize_batchnorm(ResNet8()).eval()
+    """models' mlperf-resnet8: the MLPerf Tiny image-classification topology."""
+    model = _randomize_batchnorm(models.build_model("mlperf-resnet8", seed=8)).eval()
     rng = np.random.default_rng(8)
     pixels = rng.integers(0, 256, (48, 3, 32, 32))
     x = (pixels / 255).astype(np.float32)

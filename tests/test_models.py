@@ -20,7 +20,7 @@ def test_named_architectures():
 
 def test_unknown_architecture():
     with pytest.raises(ModelError, match=r"^architecture must be one of lenet-digits, lenet5, "
-                                         r"not 'vgg'$"):
+                                         r"resnet-mnist, mlperf-resnet8, not 'vgg'$"):
         models.build_model("vgg")
 
 
@@ -222,3 +222,37 @@ def test_add_needs_a_chain():
                                          r"models\.Chain, not a plain Sequential"):
         models.check_supported(nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), models.Add(-1),
                                              nn.Flatten(), nn.Linear(64, 10)), (1, 8, 8))
+
+
+@pytest.mark.parametrize(("arch", "stacks", "branches"), [
+    ("resnet-mnist", [(16, 14, 14), (32, 7, 7), (32, 7, 7)], 1),
+    ("mlperf-resnet8", [(16, 32, 32), (32, 16, 16), (64, 8, 8)], 2),
+])
+def test_residual_architectures_lower_to_chains(arch, stacks, branches):
+    from systolic.sw import frontend
+
+    a = models.ARCHS[arch]
+    chain = frontend.lower(models.build_model(arch, seed=0).eval(), a.input_shape)
+    assert type(chain) is models.Chain
+    out = models.check_supported(chain, a.input_shape)
+    assert [out[i] for i, m in enumerate(chain) if type(m) is models.Add] == stacks
+    assert sum(type(m) is models.Branch for m in chain) == branches
+    c = stacks[-1][0]
+    assert out[-3:] == [(c, 1, 1), (c,), (10,)]
+
+
+def test_batchnorm_model_checkpoint_round_trip(tmp_path):
+    model = models.build_model("resnet-mnist", seed=1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+    model.eval()
+    train.save_checkpoint(tmp_path / "r.pt", model, arch="resnet-mnist", input_shape=(1, 28, 28),
+                          dataset="mnist", p_max=255)
+    ckpt = train.load_checkpoint(tmp_path / "r.pt")
+    assert type(ckpt.model) is models.Chain
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.model(x), model(x), rtol=1e-5, atol=1e-5)
