@@ -47,7 +47,7 @@ class GoldenResult:
 def residual_add(x1, x2, M, s, *, relu=False):
     """The contract's residual add of two int8 tensors of the same shape.
 
-    With ``S = max(s1, s2)``: ``clamp(((x1 * M1) << (S - s1)) + ((x2 * M2) << (S - s2))
+    With ``S = max(s1, s2)``: ``clamp((((x1 * M1) << (S - s1)) + ((x2 * M2) << (S - s2))
     + 2^(S-1)) >> S, -128, 127)``, then ``max(., 0)`` when ``relu``: each operand brought to the
     output scale by its own multiplier and shift, summed, rounded once, saturated.
 
