@@ -244,7 +244,7 @@ def _where(node):
     if stack:
         path, cls = list(stack.values())[-1]
         cls = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
-        if path:
+        if path and not path.startswith("_"):       # not torch's own placeholder entries
             parts.append(f"module '{path}' ({cls.rsplit('.', 1)[-1]})")
     frames = re.findall(r'File "([^"]+)", line (\d+), in \S+\n +(.*)',
                         node.meta.get("stack_trace") or "")
@@ -253,6 +253,11 @@ def _where(node):
         file, line, code = user[-1]
         parts.append(f"{os.path.basename(file)}:{line} `{code.strip()}`")
     return ", ".join(parts) or f"graph node {node.name}"
+
+
+def _is_tensor(node):
+    """Whether ``node`` computes a tensor (or several), not a size or a check."""
+    return isinstance(node.meta.get("val"), torch.Tensor | tuple | list)
 
 
 _SOFTMAX = (_aten.softmax.int, _aten._softmax.default, _aten.log_softmax.int,
@@ -331,11 +336,15 @@ class _Walker:
                 continue
             if node.op != "call_function":
                 self.fail(node, f"graph operation {node.op} is not supported")
+            if not _is_tensor(node):
+                continue        # shape arithmetic and checks of a dynamic batch size
             inputs = [a for a in node.all_input_nodes]
             if all(a in self.values for a in inputs):
                 self.fold_constant(node)
                 continue
-            acts = [a for a in inputs if a not in self.values]
+            acts = [a for a in inputs if a not in self.values and _is_tensor(a)]
+            if not acts:
+                self.fail(node, "a tensor computed from the input's size is not supported")
             if node.target in (_aten.add.Tensor, _aten.add_.Tensor):
                 self.add(node)
                 self.advance(node)

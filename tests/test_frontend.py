@@ -608,3 +608,16 @@ def test_final_log_softmax_is_dropped(split):
     with torch.no_grad():
         torch.testing.assert_close(lowered(x), model[:4](x))
         assert torch.equal(lowered(x).argmax(1), model(x).argmax(1))
+
+
+def test_program_with_a_dynamic_batch_size(split):
+    torch.manual_seed(10)
+    model = _randomize_batchnorm(BnNet()).eval()
+    batch = torch.export.Dim("batch", min=2)
+    program = torch.export.export(model, (torch.zeros(4, 1, 8, 8),),
+                                  dynamic_shapes={"x": {0: batch}})
+    assert any(n.target is torch.ops.aten.sym_size.int for n in program.graph.nodes)
+    assert frontend.example_input_shape(program) == (1, 8, 8)
+    x = torch.from_numpy(split.test.x)
+    with torch.no_grad():
+        torch.testing.assert_close(frontend.lower(program)(x), model(x), rtol=1e-5, atol=1e-5)
