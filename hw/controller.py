@@ -201,8 +201,6 @@ class Controller(wiring.Component):
 
         # ---- WRITE / READ / RUN / STATS state -----------------------------------------------
         # Scratch registers, loaded for every request whether it is carried out or not.
-        # Wide enough for any word count a frame can carry, so that counting the words of one
-        # (the dry pass of a WRITE) cannot wrap.
         addr = Signal(max(cfg.act_addr_bits + 1, cfg.weight_addr_bits, cfg.param_addr_bits,
                           MAX_PAYLOAD.bit_length()))
         pc = Signal(range(cfg.program_depth + 1))   # program entry
@@ -218,9 +216,23 @@ class Controller(wiring.Component):
         short_bytes = min(cfg.cols, param_bytes)
         short = (mem == Mem.PARAM.value) if param_bytes < cfg.cols else (mem != Mem.PARAM.value)
         word_done = j == Mux(short, short_bytes, data_bytes) - 1
-        # A packed activation word: past its ``lanes`` bytes, zeros go in, none from the frame.
-        pad = (lanes != 0) & (j >= lanes)
-        dry = Signal()                           # a WRITE's first pass: count, don't write
+        # A packed activation word ends after its ``lanes`` bytes: its zero lanes go in at
+        # once, the word's bytes moving down ``cols - lanes`` lanes in one cycle.
+        packed_end = (lanes != 0) & (j == lanes - 1)
+        act = shift[8 * word_at:8 * (word_at + cfg.cols)]
+        # A WRITE's words are counted as its bytes arrive (PAYLOAD), so that a frame whose
+        # length does not match its count, or whose words run past the memory's end, is
+        # answered before anything is written. Wide enough for any word count a frame holds.
+        got_j = Signal(range(max(desc_bytes, data_bytes, cfg.cols) + 1))
+        got_words = Signal(range(MAX_PAYLOAD + 1))
+        word_bytes = Signal.like(got_j)
+        with m.Switch(mem):
+            with m.Case(Mem.PROGRAM.value):
+                m.d.comb += word_bytes.eq(desc_bytes)
+            with m.Case(Mem.PARAM.value):
+                m.d.comb += word_bytes.eq(param_bytes)
+            with m.Default():
+                m.d.comb += word_bytes.eq(Mux(lanes != 0, lanes, cfg.cols))
         m.d.comb += [
             pg_w.addr.eq(Cat(pc[:pbits], j)), pg_w.data.eq(fb_r.data),
             pg_r.addr.eq(Cat(pc[:pbits], j)),
@@ -293,7 +305,8 @@ class Controller(wiring.Component):
                     m.next = "LEN1"
             with m.State("LEN1"):
                 with frame_byte():
-                    m.d.sync += [length[8:].eq(self.rx.payload), idx.eq(0)]
+                    m.d.sync += [length[8:].eq(self.rx.payload), idx.eq(0), got_j.eq(0),
+                                 got_words.eq(0)]
                     with m.If(Cat(length[:8], self.rx.payload) > MAX_PAYLOAD):
                         drain(m, Error.BAD_LENGTH)
                     with m.Else():
@@ -312,6 +325,12 @@ class Controller(wiring.Component):
                         for i, byte in enumerate(pre):
                             with m.If(idx == i - (req != Request.WRITE)):
                                 m.d.sync += byte.eq(self.rx.payload)
+                        with m.If(idx >= _WRITE_HEAD):
+                            # A WRITE's data byte (mem and lanes are known by now).
+                            with m.If(got_j == word_bytes - 1):
+                                m.d.sync += [got_j.eq(0), got_words.eq(got_words + 1)]
+                            with m.Else():
+                                m.d.sync += got_j.eq(got_j + 1)
             with m.State("CRC0"):
                 with frame_byte():
                     m.next = "CRC1"
@@ -339,8 +358,16 @@ class Controller(wiring.Component):
                 with m.Else():
                     with m.Switch(req):
                         with m.Case(Request.WRITE):
-                            m.d.sync += dry.eq(1)
-                            m.next = "WRITE_ADDR"
+                            with m.If((got_j != 0) | (got_words != second)):
+                                fail(m, Error.BAD_LENGTH)
+                            with m.Elif(past_end):
+                                fail(m, Error.BAD_ADDRESS)
+                            with m.Else():
+                                # (A PROGRAM write that got here ends within program_depth.)
+                                new_end = span_end[:len(prog_len)]
+                                with m.If((mem == Mem.PROGRAM.value) & (new_end > prog_len)):
+                                    m.d.sync += prog_len.eq(new_end)
+                                m.next = "WRITE_PRIME"
                         with m.Case(Request.READ):
                             reply(m, _Payload.ACT)
                         with m.Case(Request.RUN):
@@ -352,52 +379,48 @@ class Controller(wiring.Component):
                             reply(m, _Payload.CYCLES)
 
             # -- WRITE: bytes from the frame buffer into a memory ---------------------------------
-            # Two passes over the words: the first one only counts them, so that a frame whose
-            # length does not match its count, or whose words run past the memory's end, is
-            # answered before anything is written.
-            with m.State("WRITE_ADDR"):
-                with m.If(pad & dry):
-                    # Counting: a packed word's zero lanes take no bytes of the frame.
-                    m.d.sync += [j.eq(0), addr.eq(addr + 1)]
-                with m.Elif(pad):
-                    m.next = "WRITE_BYTE"
-                with m.Elif((idx == length) & ~dry):
-                    reply(m, _Payload.NONE)
-                with m.Elif(idx == length):
-                    with m.If((j != 0) | (addr != span_end[:len(addr)])):
-                        fail(m, Error.BAD_LENGTH)
-                    with m.Elif(past_end):
-                        fail(m, Error.BAD_ADDRESS)
-                    with m.Else():
-                        m.d.sync += [dry.eq(0), idx.eq(_WRITE_HEAD), addr.eq(first), pc.eq(start)]
-                        # (A PROGRAM write that got here ends within program_depth.)
-                        new_end = span_end[:len(prog_len)]
-                        with m.If((mem == Mem.PROGRAM.value) & (new_end > prog_len)):
-                            m.d.sync += prog_len.eq(new_end)
-                with m.Else():
-                    m.d.comb += fb_r.en.eq(1)
-                    m.next = "WRITE_BYTE"
+            # A byte a cycle: each cycle takes the byte read in the one before and reads the
+            # next; a whole word waits a cycle (WRITE_WORD) for the core to take it.
+            with m.State("WRITE_PRIME"):
+                m.d.comb += fb_r.en.eq(1)
+                m.d.sync += idx.eq(idx + 1)
+                m.next = "WRITE_BYTE"
             with m.State("WRITE_BYTE"):
-                byte = Mux(pad, 0, fb_r.data)
-                m.d.sync += [shift.eq(Cat(shift[8:], byte)), j.eq(j + 1), idx.eq(idx + ~pad)]
+                byte = fb_r.data
+                more = idx != length
+                m.d.comb += fb_r.en.eq(more)
+                m.d.sync += [shift.eq(Cat(shift[8:], byte)), j.eq(j + 1), idx.eq(idx + more)]
                 if short_bytes < data_bytes:
                     with m.If(short):
                         entry = word_at + short_bytes - 1
                         m.d.sync += shift[8 * entry:8 * entry + 8].eq(byte)
-                m.next = "WRITE_ADDR"
                 with m.If(mem == Mem.PROGRAM.value):
                     # Descriptors are stored as they came.
-                    m.d.comb += pg_w.en.eq(~dry)
+                    m.d.comb += pg_w.en.eq(1)
                     with m.If(j == desc_bytes - 1):
                         m.d.sync += [j.eq(0), pc.eq(pc + 1), addr.eq(addr + 1)]
+                        with m.If(addr + 1 == span_end):
+                            reply(m, _Payload.NONE)
+                with m.Elif(packed_end):
+                    # The word's bytes, as they are after this cycle's, down to lane 0.
+                    after = Cat(act[8:], byte)
+                    m.d.sync += j.eq(0)
+                    with m.Switch(lanes):
+                        for n in range(1, cfg.cols):
+                            with m.Case(n):
+                                m.d.sync += act.eq(after[8 * (cfg.cols - n):])
+                    m.next = "WRITE_WORD"
                 with m.Elif(word_done):
                     m.d.sync += j.eq(0)
                     m.next = "WRITE_WORD"
             with m.State("WRITE_WORD"):
-                m.d.comb += core.load.valid.eq(~dry)
-                with m.If(core.load.ready | dry):
+                m.d.comb += core.load.valid.eq(1)
+                with m.If(core.load.ready):
                     m.d.sync += addr.eq(addr + 1)
-                    m.next = "WRITE_ADDR"
+                    with m.If(addr + 1 == span_end):
+                        reply(m, _Payload.NONE)
+                    with m.Else():
+                        m.next = "WRITE_BYTE"
 
             # -- RUN: the program's layers, one after the other ----------------------------------
             with m.State("RUN_FETCH"):
