@@ -78,10 +78,13 @@ def run_demo(out_dir, *, preset_name="default", images=40, sim="fast", epochs=No
     n = min(images, len(split.test))
     log(f"[4/5] simulating {n} test images on {sim} (the first run builds the simulator, "
         "about a minute)")
+    # Batches of the largest size the memories hold (the simulation's processes sharing the
+    # images): what the accelerator runs fastest.
+    batch = simulate.resolve_batch("auto", qnet, cfg, n) if sim == "fast" else 1
     with simulate.simulator_log(verbose) as say:
         # print() would go to the simulator's log now: the terminal's lines go through say.
         report = simulate.simulate(
-            qnet, split.test.q[:n], cfg, labels=split.test.labels[:n], sim=sim,
+            qnet, split.test.q[:n], cfg, labels=split.test.labels[:n], sim=sim, batch=batch,
             progress=simulate.progress_bar(n, log=say if log is print else log))
     float_pred = train.logits(model, split.test.x[:n]).argmax(dim=1).numpy()
     float_acc = float(np.mean(float_pred == split.test.labels[:n]))

@@ -21,6 +21,7 @@ into the layer before it, functional forms and identities resolved).
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +67,15 @@ def calibrate(model, x, *, batch_size=256):
     list of float
         One entry per layer of ``model``: the largest absolute value of its output.
     """
+    from tqdm import tqdm
+
     model.eval()
     x = torch.as_tensor(np.asarray(x, dtype=np.float32))
     amax = [0.0] * len(model)
     with torch.no_grad():
-        for start in range(0, len(x), batch_size):
+        # A progress bar on a terminal only (standard error), gone when done.
+        for start in tqdm(range(0, len(x), batch_size), desc="calibrating", unit="batch",
+                          leave=False, disable=None, file=sys.stderr):
             outputs = models.run_layers(model, x[start:start + batch_size])
             for i, h in enumerate(outputs):
                 amax[i] = max(amax[i], float(h.abs().max()))
