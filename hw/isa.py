@@ -21,14 +21,18 @@ Memory layouts (see `describe_conv`):
   ``i < rq_lanes``, ``bias | M << 32 | s << 47`` of channel ``t * cols + g * rq_lanes + i``.
 """
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from amaranth.hdl import signed
 from amaranth.lib import crc, data, enum
 
 from .config import AcceleratorConfig
 
 __all__ = [
-    "FRAME_CRC", "FRAME_TIMEOUT_BITS", "MAX_PAYLOAD", "SYNC_REPLY", "SYNC_REQUEST", "Error", "Mem",
-    "Op", "Reply", "WRITE_TARGET",
+    "FRAME_CRC", "FRAME_TIMEOUT_BITS", "IDENTIFY_FIELDS", "MAX_PAYLOAD", "PROTOCOL_VERSION",
+    "SYNC_REPLY", "SYNC_REQUEST", "Error", "IdentifyField", "Mem", "Op", "Reply", "WRITE_TARGET",
+    "identify_payload",
     "Request", "describe_conv", "describe_linear", "describe_pool", "layer_layout",
     "load_layout", "mem_depth", "mem_word_bytes", "pack_descriptor", "pack_params",
     "param_lane_layout", "param_layout", "word_layout",
@@ -91,6 +95,7 @@ class Request(enum.Enum, shape=8):
     RUN = 0x03      #: start, count: execute program entries start .. start+count-1
     STATUS = 0x04   #: no payload: last error, program length, cycles of the last run
     STATS = 0x05    #: start, count: the cycle counter of each program entry's last run
+    IDENTIFY = 0x06  #: no payload: the protocol version and the accelerator's configuration
 
 
 class Reply(enum.Enum, shape=8):
@@ -99,6 +104,7 @@ class Reply(enum.Enum, shape=8):
     DATA = 0x82     #: READ or STATS data
     DONE = 0x83     #: RUN finished: total cycles (4)
     STATUS = 0x84   #: last error, program length, cycles of the last run (4)
+    IDENTITY = 0x85  #: IDENTIFY's answer: `IDENTIFY_FIELDS`
     ERROR = 0xFF    #: error code, request type: nothing was changed
 
 
@@ -113,6 +119,73 @@ class Error(enum.Enum, shape=8):
     BAD_MEMORY = 6      #: WRITE names no memory
     BAD_DESCRIPTOR = 7  #: RUN met a program entry with an unknown operation
     LINE_FAULT = 8      #: the serial line broke the frame (a framing error or a break)
+
+
+#: The protocol's version: IDENTITY's first byte. Raised when a request, reply or layout
+#: changes in a way an existing client would misread.
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class IdentifyField:
+    """One field of the IDENTITY reply: ``size`` bytes, little-endian, unsigned.
+
+    ``value(cfg, ops)`` is the field for configuration ``cfg`` whose engines execute the
+    operations ``ops`` (`systolic.hw.controller.runnable_ops`).
+    """
+    name: str
+    size: int
+    value: Callable
+    doc: str
+
+
+def _op_mask(ops):
+    return sum(1 << Op(op).value for op in ops)
+
+
+#: The IDENTITY reply's payload, field after field: the gateware sends it as constants, the
+#: host parses it (`systolic.sw.protocol.parse_identity`) and the protocol document's table
+#: is generated from it.
+IDENTIFY_FIELDS = (
+    IdentifyField("version", 1, lambda c, o: PROTOCOL_VERSION,
+                  "protocol version (`PROTOCOL_VERSION`); the fields after it are this version's"),
+    IdentifyField("rows", 1, lambda c, o: c.rows, "array rows: output pixels computed at once"),
+    IdentifyField("cols", 1, lambda c, o: c.cols,
+                  "array columns: lanes of an activation or weight word, output channels of a "
+                  "tile"),
+    IdentifyField("data_bits", 1, lambda c, o: c.data_bits, "bits of a lane (int8: 8)"),
+    IdentifyField("acc_bits", 1, lambda c, o: c.acc_bits, "bits of a parameter lane's `bias`"),
+    IdentifyField("m_bits", 1, lambda c, o: c.m_bits, "bits of a parameter lane's `M`"),
+    IdentifyField("shift_bits", 1, lambda c, o: c.shift_bits,
+                  "bits of a parameter lane's shift `s`"),
+    IdentifyField("act_depth", 4, lambda c, o: c.act_depth, "activation memory depth, words"),
+    IdentifyField("weight_depth", 4, lambda c, o: c.weight_depth, "weight memory depth, words"),
+    IdentifyField("param_words", 4, lambda c, o: c.param_words,
+                  "parameter memory depth, words (`cols / rq_lanes` words a channel tile)"),
+    IdentifyField("program_depth", 2, lambda c, o: c.program_depth,
+                  "program memory depth, layer descriptors"),
+    IdentifyField("word_bytes", 1, lambda c, o: mem_word_bytes(c, Mem.ACT),
+                  "bytes of an activation or weight word in a frame"),
+    IdentifyField("param_bytes", 1, lambda c, o: mem_word_bytes(c, Mem.PARAM),
+                  "bytes of a parameter word in a frame"),
+    IdentifyField("descriptor_bytes", 1, lambda c, o: mem_word_bytes(c, Mem.PROGRAM),
+                  "bytes of a layer descriptor in a frame"),
+    IdentifyField("rq_lanes", 1, lambda c, o: c.rq_lanes,
+                  "requantization lanes: channels a parameter word holds"),
+    IdentifyField("max_kernel", 1, lambda c, o: c.max_kernel,
+                  "largest kernel height or width (sets `kernel_bits`)"),
+    IdentifyField("max_dim", 2, lambda c, o: c.max_dim,
+                  "largest feature map height or width (sets `dim_bits`)"),
+    IdentifyField("ops", 2, lambda c, o: _op_mask(o),
+                  "operations RUN executes: bit `n` set for operation `n` (see Operations)"),
+    IdentifyField("max_payload", 2, lambda c, o: MAX_PAYLOAD,
+                  "largest request payload, and reply payload, in bytes"),
+)
+
+
+def identify_payload(cfg, ops):
+    """The IDENTITY reply's payload (bytes) for ``cfg`` executing ``ops``."""
+    return b"".join(f.value(cfg, ops).to_bytes(f.size, "little") for f in IDENTIFY_FIELDS)
 
 
 def mem_word_bytes(cfg, mem):
