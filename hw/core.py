@@ -16,11 +16,12 @@ read and write the activation memory in one cycle, never at the same address; it
 Verilog, or from RTLIL after ``memory_nordff``, which ``systolic build`` runs.)
 """
 
-from amaranth.hdl import ClockSignal, Instance, Module, Mux, Shape, Signal, Value
+from amaranth.hdl import Cat, ClockSignal, Instance, Module, Mux, Shape, Signal, Value
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .conv import ConvEngine
+from .eltwise import AddEngine, GapEngine, has_eltwise
 from .isa import Mem, Op, layer_layout, load_layout, param_layout, word_layout
 from .pool import PoolEngine
 
@@ -124,7 +125,8 @@ class SinglePortMemory(wiring.Component):
 
 
 class Core(wiring.Component):
-    """Memories plus convolution (and, when configured, pooling) engines.
+    """Memories plus convolution (and, when configured, pooling) engines; with the averaging
+    pooling engine, the residual add and global average pooling engines too (`has_eltwise`).
 
     Members
     -------
@@ -170,8 +172,20 @@ class Core(wiring.Component):
         p_r, p_w = pmem.read, pmem.write
 
         m.submodules.conv = conv = ConvEngine(cfg)
-        wiring.connect(m, conv.weight_read, w_r)  # only the engine reads these two
-        wiring.connect(m, conv.param_read, p_r)
+        wiring.connect(m, conv.weight_read, w_r)  # only the engine reads the weights
+
+        # Element-wise engines: each reads and writes activation memory itself.
+        elt = []
+        if has_eltwise(cfg):
+            m.submodules.add = add = AddEngine(cfg)
+            m.submodules.gap = gap = GapEngine(cfg)
+            elt = [(add, Op.ADD), (gap, Op.GAP)]
+            m.d.comb += add.param_read.data.eq(p_r.data)
+        m.d.comb += [conv.param_read.data.eq(p_r.data), p_r.addr.eq(conv.param_read.addr),
+                     p_r.en.eq(conv.param_read.en)]
+        if elt:
+            with m.If(add.busy):
+                m.d.comb += [p_r.addr.eq(add.param_read.addr), p_r.en.eq(add.param_read.en)]
 
         # Pooling streams a map out of activation memory, through the engine, and back.
         pooling = Signal()
@@ -180,7 +194,8 @@ class Core(wiring.Component):
             pool_rd, pool_wr = self._pool_streams(m, pool, pooling)
 
         busy = Signal()
-        m.d.comb += [busy.eq(conv.busy | pooling), self.busy.eq(busy)]
+        m.d.comb += [busy.eq(conv.busy | pooling | Cat(e.busy for e, _ in elt).any()),
+                     self.busy.eq(busy)]
 
         # One counter for every engine: the cycles `busy` was high in the last layer (what
         # the convolution engine's own `cycles` reports for a convolution).
@@ -199,6 +214,11 @@ class Core(wiring.Component):
             with m.If((self.cmd.payload.op == Op.MAXPOOL) | (self.cmd.payload.op == Op.AVGPOOL)):
                 m.d.comb += [pool.cmd.valid.eq(self.cmd.valid & ~busy),
                              self.cmd.ready.eq(pool.cmd.ready & ~busy)]
+        for engine, op in elt:
+            m.d.comb += engine.cmd.payload.eq(self.cmd.payload)
+            with m.If(self.cmd.payload.op == op):
+                m.d.comb += [engine.cmd.valid.eq(self.cmd.valid & ~busy),
+                             self.cmd.ready.eq(engine.cmd.ready & ~busy)]
 
         # Loads: one memory write per beat, only between layers.
         m.d.comb += self.load.ready.eq(~busy)
@@ -220,6 +240,11 @@ class Core(wiring.Component):
             with m.Elif(pooling):
                 m.d.comb += [act_w.en.eq(pool_wr.en), act_w.addr.eq(pool_wr.addr),
                              act_w.data.eq(pool_wr.data)]
+        for engine, _ in elt:
+            with m.Elif(engine.busy):
+                m.d.comb += [act_w.en.eq(engine.act_write.en),
+                             act_w.addr.eq(engine.act_write.addr),
+                             act_w.data.eq(engine.act_write.data)]
 
         # Read-back: a one-entry output register; the read port holds its data while stalled.
         take = Signal()
@@ -237,9 +262,15 @@ class Core(wiring.Component):
         if cfg.pool:
             with m.Elif(pooling):
                 m.d.comb += [act_r.addr.eq(pool_rd.addr), act_r.en.eq(pool_rd.en)]
+        for engine, _ in elt:
+            with m.Elif(engine.busy):
+                m.d.comb += [act_r.addr.eq(engine.act_read.addr),
+                             act_r.en.eq(engine.act_read.en)]
         with m.Else():
             m.d.comb += [act_r.addr.eq(self.rd_addr.payload), act_r.en.eq(take)]
         m.d.comb += conv.act_read.data.eq(act_r.data)
+        for engine, _ in elt:
+            m.d.comb += engine.act_read.data.eq(act_r.data)
         if cfg.pool:
             m.d.comb += pool.i_stream.payload.eq(act_r.data)
         return m

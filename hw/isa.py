@@ -33,7 +33,8 @@ __all__ = [
     "FRAME_CRC", "FRAME_TIMEOUT_BITS", "IDENTIFY_FIELDS", "MAX_PAYLOAD", "PROTOCOL_VERSION",
     "SYNC_REPLY", "SYNC_REQUEST", "Error", "IdentifyField", "Mem", "Op", "Reply", "WRITE_TARGET",
     "identify_payload",
-    "Request", "describe_conv", "describe_linear", "describe_pool", "layer_layout",
+    "Request", "describe_add", "describe_conv", "describe_gap", "describe_linear",
+    "describe_pool", "pack_add_params", "layer_layout",
     "load_layout", "mem_depth", "mem_word_bytes", "pack_descriptor", "pack_params",
     "param_lane_layout", "param_layout", "word_layout",
 ]
@@ -61,6 +62,8 @@ class Op(enum.Enum, shape=4):
     CONV = 0      #: convolution or fully connected layer, with requantization and optional ReLU
     MAXPOOL = 1   #: max pooling
     AVGPOOL = 2   #: average pooling, rounding half up
+    ADD = 3       #: residual add of two tensors, each with its own multiplier and shift
+    GAP = 4       #: global average pooling, rounding half up
 
 
 def _signed_bits(cfg):
@@ -330,6 +333,43 @@ def describe_pool(cfg, *, channels, h, w, kernel, stride, avg=False, in_base=0, 
         "stride": stride, "pad": 0, "cin_words": cw, "cout_tiles": cw,
         "origin": 0, "x_step": 0, "y_step": 0, "tap_row_step": 0, "w_tile_words": 0,
         "batch": 1, "in_img_step": 0,
+    }
+
+
+def describe_add(cfg, *, words, relu=False, in_base=0, skip_base=0, out_base=0, p_base=0):
+    """Descriptor fields (a dict) for a residual add of two tensors of ``words`` activation
+    words each (a batch's images one after the other, so any shape): the first operand from
+    ``in_base``, the second from ``skip_base`` (in ``origin``), the sum to ``out_base``. Lane 0
+    of parameter words ``p_base`` and ``p_base + 1`` holds each operand's ``M`` and ``s``
+    (`pack_add_params`)."""
+    return {
+        "op": Op.ADD, "relu": int(relu),
+        "in_base": in_base, "out_base": out_base, "w_base": 0, "p_base": p_base,
+        "in_h": 1, "in_w": 1, "out_h": 1, "out_w": 1, "kh": 1, "kw": 1, "stride": 1, "pad": 0,
+        "cin_words": words, "cout_tiles": 0,
+        "origin": skip_base, "x_step": 0, "y_step": 0, "tap_row_step": 0, "w_tile_words": 0,
+        "batch": 1, "in_img_step": 0,
+    }
+
+
+def pack_add_params(cfg, m, shift):
+    """The two parameter words of a residual add (`describe_add`): operand ``j``'s multiplier
+    ``m[j]`` and shift ``shift[j]`` in lane 0 of word ``j``."""
+    return [pack_params(cfg, [0], [mj], [sj])[0] for mj, sj in zip(m, shift, strict=True)]
+
+
+def describe_gap(cfg, *, channels, h, w, batch=1, in_base=0, out_base=0):
+    """Descriptor fields (a dict) for global average pooling of ``batch`` ``(channels, h, w)``
+    maps stored one after the other from ``in_base``; the ``(channels, 1, 1)`` outputs follow
+    each other from ``out_base``."""
+    cw = _ceil_div(channels, cfg.cols)
+    return {
+        "op": Op.GAP, "relu": 0,
+        "in_base": in_base, "out_base": out_base, "w_base": 0, "p_base": 0,
+        "in_h": h, "in_w": w, "out_h": 1, "out_w": 1, "kh": 1, "kw": 1, "stride": 1, "pad": 0,
+        "cin_words": cw, "cout_tiles": cw,
+        "origin": 0, "x_step": 0, "y_step": 0, "tap_row_step": 0, "w_tile_words": 0,
+        "batch": batch, "in_img_step": h * w * cw,
     }
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from .errors import SystolicError
 
 __all__ = [
-    "ACC_BITS", "ACC_MAX", "ACC_MIN", "AVG_DIV", "DATA_BITS", "INT8_MAX",
+    "ACC_BITS", "ACC_MAX", "ADD_SHIFT_SPREAD", "ACC_MIN", "AVG_DIV", "DATA_BITS", "INT8_MAX",
     "INT8_MIN", "M_BITS", "M_MAX", "POOL_KERNELS", "POOL_STRIDES", "SHIFT_BITS", "SHIFT_MAX",
     "SHIFT_MIN", "WEIGHT_MAX", "ContractError", "accumulator_bound",
     "avgpool2d", "check_layer_params", "choose_multiplier", "conv2d_acc", "linear_acc",
@@ -36,6 +36,8 @@ POOL_STRIDES = (1, 2, 3)
 #: Average pooling's division in hardware: N -> (A_N, k_N), y = (S * A_N + 2^(k_N - 1)) >> k_N,
 #: equal to round_half_up(S / N) for every |S| <= 9 * 128 (tests/test_arith.py checks them all).
 AVG_DIV = {4: (1, 2), 9: (455, 12)}
+#: A residual add's two shifts differ by at most this much (``docs/arithmetic.md``).
+ADD_SHIFT_SPREAD = 16
 
 CONV_KERNELS = range(1, 8)      #: convolution kernel sizes 1..7
 CONV_STRIDES = (1, 2)

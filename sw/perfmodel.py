@@ -42,16 +42,20 @@ every pooling shape on the core's Verilog, ``tests/test_network_rtl.py`` whole n
 
 import itertools
 
+from ..hw.eltwise import ADD_LATENCY, GAP_DIV_STEPS
 from ..hw.isa import Op
 from ..hw.pool import PoolEngine
 from ..hw.requant import Requantizer
 
-__all__ = ["CONV_LAYER", "CONV_TILE", "POOL_LAYER", "POOL_STAGES", "layer_macs", "pool_tail",
-           "pool_words", "predict_cycles", "predict_layer", "predict_program", "utilization"]
+__all__ = ["ADD_SETUP", "CONV_LAYER", "CONV_TILE", "POOL_LAYER", "POOL_STAGES", "layer_macs",
+           "pool_tail", "pool_words", "predict_cycles", "predict_layer", "predict_program",
+           "utilization"]
 
 CONV_TILE = 12      #: fitted: per channel tile, beyond the structural overhead
 CONV_LAYER = 0      #: fitted: per convolution layer
 POOL_LAYER = 2      #: fitted: per pooling layer, beyond the pipeline's tail
+#: Residual add: two parameter reads, the latch of the second, aligning the shifts, going idle.
+ADD_SETUP = 5
 
 #: Stages of the pooling engine's units, in pipeline order: row window, column window, finish.
 POOL_STAGES = (2, 2, 2)
@@ -77,6 +81,11 @@ def predict_cycles(cfg, fields):
         feed = pixel_tiles * fields["kh"] * fields["kw"] * fields["cin_words"] * C
         per_tile = feed + R + R * G + C + Requantizer.LATENCY + CONV_TILE
         return fields["cout_tiles"] * per_tile + CONV_LAYER
+    if fields["op"] == Op.ADD:
+        return ADD_SETUP + 2 * fields["cin_words"] + ADD_LATENCY
+    if fields["op"] == Op.GAP:
+        pixels = fields["in_h"] * fields["in_w"]
+        return fields["batch"] * fields["cin_words"] * (pixels + GAP_DIV_STEPS + 2)
     return pool_words(fields) + pool_tail(fields) + POOL_LAYER
 
 

@@ -29,9 +29,7 @@ FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct("<8sII")      # magic, version, header length
 _CRC = struct.Struct("<I")
 _ALIGN = 8
-#: A residual add's two shifts differ by at most this much (``docs/arithmetic.md``): its aligned
-#: sum then fits 40 bits.
-ADD_SHIFT_SPREAD = 16
+ADD_SHIFT_SPREAD = arith.ADD_SHIFT_SPREAD
 _DTYPES = {"int8": "<i1", "uint8": "<u1", "uint16": "<u2", "int32": "<i4", "float32": "<f4",
            "float64": "<f8"}
 

@@ -1,0 +1,272 @@
+"""Element-wise engines beside the pooling engine: the residual add and global average pooling.
+
+Both read activation memory through the core's single read port and write their results back
+(``docs/arithmetic.md``, *Residual add* and *Global average pooling*), lane-parallel, one
+word of ``cols`` int8 channels at a time.
+
+`AddEngine` reads the two operands' words alternately (the activation memory has one read
+port), so it takes two cycles a word; each lane has one 8x15-bit multiplier that serves both
+operands in turn, a left shift of up to ``arith.ADD_SHIFT_SPREAD`` to align the two products, a
+48-bit sum with its rounding constant (``2^(S-1)`` needs 47 bits when ``S = 47``) and a right
+shift by the larger shift. Its parameters
+(``M`` and ``s`` of each operand) come from parameter memory. The datapath is a pipeline of
+plain registers with no backpressure: the memory write at its end never stalls.
+
+`GapEngine` sums each channel tile of a map over its ``H * W`` pixels (one word a cycle), then
+divides: ``round_half_up(S / N) = floor((2*S + N) / (2*N))`` is computed as ``floor((2*S +
+257*N) / (2*N)) - 128`` (the dividend is then positive, the quotient 0 to 255) by a restoring
+divider, nine steps of one subtractor per lane: exact for every ``N`` by construction, with no
+per-``N`` constants.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..sw import arith
+from .config import AcceleratorConfig
+from .isa import layer_layout, param_layout, word_layout
+
+__all__ = ["ADD_LATENCY", "AddEngine", "GAP_DIV_STEPS", "GapEngine", "has_eltwise"]
+
+#: Cycles from issuing the read of an add's last second-operand word to its result's write.
+ADD_LATENCY = 5
+#: Quotient bits of the global pooling divider: ``floor((2*S + 257*N) / (2*N))`` is 0 to 255.
+GAP_DIV_STEPS = 9
+
+
+def has_eltwise(cfg: AcceleratorConfig):
+    """Whether ``cfg``'s core has the residual add and global average pooling engines: with
+    the averaging pooling engine (not in the iCEBreaker's ``small`` preset)."""
+    return cfg.pool and cfg.pool_avg
+
+
+def _act_ports(cfg):
+    word = word_layout(cfg)
+    return {
+        "act_read": In(memory.ReadPort.Signature(addr_width=cfg.act_addr_bits, shape=word)),
+        "act_write": In(memory.WritePort.Signature(addr_width=cfg.act_addr_bits, shape=word)),
+    }
+
+
+class AddEngine(wiring.Component):
+    """Residual add of two int8 tensors, each lane ``clamp(((a*M_a << (S - s_a)) + (b*M_b << (S
+    - s_b)) + 2^(S-1)) >> S)``, optionally clamped at 0 (ReLU), ``S = max(s_a, s_b)``.
+
+    Members
+    -------
+    cmd : In(stream.Signature(layer_layout(cfg)))
+        The descriptor (`systolic.hw.isa.describe_add`): ``in_base`` (first operand),
+        ``origin`` (second operand), ``out_base``, ``cin_words`` (words of each tensor),
+        ``p_base`` (lane 0 of word ``p_base`` holds ``M_a``, ``s_a``; of ``p_base + 1``,
+        ``M_b``, ``s_b``) and ``relu``. Accepted when idle.
+    busy : Out(1)
+        From the cycle after the command is accepted until the last word is written.
+    act_read, act_write, param_read : memory port signatures
+        Activation memory (synchronous read), parameter memory (read at the start).
+    """
+
+    def __init__(self, cfg):
+        self._cfg = cfg
+        super().__init__({
+            "cmd": In(stream.Signature(layer_layout(cfg))),
+            "busy": Out(1),
+            **_act_ports(cfg),
+            "param_read": In(memory.ReadPort.Signature(addr_width=cfg.param_addr_bits,
+                                                       shape=param_layout(cfg))),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._cfg
+        m = Module()
+        a = cfg.act_addr_bits
+        cmd = self.cmd.payload
+        m_a, m_b = Signal(cfg.m_bits), Signal(cfg.m_bits)
+        s_a, s_b = Signal(cfg.shift_bits), Signal(cfg.shift_bits)
+        top = Signal(cfg.shift_bits)                        # S
+        spread = range(arith.ADD_SHIFT_SPREAD + 1)
+        d_a, d_b = Signal(spread), Signal(spread)           # S - s_a, S - s_b
+        half = Signal(48)                                   # 2^(S-1)
+        relu = Signal()
+        ptr_a, ptr_b, ptr_y = Signal(a), Signal(a), Signal(a)
+        left = Signal(a + 1)                                # words still to read
+        phase = Signal()                                    # reading the second operand
+        p_addr = Signal(cfg.param_addr_bits)
+        pipe = Signal(ADD_LATENCY)                          # a word in flight, per stage
+
+        m.d.comb += [self.act_read.en.eq(0), self.param_read.addr.eq(p_addr),
+                     self.param_read.en.eq(0)]
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += [
+                        ptr_a.eq(cmd.in_base), ptr_b.eq(cmd.origin), ptr_y.eq(cmd.out_base),
+                        left.eq(cmd.cin_words), relu.eq(cmd.relu), p_addr.eq(cmd.p_base),
+                        phase.eq(0), self.busy.eq(1),
+                    ]
+                    m.next = "PARAM_A"
+            with m.State("PARAM_A"):
+                m.d.comb += self.param_read.en.eq(1)
+                m.d.sync += p_addr.eq(p_addr + 1)
+                m.next = "PARAM_B"
+            with m.State("PARAM_B"):
+                m.d.comb += self.param_read.en.eq(1)
+                lane0 = self.param_read.data[0]
+                m.d.sync += [m_a.eq(lane0.m), s_a.eq(lane0.shift)]
+                m.next = "SHIFTS"
+            with m.State("SHIFTS"):
+                lane0 = self.param_read.data[0]
+                m.d.sync += [m_b.eq(lane0.m), s_b.eq(lane0.shift)]
+                m.next = "ALIGN"
+            with m.State("ALIGN"):
+                big = Mux(s_a > s_b, s_a, s_b)
+                m.d.sync += [top.eq(big), d_a.eq(big - s_a), d_b.eq(big - s_b),
+                             half.eq(Const(1, 48) << (big - 1)[:cfg.shift_bits])]
+                m.next = "READ"
+            with m.State("READ"):
+                m.d.comb += [self.act_read.en.eq(1),
+                             self.act_read.addr.eq(Mux(phase, ptr_b, ptr_a))]
+                m.d.sync += phase.eq(~phase)
+                with m.If(phase):
+                    m.d.sync += [ptr_a.eq(ptr_a + 1), ptr_b.eq(ptr_b + 1), left.eq(left - 1)]
+                    with m.If(left == 1):
+                        m.next = "DRAIN"
+            with m.State("DRAIN"):
+                with m.If(~pipe.any()):
+                    m.d.sync += self.busy.eq(0)
+                    m.next = "IDLE"
+
+        # The pipeline: stage 0 the memory read, 1 the product, 2 the aligned product, 3 the
+        # sum (on a second operand's word), 4 the result; the write takes stage 4's word.
+        reading = Signal()
+        m.d.comb += reading.eq(self.act_read.en)
+        tag = Signal(ADD_LATENCY)                           # second operand, per stage
+        m.d.sync += [pipe.eq(Cat(reading, pipe[:-1])), tag.eq(Cat(phase & reading, tag[:-1]))]
+        for lane in range(cfg.cols):
+            x = self.act_read.data[lane]
+            prod = Signal(signed(cfg.data_bits + cfg.m_bits + 1), name=f"prod{lane}")
+            aligned = Signal(signed(39), name=f"aligned{lane}")
+            first = Signal(signed(39), name=f"first{lane}")
+            total = Signal(signed(48), name=f"total{lane}")
+            y = Signal(signed(cfg.data_bits), name=f"y{lane}")
+            m.d.sync += [
+                prod.eq(x * Mux(tag[0], m_b, m_a)),
+                aligned.eq(prod << Mux(tag[1], d_b, d_a)),
+            ]
+            with m.If(pipe[2] & ~tag[2]):
+                m.d.sync += first.eq(aligned)
+            with m.If(pipe[2] & tag[2]):
+                m.d.sync += total.eq(first + aligned + half)
+            shifted = Signal(signed(48), name=f"shifted{lane}")
+            low = Mux(relu, 0, arith.INT8_MIN)
+            m.d.comb += shifted.eq(total >> top)
+            m.d.sync += y.eq(Mux(shifted > arith.INT8_MAX, arith.INT8_MAX,
+                                 Mux(shifted < low, low, shifted)))
+            m.d.comb += self.act_write.data[lane].eq(y)
+        m.d.comb += [self.act_write.en.eq(pipe[4] & tag[4]), self.act_write.addr.eq(ptr_y)]
+        with m.If(self.act_write.en):
+            m.d.sync += ptr_y.eq(ptr_y + 1)
+        return m
+
+
+class GapEngine(wiring.Component):
+    """Global average pooling: each channel's ``round_half_up(S / N)`` over a map's ``N = H *
+    W`` pixels, for each of a batch of maps stored one after the other.
+
+    Members
+    -------
+    cmd : In(stream.Signature(layer_layout(cfg)))
+        The descriptor (`systolic.hw.isa.describe_gap`): ``in_base``, ``out_base``, ``in_h``,
+        ``in_w``, ``cin_words`` and ``batch``. Accepted when idle.
+    busy : Out(1)
+        From the cycle after the command is accepted until the last word is written.
+    act_read, act_write : memory port signatures
+        Activation memory (synchronous read).
+    """
+
+    def __init__(self, cfg):
+        self._cfg = cfg
+        super().__init__({
+            "cmd": In(stream.Signature(layer_layout(cfg))),
+            "busy": Out(1),
+            **_act_ports(cfg),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._cfg
+        m = Module()
+        a, dim = cfg.act_addr_bits, cfg.dim_bits
+        cmd = self.cmd.payload
+        nb = a + 1                                          # N <= act_depth
+        in_w, in_h, cin_words = Signal(dim), Signal(dim), Signal(a + 1)
+        x, y, cw, images = Signal(dim), Signal(dim), Signal(a + 1), Signal(8)
+        tile, rd, nxt, wr = Signal(a), Signal(a), Signal(a), Signal(a)
+        n = Signal(nb)                                      # pixels of the tile so far
+        step = Signal(range(GAP_DIV_STEPS + 1))
+        divisor = Signal(nb + GAP_DIV_STEPS)                # 2*N << (steps left - 1)
+        got = Signal()                                      # a read's data arrives
+        acc_bits = cfg.data_bits + nb
+        lanes = range(cfg.cols)
+        acc = [Signal(signed(acc_bits), name=f"acc{i}") for i in lanes]
+        rem = [Signal(nb + 10, name=f"rem{i}") for i in lanes]
+        quo = [Signal(GAP_DIV_STEPS, name=f"quo{i}") for i in lanes]
+
+        m.d.comb += [self.act_read.en.eq(0), self.act_read.addr.eq(rd), self.act_write.en.eq(0),
+                     self.act_write.addr.eq(wr)]
+        m.d.sync += got.eq(self.act_read.en)
+        for i in lanes:
+            with m.If(got):
+                m.d.sync += acc[i].eq(acc[i] + self.act_read.data[i])
+            m.d.comb += self.act_write.data[i].eq(quo[i] - 128)
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += [
+                        in_w.eq(cmd.in_w), in_h.eq(cmd.in_h), cin_words.eq(cmd.cin_words),
+                        x.eq(cmd.in_w), y.eq(cmd.in_h), cw.eq(cmd.cin_words),
+                        images.eq(cmd.batch), tile.eq(cmd.in_base), rd.eq(cmd.in_base),
+                        wr.eq(cmd.out_base), n.eq(0), self.busy.eq(1),
+                    ]
+                    m.next = "READ"
+            with m.State("READ"):
+                m.d.comb += self.act_read.en.eq(1)
+                m.d.sync += [rd.eq(rd + cin_words), n.eq(n + 1), x.eq(x - 1)]
+                with m.If(x == 1):
+                    m.d.sync += [x.eq(in_w), y.eq(y - 1)]
+                    with m.If(y == 1):
+                        m.d.sync += y.eq(in_h)
+                        with m.If(cw == cin_words):
+                            m.d.sync += nxt.eq(rd + cin_words)   # the next image's first word
+                        m.next = "LAST"
+            with m.State("LAST"):
+                # The last word is summed this cycle; the dividend follows from the sum.
+                m.d.sync += [step.eq(GAP_DIV_STEPS), divisor.eq(n << GAP_DIV_STEPS)]
+                for i in lanes:
+                    total = acc[i] + self.act_read.data[i]
+                    m.d.sync += [rem[i].eq((total << 1) + (n << 8) + n), quo[i].eq(0)]
+                m.next = "DIVIDE"
+            with m.State("DIVIDE"):
+                m.d.sync += [step.eq(step - 1), divisor.eq(divisor >> 1)]
+                for i in lanes:
+                    diff = Signal(signed(nb + 11), name=f"diff{i}")
+                    m.d.comb += diff.eq(rem[i] - divisor)
+                    m.d.sync += quo[i].eq(Cat(~diff[-1], quo[i][:-1]))
+                    with m.If(~diff[-1]):
+                        m.d.sync += rem[i].eq(diff)
+                with m.If(step == 1):
+                    m.next = "WRITE"
+            with m.State("WRITE"):
+                m.d.comb += self.act_write.en.eq(1)
+                m.d.sync += [wr.eq(wr + 1), n.eq(0), cw.eq(cw - 1), tile.eq(tile + 1),
+                             rd.eq(tile + 1)]
+                m.d.sync += [acc[i].eq(0) for i in lanes]
+                m.next = "READ"
+                with m.If(cw == 1):
+                    m.d.sync += [cw.eq(cin_words), images.eq(images - 1), tile.eq(nxt),
+                                 rd.eq(nxt)]
+                    with m.If(images == 1):
+                        m.d.sync += self.busy.eq(0)
+                        m.next = "IDLE"
+        return m
