@@ -73,7 +73,8 @@ def runnable_ops(cfg):
     if cfg.pool:
         ops.append(Op.MAXPOOL)
         if cfg.pool_avg:
-            ops.append(Op.AVGPOOL)
+            # The element-wise engines come with averaging (`systolic.hw.eltwise.has_eltwise`).
+            ops += [Op.AVGPOOL, Op.ADD, Op.GAP]
     return ops
 
 
