@@ -8,8 +8,11 @@ Every request frame gets exactly one reply frame (``docs/protocol.md``)::
 The CRC (`systolic.hw.isa.FRAME_CRC`) covers type, length and payload. A request is buffered
 whole and checked before anything happens: a corrupt, truncated, over-long or unknown frame, or
 one that would run past a memory, is answered with an ERROR reply and changes nothing, so the
-next frame is served exactly as if the bad one had never been sent. Bytes between frames are
-dropped; a frame that stops arriving is abandoned after ``timeout_cycles`` quiet cycles.
+next frame is served exactly as if the bad one had never been sent. (Only a RUN that meets an
+entry the engines cannot execute, BAD_DESCRIPTOR, has run the entries before it.) IDENTIFY is
+answered with the configuration, constants built into the gateware (`isa.IDENTIFY_FIELDS`).
+Bytes between frames are dropped; a frame that stops arriving is abandoned after
+``timeout_cycles`` quiet cycles.
 A fault on the serial line (``line_fault``: a framing error or a break) in the middle of a
 frame drops it: the rest of it is swallowed until the line is quiet, then answered once with
 LINE_FAULT. Between frames, a line fault is no more than garbage (a break there may be the
@@ -40,6 +43,7 @@ from .isa import (
     Op,
     Reply,
     Request,
+    identify_payload,
     layer_layout,
     mem_depth,
     mem_word_bytes,
@@ -61,10 +65,12 @@ class _Payload(enum.Enum, shape=3):
     DONE = 3      #: total cycles
     ACT = 4       #: activation words (DATA)
     CYCLES = 5    #: per-entry cycle counters (DATA)
+    IDENTITY = 6  #: the configuration (constants)
 
 
 _KIND = {_Payload.NONE: Reply.ACK, _Payload.ERROR: Reply.ERROR, _Payload.STATUS: Reply.STATUS,
-         _Payload.DONE: Reply.DONE, _Payload.ACT: Reply.DATA, _Payload.CYCLES: Reply.DATA}
+         _Payload.DONE: Reply.DONE, _Payload.ACT: Reply.DATA, _Payload.CYCLES: Reply.DATA,
+         _Payload.IDENTITY: Reply.IDENTITY}
 
 
 def runnable_ops(cfg):
@@ -176,6 +182,8 @@ class Controller(wiring.Component):
 
         # ---- Reply state ------------------------------------------------------------------
         payload = Signal(_Payload)
+        # IDENTIFY's reply: constants, sent a byte at a time (indexed by ``idx``).
+        identity = identify_payload(cfg, runnable_ops(cfg))
         last_error = Signal(Error)
         prog_len = Signal(range(cfg.program_depth + 1))
         total = Signal(32)                       # cycles of the last run
@@ -199,6 +207,8 @@ class Controller(wiring.Component):
                 m.d.comb += reply_len.eq(times_const(second, cfg.cols))
             with m.Case(_Payload.CYCLES):
                 m.d.comb += reply_len.eq(count << 2)
+            with m.Case(_Payload.IDENTITY):
+                m.d.comb += reply_len.eq(len(identity))
 
         # ---- WRITE / READ / RUN / STATS state -----------------------------------------------
         # Scratch registers, loaded for every request whether it is carried out or not.
@@ -376,6 +386,9 @@ class Controller(wiring.Component):
                             m.next = "RUN_FETCH"
                         with m.Case(Request.STATUS):
                             reply(m, _Payload.STATUS)
+                        with m.Case(Request.IDENTIFY):
+                            m.d.sync += idx.eq(0)
+                            reply(m, _Payload.IDENTITY)
                         with m.Default():
                             reply(m, _Payload.CYCLES)
 
@@ -497,6 +510,8 @@ class Controller(wiring.Component):
                                 m.next = "TX_TOTAL"
                             with m.Case(_Payload.ACT):
                                 m.next = "TX_ACT_REQ"
+                            with m.Case(_Payload.IDENTITY):
+                                m.next = "TX_IDENTITY"
                             with m.Default():
                                 m.next = "TX_CYC_REQ"
             with m.State("TX_ERROR"):
@@ -517,6 +532,17 @@ class Controller(wiring.Component):
                 with m.If(self.tx.ready):
                     m.d.sync += [total.eq(Cat(total[8:], acc[:8])), j.eq(j + 1)]
                     with m.If(j == 3):
+                        m.next = "TX_CRC0"
+            with m.State("TX_IDENTITY"):
+                id_byte = Signal(8)
+                with m.Switch(idx):
+                    for i, b in enumerate(identity):
+                        with m.Case(i):
+                            m.d.comb += id_byte.eq(b)
+                send(id_byte)
+                with m.If(self.tx.ready):
+                    m.d.sync += idx.eq(idx + 1)
+                    with m.If(idx == len(identity) - 1):
                         m.next = "TX_CRC0"
             with m.State("TX_ACT_REQ"):
                 m.d.comb += core.rd_addr.valid.eq(1)
@@ -572,16 +598,17 @@ class Controller(wiring.Component):
                 with m.Elif((count == 0) | (count >= MAX_PAYLOAD)):
                     m.d.comb += error.eq(Error.BAD_LENGTH)
             with m.Case(Request.READ):
-                with m.If(length != 4):
+                # The reply must fit a frame: at most MAX_PAYLOAD bytes.
+                with m.If((length != 4) | (count > MAX_PAYLOAD // cfg.cols)):
                     m.d.comb += error.eq(Error.BAD_LENGTH)
                 with m.Elif(span_end > cfg.act_depth):
                     m.d.comb += error.eq(Error.BAD_ADDRESS)
             with m.Case(Request.RUN, Request.STATS):
                 with m.If(length != 2):
                     m.d.comb += error.eq(Error.BAD_LENGTH)
-                with m.Elif(end > Mux(req == Request.RUN, prog_len, cfg.program_depth)):
+                with m.Elif(end > prog_len):
                     m.d.comb += error.eq(Error.BAD_ADDRESS)
-            with m.Case(Request.STATUS):
+            with m.Case(Request.STATUS, Request.IDENTIFY):
                 with m.If(length != 0):
                     m.d.comb += error.eq(Error.BAD_LENGTH)
             with m.Default():

@@ -52,6 +52,7 @@ from ..hw.isa import (
     Mem,
     Reply,
     Request,
+    identify_payload,
     mem_depth,
     mem_word_bytes,
     pack_descriptor,
@@ -315,6 +316,8 @@ class ControllerModel:
             if n != 4:
                 return self._error(Error.BAD_LENGTH)
             addr, count = struct.unpack("<HH", payload)
+            if count * mem_word_bytes(self.cfg, Mem.ACT) > MAX_PAYLOAD:
+                return self._error(Error.BAD_LENGTH)
             if addr + count > self.cfg.act_depth:
                 return self._error(Error.BAD_ADDRESS)
             return self._words(self.act[addr:addr + count])
@@ -323,7 +326,7 @@ class ControllerModel:
                 return self._error(Error.BAD_LENGTH)
             start, count = payload
             if req == Request.STATS.value:
-                if start + count > self.cfg.program_depth:
+                if start + count > self.prog_len:
                     return self._error(Error.BAD_ADDRESS)
                 return Expected(Reply.DATA, b"".join(
                     c.to_bytes(4, "little") for c in self.stats[start:start + count]))
@@ -335,6 +338,10 @@ class ControllerModel:
                 return self._error(Error.BAD_LENGTH)
             return Expected(Reply.STATUS, bytes([self.last_error, self.prog_len])
                             + self.total.to_bytes(4, "little"))
+        if req == Request.IDENTIFY.value:
+            if n != 0:
+                return self._error(Error.BAD_LENGTH)
+            return Expected(Reply.IDENTITY, identify_payload(self.cfg, runnable_ops(self.cfg)))
         return self._error(Error.UNKNOWN_REQUEST)
 
     def _write(self, payload):
@@ -406,8 +413,8 @@ FRAME_KINDS = {
     "bad_count": 5, "line_fault": 8, "stray_sync": 2,
 }
 #: What valid requests are, and how often.
-VALID_KINDS = {Request.WRITE: 35, Request.READ: 25, Request.RUN: 10, Request.STATUS: 15,
-               Request.STATS: 15}
+VALID_KINDS = {Request.WRITE: 35, Request.READ: 25, Request.RUN: 10, Request.STATUS: 12,
+               Request.STATS: 15, Request.IDENTIFY: 3}
 
 
 class FrameGenerator:
@@ -497,8 +504,9 @@ class FrameGenerator:
             start = rng.randrange(n + 1)
             return req, bytes([start, rng.randint(0, n - start)]), None
         if req == Request.STATS:
-            start = rng.randrange(cfg.program_depth + 1)
-            return req, bytes([start, rng.randint(0, min(16, cfg.program_depth - start))]), None
+            n = self.used[Mem.PROGRAM] + 1                    # the program length
+            start = rng.randrange(n + 1)
+            return req, bytes([start, rng.randint(0, min(16, n - start))]), None
         return req, b"", None
 
     def any_write(self):
@@ -616,8 +624,9 @@ class FrameGenerator:
             start = rng.randint(0, min(255, n + 4))
             count = rng.randint(max(1, n - start + 1), 255 if rng.random() < 0.3 else n + 4)
             return _bytes(raw_frame(Request.RUN.value, bytes([start, min(255, count)]))), None
+        n = self.used[Mem.PROGRAM] + 1                        # the program length
         start = rng.randint(0, 255)
-        count = rng.randint(max(0, cfg.program_depth - start + 1), 255)
+        count = rng.randint(max(0, n - start + 1), 255)
         return _bytes(raw_frame(Request.STATS.value, bytes([start, count]))), None
 
     def _bad_count(self):

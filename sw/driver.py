@@ -23,7 +23,15 @@ from itertools import groupby
 
 import numpy as np
 
-from ..hw.isa import FRAME_TIMEOUT_BITS, MAX_PAYLOAD, SYNC_REPLY, Error, Mem, Reply
+from ..hw.isa import (
+    FRAME_TIMEOUT_BITS,
+    MAX_PAYLOAD,
+    PROTOCOL_VERSION,
+    SYNC_REPLY,
+    Error,
+    Mem,
+    Reply,
+)
 from . import protocol
 from .compiler import Program
 from .errors import SystolicError
@@ -63,6 +71,11 @@ class Transport(abc.ABC):
 
     async def resync(self):
         """Get back in step after a `protocol.LinkError` (nothing to do by default)."""
+        return None
+
+    async def identify(self):
+        """The device's IDENTITY fields (`protocol.parse_identity`), or ``None`` when this
+        transport cannot ask (the default): the driver then takes the configuration on trust."""
         return None
 
 
@@ -166,6 +179,17 @@ class FramedTransport(Transport):
     async def resync(self):
         await self.link.resync()
 
+    async def identify(self):
+        try:
+            payload = await self.request(protocol.identify_request(), Reply.IDENTITY)
+        except protocol.DeviceError as e:
+            if e.code != Error.UNKNOWN_REQUEST.value:
+                raise
+            raise SystolicError(
+                "The device does not answer IDENTIFY (UNKNOWN_REQUEST): its bitstream is older "
+                f"than protocol version {PROTOCOL_VERSION}; rebuild it (systolic build)") from None
+        return protocol.parse_identity(payload)
+
     async def write(self, beats, *, lanes=0):
         # Consecutive addresses of one memory go in as few frames as fit.
         runs = []
@@ -244,6 +268,8 @@ class Driver:
     reruns : int
         Batches run again from their input because the link lost or damaged a reply
         (`protocol.LinkError`) in the middle of them.
+    identity : dict or None
+        The device's IDENTITY fields, once `load_network` has asked for them.
     """
 
     def __init__(self, program: Program, transport: Transport, *, layer_cycles=True):
@@ -251,12 +277,24 @@ class Driver:
         self.transport = transport
         self.layer_cycles = layer_cycles
         self.reruns = 0
+        self.identity = None
         self._variants = {program.batch: program}
         self._loaded = None
 
     async def load_network(self):
-        """Write the weights, the parameters and the program (once per network)."""
+        """Check that the device is the accelerator the program was compiled for (IDENTIFY),
+        then write the weights, the parameters and the program (once per network).
+
+        Raises
+        ------
+        protocol.IdentityMismatch
+            When the device's configuration differs, naming each field that does.
+        """
         p = self.program
+        identity = await self.transport.identify()
+        if identity is not None:
+            protocol.check_identity(p.cfg, identity)
+        self.identity = identity
         await self.transport.write(p.loads())
         await self._load_program(p)
 

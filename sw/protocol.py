@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 from ..hw.isa import (
     FRAME_CRC,
+    IDENTIFY_FIELDS,
     MAX_PAYLOAD,
+    PROTOCOL_VERSION,
     SYNC_REPLY,
     SYNC_REQUEST,
     WRITE_TARGET,
@@ -16,13 +18,15 @@ from ..hw.isa import (
     Mem,
     Reply,
     Request,
+    identify_payload,
     mem_word_bytes,
 )
 from .errors import SystolicError
 
 __all__ = [
-    "DeviceError", "FrameError", "LinkError", "ReplyFrame", "ReplyParser", "encode_request",
-    "read_request",
+    "DeviceError", "FrameError", "IdentityMismatch", "LinkError", "ReplyFrame", "ReplyParser",
+    "check_identity", "encode_request", "expected_identity", "identify_request",
+    "parse_identity", "read_request",
     "run_request", "stats_request", "status_request", "write_requests",
 ]
 
@@ -110,6 +114,67 @@ def status_request():
 def stats_request(start, count):
     """The cycle counters of program entries ``start .. start + count - 1``."""
     return encode_request(Request.STATS, bytes([start, count]))
+
+
+def identify_request():
+    """Ask the device for its protocol version and configuration (an IDENTITY reply)."""
+    return encode_request(Request.IDENTIFY)
+
+
+def parse_identity(payload):
+    """The IDENTITY reply's fields (`systolic.hw.isa.IDENTIFY_FIELDS`) as a dict.
+
+    Raises
+    ------
+    SystolicError
+        When the device speaks another protocol version.
+    FrameError
+        When the payload's length is not the version's.
+    """
+    payload = bytes(payload)
+    if payload[:1] != bytes([PROTOCOL_VERSION]):
+        version = payload[0] if payload else "none"
+        raise SystolicError(
+            f"The device speaks protocol version {version}, this host version "
+            f"{PROTOCOL_VERSION}; use a bitstream and a host built from the same release")
+    size = sum(f.size for f in IDENTIFY_FIELDS)
+    if len(payload) != size:
+        raise FrameError(f"IDENTITY reply must be {size} bytes, not {len(payload)}")
+    fields, at = {}, 0
+    for f in IDENTIFY_FIELDS:
+        fields[f.name] = int.from_bytes(payload[at:at + f.size], "little")
+        at += f.size
+    return fields
+
+
+def expected_identity(cfg):
+    """The fields of the IDENTITY reply of an accelerator built for ``cfg``."""
+    from ..hw.controller import runnable_ops
+
+    return parse_identity(identify_payload(cfg, runnable_ops(cfg)))
+
+
+class IdentityMismatch(SystolicError):
+    """The device is not built for the configuration the host compiled for."""
+
+
+def check_identity(cfg, identity):
+    """Raise `IdentityMismatch`, naming every field that differs, unless the device whose
+    IDENTITY fields are ``identity`` is an accelerator built for ``cfg``."""
+    from ..hw.config import PRESETS
+
+    want = expected_identity(cfg)
+    diff = [f"{name} is {identity.get(name)}, not {value}" for name, value in want.items()
+            if identity.get(name) != value]
+    if not diff:
+        return
+    like = [name for name, preset in PRESETS.items() if expected_identity(preset) == identity]
+    built = f" (it matches the {like[0]!r} preset)" if like else ""
+    raise IdentityMismatch(
+        f"The device is not the accelerator the network was compiled for: its "
+        f"{'; '.join(diff)}. Its bitstream was built for another configuration{built}: "
+        f"compile the network for the device's configuration, or load a bitstream built for "
+        f"this one (systolic build)")
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,14 @@ serial pins in ``tests/test_deploy.py``.)"""
 import asyncio
 
 import pytest
+from net_common import random_qnet
 from systolic.hw.config import preset
-from systolic.hw.isa import Error, Reply, Request
+from systolic.hw.controller import runnable_ops
+from systolic.hw.isa import PROTOCOL_VERSION, Error, Mem, Reply, Request, identify_payload
 from systolic.sw import protocol as P
-from systolic.sw.driver import FramedTransport, Link
+from systolic.sw.compiler import compile_network
+from systolic.sw.driver import Driver, FramedTransport, Link
+from systolic.sw.errors import SystolicError
 
 
 class ScriptedLink(Link):
@@ -101,3 +105,65 @@ def test_out_of_step_reply_names_the_fix():
                                            r"most 1024, not 13 37 ff ff: the link corrupted a "
                                            r"reply or is out of step \(check the baud rate\)$"):
         request(t, P.status_request(), Reply.STATUS, repeatable=False)
+
+
+# ---- IDENTIFY: the driver checks the device against the configuration it compiled for --------
+
+def identity_reply(cfg):
+    return P.encode_reply(Reply.IDENTITY, identify_payload(cfg, runnable_ops(cfg)))
+
+
+def test_identify_parses_the_device_configuration():
+    cfg = preset("small")
+    link, t = transport([identity_reply(cfg)])
+    got = asyncio.run(t.identify())
+    assert link.sent == [P.identify_request()]
+    assert got == P.expected_identity(cfg)
+    assert (got["version"], got["rows"], got["cols"], got["act_depth"], got["rq_lanes"]) == (
+        PROTOCOL_VERSION, 1, 4, 1024, 1)
+    # Every operation the engines take, as bits.
+    assert got["ops"] == sum(1 << op.value for op in runnable_ops(cfg))
+
+
+def test_load_network_refuses_a_device_built_for_another_configuration():
+    """Nothing is written to a device built for another configuration; the error names each
+    field that differs and the preset the device matches."""
+    program = compile_network(random_qnet("lenet-digits"), preset("default"))
+    link, t = transport([identity_reply(preset("small"))])
+    with pytest.raises(P.IdentityMismatch, match=(
+            r"^The device is not the accelerator the network was compiled for: its rows is 1, "
+            r"not 8; cols is 4, not 8; .*Its bitstream was built for another configuration \(it "
+            r"matches the 'small' preset\): compile the network for the device's configuration, "
+            r"or load a bitstream built for this one \(systolic build\)$")):
+        asyncio.run(Driver(program, t).load_network())
+    assert link.sent == [P.identify_request()]
+
+
+def test_load_network_on_the_right_device_writes_the_network():
+    program = compile_network(random_qnet("lenet-digits"), preset("default"))
+    writes = sum(len(P.write_requests(program.cfg, mem, 0, [0] * n)) for mem, n in [
+        (Mem.WEIGHT, len(program.weights)), (Mem.PARAM, len(program.params)),
+        (Mem.PROGRAM, len(program.commands))])
+    link, t = transport([identity_reply(preset("default"))] + [P.encode_reply(Reply.ACK)] * 99)
+    driver = Driver(program, t)
+    asyncio.run(driver.load_network())
+    assert driver.identity == P.expected_identity(preset("default"))
+    assert len(link.sent) == 1 + writes
+
+
+def test_a_device_without_identify_is_told_to_rebuild():
+    link, t = transport([error(Error.UNKNOWN_REQUEST, Request.IDENTIFY)])
+    with pytest.raises(SystolicError, match=r"^The device does not answer IDENTIFY "
+                                            r"\(UNKNOWN_REQUEST\): its bitstream is older than "
+                                            r"protocol version 1; rebuild it \(systolic build\)$"):
+        asyncio.run(t.identify())
+
+
+def test_another_protocol_version_is_refused():
+    payload = bytearray(identify_payload(preset("default"), runnable_ops(preset("default"))))
+    payload[0] = PROTOCOL_VERSION + 1
+    link, t = transport([P.encode_reply(Reply.IDENTITY, bytes(payload))])
+    with pytest.raises(SystolicError, match=r"^The device speaks protocol version 2, this host "
+                                            r"version 1; use a bitstream and a host built from "
+                                            r"the same release$"):
+        asyncio.run(t.identify())
