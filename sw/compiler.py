@@ -15,6 +15,13 @@ the odd ones in region B right after the largest tensor of region A; a tensor's 
 one after the other. A flatten layer costs nothing: the next fully connected layer reads the
 map's words in memory order, as one pixel (`systolic.hw.isa.describe_linear`).
 
+A network with residual adds or branches (a `Branch` starts from an earlier tensor) has
+tensors that live across several layers, so its activation memory is allocated instead: each
+tensor (the input batch, each layer's output) from its producer to its last reader, first fit
+in address order, freed after its last reader ran (a layer's output never overlaps its
+inputs). A branch and a flatten name an existing tensor and cost nothing. `Program.act_words`
+is the peak either way.
+
 With ``dense_input``, a first convolution with fewer input channels than the array has
 columns is turned into a 1x1 convolution of its *im2col* input: the host sends, for each
 output pixel, the ``kh * kw * cin`` values its kernel covers (padding included), so that
@@ -29,10 +36,20 @@ import numpy as np
 
 from ..hw import layout
 from ..hw.config import AcceleratorConfig
-from ..hw.isa import Mem, describe_conv, describe_linear, describe_pool, pack_descriptor
+from ..hw.eltwise import has_eltwise
+from ..hw.isa import (
+    Mem,
+    describe_add,
+    describe_conv,
+    describe_gap,
+    describe_linear,
+    describe_pool,
+    pack_add_params,
+    pack_descriptor,
+)
 from ..hw.pool import pool_line_words
 from .errors import SystolicError
-from .qnet import Conv, Flatten, Linear, Pool, QNet
+from .qnet import Add, Branch, Conv, Flatten, GlobalAvgPool, Linear, Pool, QNet
 
 __all__ = ["CompiledLayer", "FitError", "Program", "compile_network", "im2col", "largest_batch"]
 
@@ -56,7 +73,7 @@ class CompiledLayer:
     name : str
         ``"layer 3 (conv 16->32 3x3)"``: for reports and error messages.
     kind : str
-        ``"conv"``, ``"linear"``, ``"maxpool"`` or ``"avgpool"``.
+        ``"conv"``, ``"linear"``, ``"maxpool"``, ``"avgpool"``, ``"add"`` or ``"gap"``.
     entries : list of dict
         Descriptor fields (`systolic.hw.isa.describe_conv` / `describe_pool`) of each program
         entry the layer takes: one for a convolution or fully connected layer, one per group
@@ -117,7 +134,7 @@ class Program:
     classes : int
         Number of logits.
     act_words : int
-        Activation memory words the program uses.
+        Activation memory words the program uses: the peak, all its live tensors at once.
     w_bases : list of int or None
         Weight memory base of each layer (``None`` for pooling).
     batch : int
@@ -251,6 +268,10 @@ def _layer_name(i, layer):
         return f"layer {i} (linear {layer.w.shape[1]}->{layer.w.shape[0]})"
     if isinstance(layer, Pool):
         return f"layer {i} ({layer.kind}pool {layer.kernel}x{layer.kernel} /{layer.stride})"
+    if isinstance(layer, Add):
+        return f"layer {i} (add {'input' if layer.skip == -1 else f'layer {layer.skip}'})"
+    if isinstance(layer, GlobalAvgPool):
+        return f"layer {i} (global avgpool)"
     return f"layer {i} ({type(layer).__name__.lower()})"
 
 
@@ -283,15 +304,33 @@ def _dense_first(cfg, layer, shape):
     return ci < cfg.cols and -(-k // cfg.cols) < kh * kw * -(-ci // cfg.cols)
 
 
+def _is_graph(qnet):
+    """Whether a network has tensors read by more than the next layer (adds, branches)."""
+    return any(isinstance(layer, Add | Branch) for layer in qnet.layers)
+
+
 def _plan(qnet, cfg, dense_input):
-    """Pass 1: ``[(index, layer, in_shape, out_shape)]`` of the hardware layers, and the
-    dense packing of the first layer (or ``None``)."""
+    """Pass 1: ``[(index, layer, in_shape, out_shape, srcs)]`` of the hardware layers, and the
+    dense packing of the first layer (or ``None``). ``srcs`` are the tensors the layer reads
+    (0: the input; hardware layer ``n``'s output is tensor ``n + 1``), its main input first."""
     shape = tuple(qnet.input_shape)
     plan, dense = [], None
+    tensor_of, shape_of = {-1: 0}, {0: shape}      # qnet index -> tensor; tensor -> shape
+    cur = 0
+    # The input goes densely packed only when the first layer is its one reader.
+    input_shared = any(isinstance(lay, Add) and lay.skip == -1
+                       or isinstance(lay, Branch) and lay.src == -1 for lay in qnet.layers)
     for i, layer in enumerate(qnet.layers):
         name = _layer_name(i, layer)
+        srcs = [cur]
         if isinstance(layer, Flatten):
+            tensor_of[i] = cur
             continue                        # the map keeps its (C, H, W) layout in memory
+        if isinstance(layer, Branch):
+            cur = tensor_of[layer.src]
+            shape = shape_of[cur]
+            tensor_of[i] = cur
+            continue                        # the layers after it read an existing tensor
         if isinstance(layer, Conv):
             out = layer.out_shape(shape)
         elif isinstance(layer, Linear):
@@ -308,15 +347,27 @@ def _plan(qnet, cfg, dense_input):
                                "maximum (pool_avg=False); use max pooling in the model or a "
                                "configuration with pool_avg=True (the default and big presets)")
             out = layer.out_shape(shape)
+        elif isinstance(layer, Add | GlobalAvgPool):
+            if not has_eltwise(cfg):
+                raise FitError(f"{name}: residual adds and global average pooling need the "
+                               "element-wise engines, which come with the averaging pooling "
+                               "engine; use a configuration with pool=True and pool_avg=True "
+                               "(the default and big presets)")
+            out = layer.out_shape(shape)
+            if isinstance(layer, Add):
+                srcs.append(tensor_of[layer.skip])
         else:
-            raise FitError(f"{name}: layer type must be Conv, Linear, Pool or Flatten, not "
-                           f"{type(layer).__name__}")
+            raise FitError(f"{name}: layer type must be Conv, Linear, Pool, GlobalAvgPool, Add, "
+                           f"Branch or Flatten, not {type(layer).__name__}")
         in_shape = shape
-        if not plan and dense_input and _dense_first(cfg, layer, shape):
+        if not plan and dense_input and not input_shared and _dense_first(cfg, layer, shape):
             co, ci, kh, kw = layer.w.shape
             dense = (kh, kw, layer.stride, layer.pad)
             in_shape = (ci * kh * kw, out[1], out[2])
-        plan.append((i, layer, in_shape, out))
+            shape_of[0] = in_shape
+        plan.append((i, layer, in_shape, out, srcs))
+        cur = len(plan)
+        tensor_of[i], shape_of[cur] = cur, out
         shape = out
     return plan, dense
 
@@ -326,9 +377,35 @@ def _tensor_words(cfg, qnet, plan):
     return [_words(cfg.cols, plan[0][2])] + [_words(cfg.cols, p[3]) for p in plan]
 
 
+def _allocate(cfg, qnet, plan, batch):
+    """Activation bases of every tensor for ``batch`` images, and the words used (the peak).
+
+    A `Sequential` network ping-pongs (tensor 0 and even layers' outputs at 0, odd ones after
+    the largest of those); a graph's tensors are allocated first fit with liveness.
+    """
+    sizes = [batch * w for w in _tensor_words(cfg, qnet, plan)]
+    if not _is_graph(qnet):
+        size_a, size_b = max(sizes[0::2]), max(sizes[1::2] or [0])
+        return [0 if t % 2 == 0 else size_a for t in range(len(sizes))], size_a + size_b
+    last = {t: n for n, p in enumerate(plan) for t in p[4]}
+    last[len(plan)] = len(plan)                      # the logits stay
+    bases, live, peak = [0], {0: (0, sizes[0])}, sizes[0]
+    for n in range(len(plan)):
+        for t in [t for t in live if last.get(t, -1) < n]:
+            del live[t]
+        at = 0
+        for lo, hi in sorted(live.values()):
+            if at + sizes[n + 1] <= lo:
+                break
+            at = max(at, hi)
+        live[n + 1] = (at, at + sizes[n + 1])
+        bases.append(at)
+        peak = max(peak, at + sizes[n + 1])
+    return bases, peak
+
+
 def _per_image_words(cfg, qnet, plan):
-    sizes = _tensor_words(cfg, qnet, plan)
-    return max(sizes[0::2]) + max(sizes[1::2] or [0])
+    return _allocate(cfg, qnet, plan, 1)[1]
 
 
 def largest_batch(qnet, cfg, *, dense_input=False):
@@ -354,7 +431,7 @@ def _pool_groups(cfg, layer, in_shape, batch):
 
 def _entries(cfg, plan, batch):
     return sum(len(_pool_groups(cfg, layer, shape, batch)) if isinstance(layer, Pool) else 1
-               for _, layer, shape, _ in plan)
+               for _, layer, shape, _, _ in plan)
 
 
 def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
@@ -388,13 +465,11 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
         raise FitError(f"batch must be an integer from 1 to {MAX_BATCH}, not {batch!r}")
     plan, dense = _plan(qnet, cfg, dense_input)
 
-    # Activation regions: tensor 0 (input) and even layer outputs in A, odd ones in B.
+    # Activation memory: ping-pong regions, or a graph's allocation.
     tensors = [plan[0][2]] + [p[3] for p in plan]
     sizes = _tensor_words(cfg, qnet, plan)
-    size_a = batch * max(sizes[0::2])
-    size_b = batch * max(sizes[1::2])
-    bases = (0, size_a)
-    if size_a + size_b > cfg.act_depth:
+    bases, used = _allocate(cfg, qnet, plan, batch)
+    if used > cfg.act_depth:
         big = max(range(len(tensors)), key=lambda j: sizes[j])
         where = ("the input image" if big == 0
                  else f"the output of {_layer_name(plan[big - 1][0], plan[big - 1][1])}")
@@ -402,11 +477,13 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
         if batch > 1 and fits:
             raise FitError(
                 f"a batch of {batch} images must fit act_depth {cfg.act_depth} words, not "
-                f"{size_a + size_b} ({(size_a + size_b) // batch} words an image); the "
+                f"{used} ({used // batch} words an image); the "
                 f"largest batch that fits is {fits}")
+        how = ("the live tensors at their peak" if _is_graph(qnet) else
+               f"two ping-pong buffers of {bases[1]} and {used - bases[1]} words")
         raise FitError(
-            f"activations must fit act_depth {cfg.act_depth} words, not {size_a + size_b} "
-            f"(two ping-pong buffers of {size_a} and {size_b} words; the largest is {where}, "
+            f"activations must fit act_depth {cfg.act_depth} words, not {used} "
+            f"({how}; the largest is {where}, "
             f"{tensors[big]} in {sizes[big]} words); use {_BIGGER}, fewer channels or a "
             "smaller input")
     entries = _entries(cfg, plan, batch)
@@ -419,9 +496,9 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
 
     # Pass 2: descriptors and memory images.
     layers, weights, params, w_bases = [], [], [], []
-    for n, (i, layer, in_shape, out) in enumerate(plan):
+    for n, (i, layer, in_shape, out, srcs) in enumerate(plan):
         name = _layer_name(i, layer)
-        src, dst = bases[n % 2], bases[(n + 1) % 2]
+        src, dst = bases[srcs[0]], bases[n + 1]
         c, h, w = in_shape
         _check_dims(cfg, name, in_shape, "input")
         _check_dims(cfg, name, out, "output")
@@ -470,6 +547,23 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                     f"tiles, not {len(params) // cfg.rq_groups}; use {_BIGGER} or fewer "
                     "output channels")
             entries = [fields]
+        elif isinstance(layer, Add):
+            kind, macs = "add", 0
+            words = batch * _words(cfg.cols, in_shape)
+            entries = [describe_add(cfg, words=words, relu=layer.relu, in_base=src,
+                                    skip_base=bases[srcs[1]], out_base=dst,
+                                    p_base=len(params))]
+            params += pack_add_params(cfg, layer.M, layer.s)
+            w_bases.append(None)
+            if len(params) > cfg.param_words:
+                raise FitError(
+                    f"{name}: parameters must fit {cfg.param_words} parameter words, not "
+                    f"{len(params)}; use {_BIGGER}")
+        elif isinstance(layer, GlobalAvgPool):
+            kind, macs = "gap", 0
+            entries = [describe_gap(cfg, channels=c, h=h, w=w, batch=batch, in_base=src,
+                                    out_base=dst)]
+            w_bases.append(None)
         else:
             kind = f"{layer.kind}pool"
             entries, done = [], 0
@@ -500,5 +594,5 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                                     _words(cfg.cols, out), dst))
     last = layers[-1]
     return Program(cfg, layers, weights, params, tuple(qnet.input_shape), 0, last.out_base,
-                   last.out_shape[0], size_a + size_b, w_bases, batch, dense,
+                   last.out_shape[0], used, w_bases, batch, dense,
                    (qnet, dense_input))

@@ -266,7 +266,8 @@ class Upsample:
 def test_unsupported_layer():
     qnet = _net([_conv(1, 2, 3), Upsample(), Flatten(), _linear(2 * 2 * 2, 2)], (1, 4, 4))
     with pytest.raises(FitError, match=r"^layer 1 \(upsample\): layer type must be Conv, "
-                                       r"Linear, Pool or Flatten, not Upsample$"):
+                                       r"Linear, Pool, GlobalAvgPool, Add, Branch or Flatten, "
+                                       r"not Upsample$"):
         compile_network(qnet, preset("default"))
 
 
