@@ -2,6 +2,7 @@
 same design, and against the cocotb route, measured in one run.
 
     python bench/fastsim.py                        # lenet-digits, default preset, 360 images
+    python bench/fastsim.py --batch 1              # one image a run only
     python bench/fastsim.py --model lenet5.qnet --preset big --data-dir ../shared/data/mnist
 
 Without ``--model``, lenet-digits with seeded random weights, quantized on the digits training
@@ -20,7 +21,7 @@ from systolic.hw.controller import Controller
 from systolic.sim.fast import bare_loop_rate
 from systolic.sw import data, models, quantize, train
 from systolic.sw.qnet import QNet
-from systolic.sw.simulate import dataset_images, simulate
+from systolic.sw.simulate import dataset_images, resolve_batch, simulate
 
 
 def _network(args):
@@ -44,6 +45,9 @@ def main(argv=None):
                    help="images on the cocotb route (0: skip it)")
     p.add_argument("--data-dir", help="MNIST IDX files, for a network trained on MNIST")
     p.add_argument("--bare-cycles", type=int, default=3_000_000)
+    p.add_argument("--batch", default="auto", metavar="N|auto",
+                   help="images per run on the fast routes (default: auto, the largest batch "
+                        "that fits; the cocotb route runs one image a run)")
     args = p.parse_args(argv)
 
     qnet = _network(args)
@@ -52,9 +56,9 @@ def main(argv=None):
     say = lambda line: print(line, file=sys.stderr)    # noqa: E731
     rows = []
 
-    def run(name, sim, n, jobs):
+    def run(name, sim, n, jobs, batch=1):
         start = time.monotonic()      # the cocotb route's wall time, its build done before
-        r = simulate(qnet, images[:n], cfg, labels=labels[:n], sim=sim, jobs=jobs,
+        r = simulate(qnet, images[:n], cfg, labels=labels[:n], sim=sim, jobs=jobs, batch=batch,
                      progress=lambda item: isinstance(item, str) and say(item))
         d = r.as_dict()
         if d["mismatches"]:
@@ -70,8 +74,12 @@ def main(argv=None):
     say("building and timing the bare loop")
     simulate(qnet, images[:1], cfg, jobs=1, progress=lambda item: None)     # builds the harness
     bare = bare_loop_rate(Controller(cfg), name="controller", cycles=args.bare_cycles)
+    batch = resolve_batch(args.batch, qnet, cfg, args.images, jobs=args.jobs)
     first = run("fast, 1 process", "fast", args.images, 1)
     run(f"fast, {args.jobs} processes", "fast", args.images, args.jobs)
+    if batch > 1:
+        run(f"fast, batches of {batch}", "fast", args.images, 1, batch)
+        run(f"fast, {args.jobs} procs, batch {batch}", "fast", args.images, args.jobs, batch)
     if args.cocotb_images:
         say("building the cocotb route's simulator")
         simulate(qnet, images[:1], cfg, sim="verilator")        # its build, not timed

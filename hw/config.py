@@ -44,7 +44,8 @@ class AcceleratorConfig:
         Layer descriptors the controller's program memory holds (power of two, at most 256).
     max_kernel : int
         Largest kernel (height or width) the convolution engine's counters can hold. Fully
-        connected layers run as a convolution whose kernel covers the whole input.
+        connected layers run as a 1x1 convolution of one pixel holding their whole input
+        (`systolic.hw.isa.describe_linear`), so this does not limit them.
     max_dim : int
         Largest feature map height or width.
     pool : bool
