@@ -108,19 +108,21 @@ class Reply(enum.Enum, shape=8):
     DONE = 0x83     #: RUN finished: total cycles (4)
     STATUS = 0x84   #: last error, program length, cycles of the last run (4)
     IDENTITY = 0x85  #: IDENTIFY's answer: `IDENTIFY_FIELDS`
-    ERROR = 0xFF    #: error code, request type: nothing was changed
+    ERROR = 0xFF    #: error code, request type: nothing was changed (but see BAD_DESCRIPTOR)
 
 
 class Error(enum.Enum, shape=8):
-    """Error codes of an ERROR reply (and of STATUS's last error)."""
+    """Error codes of an ERROR reply (and of STATUS's last error, which is sticky: the last
+    ERROR's code until the next one)."""
     NONE = 0
     BAD_CRC = 1         #: the frame check failed
     UNKNOWN_REQUEST = 2  #: the request type is not one of `Request`
-    BAD_LENGTH = 3      #: the payload length does not match the request
+    BAD_LENGTH = 3      #: the payload length does not match the request, or the reply's
+                        #: (a READ's) would pass MAX_PAYLOAD
     TRUNCATED = 4       #: the frame stopped arriving before its end
     BAD_ADDRESS = 5     #: the access would run past the end of a memory or the program
     BAD_MEMORY = 6      #: WRITE names no memory
-    BAD_DESCRIPTOR = 7  #: RUN met a program entry with an unknown operation
+    BAD_DESCRIPTOR = 7  #: RUN met an entry it cannot execute (the ones before it ran)
     LINE_FAULT = 8      #: the serial line broke the frame (a framing error or a break)
 
 
