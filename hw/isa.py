@@ -19,6 +19,10 @@ Memory layouts (see `describe_conv`):
 * parameter memory: words ``p_base + t * G .. p_base + t * G + G - 1`` (``G = cols /
   rq_lanes``) hold output channel tile ``t``; word ``p_base + t * G + g`` holds, per lane
   ``i < rq_lanes``, ``bias | M << 32 | s << 47`` of channel ``t * cols + g * rq_lanes + i``.
+  A residual add's two operands take one word each, ``M`` and ``s`` in lane 0
+  (`pack_add_params`).
+* a residual add (`describe_add`) and global average pooling (`describe_gap`) read and write
+  tensors in the activation layout above; an add treats its operands as flat runs of words.
 """
 
 from collections.abc import Callable

@@ -33,6 +33,14 @@ pipeline drains that much sooner::
     tail = max(2, 4 - after_h, 6 - after_hv)
     pool cycles = in_h * in_w * cin_words + tail + POOL_LAYER
 
+The residual add (``hw/eltwise.py``) reads its two operands' words alternately, two cycles a
+word, after reading its parameters; global average pooling reads a channel tile's pixels one a
+cycle, then divides in ``GAP_DIV_STEPS`` cycles and writes::
+
+    add cycles = ADD_SETUP + 2 * words + ADD_LATENCY
+    gap cycles = batch * cin_words * (in_h * in_w + GAP_DIV_STEPS + 2)
+
+(structural, both: ``tests/test_eltwise_unit.py`` checks them on the core.)
 ``CONV_TILE``, ``CONV_LAYER`` and ``POOL_LAYER`` are the only fitted constants, measured on
 the RTL (``cycles`` counter) of lenet-digits and lenet5 layers on 2x4, 8x8 and 12x12 arrays
 (the coefficients of ``rows`` and ``cols`` were fitted too and match the structure above); the
