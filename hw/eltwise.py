@@ -6,11 +6,17 @@ word of ``cols`` int8 channels at a time.
 
 `AddEngine` reads the two operands' words alternately (the activation memory has one read
 port), so it takes two cycles a word; each lane has one 8x15-bit multiplier that serves both
-operands in turn, a left shift of up to ``arith.ADD_SHIFT_SPREAD`` to align the two products, a
-48-bit sum with its rounding constant (``2^(S-1)`` needs 47 bits when ``S = 47``) and a right
-shift by the larger shift. Its parameters
-(``M`` and ``s`` of each operand) come from parameter memory. The datapath is a pipeline of
-plain registers with no backpressure: the memory write at its end never stalls.
+operands in turn. Rather than the contract's 40-bit aligned sum, it computes the same value in
+25 bits: with ``p_hi`` the product whose shift is the larger (``S``), ``p_lo`` the other's
+(shift ``lo``) and ``d = S - lo``, nested floors give ::
+
+    (p_hi + (p_lo << d) + 2^(S-1)) >> S  =  ((((p_hi >> d) + p_lo) >> (lo - 1)) + 1) >> 1
+
+(``floor((x + 2^(k-1)) / 2^k) = floor((floor(x / 2^(k-1)) + 1) / 2)``, and ``floor((x + k *
+2^d) / 2^d) = floor(x / 2^d) + k``): a right shift of up to ``arith.ADD_SHIFT_SPREAD`` of one
+product, a 25-bit sum, a right shift by ``lo - 1`` and the rounding bit; no 48-bit datapath.
+Its parameters (``M`` and ``s`` of each operand) come from parameter memory. The datapath is a
+pipeline of plain registers with no backpressure: the memory write at its end never stalls.
 
 `GapEngine` sums each channel tile of a map over its ``H * W`` pixels (one word a cycle), then
 divides: ``round_half_up(S / N) = floor((2*S + N) / (2*N))`` is computed as ``floor((2*S +
@@ -19,7 +25,7 @@ divider, nine steps of one subtractor per lane: exact for every ``N`` by constru
 per-``N`` constants.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -83,10 +89,9 @@ class AddEngine(wiring.Component):
         cmd = self.cmd.payload
         m_a, m_b = Signal(cfg.m_bits), Signal(cfg.m_bits)
         s_a, s_b = Signal(cfg.shift_bits), Signal(cfg.shift_bits)
-        top = Signal(cfg.shift_bits)                        # S
-        spread = range(arith.ADD_SHIFT_SPREAD + 1)
-        d_a, d_b = Signal(spread), Signal(spread)           # S - s_a, S - s_b
-        half = Signal(48)                                   # 2^(S-1)
+        lo_m1 = Signal(cfg.shift_bits)                      # min(s_a, s_b) - 1
+        spread = Signal(range(arith.ADD_SHIFT_SPREAD + 1))  # |s_a - s_b|
+        hi_b = Signal()                                     # s_b > s_a: b's product is p_hi
         relu = Signal()
         ptr_a, ptr_b, ptr_y = Signal(a), Signal(a), Signal(a)
         left = Signal(a + 1)                                # words still to read
@@ -120,9 +125,9 @@ class AddEngine(wiring.Component):
                 m.d.sync += [m_b.eq(lane0.m), s_b.eq(lane0.shift)]
                 m.next = "ALIGN"
             with m.State("ALIGN"):
-                big = Mux(s_a > s_b, s_a, s_b)
-                m.d.sync += [top.eq(big), d_a.eq(big - s_a), d_b.eq(big - s_b),
-                             half.eq(Const(1, 48) << (big - 1)[:cfg.shift_bits])]
+                m.d.sync += [hi_b.eq(s_b > s_a),
+                             spread.eq(Mux(s_b > s_a, s_b - s_a, s_a - s_b)),
+                             lo_m1.eq(Mux(s_b > s_a, s_a, s_b) - 1)]
                 m.next = "READ"
             with m.State("READ"):
                 m.d.comb += [self.act_read.en.eq(1),
@@ -137,32 +142,34 @@ class AddEngine(wiring.Component):
                     m.d.sync += self.busy.eq(0)
                     m.next = "IDLE"
 
-        # The pipeline: stage 0 the memory read, 1 the product, 2 the aligned product, 3 the
-        # sum (on a second operand's word), 4 the result; the write takes stage 4's word.
+        # The pipeline: stage 0 the memory read, 1 the product, 2 the product (p_hi shifted
+        # right by the spread), 3 the sum (on a second operand's word), 4 the result; the write
+        # takes stage 4's word.
         reading = Signal()
         m.d.comb += reading.eq(self.act_read.en)
         tag = Signal(ADD_LATENCY)                           # second operand, per stage
         m.d.sync += [pipe.eq(Cat(reading, pipe[:-1])), tag.eq(Cat(phase & reading, tag[:-1]))]
+        prod_bits = cfg.data_bits + cfg.m_bits + 1
         for lane in range(cfg.cols):
             x = self.act_read.data[lane]
-            prod = Signal(signed(cfg.data_bits + cfg.m_bits + 1), name=f"prod{lane}")
-            aligned = Signal(signed(39), name=f"aligned{lane}")
-            first = Signal(signed(39), name=f"first{lane}")
-            total = Signal(signed(48), name=f"total{lane}")
+            prod = Signal(signed(prod_bits), name=f"prod{lane}")
+            part = Signal(signed(prod_bits), name=f"part{lane}")
+            first = Signal(signed(prod_bits), name=f"first{lane}")
+            total = Signal(signed(prod_bits + 1), name=f"total{lane}")
             y = Signal(signed(cfg.data_bits), name=f"y{lane}")
             m.d.sync += [
                 prod.eq(x * Mux(tag[0], m_b, m_a)),
-                aligned.eq(prod << Mux(tag[1], d_b, d_a)),
+                part.eq(prod >> Mux(tag[1] == hi_b, spread, 0)),
             ]
             with m.If(pipe[2] & ~tag[2]):
-                m.d.sync += first.eq(aligned)
+                m.d.sync += first.eq(part)
             with m.If(pipe[2] & tag[2]):
-                m.d.sync += total.eq(first + aligned + half)
-            shifted = Signal(signed(48), name=f"shifted{lane}")
+                m.d.sync += total.eq(first + part)
+            rounded = Signal(signed(prod_bits + 1), name=f"rounded{lane}")
+            m.d.comb += rounded.eq(((total >> lo_m1) + 1) >> 1)
             low = Mux(relu, 0, arith.INT8_MIN)
-            m.d.comb += shifted.eq(total >> top)
-            m.d.sync += y.eq(Mux(shifted > arith.INT8_MAX, arith.INT8_MAX,
-                                 Mux(shifted < low, low, shifted)))
+            m.d.sync += y.eq(Mux(rounded > arith.INT8_MAX, arith.INT8_MAX,
+                                 Mux(rounded < low, low, rounded)))
             m.d.comb += self.act_write.data[lane].eq(y)
         m.d.comb += [self.act_write.en.eq(pipe[4] & tag[4]), self.act_write.addr.eq(ptr_y)]
         with m.If(self.act_write.en):
