@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from systolic.hw import layout
 from systolic.hw.config import AcceleratorConfig
-from systolic.hw.controller import Controller
+from systolic.hw.controller import Controller, runnable_ops
 from systolic.hw.isa import (
     FRAME_TIMEOUT_BITS,
     MAX_PAYLOAD,
@@ -22,6 +22,7 @@ from systolic.hw.isa import (
     Request,
     describe_conv,
     describe_pool,
+    identify_payload,
     pack_descriptor,
     pack_params,
 )
@@ -75,6 +76,10 @@ def error_reply(code, request):
 
 
 ACK = P.encode_reply(Reply.ACK)
+
+
+def identity_reply(cfg):
+    return P.encode_reply(Reply.IDENTITY, identify_payload(cfg, runnable_ops(cfg)))
 
 
 def exchanges(cfg):
@@ -131,6 +136,15 @@ def exchanges(cfg):
          "none", error_reply(Error.BAD_LENGTH, Request.WRITE.value)),
         (P.stats_request(cfg.program_depth - 1, 2), "none",
          error_reply(Error.BAD_ADDRESS, Request.STATS.value)),
+        # STATS is bounded by the program's length (2 entries so far), not its memory's.
+        (P.stats_request(1, 2), "none", error_reply(Error.BAD_ADDRESS, Request.STATS.value)),
+        # A READ whose reply would not fit a frame.
+        (P.read_request(0, MAX_PAYLOAD // cfg.cols + 1), "none",
+         error_reply(Error.BAD_LENGTH, Request.READ.value)),
+        # IDENTIFY: the configuration, whatever happened before; no payload.
+        (P.identify_request(), "random", identity_reply(cfg)),
+        (P.encode_request(Request.IDENTIFY, b"\x00"), "none",
+         error_reply(Error.BAD_LENGTH, Request.IDENTIFY.value)),
         # Empty reads and runs.
         (P.read_request(cfg.act_depth, 0), "none", P.encode_reply(Reply.DATA)),
         (P.stats_request(0, 0), "none", P.encode_reply(Reply.DATA)),
@@ -286,6 +300,7 @@ def test_board_line_faults(sim, tmp_path):
         (run, "none", "done"),
         (read, "none", data_reply(out, cfg)),
         (P.stats_request(0, 2), "none", "stats"),           # sent as slowly as the line goes
+        (P.identify_request(), "none", identity_reply(cfg)),
         # Broken off before its type: the ERROR reply names request type 0.
         (P.status_request(), "none", error_reply(Error.LINE_FAULT, 0), ("break", 1)),
     ]
