@@ -102,6 +102,10 @@ class AddEngine(wiring.Component):
         m.d.comb += [self.act_read.en.eq(0), self.param_read.addr.eq(p_addr),
                      self.param_read.en.eq(0)]
         with m.FSM():
+            with m.State("START"):
+                # One cycle out of reset: the state register changes once, which Icarus needs
+                # to evaluate the outputs decoded from it (cmd.ready, the read enables).
+                m.next = "IDLE"
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
@@ -227,6 +231,10 @@ class GapEngine(wiring.Component):
                 m.d.sync += acc[i].eq(acc[i] + self.act_read.data[i])
             m.d.comb += self.act_write.data[i].eq(quo[i] - 128)
         with m.FSM():
+            with m.State("START"):
+                # One cycle out of reset: the state register changes once, which Icarus needs
+                # to evaluate the outputs decoded from it (cmd.ready, the read enables).
+                m.next = "IDLE"
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
