@@ -281,6 +281,10 @@ class ConvEngine(wiring.Component):
             ]
 
         with m.FSM():
+            with m.State("RESET"):
+                # One cycle out of reset: the state register changes once, which Icarus needs
+                # to evaluate the outputs decoded from it (cmd.ready read X until then).
+                m.next = "IDLE"
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):

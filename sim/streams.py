@@ -21,8 +21,8 @@ and not taken must still be offered, with the same payload, in the next cycle (t
 `StreamProtocolError` naming the stream and the cycle.
 
 ``ready`` is not checked while ``valid`` is low: nothing reads it then, and Icarus leaves
-combinational logic of Amaranth's Verilog unevaluated (X) until one of its inputs changes, so
-an idle engine's ``ready`` may read X long after reset (see ``x_ready`` of `StreamSource`).
+combinational logic of Amaranth's Verilog unevaluated (X) until one of its inputs changes (the
+engines step their state machines once out of reset for this reason).
 """
 
 import enum
@@ -207,14 +207,10 @@ class _Endpoint:
         return StreamProtocolError(f"Stream {self.name}, cycle {self._watch.cycle} "
                                    f"({get_sim_time('ns'):.0f} ns): {what}")
 
-    _x_ready = False
-
     def _high(self, signal):
         """``signal`` (valid or ready) is 1; an X or Z is a `StreamProtocolError`."""
         v = signal.value
         if not v.is_resolvable:
-            if signal is self.ready and self._x_ready:
-                return False
             which = "valid" if signal is self.valid else "ready"
             raise self._error(f"{which} must be 0 or 1, not {v}")
         return int(v) == 1
@@ -260,14 +256,10 @@ class StreamSource(_Endpoint):
         Pause generator: ``valid`` is offered only in cycles where it yields a truthy value.
     layout : shape-castable or None
         Payload layout; beats are then dicts / lists, packed with `pack`.
-    x_ready : bool
-        Take an X or Z on the design's ``ready`` for "not ready" instead of failing: only for
-        a known simulator artifact, named where it is used.
     """
 
-    def __init__(self, dut, prefix, clk, pause=None, layout=None, *, x_ready=False):
+    def __init__(self, dut, prefix, clk, pause=None, layout=None):
         super().__init__(dut, prefix, clk, pause, layout, design_drives=False)
-        self._x_ready = x_ready
         self.valid.value = 0
 
     async def put(self, beat):
