@@ -1,6 +1,6 @@
 """Residual add and global average pooling: the contract's formulas against independent exact
-rational arithmetic, the QNet format and the golden model (software only: the compiler refuses
-them)."""
+rational arithmetic, the QNet format, the golden model and the compiler (the hardware:
+``tests/test_eltwise_unit.py``, ``tests/test_residual_rtl.py``)."""
 
 import json
 import math
