@@ -20,8 +20,8 @@ functional forms:
 * a residual add ``a + b`` (``torch.add``, ``+=``) of the latest result and an earlier output
   of the same shape, ReLU may follow, and branches from an earlier output (a projection
   shortcut: a `models.Branch` starts the layers on it); global average pooling
-  (``x.mean((2, 3))``, ``F.adaptive_avg_pool2d(x, 1)``, ``nn.AdaptiveAvgPool2d(1)``). These
-  two run in the golden model only: the accelerator does not run them yet;
+  (``x.mean((2, 3))``, ``F.adaptive_avg_pool2d(x, 1)``, ``nn.AdaptiveAvgPool2d(1)``), on the
+  golden model and the accelerator alike;
 * ``Dropout`` and other identities (ignored: the model is lowered as in eval mode), and a
   softmax or log-softmax over the classes at the very end (dropped: it keeps the argmax, and
   the accelerator's logits are the scores before it).
@@ -104,7 +104,7 @@ _SUPPORTED_OPS = (
     "F.relu directly after either, MaxPool2d / AvgPool2d and their functional forms (square "
     "window 2-3, stride 1-3, no padding), flatten / view(n, -1) before a Linear, Dropout "
     "(ignored), a final softmax (dropped), a residual add of an earlier output and global "
-    "average pooling (golden model only); the last layer is a Linear (the logits)")
+    "average pooling; the last layer is a Linear (the logits)")
 
 
 def example_input_shape(program):

@@ -11,8 +11,8 @@ A supported model is a flat `torch.nn.Sequential` of:
 A `Chain` (a ``Sequential`` whose layers may also read an earlier layer's output) may besides
 hold a residual `Add` (the previous output plus an earlier one of the same shape; ReLU may follow
 it), a `Branch` (the layers after it start again from an earlier output: a projection
-shortcut) and global average pooling (``AdaptiveAvgPool2d(1)``). The golden model runs these; the
-accelerator does not yet (the compiler refuses them, naming the layer).
+shortcut) and global average pooling (``AdaptiveAvgPool2d(1)``). The golden model and the
+accelerator (its element-wise engines, with the averaging pooling engine) run these.
 
 Any other model (BatchNorm, functional forms, a ``torch.export`` program) is first lowered to
 such a ``Sequential`` or `Chain` by `frontend.lower`.
@@ -41,8 +41,8 @@ CONV_PADDINGS = range(0, 4)     #: zero padding 0..3
 SUPPORTED = (
     "supported layers: Conv2d (kernel 1-7, stride 1-2, zero padding 0-3, no dilation or "
     "groups), ReLU (directly after Conv2d, Linear or Add), MaxPool2d and AvgPool2d (square window "
-    "2-3, stride 1-3, no padding, floor mode), Flatten, Linear (the last layer); in the golden "
-    "model only, not yet on the accelerator: residual Add, Branch, AdaptiveAvgPool2d(1)")
+    "2-3, stride 1-3, no padding, floor mode), Flatten, Linear (the last layer), residual Add, "
+    "Branch, AdaptiveAvgPool2d(1)")
 
 
 class ModelError(SystolicError, ValueError):
@@ -183,12 +183,11 @@ ARCHS = {a.name: a for a in (
          _lenet5),
     Arch("resnet-mnist", (1, 28, 28), "mnist",
          "3x3 conv + BatchNorm stem, 2x2 max-pool, three residual stacks (16, 32, 32 channels; "
-         "a projection shortcut), global average pooling, one linear layer (golden model "
-         "only for now)", _resnet_mnist),
+         "a projection shortcut), global average pooling, one linear layer", _resnet_mnist),
     Arch("mlperf-resnet8", (3, 32, 32), "cifar10",
          "the MLPerf Tiny image-classification topology: three residual stacks (16, 32, 64 "
-         "channels), global average pooling, dense 10; no data set here: random weights "
-         "(golden model only for now)", _mlperf_resnet8),
+         "channels), global average pooling, dense 10; no data set here: random weights; "
+         "7,168 activation words: the big preset", _mlperf_resnet8),
 )}
 
 

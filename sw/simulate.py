@@ -157,6 +157,8 @@ class SimulationReport:
             "cycles_per_image": cycles, "macs_per_image": self.program.macs,
             "utilization": perfmodel.utilization(cfg, self.program.macs, cycles),
             "batch": self.program.batch, "dense_input": self.program.dense is not None,
+            # Activation memory the program uses at its peak (a batch), of the configuration's.
+            "act_words": self.program.act_words, "act_depth": cfg.act_depth,
             "model_exact": self.model_exact,
             "config": {"rows": cfg.rows, "cols": cfg.cols, "pes": cfg.pes},
             "layers": self.layers(), "first_difference": self.first_difference,

@@ -423,7 +423,7 @@ def test_cli_qat_on_a_program(capsys, tmp_path, split):
     assert json.loads(out)["int8_accuracy"] >= 0.9
 
 
-# Residual networks (golden model only: the compiler refuses them) ---------------------------
+# Residual networks (the golden model here; in RTL: tests/test_residual_rtl.py) -------------
 
 class Block(nn.Module):
     def __init__(self, c):
