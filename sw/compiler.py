@@ -372,7 +372,7 @@ def _plan(qnet, cfg, dense_input):
     return plan, dense
 
 
-def _tensor_words(cfg, qnet, plan):
+def _tensor_words(cfg, plan):
     """Words of one image of each tensor: the input (as stored), then each layer's output."""
     return [_words(cfg.cols, plan[0][2])] + [_words(cfg.cols, p[3]) for p in plan]
 
@@ -383,7 +383,7 @@ def _allocate(cfg, qnet, plan, batch):
     A `Sequential` network ping-pongs (tensor 0 and even layers' outputs at 0, odd ones after
     the largest of those); a graph's tensors are allocated first fit with liveness.
     """
-    sizes = [batch * w for w in _tensor_words(cfg, qnet, plan)]
+    sizes = [batch * w for w in _tensor_words(cfg, plan)]
     if not _is_graph(qnet):
         size_a, size_b = max(sizes[0::2]), max(sizes[1::2] or [0])
         return [0 if t % 2 == 0 else size_a for t in range(len(sizes))], size_a + size_b
@@ -404,15 +404,11 @@ def _allocate(cfg, qnet, plan, batch):
     return bases, peak
 
 
-def _per_image_words(cfg, qnet, plan):
-    return _allocate(cfg, qnet, plan, 1)[1]
-
-
 def largest_batch(qnet, cfg, *, dense_input=False):
     """The largest batch of ``qnet`` that fits ``cfg``'s activation and program memories
     (at most `MAX_BATCH`); 0 when not even one image fits."""
     plan, _ = _plan(qnet, cfg, dense_input)
-    batch = min(MAX_BATCH, cfg.act_depth // _per_image_words(cfg, qnet, plan))
+    batch = min(MAX_BATCH, cfg.act_depth // _allocate(cfg, qnet, plan, 1)[1])
     while batch > 0 and _entries(cfg, plan, batch) > cfg.program_depth:
         batch -= 1
     return batch
@@ -467,7 +463,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
 
     # Activation memory: ping-pong regions, or a graph's allocation.
     tensors = [plan[0][2]] + [p[3] for p in plan]
-    sizes = _tensor_words(cfg, qnet, plan)
+    sizes = _tensor_words(cfg, plan)
     bases, used = _allocate(cfg, qnet, plan, batch)
     if used > cfg.act_depth:
         big = max(range(len(tensors)), key=lambda j: sizes[j])
