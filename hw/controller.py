@@ -160,14 +160,12 @@ class Controller(wiring.Component):
         target = WRITE_TARGET(pre[0])
         mem, lanes = target.mem, target.lanes
         first, second = Cat(pre[1], pre[2]), Cat(pre[3], pre[4])         # addr, count
-        span_end = first + second
         start, count = pre[1], pre[2]                                     # RUN, STATS
-        end = start + count
-        past_end = Signal()                      # the WRITE would run past its memory
-        with m.Switch(mem):
-            for kind in Mem:
-                with m.Case(kind.value):
-                    m.d.comb += past_end.eq(span_end > mem_depth(cfg, kind))
+        # One past the last word (WRITE, READ) or entry (RUN, STATS): worked out every cycle,
+        # a cycle after ``pre`` (see `_check` for why that is soon enough).
+        span_end = Signal(len(first) + 1)
+        end = Signal(len(start) + 1)
+        m.d.sync += [span_end.eq(first + second), end.eq(start + count)]
 
         # Quiet cycles in a frame, counted up from 2**k - timeout_cycles: the top bit is set
         # after timeout_cycles of them, which needs no comparator.
@@ -255,7 +253,8 @@ class Controller(wiring.Component):
             core.rd_addr.payload.eq(addr),
         ]
 
-        error = self._check(m, req, length, mem, lanes, second, span_end, end, prog_len)
+        verdict, grows = self._check(m, req, length, mem, lanes, second, span_end, end, prog_len,
+                                     got_j, got_words)
 
         def reply(m, kind):
             m.d.sync += payload.eq(kind)
@@ -364,21 +363,14 @@ class Controller(wiring.Component):
                 ]
                 with m.If(~crc.match_detected):
                     fail(m, Error.BAD_CRC)
-                with m.Elif(error != Error.NONE):
-                    fail(m, error)
+                with m.Elif(verdict != Error.NONE):
+                    fail(m, verdict)
                 with m.Else():
                     with m.Switch(req):
                         with m.Case(Request.WRITE):
-                            with m.If((got_j != 0) | (got_words != second)):
-                                fail(m, Error.BAD_LENGTH)
-                            with m.Elif(past_end):
-                                fail(m, Error.BAD_ADDRESS)
-                            with m.Else():
-                                # (A PROGRAM write that got here ends within program_depth.)
-                                new_end = span_end[:len(prog_len)]
-                                with m.If((mem == Mem.PROGRAM.value) & (new_end > prog_len)):
-                                    m.d.sync += prog_len.eq(new_end)
-                                m.next = "WRITE_PRIME"
+                            with m.If(grows):
+                                m.d.sync += prog_len.eq(span_end[:len(prog_len)])
+                            m.next = "WRITE_PRIME"
                         with m.Case(Request.READ):
                             reply(m, _Payload.ACT)
                         with m.Case(Request.RUN):
@@ -583,34 +575,78 @@ class Controller(wiring.Component):
                     m.next = "SYNC"
         return m
 
-    def _check(self, m, req, length, mem, lanes, count, span_end, end, prog_len):
-        """The error a request frame (whose CRC has matched) is answered with, or NONE."""
+    def _check(self, m, req, length, mem, lanes, count, span_end, end, prog_len, got_j,
+               got_words):
+        """The error a request frame (whose CRC has matched) is answered with, or NONE; and
+        whether a WRITE that is carried out makes the program longer.
+
+        Both are registers, worked out every cycle from the request as it stands, so that EXEC
+        has only the CRC's match and this verdict to look at (a whole check in that one cycle
+        was the iCEBreaker's slowest path). They are right by EXEC because what they depend on
+        holds still for the three cycles before it. ``pre`` (and so ``mem``, ``lanes``,
+        ``count``), ``got_j`` and ``got_words`` last change with the last payload byte taken,
+        in a PAYLOAD cycle t; PAYLOAD sees ``idx == length`` at t + 1 and the two CRC bytes
+        take a cycle each at least, so EXEC comes at t + 4 or later. ``length`` is set in
+        LEN1, before a PAYLOAD cycle (with nothing in it for an empty payload): the same
+        count. ``req`` is older still, and ``prog_len`` changes only in EXEC, a whole frame
+        earlier. So ``span_end`` and ``end`` (a cycle after ``pre``), the comparisons below
+        (a cycle after those) and the verdict (a cycle after the comparisons) all hold the
+        current request's values in EXEC, and no frame waits a cycle longer.
+        """
         cfg = self._cfg
+
+        def flag(name, value):
+            reg = Signal(name=name)
+            m.d.sync += reg.eq(value)
+            return reg
+
+        too_short = flag("too_short", length < _WRITE_HEAD)
+        bad_mem = flag("bad_mem", (mem > Mem.PROGRAM.value) | ((lanes != 0) & (
+            (mem != Mem.ACT.value) | (lanes >= cfg.cols))))
+        bad_count = flag("bad_count", (count == 0) | (count >= MAX_PAYLOAD))
+        # The WRITE's words, counted as they came (PAYLOAD), against its count.
+        mismatch = flag("mismatch", (got_j != 0) | (got_words != count))
+        beyond = Signal()
+        with m.Switch(mem):
+            for kind in Mem:
+                with m.Case(kind.value):
+                    m.d.comb += beyond.eq(span_end > mem_depth(cfg, kind))
+        past_end = flag("past_end", beyond)     # the WRITE would run past its memory
+        # (A PROGRAM write that is carried out ends within program_depth.)
+        grows = flag("grows", (mem == Mem.PROGRAM.value) & (span_end[:len(prog_len)] > prog_len))
+        # The reply must fit a frame: at most MAX_PAYLOAD bytes.
+        bad_read = flag("bad_read", (length != 4) | (count > MAX_PAYLOAD // cfg.cols))
+        read_past = flag("read_past", span_end > cfg.act_depth)
+        not_two = flag("not_two", length != 2)
+        run_past = flag("run_past", end > prog_len)
+        not_empty = flag("not_empty", length != 0)
+
         error = Signal(Error)
         with m.Switch(req):
             with m.Case(Request.WRITE):
-                # The rest is checked while counting the words (WRITE_ADDR).
-                with m.If(length < _WRITE_HEAD):
+                with m.If(too_short):
                     m.d.comb += error.eq(Error.BAD_LENGTH)
-                with m.Elif((mem > Mem.PROGRAM.value) | ((lanes != 0) & (
-                        (mem != Mem.ACT.value) | (lanes >= cfg.cols)))):
+                with m.Elif(bad_mem):
                     m.d.comb += error.eq(Error.BAD_MEMORY)
-                with m.Elif((count == 0) | (count >= MAX_PAYLOAD)):
+                with m.Elif(bad_count | mismatch):
                     m.d.comb += error.eq(Error.BAD_LENGTH)
+                with m.Elif(past_end):
+                    m.d.comb += error.eq(Error.BAD_ADDRESS)
             with m.Case(Request.READ):
-                # The reply must fit a frame: at most MAX_PAYLOAD bytes.
-                with m.If((length != 4) | (count > MAX_PAYLOAD // cfg.cols)):
+                with m.If(bad_read):
                     m.d.comb += error.eq(Error.BAD_LENGTH)
-                with m.Elif(span_end > cfg.act_depth):
+                with m.Elif(read_past):
                     m.d.comb += error.eq(Error.BAD_ADDRESS)
             with m.Case(Request.RUN, Request.STATS):
-                with m.If(length != 2):
+                with m.If(not_two):
                     m.d.comb += error.eq(Error.BAD_LENGTH)
-                with m.Elif(end > prog_len):
+                with m.Elif(run_past):
                     m.d.comb += error.eq(Error.BAD_ADDRESS)
             with m.Case(Request.STATUS, Request.IDENTIFY):
-                with m.If(length != 0):
+                with m.If(not_empty):
                     m.d.comb += error.eq(Error.BAD_LENGTH)
             with m.Default():
                 m.d.comb += error.eq(Error.UNKNOWN_REQUEST)
-        return error
+        verdict = Signal(Error)
+        m.d.sync += verdict.eq(error)
+        return verdict, grows
