@@ -24,7 +24,7 @@ Line conditions the receiver reports rather than turning into bytes:
 
 import functools
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import cdc, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -249,16 +249,22 @@ class UARTTx(wiring.Component):
         m = Module()
         d = self._divisor
         count = Signal(range(d))
-        bits = Signal(range(_BITS + 3))     # bits of the character still to send
-        shreg = Signal(_BITS + 1)           # data bits then the stop bit, sent LSB first
+        bits = Signal(range(_BITS + 4))     # bits of the character still to send, and one
+        shreg = Signal(_BITS + 2)           # start, data and stop bits, sent LSB first
         m.d.comb += [self.busy.eq(bits != 0), self.i_stream.ready.eq(bits == 0)]
+        # A byte taken goes into the shift register only; ``txd`` changes on the bit clock
+        # alone (the start bit a cycle later, at once), so that the register at the pin, far
+        # from the byte's sender, hangs off a few local flip-flops and nothing of the sender's.
+        # The stop bit's period is a cycle short, which gives back that cycle: a character
+        # still takes ``10 * divisor + 1`` cycles, the line high for ``divisor + 1`` of them
+        # between back-to-back characters.
         with m.If(self.i_stream.valid & self.i_stream.ready):
-            m.d.sync += [self.txd.eq(0), shreg.eq(Cat(self.i_stream.payload, 1)),
-                         bits.eq(_BITS + 2), count.eq(d - 1)]
+            m.d.sync += [shreg.eq(Cat(0, self.i_stream.payload, 1)), bits.eq(_BITS + 3),
+                         count.eq(0)]
         with m.Elif(bits != 0):
             m.d.sync += count.eq(count - 1)
             with m.If(count == 0):
-                m.d.sync += [count.eq(d - 1), bits.eq(bits - 1)]
+                m.d.sync += [count.eq(Mux(bits == 2, d - 2, d - 1)), bits.eq(bits - 1)]
                 with m.If(bits != 1):
                     m.d.sync += [self.txd.eq(shreg[0]), shreg.eq(shreg[1:])]
         return m
