@@ -42,7 +42,8 @@ BYTE, BAD_STOP, BREAK, IDLE, LINE_FAULT = range(5)
 #: The byte-stream controller's frame timeout here: the harness queues every frame whole, so no
 #: frame pauses for long, and a frame cut short on purpose (fuzzing) is answered soon.
 STREAM_TIMEOUT_CYCLES = 1024
-#: C++ optimization of the model and harness (Verilator's own default is -Os).
+#: C++ optimization of the model and harness (Verilator's own default is -Os);
+#: ``$SYSTOLIC_FAST_CXX_OPT`` overrides it (the test suite compiles at -O1: its runs are short).
 _CXX_OPT = "-O2"
 # Verilator's output for the designs here has a few large functions: -O2 compiles them in about
 # a minute on this machine and runs as fast as -O3.
@@ -81,7 +82,7 @@ def _check_lz4():
 
 
 def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, progress=None,
-                  models=(), includes=(), defines=None, cxx_opt=_CXX_OPT):
+                  models=(), includes=(), defines=None, cxx_opt=None):
     """Compile ``top`` with the harness into an executable; return its path (cached).
 
     Parameters
@@ -101,8 +102,9 @@ def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, 
     models, includes, defines
         For a netlist (`systolic.hw.netlist.Netlist`): the cell models' Verilog files, their
         include directories and preprocessor defines.
-    cxx_opt : str
-        The C++ optimization (a netlist of cells compiles far faster at ``-O1``).
+    cxx_opt : str or None
+        The C++ optimization (a netlist of cells compiles far faster at ``-O1``); ``None``:
+        ``$SYSTOLIC_FAST_CXX_OPT``, else ``-O2``.
 
     Raises
     ------
@@ -110,6 +112,8 @@ def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, 
         When Verilator is missing or the build fails (the log's tail is in the message).
     """
     find_verilator()
+    if cxx_opt is None:
+        cxx_opt = os.environ.get("SYSTOLIC_FAST_CXX_OPT") or _CXX_OPT
     if waves:
         _check_lz4()
     text = _verilog_text(top, name)

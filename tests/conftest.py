@@ -1,0 +1,48 @@
+"""The suite's order: the longest tests first, so that ``pytest -n 2`` packs them well.
+
+pytest-xdist runs ``--dist worksteal`` here (``pyproject.toml``): each worker takes half of the
+collected tests in order and, when its own run out, takes half of what the other still has
+waiting. A seven-minute test that starts last sets the suite's wall time by itself, so the
+tests below (the longest, as ``--durations`` measured them) go first, longest first, and every
+other slow test (``@pytest.mark.slow``: RTL simulation, synthesis) before the quick ones. The
+order of the tests within each of those groups is the collection's, so a run stays repeatable.
+"""
+
+import os
+
+import pytest
+
+# The fast harness's builds at -O1, not -O2 (`systolic.sim.fast`): the suite's runs are short,
+# so a build's compile time outweighs the model's speed. Set before any test builds one (and
+# inherited by the commands the tests start).
+os.environ.setdefault("SYSTOLIC_FAST_CXX_OPT", "-O1")
+
+# Node-id prefixes, longest first (as --durations measured them at -n 2 on the two-core machine
+# of issue 10, with another engineer's builds running: seconds).
+LONGEST = (
+    "tests/test_build.py::test_build_icebreaker_end_to_end",            # 465: place and route
+    "tests/test_netlist_rtl.py::test_netlist_lenet_digits",             # 437, 322
+    "tests/test_fast_rtl.py::test_lenet5_big_preset_fast",              # 625: the 12x12 build
+    "tests/test_network_rtl.py::test_lenet_digits_rtl",                 # 402, 156: cocotb
+    "tests/test_formal.py::test_controller_rejected_frames_bmc",        # 302
+    "tests/test_report.py::test_demo_report_files_and_quiet",           # 214
+    "tests/test_controller_rtl.py::test_board_line_faults",             # 188, 172
+    "tests/test_python_api.py",                                         # 165
+    "tests/test_core_rtl.py::test_core_layers",                         # 152, 77
+    "tests/test_report.py::test_simulate_is_quiet_and_trace_says_all_match",    # 145
+    "tests/test_controller_rtl.py",
+    "tests/test_deploy.py::test_deploy_virtual_board_is_exact",         # 127: the virtual ULX3S
+    "tests/test_fast_rtl.py",
+)
+
+
+def _rank(item):
+    for i, prefix in enumerate(LONGEST):
+        if item.nodeid.startswith(prefix):
+            return i
+    return len(LONGEST) + (0 if item.get_closest_marker("slow") else 1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=_rank)           # stable: the collection's order within a rank
