@@ -24,7 +24,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .array import SystolicArray
-from .isa import layer_layout, param_layout, word_layout
+from .isa import ACT_READ_LATENCY, layer_layout, param_layout, word_layout
 from .requant import Requantizer
 
 __all__ = ["ConvEngine"]
@@ -47,7 +47,7 @@ class ConvEngine(wiring.Component):
     busy : Out(1)
         A layer is in progress.
     act_read, act_write : memory port signatures
-        Activation memory (synchronous read, one cycle latency).
+        Activation memory; a read's word arrives `ACT_READ_LATENCY` cycles after it.
     weight_read, param_read : memory port signatures
         Weight and requantization parameter memories.
     """
@@ -84,7 +84,7 @@ class ConvEngine(wiring.Component):
         t = Signal(8)                                   # output channel tile
         w_tile_base = Signal(cfg.weight_addr_bits)
         p_tile = Signal(cfg.param_addr_bits)            # the channel tile's first parameter word
-        settle_cycles = R * cfg.rq_groups + C + Requantizer.LATENCY + 7
+        settle_cycles = R * cfg.rq_groups + C + Requantizer.LATENCY + 9
         settle = Signal(range(settle_cycles + 1))
         # Pixel walker: the next output pixel of the layer and its input window origin.
         ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
@@ -106,7 +106,8 @@ class ConvEngine(wiring.Component):
         # ---- Transposer banks and the feed shift register ----------------------------------
         meta = data.StructLayout({"first": 1, "drain": 1, "flush": 1})
         banks = [[Signal(C * 8, name=f"bank{b}_{i}") for i in range(R)] for b in range(2)]
-        full = Signal(2)
+        claimed = Signal(2)                             # the fill has read a bank's last row
+        full = Signal(2)                                # ... and its word has arrived
         bank_meta = [Signal(meta, name=f"bank{b}_meta") for b in range(2)]
         f = Signal()                                    # bank being filled
         g = Signal()                                    # bank to feed next
@@ -123,19 +124,27 @@ class ConvEngine(wiring.Component):
         inb = Signal()
         m.d.comb += inb.eq(cur.valid & (iy >= 0) & (iy < desc.in_h) & (ix >= 0)
                            & (ix < desc.in_w))
-        # One-cycle read latency: what the previous cycle asked for lands now.
+        # What a fill cycle asks for lands ACT_READ_LATENCY cycles later: the request's
+        # bookkeeping follows it through as many registers.
         cap, cap_zero, cap_last, cap_bank = Signal(), Signal(), Signal(), Signal()
         cap_meta = Signal(meta)
         m.d.sync += cap.eq(0)
-        with m.If(cap):
+        landing = Cat(cap, cap_zero, cap_last, cap_bank, cap_meta)
+        for k in range(ACT_READ_LATENCY - 1):
+            later = Signal.like(landing, name=f"cap_d{k + 1}")
+            m.d.sync += later.eq(landing)
+            landing = later
+        l_cap, l_zero, l_last, l_bank = landing[0], landing[1], landing[2], landing[3]
+        l_meta = meta(landing[4:])
+        with m.If(l_cap):
             for b in range(2):
-                with m.If(cap_bank == b):
+                with m.If(l_bank == b):
                     for i in range(R - 1):
                         m.d.sync += banks[b][i].eq(banks[b][i + 1])
                     m.d.sync += banks[b][R - 1].eq(
-                        Mux(cap_zero, 0, self.act_read.data.as_value()))
-                    with m.If(cap_last):
-                        m.d.sync += [full[b].eq(1), bank_meta[b].eq(cap_meta)]
+                        Mux(l_zero, 0, self.act_read.data.as_value()))
+                    with m.If(l_last):
+                        m.d.sync += [full[b].eq(1), bank_meta[b].eq(l_meta)]
 
         # After this cycle's step, does the walker still point inside the output map?
         more = Signal()
@@ -149,6 +158,7 @@ class ConvEngine(wiring.Component):
         sr_meta = Signal(meta)
         sr_left = Signal(range(C + 1))                  # steps still to present
         w_off = Signal(cfg.weight_addr_bits)
+        w_addr = Signal(cfg.weight_addr_bits)           # the weight memory's address register
         a_reg = Signal(data.ArrayLayout(signed(8), R))
         first_reg, drain_reg, wvalid_reg = Signal(), Signal(), Signal()
         release = Signal(2)                             # banks the feed copies out this cycle
@@ -172,8 +182,7 @@ class ConvEngine(wiring.Component):
                 ]
                 for i in range(R):
                     m.d.sync += [a_reg[i].eq(sr[i][:8]), sr[i].eq(sr[i] >> 8)]
-                m.d.comb += self.weight_read.addr.eq(
-                    w_tile_base + Mux(sr_meta.first & step0, 0, w_off))
+                m.d.sync += w_addr.eq(w_tile_base + Mux(sr_meta.first & step0, 0, w_off))
                 m.d.sync += w_off.eq(Mux(sr_meta.first & step0, 1, w_off + 1))
         with m.If(load):
             for b in range(2):
@@ -182,11 +191,19 @@ class ConvEngine(wiring.Component):
                     m.d.sync += sr_meta.eq(bank_meta[b])
                     m.d.comb += release[b].eq(1)
             m.d.sync += [sr_left.eq(C), g.eq(~g)]
-        m.d.comb += [
-            array.a.eq(a_reg),
-            array.first.eq(first_reg),
-            array.w.eq(Mux(wvalid_reg, self.weight_read.data.as_value(), 0)),
-        ]
+        # The weight memory is registered on both sides, as the activation memory is (its
+        # address bits fan out to every block RAM of it): a step's weight word is in `w_q`
+        # three cycles after the step, and the activations and flags wait two cycles for it.
+        a_d, a_q = Signal.like(a_reg), Signal.like(a_reg)
+        first_d, drain_d, wvalid_d = Signal(), Signal(), Signal()
+        first_q, drain_q = Signal(), Signal()
+        w_q = Signal(C * 8)
+        m.d.comb += self.weight_read.addr.eq(w_addr)
+        m.d.sync += [a_d.eq(a_reg), first_d.eq(first_reg), drain_d.eq(drain_reg),
+                     wvalid_d.eq(wvalid_reg),
+                     a_q.eq(a_d), first_q.eq(first_d), drain_q.eq(drain_d),
+                     w_q.eq(Mux(wvalid_d, self.weight_read.data.as_value(), 0))]
+        m.d.comb += [array.a.eq(a_q), array.first.eq(first_q), array.w.eq(w_q)]
 
         # ---- Drain ---------------------------------------------------------------------------
         # A `first` step with `drain` ends a pixel tile; row 0 of its sums is ready
@@ -197,7 +214,7 @@ class ConvEngine(wiring.Component):
         L, G = cfg.rq_lanes, cfg.rq_groups
         ready0 = array.row_ready_delay(0)
         dpipe = Signal(ready0)                          # dpipe[k]: pulse of k+1 cycles ago
-        m.d.sync += dpipe.eq(Cat(first_reg & drain_reg, dpipe[:-1]))
+        m.d.sync += dpipe.eq(Cat(first_q & drain_q, dpipe[:-1]))
         start = dpipe[ready0 - 1]
         dr, dg = Signal(range(max(R, 2))), Signal(range(max(G, 2)))
         draining = Signal()
@@ -265,7 +282,7 @@ class ConvEngine(wiring.Component):
         # The feed releases banks; the fill claims them (after the capture above).
         for b in range(2):
             with m.If(release[b]):
-                m.d.sync += full[b].eq(0)
+                m.d.sync += [claimed[b].eq(0), full[b].eq(0)]
         m.d.comb += [self.act_read.en.eq(1), self.param_read.en.eq(1)]
         busy = Signal()
         m.d.comb += self.busy.eq(busy)
@@ -295,7 +312,7 @@ class ConvEngine(wiring.Component):
                 m.d.sync += reset_walker()
                 m.next = "FILL"
             with m.State("FILL"):
-                with m.If(~full.bit_select(f, 1)):
+                with m.If(~claimed.bit_select(f, 1)):
                     m.d.comb += self.act_read.addr.eq((cur.base + tap_off)[:cfg.act_addr_bits])
                     m.d.sync += [
                         cap.eq(1), cap_zero.eq(~inb), cap_bank.eq(f),
@@ -321,6 +338,9 @@ class ConvEngine(wiring.Component):
                                          ix0.eq(ix0 + desc.stride)]
                     with m.If(r == R - 1):
                         m.d.sync += [r.eq(0), f.eq(~f), block0.eq(0)]
+                        for b in range(2):
+                            with m.If(f == b):
+                                m.d.sync += claimed[b].eq(1)
                         with m.If(last_block):
                             m.d.sync += [ky.eq(0), kx.eq(0), cw.eq(0), tap_off.eq(0),
                                          block0.eq(1), have_prev.eq(1)]
@@ -341,15 +361,16 @@ class ConvEngine(wiring.Component):
                         m.d.sync += r.eq(r + 1)
             with m.State("FLUSH"):
                 # A bank with no data: one extra `first` step ends the channel tile's last tile.
-                with m.If(~full.bit_select(f, 1)):
+                with m.If(~claimed.bit_select(f, 1)):
                     for b in range(2):
                         with m.If(f == b):
-                            m.d.sync += [full[b].eq(1), bank_meta[b].flush.eq(1),
-                                         bank_meta[b].first.eq(1), bank_meta[b].drain.eq(1)]
+                            m.d.sync += [claimed[b].eq(1), full[b].eq(1),
+                                         bank_meta[b].flush.eq(1), bank_meta[b].first.eq(1),
+                                         bank_meta[b].drain.eq(1)]
                     m.d.sync += [f.eq(~f), settle.eq(settle_cycles)]
                     m.next = "SETTLE"
             with m.State("SETTLE"):
-                with m.If((full == 0) & (sr_left == 0)):
+                with m.If((claimed == 0) & (sr_left == 0)):
                     m.d.sync += settle.eq(settle - 1)
                     with m.If(settle == 0):
                         with m.If(t == desc.cout_tiles - 1):

@@ -22,7 +22,7 @@ from amaranth.lib.wiring import In, Out
 
 from .conv import ConvEngine
 from .eltwise import AddEngine, GapEngine, has_eltwise
-from .isa import Mem, Op, layer_layout, load_layout, param_layout, word_layout
+from .isa import ACT_READ_LATENCY, Mem, Op, layer_layout, load_layout, param_layout, word_layout
 from .pool import PoolEngine
 
 __all__ = ["Core", "SinglePortMemory"]
@@ -168,6 +168,9 @@ class Core(wiring.Component):
         m.submodules.params = pmem = SinglePortMemory(shape=param_layout(cfg),
                                                       depth=cfg.param_words)
         act_r, act_w = act.read_port(), act.write_port()
+        # What the engines, the loads and the read-back ask of it, registered below.
+        rd_sel = Signal(data.StructLayout({"en": 1, "addr": cfg.act_addr_bits}))
+        wr_sel = Signal(data.StructLayout({"en": 1, "addr": cfg.act_addr_bits, "data": word}))
         w_r, w_w = wmem.read, wmem.write
         p_r, p_w = pmem.read, pmem.write
 
@@ -224,7 +227,7 @@ class Core(wiring.Component):
         m.d.comb += self.load.ready.eq(~busy)
         addr, payload = self.load.payload.addr, self.load.payload.data
         loading = self.load.valid & ~busy
-        for port, kind in ((act_w, Mem.ACT), (w_w, Mem.WEIGHT), (p_w, Mem.PARAM)):
+        for port, kind in ((wr_sel, Mem.ACT), (w_w, Mem.WEIGHT), (p_w, Mem.PARAM)):
             m.d.comb += [
                 port.addr.eq(addr),
                 port.data.eq(payload),
@@ -232,54 +235,75 @@ class Core(wiring.Component):
             ]
         with m.If(conv.busy):
             m.d.comb += [
-                act_w.en.eq(conv.act_write.en),
-                act_w.addr.eq(conv.act_write.addr),
-                act_w.data.eq(conv.act_write.data),
+                wr_sel.en.eq(conv.act_write.en),
+                wr_sel.addr.eq(conv.act_write.addr),
+                wr_sel.data.eq(conv.act_write.data),
             ]
         if cfg.pool:
             with m.Elif(pooling):
-                m.d.comb += [act_w.en.eq(pool_wr.en), act_w.addr.eq(pool_wr.addr),
-                             act_w.data.eq(pool_wr.data)]
+                m.d.comb += [wr_sel.en.eq(pool_wr.en), wr_sel.addr.eq(pool_wr.addr),
+                             wr_sel.data.eq(pool_wr.data)]
         for engine, _ in elt:
             with m.Elif(engine.busy):
-                m.d.comb += [act_w.en.eq(engine.act_write.en),
-                             act_w.addr.eq(engine.act_write.addr),
-                             act_w.data.eq(engine.act_write.data)]
+                m.d.comb += [wr_sel.en.eq(engine.act_write.en),
+                             wr_sel.addr.eq(engine.act_write.addr),
+                             wr_sel.data.eq(engine.act_write.data)]
 
-        # Read-back: a one-entry output register; the read port holds its data while stalled.
+        # The activation memory is registered on every side: the address, enable and write
+        # data go into registers before the block RAM, and its read data into a register
+        # before anything else. Each of its address and data bits fans out to tens of block
+        # RAMs, and an ECP5 DP16KD's clock-to-output time alone is 5.8 ns. Every reader sees
+        # a word ACT_READ_LATENCY = 3 cycles after asking for it, held until the next read's
+        # word; a write lands a cycle after it is asked for. (A layer never reads its own
+        # output, and the next layer or read-back starts after the last write has landed.)
+        m.d.sync += [act_r.en.eq(rd_sel.en), act_r.addr.eq(rd_sel.addr),
+                     act_w.en.eq(wr_sel.en), act_w.addr.eq(wr_sel.addr),
+                     act_w.data.eq(wr_sel.data)]
+        act_q = Signal(word)
+        read_d = Signal()
+        m.d.sync += read_d.eq(act_r.en)
+        with m.If(read_d):
+            m.d.sync += act_q.eq(act_r.data)
+
+        # Read-back: one word in flight (requested, then in `act_q` until taken).
         take = Signal()
+        pending = Signal(ACT_READ_LATENCY - 1)
         m.d.comb += [
             take.eq(self.rd_addr.valid & self.rd_addr.ready),
-            self.rd_addr.ready.eq(~busy & (~self.rd_data.valid | self.rd_data.ready)),
-            self.rd_data.payload.eq(act_r.data),
+            self.rd_addr.ready.eq(~busy & ~pending.any()
+                                  & (~self.rd_data.valid | self.rd_data.ready)),
+            self.rd_data.payload.eq(act_q),
         ]
-        with m.If(take):
+        m.d.sync += pending.eq(Cat(take, pending[:-1]))
+        with m.If(pending[-1]):
             m.d.sync += self.rd_data.valid.eq(1)
         with m.Elif(self.rd_data.ready):
             m.d.sync += self.rd_data.valid.eq(0)
         with m.If(conv.busy):
-            m.d.comb += [act_r.addr.eq(conv.act_read.addr), act_r.en.eq(conv.act_read.en)]
+            m.d.comb += [rd_sel.addr.eq(conv.act_read.addr), rd_sel.en.eq(conv.act_read.en)]
         if cfg.pool:
             with m.Elif(pooling):
-                m.d.comb += [act_r.addr.eq(pool_rd.addr), act_r.en.eq(pool_rd.en)]
+                m.d.comb += [rd_sel.addr.eq(pool_rd.addr), rd_sel.en.eq(pool_rd.en)]
         for engine, _ in elt:
             with m.Elif(engine.busy):
-                m.d.comb += [act_r.addr.eq(engine.act_read.addr),
-                             act_r.en.eq(engine.act_read.en)]
+                m.d.comb += [rd_sel.addr.eq(engine.act_read.addr),
+                             rd_sel.en.eq(engine.act_read.en)]
         with m.Else():
-            m.d.comb += [act_r.addr.eq(self.rd_addr.payload), act_r.en.eq(take)]
-        m.d.comb += conv.act_read.data.eq(act_r.data)
+            m.d.comb += [rd_sel.addr.eq(self.rd_addr.payload), rd_sel.en.eq(take)]
+        m.d.comb += conv.act_read.data.eq(act_q)
         for engine, _ in elt:
-            m.d.comb += engine.act_read.data.eq(act_r.data)
+            m.d.comb += engine.act_read.data.eq(act_q)
         if cfg.pool:
-            m.d.comb += pool.i_stream.payload.eq(act_r.data)
+            m.d.comb += pool.i_stream.payload.eq(act_q)
         return m
 
     def _pool_streams(self, m, pool, pooling):
         """Stream the input map to ``pool`` and its output back; returns the memory accesses.
 
-        The reader issues a read when the word already read has been taken (or there is none),
-        so the read port's output register doubles as the stream's payload register.
+        The reader issues one read a cycle and the word reaches the engine `ACT_READ_LATENCY`
+        cycles later, in the read data register. It never waits: the engine takes a word
+        every cycle while a map streams in, because the core takes every word it puts out
+        (``o_stream.ready`` is 1), which is what gates its input (`PoolEngine`).
         """
         cfg = self._cfg
         cmd = self.cmd.payload
@@ -291,25 +315,25 @@ class Core(wiring.Component):
         # equalities with descriptor fields, not with a field minus one (an adder each).
         x, y, cw = Signal(cfg.dim_bits), Signal(cfg.dim_bits), Signal(8)
         in_w, in_h, cin_words = Signal(cfg.dim_bits), Signal(cfg.dim_bits), Signal(8)
-        reading, have = Signal(), Signal()
+        reading = Signal()
+        inflight = Signal(ACT_READ_LATENCY)     # inflight[k]: a word read k + 1 cycles ago
         with m.If(pool.cmd.valid & pool.cmd.ready):
             m.d.sync += [
                 rd_addr.eq(cmd.in_base), wr_addr.eq(cmd.out_base),
                 in_w.eq(cmd.in_w), in_h.eq(cmd.in_h), cin_words.eq(cmd.cin_words),
                 x.eq(1), y.eq(1), cw.eq(1), reading.eq(1), pooling.eq(1),
             ]
-        advance = ~have | pool.i_stream.ready
-        m.d.comb += [pool.i_stream.valid.eq(have), rd.addr.eq(rd_addr), rd.en.eq(advance)]
-        with m.If(advance):
-            m.d.sync += have.eq(reading)
-            with m.If(reading):
-                m.d.sync += [rd_addr.eq(rd_addr + 1), cw.eq(cw + 1)]
-                with m.If(cw == cin_words):
-                    m.d.sync += [cw.eq(1), x.eq(x + 1)]
-                    with m.If(x == in_w):
-                        m.d.sync += [x.eq(1), y.eq(y + 1)]
-                        with m.If(y == in_h):
-                            m.d.sync += reading.eq(0)
+        have = inflight[-1]
+        m.d.sync += inflight.eq(Cat(reading, inflight[:-1]))
+        m.d.comb += [pool.i_stream.valid.eq(have), rd.addr.eq(rd_addr), rd.en.eq(reading)]
+        with m.If(reading):
+            m.d.sync += [rd_addr.eq(rd_addr + 1), cw.eq(cw + 1)]
+            with m.If(cw == cin_words):
+                m.d.sync += [cw.eq(1), x.eq(x + 1)]
+                with m.If(x == in_w):
+                    m.d.sync += [x.eq(1), y.eq(y + 1)]
+                    with m.If(y == in_h):
+                        m.d.sync += reading.eq(0)
         m.d.comb += [
             pool.o_stream.ready.eq(1),
             wr.en.eq(pool.o_stream.valid),
@@ -318,6 +342,6 @@ class Core(wiring.Component):
         ]
         with m.If(pool.o_stream.valid):
             m.d.sync += wr_addr.eq(wr_addr + 1)
-        with m.If(pooling & ~reading & ~have & ~pool.busy & ~pool.cmd.valid):
+        with m.If(pooling & ~reading & ~inflight.any() & ~pool.busy & ~pool.cmd.valid):
             m.d.sync += pooling.eq(0)
         return rd, wr

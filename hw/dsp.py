@@ -19,7 +19,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import TARGETS, ConfigError
 
-__all__ = ["LATENCY", "WIDE_LATENCY", "Multiplier", "WideMultiplier"]
+__all__ = ["LATENCY", "WIDE_LATENCY", "Multiplier", "ScaleMultiplier", "WideMultiplier"]
 
 #: Cycles from ``a``/``b`` sampled to ``p`` valid, for every target.
 LATENCY = 2
@@ -259,3 +259,49 @@ class WideMultiplier(wiring.Component):
         m.d.comb += [a18.eq(a16.as_signed() if a_signed else a16), b18.eq(self.b),
                      out.eq(p36[:32])]
         m.submodules[name] = mult18x18d(a18, b18, p36)
+
+
+class ScaleMultiplier(wiring.Component):
+    """Signed 8 × unsigned 15 → signed 24 bit multiplier, latency `LATENCY` (2), one DSP block.
+
+    An int8 activation times a requantization multiplier ``M`` (the residual add's operands).
+
+    Parameters
+    ----------
+    target : str
+        ``generic`` and ``ice40`` (Amaranth ``*`` between two registers; Yosys maps it to an
+        ``SB_MAC16`` with ``-dsp``) or ``ecp5`` (one ``MULT18X18D`` with its input and output
+        registers, as `Multiplier`).
+
+    Members
+    -------
+    a : In(signed(8))
+    b : In(unsigned(15))
+    p : Out(signed(24))
+        ``a * b`` as sampled `LATENCY` cycles earlier.
+    """
+
+    a: In(signed(_DATA_BITS))
+    b: In(15)
+    p: Out(signed(24))
+
+    def __init__(self, target="generic"):
+        if target not in TARGETS:
+            self._MustUse__silence = True
+            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+        self.target = target
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        if self.target == "ecp5":
+            a18, b18, p36 = Signal(signed(18)), Signal(signed(18)), Signal(36)
+            m.d.comb += [a18.eq(self.a), b18.eq(self.b), self.p.eq(p36[:24])]
+            m.submodules.mult = mult18x18d(a18, b18, p36)
+            return m
+        a = Signal.like(self.a, reset_less=True)
+        b = Signal.like(self.b, reset_less=True)
+        p = Signal.like(self.p, reset_less=True)
+        m.d.sync += [a.eq(self.a), b.eq(self.b), p.eq(a * b)]
+        m.d.comb += self.p.eq(p)
+        return m

@@ -30,13 +30,14 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..sw import arith
+from . import dsp
 from .config import AcceleratorConfig
-from .isa import layer_layout, param_layout, word_layout
+from .isa import ACT_READ_LATENCY, layer_layout, param_layout, word_layout
 
 __all__ = ["ADD_LATENCY", "AddEngine", "GAP_DIV_STEPS", "GapEngine", "has_eltwise"]
 
 #: Cycles from issuing the read of an add's last second-operand word to its result's write.
-ADD_LATENCY = 5
+ADD_LATENCY = ACT_READ_LATENCY + 6
 #: Quotient bits of the global pooling divider: ``floor((2*S + 257*N) / (2*N))`` is 0 to 255.
 GAP_DIV_STEPS = 9
 
@@ -146,36 +147,41 @@ class AddEngine(wiring.Component):
                     m.d.sync += self.busy.eq(0)
                     m.next = "IDLE"
 
-        # The pipeline: stage 0 the memory read, 1 the product, 2 the product (p_hi shifted
-        # right by the spread), 3 the sum (on a second operand's word), 4 the result; the write
-        # takes stage 4's word.
+        # The pipeline, by cycles after a word's read (L = ACT_READ_LATENCY): L the word,
+        # times its operand's M in a DSP block (`dsp.ScaleMultiplier`); L + 2 the product,
+        # shifted right by the spread if it is p_hi; L + 3 kept (first operand) or summed
+        # (second); L + 4 the sum shifted right by lo - 1; L + 5 rounded and clamped; the
+        # write takes it in cycle L + 6 (ADD_LATENCY).
         reading = Signal()
         m.d.comb += reading.eq(self.act_read.en)
         tag = Signal(ADD_LATENCY)                           # second operand, per stage
         m.d.sync += [pipe.eq(Cat(reading, pipe[:-1])), tag.eq(Cat(phase & reading, tag[:-1]))]
+        word_at = ACT_READ_LATENCY - 1                      # tag[k]: a word read k + 1 ago
+        prod_at = word_at + dsp.LATENCY
         prod_bits = cfg.data_bits + cfg.m_bits + 1
         for lane in range(cfg.cols):
-            x = self.act_read.data[lane]
-            prod = Signal(signed(prod_bits), name=f"prod{lane}")
+            m.submodules[f"mul{lane}"] = mul = dsp.ScaleMultiplier(cfg.target)
+            m.d.comb += [mul.a.eq(self.act_read.data[lane]),
+                         mul.b.eq(Mux(tag[word_at], m_b, m_a))]
             part = Signal(signed(prod_bits), name=f"part{lane}")
             first = Signal(signed(prod_bits), name=f"first{lane}")
             total = Signal(signed(prod_bits + 1), name=f"total{lane}")
+            shifted = Signal(signed(prod_bits + 1), name=f"shifted{lane}")
             y = Signal(signed(cfg.data_bits), name=f"y{lane}")
-            m.d.sync += [
-                prod.eq(x * Mux(tag[0], m_b, m_a)),
-                part.eq(prod >> Mux(tag[1] == hi_b, spread, 0)),
-            ]
-            with m.If(pipe[2] & ~tag[2]):
+            m.d.sync += part.eq(mul.p >> Mux(tag[prod_at] == hi_b, spread, 0))
+            with m.If(pipe[prod_at + 1] & ~tag[prod_at + 1]):
                 m.d.sync += first.eq(part)
-            with m.If(pipe[2] & tag[2]):
+            with m.If(pipe[prod_at + 1] & tag[prod_at + 1]):
                 m.d.sync += total.eq(first + part)
+            m.d.sync += shifted.eq(total >> lo_m1)
             rounded = Signal(signed(prod_bits + 1), name=f"rounded{lane}")
-            m.d.comb += rounded.eq(((total >> lo_m1) + 1) >> 1)
+            m.d.comb += rounded.eq((shifted + 1) >> 1)
             low = Mux(relu, 0, arith.INT8_MIN)
             m.d.sync += y.eq(Mux(rounded > arith.INT8_MAX, arith.INT8_MAX,
                                  Mux(rounded < low, low, rounded)))
             m.d.comb += self.act_write.data[lane].eq(y)
-        m.d.comb += [self.act_write.en.eq(pipe[4] & tag[4]), self.act_write.addr.eq(ptr_y)]
+        assert prod_at + 5 == ADD_LATENCY
+        m.d.comb += [self.act_write.en.eq(pipe[-1] & tag[-1]), self.act_write.addr.eq(ptr_y)]
         with m.If(self.act_write.en):
             m.d.sync += ptr_y.eq(ptr_y + 1)
         return m
@@ -215,8 +221,10 @@ class GapEngine(wiring.Component):
         tile, rd, nxt, wr = Signal(a), Signal(a), Signal(a), Signal(a)
         n = Signal(nb)                                      # pixels of the tile so far
         step = Signal(range(GAP_DIV_STEPS + 1))
+        n_bias = Signal(nb + 9)                             # 257 * N
+        wait = Signal(range(ACT_READ_LATENCY))
         divisor = Signal(nb + GAP_DIV_STEPS)                # 2*N << (steps left - 1)
-        got = Signal()                                      # a read's data arrives
+        got = Signal(ACT_READ_LATENCY)                      # got[-1]: a read's word arrives
         acc_bits = cfg.data_bits + nb
         lanes = range(cfg.cols)
         acc = [Signal(signed(acc_bits), name=f"acc{i}") for i in lanes]
@@ -225,9 +233,9 @@ class GapEngine(wiring.Component):
 
         m.d.comb += [self.act_read.en.eq(0), self.act_read.addr.eq(rd), self.act_write.en.eq(0),
                      self.act_write.addr.eq(wr)]
-        m.d.sync += got.eq(self.act_read.en)
+        m.d.sync += got.eq(Cat(self.act_read.en, got[:-1]))
         for i in lanes:
-            with m.If(got):
+            with m.If(got[-1]):
                 m.d.sync += acc[i].eq(acc[i] + self.act_read.data[i])
             m.d.comb += self.act_write.data[i].eq(quo[i] - 128)
         with m.FSM():
@@ -254,13 +262,19 @@ class GapEngine(wiring.Component):
                         m.d.sync += y.eq(in_h)
                         with m.If(cw == cin_words):
                             m.d.sync += nxt.eq(rd + cin_words)   # the next image's first word
-                        m.next = "LAST"
+                        m.next = "WAIT"
+            with m.State("WAIT"):
+                # The last word is on its way (ACT_READ_LATENCY - 1 cycles).
+                m.d.sync += [n_bias.eq((n << 8) + n), wait.eq(wait + 1)]
+                with m.If(wait == ACT_READ_LATENCY - 2):
+                    m.d.sync += wait.eq(0)
+                    m.next = "LAST"
             with m.State("LAST"):
                 # The last word is summed this cycle; the dividend follows from the sum.
                 m.d.sync += [step.eq(GAP_DIV_STEPS), divisor.eq(n << GAP_DIV_STEPS)]
                 for i in lanes:
                     total = acc[i] + self.act_read.data[i]
-                    m.d.sync += [rem[i].eq((total << 1) + (n << 8) + n), quo[i].eq(0)]
+                    m.d.sync += [rem[i].eq((total << 1) + n_bias), quo[i].eq(0)]
                 m.next = "DIVIDE"
             with m.State("DIVIDE"):
                 m.d.sync += [step.eq(step - 1), divisor.eq(divisor >> 1)]

@@ -34,7 +34,8 @@ from amaranth.lib import crc, data, enum
 from .config import AcceleratorConfig
 
 __all__ = [
-    "FRAME_CRC", "FRAME_TIMEOUT_BITS", "IDENTIFY_FIELDS", "MAX_PAYLOAD", "PROTOCOL_VERSION",
+    "ACT_READ_LATENCY", "FRAME_CRC", "FRAME_TIMEOUT_BITS", "IDENTIFY_FIELDS", "MAX_PAYLOAD",
+    "PROTOCOL_VERSION",
     "SYNC_REPLY", "SYNC_REQUEST", "Error", "IdentifyField", "Mem", "Op", "Reply", "WRITE_TARGET",
     "identify_payload",
     "Request", "describe_add", "describe_conv", "describe_gap", "describe_linear",
@@ -59,6 +60,12 @@ def load_layout(cfg: AcceleratorConfig):
         "addr": max(cfg.act_addr_bits, cfg.weight_addr_bits, cfg.param_addr_bits),
         "data": max(cfg.word_bits, cfg.param_bits),
     })
+
+
+#: Cycles from an engine's activation memory read (address and enable) to its word: the core's
+#: address register, the block RAM's own cycle, then the core's read data register
+#: (`systolic.hw.core.Core`).
+ACT_READ_LATENCY = 3
 
 
 class Op(enum.Enum, shape=4):

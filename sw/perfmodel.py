@@ -13,8 +13,9 @@ tile may hold the end of one image and the start of the next::
 
 Around the feed, each channel tile spends a fixed overhead: filling the first block (``rows``
 reads), the settle period that lets the last results drain through the array and the
-requantizers (``rows * G + cols + Requantizer.LATENCY + 7``: a row takes ``G = cols /
-rq_lanes`` cycles in the requantizer) and a few cycles of hand-over between the states::
+requantizers (``rows * G + cols + Requantizer.LATENCY + 9``: a row takes ``G = cols /
+rq_lanes`` cycles in the requantizer) and a few cycles of hand-over between the states and of
+the memories' pipelines (the activation and weight memories are registered on both sides)::
 
     conv cycles = cout_tiles * (feed + rows + rows * G + cols + LATENCY + CONV_TILE)
                   + CONV_LAYER
@@ -35,10 +36,11 @@ pipeline drains that much sooner::
 
 The residual add (``hw/eltwise.py``) reads its two operands' words alternately, two cycles a
 word, after reading its parameters; global average pooling reads a channel tile's pixels one a
-cycle, then divides in ``GAP_DIV_STEPS`` cycles and writes::
+cycle, waits for the last one (``ACT_READ_LATENCY``: the activation memory is registered on
+both sides), then divides in ``GAP_DIV_STEPS`` cycles and writes::
 
     add cycles = ADD_SETUP + 2 * words + ADD_LATENCY
-    gap cycles = batch * cin_words * (in_h * in_w + GAP_DIV_STEPS + 2)
+    gap cycles = batch * cin_words * (in_h * in_w + ACT_READ_LATENCY + GAP_DIV_STEPS + 1)
 
 (structural, both: ``tests/test_eltwise_unit.py`` checks them on the core.)
 ``CONV_TILE``, ``CONV_LAYER`` and ``POOL_LAYER`` are the only fitted constants, measured on
@@ -51,7 +53,7 @@ every pooling shape on the core's Verilog, ``tests/test_network_rtl.py`` whole n
 import itertools
 
 from ..hw.eltwise import ADD_LATENCY, GAP_DIV_STEPS
-from ..hw.isa import Op
+from ..hw.isa import ACT_READ_LATENCY, Op
 from ..hw.pool import PoolEngine
 from ..hw.requant import Requantizer
 
@@ -59,9 +61,9 @@ __all__ = ["ADD_SETUP", "CONV_LAYER", "CONV_TILE", "POOL_LAYER", "POOL_STAGES", 
            "pool_tail", "pool_words", "predict_cycles", "predict_layer", "predict_program",
            "utilization"]
 
-CONV_TILE = 12      #: fitted: per channel tile, beyond the structural overhead
+CONV_TILE = 16      #: fitted: per channel tile, beyond the structural overhead
 CONV_LAYER = 0      #: fitted: per convolution layer
-POOL_LAYER = 2      #: fitted: per pooling layer, beyond the pipeline's tail
+POOL_LAYER = 4      #: fitted: per pooling layer, beyond the pipeline's tail
 #: Residual add: two parameter reads, the latch of the second, aligning the shifts, going idle.
 ADD_SETUP = 5
 
@@ -93,7 +95,8 @@ def predict_cycles(cfg, fields):
         return ADD_SETUP + 2 * fields["cin_words"] + ADD_LATENCY
     if fields["op"] == Op.GAP:
         pixels = fields["in_h"] * fields["in_w"]
-        return fields["batch"] * fields["cin_words"] * (pixels + GAP_DIV_STEPS + 2)
+        per_tile = pixels + ACT_READ_LATENCY + GAP_DIV_STEPS + 1
+        return fields["batch"] * fields["cin_words"] * per_tile
     return pool_words(fields) + pool_tail(fields) + POOL_LAYER
 
 
