@@ -295,8 +295,9 @@ class UARTBridge(wiring.Component):
     overrun, frame_error, brk : Out(1)
         The receiver's line conditions (see `UARTRx`).
     line_fault : Out(1)
-        A framing error, or a break (high for as long as it lasts): what a frame in flight
-        cannot survive (`systolic.hw.controller.Controller.line_fault`).
+        A framing error, or a break (high for as long as it lasts), a cycle after the
+        receiver reports it: what a frame in flight cannot survive
+        (`systolic.hw.controller.Controller.line_fault`).
     tx_busy : Out(1)
         The transmitter is sending a character.
 
@@ -337,6 +338,10 @@ class UARTBridge(wiring.Component):
             rx.rxd.eq(self.rxd), self.txd.eq(tx.txd), self.tx_busy.eq(tx.busy),
             self.overrun.eq(rx.overrun), self.frame_error.eq(rx.frame_error),
             self.brk.eq(rx.brk),
-            self.line_fault.eq(rx.frame_error | rx.brk | rx.in_break),
         ]
+        # A cycle late, from a register: the receiver's line conditions come straight off the
+        # sampled line through its state decoding, and the controller's every frame state
+        # takes ``line_fault`` (an iCEBreaker critical path otherwise). A cycle is nothing
+        # next to a character: the fault still falls between the same bytes.
+        m.d.sync += self.line_fault.eq(rx.frame_error | rx.brk | rx.in_break)
         return m
