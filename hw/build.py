@@ -466,6 +466,18 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
             "script_after_read": "memory_nordff",
             "script_after_synth": "tee -q -o stat.json stat -json",
         }
+        if spec.family == "ecp5":
+            # Yosys 0.70's `abc9` (synth_ecp5's LUT mapping) fails an assertion reintegrating
+            # the 12x12 design (`GetSize(conn.first) == GetSize(conn.second)` in rtlil.cc);
+            # the classic `abc` maps the same logic. synth_ecp5 runs up to its LUT mapping,
+            # `abc` maps, and synth_ecp5 carries on from its cell mapping.
+            overrides["synth_opts"] = "-run :map_luts"
+            overrides["script_after_synth"] = (
+                "techmap -map +/lattice/latches_map.v\n"
+                "abc -lut 4:7 -dress\n"
+                "clean\n"
+                f"synth_ecp5 -top {NAME} -run map_cells:\n"
+                + overrides["script_after_synth"])
         plan, stages["elaborate"] = _stage(
             "elaborate", lambda: platform.prepare(top, name=NAME, **overrides),
             progress=progress)
