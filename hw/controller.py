@@ -151,6 +151,12 @@ class Controller(wiring.Component):
         req = Signal(8)
         length = Signal(range(MAX_PAYLOAD + 1))  # checked against MAX_PAYLOAD on arrival
         idx = Signal(range(MAX_PAYLOAD + 1))
+        # ``idx == length`` in PAYLOAD, kept in a register as the bytes arrive, so that the
+        # state machine looks at a flip-flop. It is worked out from a count of the bytes still
+        # to come (a comparison with a constant) rather than from ``idx + 1 == length``, which
+        # synthesis makes a ripple of a dozen LUTs.
+        left = Signal.like(length)
+        at_end = Signal()
         # The first payload bytes, those of any request but WRITE one place up, so that the
         # fields line up: WRITE's mem, addr and count are at 0, 1 and 3, READ's addr and count
         # at 1 and 3, RUN's and STATS's start and count at 1 and 2. They hold still until the
@@ -316,13 +322,14 @@ class Controller(wiring.Component):
             with m.State("LEN1"):
                 with frame_byte():
                     m.d.sync += [length[8:].eq(self.rx.payload), idx.eq(0), got_j.eq(0),
-                                 got_words.eq(0)]
+                                 got_words.eq(0), left.eq(Cat(length[:8], self.rx.payload)),
+                                 at_end.eq(Cat(length[:8], self.rx.payload) == 0)]
                     with m.If(Cat(length[:8], self.rx.payload) > MAX_PAYLOAD):
                         drain(m, Error.BAD_LENGTH)
                     with m.Else():
                         m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
-                with m.If(idx == length):
+                with m.If(at_end):
                     # No byte taken in this cycle, but a line fault in it still breaks the frame.
                     with m.If(self.line_fault):
                         drain(m, Error.LINE_FAULT)
@@ -331,7 +338,7 @@ class Controller(wiring.Component):
                 with m.Else():
                     m.d.comb += fb_w.en.eq(self.rx.valid)
                     with frame_byte():
-                        m.d.sync += idx.eq(idx + 1)
+                        m.d.sync += [idx.eq(idx + 1), left.eq(left - 1), at_end.eq(left == 1)]
                         for i, byte in enumerate(pre):
                             with m.If(idx == i - (req != Request.WRITE)):
                                 m.d.sync += byte.eq(self.rx.payload)
