@@ -17,6 +17,7 @@ from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, sign
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ..sw import arith
 from .config import TARGETS, ConfigError
 
 __all__ = ["LATENCY", "WIDE_LATENCY", "Multiplier", "ScaleMultiplier", "WideMultiplier"]
@@ -55,7 +56,32 @@ def mult18x18d(a18, b18, p36):
         **ports,
     )
 
-class Multiplier(wiring.Component):
+def _pipelined_product(m, a, b, p, stages):
+    """``p = a * b`` through ``stages`` registers (operands, product, then extra product
+    stages): the `generic` target's stand-in for a DSP block's registered pipeline."""
+    a_q = Signal.like(a, reset_less=True)
+    b_q = Signal.like(b, reset_less=True)
+    m.d.sync += [a_q.eq(a), b_q.eq(b)]
+    q = a_q * b_q
+    for i in range(stages - 1):
+        r = Signal.like(p, reset_less=True, name=f"product_d{i}")
+        m.d.sync += r.eq(q)
+        q = r
+    m.d.comb += p.eq(q)
+
+
+class _TargetComponent(wiring.Component):
+    """A component built for one of the multiplier targets; an unknown one is an error."""
+
+    def __init__(self, target="generic"):
+        if target not in TARGETS:
+            self._MustUse__silence = True  # never built, so never "unused"
+            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+        self.target = target
+        super().__init__()
+
+
+class Multiplier(_TargetComponent):
     """Signed 8 × 8 → 16 bit multiplier with a fixed two-cycle latency.
 
     Parameters
@@ -92,13 +118,6 @@ class Multiplier(wiring.Component):
     b: In(signed(_DATA_BITS))
     p: Out(signed(_PRODUCT_BITS))
 
-    def __init__(self, target="generic"):
-        if target not in TARGETS:
-            self._MustUse__silence = True  # never built, so never "unused"
-            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
-        self.target = target
-        super().__init__()
-
     def elaborate(self, platform):
         return {"generic": self._generic, "ecp5": self._ecp5, "ice40": self._ice40}[self.target]()
 
@@ -106,11 +125,7 @@ class Multiplier(wiring.Component):
 
     def _generic(self):
         m = Module()
-        a = Signal.like(self.a, reset_less=True)
-        b = Signal.like(self.b, reset_less=True)
-        p = Signal.like(self.p, reset_less=True)
-        m.d.sync += [a.eq(self.a), b.eq(self.b), p.eq(a * b)]
-        m.d.comb += self.p.eq(p)
+        _pipelined_product(m, self.a, self.b, self.p, LATENCY)
         return m
 
     def _ecp5(self):
@@ -169,7 +184,7 @@ class Multiplier(wiring.Component):
 WIDE_LATENCY = 3
 
 
-class WideMultiplier(wiring.Component):
+class WideMultiplier(_TargetComponent):
     """Signed 32 × unsigned 15 → signed 47 bit multiplier on two DSP blocks, latency 3.
 
     The requantizer's ``(acc + bias) * M`` when ``requant_dsp`` is set. ``a`` is split into a
@@ -195,23 +210,13 @@ class WideMultiplier(wiring.Component):
     b: In(15)
     p: Out(signed(47))
 
-    def __init__(self, target="generic"):
-        if target not in TARGETS:
-            self._MustUse__silence = True
-            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
-        self.target = target
-        super().__init__()
-
     def elaborate(self, platform):
         m = Module()
+        if self.target == "generic":
+            _pipelined_product(m, self.a, self.b, self.p, WIDE_LATENCY)
+            return m
         p = Signal.like(self.p, reset_less=True)
         m.d.comb += self.p.eq(p)
-        if self.target == "generic":
-            a = Signal.like(self.a, reset_less=True)
-            b = Signal.like(self.b, reset_less=True)
-            q = Signal.like(self.p, reset_less=True)
-            m.d.sync += [a.eq(self.a), b.eq(self.b), q.eq(a * b), p.eq(q)]
-            return m
         hi, lo = Signal(signed(32)), Signal(32)
         block = self._ice40 if self.target == "ice40" else self._ecp5
         block(m, "hi", self.a[16:].as_signed(), True, hi)
@@ -261,7 +266,7 @@ class WideMultiplier(wiring.Component):
         m.submodules[name] = mult18x18d(a18, b18, p36)
 
 
-class ScaleMultiplier(wiring.Component):
+class ScaleMultiplier(_TargetComponent):
     """Signed 8 × unsigned 15 → signed 24 bit multiplier, latency `LATENCY` (2), one DSP block.
 
     An int8 activation times a requantization multiplier ``M`` (the residual add's operands).
@@ -282,26 +287,15 @@ class ScaleMultiplier(wiring.Component):
     """
 
     a: In(signed(_DATA_BITS))
-    b: In(15)
-    p: Out(signed(24))
-
-    def __init__(self, target="generic"):
-        if target not in TARGETS:
-            self._MustUse__silence = True
-            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
-        self.target = target
-        super().__init__()
+    b: In(arith.M_BITS)
+    p: Out(signed(_DATA_BITS + arith.M_BITS + 1))
 
     def elaborate(self, platform):
         m = Module()
         if self.target == "ecp5":
             a18, b18, p36 = Signal(signed(18)), Signal(signed(18)), Signal(36)
-            m.d.comb += [a18.eq(self.a), b18.eq(self.b), self.p.eq(p36[:24])]
+            m.d.comb += [a18.eq(self.a), b18.eq(self.b), self.p.eq(p36[:len(self.p)])]
             m.submodules.mult = mult18x18d(a18, b18, p36)
-            return m
-        a = Signal.like(self.a, reset_less=True)
-        b = Signal.like(self.b, reset_less=True)
-        p = Signal.like(self.p, reset_less=True)
-        m.d.sync += [a.eq(self.a), b.eq(self.b), p.eq(a * b)]
-        m.d.comb += self.p.eq(p)
+        else:
+            _pipelined_product(m, self.a, self.b, self.p, LATENCY)
         return m
