@@ -398,6 +398,45 @@ def _reusable(build_dir, design):
                                program_hint=spec.program_hint.format(bitstream=bitstream))
 
 
+def prepare_plan(family, platform, top, seed=1):
+    """The build plan of the board design ``top`` on ``platform`` (an ``ecp5`` or ``ice40``
+    ``family``): Yosys script, constraints, nextpnr and packer command lines. `build` runs
+    all of it; `bench/depth.py` runs its synthesis alone."""
+    # On the ECP5-85F, nextpnr's newer router takes the default design's routing from
+    # about an hour (router1) to under two minutes, for a somewhat lower fmax (65 against
+    # 72 MHz at 50 MHz, seed 1).
+    router = " --router router2" if family == "ecp5" else ""
+    overrides = {
+        "nextpnr_opts": f"--report report.json --timing-allow-fail --seed {seed}{router}",
+        # The SB_MAC16s are instantiated by hand with their registers on; `synth_ice40
+        # -dsp` would rewrite them (see synth.py), and no `*` is left to infer one for.
+        # Nor `-spram`: Yosys never puts an Amaranth memory (zeroed at start) in SPRAM
+        # (which cannot be initialised); the core instantiates its SB_SPRAM256KAs.
+        "synth_opts": "",
+        # Amaranth's RTLIL has synchronous read ports, whose read-before-write behaviour
+        # Yosys emulates in the fabric unless `memory_dff` finds that the port never reads
+        # the word being written (the enables exclude it, or the memory is no_rw_check),
+        # which it looks at only while merging a register into an asynchronous port (as
+        # on Verilog). Splitting the ports first lets it look; what it cannot rule out it
+        # rebuilds as before. (See core.py.)
+        "script_after_read": "memory_nordff",
+        "script_after_synth": "tee -q -o stat.json stat -json",
+    }
+    if family == "ecp5":
+        # Yosys 0.70's `abc9` (synth_ecp5's LUT mapping) fails an assertion reintegrating
+        # the 12x12 design (`GetSize(conn.first) == GetSize(conn.second)` in rtlil.cc);
+        # the classic `abc` maps the same logic. synth_ecp5 runs up to its LUT mapping,
+        # `abc` maps, and synth_ecp5 carries on from its cell mapping.
+        overrides["synth_opts"] = "-run :map_luts"
+        overrides["script_after_synth"] = (
+            "techmap -map +/lattice/latches_map.v\n"
+            "abc -lut 4:7 -dress\n"
+            "clean\n"
+            f"synth_ecp5 -top {NAME} -run map_cells:\n"
+            + overrides["script_after_synth"])
+    return platform.prepare(top, name=NAME, **overrides)
+
+
 def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
           progress=True, force=False):
     """Build the bitstream for ``board`` and report what it used and how fast it runs.
@@ -446,41 +485,8 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
     stages = {}
     with _toolchain_env(spec.family):
         platform = spec.platform()
-        # On the ECP5-85F, nextpnr's newer router takes the default design's routing from
-        # about an hour (router1) to under two minutes, for a somewhat lower fmax (65 against
-        # 72 MHz at 50 MHz, seed 1).
-        router = " --router router2" if spec.family == "ecp5" else ""
-        overrides = {
-            "nextpnr_opts": f"--report report.json --timing-allow-fail --seed {seed}{router}",
-            # The SB_MAC16s are instantiated by hand with their registers on; `synth_ice40
-            # -dsp` would rewrite them (see synth.py), and no `*` is left to infer one for.
-            # Nor `-spram`: Yosys never puts an Amaranth memory (zeroed at start) in SPRAM
-            # (which cannot be initialised); the core instantiates its SB_SPRAM256KAs.
-            "synth_opts": "",
-            # Amaranth's RTLIL has synchronous read ports, whose read-before-write behaviour
-            # Yosys emulates in the fabric unless `memory_dff` finds that the port never reads
-            # the word being written (the enables exclude it, or the memory is no_rw_check),
-            # which it looks at only while merging a register into an asynchronous port (as
-            # on Verilog). Splitting the ports first lets it look; what it cannot rule out it
-            # rebuilds as before. (See core.py.)
-            "script_after_read": "memory_nordff",
-            "script_after_synth": "tee -q -o stat.json stat -json",
-        }
-        if spec.family == "ecp5":
-            # Yosys 0.70's `abc9` (synth_ecp5's LUT mapping) fails an assertion reintegrating
-            # the 12x12 design (`GetSize(conn.first) == GetSize(conn.second)` in rtlil.cc);
-            # the classic `abc` maps the same logic. synth_ecp5 runs up to its LUT mapping,
-            # `abc` maps, and synth_ecp5 carries on from its cell mapping.
-            overrides["synth_opts"] = "-run :map_luts"
-            overrides["script_after_synth"] = (
-                "techmap -map +/lattice/latches_map.v\n"
-                "abc -lut 4:7 -dress\n"
-                "clean\n"
-                f"synth_ecp5 -top {NAME} -run map_cells:\n"
-                + overrides["script_after_synth"])
         plan, stages["elaborate"] = _stage(
-            "elaborate", lambda: platform.prepare(top, name=NAME, **overrides),
-            progress=progress)
+            "elaborate", lambda: prepare_plan(spec.family, platform, top, seed), progress=progress)
         design = _design_hash(plan, spec.family, seed)
         if not force and (reused := _reusable(build_dir, design)) is not None:
             return reused
