@@ -80,6 +80,18 @@ class ConvEngine(wiring.Component):
         sb = desc.origin.shape().width
         coord = signed(cfg.dim_bits + 2)
 
+        # The descriptor's last indices, from registers: the walkers compare their counters
+        # with these, not with a field minus one (an adder before each comparison). The
+        # descriptor is valid in the cycle the command is taken, so these are from START on.
+        last = data.StructLayout({
+            "ox": cfg.dim_bits, "oy": cfg.dim_bits + 1, "cw": len(desc.cin_words),
+            "kx": cfg.kernel_bits, "ky": cfg.kernel_bits, "t": 8,
+        })
+        last = Signal(last)
+        m.d.sync += [last.ox.eq(desc.out_w - 1), last.oy.eq(desc.out_h - 1),
+                     last.cw.eq(desc.cin_words - 1), last.kx.eq(desc.kw - 1),
+                     last.ky.eq(desc.kh - 1), last.t.eq(desc.cout_tiles - 1)]
+
         # ---- Sequencer state ---------------------------------------------------------------
         t = Signal(8)                                   # output channel tile
         w_tile_base = Signal(cfg.weight_addr_bits)
@@ -91,6 +103,7 @@ class ConvEngine(wiring.Component):
         wbase, iy0, ix0 = Signal(signed(sb)), Signal(coord), Signal(coord)
         # The walker's image in the batch and the next image's input origin.
         img = Signal(range(256 + 1))
+        img1 = Signal.like(img)                         # img + 1
         next_origin = Signal(signed(sb))
         # Block counters inside a pixel tile.
         ky, kx = Signal(cfg.kernel_bits), Signal(cfg.kernel_bits)
@@ -148,10 +161,10 @@ class ConvEngine(wiring.Component):
 
         # After this cycle's step, does the walker still point inside the output map?
         more = Signal()
-        line_end = ox == desc.out_w - 1
-        img_end = line_end & (oy == desc.out_h - 1)
-        m.d.comb += more.eq(Mux(block0 & img_end, img + 1, img) < desc.batch)
-        last_block = ((cw == desc.cin_words - 1) & (kx == desc.kw - 1) & (ky == desc.kh - 1))
+        line_end = ox == last.ox
+        img_end = line_end & (oy == last.oy)
+        m.d.comb += more.eq(Mux(block0 & img_end, img1 < desc.batch, img < desc.batch))
+        last_block = (cw == last.cw) & (kx == last.kx) & (ky == last.ky)
 
         # ---- Feed ----------------------------------------------------------------------------
         sr = [Signal(C * 8, name=f"feed{i}") for i in range(R)]
@@ -163,9 +176,13 @@ class ConvEngine(wiring.Component):
         first_reg, drain_reg, wvalid_reg = Signal(), Signal(), Signal()
         release = Signal(2)                             # banks the feed copies out this cycle
 
-        at_last = (sr_left <= 1)
+        # `sr_left <= 1` from a register: `load` (one LUT from registers) enables every bit
+        # of the shift register, a net of rows * cols * 8 sinks.
+        at_last = Signal(init=1)
         load = Signal()
         m.d.comb += load.eq(at_last & full.bit_select(g, 1))
+        m.d.sync += at_last.eq(Mux(load, C <= 1,
+                                   Mux((sr_left != 0) & ~sr_meta.flush, sr_left <= 2, 1)))
         m.d.sync += [first_reg.eq(0), drain_reg.eq(0), wvalid_reg.eq(0)]
         for i in range(R):
             m.d.sync += a_reg[i].eq(0)
@@ -252,9 +269,9 @@ class ConvEngine(wiring.Component):
             ]
             with m.If(row_end):
                 m.d.sync += out_addr.eq(out_addr + desc.cout_tiles)
-                with m.If(dx == desc.out_w - 1):
+                with m.If(dx == last.ox):
                     m.d.sync += dx.eq(0)
-                    with m.If(dy == desc.out_h - 1):
+                    with m.If(dy == last.oy):
                         m.d.sync += [dy.eq(0), dimg.eq(dimg + 1)]
                     with m.Else():
                         m.d.sync += dy.eq(dy + 1)
@@ -289,7 +306,7 @@ class ConvEngine(wiring.Component):
 
         def reset_walker():
             return [
-                ox.eq(0), oy.eq(0), wbase.eq(desc.origin), img.eq(0),
+                ox.eq(0), oy.eq(0), wbase.eq(desc.origin), img.eq(0), img1.eq(1),
                 next_origin.eq(desc.origin + desc.in_img_step),
                 iy0.eq(-desc.pad), ix0.eq(-desc.pad),
                 ky.eq(0), kx.eq(0), cw.eq(0), r.eq(0), tap_off.eq(0),
@@ -326,7 +343,7 @@ class ConvEngine(wiring.Component):
                     m.d.sync += rows_info[R - 1].eq(cur)
                     with m.If(block0):
                         with m.If(img_end):
-                            m.d.sync += [ox.eq(0), oy.eq(0), img.eq(img + 1),
+                            m.d.sync += [ox.eq(0), oy.eq(0), img.eq(img1), img1.eq(img1 + 1),
                                          wbase.eq(next_origin),
                                          next_origin.eq(next_origin + desc.in_img_step),
                                          ix0.eq(-desc.pad), iy0.eq(-desc.pad)]
@@ -348,9 +365,9 @@ class ConvEngine(wiring.Component):
                                 m.next = "FLUSH"
                         with m.Else():
                             m.d.sync += tap_off.eq(tap_off + 1)
-                            with m.If(cw == desc.cin_words - 1):
+                            with m.If(cw == last.cw):
                                 m.d.sync += cw.eq(0)
-                                with m.If(kx == desc.kw - 1):
+                                with m.If(kx == last.kx):
                                     m.d.sync += [kx.eq(0), ky.eq(ky + 1),
                                                  tap_off.eq(tap_off + 1 + desc.tap_row_step)]
                                 with m.Else():
@@ -373,7 +390,7 @@ class ConvEngine(wiring.Component):
                 with m.If((claimed == 0) & (sr_left == 0)):
                     m.d.sync += settle.eq(settle - 1)
                     with m.If(settle == 0):
-                        with m.If(t == desc.cout_tiles - 1):
+                        with m.If(t == last.t):
                             m.d.sync += busy.eq(0)
                             m.next = "IDLE"
                         with m.Else():
