@@ -228,21 +228,26 @@ class ConvEngine(wiring.Component):
         # the requantizer one group of `rq_lanes` channels a cycle, row by row: row r's group g
         # `r * G + g` cycles after row 0 (never before the row is ready, since G >= 1; and
         # before the next tile replaces it, which the configuration's check guarantees).
+        # `emit` and the row and group it emits (`er`, `eg`) are registers, set a cycle ahead
+        # from the pulse's previous stage: `er` and `eg` select among every sum of the array.
         L, G = cfg.rq_lanes, cfg.rq_groups
         ready0 = array.row_ready_delay(0)
+        assert ready0 >= 2
         dpipe = Signal(ready0)                          # dpipe[k]: pulse of k+1 cycles ago
         m.d.sync += dpipe.eq(Cat(first_q & drain_q, dpipe[:-1]))
-        start = dpipe[ready0 - 1]
-        dr, dg = Signal(range(max(R, 2))), Signal(range(max(G, 2)))
-        draining = Signal()
-        er, eg = Signal.like(dr), Signal.like(dg)
+        start_next = dpipe[ready0 - 2]                  # the pulse is ready next cycle
+        er, eg = Signal(range(max(R, 2))), Signal(range(max(G, 2)))
         emit = Signal()
-        m.d.comb += [emit.eq(start | draining), er.eq(Mux(start, 0, dr)),
-                     eg.eq(Mux(start, 0, dg))]
         row_end = eg == G - 1
-        with m.If(emit):
-            m.d.sync += [dg.eq(Mux(row_end, 0, eg + 1)), dr.eq(Mux(row_end, er + 1, er)),
-                         draining.eq(~(row_end & (er == R - 1)))]
+        eg_next = Signal.like(eg)
+        m.d.comb += eg_next.eq(Mux(start_next | row_end, 0, eg + 1))
+        m.d.sync += eg.eq(eg_next)
+        with m.If(start_next):
+            m.d.sync += [emit.eq(1), er.eq(0)]
+        with m.Elif(emit & ~(row_end & (er == R - 1))):
+            m.d.sync += er.eq(Mux(row_end, er + 1, er))
+        with m.Else():
+            m.d.sync += emit.eq(0)
         groups = [[array.results[r].as_value().word_select(g, 32 * L) for g in range(G)]
                   for r in range(R)]
         picked = Array(Array(row) for row in groups)[er][eg] if R * G > 1 else groups[0][0]
@@ -255,7 +260,9 @@ class ConvEngine(wiring.Component):
         m.d.sync += [sel.eq(picked), sel_valid.eq(emit)]
         # The group's parameter word is read in the emit cycle; sums and parameters then meet
         # in registers (block RAM data goes into a register before any logic).
-        m.d.comb += self.param_read.addr.eq(p_tile + eg)
+        p_addr = Signal(cfg.param_addr_bits)
+        m.d.sync += p_addr.eq(p_tile + eg_next)
+        m.d.comb += self.param_read.addr.eq(p_addr)
         rq_acc = Signal.like(sel)
         rq_params = Signal(param_layout(cfg))
         rq_valid, rq_tag = Signal(), Signal(tag)

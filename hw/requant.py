@@ -78,13 +78,20 @@ class _Lane(wiring.Component):
                 terms, level = nxt, level + 1
             total = terms[0]
         # Stage 6: the shift. Stage 7: saturation (and ReLU as a clamp at 0).
+        # Saturation from the sign and the bits above an int8's (wide ORs and ANDs) rather
+        # than two comparisons of the whole product (carry chains of its width). `relu`
+        # holds still for a layer; it goes through a register, as it fans out to every lane.
         shifted = Signal(PRODUCT)
         m.d.sync += shifted.eq(total >> shift_at[5])
-        lo = Mux(self.relu, 0, arith.INT8_MIN)
-        with m.If(shifted > arith.INT8_MAX):
+        relu = Signal()
+        m.d.sync += relu.eq(self.relu)
+        negative, high = shifted[-1], shifted[7:]
+        with m.If(~negative & high.any()):
             m.d.sync += self.out.eq(arith.INT8_MAX)
-        with m.Elif(shifted < lo):
-            m.d.sync += self.out.eq(lo)
+        with m.Elif(negative & relu):
+            m.d.sync += self.out.eq(0)
+        with m.Elif(negative & ~high.all()):
+            m.d.sync += self.out.eq(arith.INT8_MIN)
         with m.Else():
             m.d.sync += self.out.eq(shifted)
         return m
