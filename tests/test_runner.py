@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,7 @@ def test_failing_cocotb_test_raises(tmp_path):
     run_dir = e.value.args[0].split("(", 1)[1].split(")", 1)[0].rsplit("/", 1)[0]
     assert run_dir.endswith(f"/run-{os.getpid()}")
     assert (Path(run_dir) / "results.xml").is_file()
+    shutil.rmtree(run_dir)          # looked at: the suite leaves no run directory behind
 
 
 @pytest.mark.slow
@@ -119,5 +121,8 @@ def test_hung_simulation_is_killed(tmp_path):
     # Far more layers than a simulation can run in a second of wall time.
     cases = [one_case()] * 20000
     with pytest.raises(SimulationError, match=r"^The icarus simulation of 'pool_engine' ended "
-                                              r"without results \(killed after 1 s\)"):
+                                              r"without results \(killed after 1 s\)") as e:
         run_pool(tmp_path, cases, timeout=1)
+    run_dir = Path(re.search(r"the run directory (\S+)$", str(e.value))[1])
+    assert run_dir.name == f"run-{os.getpid()}"
+    shutil.rmtree(run_dir)

@@ -3,7 +3,10 @@ Verilator: a payload or ``valid`` that changes while a beat waits for ``ready``,
 on ``valid`` or ``ready`` (Icarus only: Verilator has no X or Z). Each fails its cocotb test
 with a message naming the stream and the cycle; a design that keeps the rules passes."""
 
+import os
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 from amaranth.hdl import Module, Mux, Signal
@@ -57,6 +60,10 @@ def test_monitor_catches_violations(sim):
     with pytest.raises(SimulationError) as info:
         run_cocotb(RuleBreaker(), name="rule_breaker", test_module="test_stream_monitor",
                    sim=sim, testcase=tests, timeout=120)
+    # The failing run kept its directory for a user to look at; the suite leaves none behind.
+    results = Path(re.search(r"cocotb tests failed on \w+ \((\S+)\):", str(info.value))[1])
+    assert results.parent.name == f"run-{os.getpid()}"
+    shutil.rmtree(results.parent)
     failed = dict(re.findall(r"^  (\w+): (.*)$", str(info.value), re.MULTILINE))
     assert set(failed) == set(tests) - {"keeps_the_rules"}, str(info.value)
     for name, message in failed.items():
