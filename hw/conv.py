@@ -240,7 +240,7 @@ class ConvEngine(wiring.Component):
         emit = Signal()
         row_end = eg == G - 1
         eg_next = Signal.like(eg)
-        m.d.comb += eg_next.eq(Mux(start_next | row_end, 0, eg + 1))
+        m.d.comb += eg_next.eq(Mux(start_next | (emit & row_end), 0, Mux(emit, eg + 1, eg)))
         m.d.sync += eg.eq(eg_next)
         with m.If(start_next):
             m.d.sync += [emit.eq(1), er.eq(0)]
@@ -260,9 +260,7 @@ class ConvEngine(wiring.Component):
         m.d.sync += [sel.eq(picked), sel_valid.eq(emit)]
         # The group's parameter word is read in the emit cycle; sums and parameters then meet
         # in registers (block RAM data goes into a register before any logic).
-        p_addr = Signal(cfg.param_addr_bits)
-        m.d.sync += p_addr.eq(p_tile + eg_next)
-        m.d.comb += self.param_read.addr.eq(p_addr)
+        m.d.comb += self.param_read.addr.eq(p_tile + eg)
         rq_acc = Signal.like(sel)
         rq_params = Signal(param_layout(cfg))
         rq_valid, rq_tag = Signal(), Signal(tag)
