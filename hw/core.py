@@ -22,7 +22,16 @@ from amaranth.lib.wiring import In, Out
 
 from .conv import ConvEngine
 from .eltwise import AddEngine, GapEngine, has_eltwise
-from .isa import ACT_READ_LATENCY, Mem, Op, layer_layout, load_layout, param_layout, word_layout
+from .isa import (
+    ACT_READ_LATENCY,
+    CMD_LATENCY,
+    Mem,
+    Op,
+    layer_layout,
+    load_layout,
+    param_layout,
+    word_layout,
+)
 from .pool import PoolEngine
 
 __all__ = ["Core", "SinglePortMemory"]
@@ -190,15 +199,35 @@ class Core(wiring.Component):
             with m.If(add.busy):
                 m.d.comb += [p_r.addr.eq(add.param_read.addr), p_r.en.eq(add.param_read.en)]
 
-        # Pooling streams a map out of activation memory, through the engine, and back.
+        # Commands: the core takes a descriptor into its own register while every engine is
+        # idle, and a cycle later (CMD_LATENCY) the engine its opcode names takes it from
+        # there, from a valid bit that is a register too. The engines read the register for
+        # the whole layer. (The descriptor's bits fan out to every engine, and an engine's
+        # start enables all of its layer registers: neither now follows logic.)
+        desc = Signal(layer_layout(cfg))
+        engines = [(conv, (Op.CONV,))]
         pooling = Signal()
         if cfg.pool:
             m.submodules.pool = pool = PoolEngine(cfg)
-            pool_rd, pool_wr = self._pool_streams(m, pool, pooling)
-
+            pool_rd, pool_wr = self._pool_streams(m, pool, pooling, desc)
+            engines.append((pool, (Op.MAXPOOL, Op.AVGPOOL)))
+        engines += [(engine, (op,)) for engine, op in elt]
+        assert CMD_LATENCY == 1
+        pending = Signal(len(engines))
         busy = Signal()
-        m.d.comb += [busy.eq(conv.busy | pooling | Cat(e.busy for e, _ in elt).any()),
+        m.d.comb += [busy.eq(conv.busy | pooling | Cat(e.busy for e, _ in elt).any()
+                             | pending.any()),
                      self.busy.eq(busy)]
+        accept = Signal()
+        m.d.comb += [self.cmd.ready.eq(~busy), accept.eq(self.cmd.valid & ~busy)]
+        with m.If(accept):
+            m.d.sync += desc.eq(self.cmd.payload)
+        for i, (engine, ops) in enumerate(engines):
+            m.d.comb += [engine.cmd.payload.eq(desc), engine.cmd.valid.eq(pending[i])]
+            with m.If(accept):
+                m.d.sync += pending[i].eq(Cat(self.cmd.payload.op == op for op in ops).any())
+            with m.Elif(engine.cmd.ready):
+                m.d.sync += pending[i].eq(0)
 
         # One counter for every engine: the cycles `busy` was high in the last layer (what
         # the convolution engine's own `cycles` reports for a convolution).
@@ -206,22 +235,6 @@ class Core(wiring.Component):
             m.d.sync += self.cycles.eq(0)
         with m.Elif(busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
-
-        # Commands go to the engine their opcode names, one layer at a time.
-        m.d.comb += conv.cmd.payload.eq(self.cmd.payload)
-        with m.If(self.cmd.payload.op == Op.CONV):
-            m.d.comb += [conv.cmd.valid.eq(self.cmd.valid & ~busy),
-                         self.cmd.ready.eq(conv.cmd.ready & ~busy)]
-        if cfg.pool:
-            m.d.comb += pool.cmd.payload.eq(self.cmd.payload)
-            with m.If((self.cmd.payload.op == Op.MAXPOOL) | (self.cmd.payload.op == Op.AVGPOOL)):
-                m.d.comb += [pool.cmd.valid.eq(self.cmd.valid & ~busy),
-                             self.cmd.ready.eq(pool.cmd.ready & ~busy)]
-        for engine, op in elt:
-            m.d.comb += engine.cmd.payload.eq(self.cmd.payload)
-            with m.If(self.cmd.payload.op == op):
-                m.d.comb += [engine.cmd.valid.eq(self.cmd.valid & ~busy),
-                             self.cmd.ready.eq(engine.cmd.ready & ~busy)]
 
         # Loads: one memory write per beat, only between layers.
         m.d.comb += self.load.ready.eq(~busy)
@@ -297,7 +310,7 @@ class Core(wiring.Component):
             m.d.comb += pool.i_stream.payload.eq(act_q)
         return m
 
-    def _pool_streams(self, m, pool, pooling):
+    def _pool_streams(self, m, pool, pooling, cmd):
         """Stream the input map to ``pool`` and its output back; returns the memory accesses.
 
         The reader issues one read a cycle and the word reaches the engine `ACT_READ_LATENCY`
@@ -306,7 +319,6 @@ class Core(wiring.Component):
         (``o_stream.ready`` is 1), which is what gates its input (`PoolEngine`).
         """
         cfg = self._cfg
-        cmd = self.cmd.payload
         rd = Signal(data.StructLayout({"en": 1, "addr": cfg.act_addr_bits}))
         wr = Signal(data.StructLayout({"en": 1, "addr": cfg.act_addr_bits,
                                        "data": word_layout(cfg)}))

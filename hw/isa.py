@@ -34,8 +34,8 @@ from amaranth.lib import crc, data, enum
 from .config import AcceleratorConfig
 
 __all__ = [
-    "ACT_READ_LATENCY", "FRAME_CRC", "FRAME_TIMEOUT_BITS", "IDENTIFY_FIELDS", "MAX_PAYLOAD",
-    "PROTOCOL_VERSION",
+    "ACT_READ_LATENCY", "CMD_LATENCY", "FRAME_CRC", "FRAME_TIMEOUT_BITS", "IDENTIFY_FIELDS",
+    "MAX_PAYLOAD", "PROTOCOL_VERSION",
     "SYNC_REPLY", "SYNC_REQUEST", "Error", "IdentifyField", "Mem", "Op", "Reply", "WRITE_TARGET",
     "identify_payload",
     "Request", "describe_add", "describe_conv", "describe_gap", "describe_linear",
@@ -66,6 +66,10 @@ def load_layout(cfg: AcceleratorConfig):
 #: address register, the block RAM's own cycle, then the core's read data register
 #: (`systolic.hw.core.Core`).
 ACT_READ_LATENCY = 3
+
+#: Cycles from the core taking a layer descriptor to the engine it names taking it: the core's
+#: descriptor register (`systolic.hw.core.Core`). Each layer's cycle count includes them.
+CMD_LATENCY = 1
 
 
 class Op(enum.Enum, shape=4):

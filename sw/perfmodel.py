@@ -42,7 +42,9 @@ both sides), then divides in ``GAP_DIV_STEPS`` cycles and writes::
     add cycles = ADD_SETUP + 2 * words + ADD_LATENCY
     gap cycles = batch * cin_words * (in_h * in_w + ACT_READ_LATENCY + GAP_DIV_STEPS + 1)
 
-(structural, both: ``tests/test_eltwise_unit.py`` checks them on the core.)
+(structural, both: ``tests/test_eltwise_unit.py`` checks them on the core.) Every layer also
+counts the ``CMD_LATENCY`` cycle in which the core holds its descriptor before the engine
+takes it.
 ``CONV_TILE``, ``CONV_LAYER`` and ``POOL_LAYER`` are the only fitted constants, measured on
 the RTL (``cycles`` counter) of lenet-digits and lenet5 layers on 2x4, 8x8 and 12x12 arrays
 (the coefficients of ``rows`` and ``cols`` were fitted too and match the structure above); the
@@ -53,7 +55,7 @@ every pooling shape on the core's Verilog, ``tests/test_network_rtl.py`` whole n
 import itertools
 
 from ..hw.eltwise import ADD_LATENCY, GAP_DIV_STEPS
-from ..hw.isa import ACT_READ_LATENCY, Op
+from ..hw.isa import ACT_READ_LATENCY, CMD_LATENCY, Op
 from ..hw.pool import PoolEngine
 from ..hw.requant import Requantizer
 
@@ -85,6 +87,11 @@ def predict_cycles(cfg, fields):
     -------
     int
     """
+    return CMD_LATENCY + _engine_cycles(cfg, fields)
+
+
+def _engine_cycles(cfg, fields):
+    """Cycles from the engine taking the descriptor to the end of the layer."""
     R, C, G = cfg.rows, cfg.cols, cfg.rq_groups
     if fields["op"] == Op.CONV:
         pixel_tiles = -(-fields.get("batch", 1) * fields["out_h"] * fields["out_w"] // R)
