@@ -2,6 +2,7 @@
 
     python bench/throughput.py                          # ULX3S clock, its preset, both networks
     python bench/throughput.py --clock 125 --preset big --json
+    python bench/throughput.py --networks mlperf-resnet8 --images 20
 
 For lenet-digits and lenet5 (seeded random weights, quantized on seeded random images: the
 cycles do not depend on the weights or the data), the accelerator's cycles per image come from
@@ -96,7 +97,8 @@ def measure(arch, cfg, clock_mhz, *, images, batch, single, repeats, seed):
         "cycles_per_image": cycles, "latency_us": seconds * 1e6,
         "images_per_second": 1 / seconds, "macs_per_image": report["macs_per_image"],
         "gops": 2 * report["macs_per_image"] / seconds / 1e9,
-        "peak_gops": 2 * cfg.pes * clock_mhz / 1e3,
+        "peak_gops": 2 * cfg.pes * clock_mhz / 1e3, "utilization": report["utilization"],
+        "act_words": report["act_words"], "act_depth": report["act_depth"],
     }
     cpu = torch_rates(model, qnet.input_shape, batch=batch, single=single, repeats=repeats,
                       seed=seed)
@@ -127,7 +129,10 @@ def format_table(result):
     for r in result["networks"]:
         a = r["accelerator"]
         lines.append(f"{r['network']}: {a['macs_per_image']:,} MACs an image, sustained "
-                     f"{a['gops']:.2f} GOPS of {a['peak_gops']:.2f} peak")
+                     f"{a['gops']:.2f} GOPS of {a['peak_gops']:.2f} peak (utilization "
+                     f"{a['utilization']:.1%}); activation memory at its peak "
+                     f"{a['act_words']:,} of {a['act_depth']:,} words; {r['images_checked']} "
+                     f"images, every logit as the golden model's")
         lines.append(f"  {'layer':<28} {'cycles':>8} {'MACs':>9} {'GOPS':>7} {'util':>6}")
         for lay in r["layers"]:
             gops = "-" if not lay["macs"] or lay["gops"] is None else f"{lay['gops']:.2f}"
