@@ -188,6 +188,14 @@ class Controller(wiring.Component):
         payload = Signal(_Payload)
         # IDENTIFY's reply: constants, sent a byte at a time (indexed by ``idx``).
         identity = identify_payload(cfg, runnable_ops(cfg))
+        # Its byte at ``idx``, from a register: ``idx`` is set in EXEC, long before, and moves
+        # on as TX_IDENTITY's byte is taken, two cycles at least before the next one can be (the
+        # output register is full for a cycle).
+        id_byte = Signal(8)
+        with m.Switch(idx):
+            for i, b in enumerate(identity):
+                with m.Case(i):
+                    m.d.sync += id_byte.eq(b)
         last_error = Signal(Error)
         prog_len = Signal(range(cfg.program_depth + 1))
         total = Signal(32)                       # cycles of the last run
@@ -196,8 +204,18 @@ class Controller(wiring.Component):
         carry = Signal()
         addend = Signal(8)
         acc = total[:8] + addend + carry
-        accepted = self.tx.valid & self.tx.ready
-        m.d.comb += [crc.data.eq(Mux(self.tx.valid, self.tx.payload, self.rx.payload)),
+        # A reply's bytes leave through a register, taken when it is empty: the state machine
+        # looks at that flip-flop rather than at the transmitter's handshake, which comes from
+        # the far side of the chip (by the pin) and chained into every reply state (an
+        # iCEBreaker critical path, 40 ns). It passes a byte every other cycle at most, far
+        # more than a UART takes.
+        tx_valid, tx_payload, tx_ready = Signal(), Signal(8), Signal()
+        m.d.comb += tx_ready.eq(~self.tx.valid)
+        with m.If(self.tx.ready):
+            m.d.sync += self.tx.valid.eq(0)
+        with m.If(tx_valid & tx_ready):
+            m.d.sync += [self.tx.valid.eq(1), self.tx.payload.eq(tx_payload)]
+        m.d.comb += [crc.data.eq(Mux(tx_valid, tx_payload, self.rx.payload)),
                      self.error.eq(payload == _Payload.ERROR)]
         reply_len = Signal(16)
         with m.Switch(payload):
@@ -213,12 +231,22 @@ class Controller(wiring.Component):
                 m.d.comb += reply_len.eq(count << 2)
             with m.Case(_Payload.IDENTITY):
                 m.d.comb += reply_len.eq(len(identity))
+        # The length and ``reply_len == 0`` (for TX_LEN1) from registers: ``payload`` is set on
+        # the way into TX_SYNC, and TX_LEN0 comes three cycles later at the earliest (TX_SYNC's
+        # byte fills the output register, which then takes a cycle to empty); ``pre`` holds
+        # still long before. (The length of an ACT reply is a sum of shifted counts.)
+        reply_len_q, no_payload = Signal.like(reply_len), Signal()
+        m.d.sync += [reply_len_q.eq(reply_len), no_payload.eq(reply_len == 0)]
 
         # ---- WRITE / READ / RUN / STATS state -----------------------------------------------
         # Scratch registers, loaded for every request whether it is carried out or not.
         addr = Signal(max(cfg.act_addr_bits + 1, cfg.weight_addr_bits, cfg.param_addr_bits,
                           MAX_PAYLOAD.bit_length()))
         pc = Signal(range(cfg.program_depth + 1))   # program entry
+        # ``addr == span_end``, ``addr + 1 == span_end`` and ``pc == end``, set with ``addr``
+        # and ``pc`` (`step_addr`, `step_pc`; EXEC from the request's count), so that the
+        # state machine looks at flip-flops, not at an adder and a comparator.
+        addr_end, addr_last, pc_end = Signal(), Signal(), Signal()
         j = Signal(range(max(desc_bytes + 4, data_bytes, cfg.cols)))    # byte of a word/entry
         # Descriptors (RUN) and data words (WRITE) are assembled in one shift register: the
         # bytes come in at the top and move down a byte at a time. The shorter of the two kinds
@@ -288,16 +316,28 @@ class Controller(wiring.Component):
             m.next = "DRAIN"
 
         def send(byte, valid=1, check=True):
-            """In a state sending a byte of a reply (into the CRC, unless ``check`` is off)."""
-            m.d.comb += [self.tx.valid.eq(valid), self.tx.payload.eq(byte)]
+            """In a state sending a byte of a reply (into the CRC, unless ``check`` is off);
+            whether the byte is taken. (That is the state's own ``valid``, not ``tx_valid``,
+            the state machine's whole decoding.)"""
+            m.d.comb += [tx_valid.eq(valid), tx_payload.eq(byte)]
+            taken = valid & tx_ready
             if check:
-                m.d.comb += crc.valid.eq(accepted)
+                m.d.comb += crc.valid.eq(taken)
+            return taken
+
+        def step_addr():
+            m.d.sync += [addr.eq(addr + 1), addr_end.eq(addr_last),
+                         addr_last.eq(addr + 2 == span_end)]
+
+        def step_pc():
+            m.d.sync += [pc.eq(pc + 1), pc_end.eq(pc + 1 == end)]
 
         def next_cycles_byte():
             """The counters' bytes, read one ahead of the one being sent."""
             m.d.sync += j.eq(j + 1)
             with m.If(j == desc_bytes + 3):
-                m.d.sync += [j.eq(desc_bytes), pc.eq(pc + 1)]
+                m.d.sync += j.eq(desc_bytes)
+                step_pc()
 
         with m.FSM():
             with m.State("START"):
@@ -365,7 +405,10 @@ class Controller(wiring.Component):
             with m.State("EXEC"):
                 m.d.sync += [
                     idx.eq(_WRITE_HEAD),
-                    addr.eq(first), pc.eq(start),
+                    # (What a request that is carried out starts from: its span ends within
+                    # the memory, so ``addr`` and ``pc`` hold ``first`` and ``start`` whole.)
+                    addr.eq(first), addr_end.eq(second == 0), addr_last.eq(second == 1),
+                    pc.eq(start), pc_end.eq(count == 0),
                     j.eq(Mux(req == Request.STATS, desc_bytes, 0)),
                 ]
                 with m.If(~crc.match_detected):
@@ -411,8 +454,10 @@ class Controller(wiring.Component):
                     # Descriptors are stored as they came.
                     m.d.comb += pg_w.en.eq(1)
                     with m.If(j == desc_bytes - 1):
-                        m.d.sync += [j.eq(0), pc.eq(pc + 1), addr.eq(addr + 1)]
-                        with m.If(addr + 1 == span_end):
+                        m.d.sync += j.eq(0)
+                        step_pc()
+                        step_addr()
+                        with m.If(addr_last):
                             reply(m, _Payload.NONE)
                 with m.Elif(packed_end):
                     # The word's bytes, as they are after this cycle's, down to lane 0.
@@ -429,8 +474,8 @@ class Controller(wiring.Component):
             with m.State("WRITE_WORD"):
                 m.d.comb += core.load.valid.eq(1)
                 with m.If(core.load.ready):
-                    m.d.sync += addr.eq(addr + 1)
-                    with m.If(addr + 1 == span_end):
+                    step_addr()
+                    with m.If(addr_last):
                         reply(m, _Payload.NONE)
                     with m.Else():
                         m.next = "WRITE_BYTE"
@@ -438,7 +483,7 @@ class Controller(wiring.Component):
             # -- RUN: the program's layers, one after the other ----------------------------------
             with m.State("RUN_FETCH"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(pc == end):
+                with m.If(pc_end):
                     reply(m, _Payload.DONE)
                 with m.Else():
                     m.d.comb += pg_r.en.eq(1)
@@ -476,30 +521,30 @@ class Controller(wiring.Component):
                              addend.eq(byte)]
                 m.d.sync += [total.eq(Cat(total[8:], acc[:8])), carry.eq(acc[8]), j.eq(j + 1)]
                 with m.If(j == desc_bytes + 3):
-                    m.d.sync += [pc.eq(pc + 1), j.eq(0), carry.eq(0)]
+                    m.d.sync += [j.eq(0), carry.eq(0)]
+                    step_pc()
                     m.next = "RUN_FETCH"
 
-            # -- transmit a reply -----------------------------------------------------------------
             with m.State("TX_SYNC"):
                 send(SYNC_REPLY, check=False)
                 m.d.comb += crc_restart.eq(1)
-                with m.If(self.tx.ready):
+                with m.If(tx_ready):
                     m.next = "TX_KIND"
             with m.State("TX_KIND"):
                 with m.Switch(payload):
                     for kind, reply_kind in _KIND.items():
                         with m.Case(kind):
                             send(reply_kind.value)
-                with m.If(self.tx.ready):
+                with m.If(tx_ready):
                     m.next = "TX_LEN0"
             with m.State("TX_LEN0"):
-                send(reply_len[:8])
-                with m.If(self.tx.ready):
+                send(reply_len_q[:8])
+                with m.If(tx_ready):
                     m.next = "TX_LEN1"
             with m.State("TX_LEN1"):
-                send(reply_len[8:])
-                with m.If(self.tx.ready):
-                    with m.If(reply_len == 0):
+                send(reply_len_q[8:])
+                with m.If(tx_ready):
+                    with m.If(no_payload):
                         m.next = "TX_CRC0"
                     with m.Else():
                         with m.Switch(payload):
@@ -515,11 +560,11 @@ class Controller(wiring.Component):
                                 m.next = "TX_CYC_REQ"
             with m.State("TX_ERROR"):
                 send(last_error)
-                with m.If(self.tx.ready):
+                with m.If(tx_ready):
                     m.next = "TX_SECOND"
             with m.State("TX_SECOND"):
                 send(Mux(payload == _Payload.ERROR, req, prog_len))
-                with m.If(self.tx.ready):
+                with m.If(tx_ready):
                     with m.If(payload == _Payload.ERROR):
                         m.next = "TX_CRC0"
                     with m.Else():
@@ -528,35 +573,31 @@ class Controller(wiring.Component):
                 # Four bytes sent turn ``total`` round once: it is there for the next STATUS.
                 # (``carry`` is 0 here.)
                 send(total[:8])
-                with m.If(self.tx.ready):
+                with m.If(tx_ready):
                     m.d.sync += [total.eq(Cat(total[8:], acc[:8])), j.eq(j + 1)]
                     with m.If(j == 3):
                         m.next = "TX_CRC0"
             with m.State("TX_IDENTITY"):
-                id_byte = Signal(8)
-                with m.Switch(idx):
-                    for i, b in enumerate(identity):
-                        with m.Case(i):
-                            m.d.comb += id_byte.eq(b)
                 send(id_byte)
-                with m.If(self.tx.ready):
+                with m.If(tx_ready):
                     m.d.sync += idx.eq(idx + 1)
                     with m.If(idx == len(identity) - 1):
                         m.next = "TX_CRC0"
             with m.State("TX_ACT_REQ"):
                 m.d.comb += core.rd_addr.valid.eq(1)
                 with m.If(core.rd_addr.ready):
-                    m.d.sync += addr.eq(addr + 1)
+                    step_addr()
                     m.next = "TX_ACT"
             with m.State("TX_ACT"):
                 # The word waits on the read-back stream until its last byte is sent.
-                send(core.rd_data.payload.as_value().word_select(j, 8), valid=core.rd_data.valid)
-                with m.If(accepted):
+                taken = send(core.rd_data.payload.as_value().word_select(j, 8),
+                             valid=core.rd_data.valid)
+                with m.If(taken):
                     m.d.sync += j.eq(j + 1)
                     with m.If(j == cfg.cols - 1):
                         m.d.comb += core.rd_data.ready.eq(1)
                         m.d.sync += j.eq(0)
-                        with m.If(addr == span_end):
+                        with m.If(addr_end):
                             m.next = "TX_CRC0"
                         with m.Else():
                             m.next = "TX_ACT_REQ"
@@ -566,19 +607,19 @@ class Controller(wiring.Component):
                 m.next = "TX_CYC"
             with m.State("TX_CYC"):
                 send(pg_r.data)
-                with m.If(self.tx.ready):
-                    with m.If((pc == end) & (j == desc_bytes)):
+                with m.If(tx_ready):
+                    with m.If(pc_end & (j == desc_bytes)):
                         m.next = "TX_CRC0"
                     with m.Else():
                         m.d.comb += pg_r.en.eq(1)
                         next_cycles_byte()
             with m.State("TX_CRC0"):
                 send(crc.crc[8:], check=False)
-                with m.If(self.tx.ready):
+                with m.If(tx_ready):
                     m.next = "TX_CRC1"
             with m.State("TX_CRC1"):
                 send(crc.crc[:8], check=False)
-                with m.If(self.tx.ready):
+                with m.If(tx_ready):
                     m.next = "SYNC"
         return m
 

@@ -251,7 +251,9 @@ class UARTTx(wiring.Component):
         count = Signal(range(d))
         bits = Signal(range(_BITS + 4))     # bits of the character still to send, and one
         shreg = Signal(_BITS + 2)           # start, data and stop bits, sent LSB first
-        m.d.comb += [self.busy.eq(bits != 0), self.i_stream.ready.eq(bits == 0)]
+        # ``bits == 0``, kept in a flip-flop: the sender's state machine waits on ``ready``.
+        idle = Signal(init=1)
+        m.d.comb += [self.busy.eq(~idle), self.i_stream.ready.eq(idle)]
         # A byte taken goes into the shift register only; ``txd`` changes on the bit clock
         # alone (the start bit a cycle later, at once), so that the register at the pin, far
         # from the byte's sender, hangs off a few local flip-flops and nothing of the sender's.
@@ -260,11 +262,12 @@ class UARTTx(wiring.Component):
         # between back-to-back characters.
         with m.If(self.i_stream.valid & self.i_stream.ready):
             m.d.sync += [shreg.eq(Cat(0, self.i_stream.payload, 1)), bits.eq(_BITS + 3),
-                         count.eq(0)]
-        with m.Elif(bits != 0):
+                         count.eq(0), idle.eq(0)]
+        with m.Elif(~idle):
             m.d.sync += count.eq(count - 1)
             with m.If(count == 0):
-                m.d.sync += [count.eq(Mux(bits == 2, d - 2, d - 1)), bits.eq(bits - 1)]
+                m.d.sync += [count.eq(Mux(bits == 2, d - 2, d - 1)), bits.eq(bits - 1),
+                             idle.eq(bits == 1)]
                 with m.If(bits != 1):
                     m.d.sync += [self.txd.eq(shreg[0]), shreg.eq(shreg[1:])]
         return m
