@@ -27,7 +27,7 @@ their bytes live in.
 
 import contextlib
 
-from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import enum, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -71,6 +71,18 @@ class _Payload(enum.Enum, shape=3):
 _KIND = {_Payload.NONE: Reply.ACK, _Payload.ERROR: Reply.ERROR, _Payload.STATUS: Reply.STATUS,
          _Payload.DONE: Reply.DONE, _Payload.ACT: Reply.DATA, _Payload.CYCLES: Reply.DATA,
          _Payload.IDENTITY: Reply.IDENTITY}
+
+
+def _above(value, const):
+    """``value > const`` for an unsigned ``value``, as logic: some bit of ``value`` is set where
+    ``const``'s is clear, and the two agree above it. (Yosys builds ``>`` as a subtractor, a
+    carry chain as wide as ``value`` on the iCE40; these flags do not need its speed.)"""
+    terms = []
+    for i in range(len(value)):
+        if not (const >> i) & 1:
+            high = value[i + 1:]
+            terms.append(value[i] & (high == (const >> (i + 1))) if len(high) else value[i])
+    return Cat(*terms).any() if 0 <= const < (1 << len(value)) - 1 else Const(const < 0)
 
 
 def runnable_ops(cfg):
@@ -364,7 +376,7 @@ class Controller(wiring.Component):
                     m.d.sync += [length[8:].eq(self.rx.payload), idx.eq(0), got_j.eq(0),
                                  got_words.eq(0), left.eq(Cat(length[:8], self.rx.payload)),
                                  at_end.eq(Cat(length[:8], self.rx.payload) == 0)]
-                    with m.If(Cat(length[:8], self.rx.payload) > MAX_PAYLOAD):
+                    with m.If(_above(Cat(length[:8], self.rx.payload), MAX_PAYLOAD)):
                         drain(m, Error.BAD_LENGTH)
                     with m.Else():
                         m.next = "PAYLOAD"
@@ -648,23 +660,23 @@ class Controller(wiring.Component):
             m.d.sync += reg.eq(value)
             return reg
 
-        too_short = flag("too_short", length < _WRITE_HEAD)
+        too_short = flag("too_short", ~_above(length, _WRITE_HEAD - 1))
         bad_mem = flag("bad_mem", (mem > Mem.PROGRAM.value) | ((lanes != 0) & (
             (mem != Mem.ACT.value) | (lanes >= cfg.cols))))
-        bad_count = flag("bad_count", (count == 0) | (count >= MAX_PAYLOAD))
+        bad_count = flag("bad_count", (count == 0) | _above(count, MAX_PAYLOAD - 1))
         # The WRITE's words, counted as they came (PAYLOAD), against its count.
         mismatch = flag("mismatch", (got_j != 0) | (got_words != count))
         beyond = Signal()
         with m.Switch(mem):
             for kind in Mem:
                 with m.Case(kind.value):
-                    m.d.comb += beyond.eq(span_end > mem_depth(cfg, kind))
+                    m.d.comb += beyond.eq(_above(span_end, mem_depth(cfg, kind)))
         past_end = flag("past_end", beyond)     # the WRITE would run past its memory
         # (A PROGRAM write that is carried out ends within program_depth.)
         grows = flag("grows", (mem == Mem.PROGRAM.value) & (span_end[:len(prog_len)] > prog_len))
         # The reply must fit a frame: at most MAX_PAYLOAD bytes.
-        bad_read = flag("bad_read", (length != 4) | (count > MAX_PAYLOAD // cfg.cols))
-        read_past = flag("read_past", span_end > cfg.act_depth)
+        bad_read = flag("bad_read", (length != 4) | _above(count, MAX_PAYLOAD // cfg.cols))
+        read_past = flag("read_past", _above(span_end, cfg.act_depth))
         not_two = flag("not_two", length != 2)
         run_past = flag("run_past", end > prog_len)
         not_empty = flag("not_empty", length != 0)
