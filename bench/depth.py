@@ -26,8 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from systolic.hw.boards import BoardTop, get_board
-from systolic.hw.build import NAME, _toolchain_env, prepare_plan
-from systolic.hw.generate import add_config_arguments, config_from_args
+from systolic.hw.build import NAME, _toolchain_env, board_config_from_args, prepare_plan
+from systolic.hw.generate import add_config_arguments
 from systolic.hw.synth import find_tool
 from systolic.sw.errors import SystolicError
 
@@ -204,12 +204,9 @@ def register_group(cell_name):
 
 def synthesize_board(args, workdir):
     spec = get_board(args.board)
-    args.preset = args.preset or spec.preset
-    if args.target is None:
-        args.target = spec.family
     if spec.family != "ecp5":
         raise SystolicError("bench/depth.py models ECP5 cells only; use --board ulx3s-85f")
-    cfg = config_from_args(args)
+    cfg = board_config_from_args(spec, args)
     top = BoardTop(spec, cfg, clock_mhz=args.clock, baud=args.baud)
     workdir.mkdir(parents=True, exist_ok=True)
     with _toolchain_env(spec.family):

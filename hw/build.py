@@ -529,12 +529,18 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
     return report
 
 
-def _run(args):
-    spec = get_board(args.board)
+def board_config_from_args(spec, args):
+    """The configuration a command line asks for on board ``spec``: its options over the
+    board's preset, multipliers in the board's DSP blocks unless ``--target`` says otherwise."""
     args.preset = args.preset or spec.preset
     if args.target is None:
         args.target = spec.family
-    cfg = config_from_args(args)
+    return config_from_args(args)
+
+
+def _run(args):
+    spec = get_board(args.board)
+    cfg = board_config_from_args(spec, args)
     report = build(spec.name, cfg, clock_mhz=args.clock, baud=args.baud, build_dir=args.output,
                    seed=args.seed, progress=not args.json, force=args.force)
     if args.json:

@@ -537,6 +537,7 @@ class Controller(wiring.Component):
                     step_pc()
                     m.next = "RUN_FETCH"
 
+            # -- transmit a reply -----------------------------------------------------------------
             with m.State("TX_SYNC"):
                 send(SYNC_REPLY, check=False)
                 m.d.comb += crc_restart.eq(1)
