@@ -72,8 +72,8 @@ class AcceleratorConfig:
 
     rows: int = 8
     cols: int = 8
-    act_depth: int = 4096
-    weight_depth: int = 8192
+    act_depth: int = 8192
+    weight_depth: int = 16384
     param_depth: int = 64
     program_depth: int = 64
     max_kernel: int = 7
@@ -194,7 +194,9 @@ class AcceleratorConfig:
 
 
 PRESETS = {
-    # ECP5-85F (ULX3S): 64 of its 156 MULT18X18D.
+    # ECP5-85F (ULX3S): 64 of its 156 MULT18X18D; memories for ResNet-8-class networks (MLPerf
+    # Tiny's ResNet-8 peaks at 7,168 activation words and needs 9,424 weight words here), in
+    # 32 + 64 of its 208 DP16KD.
     "default": AcceleratorConfig(),
     # iCE40UP5K (iCEBreaker), 5280 logic cells: 4 of its 8 SB_MAC16 in the array, 2 more in the
     # one requantization lane; weights in SPRAM, everything else in its 30 EBR.
