@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from net_common import random_images, random_qnet
+from systolic.hw.boards import get_board
 from systolic.hw.config import preset
 from systolic.sw import golden, models, quantize, train
 from systolic.sw.compiler import compile_network
@@ -57,3 +58,16 @@ def test_mlperf_resnet8_big_preset():
     report = simulate(qnet, images, cfg)
     _exact(report, qnet, images)
     assert report.program.act_words == 7168
+
+
+def test_mlperf_resnet8_ulx3s_configuration():
+    """ResNet-8 on the ULX3S's own configuration (its 8x8 array, its memories; simulated with
+    inferred multipliers): exact, and its live tensors fill 7,168 of the 8,192 activation words
+    and its weights 9,808 of the 16,384 weight words."""
+    qnet = random_qnet("mlperf-resnet8")
+    images = random_images(qnet, 2, seed=5)
+    cfg = get_board("ulx3s-85f").config().replace(target="generic")
+    report = simulate(qnet, images, cfg)
+    _exact(report, qnet, images)
+    assert (report.program.act_words, cfg.act_depth) == (7168, 8192)
+    assert (len(report.program.weights), cfg.weight_depth) == (9808, 16384)
