@@ -6,6 +6,7 @@ golden and RTL results.
 """
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -58,26 +59,33 @@ def run_demo(out_dir, *, preset_name="default", images=40, sim="fast", epochs=No
 
     split = data.load_digits()
     hp = dict(train.DEFAULTS["digits"], **({} if epochs is None else {"epochs": epochs}))
-    log(f"[1/5] training lenet-digits on digits ({len(split.train)} images, "
-        f"{hp['epochs']} epochs)")
-    model = models.build_model("lenet-digits", seed=seed)
-    train.train(model, split, seed=seed, log=lambda line: None, **hp)
-    train.save_checkpoint(out / "model.pt", model, arch="lenet-digits", input_shape=(1, 8, 8),
-                          dataset="digits", p_max=split.train.p_max)
+    # The fast simulator depends on the configuration alone: Verilator builds it (the first
+    # time; it is cached) in another process while steps 1 to 3 run here.
+    prebuild = simulate.building(cfg) if sim == "fast" else contextlib.nullcontext()
+    with prebuild as builder:
+        log(f"[1/5] training lenet-digits on digits ({len(split.train)} images, "
+            f"{hp['epochs']} epochs)" + (", building the simulator meanwhile" if sim == "fast"
+                                          else ""))
+        model = models.build_model("lenet-digits", seed=seed)
+        train.train(model, split, seed=seed, log=lambda line: None, **hp)
+        train.save_checkpoint(out / "model.pt", model, arch="lenet-digits",
+                              input_shape=(1, 8, 8), dataset="digits", p_max=split.train.p_max)
 
-    log("[2/5] quantizing to int8 (256 calibration images)")
-    qnet = quantize.quantize(model, split.train.x[:256], input_shape=(1, 8, 8),
-                             p_max=split.train.p_max, dataset="digits", arch="lenet-digits")
-    qnet.save(out / "model.qnet")
-    full = golden.evaluate(qnet, split.test, model)
+        log("[2/5] quantizing to int8 (256 calibration images)")
+        qnet = quantize.quantize(model, split.train.x[:256], input_shape=(1, 8, 8),
+                                 p_max=split.train.p_max, dataset="digits", arch="lenet-digits")
+        qnet.save(out / "model.qnet")
+        full = golden.evaluate(qnet, split.test, model)
 
-    log(f"[3/5] compiling for the {preset_name} preset ({cfg.rows}x{cfg.cols} array)")
-    program = compile_network(qnet, cfg)
-    generate(cfg, out)
+        log(f"[3/5] compiling for the {preset_name} preset ({cfg.rows}x{cfg.cols} array)")
+        program = compile_network(qnet, cfg)
+        generate(cfg, out)
+        if builder is not None and builder.is_alive():
+            log("      waiting for the simulator's build (once per design, about a minute)")
 
     n = min(images, len(split.test))
-    log(f"[4/5] simulating {n} test images on {sim} (the first run builds the simulator, "
-        "about a minute)")
+    log(f"[4/5] simulating {n} test images on {sim}"
+        + ("" if sim == "fast" else " (the first run builds the simulator, about a minute)"))
     # Batches of the largest size the memories hold (the simulation's processes sharing the
     # images): what the accelerator runs fastest.
     batch = simulate.resolve_batch("auto", qnet, cfg, n) if sim == "fast" else 1

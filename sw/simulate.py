@@ -29,8 +29,8 @@ from .compiler import compile_network
 from .errors import SystolicError
 
 __all__ = [
-    "SIMULATORS", "SimulationReport", "add_parser", "dataset_images", "format_report",
-    "parse_window", "resolve_batch", "run_rtl", "simulate",
+    "SIMULATORS", "SimulationReport", "add_parser", "building", "dataset_images",
+    "format_report", "parse_window", "resolve_batch", "run_rtl", "simulate",
 ]
 
 #: How a network can be simulated: name -> what it is (the ``--sim`` choices).
@@ -295,6 +295,43 @@ def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=N
                                 layer_cycles=layer_cycles)
     return _run_cocotb(qnet, images, cfg, sim=sim, trace=trace, waves=bool(waves),
                        timeout=timeout, uart=uart, faults=faults, layer_cycles=layer_cycles)
+
+
+def _build_fast(cfg):
+    """A spawned process's work for `building`: the fast simulator of ``cfg``, into the cache.
+    A failure is left for `simulate` to meet again and report, with the build's log."""
+    from ..sim.fast import build_harness, network_top
+    try:
+        top, name, divisor = network_top(cfg)
+        build_harness(top, name=name, uart_divisor=divisor)
+    except Exception:           # simulate builds again and says why
+        pass
+
+
+@contextlib.contextmanager
+def building(cfg):
+    """Build the fast simulator of ``cfg`` in another process while the ``with`` body runs.
+
+    Verilator's build of a design takes about a minute, once per design (it is cached), and
+    needs nothing but the configuration; `systolic demo` trains and quantizes meanwhile. On
+    leaving the body the build is awaited, so a `simulate` of ``cfg`` after it finds it ready
+    (a build that failed is tried again there, and its error reported). If the body raises,
+    the build is stopped. The body gets the building process (`multiprocessing.Process`):
+    ``is_alive()`` tells whether it is still at work.
+    """
+    import multiprocessing
+
+    # spawn, not fork: the parent may have started torch's threads.
+    proc = multiprocessing.get_context("spawn").Process(target=_build_fast, args=(cfg,),
+                                                        daemon=True)
+    proc.start()
+    try:
+        yield proc
+    except BaseException:
+        proc.terminate()
+        raise
+    finally:
+        proc.join()
 
 
 def _check_images(images, program):
