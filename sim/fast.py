@@ -14,6 +14,7 @@ harness options; a second run of the same design starts at once.
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import os
 import select
@@ -21,8 +22,10 @@ import shutil
 import struct
 import subprocess
 import time
+import weakref
 from pathlib import Path
 
+from amaranth._unused import MustUse
 from amaranth.back import verilog
 
 from ..hw.isa import Request
@@ -43,16 +46,60 @@ BYTE, BAD_STOP, BREAK, IDLE, LINE_FAULT = range(5)
 #: frame pauses for long, and a frame cut short on purpose (fuzzing) is answered soon.
 STREAM_TIMEOUT_CYCLES = 1024
 #: C++ optimization of the model and harness (Verilator's own default is -Os);
-#: ``$SYSTOLIC_FAST_CXX_OPT`` overrides it (the test suite compiles at -O1: its runs are short).
+#: ``$SYSTOLIC_FAST_CXX_OPT`` overrides it, and a caller's own choice (the test suite compiles at
+#: -O0: its runs are short, and -O0 compiles in a third to a half of -O1's time).
 _CXX_OPT = "-O2"
 # Verilator's output for the designs here has a few large functions: -O2 compiles them in about
 # a minute on this machine and runs as fast as -O3.
 
 
+# `network_top`'s designs and what each is made from (its arguments), for `_verilog_text`.
+_DESIGN_KEYS = weakref.WeakKeyDictionary()
+
+
+def _sources_digest():
+    """What an Amaranth design of this package is made from besides its arguments: the
+    package's Python sources and Amaranth's version."""
+    h = hashlib.sha256(importlib.metadata.version("amaranth").encode())
+    for package in ("hw", "sw", "sim"):
+        for f in sorted((_HERE.parent / package).glob("*.py")):
+            h.update(f"\n{package}/{f.name}\n".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _silence(obj, seen=None):
+    """No "created but never used" warning for ``obj`` and the elaboratables it holds."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or not isinstance(obj, MustUse):
+        return
+    seen.add(id(obj))
+    obj._MustUse__silence = True
+    for value in vars(obj).values():
+        _silence(value, seen)
+
+
 def _verilog_text(top, name):
+    """``top``'s Verilog. A `network_top` design's is kept in the build directory under a hash
+    of its arguments and `_sources_digest`: converting the default design takes Amaranth
+    15 to 30 s, and every simulation of it would otherwise convert it again to find its
+    build."""
     if isinstance(top, (str, Path)):
         return Path(top).read_text()
-    return verilog.convert(top, name=name)
+    key = _DESIGN_KEYS.get(top)
+    if key is None:
+        return verilog.convert(top, name=name)
+    digest = hashlib.sha256(json.dumps([key, name, _sources_digest()]).encode()).hexdigest()
+    path = build_root() / "verilog" / f"{name}-{digest[:16]}.v"
+    if path.is_file():
+        _silence(top)
+        return path.read_text()
+    text = verilog.convert(top, name=name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)               # whole or not at all, whoever writes it first
+    return text
 
 
 def network_top(cfg, uart=None):
@@ -61,15 +108,20 @@ def network_top(cfg, uart=None):
     The `Controller` with `STREAM_TIMEOUT_CYCLES` (its byte streams; ``divisor`` ``None``),
     or with ``uart = (clk_hz, baud)`` the `VirtualBoard` (its UART pins, ``divisor`` clock
     cycles a bit, a board's frame timeout). `systolic.sw.simulate` and `systolic.sim.fuzz`
-    share it, and so share its build.
+    share it, and so share its build (and its Verilog, which `build_harness` converts once).
     """
     from ..hw.controller import Controller
     from ..hw.virtual import VirtualBoard
 
     if uart is None:
-        return Controller(cfg, timeout_cycles=STREAM_TIMEOUT_CYCLES), "controller", None
-    top = VirtualBoard(cfg, clk_freq=uart[0], baud=uart[1])
-    return top, "virtual_board", top.bridge.divisor
+        top, name, divisor = (Controller(cfg, timeout_cycles=STREAM_TIMEOUT_CYCLES),
+                              "controller", None)
+    else:
+        top = VirtualBoard(cfg, clk_freq=uart[0], baud=uart[1])
+        name, divisor = "virtual_board", top.bridge.divisor
+    _DESIGN_KEYS[top] = ["network_top", cfg.as_dict(), uart and list(uart),
+                         STREAM_TIMEOUT_CYCLES]
+    return top, name, divisor
 
 
 def _check_lz4():
@@ -104,7 +156,7 @@ def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, 
         include directories and preprocessor defines.
     cxx_opt : str or None
         The C++ optimization (a netlist of cells compiles far faster at ``-O1``); ``None``:
-        ``$SYSTOLIC_FAST_CXX_OPT``, else ``-O2``.
+        ``-O2``. ``$SYSTOLIC_FAST_CXX_OPT``, when set, overrides either.
 
     Raises
     ------
@@ -112,8 +164,7 @@ def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, 
         When Verilator is missing or the build fails (the log's tail is in the message).
     """
     find_verilator()
-    if cxx_opt is None:
-        cxx_opt = os.environ.get("SYSTOLIC_FAST_CXX_OPT") or _CXX_OPT
+    cxx_opt = os.environ.get("SYSTOLIC_FAST_CXX_OPT") or cxx_opt or _CXX_OPT
     if waves:
         _check_lz4()
     text = _verilog_text(top, name)
