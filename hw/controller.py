@@ -227,8 +227,14 @@ class Controller(wiring.Component):
             m.d.sync += self.tx.valid.eq(0)
         with m.If(tx_valid & tx_ready):
             m.d.sync += [self.tx.valid.eq(1), self.tx.payload.eq(tx_payload)]
-        m.d.comb += [crc.data.eq(Mux(tx_valid, tx_payload, self.rx.payload)),
-                     self.error.eq(payload == _Payload.ERROR)]
+        # A reply's byte goes into the CRC a cycle after it is taken, from the output register
+        # (``crc_tx`` marks it), not from the state machine's choice of byte (an iCEBreaker
+        # critical path, fsm_state -> crc, 11 LUTs). The CRC bytes come two cycles at least
+        # after the last byte they cover is taken (the output register is full for a cycle).
+        crc_tx = Signal()
+        m.d.sync += crc_tx.eq(0)
+        m.d.comb += [crc.data.eq(Mux(crc_tx, self.tx.payload, self.rx.payload)),
+                     crc.valid.eq(crc_tx), self.error.eq(payload == _Payload.ERROR)]
         reply_len = Signal(16)
         with m.Switch(payload):
             with m.Case(_Payload.ERROR):
@@ -270,24 +276,32 @@ class Controller(wiring.Component):
         param_bytes = mem_word_bytes(cfg, Mem.PARAM)
         short_bytes = min(cfg.cols, param_bytes)
         short = (mem == Mem.PARAM.value) if param_bytes < cfg.cols else (mem != Mem.PARAM.value)
-        word_done = j == Mux(short, short_bytes, data_bytes) - 1
-        # A packed activation word ends after its ``lanes`` bytes: its zero lanes go in at
-        # once, the word's bytes moving down ``cols - lanes`` lanes in one cycle.
-        packed_end = (lanes != 0) & (j == lanes - 1)
         act = shift[8 * word_at:8 * (word_at + cfg.cols)]
         # A WRITE's words are counted as its bytes arrive (PAYLOAD), so that a frame whose
         # length does not match its count, or whose words run past the memory's end, is
         # answered before anything is written. Wide enough for any word count a frame holds.
         got_j = Signal(range(max(desc_bytes, data_bytes, cfg.cols) + 1))
         got_words = Signal(range(MAX_PAYLOAD + 1))
-        word_bytes = Signal.like(got_j)
+        # What a WRITE's words are, from registers: the index of a word's last byte (a packed
+        # activation word ends after its ``lanes`` bytes) and the memory's kind. ``mem`` and
+        # ``lanes`` hold still from the first payload byte on, long before PAYLOAD counts a
+        # data byte; so the state machine looks at flip-flops, not at decoders and subtracters.
+        word_last = Signal.like(got_j)
+        is_prog, is_short, packed = Signal(), Signal(), Signal()
+        m.d.sync += [is_prog.eq(mem == Mem.PROGRAM.value), is_short.eq(short),
+                     packed.eq(lanes != 0)]
         with m.Switch(mem):
             with m.Case(Mem.PROGRAM.value):
-                m.d.comb += word_bytes.eq(desc_bytes)
+                m.d.sync += word_last.eq(desc_bytes - 1)
             with m.Case(Mem.PARAM.value):
-                m.d.comb += word_bytes.eq(param_bytes)
+                m.d.sync += word_last.eq(param_bytes - 1)
             with m.Default():
-                m.d.comb += word_bytes.eq(Mux(lanes != 0, lanes, cfg.cols))
+                with m.Switch(lanes):
+                    for n in range(1, cfg.cols):
+                        with m.Case(n):
+                            m.d.sync += word_last.eq(n - 1)
+                    with m.Default():
+                        m.d.sync += word_last.eq(cfg.cols - 1)
         m.d.comb += [
             pg_w.addr.eq(Cat(pc[:pbits], j)), pg_w.data.eq(fb_r.data),
             pg_r.addr.eq(Cat(pc[:pbits], j)),
@@ -334,7 +348,7 @@ class Controller(wiring.Component):
             m.d.comb += [tx_valid.eq(valid), tx_payload.eq(byte)]
             taken = valid & tx_ready
             if check:
-                m.d.comb += crc.valid.eq(taken)
+                m.d.sync += crc_tx.eq(taken)
             return taken
 
         def step_addr():
@@ -396,7 +410,7 @@ class Controller(wiring.Component):
                                 m.d.sync += byte.eq(self.rx.payload)
                         with m.If(idx >= _WRITE_HEAD):
                             # A WRITE's data byte (mem and lanes are known by now).
-                            with m.If(got_j == word_bytes - 1):
+                            with m.If(got_j == word_last):
                                 m.d.sync += [got_j.eq(0), got_words.eq(got_words + 1)]
                             with m.Else():
                                 m.d.sync += got_j.eq(got_j + 1)
@@ -459,10 +473,10 @@ class Controller(wiring.Component):
                 m.d.comb += fb_r.en.eq(more)
                 m.d.sync += [shift.eq(Cat(shift[8:], byte)), j.eq(j + 1), idx.eq(idx + more)]
                 if short_bytes < data_bytes:
-                    with m.If(short):
+                    with m.If(is_short):
                         entry = word_at + short_bytes - 1
                         m.d.sync += shift[8 * entry:8 * entry + 8].eq(byte)
-                with m.If(mem == Mem.PROGRAM.value):
+                with m.If(is_prog):
                     # Descriptors are stored as they came.
                     m.d.comb += pg_w.en.eq(1)
                     with m.If(j == desc_bytes - 1):
@@ -471,17 +485,16 @@ class Controller(wiring.Component):
                         step_addr()
                         with m.If(addr_last):
                             reply(m, _Payload.NONE)
-                with m.Elif(packed_end):
-                    # The word's bytes, as they are after this cycle's, down to lane 0.
-                    after = Cat(act[8:], byte)
+                with m.Elif(j == word_last):
                     m.d.sync += j.eq(0)
-                    with m.Switch(lanes):
-                        for n in range(1, cfg.cols):
-                            with m.Case(n):
-                                m.d.sync += act.eq(after[8 * (cfg.cols - n):])
-                    m.next = "WRITE_WORD"
-                with m.Elif(word_done):
-                    m.d.sync += j.eq(0)
+                    with m.If(packed):
+                        # The word's bytes, as they are after this cycle's, down to lane 0: its
+                        # zero lanes go in at once, the bytes moving down ``cols - lanes``.
+                        after = Cat(act[8:], byte)
+                        with m.Switch(lanes):
+                            for n in range(1, cfg.cols):
+                                with m.Case(n):
+                                    m.d.sync += act.eq(after[8 * (cfg.cols - n):])
                     m.next = "WRITE_WORD"
             with m.State("WRITE_WORD"):
                 m.d.comb += core.load.valid.eq(1)
