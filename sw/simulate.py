@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -301,6 +302,7 @@ def _build_fast(cfg):
     """A spawned process's work for `building`: the fast simulator of ``cfg``, into the cache.
     A failure is left for `simulate` to meet again and report, with the build's log."""
     from ..sim.fast import build_harness, network_top
+    os.setpgrp()                # Verilator's processes with it, for `building` to stop them
     try:
         top, name, divisor = network_top(cfg)
         build_harness(top, name=name, uart_divisor=divisor)
@@ -328,6 +330,8 @@ def building(cfg):
     try:
         yield proc
     except BaseException:
+        with contextlib.suppress(ProcessLookupError):     # not its own group yet
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.terminate()
         raise
     finally:
