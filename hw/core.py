@@ -142,7 +142,8 @@ class Core(wiring.Component):
     load : In(stream.Signature(load_layout(cfg)))
         Memory writes; accepted while no layer runs.
     cmd : In(stream.Signature(layer_layout(cfg)))
-        Layer descriptors, executed in order.
+        Layer descriptors, executed in order. For the ``ice40`` target, a descriptor's payload
+        must hold still from its handshake until ``busy`` falls (the core keeps no copy).
     rd_addr : In(stream.Signature(act_addr_bits))
         Activation memory read-back requests; accepted while no layer runs.
     rd_data : Out(stream.Signature(word_layout(cfg)))
@@ -204,7 +205,10 @@ class Core(wiring.Component):
         # there, from a valid bit that is a register too. The engines read the register for
         # the whole layer. (The descriptor's bits fan out to every engine, and an engine's
         # start enables all of its layer registers: neither now follows logic.)
-        desc = Signal(layer_layout(cfg))
+        # On the iCE40, whose logic cells are what the design runs out of, the engines read
+        # ``cmd.payload`` itself instead (161 cells): the controller holds it still from the
+        # handshake until ``busy`` falls (its shift register is loaded between layers only).
+        desc = self.cmd.payload if cfg.target == "ice40" else Signal(layer_layout(cfg))
         engines = [(conv, (Op.CONV,))]
         pooling = Signal()
         if cfg.pool:
@@ -220,8 +224,9 @@ class Core(wiring.Component):
                      self.busy.eq(busy)]
         accept = Signal()
         m.d.comb += [self.cmd.ready.eq(~busy), accept.eq(self.cmd.valid & ~busy)]
-        with m.If(accept):
-            m.d.sync += desc.eq(self.cmd.payload)
+        if desc is not self.cmd.payload:
+            with m.If(accept):
+                m.d.sync += desc.eq(self.cmd.payload)
         for i, (engine, ops) in enumerate(engines):
             m.d.comb += [engine.cmd.payload.eq(desc), engine.cmd.valid.eq(pending[i])]
             with m.If(accept):

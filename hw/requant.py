@@ -7,7 +7,7 @@ may belong to different channels.
 """
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed
-from amaranth.lib import data, wiring
+from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..sw import arith
@@ -115,6 +115,7 @@ class Requantizer(wiring.Component):
     """
 
     LATENCY = 7
+    _TAG_SLOTS = 8      # a power of two above LATENCY - 1: ``ptr`` wraps round by itself
 
     def __init__(self, cfg, tag_shape):
         self._cfg = cfg
@@ -142,8 +143,29 @@ class Requantizer(wiring.Component):
             ]
         valid, tag = self.i_valid, self.i_tag
         for i in range(self.LATENCY):
-            v, t = Signal(name=f"valid_d{i}"), Signal.like(self.i_tag, name=f"tag_d{i}")
-            m.d.sync += [v.eq(valid), t.eq(tag)]
-            valid, tag = v, t
-        m.d.comb += [self.o_valid.eq(valid), self.o_tag.eq(tag)]
+            v = Signal(name=f"valid_d{i}")
+            m.d.sync += v.eq(valid)
+            valid = v
+        m.d.comb += self.o_valid.eq(valid)
+        if cfg.target == "ice40":
+            # On the iCE40, whose logic cells are what the design runs out of, the tag waits
+            # in a block RAM (of which it has a few to spare) instead of `LATENCY` registers:
+            # written every cycle at ``ptr``, read back from where it was written `LATENCY` - 1
+            # cycles before, so that the read port's register puts it out `LATENCY` cycles
+            # after it went in (and before it is written over, `_TAG_SLOTS` cycles after).
+            slots = self._TAG_SLOTS
+            m.submodules.tags = tags = memory.Memory(
+                shape=self.i_tag.shape(), depth=slots, init=[],
+                attrs={"ram_style": "block", "no_rw_check": 1})
+            wr, rd = tags.write_port(), tags.read_port()
+            ptr = Signal(range(slots))
+            m.d.sync += ptr.eq(ptr + 1)
+            m.d.comb += [wr.en.eq(1), wr.addr.eq(ptr), wr.data.eq(tag),
+                         rd.addr.eq(ptr - (self.LATENCY - 1)), self.o_tag.eq(rd.data)]
+        else:
+            for i in range(self.LATENCY):
+                t = Signal.like(self.i_tag, name=f"tag_d{i}")
+                m.d.sync += t.eq(tag)
+                tag = t
+            m.d.comb += self.o_tag.eq(tag)
         return m
