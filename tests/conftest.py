@@ -19,22 +19,23 @@ import pytest
 # inherited by the commands the tests start).
 os.environ.setdefault("SYSTOLIC_FAST_CXX_OPT", "-O0")
 
-# Node-id prefixes, longest first (as --durations measured them at -n 2 on the two-core machine
-# of issue 10, with another engineer's builds running: seconds).
+# Node-id prefixes, longest first (seconds, as --durations measured them with -n 0, a test or
+# two at a time, on the two-core machine of issue 10 with another engineer's builds running;
+# December 2).
 LONGEST = (
-    "tests/test_build.py::test_build_icebreaker_end_to_end",            # 465: place and route
-    "tests/test_netlist_rtl.py::test_netlist_lenet_digits",             # 437, 322
-    "tests/test_fast_rtl.py::test_lenet5_big_preset_fast",              # 625: the 12x12 build
-    "tests/test_network_rtl.py::test_lenet_digits_rtl",                 # 402, 156: cocotb
-    "tests/test_formal.py::test_controller_rejected_frames_bmc",        # 302
-    "tests/test_report.py::test_demo_report_files_and_quiet",           # 214
-    "tests/test_controller_rtl.py::test_board_line_faults",             # 188, 172
-    "tests/test_python_api.py",                                         # 165
-    "tests/test_core_rtl.py::test_core_layers",                         # 152, 77
-    "tests/test_report.py::test_simulate_is_quiet_and_trace_says_all_match",    # 145
-    "tests/test_controller_rtl.py",
-    "tests/test_deploy.py::test_deploy_virtual_board_is_exact",         # 127: the virtual ULX3S
+    "tests/test_build.py::test_build_icebreaker_end_to_end",            # 350: place and route
+    "tests/test_netlist_rtl.py::test_netlist_lenet_digits[ulx3s-85f]",  # 169
+    "tests/test_netlist_rtl.py::test_netlist_lenet_digits",             # 111: the iCEBreaker's
+    "tests/test_fast_rtl.py::test_lenet5_big_preset_fast",              # 134: the 12x12 build
+    "tests/test_report.py::test_demo_report_files_and_quiet",           # 98: Icarus
+    "tests/test_python_api.py",                                         # 67
+    "tests/test_network_rtl.py::test_lenet_digits_rtl",                 # 64, 39: cocotb
+    "tests/test_fast_rtl.py::test_lenet_digits_fast_two_processes",     # 62: the default build
+    "tests/test_controller_rtl.py::test_board_line_faults",             # 48, 35
+    "tests/test_deploy.py::test_deploy_virtual_board_is_exact",         # 47, 24: virtual boards
     "tests/test_fast_rtl.py",
+    "tests/test_report.py::test_simulate_is_quiet_and_trace_says_all_match",    # 34
+    "tests/test_controller_rtl.py",
 )
 
 
