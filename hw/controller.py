@@ -73,6 +73,19 @@ _KIND = {_Payload.NONE: Reply.ACK, _Payload.ERROR: Reply.ERROR, _Payload.STATUS:
          _Payload.IDENTITY: Reply.IDENTITY}
 
 
+# The controller's states, encoded in this order (see `Controller.elaborate`): the layer
+# states (busy) next to START in codes 0-7, the request's (taking bytes) in 8-15, the reply's
+# (sending them) in 16-29.
+_STATE_ORDER = (
+    "START", "RUN_FETCH", "RUN_LOAD", "RUN_DECODE", "RUN_ISSUE", "RUN_START", "RUN_WAIT",
+    "RUN_STORE",
+    "SYNC", "TYPE", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1", "DRAIN",      # rx.ready
+    "TX_SYNC", "TX_KIND", "TX_LEN0", "TX_LEN1", "TX_ERROR", "TX_SECOND", "TX_TOTAL",
+    "TX_IDENTITY", "TX_ACT_REQ", "TX_ACT", "TX_CYC_REQ", "TX_CYC", "TX_CRC0", "TX_CRC1",
+    "EXEC", "WRITE_PRIME", "WRITE_BYTE", "WRITE_WORD",
+)
+
+
 def _above(value, const):
     """``value > const`` for an unsigned ``value``, as logic: some bit of ``value`` is set where
     ``const``'s is clear, and the two agree above it. (Yosys builds ``>`` as a subtractor, a
@@ -204,6 +217,8 @@ class Controller(wiring.Component):
         # on as TX_IDENTITY's byte is taken, two cycles at least before the next one can be (the
         # output register is full for a cycle).
         id_byte = Signal(8)
+        id_last = Signal()          # ``idx`` at the last byte, from a register as well
+        m.d.sync += id_last.eq(idx == len(identity) - 1)
         with m.Switch(idx):
             for i, b in enumerate(identity):
                 with m.Case(i):
@@ -313,8 +328,13 @@ class Controller(wiring.Component):
             core.rd_addr.payload.eq(addr),
         ]
 
-        verdict, grows = self._check(m, req, length, mem, lanes, second, span_end, end, prog_len,
-                                     got_j, got_words)
+        verdict, refused, grows = self._check(m, req, length, mem, lanes, second, span_end, end,
+                                              prog_len, got_j, got_words)
+        # The request's type decoded into registers: ``req`` is set in TYPE, long before EXEC.
+        is_req = {}
+        for kind in Request:
+            is_req[kind] = Signal(name=f"is_{kind.name.lower()}")
+            m.d.sync += is_req[kind].eq(req == kind)
 
         def reply(m, kind):
             m.d.sync += payload.eq(kind)
@@ -328,7 +348,7 @@ class Controller(wiring.Component):
         def frame_byte():
             """In a state taking one byte of a frame: the byte (into the CRC), a line fault or a
             timeout."""
-            m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1), crc.valid.eq(self.rx.valid)]
+            m.d.comb += [in_frame.eq(1), crc.valid.eq(self.rx.valid)]
             with m.If(self.line_fault):
                 drain(m, Error.LINE_FAULT)
             with m.Elif(self.rx.valid):
@@ -365,14 +385,26 @@ class Controller(wiring.Component):
                 m.d.sync += j.eq(desc_bytes)
                 step_pc()
 
-        with m.FSM():
+        with m.FSM() as fsm:
+            # The states' encodings, in this order (a state's is the order it is first named
+            # in): each group that drives an output together in one aligned block of codes, so
+            # that deciding which group the state is in takes a LUT, not a tree of them.
+            for name in _STATE_ORDER:
+                fsm.ongoing(name)
+            # The states that take the host's bytes (all but PAYLOAD's last cycle): SYNC,
+            # DRAIN and the frame's, decided from the state's code alone, as its one block of
+            # codes, rather than from each state's logic (an iCEBreaker critical path into the
+            # receive FIFO, 9 LUTs).
+            m.d.comb += self.rx.ready.eq(
+                Cat(fsm.ongoing(name) for name in _STATE_ORDER[8:16]).any()
+                & ~(fsm.ongoing("PAYLOAD") & at_end))
             with m.State("START"):
                 # One cycle out of reset before taking bytes. (It also makes the state register
                 # change once, which Icarus needs to evaluate the decoders hanging off it.)
                 m.next = "SYNC"
             # -- receive --------------------------------------------------------------------
             with m.State("SYNC"):
-                m.d.comb += [self.rx.ready.eq(1), crc_restart.eq(1)]
+                m.d.comb += crc_restart.eq(1)
                 with m.If(self.rx.valid & (self.rx.payload == SYNC_REQUEST)):
                     # No type yet: what an ERROR reply names if the frame breaks off here.
                     m.d.sync += req.eq(0)
@@ -423,7 +455,7 @@ class Controller(wiring.Component):
             with m.State("DRAIN"):
                 # An over-long or broken frame: swallow it until the line goes quiet, then
                 # answer once.
-                m.d.comb += [in_frame.eq(1), self.rx.ready.eq(1)]
+                m.d.comb += in_frame.eq(1)
                 with m.If(timed_out):
                     reply(m, _Payload.ERROR)           # last_error is set on the way in
 
@@ -435,30 +467,29 @@ class Controller(wiring.Component):
                     # the memory, so ``addr`` and ``pc`` hold ``first`` and ``start`` whole.)
                     addr.eq(first), addr_end.eq(second == 0), addr_last.eq(second == 1),
                     pc.eq(start), pc_end.eq(count == 0),
-                    j.eq(Mux(req == Request.STATS, desc_bytes, 0)),
+                    j.eq(Mux(is_req[Request.STATS], desc_bytes, 0)),
                 ]
                 with m.If(~crc.match_detected):
                     fail(m, Error.BAD_CRC)
-                with m.Elif(verdict != Error.NONE):
+                with m.Elif(refused):
                     fail(m, verdict)
+                # (A request that passed its checks is one of these.)
+                with m.Elif(is_req[Request.WRITE]):
+                    with m.If(grows):
+                        m.d.sync += prog_len.eq(span_end[:len(prog_len)])
+                    m.next = "WRITE_PRIME"
+                with m.Elif(is_req[Request.READ]):
+                    reply(m, _Payload.ACT)
+                with m.Elif(is_req[Request.RUN]):
+                    m.d.sync += total.eq(0)
+                    m.next = "RUN_FETCH"
+                with m.Elif(is_req[Request.STATUS]):
+                    reply(m, _Payload.STATUS)
+                with m.Elif(is_req[Request.IDENTIFY]):
+                    m.d.sync += idx.eq(0)
+                    reply(m, _Payload.IDENTITY)
                 with m.Else():
-                    with m.Switch(req):
-                        with m.Case(Request.WRITE):
-                            with m.If(grows):
-                                m.d.sync += prog_len.eq(span_end[:len(prog_len)])
-                            m.next = "WRITE_PRIME"
-                        with m.Case(Request.READ):
-                            reply(m, _Payload.ACT)
-                        with m.Case(Request.RUN):
-                            m.d.sync += total.eq(0)
-                            m.next = "RUN_FETCH"
-                        with m.Case(Request.STATUS):
-                            reply(m, _Payload.STATUS)
-                        with m.Case(Request.IDENTIFY):
-                            m.d.sync += idx.eq(0)
-                            reply(m, _Payload.IDENTITY)
-                        with m.Default():
-                            reply(m, _Payload.CYCLES)
+                    reply(m, _Payload.CYCLES)
 
             # -- WRITE: bytes from the frame buffer into a memory ---------------------------------
             # A byte a cycle: each cycle takes the byte read in the one before and reads the
@@ -607,7 +638,7 @@ class Controller(wiring.Component):
                 send(id_byte)
                 with m.If(tx_ready):
                     m.d.sync += idx.eq(idx + 1)
-                    with m.If(idx == len(identity) - 1):
+                    with m.If(id_last):
                         m.next = "TX_CRC0"
             with m.State("TX_ACT_REQ"):
                 m.d.comb += core.rd_addr.valid.eq(1)
@@ -651,10 +682,10 @@ class Controller(wiring.Component):
 
     def _check(self, m, req, length, mem, lanes, count, span_end, end, prog_len, got_j,
                got_words):
-        """The error a request frame (whose CRC has matched) is answered with, or NONE; and
-        whether a WRITE that is carried out makes the program longer.
+        """The error a request frame (whose CRC has matched) is answered with, or NONE, and
+        whether it is not NONE; and whether a WRITE that is carried out makes the program longer.
 
-        Both are registers, worked out every cycle from the request as it stands, so that EXEC
+        All are registers, worked out every cycle from the request as it stands, so that EXEC
         has only the CRC's match and this verdict to look at (a whole check in that one cycle
         was the iCEBreaker's slowest path). They are right by EXEC because what they depend on
         holds still for the three cycles before it. ``pre`` (and so ``mem``, ``lanes``,
@@ -721,6 +752,6 @@ class Controller(wiring.Component):
                     m.d.comb += error.eq(Error.BAD_LENGTH)
             with m.Default():
                 m.d.comb += error.eq(Error.UNKNOWN_REQUEST)
-        verdict = Signal(Error)
-        m.d.sync += verdict.eq(error)
-        return verdict, grows
+        verdict, refused = Signal(Error), Signal()
+        m.d.sync += [verdict.eq(error), refused.eq(error != Error.NONE)]
+        return verdict, refused, grows
