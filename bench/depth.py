@@ -14,6 +14,7 @@ Examples::
 
     python bench/depth.py --board ulx3s-85f --preset big --rows 4 --cols 4 --clock 135
     python bench/depth.py --netlist build/ulx3s-85f/systolic.json --clock 135 --top 40
+    python bench/depth.py --netlist build/ulx3s-85f/systolic.json --area 4
 """
 
 import argparse
@@ -220,6 +221,43 @@ def synthesize_board(args, workdir):
     return workdir / f"{NAME}.json", top.clock_hz / 1e6
 
 
+# Cell kinds of an ECP5 netlist, as the area table counts them.
+AREA_KINDS = {"LUT4": "LUT4", "CCU2C": "CCU2C", "PFUMX": "MUX", "L6MUX21": "MUX",
+              "TRELLIS_FF": "FF", "MULT18X18D": "DSP", "DP16KD": "DP16KD",
+              "TRELLIS_DPR16X4": "LUTRAM"}
+
+
+def area(netlist, depth):
+    """Cells of each kind (`AREA_KINDS`) per module of ``netlist`` (a Yosys JSON file), the
+    module path cut to ``depth`` names: ``{module: {kind: count}}``, the whole design under
+    ``"(all)"``. A flattened netlist's cells carry their module path in their names
+    (``controller.core.conv.requant.…``)."""
+    design = json.loads(Path(netlist).read_text())
+    top = next(m for m in design["modules"].values()
+               if m.get("attributes", {}).get("top")) if len(design["modules"]) > 1 else \
+        next(iter(design["modules"].values()))
+    table = defaultdict(lambda: defaultdict(int))
+    for name, cell in top["cells"].items():
+        kind = AREA_KINDS.get(cell["type"].split("$")[0])
+        if kind is None:
+            continue
+        path = cell.get("attributes", {}).get("hdlname", name).replace(" ", ".").split(".")
+        module = ".".join(path[:-1][:depth]) or "(top)"
+        table[module][kind] += 1
+        table["(all)"][kind] += 1
+    return table
+
+
+def print_area(table, limit):
+    kinds = ["LUT4", "CCU2C", "MUX", "FF", "LUTRAM", "DSP", "DP16KD"]
+    print(f"{'module':40s}" + "".join(f"{k:>8s}" for k in kinds))
+    # Ranked by logic: a CCU2C is two LUTs and a carry.
+    ranked = sorted(table.items(), key=lambda kv: -(kv[1]["LUT4"] + 2 * kv[1]["CCU2C"]
+                                                    + kv[1]["MUX"]))
+    for module, counts in ranked[:limit + 1]:
+        print(f"{module:40s}" + "".join(f"{counts[k]:8d}" for k in kinds))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -241,6 +279,10 @@ def main(argv=None):
     parser.add_argument("--under", default="",
                         help="only registers whose names start with this (e.g. "
                              "controller.core.conv)")
+    parser.add_argument("--area", type=int, metavar="DEPTH",
+                        help="instead of paths, the cells of each module (LUT4, carry, mux, "
+                             "flip-flop, DSP, block RAM), module paths cut to DEPTH names "
+                             "(e.g. 3: controller.core.conv), largest first (--top of them)")
     args = parser.parse_args(argv)
     try:
         if args.netlist:
@@ -249,6 +291,9 @@ def main(argv=None):
             netlist, clock = synthesize_board(args, args.workdir)
     except SystolicError as e:
         sys.exit(f"error: {e}")
+    if args.area is not None:
+        print_area(area(netlist, args.area), args.top)
+        return
     nl = Netlist(netlist)
     eps = [e for e in nl.endpoints() if e[2].startswith(args.under)]
     groups = {}
