@@ -27,14 +27,14 @@ LONGEST = (
     "tests/test_netlist_rtl.py::test_netlist_lenet_digits[ulx3s-85f]",  # 169
     "tests/test_netlist_rtl.py::test_netlist_lenet_digits",             # 111: the iCEBreaker's
     "tests/test_fast_rtl.py::test_lenet5_big_preset_fast",              # 134: the 12x12 build
-    "tests/test_report.py::test_demo_report_files_and_quiet",           # 98: Icarus
+    "tests/test_report.py::test_demo_report_files_and_quiet",           # 75: Icarus
     "tests/test_python_api.py",                                         # 67
-    "tests/test_network_rtl.py::test_lenet_digits_rtl",                 # 64, 39: cocotb
+    "tests/test_network_rtl.py::test_lenet_digits_rtl",                 # 64, 45: cocotb
     "tests/test_fast_rtl.py::test_lenet_digits_fast_two_processes",     # 62: the default build
     "tests/test_controller_rtl.py::test_board_line_faults",             # 48, 35
     "tests/test_deploy.py::test_deploy_virtual_board_is_exact",         # 47, 24: virtual boards
     "tests/test_fast_rtl.py",
-    "tests/test_report.py::test_simulate_is_quiet_and_trace_says_all_match",    # 34
+    "tests/test_report.py::test_simulate_is_quiet_and_trace_says_all_match",    # 35
     "tests/test_controller_rtl.py",
 )
 

@@ -246,8 +246,7 @@ def test_demo_report_files_and_quiet(tmp_path):
     """The demo on the cocotb route: no simulator log on standard output; its layer table
     numbered as the network is (the flatten layer too); its last line names every file it
     wrote; report.html with every section a simulation gives."""
-    # One image: on Icarus each takes over half a minute, and none of this depends on how many.
-    lines, _ = _stdout_lines(["demo", "-o", "d", "--images", "1", "--epochs", "1", "--sim",
+    lines, _ = _stdout_lines(["demo", "-o", "d", "--images", "2", "--epochs", "1", "--sim",
                               "icarus"], tmp_path)
     assert not [line for line in lines if _SIM_LOG.search(line)]
     numbers = [int(m.group(1)) for line in lines
