@@ -144,8 +144,9 @@ def test_batch_too_large():
     fits = largest_batch(qnet, cfg)
     assert fits == cfg.act_depth // (64 + 128)
     compile_network(qnet, cfg, batch=fits)
-    with pytest.raises(FitError, match=rf"^a batch of {fits + 1} images must fit act_depth {cfg.act_depth} "
-                                       rf"words, not {(fits + 1) * 192} \(192 words an image\); "
+    with pytest.raises(FitError, match=rf"^a batch of {fits + 1} images must fit act_depth "
+                                       rf"{cfg.act_depth} words, not {(fits + 1) * 192} "
+                                       rf"\(192 words an image\); "
                                        rf"the largest batch that fits is {fits}$"):
         compile_network(qnet, cfg, batch=fits + 1)
     with pytest.raises(FitError, match="batch must be an integer from 1 to 255, not 0"):
