@@ -129,7 +129,7 @@ class Controller(wiring.Component):
     busy : Out(1)
         A program is running.
     error : Out(1)
-        The last reply was an ERROR.
+        The last reply was an ERROR (from the cycle after it starts).
     line_fault : In(1)
         The link's receiver sees a framing error or a break (high while the break lasts: the
         line is not quiet then); tie to 0 on a link that has none.
@@ -249,7 +249,7 @@ class Controller(wiring.Component):
         crc_tx = Signal()
         m.d.sync += crc_tx.eq(0)
         m.d.comb += [crc.data.eq(Mux(crc_tx, self.tx.payload, self.rx.payload)),
-                     crc.valid.eq(crc_tx), self.error.eq(payload == _Payload.ERROR)]
+                     crc.valid.eq(crc_tx)]
         reply_len = Signal(16)
         with m.Switch(payload):
             with m.Case(_Payload.ERROR):
@@ -328,6 +328,17 @@ class Controller(wiring.Component):
             core.rd_addr.payload.eq(addr),
         ]
 
+        replies_with = Signal(_Payload)     # see the end: ERROR unless a state says
+        m.d.comb += replies_with.eq(_Payload.ERROR)
+        # What EXEC answers a request that passed its checks with (``req`` holds still from
+        # TYPE on).
+        exec_kind = Signal(_Payload)
+        with m.Switch(req):
+            for kind, answer in ((Request.READ, _Payload.ACT), (Request.STATUS, _Payload.STATUS),
+                                 (Request.IDENTIFY, _Payload.IDENTITY),
+                                 (Request.STATS, _Payload.CYCLES)):
+                with m.Case(kind):
+                    m.d.sync += exec_kind.eq(answer)
         verdict, refused, grows = self._check(m, req, length, mem, lanes, second, span_end, end,
                                               prog_len, got_j, got_words)
         # The request's type decoded into registers: ``req`` is set in TYPE, long before EXEC.
@@ -336,13 +347,13 @@ class Controller(wiring.Component):
             is_req[kind] = Signal(name=f"is_{kind.name.lower()}")
             m.d.sync += is_req[kind].eq(req == kind)
 
-        def reply(m, kind):
-            m.d.sync += payload.eq(kind)
+        def reply(m):
+            """Answer the request, with the kind of reply of the state it is called in."""
             m.next = "TX_SYNC"
 
         def fail(m, code):
             m.d.sync += last_error.eq(code)
-            reply(m, _Payload.ERROR)
+            reply(m)
 
         @contextlib.contextmanager
         def frame_byte():
@@ -391,13 +402,6 @@ class Controller(wiring.Component):
             # that deciding which group the state is in takes a LUT, not a tree of them.
             for name in _STATE_ORDER:
                 fsm.ongoing(name)
-            # The states that take the host's bytes (all but PAYLOAD's last cycle): SYNC,
-            # DRAIN and the frame's, decided from the state's code alone, as its one block of
-            # codes, rather than from each state's logic (an iCEBreaker critical path into the
-            # receive FIFO, 9 LUTs).
-            m.d.comb += self.rx.ready.eq(
-                Cat(fsm.ongoing(name) for name in _STATE_ORDER[8:16]).any()
-                & ~(fsm.ongoing("PAYLOAD") & at_end))
             with m.State("START"):
                 # One cycle out of reset before taking bytes. (It also makes the state register
                 # change once, which Icarus needs to evaluate the decoders hanging off it.)
@@ -457,7 +461,7 @@ class Controller(wiring.Component):
                 # answer once.
                 m.d.comb += in_frame.eq(1)
                 with m.If(timed_out):
-                    reply(m, _Payload.ERROR)           # last_error is set on the way in
+                    reply(m)                # ERROR; last_error is set on the way in
 
             # -- check, then carry out --------------------------------------------------------
             with m.State("EXEC"):
@@ -469,6 +473,8 @@ class Controller(wiring.Component):
                     pc.eq(start), pc_end.eq(count == 0),
                     j.eq(Mux(is_req[Request.STATS], desc_bytes, 0)),
                 ]
+                m.d.comb += replies_with.eq(Mux(crc.match_detected & ~refused, exec_kind,
+                                                _Payload.ERROR))
                 with m.If(~crc.match_detected):
                     fail(m, Error.BAD_CRC)
                 with m.Elif(refused):
@@ -479,17 +485,17 @@ class Controller(wiring.Component):
                         m.d.sync += prog_len.eq(span_end[:len(prog_len)])
                     m.next = "WRITE_PRIME"
                 with m.Elif(is_req[Request.READ]):
-                    reply(m, _Payload.ACT)
+                    reply(m)
                 with m.Elif(is_req[Request.RUN]):
                     m.d.sync += total.eq(0)
                     m.next = "RUN_FETCH"
                 with m.Elif(is_req[Request.STATUS]):
-                    reply(m, _Payload.STATUS)
+                    reply(m)
                 with m.Elif(is_req[Request.IDENTIFY]):
                     m.d.sync += idx.eq(0)
-                    reply(m, _Payload.IDENTITY)
+                    reply(m)
                 with m.Else():
-                    reply(m, _Payload.CYCLES)
+                    reply(m)
 
             # -- WRITE: bytes from the frame buffer into a memory ---------------------------------
             # A byte a cycle: each cycle takes the byte read in the one before and reads the
@@ -499,6 +505,7 @@ class Controller(wiring.Component):
                 m.d.sync += idx.eq(idx + 1)
                 m.next = "WRITE_BYTE"
             with m.State("WRITE_BYTE"):
+                m.d.comb += replies_with.eq(_Payload.NONE)
                 byte = fb_r.data
                 more = idx != length
                 m.d.comb += fb_r.en.eq(more)
@@ -515,7 +522,7 @@ class Controller(wiring.Component):
                         step_pc()
                         step_addr()
                         with m.If(addr_last):
-                            reply(m, _Payload.NONE)
+                            reply(m)
                 with m.Elif(j == word_last):
                     m.d.sync += j.eq(0)
                     with m.If(packed):
@@ -528,19 +535,19 @@ class Controller(wiring.Component):
                                     m.d.sync += act.eq(after[8 * (cfg.cols - n):])
                     m.next = "WRITE_WORD"
             with m.State("WRITE_WORD"):
-                m.d.comb += core.load.valid.eq(1)
+                m.d.comb += [core.load.valid.eq(1), replies_with.eq(_Payload.NONE)]
                 with m.If(core.load.ready):
                     step_addr()
                     with m.If(addr_last):
-                        reply(m, _Payload.NONE)
+                        reply(m)
                     with m.Else():
                         m.next = "WRITE_BYTE"
 
             # -- RUN: the program's layers, one after the other ----------------------------------
             with m.State("RUN_FETCH"):
-                m.d.comb += self.busy.eq(1)
+                m.d.comb += [self.busy.eq(1), replies_with.eq(_Payload.DONE)]
                 with m.If(pc_end):
-                    reply(m, _Payload.DONE)
+                    reply(m)
                 with m.Else():
                     m.d.comb += pg_r.en.eq(1)
                     m.d.sync += j.eq(j + 1)
@@ -583,6 +590,7 @@ class Controller(wiring.Component):
 
             # -- transmit a reply -----------------------------------------------------------------
             with m.State("TX_SYNC"):
+                m.d.sync += self.error.eq(payload == _Payload.ERROR)
                 send(SYNC_REPLY, check=False)
                 m.d.comb += crc_restart.eq(1)
                 with m.If(tx_ready):
@@ -678,6 +686,21 @@ class Controller(wiring.Component):
                 send(crc.crc[:8], check=False)
                 with m.If(tx_ready):
                     m.next = "SYNC"
+
+        # The states that take the host's bytes (all but PAYLOAD's last cycle): SYNC,
+        # DRAIN and the frame's, decided from the state's code alone, as its one block of
+        # codes, rather than from each state's logic (an iCEBreaker critical path into the
+        # receive FIFO, 9 LUTs).
+        m.d.comb += self.rx.ready.eq(
+            Cat(fsm.ongoing(name) for name in _STATE_ORDER[8:16]).any()
+            & ~(fsm.ongoing("PAYLOAD") & at_end))
+        # The reply's kind: outside the reply's states, ``payload`` takes in every cycle the
+        # kind of reply the state answers with, if it does (``replies_with``: ERROR but for
+        # EXEC's, WRITE's and RUN_FETCH's), so that its enable is the state's code alone, not
+        # every reply's condition (an iCEBreaker critical path, 9 LUTs). It holds from TX_SYNC
+        # on.
+        with m.If(~Cat(fsm.ongoing(name) for name in _STATE_ORDER[16:30]).any()):
+            m.d.sync += payload.eq(replies_with)
         return m
 
     def _check(self, m, req, length, mem, lanes, count, span_end, end, prog_len, got_j,
