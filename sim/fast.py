@@ -34,7 +34,8 @@ from ..sw.driver import RESYNC_QUIET_BITS, Link
 from .runner import VERILATOR_ARGS, SimulationError, build_root, find_verilator, locked
 
 __all__ = ["BAD_STOP", "BREAK", "BYTE", "IDLE", "LINE_FAULT", "STREAM_TIMEOUT_CYCLES", "Harness",
-           "HarnessLink", "bare_loop_rate", "build_harness", "damaged", "network_top"]
+           "HarnessLink", "bare_loop_rate", "build_harness", "damaged", "network_top",
+           "verilog_file"]
 
 _HERE = Path(__file__).resolve().parent
 _SOURCE = _HERE / "fast_harness.cpp"
@@ -79,27 +80,40 @@ def _silence(obj, seen=None):
         _silence(value, seen)
 
 
-def _verilog_text(top, name):
-    """``top``'s Verilog. A `network_top` design's is kept in the build directory under a hash
-    of its arguments and `_sources_digest`: converting the default design takes Amaranth
-    15 to 30 s, and every simulation of it would otherwise convert it again to find its
-    build."""
-    if isinstance(top, (str, Path)):
-        return Path(top).read_text()
-    key = _DESIGN_KEYS.get(top)
-    if key is None:
-        return verilog.convert(top, name=name)
+def _kept_verilog(top, name, key):
+    """The file holding ``top``'s Verilog under ``build/sim/verilog``, named by a hash of
+    ``key`` (what ``top`` was made from), ``name`` and `_sources_digest`; converted the first
+    time."""
     digest = hashlib.sha256(json.dumps([key, name, _sources_digest()]).encode()).hexdigest()
     path = build_root() / "verilog" / f"{name}-{digest[:16]}.v"
     if path.is_file():
         _silence(top)
-        return path.read_text()
+        return path
     text = verilog.convert(top, name=name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)               # whole or not at all, whoever writes it first
-    return text
+    return path
+
+
+def _verilog_text(top, name):
+    """``top``'s Verilog. A `network_top` design's is kept in the build directory
+    (`_kept_verilog`): converting the default design takes Amaranth 15 to 30 s, and every
+    simulation of it would otherwise convert it again to find its build."""
+    if isinstance(top, (str, Path)):
+        return Path(top).read_text()
+    key = _DESIGN_KEYS.get(top)
+    if key is None:
+        return verilog.convert(top, name=name)
+    return _kept_verilog(top, name, key).read_text()
+
+
+def verilog_file(top, name, key):
+    """A Verilog file of ``top`` (module ``name``) for a simulator that takes files: converted
+    once per ``key`` (JSON-able: what ``top`` was made from) and kept like `network_top`'s
+    designs, so the cocotb route finds its build without converting the design again."""
+    return _kept_verilog(top, name, ["verilog_file", key])
 
 
 def network_top(cfg, uart=None):

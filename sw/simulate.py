@@ -454,6 +454,7 @@ def _run_fast(program, images, *, trace, waves, uart, faults, layer_cycles, jobs
 def _run_cocotb(qnet, images, cfg, *, sim, trace, waves, timeout, uart, faults, layer_cycles):
     from ..hw.controller import Controller
     from ..hw.virtual import VirtualBoard
+    from ..sim.fast import verilog_file
     from ..sim.runner import run_cocotb
 
     with tempfile.TemporaryDirectory(prefix="systolic-sim-") as tmp:
@@ -471,7 +472,9 @@ def _run_cocotb(qnet, images, cfg, *, sim, trace, waves, timeout, uart, faults, 
         (tmp / "job.json").write_text(json.dumps(job))
         if timeout is None:
             timeout = 600 + 5 * len(images) * (10 if sim == "icarus" else 1)
-        run_cocotb(top, name=name, test_module="test_network", sim=sim,
+        # The design's Verilog converted once and kept (sim.fast.verilog_file), not each run.
+        source = verilog_file(top, name, ["cocotb network", cfg.as_dict(), uart])
+        run_cocotb(sources=[source], name=name, test_module="test_network", sim=sim,
                    build_key=[cfg.as_dict(), uart], waves=waves, timeout=timeout,
                    extra_env={"SYSTOLIC_NETWORK": tmp / "job.json",
                               "SYSTOLIC_RESULTS": tmp / "results.json"})
