@@ -87,13 +87,13 @@ BOARDS = {
         platform_name="amaranth_boards.ulx3s:ULX3S_85F_Platform",
         osc_mhz=25.0, clock_mhz=50.0, baud=2_000_000, preset="default",
         program_hint="openFPGALoader -b ulx3s {bitstream}"),
-    # iCE40UP5K, FT2232H channel B as UART. 18 MHz from the PLL (the small preset closes at
-    # about 24 MHz; 21 MHz leaves too little margin) and 2 MBd (9 clocks a bit): the 1x4
-    # array, not the link, bounds images per second here.
+    # iCE40UP5K, FT2232H channel B as UART. 30 MHz from the PLL (the small preset closes at
+    # 32.6 MHz, seed 1) and 3 MBd (10 clocks a bit): the 1x4 array, not the link, bounds
+    # images per second here.
     "icebreaker": Board(
         name="icebreaker", family="ice40",
         platform_name="amaranth_boards.icebreaker:ICEBreakerPlatform",
-        osc_mhz=12.0, clock_mhz=18.0, baud=2_000_000, preset="small",
+        osc_mhz=12.0, clock_mhz=30.0, baud=3_000_000, preset="small",
         program_hint="iceprog {bitstream}"),
 }
 

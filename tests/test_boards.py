@@ -84,8 +84,8 @@ def test_ulx3s_plan_with_pll():
 
 def test_icebreaker_default_clock_is_the_pll():
     top, p = plan("icebreaker")
-    assert top.clock_hz == 18e6
-    assert top.bridge.divisor == 9            # 2 MBd
+    assert top.clock_hz == 30e6
+    assert top.bridge.divisor == 10           # 3 MBd
     assert "SB_PLL40_PAD" in p.files["systolic.il"]
 
 
@@ -123,6 +123,7 @@ def test_pll_settings():
     assert f == 75.0
     assert 400 <= 75 * clkop <= 800
     assert ice40_pll(12, 24) == (0, 63, 5, 1, 24.0)
+    assert ice40_pll(12, 30) == (0, 79, 5, 1, 30.0)         # the iCEBreaker's default
     assert ice40_pll(12, 48)[-1] == 48.0
 
 
@@ -142,5 +143,5 @@ def test_clock_errors():
 
 def test_baud_error():
     with pytest.raises(SystolicError, match=r"^Baud rate error must be at most 2%, not "):
-        BoardTop("icebreaker", baud=2_700_000)
+        BoardTop("icebreaker", baud=2_850_000)
 
