@@ -201,7 +201,7 @@ def test_deploy_virtual_board_report(qnet_path, capsys):
     assert lines[0] == "2 images on icebreaker (virtual, fast): 0 differ from the golden model"
     assert re.fullmatch(r"  cycles/image      \d+ \(batches of 2\)", lines[2])
     # One RUN and one READ exchange for the batch of two: 102 bytes an image, not 127 alone.
-    assert re.fullmatch(r"  on the wire       102 bytes/image: at most 1970 images/second at "
-                        r"2000000 Bd", lines[4])
-    assert re.fullmatch(r"  on the board      the array: \d+ images/second at 18 MHz; line, "
+    assert re.fullmatch(r"  on the wire       102 bytes/image: at most 2956 images/second at "
+                        r"3000000 Bd", lines[4])
+    assert re.fullmatch(r"  on the board      the array: \d+ images/second at 30 MHz; line, "
                         r"then array: \d+", lines[5])
