@@ -13,6 +13,7 @@ harness options; a second run of the same design starts at once.
 """
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -58,9 +59,11 @@ _CXX_OPT = "-O2"
 _DESIGN_KEYS = weakref.WeakKeyDictionary()
 
 
+@functools.cache
 def _sources_digest():
     """What an Amaranth design of this package is made from besides its arguments: the
-    package's Python sources and Amaranth's version."""
+    package's Python sources and Amaranth's version (read once a process: every build and
+    every simulation asks)."""
     h = hashlib.sha256(importlib.metadata.version("amaranth").encode())
     for package in ("hw", "sw", "sim"):
         for f in sorted((_HERE.parent / package).glob("*.py")):
