@@ -21,7 +21,11 @@ int main(int argc, char **argv) {
         top->clk = 1;
         top->eval();
     }
-    top->rst = 0;
+    top->rst = 0;                   // and one cycle for the registered reset to fall
+    top->clk = 0;
+    top->eval();
+    top->clk = 1;
+    top->eval();
     auto start = std::chrono::steady_clock::now();
     for (unsigned long long i = 0; i < n; ++i) {
         top->clk = 0;

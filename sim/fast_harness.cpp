@@ -223,6 +223,12 @@ void reset() {
         top->eval();
     }
     top->rst = 0;
+    // The design takes `rst` through a register (`fast_top`, systolic.sim.fast): one more
+    // cycle, inputs idle, lets its reset fall before the first byte is offered.
+    top->clk = 0;
+    top->eval();
+    top->clk = 1;
+    top->eval();
 }
 
 }  // namespace

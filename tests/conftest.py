@@ -19,23 +19,27 @@ import pytest
 # inherited by the commands the tests start).
 os.environ.setdefault("SYSTOLIC_FAST_CXX_OPT", "-O0")
 
-# Node-id prefixes, longest first (seconds, as --durations measured them with -n 0, a test or
-# two at a time, on the two-core machine of issue 10 with another engineer's builds running;
-# December 2).
+# Node-id prefixes, longest first (seconds, as --durations measured them with -n 2 on a fresh
+# clone, beside a place-and-route and Verilator builds: about twice a quiet machine's; Dec 2).
 LONGEST = (
-    "tests/test_build.py::test_build_icebreaker_end_to_end",            # 350: place and route
-    "tests/test_netlist_rtl.py::test_netlist_lenet_digits[ulx3s-85f]",  # 169
-    "tests/test_netlist_rtl.py::test_netlist_lenet_digits",             # 111: the iCEBreaker's
-    "tests/test_fast_rtl.py::test_lenet5_big_preset_fast",              # 134: the 12x12 build
-    "tests/test_report.py::test_demo_report_files_and_quiet",           # 75: Icarus
-    "tests/test_python_api.py",                                         # 67
-    "tests/test_network_rtl.py::test_lenet_digits_rtl",                 # 64, 45: cocotb
-    "tests/test_fast_rtl.py::test_lenet_digits_fast_two_processes",     # 62: the default build
-    "tests/test_controller_rtl.py::test_board_line_faults",             # 48, 35
-    "tests/test_deploy.py::test_deploy_virtual_board_is_exact",         # 47, 24: virtual boards
+    "tests/test_build.py::test_build_icebreaker_end_to_end",            # 559: place and route
+    "tests/test_netlist_rtl.py::test_netlist_lenet_digits[ulx3s-85f]",  # 223
+    "tests/test_fuzz.py::test_fuzz_uart_pins",                          # 215: the UART build
+    "tests/test_report.py::test_demo_report_files_and_quiet",           # 155: Icarus
+    "tests/test_fast_rtl.py::test_lenet5_big_preset_fast",              # 152: the 12x12 build
+    "tests/test_controller_rtl.py::test_board_line_faults",             # 147, 137
+    "tests/test_network_rtl.py::test_lenet_digits_rtl",                 # 137, 77: cocotb
+    "tests/test_python_api.py",                                         # 130
+    "tests/test_perf_rtl.py::test_cycles_exactly_as_predicted",         # 127
+    "tests/test_deploy.py::test_deploy_virtual_board_recovers",         # 107
+    "tests/test_uart.py::test_uart_rtl",                                # 84 and less
+    "tests/test_controller_rtl.py",                                     # 76 and less
+    "tests/test_frontend.py::test_residual_program_through_the_command_line",  # 73
+    "tests/test_netlist_rtl.py",                                        # 60: the iCEBreaker's
+    "tests/test_residual_rtl.py::test_mlperf_resnet8_big_preset",       # 58
     "tests/test_fast_rtl.py",
-    "tests/test_report.py::test_simulate_is_quiet_and_trace_says_all_match",    # 35
-    "tests/test_controller_rtl.py",
+    "tests/test_deploy.py",
+    "tests/test_report.py::test_simulate_is_quiet_and_trace_says_all_match",
 )
 
 
