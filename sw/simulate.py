@@ -624,8 +624,10 @@ def parse_window(text, images):
 
 
 def resolve_batch(text, qnet, cfg, images, *, dense_input=False, jobs=None):
-    """``--batch`` text (a number or ``auto``) as a batch size: ``auto`` is the largest batch
-    that fits the accelerator's memories, at most the images each simulator process gets."""
+    """``--batch`` text (a number or ``auto``) as a batch size. ``auto``: the smallest batch
+    that runs each simulator process's share of the images in as few runs as the largest
+    batch fitting the accelerator's memories would, so the processes get equal work (360
+    images on two processes, 42 fitting: 5 runs of 36 each, not 210 images against 150)."""
     from .compiler import FitError, largest_batch
 
     if text != "auto":
@@ -638,7 +640,8 @@ def resolve_batch(text, qnet, cfg, images, *, dense_input=False, jobs=None):
         compile_network(qnet, cfg, dense_input=dense_input)     # raises the fit error
         raise FitError("the network does not fit")
     share = -(-images // max(1, min(jobs or 2, images)))
-    return max(1, min(fits, share))
+    runs = -(-share // fits)
+    return max(1, -(-share // runs))
 
 
 def _run(args):
@@ -732,7 +735,8 @@ def add_parser(subparsers):
     p.add_argument("--batch", default="auto", metavar="N|auto",
                    help="images per run: each layer takes the whole batch at once, so a fully "
                         "connected layer puts an image on each row of the array (default: "
-                        "auto, the largest batch that fits the memories)")
+                        "auto: as few runs as the largest batch that fits the memories allows, "
+                        "evened out among the simulator processes)")
     p.add_argument("--dense-input", action=argparse.BooleanOptionalAction, default=False,
                    help="send a first convolution with few input channels its im2col input: "
                         "every reduction step of the array does real work, for kh*kw times the "

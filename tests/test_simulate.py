@@ -70,3 +70,20 @@ def test_simulate_fit_errors(tmp_path, capsys, argv, message, monkeypatch):
     monkeypatch.setattr(data, "load", lambda name, data_dir=None: split)
     assert cli.main(["simulate", str(tmp_path / "l5.qnet"), *argv]) == 2
     assert capsys.readouterr().err.startswith(f"systolic: error: {message}")
+
+
+@pytest.mark.parametrize(("images", "jobs", "batch"), [
+    (360, 2, 36),       # 180 a process: 5 runs of 36, not 42 + 42 + 42 + 42 + 12
+    (84, 2, 42),        # one run of the largest batch each
+    (20, 2, 10),        # fewer images than fit: all of a process's share at once
+    (100, 1, 34),       # 3 runs: 34 + 34 + 32
+    (1, 2, 1),
+])
+def test_auto_batch_evens_out_the_processes(images, jobs, batch):
+    from systolic.sw.compiler import largest_batch
+    from systolic.sw.simulate import resolve_batch
+
+    qnet, cfg = random_qnet("lenet-digits"), preset("default")
+    assert largest_batch(qnet, cfg) == 42
+    assert resolve_batch("auto", qnet, cfg, images, jobs=jobs) == batch
+    assert resolve_batch("7", qnet, cfg, images, jobs=jobs) == 7
