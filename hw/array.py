@@ -1,10 +1,11 @@
 """The systolic array: a ``rows × cols`` mesh of processing elements with skewed edges."""
 
-from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal, Signal, signed
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .pe import ProcessingElement
+from .replica import hard_register
 
 __all__ = ["SystolicArray"]
 
@@ -19,25 +20,10 @@ def _delay(m, sig, cycles, name):
 
 
 def _hard_delay(m, sig, cycles, name, target):
-    """One-bit ``sig`` delayed by ``cycles`` flip-flops that synthesis keeps apart.
-
-    On the FPGA targets each stage is a flip-flop primitive (``TRELLIS_FF``, ``SB_DFFSR``)
-    with the ``sync`` domain's reset: Yosys merges equivalent built-in registers but never
-    primitive instances. In ``generic`` they are ordinary registers.
-    """
+    """One-bit ``sig`` delayed by ``cycles`` flip-flops that synthesis keeps apart
+    (`hard_register`)."""
     for i in range(cycles):
-        nxt = Signal(name=f"{name}_d{i}")
-        if target == "ecp5":
-            m.submodules[f"{name}_ff{i}"] = Instance(
-                "TRELLIS_FF", p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK", p_LSRMUX="LSR",
-                p_SRMODE="LSR_OVER_CE", p_REGSET="RESET",
-                i_CLK=ClockSignal("sync"), i_LSR=ResetSignal("sync"), i_DI=sig, o_Q=nxt)
-        elif target == "ice40":
-            m.submodules[f"{name}_ff{i}"] = Instance(
-                "SB_DFFSR", i_C=ClockSignal("sync"), i_R=ResetSignal("sync"), i_D=sig, o_Q=nxt)
-        else:
-            m.d.sync += nxt.eq(sig)
-        sig = nxt
+        sig = hard_register(m, sig, name=f"{name}_d{i}", target=target)
     return sig
 
 

@@ -25,6 +25,7 @@ from amaranth.lib.wiring import In, Out
 
 from .array import SystolicArray
 from .isa import ACT_READ_LATENCY, layer_layout, param_layout, word_layout
+from .replica import hard_register
 from .requant import Requantizer
 
 __all__ = ["ConvEngine"]
@@ -49,7 +50,9 @@ class ConvEngine(wiring.Component):
     act_read, act_write : memory port signatures
         Activation memory; a read's word arrives `ACT_READ_LATENCY` cycles after it.
     weight_read, param_read : memory port signatures
-        Weight and requantization parameter memories.
+        Weight and requantization parameter memories. The weight memory registers
+        ``weight_read.addr`` (`systolic.hw.core.SinglePortMemory`, ``registered``): a word
+        arrives two cycles after its address; a parameter word the cycle after.
     """
 
     def __init__(self, cfg):
@@ -171,7 +174,6 @@ class ConvEngine(wiring.Component):
         sr_meta = Signal(meta)
         sr_left = Signal(range(C + 1))                  # steps still to present
         w_off = Signal(cfg.weight_addr_bits)
-        w_addr = Signal(cfg.weight_addr_bits)           # the weight memory's address register
         a_reg = Signal(data.ArrayLayout(signed(8), R))
         first_reg, drain_reg, wvalid_reg = Signal(), Signal(), Signal()
         release = Signal(2)                             # banks the feed copies out this cycle
@@ -186,8 +188,11 @@ class ConvEngine(wiring.Component):
         m.d.sync += [first_reg.eq(0), drain_reg.eq(0), wvalid_reg.eq(0)]
         for i in range(R):
             m.d.sync += a_reg[i].eq(0)
+        step0 = sr_left == C
+        # The step's weight address: the weight memory registers it (a copy per group of its
+        # block RAMs). What it reads outside steps is never used (`wvalid_d` is 0).
+        m.d.comb += self.weight_read.addr.eq(w_tile_base + Mux(sr_meta.first & step0, 0, w_off))
         with m.If(sr_left != 0):
-            step0 = sr_left == C
             m.d.sync += sr_left.eq(sr_left - 1)
             with m.If(sr_meta.flush):
                 m.d.sync += [first_reg.eq(1), drain_reg.eq(1), sr_left.eq(0)]
@@ -199,7 +204,6 @@ class ConvEngine(wiring.Component):
                 ]
                 for i in range(R):
                     m.d.sync += [a_reg[i].eq(sr[i][:8]), sr[i].eq(sr[i] >> 8)]
-                m.d.sync += w_addr.eq(w_tile_base + Mux(sr_meta.first & step0, 0, w_off))
                 m.d.sync += w_off.eq(Mux(sr_meta.first & step0, 1, w_off + 1))
         with m.If(load):
             for b in range(2):
@@ -210,12 +214,12 @@ class ConvEngine(wiring.Component):
             m.d.sync += [sr_left.eq(C), g.eq(~g)]
         # The weight memory is registered on both sides, as the activation memory is (its
         # address bits fan out to every block RAM of it): a step's weight word is in `w_q`
-        # three cycles after the step, and the activations and flags wait two cycles for it.
+        # three cycles after the step (its address is registered in the memory at the step's
+        # end, as `a_reg` is), and the activations and flags wait two cycles for it.
         a_d, a_q = Signal.like(a_reg), Signal.like(a_reg)
         first_d, drain_d, wvalid_d = Signal(), Signal(), Signal()
         first_q, drain_q = Signal(), Signal()
         w_q = Signal(C * 8)
-        m.d.comb += self.weight_read.addr.eq(w_addr)
         m.d.sync += [a_d.eq(a_reg), first_d.eq(first_reg), drain_d.eq(drain_reg),
                      wvalid_d.eq(wvalid_reg),
                      a_q.eq(a_d), first_q.eq(first_d), drain_q.eq(drain_d),
@@ -239,25 +243,37 @@ class ConvEngine(wiring.Component):
         er, eg = Signal(range(max(R, 2))), Signal(range(max(G, 2)))
         emit = Signal()
         row_end = eg == G - 1
-        eg_next = Signal.like(eg)
-        m.d.comb += eg_next.eq(Mux(start_next | (emit & row_end), 0, Mux(emit, eg + 1, eg)))
-        m.d.sync += eg.eq(eg_next)
+        er_next, eg_next = Signal.like(er), Signal.like(eg)
+        m.d.comb += [
+            eg_next.eq(Mux(start_next | (emit & row_end), 0, Mux(emit, eg + 1, eg))),
+            er_next.eq(Mux(start_next, 0, Mux(emit & row_end & (er != R - 1), er + 1, er))),
+        ]
+        m.d.sync += [eg.eq(eg_next), er.eq(er_next)]
         with m.If(start_next):
-            m.d.sync += [emit.eq(1), er.eq(0)]
-        with m.Elif(emit & ~(row_end & (er == R - 1))):
-            m.d.sync += er.eq(Mux(row_end, er + 1, er))
-        with m.Else():
+            m.d.sync += emit.eq(1)
+        with m.Elif(~emit | (row_end & (er == R - 1))):
             m.d.sync += emit.eq(0)
-        groups = [[array.results[r].as_value().word_select(g, 32 * L) for g in range(G)]
-                  for r in range(R)]
-        picked = Array(Array(row) for row in groups)[er][eg] if R * G > 1 else groups[0][0]
+        # Each lane picks its sum from its own copy of `er` and `eg` (`hard_register`): one
+        # copy would drive the select inputs of every multiplexer of the R * cols sums, spread
+        # over the array.
         sel = Signal(data.ArrayLayout(signed(32), L))
+        for lane in range(L):
+            sums = [[array.results[r][g * L + lane] for g in range(G)] for r in range(R)]
+            if R * G == 1:
+                picked = sums[0][0]
+            elif L == 1:
+                picked = Array(Array(row) for row in sums)[er][eg]
+            else:
+                er_l = hard_register(m, er_next, name=f"er_lane{lane}", target=cfg.target)
+                eg_l = hard_register(m, eg_next, name=f"eg_lane{lane}", target=cfg.target)
+                picked = Array(Array(row) for row in sums)[er_l][eg_l]
+            m.d.sync += sel[lane].eq(picked)
         sel_valid = Signal()
         sel_tag = Signal(tag)
         out_addr = Signal(cfg.act_addr_bits)
         dx, dy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
         dimg = Signal.like(img)
-        m.d.sync += [sel.eq(picked), sel_valid.eq(emit)]
+        m.d.sync += sel_valid.eq(emit)
         # The group's parameter word is read in the emit cycle; sums and parameters then meet
         # in registers (block RAM data goes into a register before any logic).
         m.d.comb += self.param_read.addr.eq(p_tile + eg)

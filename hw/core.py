@@ -33,12 +33,50 @@ from .isa import (
     word_layout,
 )
 from .pool import PoolEngine
+from .replica import hard_register
 
 __all__ = ["Core", "SinglePortMemory"]
 
 # SB_SPRAM256KA: 16384 words of 16 bits, four in an iCE40UP5K.
 _SPRAM_DEPTH = 16384
 _SPRAM_WIDTH = 16
+
+
+def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, write_addr,
+                      write_en, write_data, exclusive, attrs=None):
+    """A memory built as ``slices`` column slices, each with its own copy of the registers of
+    the read and write ports before it (`hard_register`): each address and enable bit drives
+    one slice's block RAMs, near which its copy can sit, not every block RAM of the memory.
+
+    A read asked for in one cycle is done in the next, its word in the returned value the cycle
+    after that; a write lands in the next cycle. With ``exclusive`` the memory is never read
+    and written in one cycle: a write it does disables the read it does in the same cycle,
+    so Yosys finds no collision to emulate (see the module's notes). ``attrs`` go to each
+    slice's `memory.Memory` (``no_rw_check``).
+
+    Returns
+    -------
+    Signal(width)
+        The read data: the block RAMs' outputs, side by side.
+    """
+    part = width // slices
+    data = Signal(width)
+    wdata = Value.cast(write_data)
+    for i in range(slices):
+        def copy(value, what, i=i):
+            return hard_register(m, value, name=f"s{i}_{what}", target=target)
+        m.submodules[f"mem{i}"] = mem = memory.Memory(shape=part, depth=depth, init=[],
+                                                      attrs=attrs or {})
+        w, r = mem.write_port(), mem.read_port()
+        we, re = copy(write_en, "we"), copy(read_en, "re")
+        wd = Signal(part, name=f"s{i}_wdata")
+        m.d.sync += wd.eq(wdata.word_select(i, part))
+        m.d.comb += [
+            w.addr.eq(copy(write_addr, "waddr")), w.data.eq(wd), w.en.eq(we),
+            r.addr.eq(copy(read_addr, "raddr")), r.en.eq(re & ~we if exclusive else re),
+            data.word_select(i, part).eq(r.data),
+        ]
+    return data
 
 
 class SinglePortMemory(wiring.Component):
@@ -57,6 +95,18 @@ class SinglePortMemory(wiring.Component):
         Build it from iCE40UP ``SB_SPRAM256KA`` blocks (``ceil(depth / 16384)`` banks of
         ``ceil(width / 16)`` blocks each) instead of an Amaranth memory, which Yosys cannot
         put in SPRAM: an Amaranth memory starts zeroed and SPRAM cannot be initialised.
+    registered : bool
+        Take the read address into a register before the memory: a read's word then arrives
+        a cycle later (see ``read``). The register is the reader's address register, moved in
+        here, where it can be copied per slice.
+    slices : int
+        With ``registered`` (and not ``spram``): build the memory as ``slices`` column slices,
+        each an Amaranth memory of ``width / slices`` bits with its own copy of the read
+        address register and of the write port's registers (`hard_register`: synthesis keeps
+        the copies apart). Each address bit then drives a slice's block RAMs, not all of them
+        across the chip. A write lands a cycle after it is asked for.
+    target : str
+        The configuration's ``target``, for `hard_register`.
 
     Members
     -------
@@ -64,12 +114,18 @@ class SinglePortMemory(wiring.Component):
         Writes ``data`` to ``addr`` when ``en``.
     read : Out(memory.ReadPort.Signature(addr_width, shape))
         In a cycle with ``en`` set and no write, reads ``addr``; ``data`` holds the word from
-        the next cycle on, until the next read. After a write ``data`` is undefined (SPRAM
-        drives X) until the next read.
+        the next cycle on (with ``registered``: the cycle after), until the next read. After a
+        write ``data`` is undefined (SPRAM drives X) until the next read.
     """
 
-    def __init__(self, *, shape, depth, spram=False):
+    def __init__(self, *, shape, depth, spram=False, registered=False, slices=1,
+                 target="generic"):
+        width = Shape.cast(shape).width
+        if slices != 1 and (spram or not registered or width % slices):
+            raise ValueError(f"Slices must divide a registered Amaranth memory's width "
+                             f"{width}, not {slices!r}")
         self._shape, self._depth, self._spram = shape, depth, spram
+        self._registered, self._slices, self._target = registered, slices, target
         addr_width = (depth - 1).bit_length()
         super().__init__({
             "write": Out(memory.WritePort.Signature(addr_width=addr_width, shape=shape)),
@@ -77,22 +133,42 @@ class SinglePortMemory(wiring.Component):
         })
 
     def elaborate(self, platform):
-        return self._spram_banks() if self._spram else self._memory()
-
-    def _memory(self):
-        # The read enable excludes the write enable, so Yosys finds no collision to emulate.
+        if self._slices > 1:
+            return self._sliced()
         m = Module()
+        read = self.read
+        if self._registered:
+            read = memory.ReadPort.Signature(addr_width=len(self.read.addr),
+                                             shape=self._shape).flip().create()
+            m.d.sync += [read.addr.eq(self.read.addr), read.en.eq(self.read.en)]
+            m.d.comb += self.read.data.eq(read.data)
+        if self._spram:
+            self._spram_banks(m, read)
+        else:
+            self._memory(m, read)
+        return m
+
+    def _memory(self, m, read):
+        # The read enable excludes the write enable, so Yosys finds no collision to emulate.
         m.submodules.mem = mem = memory.Memory(shape=self._shape, depth=self._depth, init=[])
         w, r = mem.write_port(), mem.read_port()
         m.d.comb += [
             w.addr.eq(self.write.addr), w.data.eq(self.write.data), w.en.eq(self.write.en),
-            r.addr.eq(self.read.addr), r.en.eq(self.read.en & ~self.write.en),
-            self.read.data.eq(r.data),
+            r.addr.eq(read.addr), r.en.eq(read.en & ~self.write.en),
+            read.data.eq(r.data),
         ]
+
+    def _sliced(self):
+        m = Module()
+        data = registered_slices(
+            m, width=Shape.cast(self._shape).width, depth=self._depth, slices=self._slices,
+            target=self._target, read_addr=self.read.addr, read_en=self.read.en,
+            write_addr=self.write.addr, write_en=self.write.en, write_data=self.write.data,
+            exclusive=True)
+        m.d.comb += self.read.data.eq(data)
         return m
 
-    def _spram_banks(self):
-        m = Module()
+    def _spram_banks(self, m, read):
         width = Shape.cast(self._shape).width
         lanes = -(-width // _SPRAM_WIDTH)
         banks = -(-self._depth // _SPRAM_DEPTH)
@@ -101,9 +177,9 @@ class SinglePortMemory(wiring.Component):
         addr = Signal(max(len(self.write.addr), low))   # one port: write or read address
         m.d.comb += [
             wdata.eq(Value.cast(self.write.data)),
-            addr.eq(Mux(self.write.en, self.write.addr, self.read.addr)),
+            addr.eq(Mux(self.write.en, self.write.addr, read.addr)),
         ]
-        access = self.write.en | self.read.en
+        access = self.write.en | read.en
         outs = []
         for b in range(banks):
             out = Signal(lanes * _SPRAM_WIDTH, name=f"bank{b}_data")
@@ -121,16 +197,15 @@ class SinglePortMemory(wiring.Component):
                 )
             outs.append(out[:width])
         if banks == 1:
-            m.d.comb += self.read.data.eq(outs[0])
-            return m
+            m.d.comb += read.data.eq(outs[0])
+            return
         read_bank = Signal(range(banks), reset_less=True)   # the bank `read.data` comes from
-        with m.If(self.read.en & ~self.write.en):
+        with m.If(read.en & ~self.write.en):
             m.d.sync += read_bank.eq(addr[low:])
         with m.Switch(read_bank):
             for b, out in enumerate(outs):
                 with m.Case(b):
-                    m.d.comb += self.read.data.eq(out)
-        return m
+                    m.d.comb += read.data.eq(out)
 
 
 class Core(wiring.Component):
@@ -169,15 +244,13 @@ class Core(wiring.Component):
         cfg = self._cfg
         m = Module()
         word = word_layout(cfg)
-        # A layer never reads a word in the cycle it writes it (its output does not overlap
-        # its input): no_rw_check spares the fabric logic for that case (see above).
-        m.submodules.act = act = memory.Memory(shape=word, depth=cfg.act_depth, init=[],
-                                               attrs={"no_rw_check": 1})
-        m.submodules.weights = wmem = SinglePortMemory(shape=word, depth=cfg.weight_depth,
-                                                       spram=cfg.target == "ice40")
+        # The weights' read address is registered in the memory, a copy per column's slice of
+        # block RAMs (SPRAM on the iCE40: one copy): the convolution engine's address register.
+        m.submodules.weights = wmem = SinglePortMemory(
+            shape=word, depth=cfg.weight_depth, spram=cfg.target == "ice40", registered=True,
+            slices=self._slices(), target=cfg.target)
         m.submodules.params = pmem = SinglePortMemory(shape=param_layout(cfg),
                                                       depth=cfg.param_words)
-        act_r, act_w = act.read_port(), act.write_port()
         # What the engines, the loads and the read-back ask of it, registered below.
         rd_sel = Signal(data.StructLayout({"en": 1, "addr": cfg.act_addr_bits}))
         wr_sel = Signal(data.StructLayout({"en": 1, "addr": cfg.act_addr_bits, "data": word}))
@@ -245,7 +318,16 @@ class Core(wiring.Component):
         m.d.comb += self.load.ready.eq(~busy)
         addr, payload = self.load.payload.addr, self.load.payload.data
         loading = self.load.valid & ~busy
-        for port, kind in ((wr_sel, Mem.ACT), (w_w, Mem.WEIGHT), (p_w, Mem.PARAM)):
+        # Off the iCE40 (whose cells are spent) the parameter memory's write port is driven
+        # from registers, as the activation and weight memories' are (they register theirs
+        # inside): `loading` is the engines' busy flags and the load's valid and kind, and the
+        # port's enable goes to each of the memory's block RAMs. A write lands a cycle after
+        # the load; no engine reads parameters that soon after its command.
+        p_sel = Signal(data.StructLayout({"en": 1, "addr": len(p_w.addr),
+                                          "data": param_layout(cfg)}))
+        p_w_domain = m.d.comb if cfg.target == "ice40" else m.d.sync
+        p_w_domain += [p_w.en.eq(p_sel.en), p_w.addr.eq(p_sel.addr), p_w.data.eq(p_sel.data)]
+        for port, kind in ((wr_sel, Mem.ACT), (w_w, Mem.WEIGHT), (p_sel, Mem.PARAM)):
             m.d.comb += [
                 port.addr.eq(addr),
                 port.data.eq(payload),
@@ -274,14 +356,14 @@ class Core(wiring.Component):
         # a word ACT_READ_LATENCY = 3 cycles after asking for it, held until the next read's
         # word; a write lands a cycle after it is asked for. (A layer never reads its own
         # output, and the next layer or read-back starts after the last write has landed.)
-        m.d.sync += [act_r.en.eq(rd_sel.en), act_r.addr.eq(rd_sel.addr),
-                     act_w.en.eq(wr_sel.en), act_w.addr.eq(wr_sel.addr),
-                     act_w.data.eq(wr_sel.data)]
+        # On the ECP5 the registers are copied, one per column's slice of the block RAMs
+        # (`registered_slices`), as the weight memory's are.
+        act_data = self._act_memory(m, rd_sel, wr_sel)
         act_q = Signal(word)
-        read_d = Signal()
-        m.d.sync += read_d.eq(act_r.en)
-        with m.If(read_d):
-            m.d.sync += act_q.eq(act_r.data)
+        read_d, read_dd = Signal(), Signal()
+        m.d.sync += [read_d.eq(rd_sel.en), read_dd.eq(read_d)]
+        with m.If(read_dd):
+            m.d.sync += act_q.eq(act_data)
 
         # Read-back: one word in flight (requested, then in `act_q` until taken).
         take = Signal()
@@ -314,6 +396,33 @@ class Core(wiring.Component):
         if cfg.pool:
             m.d.comb += pool.i_stream.payload.eq(act_q)
         return m
+
+    def _slices(self):
+        """Column slices of the activation and weight memories: one per column, but one on the
+        iCE40 (whose logic cells are what it runs out of; its weights are in SPRAM)."""
+        return 1 if self._cfg.target == "ice40" else self._cfg.cols
+
+    def _act_memory(self, m, rd_sel, wr_sel):
+        """The activation memory, its ports registered; returns its read data (a read's word
+        two cycles after ``rd_sel``)."""
+        cfg = self._cfg
+        # A layer never reads a word in the cycle it writes it (its output does not overlap
+        # its input): no_rw_check spares the fabric logic for that case (see above).
+        attrs = {"no_rw_check": 1}
+        if self._slices() > 1:
+            m.submodules.act = sub = Module()
+            return registered_slices(
+                sub, width=cfg.word_bits, depth=cfg.act_depth, slices=self._slices(),
+                target=cfg.target, read_addr=rd_sel.addr, read_en=rd_sel.en,
+                write_addr=wr_sel.addr, write_en=wr_sel.en, write_data=wr_sel.data,
+                exclusive=False, attrs=attrs)
+        m.submodules.act = act = memory.Memory(shape=word_layout(cfg), depth=cfg.act_depth,
+                                               init=[], attrs=attrs)
+        act_r, act_w = act.read_port(), act.write_port()
+        m.d.sync += [act_r.en.eq(rd_sel.en), act_r.addr.eq(rd_sel.addr),
+                     act_w.en.eq(wr_sel.en), act_w.addr.eq(wr_sel.addr),
+                     act_w.data.eq(wr_sel.data)]
+        return Value.cast(act_r.data)
 
     def _pool_streams(self, m, pool, pooling, cmd):
         """Stream the input map to ``pool`` and its output back; returns the memory accesses.

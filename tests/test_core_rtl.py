@@ -148,10 +148,17 @@ def _memory_ops(depth, width, n, seed):
     return ops
 
 
-def _expected(ops):
-    """``data`` after each cycle: an int, or None where it is undefined (after a write)."""
+def _expected(ops, read_delay=0, write_delay=0):
+    """``data`` after each cycle: an int, or None where it is undefined (after a write).
+
+    The memory sees a cycle's read ``read_delay`` cycles later and its write ``write_delay``
+    cycles later (its registers); a write it sees wins over a read it sees in the same cycle.
+    """
+    idle = (0, 0, 0, 0, 0)
     mem, data, out = {}, None, []
-    for we, waddr, wdata, rd, raddr in ops:
+    for i in range(len(ops)):
+        we, waddr, wdata, _, _ = ops[i - write_delay] if i >= write_delay else idle
+        _, _, _, rd, raddr = ops[i - read_delay] if i >= read_delay else idle
         if we:
             mem[waddr], data = wdata, None
         elif rd:
@@ -160,20 +167,24 @@ def _expected(ops):
     return out
 
 
-@pytest.mark.parametrize(("width", "depth", "spram"), [
-    (32, 16384, False),
-    (53, 256, False),
-    (32, 16384, True),      # the small preset's weights: two SB_SPRAM256KA side by side
-    (24, 32768, True),      # two banks of two, the top 8 bits of each bank's second unused
+@pytest.mark.parametrize(("width", "depth", "spram", "registered", "slices"), [
+    (32, 16384, False, False, 1),
+    (53, 256, False, False, 1),
+    (32, 16384, True, False, 1),
+    (24, 32768, True, False, 1),    # two banks of two, the top 8 bits of each bank's second unused
+    (32, 16384, True, True, 1),     # the small preset's weights: two SB_SPRAM256KA side by side
+    (48, 1024, False, True, 6),     # as the ECP5 presets' weights: a slice a column of 8 bits
+    (40, 256, False, True, 1),
 ])
-def test_single_port_memory_icarus(tmp_path, width, depth, spram):
+def test_single_port_memory_icarus(tmp_path, width, depth, spram, registered, slices):
     require_icarus()
     if spram:
         require_yosys_file(ICE40_CELLS, "Yosys's iCE40 simulation models (SB_SPRAM256KA)")
     abits = (depth - 1).bit_length()
     ops = _memory_ops(depth, width, 3000, seed=width + depth)
-    (tmp_path / "mem.v").write_text(
-        verilog.convert(SinglePortMemory(shape=width, depth=depth, spram=spram), name="mem"))
+    (tmp_path / "mem.v").write_text(verilog.convert(
+        SinglePortMemory(shape=width, depth=depth, spram=spram, registered=registered,
+                         slices=slices), name="mem"))
     (tmp_path / "tb.v").write_text(_MEMORY_BENCH.format(abits=abits, width=width, n=len(ops)))
     digits = -(-(2 * abits + width + 2) // 4)
     (tmp_path / "ops.hex").write_text("".join(
@@ -190,7 +201,7 @@ def test_single_port_memory_icarus(tmp_path, width, depth, spram):
     assert run.returncode == 0, run.stdout + run.stderr
     seen = re.findall(r"^D (\d+) (\S+)$", run.stdout, re.MULTILINE)
     assert len(seen) == len(ops), run.stdout[-2000:]
-    expected = _expected(ops)
+    expected = _expected(ops, read_delay=int(registered), write_delay=int(slices > 1))
     wrong = [(int(i), got, f"{want:x}") for (i, got), want in zip(seen, expected, strict=True)
              if want is not None and got != f"{want:0{len(got)}x}"]
     assert not wrong, f"{len(wrong)} cycles wrong, first (cycle, got, want): {wrong[:5]}"

@@ -1,0 +1,49 @@
+"""Registers that synthesis keeps apart, so that each copy of one can sit near its own loads.
+
+A register that fans out to many block RAMs or DSPs spread over the chip is a long route
+whatever the placer does; copies of it, one per group of loads, are short ones. But Yosys merges
+equivalent built-in registers (``opt_merge``), and a ``keep`` attribute on a signal does not stop
+it. It never merges primitive instances: on the FPGA targets each bit of a copy is a flip-flop
+primitive (``TRELLIS_FF``, ``SB_DFFSR``) with the ``sync`` domain's reset. In ``generic`` (for
+simulation) they are ordinary registers, which behave the same.
+"""
+
+from amaranth.hdl import ClockSignal, Instance, ResetSignal, Signal, Value
+
+__all__ = ["hard_register"]
+
+
+def hard_register(m, d, *, name, target):
+    """A register of ``d`` (reset to 0) that synthesis does not merge with an equivalent one.
+
+    Parameters
+    ----------
+    m : Module
+        The module the flip-flops go into (as submodules ``{name}_ff{bit}``).
+    d : value-like
+        The register's input.
+    name : str
+        The register's name.
+    target : str
+        ``ecp5``, ``ice40`` (primitive flip-flops) or ``generic`` (an ordinary register).
+
+    Returns
+    -------
+    Signal
+        The register's output, as wide as ``d``.
+    """
+    d = Value.cast(d)
+    q = Signal(len(d), name=name)
+    for i in range(len(d)):
+        if target == "ecp5":
+            m.submodules[f"{name}_ff{i}"] = Instance(
+                "TRELLIS_FF", p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK", p_LSRMUX="LSR",
+                p_SRMODE="LSR_OVER_CE", p_REGSET="RESET",
+                i_CLK=ClockSignal("sync"), i_LSR=ResetSignal("sync"), i_DI=d[i], o_Q=q[i])
+        elif target == "ice40":
+            m.submodules[f"{name}_ff{i}"] = Instance(
+                "SB_DFFSR", i_C=ClockSignal("sync"), i_R=ResetSignal("sync"), i_D=d[i],
+                o_Q=q[i])
+        else:
+            m.d.sync += q[i].eq(d[i])
+    return q
