@@ -29,6 +29,11 @@ FILES = {
     "report.html": "plots; open it in a browser",
 }
 
+#: The C++ optimization of the demo's fast simulator: its 40 images are a fraction of a second
+#: at any level, and the build waits on the compiler (measured in the session note of Dec 2:
+#: the demo from a cold cache, -O0 against -O2).
+DEMO_CXX_OPT = "-O0"
+
 
 def run_demo(out_dir, *, preset_name="default", images=40, sim="fast", epochs=None,
              seed=0, log=print, verbose=False):
@@ -61,7 +66,8 @@ def run_demo(out_dir, *, preset_name="default", images=40, sim="fast", epochs=No
     hp = dict(train.DEFAULTS["digits"], **({} if epochs is None else {"epochs": epochs}))
     # The fast simulator depends on the configuration alone: Verilator builds it (the first
     # time; it is cached) in another process while steps 1 to 3 run here.
-    prebuild = simulate.building(cfg) if sim == "fast" else contextlib.nullcontext()
+    prebuild = (simulate.building(cfg, cxx_opt=DEMO_CXX_OPT) if sim == "fast"
+                else contextlib.nullcontext())
     with prebuild as builder:
         log(f"[1/5] training lenet-digits on digits ({len(split.train)} images, "
             f"{hp['epochs']} epochs)" + (", building the simulator meanwhile" if sim == "fast"
@@ -93,6 +99,7 @@ def run_demo(out_dir, *, preset_name="default", images=40, sim="fast", epochs=No
         # print() would go to the simulator's log now: the terminal's lines go through say.
         report = simulate.simulate(
             qnet, split.test.q[:n], cfg, labels=split.test.labels[:n], sim=sim, batch=batch,
+            cxx_opt=DEMO_CXX_OPT if sim == "fast" else None,
             progress=simulate.progress_bar(n, log=say if log is print else log))
     float_pred = train.logits(model, split.test.x[:n]).argmax(dim=1).numpy()
     float_acc = float(np.mean(float_pred == split.test.labels[:n]))

@@ -227,7 +227,7 @@ def simulator_log(verbose=False):
 
 def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=None,
             uart=None, faults=(), layer_cycles=True, jobs=None, progress=None,
-            waves_file=None, netlist=None, batch=1, dense_input=False):
+            waves_file=None, netlist=None, batch=1, dense_input=False, cxx_opt=None):
     """Run ``qnet`` on int8 ``images`` ``(N, C, H, W)`` in the accelerator's RTL (controller
     and core), driven through the framed host protocol; with ``uart = (clk_hz, baud)``, the
     virtual board (`systolic.hw.virtual.VirtualBoard`), driven bit by bit on its UART pins,
@@ -253,6 +253,10 @@ def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=N
         Images per run (`compiler.compile_network`; `compiler.largest_batch` tells what fits).
     dense_input : bool
         Send the first convolution its im2col input (`compiler.compile_network`).
+    cxx_opt : str or None
+        ``fast``: the C++ optimization of the simulator, if this run builds it (see
+        `systolic.sim.fast.build_harness`; each level is a build of its own). ``None``: -O2,
+        the fastest to run; ``"-O0"`` builds in about half the time, for a few images.
     progress : callable or None
         ``fast``: called with a line of text when the simulator is built, and with the
         number of images done (an int) as they finish.
@@ -288,7 +292,8 @@ def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=N
     if sim == "fast":
         return _run_fast(program, images, trace=trace, waves=waves, uart=uart, faults=faults,
                          layer_cycles=layer_cycles, jobs=jobs, progress=progress,
-                         timeout=timeout, waves_file=waves_file, netlist=netlist)
+                         timeout=timeout, waves_file=waves_file, netlist=netlist,
+                         cxx_opt=cxx_opt)
     if netlist is not None:
         from ..hw.netlist import simulate_netlist
 
@@ -298,21 +303,22 @@ def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=N
                        timeout=timeout, uart=uart, faults=faults, layer_cycles=layer_cycles)
 
 
-def _build_fast(cfg):
+def _build_fast(cfg, cxx_opt=None):
     """A spawned process's work for `building`: the fast simulator of ``cfg``, into the cache.
     A failure is left for `simulate` to meet again and report, with the build's log."""
     from ..sim.fast import build_harness, network_top
     os.setpgrp()                # Verilator's processes with it, for `building` to stop them
     try:
         top, name, divisor = network_top(cfg)
-        build_harness(top, name=name, uart_divisor=divisor)
+        build_harness(top, name=name, uart_divisor=divisor, cxx_opt=cxx_opt)
     except Exception:           # simulate builds again and says why
         pass
 
 
 @contextlib.contextmanager
-def building(cfg):
-    """Build the fast simulator of ``cfg`` in another process while the ``with`` body runs.
+def building(cfg, *, cxx_opt=None):
+    """Build the fast simulator of ``cfg`` (with ``cxx_opt``, as `run_rtl` takes it) in
+    another process while the ``with`` body runs.
 
     Verilator's build of a design takes about a minute, once per design (it is cached), and
     needs nothing but the configuration; `systolic demo` trains and quantizes meanwhile. On
@@ -324,7 +330,7 @@ def building(cfg):
     import multiprocessing
 
     # spawn, not fork: the parent may have started torch's threads.
-    proc = multiprocessing.get_context("spawn").Process(target=_build_fast, args=(cfg,),
+    proc = multiprocessing.get_context("spawn").Process(target=_build_fast, args=(cfg, cxx_opt),
                                                         daemon=True)
     proc.start()
     try:
@@ -362,7 +368,7 @@ def _recv_budget(program, divisor):
 
 
 def _run_fast(program, images, *, trace, waves, uart, faults, layer_cycles, jobs, progress,
-              timeout, waves_file, netlist):
+              timeout, waves_file, netlist, cxx_opt=None):
     import asyncio
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -383,7 +389,7 @@ def _run_fast(program, images, *, trace, waves, uart, faults, layer_cycles, jobs
     if netlist is None:
         top, name, divisor = network_top(cfg, uart)
         exe = build_harness(top, name=name, uart_divisor=divisor, waves=window is not None,
-                            progress=say)
+                            progress=say, cxx_opt=cxx_opt)
     else:
         divisor = None
         exe = build_harness(netlist.path, name=netlist.name, models=netlist.models,
@@ -498,7 +504,7 @@ def _first_difference(program, gold, results):
 
 def simulate(qnet, images, cfg, *, labels=None, sim="fast", trace=False, waves=None,
              uart=None, faults=(), layer_cycles=True, jobs=None, progress=None,
-             waves_file=None, netlist=None, batch=1, dense_input=False):
+             waves_file=None, netlist=None, batch=1, dense_input=False, cxx_opt=None):
     """Run ``images`` in RTL and compare with the golden model; returns a `SimulationReport`.
 
     The arguments are `run_rtl`'s; ``labels`` are the images' true classes, when known.
@@ -509,7 +515,8 @@ def simulate(qnet, images, cfg, *, labels=None, sim="fast", trace=False, waves=N
     start = time.monotonic()
     out = run_rtl(qnet, images, cfg, sim=sim, trace=trace, waves=waves, uart=uart,
                   faults=faults, layer_cycles=layer_cycles, jobs=jobs, progress=progress,
-                  waves_file=waves_file, netlist=netlist, batch=batch, dense_input=dense_input)
+                  waves_file=waves_file, netlist=netlist, batch=batch, dense_input=dense_input,
+                  cxx_opt=cxx_opt)
     wall = time.monotonic() - start
     results = out["images"]
     link = {k: out[k] for k in ("faults", "resent", "reruns")}
