@@ -78,14 +78,15 @@ class Board:
 
 
 BOARDS = {
-    # ECP5-85F, FT231X USB UART (3 MBd capable). 50 MHz from the PLL (the 25 MHz oscillator
-    # doubled): the whole default design closes at about 60 MHz, its critical path the
-    # convolution engine's input-address chain. 2 MBd: exact for the FT231X (3 MHz / 1.5) and
-    # for 50 MHz (25 clocks a bit); the link, not the array, bounds images per second.
+    # ECP5-85F, FT231X USB UART (3 MBd capable). 75 MHz from the PLL (the 25 MHz oscillator
+    # times three): the whole default design closes at 79.6 MHz (seed 1, 75 MHz target), its
+    # critical path the controller's frame buffer read into the reply shift register. 3 MBd:
+    # the FT231X's top rate, 25 clocks a bit at 75 MHz; the link, not the array, bounds images
+    # per second.
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5",
         platform_name="amaranth_boards.ulx3s:ULX3S_85F_Platform",
-        osc_mhz=25.0, clock_mhz=50.0, baud=2_000_000, preset="default",
+        osc_mhz=25.0, clock_mhz=75.0, baud=3_000_000, preset="default",
         program_hint="openFPGALoader -b ulx3s {bitstream}"),
     # iCE40UP5K, FT2232H channel B as UART. 30 MHz from the PLL (the small preset closes at
     # 32.6 MHz, seed 1) and 3 MBd (10 clocks a bit): the 1x4 array, not the link, bounds

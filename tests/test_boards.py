@@ -55,8 +55,8 @@ def test_unknown_board(name):
 
 def test_ulx3s_default_clock_is_the_pll():
     top, p = plan("ulx3s-85f")
-    assert top.clock_hz == 50e6
-    assert top.bridge.divisor == 25           # 2 MBd
+    assert top.clock_hz == 75e6
+    assert top.bridge.divisor == 25           # 3 MBd
     assert "EHXPLLL" in p.files["systolic.il"]
 
 
@@ -70,7 +70,7 @@ def test_ulx3s_plan_from_oscillator():
 def test_ulx3s_plan_with_pll():
     top, p = plan("ulx3s-85f", clock_mhz=30)
     assert top.clock_hz == 30e6
-    assert top.bridge.divisor == 15
+    assert top.bridge.divisor == 10           # 3 MBd
     lpf = p.files["systolic.lpf"]
     for port, site in (("uart_0__rx__io", "M1"), ("uart_0__tx__io", "L4"),
                        ("clk25_0__io", "G2"), ("led_7__io", "H3")):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sw_common import digits_model
+from systolic.hw.boards import get_board
 from systolic.sw import golden, report
 from systolic.sw.cli import main
 from systolic.sw.errors import SystolicError
@@ -193,8 +194,9 @@ def test_deploy_sim_report(tmp_path, capsys):
                              "board": 1}
     words = " ".join(" ".join(page.text).split())
     assert "The per-layer counters were not read in this run." in words
+    board = get_board("ulx3s-85f")
     rates = report.board_rates(summary["cycles_per_image"], summary["wire_bytes_per_image"],
-                               50.0, 2_000_000)
+                               board.clock_mhz, board.baud)
     assert f"images/s the line allows {rates['line_per_second']:,.0f}" in words
     assert main(["deploy", str(tmp_path / "m.qnet"), "--board", "ulx3s-85f", "--port", "x",
                  "--report", str(out)]) == 2

@@ -149,8 +149,8 @@ def test_board_divisors_found():
     builds = {b for labels in BOARD_DIVISORS.values() for b in labels}
     for board in BOARDS.values():
         assert f"{board.name}-{board.clock_mhz:g}MHz-{board.baud}Bd" in builds, builds
-    assert "ulx3s-85f-45MHz-3000000Bd" in builds, builds
-    assert {25, 15, 10} <= set(BOARD_DIVISORS), BOARD_DIVISORS
+    assert "ulx3s-85f-50MHz-2000000Bd" in builds, builds
+    assert {25, 10} <= set(BOARD_DIVISORS), BOARD_DIVISORS
     assert DIVISOR not in BOARD_DIVISORS
 
 
