@@ -51,6 +51,8 @@ STREAM_TIMEOUT_CYCLES = 1024
 #: C++ optimization of the model and harness (Verilator's own default is -Os);
 #: ``$SYSTOLIC_FAST_CXX_OPT`` overrides it, and a caller's own choice (the test suite compiles at
 #: -O0: its runs are short, and -O0 compiles in a third to a half of -O1's time).
+#: ``$SYSTOLIC_FAST_UART_CXX_OPT`` overrides that again for a top with UART pins (a virtual
+#: board), whose runs clock `divisor` cycles a bit and so are long even when few.
 _CXX_OPT = "-O2"
 # Verilator's output for the designs here has a few large functions: -O2 compiles them in about
 # a minute on this machine and runs as fast as -O3.
@@ -207,7 +209,8 @@ def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, 
         include directories and preprocessor defines.
     cxx_opt : str or None
         The C++ optimization (a netlist of cells compiles far faster at ``-O1``); ``None``:
-        ``-O2``. ``$SYSTOLIC_FAST_CXX_OPT``, when set, overrides either.
+        ``-O2``. ``$SYSTOLIC_FAST_CXX_OPT``, when set, overrides either, and
+        ``$SYSTOLIC_FAST_UART_CXX_OPT`` all of them for a top with ``uart_divisor``.
 
     Raises
     ------
@@ -215,7 +218,8 @@ def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, 
         When Verilator is missing or the build fails (the log's tail is in the message).
     """
     find_verilator()
-    cxx_opt = os.environ.get("SYSTOLIC_FAST_CXX_OPT") or cxx_opt or _CXX_OPT
+    cxx_opt = ((uart_divisor and os.environ.get("SYSTOLIC_FAST_UART_CXX_OPT"))
+               or os.environ.get("SYSTOLIC_FAST_CXX_OPT") or cxx_opt or _CXX_OPT)
     if waves:
         _check_lz4()
     text = _verilog_text(top, name)

@@ -58,7 +58,13 @@ VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "fast",
 # edge, not in the model, and at -O0 a design compiles in about 40 % less CPU time than at
 # Verilator's default -Os (the 12-lane controller: 57 s against 98 s, build and run). (The fast
 # harness, where the model's speed is the point, compiles at -O2: `systolic.sim.fast`.)
-_COCOTB_CXX = ("-CFLAGS", "-O0")
+#
+# cocotb's runner asks Verilator for ``--public-flat-rw``: every signal of the whole design
+# readable and writable through VPI, which keeps each one a variable of its own, so the model is
+# large and slow to compile. The testbenches here touch the top module's ports only (streams,
+# pins, status), so it is turned off again and a configuration file (`_public_top`) makes the
+# top module's signals alone public.
+_COCOTB_CXX = ("-CFLAGS", "-O0", "--no-public-flat-rw")
 
 
 class SimulationError(SystolicError, AssertionError):
@@ -214,6 +220,8 @@ def _build(runner, sim, *, write_sources, name, build_dir, waves, includes=(), d
         log = build_dir / "build.log"
         # Verilator traces VCD (cocotb_tools adds --trace): its FST writer needs liblz4-dev.
         args = [*(VERILATOR_ARGS + _COCOTB_CXX if sim == "verilator" else ()), *build_args]
+        if sim == "verilator":
+            args.append(str(_public_top(build_dir, name)))
         try:
             runner.build(sources=sources, hdl_toplevel=name, build_dir=build_dir,
                          includes=list(includes), defines=dict(defines or {}),
@@ -230,6 +238,14 @@ def _build(runner, sim, *, write_sources, name, build_dir, waves, includes=(), d
                 for f in build_dir.glob(pattern):
                     f.unlink(missing_ok=True)
         stamp.write_text(json.dumps({"sim": sim, "time": time.time()}))
+
+
+def _public_top(build_dir, name):
+    """A Verilator configuration file making the signals of module ``name`` (the top level)
+    readable and writable through VPI, and no others (see `_COCOTB_CXX`)."""
+    path = build_dir / "public_top.vlt"
+    path.write_text(f'`verilator_config\npublic_flat_rw -module "{name}" -var "*"\n')
+    return path
 
 
 def _digest_files(paths):
