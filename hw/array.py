@@ -11,9 +11,10 @@ __all__ = ["SystolicArray"]
 
 
 def _delay(m, sig, cycles, name):
-    """``sig`` delayed by ``cycles`` registers (``cycles`` may be 0)."""
+    """``sig`` delayed by ``cycles`` registers (``cycles`` may be 0), without reset: the
+    operands of a step the ``first`` flag does not start are never summed."""
     for i in range(cycles):
-        nxt = Signal.like(sig, name=f"{name}_d{i}")
+        nxt = Signal.like(sig, name=f"{name}_d{i}", reset_less=True)
         m.d.sync += nxt.eq(sig)
         sig = nxt
     return sig

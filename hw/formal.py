@@ -19,10 +19,12 @@ The properties (each is a function ``rule(m, dut, fragment)`` given to `FormalTo
   exactly ``latency`` cycles later, and nothing else.
 * `rejected_frames_write_nothing`: the controller's promise (``docs/protocol.md``) that a
   request answered with ERROR changes nothing. A shadow flag is set by any write enable of the
-  activation, weight, parameter and program memories and cleared by the first byte taken
-  after a reply; when an ERROR reply's code byte goes out, the flag must be clear, unless the
-  code is BAD_DESCRIPTOR (RUN met an entry it cannot execute after running the ones before
-  it, as documented).
+  activation, weight, parameter and program memories (each of their column slices, in a
+  sliced design) and cleared by the first byte taken after a reply; when an ERROR reply's
+  code byte goes out, the flag must be clear, and no write may land in the cycle after
+  (a write asked for by then, through a memory's registered write port), unless the code is
+  BAD_DESCRIPTOR (RUN met an entry it cannot execute after running the ones before it, as
+  documented).
 
 `mode` ``prove`` is k-induction: the property holds in every reachable state. ``bmc`` is a
 bounded check: no trace of up to ``depth`` cycles from reset breaks it.
@@ -62,7 +64,9 @@ __all__ = [
 ]
 
 #: The controller's memories the protocol talks about, by submodule path: its program memory
-#: and the core's activation, weight and parameter memories (not its frame buffer).
+#: and the core's activation, weight and parameter memories (not its frame buffer). A path
+#: also names the memories inside it, and a last name the numbered column slices of a sliced
+#: memory (``core.act.mem0``, ``core.weights.mem0``, ...: `systolic.hw.core.registered_slices`).
 CONTROLLER_MEMORIES = (
     ("program",), ("core", "act"), ("core", "weights", "mem"), ("core", "params", "mem"),
 )
@@ -209,10 +213,24 @@ def _memories(fragment, path=()):
     return found
 
 
+def _named(path, name):
+    """Whether the memory at ``path`` is one ``name`` (a submodule path) names: the memory
+    itself, one inside it, or a column slice of it (its last name and a number)."""
+    if path[:len(name)] == name:
+        return True
+    return (len(path) == len(name) and path[:-1] == name[:-1]
+            and re.fullmatch(rf"{re.escape(name[-1])}\d+", path[-1]) is not None)
+
+
 def rejected_frames_write_nothing(memories=CONTROLLER_MEMORIES):
     """A rule for `FormalTop` around a `systolic.hw.controller.Controller`: no write enable
-    of ``memories`` (submodule paths) fires between the first byte taken after a reply (or
-    reset) and the code byte of an ERROR reply, BAD_DESCRIPTOR excepted.
+    of ``memories`` (submodule paths; each names the memories inside it and its column
+    slices too) fires between the first byte taken after a reply (or reset) and the cycle
+    after the code byte of an ERROR reply, BAD_DESCRIPTOR excepted.
+
+    The write enables are the memories' own: behind a registered write port (the core's
+    activation memory, a sliced memory's slices) a write lands a cycle after it is asked for,
+    which the cycle after the code byte covers.
 
     Replies are followed on ``tx``: the bytes sent since the controller last took a byte
     are the reply's (it takes none while replying); the second is its type, the fifth an
@@ -220,13 +238,16 @@ def rejected_frames_write_nothing(memories=CONTROLLER_MEMORIES):
     """
     def rule(m, dut, fragment):
         found = _memories(fragment)
-        missing = [".".join(path) for path in memories if path not in found]
+        missing = [".".join(name) for name in memories
+                   if not any(_named(path, name) for path in found)]
         if missing:
             raise FormalError(f"Memories {', '.join(missing)} are not in the design; "
                               f"it has {', '.join('.'.join(p) for p in found)}")
+        watched = [mem for path, mem in found.items()
+                   if any(_named(path, name) for name in memories)]
         write = Signal()
-        m.d.comb += write.eq(Cat(port.en.any() for path in memories
-                                 for port in found[path].write_ports).any())
+        m.d.comb += write.eq(Cat(port.en.any() for mem in watched
+                                 for port in mem.write_ports).any())
         rx_taken = dut.rx.valid & dut.rx.ready
         tx_taken = dut.tx.valid & dut.tx.ready
         replied, wrote, is_error = Signal(), Signal(), Signal()
@@ -243,9 +264,14 @@ def rejected_frames_write_nothing(memories=CONTROLLER_MEMORIES):
                 m.d.sync += is_error.eq(dut.tx.payload == Reply.ERROR.value)
         with m.If(write):
             m.d.sync += wrote.eq(1)
+        code = Signal()                         # the code byte went out a cycle ago
+        m.d.sync += code.eq(0)
         with m.If(tx_taken & (sent == 4) & is_error
                   & (dut.tx.payload != Error.BAD_DESCRIPTOR.value)):
             m.d.comb += Assert(~(wrote | write), "a rejected frame wrote no memory")
+            m.d.sync += code.eq(1)
+        with m.If(code):
+            m.d.comb += Assert(~write, "a rejected frame wrote no memory")
     return rule
 
 

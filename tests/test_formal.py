@@ -9,7 +9,7 @@ two on two cores.
 import re
 
 import pytest
-from amaranth.hdl import Module
+from amaranth.hdl import Fragment, Module
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import Out
 from systolic.hw import formal
@@ -33,6 +33,11 @@ CONTROLLER = ENGINES.replace(cols=1, max_kernel=1, pool=False)
 #: which goes out 24 or 25 cycles after reset.
 STREAMS_DEPTH = 24
 WRITES_DEPTH = 26
+#: Two columns: the activation and weight memories in column slices (``core.act.mem0``,
+#: ``core.weights.mem0``, ...) behind registered write ports, as on the ECP5 (here with
+#: ordinary registers). Its words are a byte longer, and so is the WRITE frame above.
+SLICED = CONTROLLER.replace(cols=2)
+SLICED_DEPTH = WRITES_DEPTH + 2
 
 
 def _check(tmp_path, name, top, *, mode, depth):
@@ -77,6 +82,28 @@ def test_controller_rejected_frames_bmc(tmp_path):
     top = formal.FormalTop(Controller(CONTROLLER, timeout_cycles=16),
                            formal.rejected_frames_write_nothing())
     _check(tmp_path, "controller_writes", top, mode="bmc", depth=WRITES_DEPTH)
+
+
+def test_controller_rejected_frames_sliced_bmc(tmp_path):
+    """Bounded check, `SLICED_DEPTH` cycles: the same promise with the memories in column
+    slices, each slice's write port watched."""
+    top = formal.FormalTop(Controller(SLICED, timeout_cycles=16),
+                           formal.rejected_frames_write_nothing())
+    _check(tmp_path, "controller_sliced", top, mode="bmc", depth=SLICED_DEPTH)
+
+
+def test_sliced_memories_found():
+    """A memory's path names its column slices and the memories inside it; the message of a
+    missing one lists the slices the design has."""
+    assert formal._named(("core", "weights", "mem3"), ("core", "weights", "mem"))
+    assert formal._named(("core", "act", "mem0"), ("core", "act"))
+    assert not formal._named(("core", "weights", "memx"), ("core", "weights", "mem"))
+    assert not formal._named(("frame",), ("core", "act"))
+    top = formal.FormalTop(Controller(SLICED, timeout_cycles=16),
+                           formal.rejected_frames_write_nothing((("core", "nope"),)))
+    with pytest.raises(formal.FormalError, match=r"^Memories core\.nope are not in the design; "
+                                                  r"it has .*core\.act\.mem1"):
+        Fragment.get(top, None)
 
 
 # ---- The checks catch what they are meant to ------------------------------------------------
