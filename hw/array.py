@@ -11,10 +11,9 @@ __all__ = ["SystolicArray"]
 
 
 def _delay(m, sig, cycles, name):
-    """``sig`` delayed by ``cycles`` registers (``cycles`` may be 0), without reset: the
-    operands of a step the ``first`` flag does not start are never summed."""
+    """``sig`` delayed by ``cycles`` registers (``cycles`` may be 0)."""
     for i in range(cycles):
-        nxt = Signal.like(sig, name=f"{name}_d{i}", reset_less=True)
+        nxt = Signal.like(sig, name=f"{name}_d{i}")
         m.d.sync += nxt.eq(sig)
         sig = nxt
     return sig

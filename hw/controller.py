@@ -82,7 +82,7 @@ _STATE_ORDER = (
     "SYNC", "TYPE", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1", "DRAIN",      # rx.ready
     "TX_SYNC", "TX_KIND", "TX_LEN0", "TX_LEN1", "TX_ERROR", "TX_SECOND", "TX_TOTAL",
     "TX_IDENTITY", "TX_ACT_REQ", "TX_ACT", "TX_CYC_REQ", "TX_CYC", "TX_CRC0", "TX_CRC1",
-    "EXEC", "WRITE_PRIME", "WRITE_PRIME2", "WRITE_BYTE", "WRITE_WORD",
+    "EXEC", "WRITE_PRIME", "WRITE_BYTE", "WRITE_WORD",
 )
 
 
@@ -188,18 +188,6 @@ class Controller(wiring.Component):
         # next request.
         pre = [Signal(8, name=f"pre{i}") for i in range(_WRITE_HEAD)]
         m.d.comb += [fb_w.data.eq(self.rx.payload), fb_w.addr.eq(idx), fb_r.addr.eq(idx)]
-        # The frame buffer's bytes go through a register before any logic (a DP16KD's
-        # clock-to-output is 5.6 ns; its output into the shift register's lane multiplexers was
-        # a critical path). WRITE reads two bytes ahead: ``fb_q`` takes the next byte whenever
-        # a byte is taken from it (WRITE_BYTE) or the second read of WRITE_PRIME2 is made; the
-        # block RAM's output holds the one after while no read is made.
-        fb_q, fb_take = Signal(8), Signal()
-        with m.If(fb_take):
-            m.d.sync += fb_q.eq(fb_r.data)
-        # The program memory's too, in every cycle: ``pg_q`` has the byte read two cycles
-        # before (``pg_fresh``: one read a cycle ago, whose byte is not there yet).
-        pg_q, pg_fresh = Signal(8), Signal()
-        m.d.sync += [pg_q.eq(pg_r.data), pg_fresh.eq(pg_r.en)]
         target = WRITE_TARGET(pre[0])
         mem, lanes = target.mem, target.lanes
         first, second = Cat(pre[1], pre[2]), Cat(pre[3], pre[4])         # addr, count
@@ -296,8 +284,7 @@ class Controller(wiring.Component):
         # Descriptors (RUN) and data words (WRITE) are assembled in one shift register: the
         # bytes come in at the top and move down a byte at a time. The shorter of the two kinds
         # of data word comes in lower down, so that it ends where the longer one starts.
-        # (No reset: every word and descriptor is shifted in whole before it is used.)
-        shift = Signal(8 * max(desc_bytes, data_bytes), reset_less=True)
+        shift = Signal(8 * max(desc_bytes, data_bytes))
         desc = layer_layout(cfg)(shift[len(shift) - 8 * desc_bytes:][:layer_layout(cfg).size])
         word_at = len(shift) // 8 - data_bytes
         word = shift[8 * word_at:]
@@ -331,7 +318,7 @@ class Controller(wiring.Component):
                     with m.Default():
                         m.d.sync += word_last.eq(cfg.cols - 1)
         m.d.comb += [
-            pg_w.addr.eq(Cat(pc[:pbits], j)), pg_w.data.eq(fb_q),
+            pg_w.addr.eq(Cat(pc[:pbits], j)), pg_w.data.eq(fb_r.data),
             pg_r.addr.eq(Cat(pc[:pbits], j)),
             # A read port's enable is high unless driven low: the states that read ahead and
             # then wait (a reply byte the host is not ready for) rely on the data holding.
@@ -511,21 +498,15 @@ class Controller(wiring.Component):
                     reply(m)
 
             # -- WRITE: bytes from the frame buffer into a memory ---------------------------------
-            # A byte a cycle: each cycle takes the byte read two before (from ``fb_q``) and
-            # reads the one after the next; a whole word waits a cycle (WRITE_WORD) for the
-            # core to take it.
+            # A byte a cycle: each cycle takes the byte read in the one before and reads the
+            # next; a whole word waits a cycle (WRITE_WORD) for the core to take it.
             with m.State("WRITE_PRIME"):
                 m.d.comb += fb_r.en.eq(1)
                 m.d.sync += idx.eq(idx + 1)
-                m.next = "WRITE_PRIME2"
-            with m.State("WRITE_PRIME2"):
-                more = idx != length
-                m.d.comb += [fb_r.en.eq(more), fb_take.eq(1)]
-                m.d.sync += idx.eq(idx + more)
                 m.next = "WRITE_BYTE"
             with m.State("WRITE_BYTE"):
-                m.d.comb += [replies_with.eq(_Payload.NONE), fb_take.eq(1)]
-                byte = fb_q
+                m.d.comb += replies_with.eq(_Payload.NONE)
+                byte = fb_r.data
                 more = idx != length
                 m.d.comb += fb_r.en.eq(more)
                 m.d.sync += [shift.eq(Cat(shift[8:], byte)), j.eq(j + 1), idx.eq(idx + more)]
@@ -572,12 +553,10 @@ class Controller(wiring.Component):
                     m.d.sync += j.eq(j + 1)
                     m.next = "RUN_LOAD"
             with m.State("RUN_LOAD"):
-                # One byte a cycle, the next two reads under way: the first byte shifted in
-                # is not the entry's (``pg_q`` is a cycle behind), and falls below the
-                # descriptor's place in ``shift`` after the entry's desc_bytes.
+                # One byte a cycle, the next one's read under way.
                 m.d.comb += [self.busy.eq(1), pg_r.en.eq(1)]
-                m.d.sync += [shift.eq(Cat(shift[8:], pg_q)), j.eq(j + 1)]
-                with m.If(j == desc_bytes + 1):
+                m.d.sync += [shift.eq(Cat(shift[8:], pg_r.data)), j.eq(j + 1)]
+                with m.If(j == desc_bytes):
                     m.next = "RUN_DECODE"
             with m.State("RUN_DECODE"):
                 m.d.comb += self.busy.eq(1)
@@ -692,8 +671,8 @@ class Controller(wiring.Component):
                 next_cycles_byte()
                 m.next = "TX_CYC"
             with m.State("TX_CYC"):
-                # The byte is in ``pg_q`` from the second cycle after its read on.
-                with m.If(send(pg_q, valid=~pg_fresh)):
+                send(pg_r.data)
+                with m.If(tx_ready):
                     with m.If(pc_end & (j == desc_bytes)):
                         m.next = "TX_CRC0"
                     with m.Else():

@@ -108,12 +108,6 @@ class ConvEngine(wiring.Component):
         img = Signal(range(256 + 1))
         img1 = Signal.like(img)                         # img + 1
         next_origin = Signal(signed(sb))
-        # Where the walker stands, in flags set with the counters they describe: ``ox ==
-        # last.ox``, ``oy == last.oy``, ``img < batch`` and ``img1 < batch``. The fill step
-        # that moves the walker is enabled from them (a comparator of ox was the chip's
-        # critical path, into the enable of oy), and ``more`` decides FILL's next state.
-        ox_end, oy_end = Signal(), Signal()
-        img_ok, img1_ok = Signal(), Signal()
         # Block counters inside a pixel tile.
         ky, kx = Signal(cfg.kernel_bits), Signal(cfg.kernel_bits)
         cw = Signal.like(desc.cin_words)
@@ -123,14 +117,11 @@ class ConvEngine(wiring.Component):
         have_prev = Signal()                            # a finished tile awaits draining
         # Per-row window info of the current tile, rotating so row r is at index 0 in cycle r.
         info = data.StructLayout({"base": signed(sb), "iy0": coord, "ix0": coord, "valid": 1})
-        # (The tile's data registers have no reset: the reset net reaches every register
-        # that has one. What they hold is used only once a fill or feed has written it.)
-        rows_info = [Signal(info, name=f"rowinfo{i}", reset_less=True) for i in range(R)]
+        rows_info = [Signal(info, name=f"rowinfo{i}") for i in range(R)]
 
         # ---- Transposer banks and the feed shift register ----------------------------------
         meta = data.StructLayout({"first": 1, "drain": 1, "flush": 1})
-        banks = [[Signal(C * 8, name=f"bank{b}_{i}", reset_less=True) for i in range(R)]
-                 for b in range(2)]
+        banks = [[Signal(C * 8, name=f"bank{b}_{i}") for i in range(R)] for b in range(2)]
         claimed = Signal(2)                             # the fill has read a bank's last row
         full = Signal(2)                                # ... and its word has arrived
         bank_meta = [Signal(meta, name=f"bank{b}_meta") for b in range(2)]
@@ -141,7 +132,7 @@ class ConvEngine(wiring.Component):
         walker = Signal(info)
         m.d.comb += [
             walker.base.eq(wbase), walker.iy0.eq(iy0), walker.ix0.eq(ix0),
-            walker.valid.eq(img_ok),
+            walker.valid.eq(img < desc.batch),
         ]
         cur = Signal(info)
         m.d.comb += cur.eq(Mux(block0, walker, rows_info[0]))
@@ -173,13 +164,13 @@ class ConvEngine(wiring.Component):
 
         # After this cycle's step, does the walker still point inside the output map?
         more = Signal()
-        line_end = ox_end
-        img_end = ox_end & oy_end
-        m.d.comb += more.eq(Mux(block0 & img_end, img1_ok, img_ok))
+        line_end = ox == last.ox
+        img_end = line_end & (oy == last.oy)
+        m.d.comb += more.eq(Mux(block0 & img_end, img1 < desc.batch, img < desc.batch))
         last_block = (cw == last.cw) & (kx == last.kx) & (ky == last.ky)
 
         # ---- Feed ----------------------------------------------------------------------------
-        sr = [Signal(C * 8, name=f"feed{i}", reset_less=True) for i in range(R)]
+        sr = [Signal(C * 8, name=f"feed{i}") for i in range(R)]
         sr_meta = Signal(meta)
         sr_left = Signal(range(C + 1))                  # steps still to present
         w_off = Signal(cfg.weight_addr_bits)
@@ -225,10 +216,10 @@ class ConvEngine(wiring.Component):
         # address bits fan out to every block RAM of it): a step's weight word is in `w_q`
         # three cycles after the step (its address is registered in the memory at the step's
         # end, as `a_reg` is), and the activations and flags wait two cycles for it.
-        a_d, a_q = Signal.like(a_reg, reset_less=True), Signal.like(a_reg, reset_less=True)
+        a_d, a_q = Signal.like(a_reg), Signal.like(a_reg)
         first_d, drain_d, wvalid_d = Signal(), Signal(), Signal()
         first_q, drain_q = Signal(), Signal()
-        w_q = Signal(C * 8, reset_less=True)
+        w_q = Signal(C * 8)
         m.d.sync += [a_d.eq(a_reg), first_d.eq(first_reg), drain_d.eq(drain_reg),
                      wvalid_d.eq(wvalid_reg),
                      a_q.eq(a_d), first_q.eq(first_d), drain_q.eq(drain_d),
@@ -262,12 +253,10 @@ class ConvEngine(wiring.Component):
             m.d.sync += emit.eq(1)
         with m.Elif(~emit | (row_end & (er == R - 1))):
             m.d.sync += emit.eq(0)
-        # Each lane picks its sum with its own one-hot copy of `er` and `eg`
-        # (`hard_register`), a flip-flop per sum: each drives the 32 AND gates by its sum's
-        # PE, and the sums are ORed together. (A binary copy per lane was decoded by its
-        # register, a long route from each of the sums' multiplexers spread over the array:
-        # the chip's critical path.)
-        sel = Signal(data.ArrayLayout(signed(32), L), reset_less=True)
+        # Each lane picks its sum from its own copy of `er` and `eg` (`hard_register`): one
+        # copy would drive the select inputs of every multiplexer of the R * cols sums, spread
+        # over the array.
+        sel = Signal(data.ArrayLayout(signed(32), L))
         for lane in range(L):
             sums = [[array.results[r][g * L + lane] for g in range(G)] for r in range(R)]
             if R * G == 1:
@@ -275,25 +264,21 @@ class ConvEngine(wiring.Component):
             elif L == 1:
                 picked = Array(Array(row) for row in sums)[er][eg]
             else:
-                hot = hard_register(
-                    m, Cat((er_next == r) & (eg_next == g) for r in range(R) for g in range(G)),
-                    name=f"pick_lane{lane}", target=cfg.target)
-                picked = 0
-                for k, total in enumerate(total for row in sums for total in row):
-                    picked = picked | Mux(hot[k], total.as_unsigned(), 0)
+                er_l = hard_register(m, er_next, name=f"er_lane{lane}", target=cfg.target)
+                eg_l = hard_register(m, eg_next, name=f"eg_lane{lane}", target=cfg.target)
+                picked = Array(Array(row) for row in sums)[er_l][eg_l]
             m.d.sync += sel[lane].eq(picked)
         sel_valid = Signal()
         sel_tag = Signal(tag)
         out_addr = Signal(cfg.act_addr_bits)
         dx, dy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
-        dx_end, dy_end = Signal(), Signal()            # dx == last.ox, dy == last.oy (as above)
         dimg = Signal.like(img)
         m.d.sync += sel_valid.eq(emit)
         # The group's parameter word is read in the emit cycle; sums and parameters then meet
         # in registers (block RAM data goes into a register before any logic).
         m.d.comb += self.param_read.addr.eq(p_tile + eg)
-        rq_acc = Signal.like(sel, reset_less=True)
-        rq_params = Signal(param_layout(cfg), reset_less=True)
+        rq_acc = Signal.like(sel)
+        rq_params = Signal(param_layout(cfg))
         rq_valid, rq_tag = Signal(), Signal(tag)
         m.d.sync += [rq_acc.eq(sel), rq_params.eq(self.param_read.data), rq_valid.eq(sel_valid),
                      rq_tag.eq(sel_tag)]
@@ -305,14 +290,14 @@ class ConvEngine(wiring.Component):
             ]
             with m.If(row_end):
                 m.d.sync += out_addr.eq(out_addr + desc.cout_tiles)
-                with m.If(dx_end):
-                    m.d.sync += [dx.eq(0), dx_end.eq(last.ox == 0)]
-                    with m.If(dy_end):
-                        m.d.sync += [dy.eq(0), dy_end.eq(last.oy == 0), dimg.eq(dimg + 1)]
+                with m.If(dx == last.ox):
+                    m.d.sync += dx.eq(0)
+                    with m.If(dy == last.oy):
+                        m.d.sync += [dy.eq(0), dimg.eq(dimg + 1)]
                     with m.Else():
-                        m.d.sync += [dy.eq(dy + 1), dy_end.eq(dy + 1 == last.oy)]
+                        m.d.sync += dy.eq(dy + 1)
                 with m.Else():
-                    m.d.sync += [dx.eq(dx + 1), dx_end.eq(dx + 1 == last.ox)]
+                    m.d.sync += dx.eq(dx + 1)
         m.d.comb += [
             rq.i_valid.eq(rq_valid),
             rq.i_acc.eq(rq_acc),
@@ -326,7 +311,7 @@ class ConvEngine(wiring.Component):
         if G == 1:
             m.d.comb += self.act_write.data.eq(rq.o_data)
         else:
-            collected = Signal((G - 1) * L * 8, reset_less=True)
+            collected = Signal((G - 1) * L * 8)
             with m.If(rq.o_valid):
                 m.d.sync += collected.eq(Cat(collected[L * 8:], rq.o_data))
             m.d.comb += self.act_write.data.eq(Cat(collected, rq.o_data))
@@ -343,14 +328,11 @@ class ConvEngine(wiring.Component):
         def reset_walker():
             return [
                 ox.eq(0), oy.eq(0), wbase.eq(desc.origin), img.eq(0), img1.eq(1),
-                ox_end.eq(last.ox == 0), oy_end.eq(last.oy == 0),
-                img_ok.eq(desc.batch != 0), img1_ok.eq(desc.batch > 1),
                 next_origin.eq(desc.origin + desc.in_img_step),
                 iy0.eq(-desc.pad), ix0.eq(-desc.pad),
                 ky.eq(0), kx.eq(0), cw.eq(0), r.eq(0), tap_off.eq(0),
                 block0.eq(1), have_prev.eq(0),
                 out_addr.eq(desc.out_base + t), dx.eq(0), dy.eq(0), dimg.eq(0),
-                dx_end.eq(last.ox == 0), dy_end.eq(last.oy == 0),
             ]
 
         with m.FSM():
@@ -383,18 +365,14 @@ class ConvEngine(wiring.Component):
                     with m.If(block0):
                         with m.If(img_end):
                             m.d.sync += [ox.eq(0), oy.eq(0), img.eq(img1), img1.eq(img1 + 1),
-                                         ox_end.eq(last.ox == 0), oy_end.eq(last.oy == 0),
-                                         img_ok.eq(img1_ok), img1_ok.eq(img1 + 1 < desc.batch),
                                          wbase.eq(next_origin),
                                          next_origin.eq(next_origin + desc.in_img_step),
                                          ix0.eq(-desc.pad), iy0.eq(-desc.pad)]
                         with m.Elif(line_end):
                             m.d.sync += [ox.eq(0), oy.eq(oy + 1), wbase.eq(wbase + desc.y_step),
-                                         ox_end.eq(last.ox == 0), oy_end.eq(oy + 1 == last.oy),
                                          ix0.eq(-desc.pad), iy0.eq(iy0 + desc.stride)]
                         with m.Else():
                             m.d.sync += [ox.eq(ox + 1), wbase.eq(wbase + desc.x_step),
-                                         ox_end.eq(ox + 1 == last.ox),
                                          ix0.eq(ix0 + desc.stride)]
                     with m.If(r == R - 1):
                         m.d.sync += [r.eq(0), f.eq(~f), block0.eq(0)]

@@ -69,7 +69,7 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
                                                       attrs=attrs or {})
         w, r = mem.write_port(), mem.read_port()
         we, re = copy(write_en, "we"), copy(read_en, "re")
-        wd = Signal(part, name=f"s{i}_wdata", reset_less=True)
+        wd = Signal(part, name=f"s{i}_wdata")
         m.d.sync += wd.eq(wdata.word_select(i, part))
         m.d.comb += [
             w.addr.eq(copy(write_addr, "waddr")), w.data.eq(wd), w.en.eq(we),
@@ -281,8 +281,7 @@ class Core(wiring.Component):
         # On the iCE40, whose logic cells are what the design runs out of, the engines read
         # ``cmd.payload`` itself instead (161 cells): the controller holds it still from the
         # handshake until ``busy`` falls (its shift register is loaded between layers only).
-        desc = (self.cmd.payload if cfg.target == "ice40"
-                else Signal(layer_layout(cfg), reset_less=True))
+        desc = self.cmd.payload if cfg.target == "ice40" else Signal(layer_layout(cfg))
         engines = [(conv, (Op.CONV,))]
         pooling = Signal()
         if cfg.pool:
@@ -299,10 +298,7 @@ class Core(wiring.Component):
         accept = Signal()
         m.d.comb += [self.cmd.ready.eq(~busy), accept.eq(self.cmd.valid & ~busy)]
         if desc is not self.cmd.payload:
-            # Loaded in every idle cycle, the accepting one among them: the register's enable
-            # is the engines' flags alone, not the sender's ``valid`` (the controller's state
-            # decoding, from across the chip, was a critical path into these ~100 enables).
-            with m.If(~busy):
+            with m.If(accept):
                 m.d.sync += desc.eq(self.cmd.payload)
         for i, (engine, ops) in enumerate(engines):
             m.d.comb += [engine.cmd.payload.eq(desc), engine.cmd.valid.eq(pending[i])]
@@ -312,14 +308,9 @@ class Core(wiring.Component):
                 m.d.sync += pending[i].eq(0)
 
         # One counter for every engine: the cycles `busy` was high in the last layer (what
-        # the convolution engine's own `cycles` reports for a convolution). It restarts a
-        # cycle after the command is taken, from a register (``busy`` is low in the taking
-        # cycle, so the count is the same): the 32 bits' enable is then no longer the
-        # sender's ``valid``. (In that one cycle it still shows the previous layer's.)
-        started = Signal()
-        m.d.sync += started.eq(accept)
-        with m.If(started):
-            m.d.sync += self.cycles.eq(busy)
+        # the convolution engine's own `cycles` reports for a convolution).
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += self.cycles.eq(0)
         with m.Elif(busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
 
@@ -334,14 +325,8 @@ class Core(wiring.Component):
         # the load; no engine reads parameters that soon after its command.
         p_sel = Signal(data.StructLayout({"en": 1, "addr": len(p_w.addr),
                                           "data": param_layout(cfg)}))
-        if cfg.target == "ice40":
-            m.d.comb += [p_w.en.eq(p_sel.en), p_w.addr.eq(p_sel.addr), p_w.data.eq(p_sel.data)]
-        else:
-            # The data without reset (as the memories' write data registers): it is written
-            # only with the enable, and the reset net reaches every register that has one.
-            p_wdata = Signal.like(p_sel.data, reset_less=True)
-            m.d.sync += [p_w.en.eq(p_sel.en), p_w.addr.eq(p_sel.addr), p_wdata.eq(p_sel.data)]
-            m.d.comb += p_w.data.eq(p_wdata)
+        p_w_domain = m.d.comb if cfg.target == "ice40" else m.d.sync
+        p_w_domain += [p_w.en.eq(p_sel.en), p_w.addr.eq(p_sel.addr), p_w.data.eq(p_sel.data)]
         for port, kind in ((wr_sel, Mem.ACT), (w_w, Mem.WEIGHT), (p_sel, Mem.PARAM)):
             m.d.comb += [
                 port.addr.eq(addr),
