@@ -53,3 +53,36 @@ def test_config_checks():
                                           r"not 'xilinx'$"):
         AcceleratorConfig(target="xilinx")
     assert preset("big").pes == 144
+
+
+def test_memory_contents_emitted_as_amaranth_does():
+    """`systolic.hw._meminit` writes the RTLIL (and so the Verilog) Amaranth's own emitter
+    writes, byte for byte: negative and wide rows, a depth that is not a power of two, a memory
+    left at zero, one with no rows given."""
+    from amaranth.back import rtlil
+    from amaranth.hdl import Module, signed
+    from amaranth.lib import memory
+    from systolic.hw import _meminit
+
+    def design():
+        m, ports = Module(), []
+        for i, (shape, depth, init) in enumerate([
+                (signed(8), 5, [-128, 127, -1, 0, 3]), (64, 12, [2**64 - 1, 1, 2**63]),
+                (16, 300, []), (3, 7, [5, 6])]):
+            mem = m.submodules[f"mem{i}"] = memory.Memory(shape=shape, depth=depth, init=init)
+            port = mem.read_port()
+            m.d.comb += port.addr.eq(i)
+            ports.append(port.data)
+        return m, ports
+
+    assert rtlil.ModuleEmitter.emit_memory is _meminit.emit_memory      # installed by hw
+    m, ports = design()
+    ours = rtlil.convert(m, ports=ports)
+    try:
+        rtlil.ModuleEmitter.emit_memory = _meminit._ORIGINAL
+        m, ports = design()
+        theirs = rtlil.convert(m, ports=ports)
+    finally:
+        rtlil.ModuleEmitter.emit_memory = _meminit.emit_memory
+    assert "$meminit_v2" in ours
+    assert ours == theirs
