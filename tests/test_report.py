@@ -245,12 +245,17 @@ def test_simulate_is_quiet_and_trace_says_all_match(tmp_path):
 
 @pytest.mark.slow
 def test_demo_report_files_and_quiet(tmp_path):
-    """The demo on the cocotb route: no simulator log on standard output; its layer table
-    numbered as the network is (the flatten layer too); its last line names every file it
-    wrote; report.html with every section a simulation gives."""
-    lines, _ = _stdout_lines(["demo", "-o", "d", "--images", "2", "--epochs", "1", "--sim",
-                              "icarus"], tmp_path)
+    """The demo, as the README runs it (on the fast harness): its images exact; no simulator log
+    on standard output (the cocotb route's: `test_simulate_is_quiet_and_trace_says_all_match`);
+    its layer table numbered as the network is (the flatten layer too); its last line names
+    every file it wrote; the Verilog of the core; report.html with every section a simulation
+    gives."""
+    lines, _ = _stdout_lines(["demo", "-o", "d", "--images", "3", "--epochs", "1"], tmp_path)
     assert not [line for line in lines if _SIM_LOG.search(line)]
+    summary = next(line for line in lines if line.startswith("3 images on "))
+    assert re.match(r"3 images on [^:]*, 8x8 array: 0 mismatching images \(0 logits\)", summary)
+    assert json.loads((tmp_path / "d" / "report.json").read_text())["images"] == 3
+    assert (tmp_path / "d" / "systolic.v").read_text().count("module systolic(") == 1
     numbers = [int(m.group(1)) for line in lines
                if (m := re.match(r"  layer (\d+) \(", line))]
     assert numbers == list(range(6))
