@@ -33,7 +33,14 @@ from amaranth.back import verilog
 from ..hw.isa import Request
 from ..sw import protocol
 from ..sw.driver import RESYNC_QUIET_BITS, Link
-from .runner import VERILATOR_ARGS, SimulationError, build_root, find_verilator, locked
+from .runner import (
+    VERILATOR_ARGS,
+    SimulationError,
+    build_root,
+    compiler_cache_env,
+    find_verilator,
+    locked,
+)
 
 __all__ = ["BAD_STOP", "BREAK", "BYTE", "IDLE", "LINE_FAULT", "STREAM_TIMEOUT_CYCLES", "Harness",
            "HarnessLink", "bare_loop_rate", "build_harness", "damaged", "network_top",
@@ -260,7 +267,8 @@ def build_harness(top, *, name, uart_divisor=None, waves=False, source=_SOURCE, 
                *sources, *map(str, models), source.name]
         log = build_dir / "build.log"
         with open(log, "w") as f:
-            done = subprocess.run(cmd, cwd=build_dir, stdout=f, stderr=subprocess.STDOUT)
+            done = subprocess.run(cmd, cwd=build_dir, stdout=f, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **compiler_cache_env()})
         if done.returncode != 0 or not exe.is_file():
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
             raise SimulationError(

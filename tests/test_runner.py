@@ -4,13 +4,21 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from systolic.hw.config import AcceleratorConfig
 from systolic.hw.isa import describe_pool, pack_descriptor
 from systolic.hw.pool import PoolEngine
-from systolic.sim.runner import SIMULATORS, SimulationError, run_cocotb, selected_simulators
+from systolic.sim.runner import (
+    SIMULATORS,
+    SimulationError,
+    compiler_cache_env,
+    find_verilator,
+    run_cocotb,
+    selected_simulators,
+)
 from systolic.sw.errors import SystolicError
 
 # The configuration of tests/test_pool_rtl.py, so that the simulator build is shared.
@@ -126,3 +134,38 @@ def test_hung_simulation_is_killed(tmp_path):
     run_dir = Path(re.search(r"the run directory (\S+)$", str(e.value))[1])
     assert run_dir.name == f"run-{os.getpid()}"
     shutil.rmtree(run_dir)
+
+
+@pytest.mark.slow
+def test_verilator_builds_share_compiled_objects(tmp_path, monkeypatch):
+    """ccache sits in front of Verilator's C++ compiler (`compiler_cache_env`): a second build of
+    a design in another directory compiles nothing, every object a cache hit (Verilator's runtime
+    is the same objects in every build)."""
+    monkeypatch.delenv("OBJCACHE", raising=False)
+    env = compiler_cache_env()
+    assert Path(env["OBJCACHE"]).is_file()
+    find_verilator()
+    (tmp_path / "top.v").write_text("module top(input clk); initial $finish; endmodule\n")
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        done = subprocess.run(
+            ["verilator", "--cc", "--exe", "--build", "--main", "-CFLAGS", "-O0", "../top.v",
+             "-Mdir", "obj"], cwd=tmp_path / d, capture_output=True, text=True,
+            env={**os.environ, **env, "CCACHE_STATSLOG": str(tmp_path / f"{d}.stats")})
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    stats = (tmp_path / "b.stats").read_text().splitlines()
+    compiled = [line for line in stats if line.startswith("# ")]
+    results = [line for line in stats if line and not line.startswith(("# ", "local_storage"))]
+    assert len(compiled) >= 3, stats          # verilated.cpp, verilated_threads.cpp, the model
+    assert results == ["direct_cache_hit"] * len(compiled), stats
+
+
+def test_compiler_cache_left_to_the_user(monkeypatch, tmp_path):
+    monkeypatch.setenv("OBJCACHE", "")                  # the user's choice: no cache
+    assert compiler_cache_env() == {}
+    monkeypatch.delenv("OBJCACHE")
+    monkeypatch.setenv("CCACHE_DIR", str(tmp_path))
+    assert compiler_cache_env()["CCACHE_DIR"] == str(tmp_path)
+    monkeypatch.delenv("CCACHE_DIR")
+    monkeypatch.setenv("SYSTOLIC_BUILD_DIR", str(tmp_path / "b"))
+    assert compiler_cache_env()["CCACHE_DIR"] == str(tmp_path / "b" / "ccache")
