@@ -2,9 +2,10 @@
 
 Amaranth 0.5 (`amaranth.back.rtlil`) writes a memory's initial contents as one netlist object
 per bit (``_nir.Net.from_const``) and then folds them back into a string: 1.8 million bits for
-the default design's activation, weight and frame memories, about a third of the time of
-converting it (15.9 s -> 11.7 s for `systolic.hw.controller.Controller` on the `default`
-preset; the `big` preset's memories are larger still). Upstream knows the cost
+the default design's activation, weight and frame memories. Converting
+`systolic.hw.controller.Controller` to Verilog took 20.7 s on the `default` preset, 35.5 s on
+`big` and 5.4 s on `small`; with `emit_memory`, 12.4, 16.5 and 2.4 s (one run each, the same
+text). Upstream knows the cost
 (amaranth-lang/amaranth#1522). `emit_memory` below writes the same ``$meminit_v2`` cell from
 the rows as one integer, so the RTLIL and the Verilog are byte for byte what Amaranth writes
 (`tests/test_generate.py` compares them).
