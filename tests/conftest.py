@@ -1,11 +1,16 @@
 """The suite's order: the longest tests first, so that ``pytest -n 2`` packs them well.
 
-pytest-xdist runs ``--dist worksteal`` here (``pyproject.toml``): each worker takes half of the
-collected tests in order and, when its own run out, takes half of what the other still has
-waiting. A seven-minute test that starts last sets the suite's wall time by itself, so the
-tests below (the longest, as ``--durations`` measured them) go first, longest first, and every
-other slow test (``@pytest.mark.slow``: RTL simulation, synthesis) before the quick ones. The
-order of the tests within each of those groups is the collection's, so a run stays repeatable.
+pytest-xdist runs ``--dist worksteal`` here (``pyproject.toml``): each worker takes a contiguous
+share of the collected tests in order (the first ``n // workers``, the next, ...) and, when its
+own run out, takes the last half of what another still has waiting. A five-minute test that
+starts last sets the suite's wall time by itself, so the tests below (the longest, as
+``--durations`` measured them) go first, longest first, and every other slow test
+(``@pytest.mark.slow``: RTL simulation, synthesis) before the quick ones. Under xdist that
+order is then dealt out like cards, one test to each worker's share in turn: otherwise the
+first share holds every long test, which its worker runs one after the other while the other
+worker, through with the quick ones, can take only the tail of that share (the suite's wall
+time was 930 s for 825 s of work a core). The order of the tests within each group is the
+collection's, so a run stays repeatable.
 """
 
 import os
@@ -57,6 +62,26 @@ def _rank(item):
     return len(LONGEST) + (0 if item.get_closest_marker("slow") else 1)
 
 
+def _dealt(items, workers):
+    """``items`` dealt round-robin into ``workers`` contiguous shares of the sizes xdist's
+    worksteal scheduler cuts (share ``k``: ``pending // (workers - k)`` of the tests still
+    pending), concatenated."""
+    sizes, pending = [], len(items)
+    for k in range(workers):
+        sizes.append(pending // (workers - k))
+        pending -= sizes[-1]
+    hands, k = [[] for _ in range(workers)], 0
+    for item in items:
+        while len(hands[k]) == sizes[k]:
+            k = (k + 1) % workers
+        hands[k].append(item)
+        k = (k + 1) % workers
+    return [item for hand in hands for item in hand]
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     items.sort(key=_rank)           # stable: the collection's order within a rank
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        items[:] = _dealt(items, workers)
