@@ -6,8 +6,10 @@ options, measured in RTL (the fast harness) in one run.
     python bench/dataflow.py --model lenet5.qnet --preset big --data-dir ../shared/data/mnist
 
 For each mode — one image a run (what the accelerator did before batching), batches of the
-largest size that fits, and batches with the first convolution's input densely packed
-(``--dense-input``) — the network runs on ``--images`` images; every logit is checked
+largest size that fits, batches with the first convolution's input densely packed by the
+host (``--dense-input``), and batches with a one-channel first convolution run dense on chip
+(``--dense-conv``, the default where the preset has it) — the network runs on ``--images``
+images; every logit is checked
 against the golden model and every layer's cycles against the performance model. Prints each
 layer's cycles per image and utilization (MACs / (cycles x PEs)), the whole network's, the
 bytes the link carried per image and the simulated cycles per image (array and link), so the
@@ -56,19 +58,24 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cfg = preset(args.preset)
     qnet, images = _network(args)
-    modes = [("one image a run", 1, False),
-             ("batched", largest_batch(qnet, cfg), False),
-             ("batched, dense input", largest_batch(qnet, cfg, dense_input=True), True)]
+    modes = [("one image a run", 1, False, False),
+             ("batched", largest_batch(qnet, cfg, dense_conv=False), False, False),
+             ("batched, dense input",
+              largest_batch(qnet, cfg, dense_input=True, dense_conv=False), True, False)]
+    if cfg.dense_conv:
+        modes.append(("batched, dense conv on chip", largest_batch(qnet, cfg), False, True))
     results = []
-    for label, batch, dense in modes:
+    for label, batch, dense, on_chip in modes:
         batch = min(batch, len(images))
-        report = simulate(qnet, images, cfg, batch=batch, dense_input=dense, jobs=1)
+        report = simulate(qnet, images, cfg, batch=batch, dense_input=dense,
+                          dense_conv=on_chip, jobs=1)
         d = report.as_dict()
         if d["mismatches"] or not d["model_exact"]:
             print(f"{label}: {d['mismatches']} images differ from the golden model, model "
                   f"exact: {d['model_exact']}", file=sys.stderr)
             return 1
         results.append({"mode": label, "batch": batch, "dense_input": dense,
+                        "dense_conv": on_chip,
                         "utilization": d["utilization"],
                         "cycles_per_image": d["cycles_per_image"],
                         "link_bytes_per_image": d["link"]["bytes_per_image"],

@@ -73,8 +73,10 @@ class Board:
         return getattr(importlib.import_module(module), cls)()
 
     def config(self, preset_name=None):
-        """The accelerator configuration for this board: a preset, targeting its DSPs."""
-        return preset(preset_name or self.preset).replace(target=self.family)
+        """The accelerator configuration for this board: a preset, targeting its DSPs (on the
+        iCE40, without `dense_conv`, which its single-slice memories cannot do)."""
+        extra = {"dense_conv": False} if self.family == "ice40" else {}
+        return preset(preset_name or self.preset).replace(target=self.family, **extra)
 
 
 BOARDS = {

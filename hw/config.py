@@ -19,6 +19,10 @@ class ConfigError(SystolicError, ValueError):
     """An accelerator configuration that cannot be built; the message says what to change."""
 
 
+#: Knobs added after the first release, and what a configuration saved before them had.
+_BEFORE_KNOBS = {"dense_conv": False}
+
+
 def _pow2(n):
     return n > 0 and n & (n - 1) == 0
 
@@ -65,6 +69,13 @@ class AcceleratorConfig:
     requant_dsp : bool
         Multiply by ``M`` on DSP blocks (two 16 x 16 multipliers per lane) instead of a
         shift-and-add tree in the fabric.
+    dense_conv : bool
+        Whether the convolution engine can run a one-channel convolution *dense*
+        (`systolic.hw.isa.describe_dense_conv`): whole kernel rows packed into each reduction
+        step, each lane reading its own pixel from its own column slice of the activation
+        memory, instead of one tap a step in lane 0. A network's first layer on a grayscale
+        image takes about ``kw * (cols // kw)`` times fewer steps. Needs the memory in column
+        slices, which the iCE40 build does not have.
     target : str
         Multiplier implementation: ``generic`` (inferred, for simulation), ``ecp5``
         (MULT18X18D with registered inputs and outputs) or ``ice40`` (SB_MAC16).
@@ -82,6 +93,7 @@ class AcceleratorConfig:
     pool_avg: bool = True
     requant_lanes: int = 0
     requant_dsp: bool = False
+    dense_conv: bool = True
     target: str = "generic"
 
     # The arithmetic contract, exposed here so the hardware reads one object.
@@ -119,6 +131,9 @@ class AcceleratorConfig:
                 f"not {lanes!r}")
         if self.target not in TARGETS:
             raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {self.target!r}")
+        if self.dense_conv and self.target == "ice40":
+            raise ConfigError("dense_conv needs the activation memory in column slices, which "
+                              "the ice40 target does not build; set dense_conv=False")
 
     # Derived values ---------------------------------------------------------------------------
 
@@ -182,8 +197,10 @@ class AcceleratorConfig:
 
     @classmethod
     def from_dict(cls, d):
-        """The configuration `as_dict` gave (its derived values are ignored)."""
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        """The configuration `as_dict` gave (its derived values are ignored; a knob it lacks,
+        from an older version, takes that version's value)."""
+        d = {**_BEFORE_KNOBS, **d}
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def as_dict(self):
         d = dataclasses.asdict(self)
@@ -202,7 +219,7 @@ PRESETS = {
     # one requantization lane; weights in SPRAM, everything else in its 30 EBR.
     "small": AcceleratorConfig(rows=1, cols=4, act_depth=1024, weight_depth=16384,
                                param_depth=64, program_depth=32, max_dim=63, pool_avg=False,
-                               requant_lanes=1, requant_dsp=True),
+                               requant_lanes=1, requant_dsp=True, dense_conv=False),
     # ECP5-85F, larger: 144 of its 156 multipliers.
     "big": AcceleratorConfig(rows=12, cols=12, act_depth=8192, weight_depth=16384,
                              param_depth=128),

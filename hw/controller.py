@@ -527,12 +527,17 @@ class Controller(wiring.Component):
                     m.d.sync += j.eq(0)
                     with m.If(packed):
                         # The word's bytes, as they are after this cycle's, down to lane 0: its
-                        # zero lanes go in at once, the bytes moving down ``cols - lanes``.
+                        # other lanes go in at once, the bytes moving down ``cols - lanes``.
+                        # With dense convolutions those lanes repeat the bytes (lane l holds
+                        # lane l % lanes: every column slice gets the pixel), else they are 0.
                         after = Cat(act[8:], byte)
                         with m.Switch(lanes):
                             for n in range(1, cfg.cols):
+                                got = after[8 * (cfg.cols - n):]
+                                if cfg.dense_conv:
+                                    got = Cat(got.word_select(k % n, 8) for k in range(cfg.cols))
                                 with m.Case(n):
-                                    m.d.sync += act.eq(after[8 * (cfg.cols - n):])
+                                    m.d.sync += act.eq(got)
                     m.next = "WRITE_WORD"
             with m.State("WRITE_WORD"):
                 m.d.comb += [core.load.valid.eq(1), replies_with.eq(_Payload.NONE)]

@@ -17,6 +17,14 @@ Dataflow, for output channel tile ``t`` and a tile of ``rows`` consecutive outpu
 
 Channel tiles are separated by a flush (one extra ``first`` step) and a settle period. The
 requantizers' parameters are read from parameter memory alongside each group of sums.
+
+A *dense* convolution (``dense``, at most ``cols / 2`` input channels;
+`systolic.hw.isa.describe_dense_conv`) walks a smaller kernel of one-word pixels, each block
+several taps further on (`systolic.hw.isa.dense_layout`), but each lane of a fill read asks
+for its own pixel: that of the tap ``(dy, dx)`` the lane carries (`dense_lane_tap`), through
+``act_lanes``, one address per column slice of the activation memory (lane ``l`` of every
+word holds channel ``l % cin``, so each slice holds the channel its lane needs). A lane whose
+tap is outside the image or the kernel stores 0.
 """
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
@@ -24,11 +32,24 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .array import SystolicArray
-from .isa import ACT_READ_LATENCY, layer_layout, param_layout, word_layout
+from .isa import (
+    ACT_READ_LATENCY,
+    dense_lane_tap,
+    dense_layout,
+    layer_layout,
+    param_layout,
+    word_layout,
+)
 from .replica import hard_register
 from .requant import Requantizer
 
-__all__ = ["ConvEngine"]
+__all__ = ["ConvEngine", "dense_prep_cycles"]
+
+
+def dense_prep_cycles(cfg):
+    """Cycles a dense convolution (`systolic.hw.isa.describe_dense_conv`) waits before its
+    first channel tile, while each lane's tap offset is worked out from the descriptor."""
+    return cfg.cols // 2 + 2
 
 
 class ConvEngine(wiring.Component):
@@ -53,6 +74,11 @@ class ConvEngine(wiring.Component):
         Weight and requantization parameter memories. The weight memory registers
         ``weight_read.addr`` (`systolic.hw.core.SinglePortMemory`, ``registered``): a word
         arrives two cycles after its address; a parameter word the cycle after.
+    dense : Out(1)
+        (With ``cfg.dense_conv``.) A dense convolution is running: column slice ``l`` of the
+        activation memory is to read ``act_lanes[l]`` instead of ``act_read.addr``.
+    act_lanes : Out(ArrayLayout(act_addr_bits, cols))
+        (With ``cfg.dense_conv``.) Each lane's read address, with ``act_read.en``.
     """
 
     def __init__(self, cfg):
@@ -68,6 +94,9 @@ class ConvEngine(wiring.Component):
                                                         shape=word)),
             "param_read": In(memory.ReadPort.Signature(addr_width=cfg.param_addr_bits,
                                                        shape=param_layout(cfg))),
+            **({"dense": Out(1),
+                "act_lanes": Out(data.ArrayLayout(cfg.act_addr_bits, cfg.cols))}
+               if cfg.dense_conv else {}),
         })
 
     def elaborate(self, platform):
@@ -119,6 +148,45 @@ class ConvEngine(wiring.Component):
         info = data.StructLayout({"base": signed(sb), "iy0": coord, "ix0": coord, "valid": 1})
         rows_info = [Signal(info, name=f"rowinfo{i}") for i in range(R)]
 
+        # ---- Dense convolutions: each lane's tap ---------------------------------------------
+        # Worked out every cycle from the held descriptor (settled by the end of PREP): the
+        # lane's tap (dy, kx) in a block and whether it has one, the offsets of rows 0, 1, ...
+        # of a block, and so the lane's address offset from the window's origin. In the walk,
+        # the lane's kernel row (`kyl`) and its address offset in the block (`tapl`) move
+        # with the walker's block (`ky`, `tap_off`).
+        dense = cfg.dense_conv
+        dmode = Signal()                                # running a dense convolution
+        zw = C if dense else 1                          # bits of a fill read's zero mask
+        if dense:
+            sb_shape = signed(sb)
+            d_dy = [Signal(range(C), name=f"dense_dy{k}") for k in range(C)]
+            d_kx = [Signal(cfg.kernel_bits, name=f"dense_kx{k}") for k in range(C)]
+            d_used = Signal(C)
+            d_rows, d_taps = Signal(range(C + 1)), Signal(range(C + 1))
+            m.d.sync += [d_used.eq(0), d_rows.eq(0), d_taps.eq(0)]
+            with m.Switch(Cat(desc.dkw, desc.dcin)):
+                for kw_ in range(2, cfg.max_kernel + 1):
+                    for cin in range(1, C // 2 + 1):
+                        with m.Case(kw_ | cin << len(desc.dkw)):
+                            for k in range(C):
+                                tap = dense_lane_tap(cfg, kw_, cin, k)
+                                if tap is not None:
+                                    m.d.sync += [d_dy[k].eq(tap[0]), d_kx[k].eq(tap[1]),
+                                                 d_used[k].eq(1)]
+                            rows, taps = dense_layout(cfg, kw_, cin)
+                            m.d.sync += [d_rows.eq(rows), d_taps.eq(taps)]
+            row_off = [Signal(sb_shape, name=f"dense_row{j}") for j in range(max(C // 2, 1))]
+            for j in range(1, len(row_off)):
+                m.d.sync += row_off[j].eq(row_off[j - 1] + desc.in_w)
+            d_off = [Signal(sb_shape, name=f"dense_off{k}") for k in range(C)]
+            for k in range(C):
+                m.d.sync += d_off[k].eq(Array(row_off)[d_dy[k]] + d_kx[k])
+            kyl = [Signal(range(cfg.max_kernel + C + 1), name=f"dense_ky{k}") for k in range(C)]
+            kxl = [Signal(range(cfg.max_kernel + C + 1), name=f"dense_kx{k}") for k in range(C)]
+            tapl = [Signal(sb_shape, name=f"dense_tap{k}") for k in range(C)]
+            prep = Signal(range(dense_prep_cycles(cfg) + 1))
+            m.d.comb += self.dense.eq(dmode)
+
         # ---- Transposer banks and the feed shift register ----------------------------------
         meta = data.StructLayout({"first": 1, "drain": 1, "flush": 1})
         banks = [[Signal(C * 8, name=f"bank{b}_{i}") for i in range(R)] for b in range(2)]
@@ -140,9 +208,24 @@ class ConvEngine(wiring.Component):
         inb = Signal()
         m.d.comb += inb.eq(cur.valid & (iy >= 0) & (iy < desc.in_h) & (ix >= 0)
                            & (ix < desc.in_w))
+        zero = Signal(zw)                               # lanes of this read to store as 0
+        if dense:
+            lane_out = Signal(C)
+            for k in range(C):
+                iy_k, ix_k = cur.iy0 + kyl[k], cur.ix0 + kxl[k]
+                m.d.comb += [
+                    lane_out[k].eq(~(cur.valid & d_used[k] & (kyl[k] < desc.dkh)
+                                     & (kxl[k] < desc.dkw) & (iy_k >= 0)
+                                     & (iy_k < desc.in_h) & (ix_k >= 0)
+                                     & (ix_k < desc.in_w))),
+                    self.act_lanes[k].eq((cur.base + tapl[k])[:cfg.act_addr_bits]),
+                ]
+            m.d.comb += zero.eq(Mux(dmode, lane_out, Mux(inb, 0, (1 << C) - 1)))
+        else:
+            m.d.comb += zero.eq(~inb)
         # What a fill cycle asks for lands ACT_READ_LATENCY cycles later: the request's
         # bookkeeping follows it through as many registers.
-        cap, cap_zero, cap_last, cap_bank = Signal(), Signal(), Signal(), Signal()
+        cap, cap_zero, cap_last, cap_bank = Signal(), Signal(zw), Signal(), Signal()
         cap_meta = Signal(meta)
         m.d.sync += cap.eq(0)
         landing = Cat(cap, cap_zero, cap_last, cap_bank, cap_meta)
@@ -150,15 +233,20 @@ class ConvEngine(wiring.Component):
             later = Signal.like(landing, name=f"cap_d{k + 1}")
             m.d.sync += later.eq(landing)
             landing = later
-        l_cap, l_zero, l_last, l_bank = landing[0], landing[1], landing[2], landing[3]
-        l_meta = meta(landing[4:])
+        l_cap, l_zero = landing[0], landing[1:1 + zw]
+        l_last, l_bank = landing[1 + zw], landing[2 + zw]
+        l_meta = meta(landing[3 + zw:])
+        word_in = self.act_read.data.as_value()
+        if dense:
+            word_in = Cat(Mux(l_zero[k], 0, word_in.word_select(k, 8)) for k in range(C))
+        else:
+            word_in = Mux(l_zero, 0, word_in)
         with m.If(l_cap):
             for b in range(2):
                 with m.If(l_bank == b):
                     for i in range(R - 1):
                         m.d.sync += banks[b][i].eq(banks[b][i + 1])
-                    m.d.sync += banks[b][R - 1].eq(
-                        Mux(l_zero, 0, self.act_read.data.as_value()))
+                    m.d.sync += banks[b][R - 1].eq(word_in)
                     with m.If(l_last):
                         m.d.sync += [full[b].eq(1), bank_meta[b].eq(l_meta)]
 
@@ -326,7 +414,9 @@ class ConvEngine(wiring.Component):
         m.d.comb += self.busy.eq(busy)
 
         def reset_walker():
-            return [
+            lanes = ([kyl[k].eq(d_dy[k]) for k in range(C)] + [kxl[k].eq(d_kx[k]) for k in range(C)]
+                     + [tapl[k].eq(d_off[k]) for k in range(C)]) if dense else []
+            return lanes + [
                 ox.eq(0), oy.eq(0), wbase.eq(desc.origin), img.eq(0), img1.eq(1),
                 next_origin.eq(desc.origin + desc.in_img_step),
                 iy0.eq(-desc.pad), ix0.eq(-desc.pad),
@@ -345,7 +435,21 @@ class ConvEngine(wiring.Component):
                 with m.If(self.cmd.valid):
                     m.d.sync += [t.eq(0), busy.eq(1), w_tile_base.eq(self.cmd.payload.w_base),
                                  p_tile.eq(self.cmd.payload.p_base)]
-                    m.next = "START"
+                    if dense:
+                        m.d.sync += [dmode.eq(self.cmd.payload.dense),
+                                     prep.eq(dense_prep_cycles(cfg) - 1)]
+                        with m.If(self.cmd.payload.dense):
+                            m.next = "PREP"
+                        with m.Else():
+                            m.next = "START"
+                    else:
+                        m.next = "START"
+            if dense:
+                with m.State("PREP"):
+                    # The lanes' taps and offsets settle (see above).
+                    m.d.sync += prep.eq(prep - 1)
+                    with m.If(prep == 0):
+                        m.next = "START"
             with m.State("START"):
                 m.d.sync += reset_walker()
                 m.next = "FILL"
@@ -353,7 +457,7 @@ class ConvEngine(wiring.Component):
                 with m.If(~claimed.bit_select(f, 1)):
                     m.d.comb += self.act_read.addr.eq((cur.base + tap_off)[:cfg.act_addr_bits])
                     m.d.sync += [
-                        cap.eq(1), cap_zero.eq(~inb), cap_bank.eq(f),
+                        cap.eq(1), cap_zero.eq(zero), cap_bank.eq(f),
                         cap_last.eq(r == R - 1),
                         cap_meta.first.eq(block0), cap_meta.drain.eq(block0 & have_prev),
                         cap_meta.flush.eq(0),
@@ -382,6 +486,10 @@ class ConvEngine(wiring.Component):
                         with m.If(last_block):
                             m.d.sync += [ky.eq(0), kx.eq(0), cw.eq(0), tap_off.eq(0),
                                          block0.eq(1), have_prev.eq(1)]
+                            if dense:
+                                m.d.sync += [kyl[k].eq(d_dy[k]) for k in range(C)]
+                                m.d.sync += [kxl[k].eq(d_kx[k]) for k in range(C)]
+                                m.d.sync += [tapl[k].eq(d_off[k]) for k in range(C)]
                             with m.If(~more):
                                 m.next = "FLUSH"
                         with m.Else():
@@ -391,8 +499,20 @@ class ConvEngine(wiring.Component):
                                 with m.If(kx == last.kx):
                                     m.d.sync += [kx.eq(0), ky.eq(ky + 1),
                                                  tap_off.eq(tap_off + 1 + desc.tap_row_step)]
+                                    if dense:   # the next kernel rows
+                                        m.d.sync += [kyl[k].eq(kyl[k] + d_rows)
+                                                     for k in range(C)]
+                                        m.d.sync += [kxl[k].eq(d_kx[k]) for k in range(C)]
+                                        m.d.sync += [tapl[k].eq(tapl[k] + 1
+                                                                + desc.tap_row_step)
+                                                     for k in range(C)]
                                 with m.Else():
                                     m.d.sync += kx.eq(kx + 1)
+                                    if dense:   # the next taps of the row
+                                        m.d.sync += [kxl[k].eq(kxl[k] + d_taps)
+                                                     for k in range(C)]
+                                        m.d.sync += [tapl[k].eq(tapl[k] + d_taps)
+                                                     for k in range(C)]
                             with m.Else():
                                 m.d.sync += cw.eq(cw + 1)
                     with m.Else():
@@ -412,7 +532,7 @@ class ConvEngine(wiring.Component):
                     m.d.sync += settle.eq(settle - 1)
                     with m.If(settle == 0):
                         with m.If(t == last.t):
-                            m.d.sync += busy.eq(0)
+                            m.d.sync += [busy.eq(0), dmode.eq(0)]
                             m.next = "IDLE"
                         with m.Else():
                             m.d.sync += [t.eq(t + 1),

@@ -54,6 +54,8 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
     so Yosys finds no collision to emulate (see the module's notes). ``attrs`` go to each
     slice's `memory.Memory` (``no_rw_check``).
 
+    ``read_addr`` may be a list: each slice's own read address.
+
     Returns
     -------
     Signal(width)
@@ -69,11 +71,12 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
                                                       attrs=attrs or {})
         w, r = mem.write_port(), mem.read_port()
         we, re = copy(write_en, "we"), copy(read_en, "re")
+        addr = read_addr[i] if isinstance(read_addr, list | tuple) else read_addr
         wd = Signal(part, name=f"s{i}_wdata")
         m.d.sync += wd.eq(wdata.word_select(i, part))
         m.d.comb += [
             w.addr.eq(copy(write_addr, "waddr")), w.data.eq(wd), w.en.eq(we),
-            r.addr.eq(copy(read_addr, "raddr")), r.en.eq(re & ~we if exclusive else re),
+            r.addr.eq(copy(addr, "raddr")), r.en.eq(re & ~we if exclusive else re),
             data.word_select(i, part).eq(r.data),
         ]
     return data
@@ -358,7 +361,12 @@ class Core(wiring.Component):
         # output, and the next layer or read-back starts after the last write has landed.)
         # On the ECP5 the registers are copied, one per column's slice of the block RAMs
         # (`registered_slices`), as the weight memory's are.
-        act_data = self._act_memory(m, rd_sel, wr_sel)
+        # A dense convolution gives each column slice its own read address.
+        lane_addr = None
+        if cfg.dense_conv:
+            lane_addr = [Mux(conv.busy & conv.dense, conv.act_lanes[i], rd_sel.addr)
+                         for i in range(cfg.cols)]
+        act_data = self._act_memory(m, rd_sel, wr_sel, lane_addr)
         act_q = Signal(word)
         read_d, read_dd = Signal(), Signal()
         m.d.sync += [read_d.eq(rd_sel.en), read_dd.eq(read_d)]
@@ -399,10 +407,11 @@ class Core(wiring.Component):
 
     def _slices(self):
         """Column slices of the activation and weight memories: one per column, but one on the
-        iCE40 (whose logic cells are what it runs out of; its weights are in SPRAM)."""
+        iCE40 (whose logic cells are what it runs out of; its weights are in SPRAM). Dense
+        convolutions need one per column (`AcceleratorConfig.dense_conv`)."""
         return 1 if self._cfg.target == "ice40" else self._cfg.cols
 
-    def _act_memory(self, m, rd_sel, wr_sel):
+    def _act_memory(self, m, rd_sel, wr_sel, lane_addr=None):
         """The activation memory, its ports registered; returns its read data (a read's word
         two cycles after ``rd_sel``)."""
         cfg = self._cfg
@@ -413,7 +422,7 @@ class Core(wiring.Component):
             m.submodules.act = sub = Module()
             return registered_slices(
                 sub, width=cfg.word_bits, depth=cfg.act_depth, slices=self._slices(),
-                target=cfg.target, read_addr=rd_sel.addr, read_en=rd_sel.en,
+                target=cfg.target, read_addr=lane_addr or rd_sel.addr, read_en=rd_sel.en,
                 write_addr=wr_sel.addr, write_en=wr_sel.en, write_data=wr_sel.data,
                 exclusive=False, attrs=attrs)
         m.submodules.act = act = memory.Memory(shape=word_layout(cfg), depth=cfg.act_depth,

@@ -38,7 +38,9 @@ __all__ = [
     "MAX_PAYLOAD", "PROTOCOL_VERSION",
     "SYNC_REPLY", "SYNC_REQUEST", "Error", "IdentifyField", "Mem", "Op", "Reply", "WRITE_TARGET",
     "identify_payload",
-    "Request", "describe_add", "describe_conv", "describe_gap", "describe_linear",
+    "Request", "dense_cin_bits", "dense_lane_tap", "dense_layout", "dense_supported",
+    "dense_walk",
+    "describe_add", "describe_conv", "describe_dense_conv", "describe_gap", "describe_linear",
     "describe_pool", "pack_add_params", "layer_layout",
     "load_layout", "mem_depth", "mem_word_bytes", "pack_descriptor", "pack_params",
     "param_lane_layout", "param_layout", "word_layout",
@@ -100,9 +102,11 @@ FRAME_CRC = crc.catalog.CRC16_CCITT_FALSE
 
 
 #: WRITE's first payload byte: the memory, and for activations the bytes each word takes in
-#: the frame, its low lanes (``lanes``, 1 to ``min(cols, 16) - 1``; the others are written
-#: 0), or 0 for whole words. A network's input with fewer channels than ``cols`` goes in
-#: that many bytes a pixel instead of ``cols``.
+#: the frame, its low lanes (``lanes``, 1 to ``min(cols, 16) - 1``; the word's other lanes
+#: repeat them, lane ``l`` holding lane ``l % lanes``), or 0 for whole words. A network's
+#: input with fewer channels than ``cols`` goes in that many bytes a pixel instead of
+#: ``cols``; repeated, a one-channel map's pixel is in every column slice of the memory, where
+#: a dense convolution's lanes read it (`describe_dense_conv`).
 WRITE_TARGET = data.StructLayout({"mem": 4, "lanes": 4})
 
 
@@ -143,7 +147,7 @@ class Error(enum.Enum, shape=8):
 
 #: The protocol's version: IDENTITY's first byte. Raised when a request, reply or layout
 #: changes in a way an existing client would misread.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,9 @@ IDENTIFY_FIELDS = (
                   "operations RUN executes: bit `n` set for operation `n` (see Operations)"),
     IdentifyField("max_payload", 2, lambda c, o: MAX_PAYLOAD,
                   "largest request payload, and reply payload, in bytes"),
+    IdentifyField("dense_conv", 1, lambda c, o: int(c.dense_conv),
+                  "1 if a convolution descriptor's `dense` runs convolutions of few channels "
+                  "dense (its `dense`, `dkh`, `dkw` and `dcin` fields exist)"),
 )
 
 
@@ -257,7 +264,17 @@ def layer_layout(cfg: AcceleratorConfig):
         "tap_row_step": signed(sb),  # step from tap (ky, kw-1, CW-1) to (ky+1, 0, 0), minus 1
         "w_tile_words": cfg.weight_addr_bits + 1,
         "in_img_step": cfg.act_addr_bits + 1,   # words from one image's input to the next's
+        # A dense convolution (`describe_dense_conv`; only where ``cfg.dense_conv``): the
+        # kernel's true height and width and the input's channels, ``kh`` and ``kw`` above
+        # being the walk's.
+        **({"dense": 1, "dkh": cfg.kernel_bits, "dkw": cfg.kernel_bits,
+            "dcin": dense_cin_bits(cfg)} if cfg.dense_conv else {}),
     })
+
+
+def dense_cin_bits(cfg):
+    """Bits of a dense convolution's channel count (at most ``cols / 2``): those of ``cols``."""
+    return cfg.cols.bit_length()
 
 
 def param_lane_layout(cfg: AcceleratorConfig):
@@ -327,6 +344,75 @@ def describe_conv(cfg, *, cin, h, w, cout, kh, kw, stride=1, pad=0, relu=False,
         "w_tile_words": kh * kw * cw * cfg.cols,
         "batch": batch, "in_img_step": h * w * cw,
     }
+
+
+def dense_layout(cfg, kw, cin):
+    """How a dense convolution (`describe_dense_conv`) of ``cin`` channels and kernel width
+    ``kw`` packs its reduction words: ``(rows, taps)``, a word holding ``taps`` taps of each of
+    ``rows`` kernel rows, ``cin`` lanes a tap. Whole rows when they fit (``kw * cin <=
+    cols``: ``rows = cols // (kw * cin)``, ``taps = kw``), else ``taps = cols // cin`` taps of
+    one row."""
+    if kw * cin <= cfg.cols:
+        return cfg.cols // (kw * cin), kw
+    return 1, cfg.cols // cin
+
+
+def dense_walk(cfg, kh, kw, cin):
+    """``(kh, kw)`` of a dense convolution's walk: its reduction words, row by row."""
+    rows, taps = dense_layout(cfg, kw, cin)
+    return _ceil_div(kh, rows), _ceil_div(kw, taps)
+
+
+def dense_lane_tap(cfg, kw, cin, lane):
+    """``(dy, dx, c)``: the kernel tap lane ``lane`` of a dense convolution's reduction word
+    carries, counted from the word's first tap, and its input channel; ``None`` for a lane
+    past the word's taps."""
+    rows, taps = dense_layout(cfg, kw, cin)
+    if lane >= rows * taps * cin:
+        return None
+    p, c = divmod(lane, cin)
+    return (*divmod(p, taps), c)
+
+
+def dense_supported(cfg, *, cin, kh, kw):
+    """Whether a convolution can run dense (`describe_dense_conv`) on ``cfg``: at least two
+    taps a word, and fewer words than a plain walk's ``kh * kw``."""
+    if not (cfg.dense_conv and 1 <= cin <= cfg.cols // 2
+            and 2 <= kw <= cfg.max_kernel and kh <= cfg.max_kernel):
+        return False
+    walk_h, walk_w = dense_walk(cfg, kh, kw, cin)
+    return walk_h * walk_w < kh * kw
+
+
+def describe_dense_conv(cfg, *, cin, h, w, cout, kh, kw, stride=1, pad=0, relu=False,
+                        in_base=0, out_base=0, w_base=0, p_base=0, batch=1):
+    """Descriptor fields (a dict) for a *dense* convolution of ``batch`` ``(cin, h, w)``
+    inputs (``cin <= cols / 2``): its reduction packs several taps into each word, lane ``l``
+    carrying channel ``c`` of tap ``(dy, dx)`` from the word's first (`dense_lane_tap`), so
+    that ``kh x kw`` taps take `dense_walk` steps of ``cols`` lanes instead of ``kh * kw``.
+
+    Each lane reads its own pixel, from its own column slice of the activation memory: the
+    input map's words must hold channel ``l % cin`` in lane ``l`` (a packed WRITE of ``cin``
+    lanes repeats them so, `WRITE_TARGET`; a convolution of ``cin`` output channels computes
+    them so when its weights repeat). The walk is that of a ``dense_walk`` kernel over one-word
+    pixels: each step in a row moves ``taps`` pixels right, each row ``rows`` rows down
+    (`dense_layout`). Weight words are laid out as for a 1x1 convolution of ``walk_h * walk_w
+    * cols`` input channels, channel ``(y * walk_w + g) * cols + l`` holding, for lane ``l``'s
+    ``(dy, dx, c)``, channel ``c`` of tap ``(y * rows + dy, g * taps + dx)`` (0 past the
+    kernel).
+    """
+    if not dense_supported(cfg, cin=cin, kh=kh, kw=kw):
+        raise ValueError(f"a {kh}x{kw} convolution of {cin} channel(s) does not run dense "
+                         f"on {cfg}")
+    fields = describe_conv(cfg, cin=cin, h=h, w=w, cout=cout, kh=kh, kw=kw, stride=stride,
+                           pad=pad, relu=relu, in_base=in_base, out_base=out_base,
+                           w_base=w_base, p_base=p_base, batch=batch)
+    rows, taps = dense_layout(cfg, kw, cin)
+    walk_h, walk_w = dense_walk(cfg, kh, kw, cin)
+    fields.update(kh=walk_h, kw=walk_w, dkh=kh, dkw=kw, dcin=cin, dense=1,
+                  tap_row_step=rows * w - (walk_w - 1) * taps - 1,
+                  w_tile_words=walk_h * walk_w * cfg.cols)
+    return fields
 
 
 def describe_linear(cfg, *, in_words, cout, relu=False, in_base=0, out_base=0, w_base=0,

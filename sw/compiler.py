@@ -39,8 +39,13 @@ from ..hw.config import AcceleratorConfig
 from ..hw.eltwise import has_eltwise
 from ..hw.isa import (
     Mem,
+    dense_lane_tap,
+    dense_layout,
+    dense_supported,
+    dense_walk,
     describe_add,
     describe_conv,
+    describe_dense_conv,
     describe_gap,
     describe_linear,
     describe_pool,
@@ -142,6 +147,11 @@ class Program:
     dense : tuple or None
         ``(kh, kw, stride, pad)`` of the first convolution when its input goes densely
         packed (`im2col`), else ``None``.
+    dense_conv : bool
+        Whether the first layer runs as a dense convolution on chip
+        (`systolic.hw.isa.describe_dense_conv`): its input is stored with channel ``l % C``
+        in lane ``l`` (`input_words`; a packed WRITE repeats the channels so). Later layers
+        may run dense too (their descriptor's ``dense``).
     """
 
     cfg: AcceleratorConfig
@@ -157,6 +167,7 @@ class Program:
     batch: int = 1
     dense: tuple | None = None
     source: object = field(default=None, repr=False)
+    dense_conv: bool = False
 
     def loads(self):
         """The network's memory writes ``(Mem, addr, data)``: weights, then parameters."""
@@ -177,8 +188,9 @@ class Program:
         """This network compiled for another batch size (same weights and parameters)."""
         if batch == self.batch:
             return self
-        qnet, dense = self.source
-        return compile_network(qnet, self.cfg, batch=batch, dense_input=dense)
+        qnet, dense, dense_conv = self.source
+        return compile_network(qnet, self.cfg, batch=batch, dense_input=dense,
+                               dense_conv=dense_conv)
 
     def _check_image(self, image):
         image = np.asarray(image)
@@ -209,6 +221,8 @@ class Program:
         image = self._check_image(image)
         if self.dense is not None:
             image = im2col(image, *self.dense)
+        if self.dense_conv:         # channel l % C in lane l
+            image = image[np.arange(self.cfg.cols) % image.shape[0]]
         return layout.pack_activations(self.cfg, image)
 
     @property
@@ -309,10 +323,42 @@ def _is_graph(qnet):
     return any(isinstance(layer, Add | Branch) for layer in qnet.layers)
 
 
-def _plan(qnet, cfg, dense_input):
-    """Pass 1: ``[(index, layer, in_shape, out_shape, srcs)]`` of the hardware layers, and the
-    dense packing of the first layer (or ``None``). ``srcs`` are the tensors the layer reads
-    (0: the input; hardware layer ``n``'s output is tensor ``n + 1``), its main input first."""
+def _dense_plan(cfg, qnet, plan, host_dense, input_shared):
+    """The convolutions that run dense on chip (`systolic.hw.isa.describe_dense_conv`), and
+    those that repeat their output channels across the word for one (sets of plan indices).
+
+    A dense convolution needs channel ``l % C`` of its input in lane ``l``: the network's input
+    has it when written packed (fewer channels than a word, and read by nothing else); a map
+    has it when its producer, a convolution of ``C <= cols / 2`` channels (one tile) reached
+    through pooling layers only, computes every channel ``cols / C`` times over. (Only in
+    sequential networks, past the first layer: there a layer's one reader is the next.)
+    """
+    chip, repeat = set(), set()
+    for n, (_, layer, _in_shape, _, _) in enumerate(plan):
+        if not isinstance(layer, Conv):
+            continue
+        _, ci, kh, kw = layer.w.shape
+        if not dense_supported(cfg, cin=ci, kh=kh, kw=kw):
+            continue
+        p = n - 1
+        while p >= 0 and isinstance(plan[p][1], Pool):
+            p -= 1
+        if p < 0:
+            if not (host_dense or input_shared or _is_graph(qnet)
+                    and n > 0) and ci < min(cfg.cols, 16):
+                chip.add(n)
+        elif not _is_graph(qnet) and isinstance(plan[p][1], Conv):
+            chip.add(n)
+            repeat.add(p)
+    return chip, repeat
+
+
+def _plan(qnet, cfg, dense_input, dense_conv=True):
+    """Pass 1: ``[(index, layer, in_shape, out_shape, srcs)]`` of the hardware layers, the
+    dense packing of the first layer's input (or ``None``), and the plan indices of the
+    convolutions that run dense on chip and of those that repeat their channels for one
+    (`_dense_plan`). ``srcs`` are the tensors the layer reads (0: the input; hardware layer
+    ``n``'s output is tensor ``n + 1``), its main input first."""
     shape = tuple(qnet.input_shape)
     plan, dense = [], None
     tensor_of, shape_of = {-1: 0}, {0: shape}      # qnet index -> tensor; tensor -> shape
@@ -369,7 +415,10 @@ def _plan(qnet, cfg, dense_input):
         cur = len(plan)
         tensor_of[i], shape_of[cur] = cur, out
         shape = out
-    return plan, dense
+    chip, repeat = set(), set()
+    if dense_conv and cfg.dense_conv:
+        chip, repeat = _dense_plan(cfg, qnet, plan, dense is not None, input_shared)
+    return plan, dense, chip, repeat
 
 
 def _tensor_words(cfg, plan):
@@ -404,10 +453,10 @@ def _allocate(cfg, qnet, plan, batch):
     return bases, peak
 
 
-def largest_batch(qnet, cfg, *, dense_input=False):
+def largest_batch(qnet, cfg, *, dense_input=False, dense_conv=True):
     """The largest batch of ``qnet`` that fits ``cfg``'s activation and program memories
     (at most `MAX_BATCH`); 0 when not even one image fits."""
-    plan, _ = _plan(qnet, cfg, dense_input)
+    plan, *_ = _plan(qnet, cfg, dense_input, dense_conv)
     batch = min(MAX_BATCH, cfg.act_depth // _allocate(cfg, qnet, plan, 1)[1])
     while batch > 0 and _entries(cfg, plan, batch) > cfg.program_depth:
         batch -= 1
@@ -431,7 +480,7 @@ def _entries(cfg, plan, batch):
 
 
 def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
-                    dense_input=False) -> Program:
+                    dense_input=False, dense_conv=True) -> Program:
     """Compile ``qnet`` for the accelerator ``cfg``.
 
     Parameters
@@ -444,6 +493,11 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
     dense_input : bool
         Send a first convolution with few input channels its im2col input (see the module's
         description): fewer cycles, more bytes on the link.
+    dense_conv : bool
+        Run convolutions of few input channels as dense convolutions on chip where
+        ``cfg.dense_conv`` allows it (`systolic.hw.isa.describe_dense_conv`, `_dense_plan`;
+        the first one not with ``dense_input``): a first layer as few cycles as with
+        ``dense_input``, without the bytes. On by default.
 
     Returns
     -------
@@ -459,7 +513,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
     qnet.check()
     if not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise FitError(f"batch must be an integer from 1 to {MAX_BATCH}, not {batch!r}")
-    plan, dense = _plan(qnet, cfg, dense_input)
+    plan, dense, chip, repeat = _plan(qnet, cfg, dense_input, dense_conv)
 
     # Activation memory: ping-pong regions, or a graph's allocation.
     tensors = [plan[0][2]] + [p[3] for p in plan]
@@ -469,7 +523,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
         big = max(range(len(tensors)), key=lambda j: sizes[j])
         where = ("the input image" if big == 0
                  else f"the output of {_layer_name(plan[big - 1][0], plan[big - 1][1])}")
-        fits = largest_batch(qnet, cfg, dense_input=dense_input)
+        fits = largest_batch(qnet, cfg, dense_input=dense_input, dense_conv=dense_conv)
         if batch > 1 and fits:
             raise FitError(
                 f"a batch of {batch} images must fit act_depth {cfg.act_depth} words, not "
@@ -484,7 +538,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
             "smaller input")
     entries = _entries(cfg, plan, batch)
     if entries > cfg.program_depth:
-        fits = largest_batch(qnet, cfg, dense_input=dense_input)
+        fits = largest_batch(qnet, cfg, dense_input=dense_input, dense_conv=dense_conv)
         raise FitError(
             f"the program must fit program_depth {cfg.program_depth} entries, not {entries} "
             f"(a batch of {batch}); " + (f"the largest batch that fits is {fits}" if fits
@@ -500,6 +554,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
         _check_dims(cfg, name, out, "output")
         if isinstance(layer, Conv | Linear):
             co = layer.w.shape[0]
+            b, m, sh = layer.b, layer.M, layer.s
             common = dict(relu=layer.relu, in_base=src, out_base=dst, w_base=len(weights),
                           p_base=len(params), batch=batch)
             if isinstance(layer, Linear):
@@ -516,11 +571,20 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                 if n == 0 and dense is not None:
                     wq = wq.transpose(0, 2, 3, 1).reshape(co, ci * kh * kw, 1, 1)
                     fields = describe_conv(cfg, cin=c, h=h, w=w, cout=co, kh=1, kw=1, **common)
+                elif n in chip:
+                    fields = describe_dense_conv(cfg, cin=ci, h=h, w=w, cout=co, kh=kh,
+                                                 kw=kw, stride=layer.stride, pad=layer.pad,
+                                                 **common)
                 else:
                     fields = describe_conv(cfg, cin=c, h=h, w=w, cout=co, kh=kh, kw=kw,
                                            stride=layer.stride, pad=layer.pad, **common)
-                words = layout.conv_weight_words(cfg, wq)
                 macs = out[1] * out[2] * co * ci * kh * kw
+                if n in repeat:         # every channel cols / co times over
+                    again = np.arange(cfg.cols) % co
+                    wq, b, m, sh = wq[again], b[again], m[again], sh[again]
+                if n in chip:
+                    wq = _dense_weights(cfg, wq)
+                words = layout.conv_weight_words(cfg, wq)
             steps = fields["kh"] * fields["kw"] * fields["cin_words"] * cfg.cols
             need = cfg.cols + (cfg.rows - 1) * (cfg.rq_groups - 1)
             if steps < need:
@@ -531,7 +595,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                     "rows")
             w_bases.append(len(weights))
             weights += words
-            params += layout.pack_params(cfg, layer.b, layer.M, layer.s)
+            params += layout.pack_params(cfg, b, m, sh)
             if len(weights) > cfg.weight_depth:
                 raise FitError(
                     f"{name}: weights must fit weight_depth {cfg.weight_depth} words, not "
@@ -591,4 +655,26 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
     last = layers[-1]
     return Program(cfg, layers, weights, params, tuple(qnet.input_shape), 0, last.out_base,
                    last.out_shape[0], used, w_bases, batch, dense,
-                   (qnet, dense_input))
+                   (qnet, dense_input, dense_conv), 0 in chip)
+
+
+def _dense_weights(cfg, w):
+    """A ``(Co, C, kh, kw)`` kernel as the 1x1 convolution of ``walk_h * walk_w * cols``
+    channels a dense convolution's weight words are (`systolic.hw.isa.describe_dense_conv`):
+    channel ``(y * walk_w + g) * cols + l`` holds, for lane ``l``'s ``(dy, dx, c)``, channel
+    ``c`` of tap ``(y * rows + dy, g * taps + dx)``, 0 past the kernel."""
+    co, ci, kh, kw = w.shape
+    rows, taps = dense_layout(cfg, kw, ci)
+    walk_h, walk_w = dense_walk(cfg, kh, kw, ci)
+    out = np.zeros((co, walk_h * walk_w * cfg.cols, 1, 1), w.dtype)
+    for y in range(walk_h):
+        for g in range(walk_w):
+            for lane in range(cfg.cols):
+                tap = dense_lane_tap(cfg, kw, ci, lane)
+                if tap is None:
+                    continue
+                dy, dx, c = tap
+                ky, kx = y * rows + dy, g * taps + dx
+                if ky < kh and kx < kw:
+                    out[:, (y * walk_w + g) * cfg.cols + lane, 0, 0] = w[:, c, ky, kx]
+    return out

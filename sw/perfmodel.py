@@ -42,7 +42,10 @@ both sides), then divides in ``GAP_DIV_STEPS`` cycles and writes::
     add cycles = ADD_SETUP + 2 * words + ADD_LATENCY
     gap cycles = batch * cin_words * (in_h * in_w + ACT_READ_LATENCY + GAP_DIV_STEPS + 1)
 
-(structural, both: ``tests/test_eltwise_unit.py`` checks them on the core.) Every layer also
+(structural, both: ``tests/test_eltwise_unit.py`` checks them on the core.) A dense
+convolution (`systolic.hw.isa.describe_dense_conv`) walks ``kh = D`` blocks of one word
+(``kw = cin_words = 1``) and first waits `systolic.hw.conv.dense_prep_cycles` while its
+lanes' taps are worked out. Every layer also
 counts the ``CMD_LATENCY`` cycle in which the core holds its descriptor before the engine
 takes it.
 ``CONV_TILE``, ``CONV_LAYER`` and ``POOL_LAYER`` are the only fitted constants, measured on
@@ -54,6 +57,7 @@ every pooling shape on the core's Verilog, ``tests/test_network_rtl.py`` whole n
 
 import itertools
 
+from ..hw.conv import dense_prep_cycles
 from ..hw.eltwise import ADD_LATENCY, GAP_DIV_STEPS
 from ..hw.isa import ACT_READ_LATENCY, CMD_LATENCY, Op
 from ..hw.pool import PoolEngine
@@ -97,7 +101,8 @@ def _engine_cycles(cfg, fields):
         pixel_tiles = -(-fields.get("batch", 1) * fields["out_h"] * fields["out_w"] // R)
         feed = pixel_tiles * fields["kh"] * fields["kw"] * fields["cin_words"] * C
         per_tile = feed + R + R * G + C + Requantizer.LATENCY + CONV_TILE
-        return fields["cout_tiles"] * per_tile + CONV_LAYER
+        prep = dense_prep_cycles(cfg) if fields.get("dense") else 0
+        return fields["cout_tiles"] * per_tile + CONV_LAYER + prep
     if fields["op"] == Op.ADD:
         return ADD_SETUP + 2 * fields["cin_words"] + ADD_LATENCY
     if fields["op"] == Op.GAP:

@@ -79,7 +79,8 @@ def write_requests(cfg, mem, addr, words, *, lanes=0):
     """WRITE frames loading ``words`` (integers) into ``mem`` from ``addr``, split to fit.
 
     With ``lanes`` (activations only, see `WRITE_TARGET`), each word goes in its ``lanes``
-    low bytes; the others must be zero.
+    low bytes; the others must be zero, or with ``cfg.dense_conv`` may repeat them (what the
+    device writes there).
     """
     mem = Mem(mem)
     if lanes and (mem != Mem.ACT or not 0 < lanes < min(cfg.cols, 16)):
@@ -88,6 +89,8 @@ def write_requests(cfg, mem, addr, words, *, lanes=0):
     wb = lanes or mem_word_bytes(cfg, mem)
     target = WRITE_TARGET.const({"mem": mem.value, "lanes": lanes}).as_value().value
     per_frame = (MAX_PAYLOAD - 5) // wb
+    if lanes:
+        words = [_packed(cfg, w, lanes) for w in words]
     frames = []
     for i in range(0, len(words), per_frame):
         chunk = words[i:i + per_frame]
@@ -95,6 +98,18 @@ def write_requests(cfg, mem, addr, words, *, lanes=0):
         payload += b"".join(int(w).to_bytes(wb, "little") for w in chunk)
         frames.append(encode_request(Request.WRITE, payload))
     return frames
+
+
+def _packed(cfg, word, lanes):
+    """The low ``lanes`` lanes of an activation word sent packed; a word whose other lanes
+    the device would not write as they are is a ValueError, not a silent loss."""
+    low = int(word) & ((1 << 8 * lanes) - 1)
+    repeated = sum(low << (8 * lanes * k) for k in range(-(-cfg.cols // lanes)))
+    repeated &= (1 << cfg.word_bits) - 1
+    if int(word) != low and not (cfg.dense_conv and int(word) == repeated):
+        raise ValueError(f"an activation word sent in {lanes} lane(s) must hold 0 in its other "
+                         f"lanes{', or repeat them' if cfg.dense_conv else ''}: {word:#x}")
+    return low
 
 
 def read_request(addr, count):

@@ -102,6 +102,11 @@ _FIELDS = {
                     "first, minus 1",
     "w_tile_words": "`kh * kw * CW * cols`: weight words of one output channel tile",
     "in_img_step": "`in_h * in_w * CW`: words from one image's input to the next's",
+    "dense": "(only with IDENTITY's `dense_conv`) 1: a dense one-channel convolution, whole "
+             "kernel rows packed into each reduction word (see below)",
+    "dkh": "(only with `dense_conv`) a dense convolution's kernel height",
+    "dkw": "(only with `dense_conv`) a dense convolution's kernel width",
+    "dcin": "(only with `dense_conv`) a dense convolution's input channels",
 }
 #: The widths a descriptor field may have, in terms of IDENTITY's fields.
 WIDTHS = {
@@ -110,6 +115,7 @@ WIDTHS = {
     "param_addr_bits": ("ceil(log2(param_words))", lambda c: c.param_addr_bits),
     "dim_bits": ("bits of max_dim (its bit length)", lambda c: c.dim_bits),
     "kernel_bits": ("bits of max_kernel (its bit length)", lambda c: c.kernel_bits),
+    "cols_bits": ("bits of cols (its bit length)", lambda c: c.cols.bit_length()),
 }
 # Configurations a width expression must hold for (all the presets, and knobs turned apart).
 _PROBES = [*PRESETS.values(), AcceleratorConfig(act_depth=1 << 20, weight_depth=16,
@@ -144,12 +150,13 @@ def _table(head, rows):
 
 def _width(name, shape_of):
     """The expression (a string) that gives field ``name``'s width in every probe."""
-    widths = [shape_of(cfg)[name].width for cfg in _PROBES]
+    probes = [cfg for cfg in _PROBES if name in shape_of(cfg)]   # (dense fields: some only)
+    widths = [shape_of(cfg)[name].width for cfg in probes]
     if len(set(widths)) == 1:
         return str(widths[0])
     for base, (_, f) in WIDTHS.items():
         for k in range(-2, 5):
-            if all(f(cfg) + k == w for cfg, w in zip(_PROBES, widths, strict=True)):
+            if all(f(cfg) + k == w for cfg, w in zip(probes, widths, strict=True)):
                 return base if k == 0 else f"{base} {'+' if k > 0 else '-'} {abs(k)}"
     return "see `layer_layout`"
 

@@ -158,6 +158,7 @@ class SimulationReport:
             "cycles_per_image": cycles, "macs_per_image": self.program.macs,
             "utilization": perfmodel.utilization(cfg, self.program.macs, cycles),
             "batch": self.program.batch, "dense_input": self.program.dense is not None,
+            "dense_conv": self.program.dense_conv,
             # Activation memory the program uses at its peak (a batch), of the configuration's.
             "act_words": self.program.act_words, "act_depth": cfg.act_depth,
             "model_exact": self.model_exact,
@@ -227,7 +228,8 @@ def simulator_log(verbose=False):
 
 def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=None,
             uart=None, faults=(), layer_cycles=True, jobs=None, progress=None,
-            waves_file=None, netlist=None, batch=1, dense_input=False, cxx_opt=None):
+            waves_file=None, netlist=None, batch=1, dense_input=False, dense_conv=True,
+            cxx_opt=None):
     """Run ``qnet`` on int8 ``images`` ``(N, C, H, W)`` in the accelerator's RTL (controller
     and core), driven through the framed host protocol; with ``uart = (clk_hz, baud)``, the
     virtual board (`systolic.hw.virtual.VirtualBoard`), driven bit by bit on its UART pins,
@@ -253,6 +255,9 @@ def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=N
         Images per run (`compiler.compile_network`; `compiler.largest_batch` tells what fits).
     dense_input : bool
         Send the first convolution its im2col input (`compiler.compile_network`).
+    dense_conv : bool
+        Run a one-channel first convolution dense on chip where the configuration can
+        (`compiler.compile_network`; the default).
     cxx_opt : str or None
         ``fast``: the C++ optimization of the simulator, if this run builds it (see
         `systolic.sim.fast.build_harness`; each level is a build of its own). ``None``: -O2,
@@ -282,7 +287,8 @@ def run_rtl(qnet, images, cfg, *, sim="fast", trace=False, waves=None, timeout=N
     if sim not in SIMULATORS:
         raise SystolicError(f"Simulator must be one of {', '.join(SIMULATORS)}, not {sim!r}")
     # Fit errors before building anything.
-    program = compile_network(qnet, cfg, batch=batch, dense_input=dense_input)
+    program = compile_network(qnet, cfg, batch=batch, dense_input=dense_input,
+                              dense_conv=dense_conv)
     images = _check_images(images, program)
     if netlist is not None and (uart is not None or waves):
         raise SystolicError("A netlist is simulated on its byte streams, without waveforms")
@@ -504,19 +510,21 @@ def _first_difference(program, gold, results):
 
 def simulate(qnet, images, cfg, *, labels=None, sim="fast", trace=False, waves=None,
              uart=None, faults=(), layer_cycles=True, jobs=None, progress=None,
-             waves_file=None, netlist=None, batch=1, dense_input=False, cxx_opt=None):
+             waves_file=None, netlist=None, batch=1, dense_input=False, dense_conv=True,
+             cxx_opt=None):
     """Run ``images`` in RTL and compare with the golden model; returns a `SimulationReport`.
 
     The arguments are `run_rtl`'s; ``labels`` are the images' true classes, when known.
     """
-    program = compile_network(qnet, cfg, batch=batch, dense_input=dense_input)
+    program = compile_network(qnet, cfg, batch=batch, dense_input=dense_input,
+                              dense_conv=dense_conv)
     images = _check_images(images, program)
     gold = golden.run(qnet, images)
     start = time.monotonic()
     out = run_rtl(qnet, images, cfg, sim=sim, trace=trace, waves=waves, uart=uart,
                   faults=faults, layer_cycles=layer_cycles, jobs=jobs, progress=progress,
                   waves_file=waves_file, netlist=netlist, batch=batch, dense_input=dense_input,
-                  cxx_opt=cxx_opt)
+                  dense_conv=dense_conv, cxx_opt=cxx_opt)
     wall = time.monotonic() - start
     results = out["images"]
     link = {k: out[k] for k in ("faults", "resent", "reruns")}
@@ -546,7 +554,8 @@ def format_report(report, *, float_accuracy=None):
               f"  RTL accuracy     {_pct(d['rtl_accuracy'])}",
               f"  cycles/image     {d['cycles_per_image']:.0f} ({d['macs_per_image']} MACs, "
               f"utilization {d['utilization']:.1%}; batches of {d['batch']}"
-              + (", dense input" if d["dense_input"] else "") + ")",
+              + (", dense input" if d["dense_input"] else "")
+              + (", first layer dense on chip" if d["dense_conv"] else "") + ")",
               f"  wall time        {d['wall_seconds']:.1f} s"
               + (f" ({d['images_per_second']:.1f} images/s, "
                  f"{d['sim_cycles_per_second'] / 1e3:.0f}k cycles/s in each of "
@@ -630,7 +639,7 @@ def parse_window(text, images):
     return window
 
 
-def resolve_batch(text, qnet, cfg, images, *, dense_input=False, jobs=None):
+def resolve_batch(text, qnet, cfg, images, *, dense_input=False, dense_conv=True, jobs=None):
     """``--batch`` text (a number or ``auto``) as a batch size. ``auto``: the smallest batch
     that runs each simulator process's share of the images in as few runs as the largest
     batch fitting the accelerator's memories would, so the processes get equal work (360
@@ -642,9 +651,10 @@ def resolve_batch(text, qnet, cfg, images, *, dense_input=False, jobs=None):
             return int(text)
         except ValueError:
             raise SystolicError(f"--batch must be a number or auto, not {text!r}") from None
-    fits = largest_batch(qnet, cfg, dense_input=dense_input)
+    fits = largest_batch(qnet, cfg, dense_input=dense_input, dense_conv=dense_conv)
     if fits == 0:
-        compile_network(qnet, cfg, dense_input=dense_input)     # raises the fit error
+        compile_network(qnet, cfg, dense_input=dense_input,
+                        dense_conv=dense_conv)                  # raises the fit error
         raise FitError("the network does not fit")
     share = -(-images // max(1, min(jobs or 2, images)))
     runs = -(-share // fits)
@@ -660,14 +670,14 @@ def _run(args):
     images, labels = dataset_images(qnet, args.dataset, args.data_dir, args.images)
     waves = None if args.waves is None else parse_window(args.waves, len(images))
     batch = resolve_batch(args.batch, qnet, cfg, len(images), dense_input=args.dense_input,
-                          jobs=args.jobs)
+                          dense_conv=args.dense_conv, jobs=args.jobs)
     quiet = _stdout_to_stderr() if args.json and args.verbose else simulator_log(
         args.verbose)
     with quiet:
         report = simulate(qnet, images, cfg, labels=labels, sim=args.sim, trace=args.trace,
                           waves=waves, waves_file=args.waves_file, jobs=args.jobs,
                           batch=batch, dense_input=args.dense_input,
-                          progress=progress_bar(len(images)))
+                          dense_conv=args.dense_conv, progress=progress_bar(len(images)))
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
@@ -749,6 +759,11 @@ def add_parser(subparsers):
                         "every reduction step of the array does real work, for kh*kw times the "
                         "input's bytes on the link. Fewer array cycles (what a chip with a fast "
                         "host link would run), a slower simulation (default: off)")
+    p.add_argument("--dense-conv", action=argparse.BooleanOptionalAction, default=True,
+                   help="run a first convolution of one input channel dense on chip: whole "
+                        "kernel rows in each reduction step, each lane reading its own pixel, "
+                        "so a 3x3 kernel takes 2 steps of the array instead of 9, with no more "
+                        "bytes on the link (default: on, where the preset has dense_conv)")
     p.add_argument("--trace", action="store_true",
                    help="read back every layer's output and name the first differing value")
     p.add_argument("--report", metavar="FILE.html",

@@ -36,7 +36,7 @@ def _net(layers, shape):
 def test_builtin_archs_compile(arch, name):
     cfg = preset(name)
     qnet = random_qnet(arch)
-    prog = compile_network(qnet, cfg)
+    prog = compile_network(qnet, cfg, dense_conv=False)     # (dense: test_dense_conv_on_chip)
     hw = [i for i, lay in enumerate(qnet.layers) if not isinstance(lay, Flatten)]
     assert [lay.index for lay in prog.layers] == hw
     # Ping-pong: each layer reads where the previous one wrote, never where it writes.
@@ -87,7 +87,7 @@ def test_lenet_digits_descriptors():
 def test_input_and_output_words():
     cfg = preset("default")
     qnet = random_qnet("lenet-digits")
-    prog = compile_network(qnet, cfg)
+    prog = compile_network(qnet, cfg, dense_conv=False)
     image = np.arange(64, dtype=np.int8).reshape(1, 8, 8)
     assert prog.input_words(image) == layout.pack_activations(cfg, image)
     logits = np.arange(-5, 5, dtype=np.int8)
@@ -179,6 +179,76 @@ def test_dense_input():
     # A first layer with as many channels as columns is left alone.
     assert compile_network(_net([_conv(8, 8, 3), Flatten(), _linear(8 * 6 * 6, 2)],
                                 (8, 8, 8)), cfg, dense_input=True).dense is None
+
+
+def test_dense_conv_on_chip():
+    """By default a one-channel first convolution runs dense on chip where the configuration
+    can: a 3x3 kernel on 8 lanes packs two kernel rows a reduction word (2 steps, not 9), its
+    weights laid out so, the image stored with its pixel in every lane."""
+    qnet = random_qnet("lenet-digits")
+    cfg = preset("default")
+    prog = compile_network(qnet, cfg)
+    f = prog.layers[0].fields
+    assert prog.dense_conv
+    assert prog.dense is None
+    assert (f["dense"], f["kh"], f["kw"], f["cin_words"], f["dkh"], f["dkw"], f["pad"]) == \
+        (1, 2, 1, 1, 3, 3, 1)
+    assert (f["tap_row_step"], f["w_tile_words"]) == (2 * 8 - 1, 2 * 8)
+    assert prog.layers[0].in_shape == (1, 8, 8)
+    assert prog.input_lanes == 1
+    # Weight word d * 8 + l: lane l < 6 is tap (2d + l // 3, l % 3); lanes 6, 7 and row 3: 0.
+    w = qnet.layers[0].w
+    want = np.zeros((16, 16, 1, 1), np.int8)
+    for channel, (ky, kx) in {0: (0, 0), 2: (0, 2), 4: (1, 1), 5: (1, 2), 8: (2, 0),
+                              10: (2, 2)}.items():
+        want[:, channel, 0, 0] = w[:, 0, ky, kx]
+    want[:, 1, 0, 0], want[:, 3, 0, 0], want[:, 9, 0, 0] = \
+        w[:, 0, 0, 1], w[:, 0, 1, 0], w[:, 0, 2, 1]
+    assert prog.weights[:32] == layout.conv_weight_words(cfg, want)
+    image = np.arange(64, dtype=np.int8).reshape(1, 8, 8)
+    assert prog.input_words(image) == [v * 0x0101010101010101 for v in range(64)]
+    # Off, asked for host im2col instead, or on a configuration without it: a plain 3x3 walk.
+    for other in (compile_network(qnet, cfg, dense_conv=False),
+                  compile_network(qnet, preset("small"))):
+        assert not other.dense_conv
+        assert other.layers[0].fields["kh"] == 3
+        assert other.input_words(image) == list(range(64))
+    host = compile_network(qnet, cfg, dense_input=True)
+    assert host.dense == (3, 3, 1, 1)
+    assert not host.dense_conv
+    # At most cols / 2 input channels, and a kernel at least 2 wide, go dense.
+    for layer, shape in [(_conv(5, 4, 3), (5, 8, 8)), (_conv(1, 4, 1), (1, 8, 8))]:
+        net = _net([layer, Flatten(), _linear(4 * (8 - layer.w.shape[2] + 1) ** 2, 2)], shape)
+        assert not compile_network(net, cfg).dense_conv
+
+
+def test_dense_conv_config():
+    """The iCE40's single-slice memories cannot run dense convolutions: its boards turn them
+    off, and asking for them there is a clear error."""
+    from systolic.hw.boards import get_board
+    from systolic.hw.config import ConfigError
+
+    with pytest.raises(ConfigError, match="dense_conv needs the activation memory in column "
+                                          "slices.*set dense_conv=False"):
+        AcceleratorConfig(target="ice40")
+    assert not get_board("icebreaker").config().dense_conv
+    assert get_board("icebreaker").config("default").target == "ice40"
+    assert get_board("ulx3s-85f").config().dense_conv
+
+
+def test_packed_words_must_repeat_or_be_zero():
+    """A word sent in fewer lanes than it has must hold zeros in the others, or (with dense
+    convolutions) repeat the lanes sent: anything else would be lost on the way."""
+    from systolic.sw import protocol
+
+    cfg = preset("default")
+    assert protocol.write_requests(cfg, Mem.ACT, 0, [0x0505050505050505], lanes=1) == \
+        protocol.write_requests(cfg, Mem.ACT, 0, [0x05], lanes=1)
+    with pytest.raises(ValueError, match="must hold 0 in its other lanes, or repeat them: "
+                                         "0x605"):
+        protocol.write_requests(cfg, Mem.ACT, 0, [0x0605], lanes=1)
+    with pytest.raises(ValueError, match="must hold 0 in its other lanes: 0x505"):
+        protocol.write_requests(cfg.replace(dense_conv=False), Mem.ACT, 0, [0x0505], lanes=1)
 
 
 def test_activations_do_not_fit():

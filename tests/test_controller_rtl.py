@@ -36,8 +36,9 @@ CFG = AcceleratorConfig(rows=2, cols=4, act_depth=256, weight_depth=512, param_d
                         program_depth=8, max_dim=32)
 # Twelve lanes: parameter words of 80 bytes, wider than any of the default configuration's.
 WIDE = CFG.replace(cols=12)
-# One requantization lane: parameter words of 7 bytes, narrower than the activation words.
-NARROW_PARAMS = CFG.replace(rows=1, cols=8, requant_lanes=1)
+# One requantization lane: parameter words of 7 bytes, narrower than the activation words;
+# without dense convolutions, so a packed WRITE's other lanes are 0, not repeats.
+NARROW_PARAMS = CFG.replace(rows=1, cols=8, requant_lanes=1, dense_conv=False)
 TIMEOUT = 64
 
 
@@ -65,6 +66,18 @@ def packed_input(cfg):
     rng = np.random.default_rng(5)
     x = rng.integers(-128, 128, (3, 6, 6)).astype(np.int8)
     return layout.pack_activations(cfg, x)
+
+
+def stored_packed(words, lanes, cfg):
+    """What a WRITE of ``words`` packed in ``lanes`` bytes stores: their low lanes, repeated
+    over the word where the configuration has dense convolutions, else followed by zeros."""
+    out = []
+    for w in words:
+        low = w & ((1 << 8 * lanes) - 1)
+        if cfg.dense_conv:
+            low = sum(low << 8 * lanes * k for k in range(-(-cfg.cols // lanes)))
+        out.append(low & ((1 << cfg.word_bits) - 1))
+    return out
 
 
 def data_reply(words, cfg):
@@ -153,11 +166,11 @@ def exchanges(cfg):
         (bad_desc, "none", ACK),
         (P.run_request(2, 1), "none", error_reply(Error.BAD_DESCRIPTOR, Request.RUN.value)),
         # The input written packed, three bytes a word, over words of 127s: read back, the
-        # lanes past the third are 0.
+        # lanes past the third repeat the three (dense convolutions read them; 0 without).
         *[(f, "none", ACK) for f in
           P.write_requests(cfg, Mem.ACT, 0, [(1 << 8 * cfg.cols) // 255 * 127] * len(xw))],
         *[(f, "random", ACK) for f in P.write_requests(cfg, Mem.ACT, 0, xw, lanes=3)],
-        (P.read_request(0, len(xw)), "none", data_reply(xw, cfg)),
+        (P.read_request(0, len(xw)), "none", data_reply(stored_packed(xw, 3, cfg), cfg)),
         # The next valid program runs exactly, on a fresh input.
         *[(f, "random", ACK) for f in setup[-1:]],
         (run, "cycle", "done"),

@@ -155,7 +155,8 @@ def test_a_device_without_identify_is_told_to_rebuild():
     link, t = transport([error(Error.UNKNOWN_REQUEST, Request.IDENTIFY)])
     with pytest.raises(SystolicError, match=r"^The device does not answer IDENTIFY "
                                             r"\(UNKNOWN_REQUEST\): its bitstream is older than "
-                                            r"protocol version 1; rebuild it \(systolic build\)$"):
+                                            rf"protocol version {PROTOCOL_VERSION}; rebuild it "
+                                            r"\(systolic build\)$"):
         asyncio.run(t.identify())
 
 
@@ -163,7 +164,9 @@ def test_another_protocol_version_is_refused():
     payload = bytearray(identify_payload(preset("default"), runnable_ops(preset("default"))))
     payload[0] = PROTOCOL_VERSION + 1
     link, t = transport([P.encode_reply(Reply.IDENTITY, bytes(payload))])
-    with pytest.raises(SystolicError, match=r"^The device speaks protocol version 2, this host "
-                                            r"version 1; use a bitstream and a host built from "
+    with pytest.raises(SystolicError, match=rf"^The device speaks protocol version "
+                                            rf"{PROTOCOL_VERSION + 1}, this host version "
+                                            rf"{PROTOCOL_VERSION}; use a bitstream and a host "
+                                            r"built from "
                                             r"the same release$"):
         asyncio.run(t.identify())

@@ -108,6 +108,76 @@ def test_linear_after_wide_map():
     assert report.program.layers[-1].fields["cin_words"] == 12 * 12 * 2
 
 
+def _dense_nets():
+    """``(what, torch model, input shape)``: convolutions of few channels that run dense on
+    the 8-lane default preset. First layers of one channel over kernel sizes (kernel rows a
+    reduction word holds: 8 // kw), strides, paddings and channel tiles; a three-channel
+    first layer (its packed input repeated every three lanes); and second layers reading
+    a map whose producer computes its channels two or more times over (through pooling)."""
+    import torch
+    from torch import nn
+
+    def head(model, shape):
+        n = model(torch.zeros(1, *shape)).numel()
+        return nn.Sequential(model, nn.Flatten(), nn.Linear(n, 4))
+
+    nets = []
+    for h, w, cout, kh, kw, stride, pad in [
+        (9, 7, 5, 2, 2, 1, 0),          # four kernel rows a word: the whole kernel in one
+        (12, 11, 9, 5, 5, 2, 2),        # one row of 5 lanes a word, five; two channel tiles
+        (10, 10, 8, 4, 3, 1, 3),        # two rows a word, the second word's second past the
+                                        # kernel; padding 3
+        (8, 9, 4, 7, 7, 1, 3),          # the largest kernel: a row of 7 lanes a word
+        (7, 13, 6, 3, 4, 2, 1),         # a kernel wider than high, stride 2
+    ]:
+        torch.manual_seed(h * w + kh)
+        conv = nn.Sequential(nn.Conv2d(1, cout, (kh, kw), stride, pad), nn.ReLU())
+        nets.append((f"1->{cout} {kh}x{kw} /{stride} pad {pad}", head(conv, (1, h, w)),
+                     (1, h, w)))
+    torch.manual_seed(1)
+    rgb = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    nets.append(("3->8 3x3: two taps of three channels a word", head(rgb, (3, 9, 9)),
+                 (3, 9, 9)))
+    for c1, c2, k2 in [(4, 8, 3),       # two taps of 4 channels a word, two words a row
+                       (2, 6, 3),       # a whole row of 2 channels a word
+                       (3, 16, 5),      # two taps of 3 channels; two output tiles
+                       (2, 5, 2)]:      # two whole rows a word
+        torch.manual_seed(c1 * 10 + c2)
+        two = nn.Sequential(nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(c1, c2, k2, padding=1), nn.ReLU())
+        nets.append((f"1->{c1}, pool, {c1}->{c2} {k2}x{k2}", head(two, (1, 16, 16)),
+                     (1, 16, 16)))
+    return nets
+
+
+def test_dense_conv_shapes():
+    """Convolutions of few input channels run dense on chip (several taps in each reduction
+    word, each lane reading its own pixel from its own slice of the activation memory), in
+    batches of two: every value of every layer's output exact against the golden model,
+    every layer's cycles as the model predicts, fewer cycles than the same layer run plain,
+    and the logits those of the network run without dense convolutions."""
+    from systolic.sw import quantize
+
+    cfg = preset("default")
+    rng = np.random.default_rng(11)
+    for what, model, shape in _dense_nets():
+        calib = rng.random((32, *shape)).astype(np.float32)
+        qnet = quantize.quantize(model, calib, input_shape=shape, p_max=255, dataset="mnist",
+                                 arch="custom")
+        images = rng.integers(0, 128, (3, *shape)).astype(np.int8)
+        report = simulate(qnet, images, cfg, batch=2, jobs=1, trace=True)
+        dense = [n for n, lay in enumerate(report.program.layers) if lay.fields.get("dense")]
+        assert dense == [n for n, lay in enumerate(report.program.layers)
+                         if lay.kind == "conv"], what
+        _exact(report, qnet, images)
+        assert report.first_difference is None, what
+        plain = simulate(qnet, images, cfg, batch=2, jobs=1, dense_conv=False)
+        assert not any(lay.fields.get("dense") for lay in plain.program.layers)
+        np.testing.assert_array_equal(report.logits, plain.logits)
+        for n in dense:
+            assert (report.layer_cycles[:, n] < plain.layer_cycles[:, n]).all(), what
+
+
 def test_lost_reply_is_a_link_error_not_a_hang():
     """A reply that never comes (a request the controller answers with fewer bytes than asked
     for) ends within the cycle budget as a `protocol.LinkError`."""

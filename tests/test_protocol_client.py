@@ -48,8 +48,11 @@ REQUEST, REPLY, ERROR = codes("requests"), codes("replies"), codes("errors")
 MEM, OP = codes("memories"), codes("ops")
 # "| offset | bytes | `field` | meaning |"
 IDENTITY = [(row[2].strip("`"), int(row[1])) for row in doc_table("identity")]
-# "| `field` | bits | signed | ... |"
-DESCRIPTOR = [(row[0].strip("`"), row[1], row[2] == "yes") for row in doc_table("descriptor")]
+# "| `field` | bits | signed | ... | meaning |": a meaning "(only with ...`dense_conv`)" is a
+# field only a device with IDENTITY's dense_conv has.
+DESCRIPTOR = [(row[0].strip("`"), row[1], row[2] == "yes",
+               row[-1].startswith("(only with") and "dense_conv`)" in row[-1])
+              for row in doc_table("descriptor")]
 
 
 # ---- the client ------------------------------------------------------------------------------
@@ -82,7 +85,7 @@ class Client:
     def identify(self):
         kind, payload = self.request("IDENTIFY")
         assert kind == "IDENTITY"
-        assert payload[0] == 1, "a protocol version this client does not know"
+        assert payload[0] == 2, "a protocol version this client does not know"
         fields, at = {}, 0
         for name, size in IDENTITY:
             fields[name] = int.from_bytes(payload[at:at + size], "little")
@@ -90,13 +93,13 @@ class Client:
         assert at == len(payload)
         return fields
 
-    def write(self, ident, mem, addr, words):
-        size = {"ACT": ident["word_bytes"], "WEIGHT": ident["word_bytes"],
-                "PARAM": ident["param_bytes"], "PROGRAM": ident["descriptor_bytes"]}[mem]
+    def write(self, ident, mem, addr, words, lanes=0):
+        size = lanes or {"ACT": ident["word_bytes"], "WEIGHT": ident["word_bytes"],
+                         "PARAM": ident["param_bytes"], "PROGRAM": ident["descriptor_bytes"]}[mem]
         per_frame = (ident["max_payload"] - 5) // size
         for i in range(0, len(words), per_frame):
             chunk = words[i:i + per_frame]
-            payload = struct.pack("<BHH", MEM[mem], addr + i, len(chunk))
+            payload = struct.pack("<BHH", MEM[mem] | lanes << 4, addr + i, len(chunk))
             payload += b"".join(w.to_bytes(size, "little") for w in chunk)
             assert self.request("WRITE", payload) == ("ACK", b"")
 
@@ -183,13 +186,16 @@ def widths(ident):
             "weight_addr_bits": (ident["weight_depth"] - 1).bit_length(),
             "param_addr_bits": (ident["param_words"] - 1).bit_length(),
             "dim_bits": ident["max_dim"].bit_length(),
-            "kernel_bits": ident["max_kernel"].bit_length()}
+            "kernel_bits": ident["max_kernel"].bit_length(),
+            "cols_bits": ident["cols"].bit_length()}
 
 
 def descriptor(ident, fields):
     names = widths(ident)
     value, at = 0, 0
-    for name, bits, signed in DESCRIPTOR:
+    for name, bits, signed, dense_only in DESCRIPTOR:
+        if dense_only and not ident["dense_conv"]:
+            continue
         width = eval(bits, {}, names)
         v = fields.get(name, 0)
         if signed:
@@ -221,6 +227,36 @@ def maxpool(ident, *, channels, h, w, k, in_base, out_base):
     return {"op": OP["MAXPOOL"], "in_base": in_base, "out_base": out_base, "in_h": h,
             "in_w": w, "out_h": (h - k) // k + 1, "out_w": (w - k) // k + 1, "kh": k, "kw": k,
             "stride": k, "cin_words": cw, "cout_tiles": cw, "batch": 1}
+
+
+def dense_run(client, ident, rng, *, w_base, p_base):
+    """A dense one-channel 3x3 convolution, as the document's "A dense convolution" lays it
+    out, on an image written a byte a pixel (the device repeats it in every lane)."""
+    cols = ident["cols"]
+    x = rng.integers(-128, 128, (1, 7, 7)).astype(np.int8)
+    w = rng.integers(-127, 128, (4, 1, 3, 3)).astype(np.int8)
+    b = rng.integers(-2000, 2000, 4)
+    m, s = arith.choose_multiplier(rng.uniform(0.001, 0.02, 4))
+    want = arith.requantize(arith.conv2d_acc(x, w, b, padding=1), m, s)
+    rows = cols // 3
+    words = -(-3 // rows)
+    dense_w = np.zeros((4, words * cols, 1, 1), np.int8)
+    for d in range(words):
+        for lane in range(rows * 3):
+            ky, kx = d * rows + lane // 3, lane % 3
+            if ky < 3:
+                dense_w[:, d * cols + lane, 0, 0] = w[:, 0, ky, kx]
+    desc = conv(ident, cin=1, h=7, w=7, cout=4, k=3, pad=1, relu=False, in_base=400,
+                out_base=500, w_base=w_base, p_base=p_base)
+    desc.update(kh=words, kw=1, dense=1, dkh=3, dkw=3, dcin=1, tap_row_step=rows * 7 - 1,
+                w_tile_words=words * cols)
+    client.write(ident, "WEIGHT", w_base, conv_weight_words(dense_w, cols))
+    client.write(ident, "PARAM", p_base, param_words(ident, b, m, s))
+    client.write(ident, "PROGRAM", 3, [descriptor(ident, desc)])
+    client.write(ident, "ACT", 400, [int(v) & 0xFF for v in x.reshape(-1)], lanes=1)
+    kind, _ = client.request("RUN", bytes([3, 1]))
+    assert kind == "DONE"
+    assert client.read(ident, 500, 49 * -(-4 // cols)) == activation_words(want, cols)
 
 
 # ---- the test ----------------------------------------------------------------------------------
@@ -297,6 +333,9 @@ def test_a_client_from_the_document_matches_the_golden_model(name):
             client.request("READ", struct.pack("<HH", 0, ident["max_payload"] // cols + 1))
         with pytest.raises(ProtocolError, match="^STATS: BAD_ADDRESS$"):
             client.request("STATS", bytes([2, 2]))
+        if ident["dense_conv"]:
+            dense_run(client, ident, rng, w_base=len(conv_w) + len(conv_weight_words(fc, cols)),
+                      p_base=len(conv_p) + len(param_words(ident, b2, m2, s2)))
         # The last error is sticky.
         assert client.request("IDENTIFY")[0] == "IDENTITY"
         assert client.request("STATUS")[1][0] == ERROR["BAD_ADDRESS"]
