@@ -110,6 +110,10 @@ def add_config_arguments(parser):
                    help="multiply by M on two DSP blocks per lane instead of in the fabric")
     g.add_argument("--pool-avg", action=argparse.BooleanOptionalAction, default=None,
                    help="whether the pooling engine can average (--no-pool-avg: max only)")
+    g.add_argument("--dense-conv", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether convolutions of few input channels can run dense, several "
+                        "kernel taps in each reduction step (a per-lane address and bounds "
+                        "check in the convolution engine; not on the ice40 target)")
     g.add_argument("--target", choices=TARGETS,
                    help="multiplier primitive: generic (simulation), ecp5, ice40")
 
