@@ -54,6 +54,8 @@ class Board:
         Default accelerator preset (with ``target`` set to ``family``).
     program_hint : str
         How to load the bitstream (the build never programs a board).
+    dense_conv : bool
+        Whether the board's build has dense convolutions (`AcceleratorConfig.dense_conv`).
     """
 
     name: str
@@ -64,6 +66,7 @@ class Board:
     baud: int
     preset: str
     program_hint: str
+    dense_conv: bool = False
 
     def platform(self):
         """A new instance of the board's amaranth-boards platform."""
@@ -73,9 +76,9 @@ class Board:
         return getattr(importlib.import_module(module), cls)()
 
     def config(self, preset_name=None):
-        """The accelerator configuration for this board: a preset, targeting its DSPs (on the
-        iCE40, without `dense_conv`, which its single-slice memories cannot do)."""
-        extra = {"dense_conv": False} if self.family == "ice40" else {}
+        """The accelerator configuration for this board: a preset, targeting its DSPs, with
+        dense convolutions only where the board's build has them (`dense_conv`)."""
+        extra = {} if self.dense_conv else {"dense_conv": False}
         return preset(preset_name or self.preset).replace(target=self.family, **extra)
 
 
@@ -89,7 +92,13 @@ BOARDS = {
         name="ulx3s-85f", family="ecp5",
         platform_name="amaranth_boards.ulx3s:ULX3S_85F_Platform",
         osc_mhz=25.0, clock_mhz=75.0, baud=3_000_000, preset="default",
-        program_hint="openFPGALoader -b ulx3s {bitstream}"),
+        program_hint="openFPGALoader -b ulx3s {bitstream}",
+        # Not yet: with dense convolutions (each lane's address and bounds check in the
+        # convolution engine, each column slice's own read address) the default design's
+        # estimate after placement fell from about 65 to 59.4 MHz and nextpnr's router2 did
+        # not converge in 220 iterations (40 minutes; 638,000 wires, 38 to 78 overused), where
+        # the design without them routes in 40 to 53.
+        dense_conv=False),
     # iCE40UP5K, FT2232H channel B as UART. 30 MHz from the PLL (the small preset closes at
     # 32.6 MHz, seed 1) and 3 MBd (10 clocks a bit): the 1x4 array, not the link, bounds
     # images per second here.

@@ -212,7 +212,8 @@ class AcceleratorConfig:
 
 PRESETS = {
     # ECP5-85F (ULX3S): 64 of its 156 MULT18X18D; memories for ResNet-8-class networks (MLPerf
-    # Tiny's ResNet-8 peaks at 7,168 activation words and needs 9,760 weight words here), in
+    # Tiny's ResNet-8 peaks at 7,168 activation words and needs 9,808 weight words here, 9,760
+    # with dense convolutions), in
     # 32 + 64 of its 208 DP16KD.
     "default": AcceleratorConfig(),
     # iCE40UP5K (iCEBreaker), 5280 logic cells: 4 of its 8 SB_MAC16 in the array, 2 more in the
