@@ -161,9 +161,8 @@ class ConvEngine(wiring.Component):
             sb_shape = signed(sb)
             d_dy = [Signal(range(C), name=f"dense_dy{k}") for k in range(C)]
             d_kx = [Signal(cfg.kernel_bits, name=f"dense_kx{k}") for k in range(C)]
-            d_used = Signal(C)
             d_rows, d_taps = Signal(range(C + 1)), Signal(range(C + 1))
-            m.d.sync += [d_used.eq(0), d_rows.eq(0), d_taps.eq(0)]
+            m.d.sync += [d_rows.eq(0), d_taps.eq(0)]
             with m.Switch(Cat(desc.dkw, desc.dcin)):
                 for kw_ in range(2, cfg.max_kernel + 1):
                     for cin in range(1, C // 2 + 1):
@@ -171,8 +170,7 @@ class ConvEngine(wiring.Component):
                             for k in range(C):
                                 tap = dense_lane_tap(cfg, kw_, cin, k)
                                 if tap is not None:
-                                    m.d.sync += [d_dy[k].eq(tap[0]), d_kx[k].eq(tap[1]),
-                                                 d_used[k].eq(1)]
+                                    m.d.sync += [d_dy[k].eq(tap[0]), d_kx[k].eq(tap[1])]
                             rows, taps = dense_layout(cfg, kw_, cin)
                             m.d.sync += [d_rows.eq(rows), d_taps.eq(taps)]
             row_off = [Signal(sb_shape, name=f"dense_row{j}") for j in range(max(C // 2, 1))]
@@ -212,12 +210,13 @@ class ConvEngine(wiring.Component):
         if dense:
             lane_out = Signal(C)
             for k in range(C):
+                # Only taps outside the image need their lane zeroed: taps past the kernel
+                # and lanes past the word's taps weigh 0. (Negative coordinates, seen
+                # unsigned, are past any map: one comparison a coordinate.)
                 iy_k, ix_k = cur.iy0 + kyl[k], cur.ix0 + kxl[k]
                 m.d.comb += [
-                    lane_out[k].eq(~(cur.valid & d_used[k] & (kyl[k] < desc.dkh)
-                                     & (kxl[k] < desc.dkw) & (iy_k >= 0)
-                                     & (iy_k < desc.in_h) & (ix_k >= 0)
-                                     & (ix_k < desc.in_w))),
+                    lane_out[k].eq(~(cur.valid & (iy_k.as_unsigned() < desc.in_h)
+                                     & (ix_k.as_unsigned() < desc.in_w))),
                     self.act_lanes[k].eq((cur.base + tapl[k])[:cfg.act_addr_bits]),
                 ]
             m.d.comb += zero.eq(Mux(dmode, lane_out, Mux(inb, 0, (1 << C) - 1)))
