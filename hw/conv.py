@@ -24,7 +24,7 @@ several taps further on (`systolic.hw.isa.dense_layout`), but each lane of a fil
 for its own pixel: that of the tap ``(dy, dx)`` the lane carries (`dense_lane_tap`), through
 ``act_lanes``, one address per column slice of the activation memory (lane ``l`` of every
 word holds channel ``l % cin``, so each slice holds the channel its lane needs). A lane whose
-tap is outside the image or the kernel stores 0.
+tap is outside the image stores 0; one past the kernel reads whatever is there and weighs 0.
 """
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
@@ -150,10 +150,10 @@ class ConvEngine(wiring.Component):
 
         # ---- Dense convolutions: each lane's tap ---------------------------------------------
         # Worked out every cycle from the held descriptor (settled by the end of PREP): the
-        # lane's tap (dy, kx) in a block and whether it has one, the offsets of rows 0, 1, ...
-        # of a block, and so the lane's address offset from the window's origin. In the walk,
-        # the lane's kernel row (`kyl`) and its address offset in the block (`tapl`) move
-        # with the walker's block (`ky`, `tap_off`).
+        # lane's tap (dy, dx) in a block (a lane past the word's taps keeps what it had: it
+        # weighs 0), the offsets of rows 0, 1, ... of a block, and so the lane's address
+        # offset from the window's origin. In the walk, the lane's kernel row and column
+        # (`kyl`, `kxl`) and its address offset (`tapl`) move with the walker's block.
         dense = cfg.dense_conv
         dmode = Signal()                                # running a dense convolution
         zw = C if dense else 1                          # bits of a fill read's zero mask
