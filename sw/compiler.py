@@ -229,8 +229,7 @@ class Program:
     def input_lanes(self):
         """Bytes a word of the input takes in a WRITE frame (`hw.isa.WRITE_TARGET`): its
         channels, when fewer than ``cols`` (the other lanes are zero); else 0, whole words."""
-        channels = self.input_map[0]
-        return channels if channels < min(self.cfg.cols, 16) else 0
+        return _input_lanes(self.cfg, self.input_map[0])
 
     @property
     def output_words(self):
@@ -267,6 +266,12 @@ def im2col(x, kh, kw, stride, pad):
     cols = [xp[:, ky:ky + stride * (ho - 1) + 1:stride, kx:kx + stride * (wo - 1) + 1:stride]
             for ky in range(kh) for kx in range(kw)]
     return np.concatenate(cols, axis=0)
+
+
+def _input_lanes(cfg, channels):
+    """Bytes a pixel of a ``channels``-channel input takes in a packed WRITE, or 0 for whole
+    words (`hw.isa.WRITE_TARGET`: ``lanes`` is below ``min(cols, 16)``)."""
+    return channels if channels < min(cfg.cols, 16) else 0
 
 
 def _words(cols, shape):
@@ -345,7 +350,7 @@ def _dense_plan(cfg, qnet, plan, host_dense, input_shared):
             p -= 1
         if p < 0:
             if not (host_dense or input_shared or _is_graph(qnet)
-                    and n > 0) and ci < min(cfg.cols, 16):
+                    and n > 0) and _input_lanes(cfg, ci):      # written packed, so repeated
                 chip.add(n)
         elif not _is_graph(qnet) and isinstance(plan[p][1], Conv):
             chip.add(n)
