@@ -531,9 +531,7 @@ class ConvEngine(wiring.Component):
                     m.d.sync += settle.eq(settle - 1)
                     with m.If(settle == 0):
                         with m.If(t == last.t):
-                            m.d.sync += busy.eq(0)
-                            if dense:
-                                m.d.sync += dmode.eq(0)
+                            m.d.sync += [busy.eq(0), dmode.eq(0)]
                             m.next = "IDLE"
                         with m.Else():
                             m.d.sync += [t.eq(t + 1),
