@@ -56,6 +56,8 @@ class Board:
         How to load the bitstream (the build never programs a board).
     dense_conv : bool
         Whether the board's build has dense convolutions (`AcceleratorConfig.dense_conv`).
+    fused_pool : bool
+        Whether the board's build has fused pooling (`AcceleratorConfig.fused_pool`).
     """
 
     name: str
@@ -67,6 +69,7 @@ class Board:
     preset: str
     program_hint: str
     dense_conv: bool = False
+    fused_pool: bool = False
 
     def platform(self):
         """A new instance of the board's amaranth-boards platform."""
@@ -77,8 +80,9 @@ class Board:
 
     def config(self, preset_name=None):
         """The accelerator configuration for this board: a preset, targeting its DSPs, with
-        dense convolutions only where the board's build has them (`dense_conv`)."""
-        extra = {} if self.dense_conv else {"dense_conv": False}
+        dense convolutions and fused pooling only where the board's build has them
+        (`dense_conv`, `fused_pool`)."""
+        extra = {k: False for k in ("dense_conv", "fused_pool") if not getattr(self, k)}
         return preset(preset_name or self.preset).replace(target=self.family, **extra)
 
 

@@ -20,7 +20,7 @@ class ConfigError(SystolicError, ValueError):
 
 
 #: Knobs added after the first release, and what a configuration saved before them had.
-_BEFORE_KNOBS = {"dense_conv": False}
+_BEFORE_KNOBS = {"dense_conv": False, "fused_pool": False}
 
 
 def _pow2(n):
@@ -76,6 +76,11 @@ class AcceleratorConfig:
         memory, instead of one tap a step in lane 0. A network's first layer on a grayscale
         image takes about ``kw * (cols // kw)`` times fewer steps. Needs the memory in column
         slices, which the iCE40 build does not have.
+    fused_pool : bool
+        Whether the convolution engine can max-pool its output 2x2 with stride 2 on the way
+        to memory (a convolution descriptor's ``pool``): a line buffer of ``max_dim / 2``
+        words and a comparator per lane, and a network's ``conv -> maxpool 2x2 /2`` takes no
+        pass of the pooling engine.
     target : str
         Multiplier implementation: ``generic`` (inferred, for simulation), ``ecp5``
         (MULT18X18D with registered inputs and outputs) or ``ice40`` (SB_MAC16).
@@ -94,6 +99,7 @@ class AcceleratorConfig:
     requant_lanes: int = 0
     requant_dsp: bool = False
     dense_conv: bool = True
+    fused_pool: bool = True
     target: str = "generic"
 
     # The arithmetic contract, exposed here so the hardware reads one object.
@@ -220,7 +226,8 @@ PRESETS = {
     # one requantization lane; weights in SPRAM, everything else in its 30 EBR.
     "small": AcceleratorConfig(rows=1, cols=4, act_depth=1024, weight_depth=16384,
                                param_depth=64, program_depth=32, max_dim=63, pool_avg=False,
-                               requant_lanes=1, requant_dsp=True, dense_conv=False),
+                               requant_lanes=1, requant_dsp=True, dense_conv=False,
+                               fused_pool=False),
     # ECP5-85F, larger: 144 of its 156 multipliers.
     "big": AcceleratorConfig(rows=12, cols=12, act_depth=8192, weight_depth=16384,
                              param_depth=128),

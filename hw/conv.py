@@ -104,7 +104,13 @@ class ConvEngine(wiring.Component):
         R, C = cfg.rows, cfg.cols
         m = Module()
         m.submodules.array = array = SystolicArray(cfg)
-        tag = data.StructLayout({"valid": 1, "last": 1, "addr": cfg.act_addr_bits})
+        fused = cfg.fused_pool
+        # A pixel's sums through the requantizer: whether and where its word goes, and (with
+        # fused pooling) where the pixel sits in its 2x2 window and the window's column.
+        tag = data.StructLayout({
+            "valid": 1, "last": 1, "addr": cfg.act_addr_bits,
+            **({"px": 1, "py": 1, "col": max(cfg.dim_bits - 1, 1)} if fused else {}),
+        })
         m.submodules.requant = rq = Requantizer(cfg, tag)
 
         # The command's payload is held by the sender for the whole layer (see `cmd`).
@@ -129,7 +135,7 @@ class ConvEngine(wiring.Component):
         w_tile_base = Signal(cfg.weight_addr_bits)
         p_tile = Signal(cfg.param_addr_bits)            # the channel tile's first parameter word
         settle_cycles = R * cfg.rq_groups + C + Requantizer.LATENCY + 9
-        settle = Signal(range(settle_cycles + 1))
+        settle = Signal(range(settle_cycles + 2))
         # Pixel walker: the next output pixel of the layer and its input window origin.
         ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
         wbase, iy0, ix0 = Signal(signed(sb)), Signal(coord), Signal(coord)
@@ -361,6 +367,12 @@ class ConvEngine(wiring.Component):
         dx, dy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
         dimg = Signal.like(img)
         m.d.sync += sel_valid.eq(emit)
+        if fused:
+            # Fused 2x2 max pooling: the pixel's word goes to its window's address, `paddr`
+            # (`prow`: that of the window row's first); pixels past the last whole window
+            # (an odd width's last column, an odd height's last row) go nowhere.
+            paddr, prow = Signal(cfg.act_addr_bits), Signal(cfg.act_addr_bits)
+            keep = ~(((dx == last.ox) & ~last.ox[0]) | ((dy == last.oy) & ~last.oy[0]))
         # The group's parameter word is read in the emit cycle; sums and parameters then meet
         # in registers (block RAM data goes into a register before any logic).
         m.d.comb += self.param_read.addr.eq(p_tile + eg)
@@ -375,6 +387,22 @@ class ConvEngine(wiring.Component):
                 sel_tag.addr.eq(out_addr),
                 sel_tag.last.eq(row_end),
             ]
+            if fused:
+                m.d.sync += [sel_tag.px.eq(dx[0]), sel_tag.py.eq(dy[0]),
+                             sel_tag.col.eq(dx[1:])]
+                with m.If(desc.pool):
+                    m.d.sync += [sel_tag.valid.eq((dimg < desc.batch) & keep),
+                                 sel_tag.addr.eq(paddr)]
+                with m.If(row_end):
+                    # The next pixel's window: one further after an odd column; at a line's
+                    # end, back to the row's first after an even line, on after an odd one.
+                    nxt = (paddr + Mux(dx[0], desc.cout_tiles, 0))[:cfg.act_addr_bits]
+                    with m.If(dx != last.ox):
+                        m.d.sync += paddr.eq(nxt)
+                    with m.Elif(dy[0]):
+                        m.d.sync += [paddr.eq(nxt), prow.eq(nxt)]
+                    with m.Else():
+                        m.d.sync += paddr.eq(prow)
             with m.If(row_end):
                 m.d.sync += out_addr.eq(out_addr + desc.cout_tiles)
                 with m.If(dx == last.ox):
@@ -391,17 +419,52 @@ class ConvEngine(wiring.Component):
             rq.i_tag.eq(rq_tag),
             rq.i_params.eq(rq_params),
             rq.relu.eq(desc.relu),
-            self.act_write.en.eq(rq.o_valid & rq.o_tag.valid & rq.o_tag.last),
-            self.act_write.addr.eq(rq.o_tag.addr),
         ]
         # Groups of an output word are collected until its last one arrives.
+        word_out = rq.o_valid & rq.o_tag.valid & rq.o_tag.last
         if G == 1:
-            m.d.comb += self.act_write.data.eq(rq.o_data)
+            word = rq.o_data.as_value()
         else:
             collected = Signal((G - 1) * L * 8)
             with m.If(rq.o_valid):
                 m.d.sync += collected.eq(Cat(collected[L * 8:], rq.o_data))
-            m.d.comb += self.act_write.data.eq(Cat(collected, rq.o_data))
+            word = Cat(collected, rq.o_data)
+        if fused:
+            # Fused 2x2 max pooling (the descriptor's ``pool``): a window's left pixel waits
+            # in `left`; at its right one the row's maximum goes on, with the line buffer's
+            # word for the column read; an upper row's maximum goes into the line buffer, a
+            # lower row's maximum with the line buffer's is the window's word.
+            def vmax(a, b):
+                return Cat(Mux(a.word_select(k, 8).as_signed() > b.word_select(k, 8).as_signed(),
+                               a.word_select(k, 8), b.word_select(k, 8)) for k in range(C))
+
+            m.submodules.pool_line = line = memory.Memory(
+                shape=C * 8, depth=max(cfg.max_dim // 2, 2), init=[])
+            lw, lr = line.write_port(), line.read_port()
+            left = Signal(C * 8)
+            h_valid, h_py = Signal(), Signal()
+            h_max, h_addr, h_col = Signal(C * 8), Signal(cfg.act_addr_bits), Signal.like(lr.addr)
+            m.d.sync += h_valid.eq(0)
+            with m.If(word_out & desc.pool):
+                with m.If(~rq.o_tag.px):
+                    m.d.sync += left.eq(word)
+                with m.Else():
+                    m.d.sync += [h_valid.eq(1), h_py.eq(rq.o_tag.py), h_max.eq(vmax(left, word)),
+                                 h_addr.eq(rq.o_tag.addr), h_col.eq(rq.o_tag.col)]
+            m.d.comb += [
+                lr.addr.eq(rq.o_tag.col), lr.en.eq(1),
+                lw.addr.eq(h_col), lw.data.eq(h_max), lw.en.eq(h_valid & ~h_py),
+            ]
+            with m.If(desc.pool):
+                m.d.comb += [self.act_write.en.eq(h_valid & h_py),
+                             self.act_write.addr.eq(h_addr),
+                             self.act_write.data.eq(vmax(lr.data, h_max))]
+            with m.Else():
+                m.d.comb += [self.act_write.en.eq(word_out), self.act_write.addr.eq(rq.o_tag.addr),
+                             self.act_write.data.eq(word)]
+        else:
+            m.d.comb += [self.act_write.en.eq(word_out), self.act_write.addr.eq(rq.o_tag.addr),
+                         self.act_write.data.eq(word)]
 
         # ---- Sequencer FSM ---------------------------------------------------------------
         # The feed releases banks; the fill claims them (after the capture above).
@@ -422,7 +485,7 @@ class ConvEngine(wiring.Component):
                 ky.eq(0), kx.eq(0), cw.eq(0), r.eq(0), tap_off.eq(0),
                 block0.eq(1), have_prev.eq(0),
                 out_addr.eq(desc.out_base + t), dx.eq(0), dy.eq(0), dimg.eq(0),
-            ]
+            ] + ([paddr.eq(desc.out_base + t), prow.eq(desc.out_base + t)] if fused else [])
 
         with m.FSM():
             with m.State("RESET"):
@@ -524,7 +587,9 @@ class ConvEngine(wiring.Component):
                             m.d.sync += [claimed[b].eq(1), full[b].eq(1),
                                          bank_meta[b].flush.eq(1), bank_meta[b].first.eq(1),
                                          bank_meta[b].drain.eq(1)]
-                    m.d.sync += [f.eq(~f), settle.eq(settle_cycles)]
+                    # (A fused pooling's words come a cycle later.)
+                    m.d.sync += [f.eq(~f),
+                                 settle.eq(settle_cycles + (desc.pool if fused else 0))]
                     m.next = "SETTLE"
             with m.State("SETTLE"):
                 with m.If((claimed == 0) & (sr_left == 0)):

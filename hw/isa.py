@@ -41,7 +41,7 @@ __all__ = [
     "Request", "dense_cin_bits", "dense_lane_tap", "dense_layout", "dense_supported",
     "dense_walk",
     "describe_add", "describe_conv", "describe_dense_conv", "describe_gap", "describe_linear",
-    "describe_pool", "pack_add_params", "layer_layout",
+    "describe_pool", "fuse_pool", "pack_add_params", "layer_layout",
     "load_layout", "mem_depth", "mem_word_bytes", "pack_descriptor", "pack_params",
     "param_lane_layout", "param_layout", "word_layout",
 ]
@@ -147,7 +147,7 @@ class Error(enum.Enum, shape=8):
 
 #: The protocol's version: IDENTITY's first byte. Raised when a request, reply or layout
 #: changes in a way an existing client would misread.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,9 @@ IDENTIFY_FIELDS = (
     IdentifyField("dense_conv", 1, lambda c, o: int(c.dense_conv),
                   "1 if a convolution descriptor's `dense` runs convolutions of few channels "
                   "dense (its `dense`, `dkh`, `dkw` and `dcin` fields exist)"),
+    IdentifyField("fused_pool", 1, lambda c, o: int(c.fused_pool),
+                  "1 if a convolution descriptor's `pool` max-pools its output 2x2 with stride 2 "
+                  "(the field exists)"),
 )
 
 
@@ -269,6 +272,9 @@ def layer_layout(cfg: AcceleratorConfig):
         # being the walk's.
         **({"dense": 1, "dkh": cfg.kernel_bits, "dkw": cfg.kernel_bits,
             "dcin": dense_cin_bits(cfg)} if cfg.dense_conv else {}),
+        # Max-pool the output 2x2 with stride 2 on the way to memory (`fuse_pool`; only where
+        # ``cfg.fused_pool``).
+        **({"pool": 1} if cfg.fused_pool else {}),
     })
 
 
@@ -413,6 +419,18 @@ def describe_dense_conv(cfg, *, cin, h, w, cout, kh, kw, stride=1, pad=0, relu=F
                   tap_row_step=rows * w - (walk_w - 1) * taps - 1,
                   w_tile_words=walk_h * walk_w * cfg.cols)
     return fields
+
+
+def fuse_pool(cfg, fields):
+    """The convolution descriptor ``fields`` (`describe_conv`, `describe_dense_conv`) with its
+    output max-pooled 2x2 with stride 2 on the way to memory (``cfg.fused_pool``): the map it
+    writes from ``out_base`` is ``(out_h // 2, out_w // 2)`` (the last row and column of an odd
+    height or width dropped), in the activation layout, image after image."""
+    if not cfg.fused_pool:
+        raise ValueError(f"{cfg} has no fused pooling (fused_pool=False)")
+    if fields["out_h"] < 2 or fields["out_w"] < 2:
+        raise ValueError(f"a {fields['out_h']}x{fields['out_w']} map has no 2x2 window")
+    return {**fields, "pool": 1}
 
 
 def describe_linear(cfg, *, in_words, cout, relu=False, in_base=0, out_base=0, w_base=0,

@@ -49,6 +49,7 @@ from ..hw.isa import (
     describe_gap,
     describe_linear,
     describe_pool,
+    fuse_pool,
     pack_add_params,
     pack_descriptor,
 )
@@ -94,6 +95,10 @@ class CompiledLayer:
         Activation words of one image's output.
     out_base : int
         Activation address of the first image's output.
+    first : int or None
+        For a convolution that pools its output on the way to memory
+        (`systolic.hw.isa.fuse_pool`), the convolution's index in ``QNet.layers`` (``index``
+        is the pooling layer's, whose output the layer writes); else ``None``.
     """
 
     index: int
@@ -106,6 +111,7 @@ class CompiledLayer:
     macs: int
     out_words: int
     out_base: int
+    first: int | None = None
 
     @property
     def fields(self):
@@ -358,14 +364,25 @@ def _dense_plan(cfg, qnet, plan, host_dense, input_shared):
     return chip, repeat
 
 
+def _fusable(cfg, qnet, plan, fused, layer):
+    """Whether pooling ``layer`` runs fused into the convolution the plan ends with
+    (`systolic.hw.isa.fuse_pool`): 2x2 max pooling with stride 2 of a convolution's output
+    that nothing else reads (a sequential network), where ``cfg.fused_pool``."""
+    return (cfg.fused_pool and isinstance(layer, Pool) and layer.kind == "max"
+            and layer.kernel == 2 and layer.stride == 2 and not _is_graph(qnet)
+            and bool(plan) and isinstance(plan[-1][1], Conv) and len(plan) - 1 not in fused)
+
+
 def _plan(qnet, cfg, dense_input, dense_conv=True):
     """Pass 1: ``[(index, layer, in_shape, out_shape, srcs)]`` of the hardware layers, the
-    dense packing of the first layer's input (or ``None``), and the plan indices of the
+    dense packing of the first layer's input (or ``None``), the plan indices of the
     convolutions that run dense on chip and of those that repeat their channels for one
-    (`_dense_plan`). ``srcs`` are the tensors the layer reads (0: the input; hardware layer
-    ``n``'s output is tensor ``n + 1``), its main input first."""
+    (`_dense_plan`), and ``{plan index: the convolution's index}`` of the convolutions that
+    pool their output (`_fusable`; their entry's ``index`` and ``out_shape`` are the pooling
+    layer's). ``srcs`` are the tensors the layer reads (0: the input; hardware layer ``n``'s
+    output is tensor ``n + 1``), its main input first."""
     shape = tuple(qnet.input_shape)
-    plan, dense = [], None
+    plan, dense, fused = [], None, {}
     tensor_of, shape_of = {-1: 0}, {0: shape}      # qnet index -> tensor; tensor -> shape
     cur = 0
     # The input goes densely packed only when the first layer is its one reader.
@@ -416,14 +433,20 @@ def _plan(qnet, cfg, dense_input, dense_conv=True):
             dense = (kh, kw, layer.stride, layer.pad)
             in_shape = (ci * kh * kw, out[1], out[2])
             shape_of[0] = in_shape
-        plan.append((i, layer, in_shape, out, srcs))
+        if _fusable(cfg, qnet, plan, fused, layer):
+            # The convolution before pools its output on the way to memory: one layer.
+            j, conv, conv_in, _, conv_srcs = plan[-1]
+            plan[-1] = (i, conv, conv_in, out, conv_srcs)
+            fused[len(plan) - 1] = j
+        else:
+            plan.append((i, layer, in_shape, out, srcs))
         cur = len(plan)
         tensor_of[i], shape_of[cur] = cur, out
         shape = out
     chip, repeat = set(), set()
     if dense_conv and cfg.dense_conv:
         chip, repeat = _dense_plan(cfg, qnet, plan, dense is not None, input_shared)
-    return plan, dense, chip, repeat
+    return plan, dense, chip, repeat, fused
 
 
 def _tensor_words(cfg, plan):
@@ -518,7 +541,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
     qnet.check()
     if not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise FitError(f"batch must be an integer from 1 to {MAX_BATCH}, not {batch!r}")
-    plan, dense, chip, repeat = _plan(qnet, cfg, dense_input, dense_conv)
+    plan, dense, chip, repeat, fused = _plan(qnet, cfg, dense_input, dense_conv)
 
     # Activation memory: ping-pong regions, or a graph's allocation.
     tensors = [plan[0][2]] + [p[3] for p in plan]
@@ -553,6 +576,8 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
     layers, weights, params, w_bases = [], [], [], []
     for n, (i, layer, in_shape, out, srcs) in enumerate(plan):
         name = _layer_name(i, layer)
+        if n in fused:
+            name = f"{_layer_name(fused[n], layer)} + {i} (maxpool)"
         src, dst = bases[srcs[0]], bases[n + 1]
         c, h, w = in_shape
         _check_dims(cfg, name, in_shape, "input")
@@ -583,7 +608,9 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                 else:
                     fields = describe_conv(cfg, cin=c, h=h, w=w, cout=co, kh=kh, kw=kw,
                                            stride=layer.stride, pad=layer.pad, **common)
-                macs = out[1] * out[2] * co * ci * kh * kw
+                macs = fields["out_h"] * fields["out_w"] * co * ci * kh * kw
+                if n in fused:
+                    fields = fuse_pool(cfg, fields)
                 if n in repeat:         # every channel cols / co times over
                     again = np.arange(cfg.cols) % co
                     wq, b, m, sh = wq[again], b[again], m[again], sh[again]
@@ -656,7 +683,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                 raise FitError(f"{name}: the layer descriptor does not fit ({e}); use "
                                f"{_BIGGER} or a smaller layer") from None
         layers.append(CompiledLayer(i, name, kind, entries, commands, in_shape, out, macs,
-                                    _words(cfg.cols, out), dst))
+                                    _words(cfg.cols, out), dst, fused.get(n)))
     last = layers[-1]
     return Program(cfg, layers, weights, params, tuple(qnet.input_shape), 0, last.out_base,
                    last.out_shape[0], used, w_bases, batch, dense,

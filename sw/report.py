@@ -117,7 +117,14 @@ def _network_rows(qnet, cfg):
             program = compile_network(qnet, cfg)
         except FitError as e:
             fit = str(e)
-    hw = {lay.index: (j, lay) for j, lay in enumerate(program.layers)} if program else {}
+    # A convolution that pools on the way to memory is one hardware layer for two rows: its
+    # weights and MACs on the convolution's, its output words on the pooling layer's.
+    hw, pooled = {}, {}
+    for j, lay in enumerate(program.layers if program else []):
+        if lay.first is None:
+            hw[lay.index] = (j, lay)
+        else:
+            hw[lay.first], pooled[lay.index] = (j, lay), lay
     rows, in_shape = [], tuple(qnet.input_shape)
     for i, layer in enumerate(qnet.layers):
         if isinstance(layer, Conv):
@@ -149,8 +156,10 @@ def _network_rows(qnet, cfg):
             if base is not None:
                 later = [b for b in program.w_bases[j + 1:] if b is not None]
                 row["weight_words"] = (later[0] if later else len(program.weights)) - base
-            row["act_words"] = lay.out_words
+            row["act_words"] = None if lay.first == i else lay.out_words
             row["macs"] = lay.macs
+        if i in pooled:
+            row["act_words"] = pooled[i].out_words
         rows.append(row)
         in_shape = out
     return rows, program, fit

@@ -561,17 +561,17 @@ def format_report(report, *, float_accuracy=None):
                  f"{d['sim_cycles_per_second'] / 1e3:.0f}k cycles/s in each of "
                  f"{d['jobs']} simulator processes)" if d.get("sim_cycles_per_second") else ""),
               "",
-              f"  {'layer':34s} {'cycles':>8s} {'model':>8s} {'error':>7s} {'MACs':>8s} "
+              f"  {'layer':40s} {'cycles':>8s} {'model':>8s} {'error':>7s} {'MACs':>8s} "
               f"{'util':>6s}"]
     last = -1
     for row, lay in zip(d["layers"], report.program.layers, strict=True):
         # A flatten layer compiles to nothing; its row keeps the numbers those of the network.
-        for i in range(last + 1, lay.index):
-            lines.append(f"  {f'layer {i} (flatten)':34s} {'-':>8s} {'-':>8s} {'':7s} "
+        for i in range(last + 1, lay.index if lay.first is None else lay.first):
+            lines.append(f"  {f'layer {i} (flatten)':40s} {'-':>8s} {'-':>8s} {'':7s} "
                          f"{'-':>8s} {'':6s}  (no pass of its own)")
         last = lay.index
         err = (row["predicted_cycles"] - row["cycles"]) / row["cycles"]
-        lines.append(f"  {row['name']:34s} {row['cycles']:8.0f} {row['predicted_cycles']:8.0f} "
+        lines.append(f"  {row['name']:40s} {row['cycles']:8.0f} {row['predicted_cycles']:8.0f} "
                      f"{err:+7.2%} {row['macs']:8d} {row['utilization']:6.1%}")
     if d["first_difference"]:
         f = d["first_difference"]
