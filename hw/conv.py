@@ -135,7 +135,7 @@ class ConvEngine(wiring.Component):
         w_tile_base = Signal(cfg.weight_addr_bits)
         p_tile = Signal(cfg.param_addr_bits)            # the channel tile's first parameter word
         settle_cycles = R * cfg.rq_groups + C + Requantizer.LATENCY + 9
-        settle = Signal(range(settle_cycles + 2))
+        settle = Signal(range(settle_cycles + 1 + fused))
         # Pixel walker: the next output pixel of the layer and its input window origin.
         ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
         wbase, iy0, ix0 = Signal(signed(sb)), Signal(coord), Signal(coord)

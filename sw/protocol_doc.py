@@ -107,6 +107,8 @@ _FIELDS = {
     "dkh": "(only with `dense_conv`) a dense convolution's kernel height",
     "dkw": "(only with `dense_conv`) a dense convolution's kernel width",
     "dcin": "(only with `dense_conv`) a dense convolution's input channels",
+    "pool": "(only with IDENTITY's `fused_pool`) 1: a convolution's output max-pooled 2×2 "
+            "with stride 2 on the way to memory (see below)",
 }
 #: The widths a descriptor field may have, in terms of IDENTITY's fields.
 WIDTHS = {

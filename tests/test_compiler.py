@@ -37,8 +37,18 @@ def test_builtin_archs_compile(arch, name):
     cfg = preset(name)
     qnet = random_qnet(arch)
     prog = compile_network(qnet, cfg, dense_conv=False)     # (dense: test_dense_conv_on_chip)
-    hw = [i for i, lay in enumerate(qnet.layers) if not isinstance(lay, Flatten)]
+    # Each 2x2 /2 max pooling after a convolution runs fused into it (test_fused_pool).
+    fused = [i for i, lay in enumerate(qnet.layers[:-1]) if isinstance(lay, Conv)
+             and isinstance(qnet.layers[i + 1], Pool)
+             and (qnet.layers[i + 1].kind, qnet.layers[i + 1].kernel,
+                  qnet.layers[i + 1].stride) == ("max", 2, 2)]
+    assert fused
+    hw = [i for i, lay in enumerate(qnet.layers) if not isinstance(lay, Flatten)
+          and i not in fused]
     assert [lay.index for lay in prog.layers] == hw
+    assert [lay.first for lay in prog.layers if lay.first is not None] == fused
+    assert all(lay.fields.get("pool") == (lay.first is not None) for lay in prog.layers
+               if lay.kind == "conv")
     # Ping-pong: each layer reads where the previous one wrote, never where it writes.
     src = prog.input_base
     for lay in prog.layers:
@@ -52,7 +62,7 @@ def test_builtin_archs_compile(arch, name):
     assert len(prog.params) <= cfg.param_depth
     # The weight image is the concatenation of each layer's words, at its w_base.
     for lay, base in zip(prog.layers, prog.w_bases):
-        layer = qnet.layers[lay.index]
+        layer = qnet.layers[lay.index if lay.first is None else lay.first]
         if isinstance(layer, Conv):
             words = layout.conv_weight_words(cfg, layer.w)
         elif isinstance(layer, Linear):
@@ -70,7 +80,8 @@ def test_builtin_archs_compile(arch, name):
 
 
 def test_lenet_digits_descriptors():
-    prog = compile_network(random_qnet("lenet-digits"), preset("default"))
+    qnet = random_qnet("lenet-digits")
+    prog = compile_network(qnet, preset("default").replace(fused_pool=False))
     got = [(lay.kind, lay.in_shape, lay.out_shape, lay.macs) for lay in prog.layers]
     assert got == [
         ("conv", (1, 8, 8), (16, 8, 8), 8 * 8 * 16 * 9),
@@ -79,6 +90,18 @@ def test_lenet_digits_descriptors():
         ("maxpool", (32, 4, 4), (32, 2, 2), 0),
         ("linear", (32, 2, 2), (10, 1, 1), 128 * 10),
     ]
+    # Fused: each convolution writes its pooled map; it walks the whole map.
+    fused = compile_network(qnet, preset("default"))
+    got = [(lay.name, lay.kind, lay.in_shape, lay.out_shape, lay.macs, lay.fields.get("pool"),
+            lay.fields["out_h"]) for lay in fused.layers]
+    assert got == [
+        ("layer 0 (conv 1->16 3x3) + 1 (maxpool)", "conv", (1, 8, 8), (16, 4, 4),
+         8 * 8 * 16 * 9, 1, 8),
+        ("layer 2 (conv 16->32 3x3) + 3 (maxpool)", "conv", (16, 4, 4), (32, 2, 2),
+         4 * 4 * 32 * 16 * 9, 1, 4),
+        ("layer 5 (linear 128->10)", "linear", (32, 2, 2), (10, 1, 1), 128 * 10, None, 1),
+    ]
+    assert fused.weights == prog.weights
     fc = prog.layers[-1].fields
     # Flattening is a layout: the 32x2x2 map is one pixel of 2 * 2 * 4 words.
     assert (fc["kh"], fc["kw"], fc["cin_words"], fc["cout_tiles"], fc["pad"]) == (1, 1, 16, 2, 0)
@@ -118,7 +141,7 @@ def test_batch_layout():
     """A batch's images lie one after the other in each tensor; convolutions take the whole
     batch in one command, aligned pooling stacks the images (as many as max_dim rows allow),
     unaligned pooling takes a command an image."""
-    cfg = AcceleratorConfig(act_depth=4096, max_dim=16)
+    cfg = AcceleratorConfig(act_depth=4096, max_dim=16, fused_pool=False)
     qnet = _net([_conv(1, 8, 3, pad=1), Pool("max", 2, 2), _conv(8, 8, 1),
                  Pool("max", 3, 2), Flatten(), _linear(8, 4)], (1, 8, 8))
     prog = compile_network(qnet, cfg, batch=5)
@@ -142,11 +165,12 @@ def test_batch_too_large():
     qnet = random_qnet("lenet-digits")
     cfg = preset("default")
     fits = largest_batch(qnet, cfg)
-    assert fits == cfg.act_depth // (64 + 128)
+    # Ping-pong: the input (64 words) or the second pooled map, then the first pooled map.
+    assert fits == cfg.act_depth // (64 + 32)
     compile_network(qnet, cfg, batch=fits)
     with pytest.raises(FitError, match=rf"^a batch of {fits + 1} images must fit act_depth "
-                                       rf"{cfg.act_depth} words, not {(fits + 1) * 192} "
-                                       rf"\(192 words an image\); "
+                                       rf"{cfg.act_depth} words, not {(fits + 1) * 96} "
+                                       rf"\(96 words an image\); "
                                        rf"the largest batch that fits is {fits}$"):
         compile_network(qnet, cfg, batch=fits + 1)
     with pytest.raises(FitError, match="batch must be an integer from 1 to 255, not 0"):

@@ -11,6 +11,7 @@ from systolic.hw.isa import (
     describe_conv,
     describe_linear,
     describe_pool,
+    fuse_pool,
     layer_layout,
     pack_params,
 )
@@ -279,3 +280,58 @@ def test_pe_sums_exact(extreme):
     sim.add_testbench(bench)
     sim.run()
     assert got == [int(np.dot(a, w)) for a, w in tiles]
+
+
+POOL_CASES = [
+    # rows, cols, requant_lanes, batch, cin, h, w, cout, k, stride, pad, relu
+    (2, 4, 0, 1, 3, 6, 6, 4, 3, 1, 1, True),         # even map: every pixel in a window
+    (2, 4, 0, 2, 2, 7, 5, 6, 3, 1, 1, False),        # odd both ways: the last row and column
+                                                     # dropped; negative values; two tiles
+    (3, 4, 0, 3, 3, 5, 5, 5, 3, 2, 1, True),         # stride 2: a 3x3 map, one window an
+                                                     # image; tiles straddle images
+    (2, 4, 2, 2, 5, 4, 6, 7, 3, 1, 0, False),        # requantization in two groups
+    (4, 4, 0, 2, 2, 9, 2, 3, 2, 1, 1, False),        # a pooled map one window wide
+]
+
+
+@pytest.mark.parametrize(("rows", "cols", "lanes", "batch", "cin", "h", "w", "cout", "k",
+                          "stride", "pad", "relu"), POOL_CASES)
+def test_conv_fused_pool(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad, relu):
+    """A convolution that max-pools its output 2x2 /2 on the way to memory (`fuse_pool`): each
+    image's pooled map exactly the golden model's convolution then pooling, one after the
+    other from ``out_base``, nothing written past them, and the performance model predicts
+    the cycles."""
+    cfg = AcceleratorConfig(rows=rows, cols=cols, act_depth=1024, weight_depth=1024,
+                            param_depth=16, requant_lanes=lanes)
+    rng = np.random.default_rng(hash((rows, cols, lanes, batch, cin, h, w, cout)) % 2**32)
+    xs = rng.integers(-128, 128, (batch, cin, h, w)).astype(np.int8)
+    wq, b, m, s = conv_params(rng, cin, cout, k)
+    xw = [v for x in xs for v in layout.pack_activations(cfg, x)]
+    d = fuse_pool(cfg, describe_conv(cfg, cin=cin, h=h, w=w, cout=cout, kh=k, kw=k,
+                                     stride=stride, pad=pad, relu=relu, in_base=0,
+                                     out_base=len(xw), batch=batch))
+    ph, pw = d["out_h"] // 2, d["out_w"] // 2
+    per = ph * pw * d["cout_tiles"]
+    loads = {Mem.ACT: xw, Mem.WEIGHT: layout.conv_weight_words(cfg, wq),
+             Mem.PARAM: pack_params(cfg, b, m, s)}
+    # Read on past the outputs: the memory there must still hold 0.
+    words, (cycles,) = run_layers(cfg, loads, [d], len(xw), batch * per + 8)
+    for i, x in enumerate(xs):
+        exp = arith.maxpool2d(arith.requantize(arith.conv2d_acc(x, wq, b, stride=stride,
+                                                                padding=pad), m, s, relu=relu),
+                              2, 2)
+        got = layout.unpack_activations(cfg, words[i * per:(i + 1) * per], cout, ph, pw)
+        assert np.array_equal(got, exp), i
+    assert words[batch * per:] == [0] * 8
+    assert cycles == perfmodel.predict_cycles(cfg, d)
+    plain = perfmodel.predict_cycles(cfg, {**d, "pool": 0})
+    assert cycles == plain + d["cout_tiles"]
+
+
+def test_fuse_pool_refuses():
+    cfg = AcceleratorConfig(rows=2, cols=4)
+    d = describe_conv(cfg, cin=1, h=3, w=3, cout=4, kh=3, kw=3)
+    with pytest.raises(ValueError, match="a 1x1 map has no 2x2 window"):
+        fuse_pool(cfg, d)
+    with pytest.raises(ValueError, match=r"has no fused pooling \(fused_pool=False\)"):
+        fuse_pool(cfg.replace(fused_pool=False), d)

@@ -34,8 +34,10 @@ def test_descriptor_widths_hold_for_every_configuration():
         names = {name: f(cfg) for name, (_, f) in protocol_doc.WIDTHS.items()}
         layout = dict(layer_layout(cfg))
         for name, width, *_ in protocol_doc.descriptor_fields():
-            if name in ("dense", "dkh", "dkw", "dcin"):     # (only with dense_conv)
-                assert (name in layout) == cfg.dense_conv, (name, cfg)
+            only = {"dense": "dense_conv", "dkh": "dense_conv", "dkw": "dense_conv",
+                    "dcin": "dense_conv", "pool": "fused_pool"}.get(name)
+            if only:                                        # (only with that knob)
+                assert (name in layout) == getattr(cfg, only), (name, cfg)
                 if name not in layout:
                     continue
             assert eval(width, {}, names) == layout[name].width, (name, cfg)

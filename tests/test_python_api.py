@@ -29,7 +29,8 @@ def test_python_api_example_runs(tmp_path):
                                                   lines[0]).groups())
     assert float_acc > 85
     assert abs(float_acc - int8_acc) < 3
-    # 8x8x(1*9)x8 + 4x4x(8*9)x16 + 64x10 MACs: two convolutions, two poolings, the linear.
-    assert lines[1] == "5 hardware layers, 23680 MACs an image"
+    # 8x8x(1*9)x8 + 4x4x(8*9)x16 + 64x10 MACs: two convolutions (the first with its max
+    # pooling fused), the average pooling, the linear.
+    assert lines[1] == "4 hardware layers, 23680 MACs an image"
     assert lines[2].startswith("4 images on fast, 8x8 array: 0 mismatching images (0 logits)")
     assert (tmp_path / "my-net.qnet").is_file()

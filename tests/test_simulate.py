@@ -20,7 +20,7 @@ def _results(qnet, program, images, gold):
 
 def test_first_difference_and_report():
     qnet = random_qnet("lenet-digits")
-    program = compile_network(qnet, preset("default"))
+    program = compile_network(qnet, preset("default").replace(fused_pool=False))
     images = random_images(qnet, 3)
     gold = golden.run(qnet, images)
     results = _results(qnet, program, images, gold)
@@ -73,10 +73,10 @@ def test_simulate_fit_errors(tmp_path, capsys, argv, message, monkeypatch):
 
 
 @pytest.mark.parametrize(("images", "jobs", "batch"), [
-    (360, 2, 36),       # 180 a process: 5 runs of 36, not 42 + 42 + 42 + 42 + 12
-    (84, 2, 42),        # one run of the largest batch each
+    (360, 2, 60),       # 180 a process: 3 runs of 60, not 85 + 85 + 10
+    (170, 2, 85),       # one run of the largest batch each
     (20, 2, 10),        # fewer images than fit: all of a process's share at once
-    (100, 1, 34),       # 3 runs: 34 + 34 + 32
+    (200, 1, 67),       # 3 runs: 67 + 67 + 66
     (1, 2, 1),
 ])
 def test_auto_batch_evens_out_the_processes(images, jobs, batch):
@@ -84,6 +84,6 @@ def test_auto_batch_evens_out_the_processes(images, jobs, batch):
     from systolic.sw.simulate import resolve_batch
 
     qnet, cfg = random_qnet("lenet-digits"), preset("default")
-    assert largest_batch(qnet, cfg) == 42
+    assert largest_batch(qnet, cfg) == 85
     assert resolve_batch("auto", qnet, cfg, images, jobs=jobs) == batch
     assert resolve_batch("7", qnet, cfg, images, jobs=jobs) == 7
