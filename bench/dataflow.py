@@ -7,9 +7,10 @@ options, measured in RTL (the fast harness) in one run.
 
 For each mode — one image a run (what the accelerator did before batching), batches of the
 largest size that fits, batches with the first convolution's input densely packed by the
-host (``--dense-input``), and batches with a one-channel first convolution run dense on chip
-(``--dense-conv``, the default where the preset has it) — the network runs on ``--images``
-images; every logit is checked
+host (``--dense-input``), batches with a one-channel first convolution run dense on chip
+(``--dense-conv``, the default where the preset has it), these four with every pooling a
+pass of the pooling engine (``fused_pool=False``), and last the preset as it is, 2x2 max
+pooling fused into the convolution before it — the network runs on ``--images`` images; every logit is checked
 against the golden model and every layer's cycles against the performance model. Prints each
 layer's cycles per image and utilization (MACs / (cycles x PEs)), the whole network's, the
 bytes the link carried per image and the simulated cycles per image (array and link), so the
@@ -58,16 +59,23 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cfg = preset(args.preset)
     qnet, images = _network(args)
-    modes = [("one image a run", 1, False, False),
-             ("batched", largest_batch(qnet, cfg, dense_conv=False), False, False),
-             ("batched, dense input",
-              largest_batch(qnet, cfg, dense_input=True, dense_conv=False), True, False)]
+    # Before fused pooling: the same preset, its pooling a pass of the pooling engine.
+    unfused = cfg.replace(fused_pool=False)
+    modes = [("one image a run", unfused, 1, False, False),
+             ("batched", unfused, largest_batch(qnet, unfused, dense_conv=False), False, False),
+             ("batched, dense input", unfused,
+              largest_batch(qnet, unfused, dense_input=True, dense_conv=False), True, False)]
     if cfg.dense_conv:
-        modes.append(("batched, dense conv on chip", largest_batch(qnet, cfg), False, True))
+        modes.append(("batched, dense conv on chip", unfused, largest_batch(qnet, unfused),
+                      False, True))
+    if cfg.fused_pool:
+        modes.append(("batched, dense conv, fused pooling" if cfg.dense_conv
+                      else "batched, fused pooling", cfg, largest_batch(qnet, cfg), False,
+                      cfg.dense_conv))
     results = []
-    for label, batch, dense, on_chip in modes:
+    for label, mode_cfg, batch, dense, on_chip in modes:
         batch = min(batch, len(images))
-        report = simulate(qnet, images, cfg, batch=batch, dense_input=dense,
+        report = simulate(qnet, images, mode_cfg, batch=batch, dense_input=dense,
                           dense_conv=on_chip, jobs=1)
         d = report.as_dict()
         if d["mismatches"] or not d["model_exact"]:
@@ -75,7 +83,7 @@ def main(argv=None):
                   f"exact: {d['model_exact']}", file=sys.stderr)
             return 1
         results.append({"mode": label, "batch": batch, "dense_input": dense,
-                        "dense_conv": on_chip,
+                        "dense_conv": on_chip, "fused_pool": mode_cfg.fused_pool,
                         "utilization": d["utilization"],
                         "cycles_per_image": d["cycles_per_image"],
                         "link_bytes_per_image": d["link"]["bytes_per_image"],
@@ -95,7 +103,7 @@ def main(argv=None):
               f"{r['sim_cycles_per_image']:.0f} cycles an image, {r['images_per_second']:.1f} "
               "images/s")
         for row in r["layers"]:
-            print(f"  {row['name']:32s} {row['cycles']:9.1f} cycles {row['utilization']:7.1%}")
+            print(f"  {row['name']:40s} {row['cycles']:9.1f} cycles {row['utilization']:7.1%}")
     return 0
 
 

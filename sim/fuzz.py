@@ -361,7 +361,8 @@ class ControllerModel:
         if mem != Mem.ACT.value:
             raise _Veto(f"a valid WRITE to {Mem(mem).name}")
         for i in range(count):
-            self.act[addr + i] = int.from_bytes(payload[5 + i * wb:5 + (i + 1) * wb], "little")
+            word = int.from_bytes(payload[5 + i * wb:5 + (i + 1) * wb], "little")
+            self.act[addr + i] = protocol.unpacked_word(cfg, word, lanes) if lanes else word
         return Expected(Reply.ACK)
 
     def _words(self, words):

@@ -26,7 +26,7 @@ from .errors import SystolicError
 __all__ = [
     "DeviceError", "FrameError", "IdentityMismatch", "LinkError", "ReplyFrame", "ReplyParser",
     "check_identity", "encode_request", "expected_identity", "identify_request",
-    "parse_identity", "read_request",
+    "parse_identity", "read_request", "unpacked_word",
     "run_request", "stats_request", "status_request", "write_requests",
 ]
 
@@ -100,13 +100,21 @@ def write_requests(cfg, mem, addr, words, *, lanes=0):
     return frames
 
 
+def unpacked_word(cfg, low, lanes):
+    """The activation word the device stores for ``low``, a word's ``lanes`` low lanes sent
+    packed: the other lanes 0, or with ``cfg.dense_conv`` repeating them (lane ``l`` holds
+    lane ``l % lanes``)."""
+    if not cfg.dense_conv:
+        return low
+    repeated = sum(low << (8 * lanes * k) for k in range(-(-cfg.cols // lanes)))
+    return repeated & ((1 << cfg.word_bits) - 1)
+
+
 def _packed(cfg, word, lanes):
     """The low ``lanes`` lanes of an activation word sent packed; a word whose other lanes
     the device would not write as they are is a ValueError, not a silent loss."""
     low = int(word) & ((1 << 8 * lanes) - 1)
-    repeated = sum(low << (8 * lanes * k) for k in range(-(-cfg.cols // lanes)))
-    repeated &= (1 << cfg.word_bits) - 1
-    if int(word) != low and not (cfg.dense_conv and int(word) == repeated):
+    if int(word) != low and int(word) != unpacked_word(cfg, low, lanes):
         raise ValueError(f"an activation word sent in {lanes} lane(s) must hold 0 in its other "
                          f"lanes{', or repeat them' if cfg.dense_conv else ''}: {word:#x}")
     return low

@@ -48,10 +48,10 @@ REQUEST, REPLY, ERROR = codes("requests"), codes("replies"), codes("errors")
 MEM, OP = codes("memories"), codes("ops")
 # "| offset | bytes | `field` | meaning |"
 IDENTITY = [(row[2].strip("`"), int(row[1])) for row in doc_table("identity")]
-# "| `field` | bits | signed | ... | meaning |": a meaning "(only with ...`dense_conv`)" is a
-# field only a device with IDENTITY's dense_conv has.
+# "| `field` | bits | signed | ... | meaning |": a meaning "(only with IDENTITY's `knob`)" or
+# "(only with `knob`)" is a field only a device whose IDENTITY has that knob at 1 has.
 DESCRIPTOR = [(row[0].strip("`"), row[1], row[2] == "yes",
-               row[-1].startswith("(only with") and "dense_conv`)" in row[-1])
+               (re.match(r"\(only with (?:IDENTITY's )?`(\w+)`\)", row[-1]) or [None, None])[1])
               for row in doc_table("descriptor")]
 
 
@@ -85,7 +85,7 @@ class Client:
     def identify(self):
         kind, payload = self.request("IDENTIFY")
         assert kind == "IDENTITY"
-        assert payload[0] == 2, "a protocol version this client does not know"
+        assert payload[0] == 3, "a protocol version this client does not know"
         fields, at = {}, 0
         for name, size in IDENTITY:
             fields[name] = int.from_bytes(payload[at:at + size], "little")
@@ -193,8 +193,8 @@ def widths(ident):
 def descriptor(ident, fields):
     names = widths(ident)
     value, at = 0, 0
-    for name, bits, signed, dense_only in DESCRIPTOR:
-        if dense_only and not ident["dense_conv"]:
+    for name, bits, signed, only in DESCRIPTOR:
+        if only and not ident[only]:
             continue
         width = eval(bits, {}, names)
         v = fields.get(name, 0)
@@ -328,6 +328,12 @@ def test_a_client_from_the_document_matches_the_golden_model(name):
         kind, status = client.request("STATUS")
         assert kind == "STATUS"
         assert status == bytes([ERROR["NONE"], 3]) + done
+        if ident["fused_pool"]:
+            # The same convolution, its output max-pooled 2x2 /2 on the way to memory.
+            fused = {**program[0], "out_base": 400, "pool": 1}
+            client.write(ident, "PROGRAM", 0, [descriptor(ident, fused)])
+            assert client.request("RUN", bytes([0, 1]))[0] == "DONE"
+            assert client.read(ident, 400, 9 * cw) == activation_words(h2, cols)
         # The document's bounds: a READ whose reply would not fit, STATS past the program.
         with pytest.raises(ProtocolError, match="^READ: BAD_LENGTH$"):
             client.request("READ", struct.pack("<HH", 0, ident["max_payload"] // cols + 1))

@@ -256,8 +256,9 @@ def test_demo_report_files_and_quiet(tmp_path):
     assert re.match(r"3 images on [^:]*, 8x8 array: 0 mismatching images \(0 logits\)", summary)
     assert json.loads((tmp_path / "d" / "report.json").read_text())["images"] == 3
     assert (tmp_path / "d" / "systolic.v").read_text().count("module systolic(") == 1
-    numbers = [int(m.group(1)) for line in lines
-               if (m := re.match(r"  layer (\d+) \(", line))]
+    # (A fused pooling is named beside its convolution: "layer 0 (conv ...) + 1 (maxpool)".)
+    numbers = [int(n) for line in lines if line.startswith("  layer ")
+               for n in re.findall(r"(?:layer|\+) (\d+) \(", line)]
     assert numbers == list(range(6))
     written = {p.name for p in (tmp_path / "d").iterdir()}
     assert written == {"model.pt", "model.qnet", "systolic.v", "manifest.json", "report.txt",
