@@ -531,11 +531,10 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
 
 def board_config_from_args(spec, args):
     """The configuration a command line asks for on board ``spec``: its options over the
-    board's preset, multipliers in the board's DSP blocks unless ``--target`` says otherwise."""
+    board's (`systolic.hw.boards.Board.config`: the preset, multipliers in the board's DSP
+    blocks, only the features its build has), unless ``--target`` says otherwise."""
     args.preset = args.preset or spec.preset
-    if args.target is None:
-        args.target = spec.family
-    return config_from_args(args)
+    return config_from_args(args, spec.config(args.preset))
 
 
 def _run(args):
@@ -569,8 +568,10 @@ def add_parser(subparsers):
                     "synthesis, place and route and bitstream packing with the YoWASP tools "
                     "of this Python environment. Prints LUT/FF/DSP/BRAM use against the "
                     "device and fmax against the clock, and writes DIR/report.json. The "
-                    "configuration defaults to the board's: ulx3s-85f the `default` preset, "
-                    "icebreaker the `small` one, multipliers in the board's DSP blocks.",
+                    "configuration defaults to the board's: ulx3s-85f the `default` preset "
+                    "without dense convolutions or fused pooling (not yet at its clock), "
+                    "icebreaker the `small` one, multipliers in the board's DSP blocks; the "
+                    "options below override it.",
         epilog="examples:\n"
                "  systolic build --board icebreaker                 # about a minute\n"
                "  systolic build --board ulx3s-85f -o build/ulx3s   # about 8 minutes\n"

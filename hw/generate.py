@@ -84,9 +84,10 @@ def generate(cfg, out_dir):
     return man
 
 
-def config_from_args(args):
-    """The configuration a command line names: a preset, with any explicit overrides."""
-    cfg = preset(args.preset)
+def config_from_args(args, base=None):
+    """The configuration a command line names: ``base`` (default: the ``--preset``), with any
+    explicit overrides."""
+    cfg = preset(args.preset) if base is None else base
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(AcceleratorConfig)
                if getattr(args, f.name, None) is not None}
     return cfg.replace(**changes) if changes else cfg
@@ -114,6 +115,10 @@ def add_config_arguments(parser):
                    help="whether convolutions of few input channels can run dense, several "
                         "kernel taps in each reduction step (a per-lane address and bounds "
                         "check in the convolution engine; not on the ice40 target)")
+    g.add_argument("--fused-pool", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether a 2x2 stride-2 max pooling after a convolution runs in the "
+                        "convolution's write path instead of a pass of the pooling engine (a "
+                        "line buffer of max_dim/2 words and a comparator per lane)")
     g.add_argument("--target", choices=TARGETS,
                    help="multiplier primitive: generic (simulation), ecp5, ice40")
 

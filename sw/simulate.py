@@ -667,6 +667,8 @@ def _run(args):
 
     qnet = QNet.load(args.qnet)
     cfg = preset(args.preset)
+    if args.fused_pool is not None:
+        cfg = cfg.replace(fused_pool=args.fused_pool)
     images, labels = dataset_images(qnet, args.dataset, args.data_dir, args.images)
     waves = None if args.waves is None else parse_window(args.waves, len(images))
     batch = resolve_batch(args.batch, qnet, cfg, len(images), dense_input=args.dense_input,
@@ -764,6 +766,10 @@ def add_parser(subparsers):
                         "kernel rows in each reduction step, each lane reading its own pixel, "
                         "so a 3x3 kernel takes 2 steps of the array instead of 9, with no more "
                         "bytes on the link (default: on, where the preset has dense_conv)")
+    p.add_argument("--fused-pool", action=argparse.BooleanOptionalAction, default=None,
+                   help="run a 2x2 stride-2 max pooling after a convolution in the "
+                        "convolution's write path, no pass of its own (default: where the "
+                        "preset has fused_pool, every one but small)")
     p.add_argument("--trace", action="store_true",
                    help="read back every layer's output and name the first differing value")
     p.add_argument("--report", metavar="FILE.html",

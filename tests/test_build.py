@@ -79,6 +79,29 @@ def test_unknown_board_cli(capsys):
                    "icebreaker\n")
 
 
+def test_board_config_from_the_command_line():
+    """`systolic build --board B` builds the board's configuration (its preset with only the
+    features its build has, multipliers in its DSP blocks); options override it."""
+    import argparse
+
+    from systolic.hw.boards import get_board
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    build_module.add_parser(sub)
+
+    def config(*argv):
+        args = sub.choices["build"].parse_args(argv)
+        return build_module.board_config_from_args(get_board(args.board), args)
+
+    assert config("--board", "ulx3s-85f") == get_board("ulx3s-85f").config()
+    assert config("--board", "ulx3s-85f") == preset("default").replace(
+        target="ecp5", dense_conv=False, fused_pool=False)
+    assert config("--board", "icebreaker") == preset("small").replace(target="ice40")
+    assert config("--board", "ulx3s-85f", "--fused-pool", "--preset", "big") == preset(
+        "big").replace(target="ecp5", dense_conv=False)
+    assert config("--board", "ulx3s-85f", "--target", "generic").target == "generic"
+
+
 def test_unknown_board_api():
     with pytest.raises(SystolicError, match=r"^Unknown board 'de10'; known boards: "):
         build("de10")
