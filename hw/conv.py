@@ -25,6 +25,12 @@ for its own pixel: that of the tap ``(dy, dx)`` the lane carries (`dense_lane_ta
 ``act_lanes``, one address per column slice of the activation memory (lane ``l`` of every
 word holds channel ``l % cin``, so each slice holds the channel its lane needs). A lane whose
 tap is outside the image stores 0; one past the kernel reads whatever is there and weighs 0.
+
+With ``cfg.fused_pool``, a descriptor's ``pool`` max-pools the output 2x2 with stride 2 on the
+way to memory (`systolic.hw.isa.fuse_pool`): the pixels leave the requantizer in raster
+order, so a window's left pixel waits in a register for its right one, an even row's maxima
+wait in a line buffer (one word per window column) for the odd row's, and only the window's
+maximum is written, at the pooled map's address the drain works out as it emits the pixel.
 """
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
