@@ -261,6 +261,9 @@ class ConvEngine(wiring.Component):
                     with m.If(l_last):
                         m.d.sync += [full[b].eq(1), bank_meta[b].eq(l_meta)]
 
+        # The walker's step between output pixels, in input columns: two pixels a pair.
+        x_stride = Mux(desc.pairs, desc.stride << 1, desc.stride) if fused else desc.stride
+
         # After this cycle's step, does the walker still point inside the output map?
         more = Signal()
         line_end = ox == last.ox
@@ -377,8 +380,12 @@ class ConvEngine(wiring.Component):
             # Fused 2x2 max pooling: the pixel's word goes to its window's address, `paddr`
             # (`prow`: that of the window row's first); pixels past the last whole window
             # (an odd width's last column, an odd height's last row) go nowhere.
+            # With ``pairs`` every pixel is a whole window row (a pair; the walk dropped an odd
+            # width's last column already).
             paddr, prow = Signal(cfg.act_addr_bits), Signal(cfg.act_addr_bits)
-            keep = ~(((dx == last.ox) & ~last.ox[0]) | ((dy == last.oy) & ~last.oy[0]))
+            keep = ~(((dx == last.ox) & ~last.ox[0] & ~desc.pairs)
+                     | ((dy == last.oy) & ~last.oy[0]))
+            right = dx[0] | desc.pairs                  # the pixel ends its window's row
         # The group's parameter word is read in the emit cycle; sums and parameters then meet
         # in registers (block RAM data goes into a register before any logic).
         m.d.comb += self.param_read.addr.eq(p_tile + eg)
@@ -394,15 +401,15 @@ class ConvEngine(wiring.Component):
                 sel_tag.last.eq(row_end),
             ]
             if fused:
-                m.d.sync += [sel_tag.px.eq(dx[0]), sel_tag.py.eq(dy[0]),
-                             sel_tag.col.eq(dx[1:])]
+                m.d.sync += [sel_tag.px.eq(right), sel_tag.py.eq(dy[0]),
+                             sel_tag.col.eq(Mux(desc.pairs, dx, dx[1:]))]
                 with m.If(desc.pool):
                     m.d.sync += [sel_tag.valid.eq((dimg < desc.batch) & keep),
                                  sel_tag.addr.eq(paddr)]
                 with m.If(row_end):
                     # The next pixel's window: one further after an odd column; at a line's
                     # end, back to the row's first after an even line, on after an odd one.
-                    nxt = (paddr + Mux(dx[0], desc.cout_tiles, 0))[:cfg.act_addr_bits]
+                    nxt = (paddr + Mux(right, desc.cout_tiles, 0))[:cfg.act_addr_bits]
                     with m.If(dx != last.ox):
                         m.d.sync += paddr.eq(nxt)
                     with m.Elif(dy[0]):
@@ -440,9 +447,16 @@ class ConvEngine(wiring.Component):
             # in `left`; at its right one the row's maximum goes on, with the line buffer's
             # word for the column read; an upper row's maximum goes into the line buffer, a
             # lower row's maximum with the line buffer's is the window's word.
-            def vmax(a, b):
+            def vmax(a, b, n=C):
                 return Cat(Mux(a.word_select(k, 8).as_signed() > b.word_select(k, 8).as_signed(),
-                               a.word_select(k, 8), b.word_select(k, 8)) for k in range(C))
+                               a.word_select(k, 8), b.word_select(k, 8)) for k in range(n))
+
+            def fold(a):
+                """A pair's word: the maximum of its halves, in both (``pairs``)."""
+                if C % 2:
+                    return a
+                half = vmax(a[:C * 4], a[C * 4:], C // 2)
+                return Cat(half, half)
 
             m.submodules.pool_line = line = memory.Memory(
                 shape=C * 8, depth=max(cfg.max_dim // 2, 2), init=[])
@@ -455,7 +469,8 @@ class ConvEngine(wiring.Component):
                 with m.If(~rq.o_tag.px):
                     m.d.sync += left.eq(word)
                 with m.Else():
-                    m.d.sync += [h_valid.eq(1), h_py.eq(rq.o_tag.py), h_max.eq(vmax(left, word)),
+                    m.d.sync += [h_valid.eq(1), h_py.eq(rq.o_tag.py),
+                                 h_max.eq(Mux(desc.pairs, fold(word), vmax(left, word))),
                                  h_addr.eq(rq.o_tag.addr), h_col.eq(rq.o_tag.col)]
             m.d.comb += [
                 lr.addr.eq(rq.o_tag.col), lr.en.eq(1),
@@ -545,7 +560,7 @@ class ConvEngine(wiring.Component):
                                          ix0.eq(-desc.pad), iy0.eq(iy0 + desc.stride)]
                         with m.Else():
                             m.d.sync += [ox.eq(ox + 1), wbase.eq(wbase + desc.x_step),
-                                         ix0.eq(ix0 + desc.stride)]
+                                         ix0.eq(ix0 + x_stride)]
                     with m.If(r == R - 1):
                         m.d.sync += [r.eq(0), f.eq(~f), block0.eq(0)]
                         for b in range(2):

@@ -41,7 +41,8 @@ __all__ = [
     "Request", "dense_cin_bits", "dense_lane_tap", "dense_layout", "dense_supported",
     "dense_walk",
     "describe_add", "describe_conv", "describe_dense_conv", "describe_gap", "describe_linear",
-    "describe_pool", "fuse_pool", "pack_add_params", "layer_layout",
+    "describe_pool", "fuse_pool", "pack_add_params", "layer_layout", "pair_pixels",
+    "pairs_supported",
     "load_layout", "mem_depth", "mem_word_bytes", "pack_descriptor", "pack_params",
     "param_lane_layout", "param_layout", "word_layout",
 ]
@@ -272,9 +273,10 @@ def layer_layout(cfg: AcceleratorConfig):
         # being the walk's.
         **({"dense": 1, "dkh": cfg.kernel_bits, "dkw": cfg.kernel_bits,
             "dcin": dense_cin_bits(cfg)} if cfg.dense_conv else {}),
-        # Max-pool the output 2x2 with stride 2 on the way to memory (`fuse_pool`; only where
-        # ``cfg.fused_pool``).
-        **({"pool": 1} if cfg.fused_pool else {}),
+        # Max-pool the output 2x2 with stride 2 on the way to memory (`fuse_pool`), and a dense
+        # convolution's output pixels computed two at a time (`pair_pixels`); only where
+        # ``cfg.fused_pool``.
+        **({"pool": 1, "pairs": 1} if cfg.fused_pool else {}),
     })
 
 
@@ -425,12 +427,50 @@ def fuse_pool(cfg, fields):
     """The convolution descriptor ``fields`` (`describe_conv`, `describe_dense_conv`) with its
     output max-pooled 2x2 with stride 2 on the way to memory (``cfg.fused_pool``): the map it
     writes from ``out_base`` is ``(out_h // 2, out_w // 2)`` (the last row and column of an odd
-    height or width dropped), in the activation layout, image after image."""
+    height or width dropped), in the activation layout, image after image (with ``pairs``,
+    `pair_pixels`: ``(out_h // 2, out_w)``, ``out_w`` counting pairs)."""
     if not cfg.fused_pool:
         raise ValueError(f"{cfg} has no fused pooling (fused_pool=False)")
-    if fields["out_h"] < 2 or fields["out_w"] < 2:
-        raise ValueError(f"a {fields['out_h']}x{fields['out_w']} map has no 2x2 window")
+    width = fields["out_w"] * (2 if fields.get("pairs") else 1)
+    if fields["out_h"] < 2 or width < 2:
+        raise ValueError(f"a {fields['out_h']}x{width} map has no 2x2 window")
     return {**fields, "pool": 1}
+
+
+def pairs_supported(cfg, *, cin, cout, kh, kw, stride):
+    """Whether a dense convolution (`describe_dense_conv`) can compute its output pixels two at
+    a time (`pair_pixels`): stride 1, ``cout`` dividing ``cols / 2`` (so that the halves of a
+    word, and the lanes of each, repeat its channels), and a kernel one column wider packing
+    into as few reduction words (so that a pair costs what a pixel did)."""
+    return (cfg.fused_pool and cfg.cols % 2 == 0 and stride == 1 and 1 <= cout
+            and (cfg.cols // 2) % cout == 0 and kw + 1 <= cfg.max_kernel
+            and dense_supported(cfg, cin=cin, kh=kh, kw=kw)
+            and dense_supported(cfg, cin=cin, kh=kh, kw=kw + 1)
+            and dense_walk(cfg, kh, kw + 1, cin) == dense_walk(cfg, kh, kw, cin))
+
+
+def pair_pixels(cfg, *, cin, h, w, cout, kh, kw, pad=0, relu=False, in_base=0, out_base=0,
+                w_base=0, p_base=0, batch=1):
+    """Descriptor fields (a dict) for a dense convolution (`describe_dense_conv`) of ``cout``
+    channels whose output is max-pooled 2x2 with stride 2 (`fuse_pool`), computing the output
+    pixels in horizontal pairs (`pairs_supported`): column ``j`` of the array computes channel
+    ``j % cout`` of the pair's left pixel for ``j < cols / 2``, of its right one above, with a
+    ``kh x (kw + 1)`` kernel whose column ``dx`` holds the real kernel's ``dx - j // (cols /
+    2)`` (0 outside it). The walk steps two pixels a pair (``out_w`` pairs: an odd width's last
+    column is dropped, as pooling drops it); the pooling takes each word's two halves as the
+    window's two columns and writes their maximum into both halves (so lane ``l`` holds channel
+    ``l % cout``, what a dense convolution reading the map needs)."""
+    if not pairs_supported(cfg, cin=cin, cout=cout, kh=kh, kw=kw, stride=1):
+        raise ValueError(f"a {kh}x{kw} convolution of {cin}->{cout} channels does not run in "
+                         f"pixel pairs on {cfg}")
+    fields = describe_dense_conv(cfg, cin=cin, h=h, w=w, cout=cfg.cols, kh=kh, kw=kw + 1,
+                                 pad=pad, relu=relu, in_base=in_base, out_base=out_base,
+                                 w_base=w_base, p_base=p_base, batch=batch)
+    wo = w + 2 * pad - kw + 1
+    pairs = wo // 2
+    cw = fields["cin_words"]
+    fields.update(out_w=pairs, x_step=2 * cw, y_step=(w - (pairs - 1) * 2) * cw, pairs=1)
+    return fuse_pool(cfg, fields)
 
 
 def describe_linear(cfg, *, in_words, cout, relu=False, in_base=0, out_base=0, w_base=0,

@@ -50,6 +50,8 @@ from ..hw.isa import (
     describe_linear,
     describe_pool,
     fuse_pool,
+    pair_pixels,
+    pairs_supported,
     pack_add_params,
     pack_descriptor,
 )
@@ -598,9 +600,17 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                 _, ci, kh, kw = layer.w.shape
                 _check_kernel(cfg, name, kh, kw)
                 wq = layer.w
+                # A dense convolution whose pooled output feeds a dense one: output pixels in
+                # pairs, its idle columns computing each pair's right pixel (`pair_pixels`).
+                paired = (n in chip and n in fused and n in repeat
+                          and pairs_supported(cfg, cin=ci, cout=co, kh=kh, kw=kw,
+                                              stride=layer.stride))
                 if n == 0 and dense is not None:
                     wq = wq.transpose(0, 2, 3, 1).reshape(co, ci * kh * kw, 1, 1)
                     fields = describe_conv(cfg, cin=c, h=h, w=w, cout=co, kh=1, kw=1, **common)
+                elif paired:
+                    fields = pair_pixels(cfg, cin=ci, h=h, w=w, cout=co, kh=kh, kw=kw,
+                                         pad=layer.pad, **common)
                 elif n in chip:
                     fields = describe_dense_conv(cfg, cin=ci, h=h, w=w, cout=co, kh=kh,
                                                  kw=kw, stride=layer.stride, pad=layer.pad,
@@ -608,10 +618,13 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                 else:
                     fields = describe_conv(cfg, cin=c, h=h, w=w, cout=co, kh=kh, kw=kw,
                                            stride=layer.stride, pad=layer.pad, **common)
-                macs = fields["out_h"] * fields["out_w"] * co * ci * kh * kw
-                if n in fused:
+                wo = w + 2 * layer.pad - kw + 1 if paired else fields["out_w"]
+                macs = fields["out_h"] * wo * co * ci * kh * kw
+                if n in fused and not paired:
                     fields = fuse_pool(cfg, fields)
-                if n in repeat:         # every channel cols / co times over
+                if paired:
+                    wq, b, m, sh = _pair_weights(cfg, wq, b, m, sh)
+                elif n in repeat:         # every channel cols / co times over
                     again = np.arange(cfg.cols) % co
                     wq, b, m, sh = wq[again], b[again], m[again], sh[again]
                 if n in chip:
@@ -688,6 +701,20 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
     return Program(cfg, layers, weights, params, tuple(qnet.input_shape), 0, last.out_base,
                    last.out_shape[0], used, w_bases, batch, dense,
                    (qnet, dense_input, dense_conv), 0 in chip)
+
+
+def _pair_weights(cfg, w, b, m, s):
+    """A ``(Co, C, kh, kw)`` kernel and its parameters as `systolic.hw.isa.pair_pixels` lays
+    them out: ``cols`` output channels of a ``kh x (kw + 1)`` kernel, channel ``j`` the real
+    channel ``j % Co`` shifted ``j // (cols / 2)`` columns right."""
+    co, ci, kh, kw = w.shape
+    half = cfg.cols // 2
+    out = np.zeros((cfg.cols, ci, kh, kw + 1), w.dtype)
+    ch = np.arange(cfg.cols) % co
+    for j in range(cfg.cols):
+        off = j // half
+        out[j, :, :, off:off + kw] = w[ch[j]]
+    return out, b[ch], m[ch], s[ch]
 
 
 def _dense_weights(cfg, w):
