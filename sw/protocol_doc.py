@@ -109,6 +109,8 @@ _FIELDS = {
     "dcin": "(only with `dense_conv`) a dense convolution's input channels",
     "pool": "(only with IDENTITY's `fused_pool`) 1: a convolution's output max-pooled 2×2 "
             "with stride 2 on the way to memory (see below)",
+    "pairs": "(only with IDENTITY's `fused_pool`) 1: a dense, pooled convolution computing its "
+             "output pixels in horizontal pairs (see below)",
 }
 #: The widths a descriptor field may have, in terms of IDENTITY's fields.
 WIDTHS = {

@@ -205,6 +205,46 @@ def test_dense_input():
                                 (8, 8, 8)), cfg, dense_input=True).dense is None
 
 
+def test_pair_pixels():
+    """lenet5's first convolution (1->6 5x5 on 12 lanes, its pooled output read dense) computes
+    its output pixels in pairs: 12 columns, the right six one pixel further with a 5x6 kernel,
+    a walk of 12 pairs a row two pixels apart, the fused pooling folding each word's halves."""
+    from systolic.hw.isa import dense_walk, pairs_supported
+    from systolic.sw.compiler import _dense_weights
+
+    qnet = random_qnet("lenet5")
+    cfg = preset("big")
+    prog = compile_network(qnet, cfg)
+    f = prog.layers[0].fields
+    assert (f["pairs"], f["pool"], f["dense"], f["dkw"], f["out_h"], f["out_w"], f["x_step"],
+            f["cout_tiles"]) == (1, 1, 1, 6, 24, 12, 2, 1)
+    assert (f["kh"], f["kw"]) == dense_walk(cfg, 5, 5, 1) == dense_walk(cfg, 5, 6, 1) == (3, 1)
+    assert f["y_step"] == 28 - 11 * 2
+    assert prog.layers[0].out_shape == (6, 12, 12)
+    assert prog.layers[0].macs == 24 * 24 * 6 * 25
+    w = qnet.layers[0].w
+    wide = np.zeros((12, 1, 5, 6), np.int8)
+    wide[:6, :, :, :5], wide[6:, :, :, 1:] = w, w
+    assert prog.weights[:prog.w_bases[1]] == layout.conv_weight_words(
+        cfg, _dense_weights(cfg, wide))
+    # Its MACs in about half the cycles of the pixel-by-pixel walk (a tile's fixed cost
+    # stays).
+    single = compile_network(qnet, cfg.replace(fused_pool=False))
+    assert "pairs" not in single.layers[0].fields
+    assert 100 * perfmodel.predict_layer(cfg, prog.layers[0]) < 55 * perfmodel.predict_layer(
+        cfg, single.layers[0])
+    # Where a pair would cost more or its halves could not repeat the channels: not paired.
+    assert pairs_supported(cfg, cin=1, cout=6, kh=5, kw=5, stride=1)
+    assert not pairs_supported(cfg, cin=1, cout=6, kh=5, kw=5, stride=2)
+    assert not pairs_supported(cfg, cin=1, cout=4, kh=5, kw=5, stride=1)       # 4 ∤ 6
+    assert not pairs_supported(cfg, cin=1, cout=6, kh=7, kw=7, stride=1)       # 7x8
+    assert not pairs_supported(preset("default"), cin=1, cout=4, kh=4, kw=4, stride=1)
+    assert pairs_supported(preset("default"), cin=1, cout=4, kh=3, kw=3, stride=1)
+    # lenet-digits' 16 channels fill the columns already.
+    assert "pairs" not in compile_network(random_qnet("lenet-digits"), preset(
+        "default")).layers[0].fields
+
+
 def test_dense_conv_on_chip():
     """By default a one-channel first convolution runs dense on chip where the configuration
     can: a 3x3 kernel on 8 lanes packs two kernel rows a reduction word (2 steps, not 9), its

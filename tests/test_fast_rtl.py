@@ -169,9 +169,12 @@ def test_dense_conv_shapes():
         dense = [n for n, lay in enumerate(report.program.layers) if lay.fields.get("dense")]
         assert dense == [n for n, lay in enumerate(report.program.layers)
                          if lay.kind == "conv"], what
-        # A 2x2 max pooling runs fused into the convolution before it (`fuse_pool`).
-        assert [lay.fields.get("pool", 0) for lay in report.program.layers
-                if lay.kind == "conv"][0] == ("pool" in what), what
+        # A 2x2 max pooling runs fused into the convolution before it (`fuse_pool`), and one
+        # whose 1, 2 or 4 channels repeat in each half of an 8-lane word runs in pixel pairs
+        # (`pair_pixels`).
+        first = report.program.layers[0].fields
+        assert first.get("pool", 0) == ("pool" in what), what
+        assert first.get("pairs", 0) == what.startswith(("1->4,", "1->2,")), what
         _exact(report, qnet, images)
         assert report.first_difference is None, what
         plain = simulate(qnet, images, cfg, batch=2, jobs=1, dense_conv=False)
