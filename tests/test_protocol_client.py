@@ -257,6 +257,35 @@ def dense_run(client, ident, rng, *, w_base, p_base):
     kind, _ = client.request("RUN", bytes([3, 1]))
     assert kind == "DONE"
     assert client.read(ident, 500, 49 * -(-4 // cols)) == activation_words(want, cols)
+    if not (ident["fused_pool"] and cols % 8 == 0):
+        return
+    # The same layer in pixel pairs, max-pooled 2x2: 8 columns (a pair's two pixels, the
+    # right one's kernel a tap further right), a 3x4 kernel, 3 pairs a row (the 7th column
+    # dropped); each word's halves folded, the 4 channels in both.
+    half = cols // 2
+    wide = np.zeros((cols, 1, 3, 4), np.int8)
+    for j in range(cols):
+        wide[j, :, :, j // half:j // half + 3] = w[j % 4]
+    rows = cols // 4
+    words = -(-3 // rows)
+    pair_w = np.zeros((cols, words * cols, 1, 1), np.int8)
+    for d in range(words):
+        for lane in range(rows * 4):
+            ky, kx = d * rows + lane // 4, lane % 4
+            if ky < 3:
+                pair_w[:, d * cols + lane, 0, 0] = wide[:, 0, ky, kx]
+    ch = np.arange(cols) % 4
+    desc = conv(ident, cin=1, h=7, w=7, cout=cols, k=3, pad=1, relu=False, in_base=400,
+                out_base=600, w_base=w_base, p_base=p_base)
+    desc.update(kh=words, kw=1, dense=1, dkh=3, dkw=4, dcin=1, tap_row_step=rows * 7 - 1,
+                w_tile_words=words * cols, out_w=3, x_step=2, y_step=7 - 2 * 2, pool=1,
+                pairs=1)
+    client.write(ident, "WEIGHT", w_base, conv_weight_words(pair_w, cols))
+    client.write(ident, "PARAM", p_base, param_words(ident, b[ch], m[ch], s[ch]))
+    client.write(ident, "PROGRAM", 3, [descriptor(ident, desc)])
+    assert client.request("RUN", bytes([3, 1]))[0] == "DONE"
+    pooled = arith.maxpool2d(want, 2, 2)
+    assert client.read(ident, 600, 9) == activation_words(pooled[ch], cols)
 
 
 # ---- the test ----------------------------------------------------------------------------------
