@@ -10,7 +10,8 @@ largest size that fits, batches with the first convolution's input densely packe
 host (``--dense-input``), batches with a one-channel first convolution run dense on chip
 (``--dense-conv``, the default where the preset has it), these four with every pooling a
 pass of the pooling engine (``fused_pool=False``), and last the preset as it is, 2x2 max
-pooling fused into the convolution before it — the network runs on ``--images`` images; every logit is checked
+pooling fused into the convolution before it (and a dense convolution of few output channels
+computing pixel pairs, `systolic.hw.isa.pair_pixels`) — the network runs on ``--images`` images; every logit is checked
 against the golden model and every layer's cycles against the performance model. Prints each
 layer's cycles per image and utilization (MACs / (cycles x PEs)), the whole network's, the
 bytes the link carried per image and the simulated cycles per image (array and link), so the
@@ -69,7 +70,8 @@ def main(argv=None):
         modes.append(("batched, dense conv on chip", unfused, largest_batch(qnet, unfused),
                       False, True))
     if cfg.fused_pool:
-        modes.append(("batched, dense conv, fused pooling" if cfg.dense_conv
+        modes.append(("batched, dense conv, fused pooling, pixel pairs where they fit"
+                      if cfg.dense_conv
                       else "batched, fused pooling", cfg, largest_batch(qnet, cfg), False,
                       cfg.dense_conv))
     results = []
