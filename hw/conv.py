@@ -49,7 +49,12 @@ from .isa import (
 from .replica import hard_register
 from .requant import Requantizer
 
-__all__ = ["ConvEngine", "dense_prep_cycles"]
+__all__ = ["POOL_EXTRA", "ConvEngine", "dense_prep_cycles"]
+
+
+#: Cycles a fused pooling's words take after the requantizer's, beyond a plain convolution's:
+#: the window row's maximum, then the line buffer's word in a register.
+POOL_EXTRA = 2
 
 
 def dense_prep_cycles(cfg):
@@ -141,7 +146,7 @@ class ConvEngine(wiring.Component):
         w_tile_base = Signal(cfg.weight_addr_bits)
         p_tile = Signal(cfg.param_addr_bits)            # the channel tile's first parameter word
         settle_cycles = R * cfg.rq_groups + C + Requantizer.LATENCY + 9
-        settle = Signal(range(settle_cycles + 1 + fused))
+        settle = Signal(range(settle_cycles + 1 + fused * POOL_EXTRA))
         # Pixel walker: the next output pixel of the layer and its input window origin.
         ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
         wbase, iy0, ix0 = Signal(signed(sb)), Signal(coord), Signal(coord)
@@ -476,10 +481,16 @@ class ConvEngine(wiring.Component):
                 lr.addr.eq(rq.o_tag.col), lr.en.eq(1),
                 lw.addr.eq(h_col), lw.data.eq(h_max), lw.en.eq(h_valid & ~h_py),
             ]
+            # The line buffer's word goes into a register before any logic (block RAM on the
+            # ECP5: its read is slow), the lower row's maximum waiting beside it.
+            q_valid, q_line = Signal(), Signal(C * 8)
+            q_max, q_addr = Signal(C * 8), Signal(cfg.act_addr_bits)
+            m.d.sync += [q_valid.eq(h_valid & h_py), q_line.eq(lr.data), q_max.eq(h_max),
+                         q_addr.eq(h_addr)]
             with m.If(desc.pool):
-                m.d.comb += [self.act_write.en.eq(h_valid & h_py),
-                             self.act_write.addr.eq(h_addr),
-                             self.act_write.data.eq(vmax(lr.data, h_max))]
+                m.d.comb += [self.act_write.en.eq(q_valid),
+                             self.act_write.addr.eq(q_addr),
+                             self.act_write.data.eq(vmax(q_line, q_max))]
             with m.Else():
                 m.d.comb += [self.act_write.en.eq(word_out), self.act_write.addr.eq(rq.o_tag.addr),
                              self.act_write.data.eq(word)]
@@ -608,9 +619,9 @@ class ConvEngine(wiring.Component):
                             m.d.sync += [claimed[b].eq(1), full[b].eq(1),
                                          bank_meta[b].flush.eq(1), bank_meta[b].first.eq(1),
                                          bank_meta[b].drain.eq(1)]
-                    # (A fused pooling's words come a cycle later.)
-                    m.d.sync += [f.eq(~f),
-                                 settle.eq(settle_cycles + (desc.pool if fused else 0))]
+                    # (A fused pooling's words come two cycles later.)
+                    m.d.sync += [f.eq(~f), settle.eq(settle_cycles + (
+                        Mux(desc.pool, POOL_EXTRA, 0) if fused else 0))]
                     m.next = "SETTLE"
             with m.State("SETTLE"):
                 with m.If((claimed == 0) & (sr_left == 0)):

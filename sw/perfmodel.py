@@ -46,8 +46,8 @@ both sides), then divides in ``GAP_DIV_STEPS`` cycles and writes::
 convolution (`systolic.hw.isa.describe_dense_conv`) walks ``kh = D`` blocks of one word
 (``kw = cin_words = 1``) and first waits `systolic.hw.conv.dense_prep_cycles` while its
 lanes' taps are worked out. A convolution that max-pools its output on the way to memory
-(`systolic.hw.isa.fuse_pool`) settles one cycle longer a channel tile: its words leave a
-stage later. Every layer also
+(`systolic.hw.isa.fuse_pool`) settles ``POOL_EXTRA`` cycles longer a channel tile: its words
+leave two stages later. Every layer also
 counts the ``CMD_LATENCY`` cycle in which the core holds its descriptor before the engine
 takes it.
 ``CONV_TILE``, ``CONV_LAYER`` and ``POOL_LAYER`` are the only fitted constants, measured on
@@ -59,7 +59,7 @@ every pooling shape on the core's Verilog, ``tests/test_network_rtl.py`` whole n
 
 import itertools
 
-from ..hw.conv import dense_prep_cycles
+from ..hw.conv import POOL_EXTRA, dense_prep_cycles
 from ..hw.eltwise import ADD_LATENCY, GAP_DIV_STEPS
 from ..hw.isa import ACT_READ_LATENCY, CMD_LATENCY, Op
 from ..hw.pool import PoolEngine
@@ -103,7 +103,7 @@ def _engine_cycles(cfg, fields):
         pixel_tiles = -(-fields.get("batch", 1) * fields["out_h"] * fields["out_w"] // R)
         feed = pixel_tiles * fields["kh"] * fields["kw"] * fields["cin_words"] * C
         per_tile = (feed + R + R * G + C + Requantizer.LATENCY + CONV_TILE
-                    + fields.get("pool", 0))
+                    + POOL_EXTRA * fields.get("pool", 0))
         prep = dense_prep_cycles(cfg) if fields.get("dense") else 0
         return fields["cout_tiles"] * per_tile + CONV_LAYER + prep
     if fields["op"] == Op.ADD:
