@@ -28,6 +28,13 @@ output pixel, the ``kh * kw * cin`` values its kernel covers (padding included),
 every reduction step of the array carries a real product instead of one lane in ``cols``.
 The input then takes about ``kh * kw / stride^2`` times the bytes on the link: worth it
 where compute, not the link, is the bottleneck (simulation, a fast link), not on a UART.
+
+Where the configuration has ``fused_pool``, a 2x2 max pooling with stride 2 right after a
+convolution in a sequential network compiles into the convolution (`systolic.hw.isa.fuse_pool`):
+one hardware layer writing the pooled map, named after both ("layer 0 (conv 1->6 5x5) + 1
+(maxpool)"; `CompiledLayer.first`). A dense convolution so pooled, whose output a dense
+convolution reads and whose channels divide half the columns, computes its output pixels in
+horizontal pairs on the columns it would leave idle (`systolic.hw.isa.pair_pixels`).
 """
 
 from dataclasses import dataclass, field
