@@ -27,7 +27,6 @@ import time
 import numpy as np
 import torch
 from systolic.hw.boards import BOARDS, get_board
-from systolic.hw.config import preset
 from systolic.sw import models, quantize
 from systolic.sw.errors import SystolicError
 from systolic.sw.simulate import simulate
@@ -163,7 +162,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         board = get_board(args.board)
-        cfg = preset(args.preset or board.preset)
+        # The board's build (its preset with only the features that build has), simulated
+        # on generic multipliers as `deploy --sim` does.
+        cfg = board.config(args.preset).replace(target="generic")
         clock = args.clock if args.clock is not None else board.clock_mhz
         if not clock > 0:
             raise SystolicError(f"Clock must be positive, not {clock!r}")
