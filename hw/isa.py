@@ -442,7 +442,7 @@ def pairs_supported(cfg, *, cin, cout, kh, kw, stride):
     a time (`pair_pixels`): stride 1, ``cout`` dividing ``cols / 2`` (so that the halves of a
     word, and the lanes of each, repeat its channels), and a kernel one column wider packing
     into as few reduction words (so that a pair costs what a pixel did)."""
-    return (cfg.fused_pool and cfg.cols % 2 == 0 and stride == 1 and 1 <= cout
+    return (cfg.fused_pool and cfg.cols % 2 == 0 and stride == 1 and cout >= 1
             and (cfg.cols // 2) % cout == 0 and kw + 1 <= cfg.max_kernel
             and dense_supported(cfg, cin=cin, kh=kh, kw=kw)
             and dense_supported(cfg, cin=cin, kh=kh, kw=kw + 1)

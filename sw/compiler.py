@@ -57,10 +57,10 @@ from ..hw.isa import (
     describe_linear,
     describe_pool,
     fuse_pool,
-    pair_pixels,
-    pairs_supported,
     pack_add_params,
     pack_descriptor,
+    pair_pixels,
+    pairs_supported,
 )
 from ..hw.pool import pool_line_words
 from .errors import SystolicError
