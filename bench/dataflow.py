@@ -7,16 +7,16 @@ options, measured in RTL (the fast harness) in one run.
 
 For each mode — one image a run (what the accelerator did before batching), batches of the
 largest size that fits, batches with the first convolution's input densely packed by the host
-(``--dense-input``), batches with a one-channel first convolution run dense on chip (``--dense-
-conv``, the default where the preset has it), these four with every pooling a pass of the
-pooling engine (``fused_pool=False``), and last the preset as it is, 2x2 max pooling fused into
-the convolution before it (and a dense convolution of few output channels computing pixel
-pairs, `systolic.hw.isa.pair_pixels`) — the network runs on ``--images`` images; every logit is
-checked against the golden model and every layer's cycles against the performance model. Prints
-each layer's cycles per image and utilization (MACs / (cycles x PEs)), the whole network's, the
-bytes the link carried per image and the simulated cycles per image (array and link), so the
-trade of dense input is in view. Without ``--model``, the architecture with seeded random
-weights and random images (cycles do not depend on the values).
+(``--dense-input``), batches with a one-channel first convolution run dense on chip
+(``--dense-conv``, the default where the preset has it), these four with every pooling a pass
+of the pooling engine (``fused_pool=False``), and last the preset as it is, 2x2 max pooling
+fused into the convolution before it (and a dense convolution of few output channels computing
+pixel pairs, `systolic.hw.isa.pair_pixels`) — the network runs on ``--images`` images; every
+logit is checked against the golden model and every layer's cycles against the performance
+model. Prints each layer's cycles per image and utilization (MACs / (cycles x PEs)), the whole
+network's, the bytes the link carried per image and the simulated cycles per image (array and
+link), so the trade of dense input is in view. Without ``--model``, the architecture with
+seeded random weights and random images (cycles do not depend on the values).
 """
 
 import argparse
