@@ -104,7 +104,10 @@ BOARDS = {
         # the design without them routes in 40 to 53. The leaner version (one bounds check a
         # coordinate) routes in 32 but closes at 67.0 MHz (seed 1; 30,440 LUT4s, 22,625 FFs),
         # its critical path core.pooling -> core.cycles, 14.92 ns (13.02 of it routing).
-        dense_conv=False),
+        # Fused pooling closes: 76.1 MHz (seed 1; 32,251 LUT4s, 22,831 FFs, 125 DP16KD), its
+        # critical path in the residual add engine (core.add.tag -> core.add.part6, 13.15 ns,
+        # 11.49 of it routing).
+        dense_conv=False, fused_pool=True),
     # iCE40UP5K, FT2232H channel B as UART. 30 MHz from the PLL (the small preset closes at
     # 32.6 MHz, seed 1) and 3 MBd (10 clocks a bit): the 1x4 array, not the link, bounds
     # images per second here.

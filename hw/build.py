@@ -569,7 +569,7 @@ def add_parser(subparsers):
                     "of this Python environment. Prints LUT/FF/DSP/BRAM use against the "
                     "device and fmax against the clock, and writes DIR/report.json. The "
                     "configuration defaults to the board's: ulx3s-85f the `default` preset "
-                    "without dense convolutions or fused pooling (not yet at its clock), "
+                    "without dense convolutions (not yet at its clock), "
                     "icebreaker the `small` one, multipliers in the board's DSP blocks; the "
                     "options below override it.",
         epilog="examples:\n"

@@ -20,8 +20,9 @@ from systolic.sw.simulate import simulate
 # `python bench/netlist.py` runs the board's own design by hand. It leaves out what
 # lenet-digits does not run (average pooling, kernels over 3x3): 3,599 LUT4s and 4,055
 # flip-flops instead of 4,711 and 4,739, so less C++ to compile. It keeps dense convolutions
-# (which the ULX3S's build leaves out for now): lenet-digits' first layer runs dense, two taps
-# a word, on the synthesized netlist.
+# (which the ULX3S's build leaves out for now) and fused pooling: lenet-digits' first layer
+# runs dense, two taps a word, and both convolutions pool on the way to memory, on the
+# synthesized netlist.
 CASES = {
     "icebreaker": (None, 1),
     "ulx3s-85f": (preset("default").replace(rows=2, cols=2, act_depth=1024, weight_depth=4096,
@@ -55,13 +56,15 @@ def test_netlist_lenet_digits(board):
     np.testing.assert_array_equal(report.logits, golden.run(qnet, images).logits)
     assert report.mismatches == 0
     assert report.program.layers[0].fields.get("dense", 0) == (board == "ulx3s-85f")
+    assert [lay.fields.get("pool", 0) for lay in report.program.layers] == (
+        [1, 1, 0] if board == "ulx3s-85f" else [0, 0, 0, 0, 0])
 
 
 def test_board_config_is_the_boards():
     _, cfg = board_config("icebreaker")
     assert cfg == preset("small").replace(target="ice40")
     _, cfg = board_config("ulx3s-85f")
-    assert cfg == preset("default").replace(target="ecp5", dense_conv=False, fused_pool=False)
+    assert cfg == preset("default").replace(target="ecp5", dense_conv=False)
 
 
 def test_board_config_rejects_another_family():
