@@ -447,6 +447,11 @@ class ConvEngine(wiring.Component):
             with m.If(rq.o_valid):
                 m.d.sync += collected.eq(Cat(collected[L * 8:], rq.o_data))
             word = Cat(collected, rq.o_data)
+        def plain():
+            """The requantizer's word straight to memory."""
+            return [self.act_write.en.eq(word_out), self.act_write.addr.eq(rq.o_tag.addr),
+                    self.act_write.data.eq(word)]
+
         if fused:
             # Fused 2x2 max pooling (the descriptor's ``pool``): a window's left pixel waits
             # in `left`; at its right one the row's maximum goes on, with the line buffer's
@@ -492,11 +497,9 @@ class ConvEngine(wiring.Component):
                              self.act_write.addr.eq(q_addr),
                              self.act_write.data.eq(vmax(q_line, q_max))]
             with m.Else():
-                m.d.comb += [self.act_write.en.eq(word_out), self.act_write.addr.eq(rq.o_tag.addr),
-                             self.act_write.data.eq(word)]
+                m.d.comb += plain()
         else:
-            m.d.comb += [self.act_write.en.eq(word_out), self.act_write.addr.eq(rq.o_tag.addr),
-                         self.act_write.data.eq(word)]
+            m.d.comb += plain()
 
         # ---- Sequencer FSM ---------------------------------------------------------------
         # The feed releases banks; the fill claims them (after the capture above).
