@@ -108,6 +108,9 @@ class ConvEngine(wiring.Component):
             **({"dense": Out(1),
                 "act_lanes": Out(data.ArrayLayout(cfg.act_addr_bits, cfg.cols))}
                if cfg.dense_conv else {}),
+            # Which halves of ``act_write``'s word to write (bit 1: the upper ``cols / 2``
+            # lanes): both, but one a channel tile with the descriptor's ``halves``.
+            **({"act_halves": Out(2)} if cfg.fused_pool else {}),
         })
 
     def elaborate(self, platform):
@@ -135,14 +138,23 @@ class ConvEngine(wiring.Component):
         last = data.StructLayout({
             "ox": cfg.dim_bits, "oy": cfg.dim_bits + 1, "cw": len(desc.cin_words),
             "kx": cfg.kernel_bits, "ky": cfg.kernel_bits, "t": 8,
+            **({"words": 8} if fused else {}),
         })
         last = Signal(last)
         m.d.sync += [last.ox.eq(desc.out_w - 1), last.oy.eq(desc.out_h - 1),
                      last.cw.eq(desc.cin_words - 1), last.kx.eq(desc.kw - 1),
                      last.ky.eq(desc.kh - 1), last.t.eq(desc.cout_tiles - 1)]
+        # Output words a pixel (with ``halves`` two channel tiles share a word), and the
+        # channel tile's word.
+        out_words = desc.cout_tiles
+        if fused:
+            m.d.sync += last.words.eq(Mux(desc.halves, (desc.cout_tiles + 1) >> 1,
+                                          desc.cout_tiles))
+            out_words = last.words
 
         # ---- Sequencer state ---------------------------------------------------------------
         t = Signal(8)                                   # output channel tile
+        t_word = Mux(desc.halves, t >> 1, t) if fused else t
         w_tile_base = Signal(cfg.weight_addr_bits)
         p_tile = Signal(cfg.param_addr_bits)            # the channel tile's first parameter word
         settle_cycles = R * cfg.rq_groups + C + Requantizer.LATENCY + 9
@@ -414,7 +426,7 @@ class ConvEngine(wiring.Component):
                 with m.If(row_end):
                     # The next pixel's window: one further after an odd column; at a line's
                     # end, back to the row's first after an even line, on after an odd one.
-                    nxt = (paddr + Mux(right, desc.cout_tiles, 0))[:cfg.act_addr_bits]
+                    nxt = (paddr + Mux(right, out_words, 0))[:cfg.act_addr_bits]
                     with m.If(dx != last.ox):
                         m.d.sync += paddr.eq(nxt)
                     with m.Elif(dy[0]):
@@ -422,7 +434,7 @@ class ConvEngine(wiring.Component):
                     with m.Else():
                         m.d.sync += paddr.eq(prow)
             with m.If(row_end):
-                m.d.sync += out_addr.eq(out_addr + desc.cout_tiles)
+                m.d.sync += out_addr.eq(out_addr + out_words)
                 with m.If(dx == last.ox):
                     m.d.sync += dx.eq(0)
                     with m.If(dy == last.oy):
@@ -498,6 +510,8 @@ class ConvEngine(wiring.Component):
                              self.act_write.data.eq(vmax(q_line, q_max))]
             with m.Else():
                 m.d.comb += plain()
+            # A channel tile with ``halves`` writes half `t % 2` of its words (`pair_pixels`).
+            m.d.comb += self.act_halves.eq(Mux(desc.halves, Mux(t[0], 0b10, 0b01), 0b11))
         else:
             m.d.comb += plain()
 
@@ -519,8 +533,9 @@ class ConvEngine(wiring.Component):
                 iy0.eq(-desc.pad), ix0.eq(-desc.pad),
                 ky.eq(0), kx.eq(0), cw.eq(0), r.eq(0), tap_off.eq(0),
                 block0.eq(1), have_prev.eq(0),
-                out_addr.eq(desc.out_base + t), dx.eq(0), dy.eq(0), dimg.eq(0),
-            ] + ([paddr.eq(desc.out_base + t), prow.eq(desc.out_base + t)] if fused else [])
+                out_addr.eq(desc.out_base + t_word), dx.eq(0), dy.eq(0), dimg.eq(0),
+            ] + ([paddr.eq(desc.out_base + t_word), prow.eq(desc.out_base + t_word)]
+                 if fused else [])
 
         with m.FSM():
             with m.State("RESET"):

@@ -54,7 +54,7 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
     so Yosys finds no collision to emulate (see the module's notes). ``attrs`` go to each
     slice's `memory.Memory` (``no_rw_check``).
 
-    ``read_addr`` may be a list: each slice's own read address.
+    ``read_addr`` and ``write_en`` may be lists: each slice's own.
 
     Returns
     -------
@@ -70,7 +70,8 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
         m.submodules[f"mem{i}"] = mem = memory.Memory(shape=part, depth=depth, init=[],
                                                       attrs=attrs or {})
         w, r = mem.write_port(), mem.read_port()
-        we, re = copy(write_en, "we"), copy(read_en, "re")
+        we = copy(write_en[i] if isinstance(write_en, list | tuple) else write_en, "we")
+        re = copy(read_en, "re")
         addr = read_addr[i] if isinstance(read_addr, list | tuple) else read_addr
         wd = Signal(part, name=f"s{i}_wdata")
         m.d.sync += wd.eq(wdata.word_select(i, part))
@@ -336,12 +337,17 @@ class Core(wiring.Component):
                 port.data.eq(payload),
                 port.en.eq(loading & (self.load.payload.mem == kind)),
             ]
+        # Which halves of the word a write writes: both but for a convolution's channel tile
+        # with ``halves`` (`systolic.hw.isa.pair_pixels`).
+        wr_halves = Signal(2, init=0b11)
         with m.If(conv.busy):
             m.d.comb += [
                 wr_sel.en.eq(conv.act_write.en),
                 wr_sel.addr.eq(conv.act_write.addr),
                 wr_sel.data.eq(conv.act_write.data),
             ]
+            if cfg.fused_pool:
+                m.d.comb += wr_halves.eq(conv.act_halves)
         if cfg.pool:
             with m.Elif(pooling):
                 m.d.comb += [wr_sel.en.eq(pool_wr.en), wr_sel.addr.eq(pool_wr.addr),
@@ -366,7 +372,7 @@ class Core(wiring.Component):
         if cfg.dense_conv:
             lane_addr = [Mux(conv.busy & conv.dense, conv.act_lanes[i], rd_sel.addr)
                          for i in range(cfg.cols)]
-        act_data = self._act_memory(m, rd_sel, wr_sel, lane_addr)
+        act_data = self._act_memory(m, rd_sel, wr_sel, lane_addr, wr_halves)
         act_q = Signal(word)
         read_d, read_dd = Signal(), Signal()
         m.d.sync += [read_d.eq(rd_sel.en), read_dd.eq(read_d)]
@@ -411,19 +417,23 @@ class Core(wiring.Component):
         convolutions need one per column (`AcceleratorConfig.dense_conv`)."""
         return 1 if self._cfg.target == "ice40" else self._cfg.cols
 
-    def _act_memory(self, m, rd_sel, wr_sel, lane_addr=None):
+    def _act_memory(self, m, rd_sel, wr_sel, lane_addr=None, wr_halves=None):
         """The activation memory, its ports registered; returns its read data (a read's word
-        two cycles after ``rd_sel``)."""
+        two cycles after ``rd_sel``). ``wr_halves``: which halves of the word a write writes
+        (bit 1: the upper ``cols / 2`` lanes), where the memory is in column slices."""
         cfg = self._cfg
         # A layer never reads a word in the cycle it writes it (its output does not overlap
         # its input): no_rw_check spares the fabric logic for that case (see above).
         attrs = {"no_rw_check": 1}
         if self._slices() > 1:
             m.submodules.act = sub = Module()
+            write_en = wr_sel.en
+            if wr_halves is not None and cfg.fused_pool and cfg.cols % 2 == 0:
+                write_en = [wr_sel.en & wr_halves[2 * i // cfg.cols] for i in range(cfg.cols)]
             return registered_slices(
                 sub, width=cfg.word_bits, depth=cfg.act_depth, slices=self._slices(),
                 target=cfg.target, read_addr=lane_addr or rd_sel.addr, read_en=rd_sel.en,
-                write_addr=wr_sel.addr, write_en=wr_sel.en, write_data=wr_sel.data,
+                write_addr=wr_sel.addr, write_en=write_en, write_data=wr_sel.data,
                 exclusive=False, attrs=attrs)
         m.submodules.act = act = memory.Memory(shape=word_layout(cfg), depth=cfg.act_depth,
                                                init=[], attrs=attrs)

@@ -148,7 +148,7 @@ class Error(enum.Enum, shape=8):
 
 #: The protocol's version: IDENTITY's first byte. Raised when a request, reply or layout
 #: changes in a way an existing client would misread.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,8 @@ def layer_layout(cfg: AcceleratorConfig):
         # CW of the input: words per input pixel (a fully connected layer's input is one
         # pixel of all the map's words, so this is as wide as an activation address)
         "cin_words": cfg.act_addr_bits + 1,
-        "cout_tiles": 8,         # channel tiles of the output: words per output pixel
+        "cout_tiles": 8,         # channel tiles of the output: words per output pixel (two
+                                 # tiles a word with ``halves``)
         "batch": 8,              # images, one after the other in memory (a convolution's)
         # Derived by the compiler (describe_conv):
         "origin": signed(sb),        # address of input pixel (-pad, -pad)
@@ -273,10 +274,11 @@ def layer_layout(cfg: AcceleratorConfig):
         # being the walk's.
         **({"dense": 1, "dkh": cfg.kernel_bits, "dkw": cfg.kernel_bits,
             "dcin": dense_cin_bits(cfg)} if cfg.dense_conv else {}),
-        # Max-pool the output 2x2 with stride 2 on the way to memory (`fuse_pool`), and a dense
-        # convolution's output pixels computed two at a time (`pair_pixels`); only where
+        # Max-pool the output 2x2 with stride 2 on the way to memory (`fuse_pool`), a dense
+        # convolution's output pixels computed two at a time (`pair_pixels`), and each of
+        # its channel tiles written into one half of the output words (``halves``); only where
         # ``cfg.fused_pool``.
-        **({"pool": 1, "pairs": 1} if cfg.fused_pool else {}),
+        **({"pool": 1, "pairs": 1, "halves": 1} if cfg.fused_pool else {}),
     })
 
 
@@ -437,39 +439,56 @@ def fuse_pool(cfg, fields):
     return {**fields, "pool": 1}
 
 
-def pairs_supported(cfg, *, cin, cout, kh, kw, stride):
+def pairs_supported(cfg, *, cin, cout, kh, kw, stride, repeat=True):
     """Whether a dense convolution (`describe_dense_conv`) can compute its output pixels two at
-    a time (`pair_pixels`): stride 1, ``cout`` dividing ``cols / 2`` (so that the halves of a
-    word, and the lanes of each, repeat its channels), and a kernel one column wider packing
-    into as few reduction words (so that a pair costs what a pixel did)."""
-    return (cfg.fused_pool and cfg.cols % 2 == 0 and stride == 1 and cout >= 1
-            and (cfg.cols // 2) % cout == 0 and kw + 1 <= cfg.max_kernel
+    a time (`pair_pixels`): stride 1 and a kernel one column wider packing into as few
+    reduction words (so that a pair costs what a pixel did). With ``repeat`` (its map read by
+    a dense convolution, lane ``l`` holding channel ``l % cout``) ``cout`` must divide
+    ``cols / 2``, so that the halves of a word, and the lanes of each, repeat its channels;
+    without, it must pay: its channels in fewer tiles of ``cols / 2`` than twice their tiles
+    of ``cols`` (16 channels on 12 columns: 3 tiles of pairs, not 2 tiles of single pixels)."""
+    half = cfg.cols // 2
+    if not (cfg.fused_pool and cfg.cols % 2 == 0 and stride == 1 and cout >= 1
+            and kw + 1 <= cfg.max_kernel
             and dense_supported(cfg, cin=cin, kh=kh, kw=kw)
             and dense_supported(cfg, cin=cin, kh=kh, kw=kw + 1)
-            and dense_walk(cfg, kh, kw + 1, cin) == dense_walk(cfg, kh, kw, cin))
+            and dense_walk(cfg, kh, kw + 1, cin) == dense_walk(cfg, kh, kw, cin)):
+        return False
+    if repeat:
+        return half % cout == 0
+    return _ceil_div(cout, half) < 2 * _ceil_div(cout, cfg.cols)
 
 
 def pair_pixels(cfg, *, cin, h, w, cout, kh, kw, pad=0, relu=False, in_base=0, out_base=0,
-                w_base=0, p_base=0, batch=1):
+                w_base=0, p_base=0, batch=1, repeat=True):
     """Descriptor fields (a dict) for a dense convolution (`describe_dense_conv`) of ``cout``
     channels whose output is max-pooled 2x2 with stride 2 (`fuse_pool`), computing the output
-    pixels in horizontal pairs (`pairs_supported`): column ``j`` of the array computes channel
-    ``j % cout`` of the pair's left pixel for ``j < cols / 2``, of its right one above, with a
-    ``kh x (kw + 1)`` kernel whose column ``dx`` holds the real kernel's ``dx - j // (cols /
-    2)`` (0 outside it). The walk steps two pixels a pair (``out_w`` pairs: an odd width's last
-    column is dropped, as pooling drops it); the pooling takes each word's two halves as the
-    window's two columns and writes their maximum into both halves (so lane ``l`` holds channel
-    ``l % cout``, what a dense convolution reading the map needs)."""
-    if not pairs_supported(cfg, cin=cin, cout=cout, kh=kh, kw=kw, stride=1):
+    pixels in horizontal pairs (`pairs_supported`).
+
+    The array computes a ``kh x (kw + 1)`` kernel: column ``j`` the pair's left pixel for
+    ``j < cols / 2``, its right one above, its kernel column ``dx`` holding the real kernel's
+    ``dx - j // (cols / 2)`` (0 outside it). The walk steps two pixels a pair (``out_w``
+    pairs: an odd width's last column is dropped, as pooling drops it); the pooling takes each
+    word's two halves as the window's two columns and puts their maximum into both halves.
+
+    With ``repeat`` there is one channel tile, column ``j`` computing channel ``j % cout``,
+    and the whole word is written: lane ``l`` holds channel ``l % cout``, what a dense
+    convolution reading the map needs. Without, channel tile ``t`` computes channels
+    ``t * cols / 2 + j % (cols / 2)`` (0 past ``cout``) and writes only half ``t % 2`` of word
+    ``t // 2`` of each pixel (``halves``): the map is in the activation layout.
+    """
+    if not pairs_supported(cfg, cin=cin, cout=cout, kh=kh, kw=kw, stride=1, repeat=repeat):
         raise ValueError(f"a {kh}x{kw} convolution of {cin}->{cout} channels does not run in "
-                         f"pixel pairs on {cfg}")
-    fields = describe_dense_conv(cfg, cin=cin, h=h, w=w, cout=cfg.cols, kh=kh, kw=kw + 1,
-                                 pad=pad, relu=relu, in_base=in_base, out_base=out_base,
-                                 w_base=w_base, p_base=p_base, batch=batch)
+                         f"pixel pairs on {cfg}" + ("" if repeat else " that pay"))
+    tiles = 1 if repeat else _ceil_div(cout, cfg.cols // 2)
+    fields = describe_dense_conv(cfg, cin=cin, h=h, w=w, cout=tiles * cfg.cols, kh=kh,
+                                 kw=kw + 1, pad=pad, relu=relu, in_base=in_base,
+                                 out_base=out_base, w_base=w_base, p_base=p_base, batch=batch)
     wo = w + 2 * pad - kw + 1
     pairs = wo // 2
     cw = fields["cin_words"]
-    fields.update(out_w=pairs, x_step=2 * cw, y_step=(w - (pairs - 1) * 2) * cw, pairs=1)
+    fields.update(out_w=pairs, x_step=2 * cw, y_step=(w - (pairs - 1) * 2) * cw, pairs=1,
+                  halves=int(not repeat))
     return fuse_pool(cfg, fields)
 
 

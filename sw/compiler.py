@@ -32,9 +32,12 @@ where compute, not the link, is the bottleneck (simulation, a fast link), not on
 Where the configuration has ``fused_pool``, a 2x2 max pooling with stride 2 right after a
 convolution in a sequential network compiles into the convolution (`systolic.hw.isa.fuse_pool`):
 one hardware layer writing the pooled map, named after both ("layer 0 (conv 1->6 5x5) + 1
-(maxpool)"; `CompiledLayer.first`). A dense convolution so pooled, whose output a dense
-convolution reads and whose channels divide half the columns, computes its output pixels in
-horizontal pairs on the columns it would leave idle (`systolic.hw.isa.pair_pixels`).
+(maxpool)"; `CompiledLayer.first`). A dense convolution so pooled computes its output
+pixels in horizontal pairs on columns it would leave idle (`systolic.hw.isa.pair_pixels`)
+where that pays: when a dense convolution reads its output and its channels divide half the
+columns (lenet5's conv 1->6 on 12 columns), or when its channels fill fewer tiles of half the
+columns than twice their tiles of all of them (lenet5's conv 6->16: three tiles of pairs, not
+two of single pixels), each tile then writing half of each output word.
 """
 
 from dataclasses import dataclass, field
@@ -607,17 +610,17 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                 _, ci, kh, kw = layer.w.shape
                 _check_kernel(cfg, name, kh, kw)
                 wq = layer.w
-                # A dense convolution whose pooled output feeds a dense one: output pixels in
-                # pairs, its idle columns computing each pair's right pixel (`pair_pixels`).
-                paired = (n in chip and n in fused and n in repeat
+                # A dense, pooled convolution: output pixels in pairs where it pays
+                # (`pair_pixels`), its channels repeated if a dense convolution reads them.
+                paired = (n in chip and n in fused
                           and pairs_supported(cfg, cin=ci, cout=co, kh=kh, kw=kw,
-                                              stride=layer.stride))
+                                              stride=layer.stride, repeat=n in repeat))
                 if n == 0 and dense is not None:
                     wq = wq.transpose(0, 2, 3, 1).reshape(co, ci * kh * kw, 1, 1)
                     fields = describe_conv(cfg, cin=c, h=h, w=w, cout=co, kh=1, kw=1, **common)
                 elif paired:
                     fields = pair_pixels(cfg, cin=ci, h=h, w=w, cout=co, kh=kh, kw=kw,
-                                         pad=layer.pad, **common)
+                                         pad=layer.pad, repeat=n in repeat, **common)
                 elif n in chip:
                     fields = describe_dense_conv(cfg, cin=ci, h=h, w=w, cout=co, kh=kh,
                                                  kw=kw, stride=layer.stride, pad=layer.pad,
@@ -630,7 +633,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                 if n in fused and not paired:
                     fields = fuse_pool(cfg, fields)
                 if paired:
-                    wq, b, m, sh = _pair_weights(cfg, wq, b, m, sh)
+                    wq, b, m, sh = _pair_weights(cfg, wq, b, m, sh, repeat=n in repeat)
                 elif n in repeat:         # every channel cols / co times over
                     again = np.arange(cfg.cols) % co
                     wq, b, m, sh = wq[again], b[again], m[again], sh[again]
@@ -710,18 +713,29 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                    (qnet, dense_input, dense_conv), 0 in chip)
 
 
-def _pair_weights(cfg, w, b, m, s):
+def _pair_weights(cfg, w, b, m, s, *, repeat):
     """A ``(Co, C, kh, kw)`` kernel and its parameters as `systolic.hw.isa.pair_pixels` lays
-    them out: ``cols`` output channels of a ``kh x (kw + 1)`` kernel, channel ``j`` the real
-    channel ``j % Co`` shifted ``j // (cols / 2)`` columns right."""
+    them out: ``tiles * cols`` output channels of a ``kh x (kw + 1)`` kernel, column ``j`` of
+    tile ``t`` computing real channel ``ch[t, j]`` (none: 0) shifted ``j // (cols / 2)``
+    columns right, ``ch[0, j] = j % Co`` with ``repeat``, else ``t * cols / 2 + j % (cols /
+    2)``."""
     co, ci, kh, kw = w.shape
     half = cfg.cols // 2
-    out = np.zeros((cfg.cols, ci, kh, kw + 1), w.dtype)
-    ch = np.arange(cfg.cols) % co
-    for j in range(cfg.cols):
-        off = j // half
-        out[j, :, :, off:off + kw] = w[ch[j]]
-    return out, b[ch], m[ch], s[ch]
+    j = np.arange(cfg.cols)
+    if repeat:
+        ch = (j % co)[None]
+    else:
+        ch = np.arange(-(-co // half))[:, None] * half + j % half
+        ch = np.where(ch < co, ch, -1)
+    ch = ch.reshape(-1)
+    out = np.zeros((len(ch), ci, kh, kw + 1), w.dtype)
+    bo, mo, so = (np.zeros(len(ch), v.dtype) for v in (b, m, s))
+    for n, c in enumerate(ch):
+        if c >= 0:
+            off = (n % cfg.cols) // half
+            out[n, :, :, off:off + kw] = w[c]
+            bo[n], mo[n], so[n] = b[c], m[c], s[c]
+    return out, bo, mo, so
 
 
 def _dense_weights(cfg, w):

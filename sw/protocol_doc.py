@@ -111,6 +111,9 @@ _FIELDS = {
             "with stride 2 on the way to memory (see below)",
     "pairs": "(only with IDENTITY's `fused_pool`) 1: a dense, pooled convolution computing its "
              "output pixels in horizontal pairs (see below)",
+    "halves": "(only with IDENTITY's `fused_pool`) 1: each channel tile of a paired convolution "
+              "writes half of each output word, tile `t` half `t % 2` of word `t // 2` (see "
+              "below)",
 }
 #: The widths a descriptor field may have, in terms of IDENTITY's fields.
 WIDTHS = {

@@ -85,7 +85,7 @@ class Client:
     def identify(self):
         kind, payload = self.request("IDENTIFY")
         assert kind == "IDENTITY"
-        assert payload[0] == 3, "a protocol version this client does not know"
+        assert payload[0] == 4, "a protocol version this client does not know"
         fields, at = {}, 0
         for name, size in IDENTITY:
             fields[name] = int.from_bytes(payload[at:at + size], "little")
@@ -263,29 +263,45 @@ def dense_run(client, ident, rng, *, w_base, p_base):
     # right one's kernel a tap further right), a 3x4 kernel, 3 pairs a row (the 7th column
     # dropped); each word's halves folded, the 4 channels in both.
     half = cols // 2
-    wide = np.zeros((cols, 1, 3, 4), np.int8)
-    for j in range(cols):
-        wide[j, :, :, j // half:j // half + 3] = w[j % 4]
     rows = cols // 4
     words = -(-3 // rows)
-    pair_w = np.zeros((cols, words * cols, 1, 1), np.int8)
-    for d in range(words):
-        for lane in range(rows * 4):
-            ky, kx = d * rows + lane // 4, lane % 4
-            if ky < 3:
-                pair_w[:, d * cols + lane, 0, 0] = wide[:, 0, ky, kx]
+
+    def paired(ch):
+        """A tile's weights: column j channel ch[j], the right half's a tap further right."""
+        wide = np.zeros((cols, 1, 3, 4), np.int8)
+        for j in range(cols):
+            wide[j, :, :, j // half:j // half + 3] = w[ch[j]]
+        pair_w = np.zeros((cols, words * cols, 1, 1), np.int8)
+        for d in range(words):
+            for lane in range(rows * 4):
+                ky, kx = d * rows + lane // 4, lane % 4
+                if ky < 3:
+                    pair_w[:, d * cols + lane, 0, 0] = wide[:, 0, ky, kx]
+        return pair_w
+
     ch = np.arange(cols) % 4
     desc = conv(ident, cin=1, h=7, w=7, cout=cols, k=3, pad=1, relu=False, in_base=400,
                 out_base=600, w_base=w_base, p_base=p_base)
     desc.update(kh=words, kw=1, dense=1, dkh=3, dkw=4, dcin=1, tap_row_step=rows * 7 - 1,
                 w_tile_words=words * cols, out_w=3, x_step=2, y_step=7 - 2 * 2, pool=1,
                 pairs=1)
-    client.write(ident, "WEIGHT", w_base, conv_weight_words(pair_w, cols))
+    client.write(ident, "WEIGHT", w_base, conv_weight_words(paired(ch), cols))
     client.write(ident, "PARAM", p_base, param_words(ident, b[ch], m[ch], s[ch]))
     client.write(ident, "PROGRAM", 3, [descriptor(ident, desc)])
     assert client.request("RUN", bytes([3, 1]))[0] == "DONE"
     pooled = arith.maxpool2d(want, 2, 2)
     assert client.read(ident, 600, 9) == activation_words(pooled[ch], cols)
+    # In two channel tiles writing a half of each word each (halves): tile 0 the channels
+    # in order into the lower half, tile 1 in reverse into the upper, at untouched words.
+    ch2 = np.concatenate([ch, 3 - ch])
+    desc.update(out_base=700, cout_tiles=2, halves=1)
+    client.write(ident, "WEIGHT", w_base,
+                 conv_weight_words(np.concatenate([paired(ch), paired(3 - ch)]), cols))
+    client.write(ident, "PARAM", p_base, param_words(ident, b[ch2], m[ch2], s[ch2]))
+    client.write(ident, "PROGRAM", 3, [descriptor(ident, desc)])
+    assert client.request("RUN", bytes([3, 1]))[0] == "DONE"
+    lanes = np.where(np.arange(cols) < half, ch, 3 - ch)
+    assert client.read(ident, 700, 10) == activation_words(pooled[lanes], cols) + [0]
 
 
 # ---- the test ----------------------------------------------------------------------------------
