@@ -245,6 +245,50 @@ def test_pair_pixels():
         "default")).layers[0].fields
 
 
+def test_pair_pixels_in_half_word_tiles():
+    """lenet5's second convolution (6->16 5x5 on 12 columns, pooled, read by a linear layer)
+    runs in pixel pairs in three channel tiles of six, each writing half of the two words of
+    a pixel, not in two tiles of single pixels (12 + 4 columns busy): fewer cycles, the map in
+    the activation layout."""
+    from systolic.hw.isa import describe_dense_conv, fuse_pool, pairs_supported
+    from systolic.sw.compiler import _dense_weights
+
+    qnet = random_qnet("lenet5")
+    cfg = preset("big")
+    prog = compile_network(qnet, cfg)
+    f = prog.layers[1].fields
+    assert (f["pairs"], f["halves"], f["pool"], f["dense"], f["cout_tiles"], f["out_w"],
+            f["dkw"]) == (1, 1, 1, 1, 3, 4, 6)
+    assert prog.layers[1].out_shape == (16, 4, 4)
+    assert prog.layers[1].out_words == 16 * 2              # two words a pixel
+    assert prog.layers[0].fields["halves"] == 0          # its channels repeat for conv 2
+    # Tile t computes channels 6t..6t+5 (none past 15) on the left and right halves.
+    w, b = qnet.layers[2].w, qnet.layers[2].b
+    wide = np.zeros((36, 6, 5, 6), np.int8)
+    bias = np.zeros(36, b.dtype)
+    for t in range(3):
+        for j in range(12):
+            c = 6 * t + j % 6
+            if c < 16:
+                wide[12 * t + j, :, :, j // 6:j // 6 + 5] = w[c]
+                bias[12 * t + j] = b[c]
+    base = prog.w_bases[1]
+    assert prog.weights[base:prog.w_bases[2]] == layout.conv_weight_words(
+        cfg, _dense_weights(cfg, wide))
+    single = fuse_pool(cfg, describe_dense_conv(cfg, cin=6, h=12, w=12, cout=16, kh=5, kw=5,
+                                                batch=f["batch"]))
+    assert 100 * perfmodel.predict_layer(cfg, prog.layers[1]) < 80 * perfmodel.predict_cycles(
+        cfg, single)
+    # Pairs pay when the channels fill fewer half-word tiles than twice their word tiles.
+    assert pairs_supported(cfg, cin=6, cout=16, kh=5, kw=5, stride=1, repeat=False)
+    assert pairs_supported(cfg, cin=6, cout=6, kh=5, kw=5, stride=1, repeat=False)
+    assert not pairs_supported(cfg, cin=6, cout=12, kh=5, kw=5, stride=1, repeat=False)
+    assert not pairs_supported(cfg, cin=6, cout=24, kh=5, kw=5, stride=1, repeat=False)
+    assert not pairs_supported(preset("default"), cin=4, cout=16, kh=3, kw=3, stride=1,
+                               repeat=False)
+    assert not pairs_supported(cfg, cin=6, cout=16, kh=5, kw=5, stride=1)   # 16 ∤ 6
+
+
 def test_dense_conv_on_chip():
     """By default a one-channel first convolution runs dense on chip where the configuration
     can: a 3x3 kernel on 8 lanes packs two kernel rows a reduction word (2 steps, not 9), its

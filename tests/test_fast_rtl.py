@@ -138,15 +138,20 @@ def _dense_nets():
     rgb = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
     nets.append(("3->8 3x3: two taps of three channels a word", head(rgb, (3, 9, 9)),
                  (3, 9, 9)))
-    for c1, c2, k2 in [(4, 8, 3),       # two taps of 4 channels a word, two words a row
-                       (2, 6, 3),       # a whole row of 2 channels a word
-                       (3, 16, 5),      # two taps of 3 channels; two output tiles
-                       (2, 5, 2)]:      # two whole rows a word
+    for c1, c2, k2, pool in [
+        (4, 8, 3, False),               # two taps of 4 channels a word, two words a row
+        (2, 6, 3, False),               # a whole row of 2 channels a word
+        (3, 16, 5, False),              # two taps of 3 channels; two output tiles
+        (2, 5, 2, False),               # two whole rows a word
+        (4, 12, 3, True),               # pooled: pairs in three tiles of 4 channels, each
+                                        # writing half of a word (not two tiles of pixels)
+    ]:
         torch.manual_seed(c1 * 10 + c2)
         two = nn.Sequential(nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                            nn.Conv2d(c1, c2, k2, padding=1), nn.ReLU())
-        nets.append((f"1->{c1}, pool, {c1}->{c2} {k2}x{k2}", head(two, (1, 16, 16)),
-                     (1, 16, 16)))
+                            nn.Conv2d(c1, c2, k2, padding=1), nn.ReLU(),
+                            *([nn.MaxPool2d(2)] if pool else []))
+        nets.append((f"1->{c1}, pool, {c1}->{c2} {k2}x{k2}" + (", pool: halves" if pool else ""),
+                     head(two, (1, 16, 16)), (1, 16, 16)))
     return nets
 
 
@@ -175,6 +180,9 @@ def test_dense_conv_shapes():
         first = report.program.layers[0].fields
         assert first.get("pool", 0) == ("pool" in what), what
         assert first.get("pairs", 0) == what.startswith(("1->4,", "1->2,")), what
+        second = report.program.layers[1].fields
+        assert (second.get("pairs", 0), second.get("halves", 0)) == (
+            ("halves" in what,) * 2), what
         _exact(report, qnet, images)
         assert report.first_difference is None, what
         plain = simulate(qnet, images, cfg, batch=2, jobs=1, dense_conv=False)
