@@ -12,6 +12,7 @@ import re
 
 import pytest
 from net_common import random_qnet
+from systolic.hw.boards import get_board
 from systolic.hw.config import preset
 from systolic.hw.isa import Error, Mem, Reply, Request, mem_depth
 from systolic.sim import fuzz as fz
@@ -148,9 +149,10 @@ def test_fuzz_byte_streams():
 def test_fuzz_uart_pins():
     """A few frames on the virtual board's UART pins at 8 cycles a bit: breaks and framing
     errors go through the UART receiver, many of them inside frames. The board's frame timeout
-    and the design `systolic deploy --sim` runs (one build for both)."""
+    and the design `systolic deploy --sim` runs on the ULX3S (one build for both)."""
     count = max(40, FRAMES // 25)
-    report = fz.fuzz(random_qnet("lenet-digits"), preset("default"), count=count,
+    cfg = get_board("ulx3s-85f").config().replace(target="generic")
+    report = fz.fuzz(random_qnet("lenet-digits"), cfg, count=count,
                      seed=SEED + 1, burst=20, divisor=8,
                      kinds={"line_fault": 60})
     assert (report.hangs, report.wrong_replies) == (0, 0)
