@@ -8,8 +8,10 @@ For lenet-digits and lenet5 (seeded random weights, quantized on seeded random i
 cycles do not depend on the weights or the data), the accelerator's cycles per image come from
 the RTL: a few images through `systolic.sw.simulate.simulate` (the fast Verilator harness),
 every logit checked against the golden model. At the board's clock (``--board``, or
-``--clock``) they give batch-1 latency and images a second (one image after another, as the
-host driver runs them), and per layer the sustained rate, 2 × MACs over the layer's time.
+``--clock``) they give batch-1 latency and images a second (one image after another), and per
+layer the sustained rate, 2 × MACs over the layer's time. Then a batch as large as the
+activation memory holds (`systolic.sw.compiler.largest_batch`, ``simulate --batch``'s
+default), again checked logit for logit: the accelerator's batched images a second.
 
 PyTorch runs the float model of the same network on one thread (``torch.set_num_threads(1)``)
 in the same run: batched (``--batch`` images a call) and one image a call; each is the best of
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from systolic.hw.boards import BOARDS, get_board
 from systolic.sw import models, quantize
+from systolic.sw.compiler import largest_batch
 from systolic.sw.errors import SystolicError
 from systolic.sw.simulate import simulate
 
@@ -81,9 +84,13 @@ def measure(arch, cfg, clock_mhz, *, images, batch, single, repeats, seed):
     rng = np.random.default_rng(seed + 1)
     q = rng.integers(0, 128, size=(images, *qnet.input_shape)).astype(np.int8)
     report = simulate(qnet, q, cfg, jobs=1, progress=lambda item: None).as_dict()
-    if report["mismatches"]:
-        raise SystolicError(f"{arch}: {report['mismatches']} of {images} images differ from "
-                            f"the golden model")
+    fits = largest_batch(qnet, cfg)
+    big = rng.integers(0, 128, size=(fits, *qnet.input_shape)).astype(np.int8)
+    batched = simulate(qnet, big, cfg, jobs=1, batch=fits, progress=lambda item: None).as_dict()
+    for r in (report, batched):
+        if r["mismatches"]:
+            raise SystolicError(f"{arch}: {r['mismatches']} of {r['images']} images differ "
+                                "from the golden model")
     cycles = report["cycles_per_image"]
     seconds = cycles / (clock_mhz * 1e6)
     layers = []
@@ -95,6 +102,9 @@ def measure(arch, cfg, clock_mhz, *, images, batch, single, repeats, seed):
     accel = {
         "cycles_per_image": cycles, "latency_us": seconds * 1e6,
         "images_per_second": 1 / seconds, "macs_per_image": report["macs_per_image"],
+        "batch": fits, "batched_cycles_per_image": batched["cycles_per_image"],
+        "batched_images_per_second": clock_mhz * 1e6 / batched["cycles_per_image"],
+        "batched_utilization": batched["utilization"],
         "gops": 2 * report["macs_per_image"] / seconds / 1e9,
         "peak_gops": 2 * cfg.pes * clock_mhz / 1e3, "utilization": report["utilization"],
         "act_words": report["act_words"], "act_depth": report["act_depth"],
@@ -103,7 +113,8 @@ def measure(arch, cfg, clock_mhz, *, images, batch, single, repeats, seed):
                       seed=seed)
     return {"network": arch, "images_checked": images, "accelerator": accel, "torch": cpu,
             "latency_ratio": cpu["batch1_latency_us"] / accel["latency_us"],
-            "batched_ratio": accel["images_per_second"] / cpu["batched_images_per_second"],
+            "batched_ratio": (accel["batched_images_per_second"]
+                              / cpu["batched_images_per_second"]),
             "layers": layers}
 
 
@@ -114,24 +125,28 @@ def format_table(result):
              f" GOPS; PyTorch: float model, one thread, this machine",
              "",
              f"{'network':<13} {'cycles':>7} {'accel µs':>9} {'accel img/s':>12} "
-             f"{'torch b1 µs':>12} {'torch b1 img/s':>15} {'torch batched img/s':>20} "
-             f"{'b1 speed-up':>12} {'img/s ratio':>12}"]
+             f"{'accel batched img/s':>20} {'torch b1 µs':>12} {'torch b1 img/s':>15} "
+             f"{'torch batched img/s':>20} {'b1 speed-up':>12} {'batched ratio':>14}"]
     for r in result["networks"]:
         a, t = r["accelerator"], r["torch"]
         lines.append(f"{r['network']:<13} {a['cycles_per_image']:>7.0f} {a['latency_us']:>9.1f} "
-                     f"{a['images_per_second']:>12,.0f} {t['batch1_latency_us']:>12.1f} "
+                     f"{a['images_per_second']:>12,.0f} "
+                     f"{a['batched_images_per_second']:>11,.0f} (of {a['batch']:>3}) "
+                     f"{t['batch1_latency_us']:>12.1f} "
                      f"{t['batch1_images_per_second']:>15,.0f} "
                      f"{t['batched_images_per_second']:>20,.0f} "
-                     f"{r['latency_ratio']:>11.2f}x {r['batched_ratio']:>11.2f}x")
-    lines += ["", "(b1 speed-up: PyTorch's batch-1 latency over the accelerator's; img/s ratio: "
-              "the accelerator's images/s over PyTorch's batched rate)", ""]
+                     f"{r['latency_ratio']:>11.2f}x {r['batched_ratio']:>13.2f}x")
+    lines += ["", "(b1 speed-up: PyTorch's batch-1 latency over the accelerator's; batched "
+              "ratio: the accelerator's batched images/s over PyTorch's)", ""]
     for r in result["networks"]:
         a = r["accelerator"]
         lines.append(f"{r['network']}: {a['macs_per_image']:,} MACs an image, sustained "
                      f"{a['gops']:.2f} GOPS of {a['peak_gops']:.2f} peak (utilization "
                      f"{a['utilization']:.1%}); activation memory at its peak "
                      f"{a['act_words']:,} of {a['act_depth']:,} words; {r['images_checked']} "
-                     f"images, every logit as the golden model's")
+                     f"images, then a batch of {a['batch']} ({a['batched_cycles_per_image']:.0f} "
+                     f"cycles an image, utilization {a['batched_utilization']:.1%}), every "
+                     "logit as the golden model's")
         lines.append(f"  {'layer':<28} {'cycles':>8} {'MACs':>9} {'GOPS':>7} {'util':>6}")
         for lay in r["layers"]:
             gops = "-" if not lay["macs"] or lay["gops"] is None else f"{lay['gops']:.2f}"
