@@ -21,17 +21,7 @@ iCEBreaker  ``led_r``              controller error or UART overrun
 
 from dataclasses import dataclass
 
-from amaranth.hdl import (
-    ClockDomain,
-    ClockSignal,
-    Const,
-    DomainRenamer,
-    Elaboratable,
-    Instance,
-    Module,
-    ResetSignal,
-    Signal,
-)
+from amaranth.hdl import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Signal
 from amaranth.lib import cdc, io, wiring
 
 from ..sw.errors import SystolicError
@@ -291,21 +281,7 @@ class BoardTop(Elaboratable):
         locked = self._clock(m, platform)
 
         m.submodules.bridge = bridge = self.bridge
-        ctrl = self.controller
-        if self.board.family == "ecp5":
-            # The controller (and the accelerator in it) runs on the board's clock in a domain
-            # of its own, reset from a register of the board's reset: the reset synchronizer
-            # sits by the PLL in a corner, and one net from it to the LSR pin of every
-            # flip-flop of the design crossed the chip (13 ns of routing in the ULX3S's build
-            # with dense convolutions). The placer puts the register amid its loads.
-            m.domains.core = ClockDomain("core", local=True)
-            core_rst = Signal(init=1, reset_less=True)
-            m.d.sync += core_rst.eq(ResetSignal("sync"))
-            m.d.comb += [ClockSignal("core").eq(ClockSignal("sync")),
-                         ResetSignal("core").eq(core_rst)]
-            m.submodules.controller = DomainRenamer("core")(ctrl)
-        else:
-            m.submodules.controller = ctrl
+        m.submodules.controller = ctrl = self.controller
         wiring.connect(m, bridge.rx, ctrl.rx)
         wiring.connect(m, ctrl.tx, bridge.tx)
         uart = platform.request("uart", dir="-")
