@@ -297,35 +297,16 @@ class ConvEngine(wiring.Component):
         first_reg, drain_reg, wvalid_reg = Signal(), Signal(), Signal()
         release = Signal(2)                             # banks the feed copies out this cycle
 
-        # `sr_left <= 1` from a register: `load` is one LUT from registers.
+        # `sr_left <= 1` from a register: `load` (one LUT from registers) enables every bit
+        # of the shift register, a net of rows * cols * 8 sinks.
         at_last = Signal(init=1)
         load = Signal()
         m.d.comb += load.eq(at_last & full.bit_select(g, 1))
-        at_last_next = Mux(load, C <= 1, Mux((sr_left != 0) & ~sr_meta.flush, sr_left <= 2, 1))
-        m.d.sync += at_last.eq(at_last_next)
-        # Whether the feed shifts next cycle (`sr_left != 0` without a flush).
-        shift_next = Mux(load, ~Array(bank_meta)[g].flush, (sr_left >= 2) & ~sr_meta.flush)
-        # Each row of the shift register (cols * 8 flip-flops, spread along the array's row)
-        # and of `a_reg` takes its load and shift enables from its own copies of `at_last` and
-        # of a shift flag (`hard_register`), not from one net of rows * cols * 8 sinks
-        # spanning the array (the ULX3S's build with dense convolutions: 8.7 ns of routing on
-        # it alone, from `sr_left` through three LUTs). Not on the iCE40, one row, whose logic
-        # cells are spent.
-        rows_apart = cfg.target != "ice40"
+        m.d.sync += at_last.eq(Mux(load, C <= 1,
+                                   Mux((sr_left != 0) & ~sr_meta.flush, sr_left <= 2, 1)))
         m.d.sync += [first_reg.eq(0), drain_reg.eq(0), wvalid_reg.eq(0)]
         for i in range(R):
             m.d.sync += a_reg[i].eq(0)
-        if rows_apart:
-            for i in range(R):
-                shift = hard_register(m, shift_next, name=f"feed_shift{i}", target=cfg.target)
-                row_load = ~hard_register(m, ~at_last_next, name=f"feed_last{i}",
-                                          target=cfg.target) & full.bit_select(g, 1)
-                with m.If(row_load):
-                    m.d.sync += sr[i].eq(Mux(g, banks[1][i], banks[0][i]))
-                with m.Elif(shift):
-                    m.d.sync += sr[i].eq(sr[i] >> 8)
-                with m.If(shift):
-                    m.d.sync += a_reg[i].eq(sr[i][:8])
         step0 = sr_left == C
         # The step's weight address: the weight memory registers it (a copy per group of its
         # block RAMs). What it reads outside steps is never used (`wvalid_d` is 0).
@@ -340,15 +321,13 @@ class ConvEngine(wiring.Component):
                     drain_reg.eq(sr_meta.drain & step0),
                     wvalid_reg.eq(1),
                 ]
-                if not rows_apart:
-                    for i in range(R):
-                        m.d.sync += [a_reg[i].eq(sr[i][:8]), sr[i].eq(sr[i] >> 8)]
+                for i in range(R):
+                    m.d.sync += [a_reg[i].eq(sr[i][:8]), sr[i].eq(sr[i] >> 8)]
                 m.d.sync += w_off.eq(Mux(sr_meta.first & step0, 1, w_off + 1))
         with m.If(load):
             for b in range(2):
                 with m.If(g == b):
-                    if not rows_apart:
-                        m.d.sync += [sr[i].eq(banks[b][i]) for i in range(R)]
+                    m.d.sync += [sr[i].eq(banks[b][i]) for i in range(R)]
                     m.d.sync += sr_meta.eq(bank_meta[b])
                     m.d.comb += release[b].eq(1)
             m.d.sync += [sr_left.eq(C), g.eq(~g)]
