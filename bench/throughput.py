@@ -10,8 +10,8 @@ the RTL: a few images through `systolic.sw.simulate.simulate` (the fast Verilato
 every logit checked against the golden model. At the board's clock (``--board``, or
 ``--clock``) they give batch-1 latency and images a second (one image after another), and per
 layer the sustained rate, 2 × MACs over the layer's time. Then a batch as large as the
-activation memory holds (`systolic.sw.compiler.largest_batch`, ``simulate --batch``'s
-default), again checked logit for logit: the accelerator's batched images a second.
+activation memory holds (`systolic.sw.compiler.largest_batch`), again checked logit for
+logit: the accelerator's batched images a second.
 
 PyTorch runs the float model of the same network on one thread (``torch.set_num_threads(1)``)
 in the same run: batched (``--batch`` images a call) and one image a call; each is the best of

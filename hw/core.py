@@ -417,7 +417,7 @@ class Core(wiring.Component):
         convolutions need one per column (`AcceleratorConfig.dense_conv`)."""
         return 1 if self._cfg.target == "ice40" else self._cfg.cols
 
-    def _act_memory(self, m, rd_sel, wr_sel, lane_addr=None, wr_halves=None):
+    def _act_memory(self, m, rd_sel, wr_sel, lane_addr, wr_halves):
         """The activation memory, its ports registered; returns its read data (a read's word
         two cycles after ``rd_sel``). ``wr_halves``: which halves of the word a write writes
         (bit 1: the upper ``cols / 2`` lanes), where the memory is in column slices."""
@@ -428,7 +428,7 @@ class Core(wiring.Component):
         if self._slices() > 1:
             m.submodules.act = sub = Module()
             write_en = wr_sel.en
-            if wr_halves is not None and cfg.fused_pool and cfg.cols % 2 == 0:
+            if cfg.fused_pool:
                 write_en = [wr_sel.en & wr_halves[2 * i // cfg.cols] for i in range(cfg.cols)]
             return registered_slices(
                 sub, width=cfg.word_bits, depth=cfg.act_depth, slices=self._slices(),
