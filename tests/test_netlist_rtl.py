@@ -10,7 +10,6 @@ import pytest
 from net_common import random_images, random_qnet
 from systolic.hw.config import AcceleratorConfig, preset
 from systolic.hw.netlist import NetlistError, board_config, board_netlist
-from systolic.sim.runner import selected_simulators
 from systolic.sw import golden
 from systolic.sw.simulate import simulate
 
@@ -31,17 +30,11 @@ CASES = {
 }
 
 
-def _sim():
-    # Icarus takes over half an hour an image on a netlist: `bench/netlist.py --sim icarus`.
-    if "verilator" not in selected_simulators():
-        pytest.skip("netlists are simulated on Verilator; SIM excludes it")
-    return "fast"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("board", list(CASES))
 def test_netlist_lenet_digits(board):
-    sim = _sim()
+    # On the fast harness (Verilator, whatever $SIM picks for cocotb): Icarus takes over half
+    # an hour an image on a netlist (`bench/netlist.py --sim icarus`).
     cfg, n = CASES[board]
     netlist = board_netlist(board, cfg)
     kinds = {"ecp5": ("MULT18X18D", "DP16KD"),
@@ -51,7 +44,7 @@ def test_netlist_lenet_digits(board):
     qnet = random_qnet("lenet-digits")
     images = random_images(qnet, n)
     # On the fast harness: the netlist and its cell models compiled with the C++ clock loop.
-    report = simulate(qnet, images, AcceleratorConfig.from_dict(netlist.config), sim=sim,
+    report = simulate(qnet, images, AcceleratorConfig.from_dict(netlist.config), sim="fast",
                       netlist=netlist, jobs=1)
     np.testing.assert_array_equal(report.logits, golden.run(qnet, images).logits)
     assert report.mismatches == 0
