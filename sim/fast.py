@@ -28,7 +28,6 @@ import weakref
 from pathlib import Path
 
 from amaranth._unused import MustUse
-from amaranth.back import verilog
 
 from ..hw.isa import Request
 from ..sw import protocol
@@ -40,6 +39,7 @@ from .runner import (
     compiler_cache_env,
     find_verilator,
     locked,
+    simulation_verilog,
 )
 
 __all__ = ["BAD_STOP", "BREAK", "BYTE", "IDLE", "LINE_FAULT", "STREAM_TIMEOUT_CYCLES", "Harness",
@@ -102,7 +102,7 @@ def _kept_verilog(top, name, key):
     if path.is_file():
         _silence(top)
         return path
-    text = verilog.convert(top, name=name)
+    text = simulation_verilog(top, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
@@ -118,7 +118,7 @@ def _verilog_text(top, name):
         return Path(top).read_text()
     key = _DESIGN_KEYS.get(top)
     if key is None:
-        return verilog.convert(top, name=name)
+        return simulation_verilog(top, name)
     return _kept_verilog(top, name, key).read_text()
 
 

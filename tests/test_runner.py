@@ -8,6 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from amaranth.hdl import Module
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
 from systolic.hw.config import AcceleratorConfig
 from systolic.hw.isa import describe_pool, pack_descriptor
 from systolic.hw.pool import PoolEngine
@@ -18,6 +21,7 @@ from systolic.sim.runner import (
     find_verilator,
     run_cocotb,
     selected_simulators,
+    simulation_verilog,
 )
 from systolic.sw.errors import SystolicError
 
@@ -169,3 +173,44 @@ def test_compiler_cache_left_to_the_user(monkeypatch, tmp_path):
     monkeypatch.delenv("CCACHE_DIR")
     monkeypatch.setenv("SYSTOLIC_BUILD_DIR", str(tmp_path / "b"))
     assert compiler_cache_env()["CCACHE_DIR"] == str(tmp_path / "b" / "ccache")
+
+
+class _TwoMemories(wiring.Component):
+    """A memory that starts all zero and one that starts with data, each read by address."""
+
+    addr: In(9)
+    zero: Out(8)
+    data: Out(8)
+
+    def elaborate(self, platform):
+        m = Module()
+        # (`table` is a Verilog keyword: its name is escaped, ``\\table ``.)
+        m.submodules.table = zeros = memory.Memory(shape=8, depth=300, init=[])
+        m.submodules.stored = stored = memory.Memory(shape=8, depth=4, init=[0, 7, 0, 9])
+        z, t = zeros.read_port(domain="comb"), stored.read_port(domain="comb")
+        m.d.comb += [z.addr.eq(self.addr), t.addr.eq(self.addr[:2]),
+                     self.zero.eq(z.data), self.data.eq(t.data)]
+        return m
+
+
+def test_simulation_verilog_zeroes_memories_by_a_loop(tmp_path):
+    """The zeroed memory's 300 rows become one loop; the other memory's rows stay as Amaranth
+    wrote them; and on Icarus every row reads back as the design starts (0, not X)."""
+    text = simulation_verilog(_TwoMemories(), "two")
+    assert re.findall(r"(?m)^  initial for \(\\(\w+)\$init = 0; \\\1\$init < (\d+);", text) == [
+        ("table", "300")]
+    assert "table [299] = " not in text
+    assert re.search(r"stored\[1\] = 8'h07;\n\s+stored\[2\] = 8'h00;\n\s+stored\[3\] = 8'h09;",
+                     text)
+    (tmp_path / "two.v").write_text(text)
+    (tmp_path / "tb.v").write_text(
+        "module tb; reg [8:0] addr; wire [7:0] zero, data;\n"
+        "  two dut(.addr(addr), .zero(zero), .data(data));\n"
+        "  integer a; initial begin for (a = 0; a < 300; a = a + 1) begin addr = a; #1;\n"
+        '    $display("%0d %b %0d", a, zero, data); end $finish; end\nendmodule\n')
+    subprocess.run(["iverilog", "-g2012", "-o", "sim.vvp", "tb.v", "two.v"], cwd=tmp_path,
+                   check=True)
+    out = subprocess.run(["vvp", "-n", "sim.vvp"], cwd=tmp_path, check=True,
+                         capture_output=True, text=True).stdout.split("\n")
+    rows = [line.split() for line in out if re.match(r"\d+ ", line)]
+    assert rows == [[str(a), "00000000", str([0, 7, 0, 9][a % 4])] for a in range(300)]
