@@ -122,11 +122,11 @@ def _verilog_text(top, name):
     return _kept_verilog(top, name, key).read_text()
 
 
-def verilog_file(top, name, key):
-    """A Verilog file of ``top`` (module ``name``) for a simulator that takes files: converted
-    once per ``key`` (JSON-able: what ``top`` was made from) and kept like `network_top`'s
-    designs, so the cocotb route finds its build without converting the design again."""
-    return _kept_verilog(top, name, ["verilog_file", key])
+def verilog_file(top, name):
+    """The Verilog file of a `network_top` design ``top`` (module ``name``) for a simulator
+    that takes files: the one the fast harness builds from, converted once and kept, so the
+    cocotb route simulates the same design and finds its build without converting it again."""
+    return _kept_verilog(top, name, _DESIGN_KEYS[top])
 
 
 def network_top(cfg, uart=None):

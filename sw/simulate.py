@@ -464,9 +464,7 @@ def _run_fast(program, images, *, trace, waves, uart, faults, layer_cycles, jobs
 
 
 def _run_cocotb(qnet, images, cfg, *, sim, trace, waves, timeout, uart, faults, layer_cycles):
-    from ..hw.controller import Controller
-    from ..hw.virtual import VirtualBoard
-    from ..sim.fast import verilog_file
+    from ..sim.fast import network_top, verilog_file
     from ..sim.runner import run_cocotb
 
     with tempfile.TemporaryDirectory(prefix="systolic-sim-") as tmp:
@@ -475,17 +473,17 @@ def _run_cocotb(qnet, images, cfg, *, sim, trace, waves, timeout, uart, faults, 
         job = {"qnet": str(tmp / "net.qnet"), "cfg": cfg.as_dict(), "trace": bool(trace),
                "layer_cycles": bool(layer_cycles),
                "images": [im.ravel().tolist() for im in images]}
-        if uart is None:
-            top, name = Controller(cfg), "controller"
-        else:
-            top, name = VirtualBoard(cfg, clk_freq=uart[0], baud=uart[1]), "virtual_board"
-            job["uart_divisor"] = top.bridge.divisor
+        # The fast harness's design (`network_top`: its byte-stream controller times a frame
+        # out after `STREAM_TIMEOUT_CYCLES` quiet cycles, which the testbench's whole frames
+        # never reach), so both routes simulate one design, converted once.
+        top, name, divisor = network_top(cfg, uart)
+        if uart is not None:
+            job["uart_divisor"] = divisor
             job["faults"] = list(faults)
         (tmp / "job.json").write_text(json.dumps(job))
         if timeout is None:
             timeout = 600 + 5 * len(images) * (10 if sim == "icarus" else 1)
-        # The design's Verilog converted once and kept (sim.fast.verilog_file), not each run.
-        source = verilog_file(top, name, ["cocotb network", cfg.as_dict(), uart])
+        source = verilog_file(top, name)
         run_cocotb(sources=[source], name=name, test_module="test_network", sim=sim,
                    build_key=[cfg.as_dict(), uart], waves=waves, timeout=timeout,
                    extra_env={"SYSTOLIC_NETWORK": tmp / "job.json",
