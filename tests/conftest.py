@@ -29,26 +29,26 @@ os.environ.setdefault("SYSTOLIC_FAST_CXX_OPT", "-O0")
 os.environ.setdefault("SYSTOLIC_FAST_UART_CXX_OPT", "-O1")
 
 # Node-id prefixes, longest first (seconds, as --durations measured them with -n 2 on a quiet
-# machine, Dec 3; a test that first needs a design pays for its build, so the first of those
-# sharing one is listed).
+# machine, Dec 3: 9 min 51 s in all; a test that first needs a design pays for its build, so the
+# first of those sharing one is listed).
 LONGEST = (
-    "tests/test_build.py::test_build_icebreaker_end_to_end",            # 309: place and route
-    "tests/test_netlist_rtl.py::test_netlist_lenet_digits[ulx3s-85f]",  # 157
-    "tests/test_netlist_rtl.py",                                        # 78: the iCEBreaker's
-    "tests/test_identify_rtl.py::test_the_virtual_board_identifies_itself[ulx3s-85f]",  # 76
-    "tests/test_identify_rtl.py::test_the_controller_identifies_itself[big]",   # 70: 12x12
-    "tests/test_network_rtl.py::test_lenet_digits_rtl",                 # 56: cocotb, Icarus
-    "tests/test_fuzz.py::test_a_wrong_model_is_caught_with_a_replay",   # 50: the default build
+    "tests/test_build.py::test_build_icebreaker_end_to_end",            # 127: place and route
+    "tests/test_netlist_rtl.py::test_netlist_lenet_digits[ulx3s-85f]",  # 86
+    "tests/test_netlist_rtl.py",                                        # 60: the iCEBreaker's
     "tests/test_formal.py::test_controller_rejected_frames_sliced_bmc",  # 44
-    "tests/test_controller_rtl.py",                                     # 41 and less
-    "tests/test_uart.py::test_uart_rtl",                                # 38 and less
-    "tests/test_perf_rtl.py::test_cycles_exactly_as_predicted",         # 38
-    "tests/test_core_rtl.py::test_core_layers",                         # 35, 16
-    "tests/test_report.py::test_simulate_is_quiet_and_trace_says_all_match",  # 34
-    "tests/test_residual_rtl.py::test_mlperf_resnet8_big_preset",       # 32
-    "tests/test_fast_rtl.py::test_lenet_digits_fast_trace_and_waves",   # 31: the waves build
-    "tests/test_report.py::test_demo_report_files_and_quiet",           # 30
-    "tests/test_formal.py",                                             # 30 and less
+    "tests/test_identify_rtl.py::test_the_virtual_board_identifies_itself[ulx3s-85f]",  # 42
+    "tests/test_controller_rtl.py",                                     # 38 and less
+    "tests/test_identify_rtl.py::test_the_controller_identifies_itself[big]",   # 37: 12x12
+    "tests/test_uart.py::test_uart_rtl",                                # 28 and less
+    "tests/test_formal.py",                                             # 28 and less
+    "tests/test_fuzz.py::test_a_wrong_model_is_caught_with_a_replay",   # 27: the default build
+    "tests/test_network_rtl.py::test_lenet_digits_rtl",                 # 26: cocotb, Icarus
+    "tests/test_perf_rtl.py::test_cycles_exactly_as_predicted",         # 26
+    "tests/test_core_rtl.py::test_core_layers",                         # 23, 8
+    "tests/test_residual_rtl.py::test_mlperf_resnet8_big_preset",       # 23
+    "tests/test_report.py::test_demo_report_files_and_quiet",           # 17
+    "tests/test_report.py::test_simulate_is_quiet_and_trace_says_all_match",  # 16
+    "tests/test_fast_rtl.py::test_lenet_digits_fast_trace_and_waves",   # 15: the waves build
     "tests/test_identify_rtl.py",
     "tests/test_fast_rtl.py",
     "tests/test_deploy.py",
