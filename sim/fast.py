@@ -52,8 +52,9 @@ _BARE_SOURCE = _HERE / "fast_bare.cpp"
 
 #: Symbol kinds the harness puts on the design's input (see ``fast_harness.cpp``).
 BYTE, BAD_STOP, BREAK, IDLE, LINE_FAULT = range(5)
-#: The byte-stream controller's frame timeout here: the harness queues every frame whole, so no
-#: frame pauses for long, and a frame cut short on purpose (fuzzing) is answered soon.
+#: The byte-stream controller's frame timeout here (and on the cocotb route, which simulates the
+#: same design): the harness queues every frame whole, so no frame pauses for long, and a frame
+#: cut short on purpose (fuzzing) is answered soon.
 STREAM_TIMEOUT_CYCLES = 1024
 #: C++ optimization of the model and harness (Verilator's own default is -Os);
 #: ``$SYSTOLIC_FAST_CXX_OPT`` overrides it, and a caller's own choice (the test suite compiles at
