@@ -26,13 +26,69 @@ if ! printf '#include <lz4.h>\n' | ${CXX:-g++} -x c++ -E - >/dev/null 2>&1; then
 fi
 
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  echo "systolic setup: creating .venv"
-  "$PY" -m venv .venv
+
+# uv, when it can be had, installs the environment in seconds (pip takes a minute and a half
+# here, most of it unpacking PyTorch; uv links it from its cache). It is found on PATH or
+# installed once into build/tools with pip; anything amiss, and pip does the work as before.
+UV=$(command -v uv 2>/dev/null || true)
+if [ -z "$UV" ] && [ "${SYSTOLIC_SETUP_PIP:-}" != 1 ]; then
+  if [ ! -x build/tools/uv/bin/uv ]; then
+    "$PY" -m pip install -q --disable-pip-version-check --target build/tools/uv uv \
+      >/dev/null 2>&1 || true
+  fi
+  [ -x build/tools/uv/bin/uv ] && UV=build/tools/uv/bin/uv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-# The CPU build of PyTorch first (a plain `torch` requirement may pull a multi-GB CUDA build).
-.venv/bin/python -m pip install -q "torch==2.13.0" 2>/dev/null \
-  || echo "systolic setup: torch 2.13.0 is not available here; pip will choose a torch>=2.4"
-.venv/bin/python -m pip install -q -e ".[dev]"
+[ "${SYSTOLIC_SETUP_PIP:-}" = 1 ] && UV=""
+
+# pip's configuration (files and PIP_* variables: local wheels, mirrors, constraints) for uv,
+# which reads only its own: uv then installs what pip would, from where pip would.
+uv_env() {
+  local conf v
+  conf=$("$PY" -m pip config list 2>/dev/null || true)
+  pip_get() {   # $1: PIP_* variable, $2: pip's key (``global.`` or ``install.``; a list's
+                # items, newline-separated in pip's files, printed as \n, joined by spaces)
+    local v="${!1:-}"
+    [ -z "$v" ] && v=$(printf '%s\n' "$conf" \
+      | sed -n "s/^\(global\|install\)\.$2='\(.*\)'\$/\2/p" | tail -n 1 | sed 's/\\n/ /g')
+    printf '%s' "$v"
+  }
+  v=$(pip_get PIP_INDEX_URL index-url);             [ -n "$v" ] && export UV_INDEX_URL="$v"
+  v=$(pip_get PIP_EXTRA_INDEX_URL extra-index-url); [ -n "$v" ] && export UV_EXTRA_INDEX_URL="$v"
+  v=$(pip_get PIP_FIND_LINKS find-links);           [ -n "$v" ] && export UV_FIND_LINKS="$v"
+  v=$(pip_get PIP_CONSTRAINT constraint);           [ -n "$v" ] && export UV_CONSTRAINT="$v"
+  v=$(pip_get PIP_CERT cert);                       [ -n "$v" ] && export SSL_CERT_FILE="$v"
+  # pip weighs every index alike; uv by default only the first that has a package.
+  export UV_INDEX_STRATEGY=unsafe-best-match
+  return 0
+}
+
+install_uv() {
+  uv_env
+  if [ ! -x .venv/bin/python ]; then
+    echo "systolic setup: creating .venv (uv)"
+    "$UV" venv -q --seed --python "$PY" .venv || return 1
+  fi
+  # The CPU build of PyTorch first (a plain `torch` requirement may pull a multi-GB CUDA build).
+  "$UV" pip install -q -p .venv/bin/python "torch==2.13.0" 2>/dev/null \
+    || echo "systolic setup: torch 2.13.0 is not available here; uv will choose a torch>=2.4"
+  "$UV" pip install -q -p .venv/bin/python -e ".[dev]"
+}
+
+install_pip() {
+  if [ ! -x .venv/bin/python ]; then
+    echo "systolic setup: creating .venv"
+    "$PY" -m venv .venv
+  fi
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q "torch==2.13.0" 2>/dev/null \
+    || echo "systolic setup: torch 2.13.0 is not available here; pip will choose a torch>=2.4"
+  .venv/bin/python -m pip install -q -e ".[dev]"
+}
+
+if [ -n "$UV" ] && (install_uv); then
+  :
+else
+  [ -n "$UV" ] && echo "systolic setup: uv failed; installing with pip"
+  install_pip
+fi
 echo "systolic setup: ready (.venv/bin/systolic)"
