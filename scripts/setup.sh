@@ -29,16 +29,17 @@ PY=${PYTHON:-python3}
 
 # uv, when it can be had, installs the environment in seconds (pip takes a minute and a half
 # here, most of it unpacking PyTorch; uv links it from its cache). It is found on PATH or
-# installed once into build/tools with pip; anything amiss, and pip does the work as before.
-UV=$(command -v uv 2>/dev/null || true)
-if [ -z "$UV" ] && [ "${SYSTOLIC_SETUP_PIP:-}" != 1 ]; then
-  if [ ! -x build/tools/uv/bin/uv ]; then
-    "$PY" -m pip install -q --disable-pip-version-check --target build/tools/uv uv \
-      >/dev/null 2>&1 || true
+# installed once into build/tools with pip; anything amiss (or SYSTOLIC_SETUP_PIP=1), and pip
+# does the work as before.
+UV=""
+if [ "${SYSTOLIC_SETUP_PIP:-}" != 1 ]; then
+  UV=$(command -v uv 2>/dev/null || true)
+  if [ -z "$UV" ]; then
+    [ -x build/tools/uv/bin/uv ] || "$PY" -m pip install -q --disable-pip-version-check \
+      --target build/tools/uv uv >/dev/null 2>&1 || true
+    [ -x build/tools/uv/bin/uv ] && UV=build/tools/uv/bin/uv
   fi
-  [ -x build/tools/uv/bin/uv ] && UV=build/tools/uv/bin/uv
 fi
-[ "${SYSTOLIC_SETUP_PIP:-}" = 1 ] && UV=""
 
 # pip's configuration (files and PIP_* variables: local wheels, mirrors, constraints) for uv,
 # which reads only its own: uv then installs what pip would, from where pip would.
@@ -62,16 +63,22 @@ uv_env() {
   return 0
 }
 
+install_with() {   # $1: the installer's name; the rest: its install command
+  local tool=$1
+  shift
+  # The CPU build of PyTorch first (a plain `torch` requirement may pull a multi-GB CUDA build).
+  "$@" "torch==2.13.0" 2>/dev/null \
+    || echo "systolic setup: torch 2.13.0 is not available here; $tool will choose a torch>=2.4"
+  "$@" -e ".[dev]"
+}
+
 install_uv() {
   uv_env
   if [ ! -x .venv/bin/python ]; then
     echo "systolic setup: creating .venv (uv)"
     "$UV" venv -q --seed --python "$PY" .venv || return 1
   fi
-  # The CPU build of PyTorch first (a plain `torch` requirement may pull a multi-GB CUDA build).
-  "$UV" pip install -q -p .venv/bin/python "torch==2.13.0" 2>/dev/null \
-    || echo "systolic setup: torch 2.13.0 is not available here; uv will choose a torch>=2.4"
-  "$UV" pip install -q -p .venv/bin/python -e ".[dev]"
+  install_with uv "$UV" pip install -q -p .venv/bin/python
 }
 
 install_pip() {
@@ -80,14 +87,10 @@ install_pip() {
     "$PY" -m venv .venv
   fi
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q "torch==2.13.0" 2>/dev/null \
-    || echo "systolic setup: torch 2.13.0 is not available here; pip will choose a torch>=2.4"
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  install_with pip .venv/bin/python -m pip install -q
 }
 
-if [ -n "$UV" ] && (install_uv); then
-  :
-else
+if [ -z "$UV" ] || ! (install_uv); then
   [ -n "$UV" ] && echo "systolic setup: uv failed; installing with pip"
   install_pip
 fi
