@@ -144,6 +144,13 @@ class ConvEngine(wiring.Component):
         m.d.sync += [last.ox.eq(desc.out_w - 1), last.oy.eq(desc.out_h - 1),
                      last.cw.eq(desc.cin_words - 1), last.kx.eq(desc.kw - 1),
                      last.ky.eq(desc.kh - 1), last.t.eq(desc.cout_tiles - 1)]
+        # And the indices before them: a walker counter stepping from ``last_m1`` reaches its
+        # last index (see `ends` below).
+        walk = ("ox", "oy", "cw", "kx", "ky")
+        last_m1 = Signal(data.StructLayout({k: last.shape()[k].shape for k in walk}))
+        m.d.sync += [last_m1.ox.eq(desc.out_w - 2), last_m1.oy.eq(desc.out_h - 2),
+                     last_m1.cw.eq(desc.cin_words - 2), last_m1.kx.eq(desc.kw - 2),
+                     last_m1.ky.eq(desc.kh - 2)]
         # Output words a pixel (with ``halves`` two channel tiles share a word), and the
         # channel tile's word.
         out_words = desc.cout_tiles
@@ -165,10 +172,25 @@ class ConvEngine(wiring.Component):
         # The walker's image in the batch and the next image's input origin.
         img = Signal(range(256 + 1))
         img1 = Signal.like(img)                         # img + 1
+        # ``img < batch`` and ``img1 < batch``, set with them.
+        img_in, img1_in = Signal(), Signal()
         next_origin = Signal(signed(sb))
         # Block counters inside a pixel tile.
         ky, kx = Signal(cfg.kernel_bits), Signal(cfg.kernel_bits)
         cw = Signal.like(desc.cin_words)
+        # Whether each walker counter is at its last index, a register set with the counter
+        # (`to_zero`, `step`): FILL decides from flip-flops, not from comparisons of counters
+        # with `last` (which made it the slowest logic of the chip: five levels to the enable
+        # of `img`).
+        counters = {"ox": ox, "oy": oy, "cw": cw, "kx": kx, "ky": ky}
+        ends = {k: Signal(name=f"{k}_end") for k in walk}
+
+        def to_zero(*names):
+            return [a for k in names for a in (counters[k].eq(0), ends[k].eq(last[k] == 0))]
+
+        def step(k):
+            c = counters[k]
+            return [c.eq(c + 1), ends[k].eq(c == last_m1[k])]
         r = Signal(range(R))
         tap_off = Signal(signed(sb))
         block0 = Signal()                               # filling the tile's first block
@@ -227,7 +249,7 @@ class ConvEngine(wiring.Component):
         walker = Signal(info)
         m.d.comb += [
             walker.base.eq(wbase), walker.iy0.eq(iy0), walker.ix0.eq(ix0),
-            walker.valid.eq(img < desc.batch),
+            walker.valid.eq(img_in),
         ]
         cur = Signal(info)
         m.d.comb += cur.eq(Mux(block0, walker, rows_info[0]))
@@ -283,10 +305,10 @@ class ConvEngine(wiring.Component):
 
         # After this cycle's step, does the walker still point inside the output map?
         more = Signal()
-        line_end = ox == last.ox
-        img_end = line_end & (oy == last.oy)
-        m.d.comb += more.eq(Mux(block0 & img_end, img1 < desc.batch, img < desc.batch))
-        last_block = (cw == last.cw) & (kx == last.kx) & (ky == last.ky)
+        line_end = ends["ox"]
+        img_end = line_end & ends["oy"]
+        m.d.comb += more.eq(Mux(block0 & img_end, img1_in, img_in))
+        last_block = ends["cw"] & ends["kx"] & ends["ky"]
 
         # ---- Feed ----------------------------------------------------------------------------
         sr = [Signal(C * 8, name=f"feed{i}") for i in range(R)]
@@ -520,7 +542,10 @@ class ConvEngine(wiring.Component):
         for b in range(2):
             with m.If(release[b]):
                 m.d.sync += [claimed[b].eq(0), full[b].eq(0)]
-        m.d.comb += [self.act_read.en.eq(1), self.param_read.en.eq(1)]
+        # The fill's read address, whether it reads or not: what it reads outside FILL is
+        # never captured (``cap``), and the address does not wait on FILL's decisions.
+        m.d.comb += [self.act_read.en.eq(1), self.param_read.en.eq(1),
+                     self.act_read.addr.eq((cur.base + tap_off)[:cfg.act_addr_bits])]
         busy = Signal()
         m.d.comb += self.busy.eq(busy)
 
@@ -528,10 +553,11 @@ class ConvEngine(wiring.Component):
             lanes = ([kyl[k].eq(d_dy[k]) for k in range(C)] + [kxl[k].eq(d_kx[k]) for k in range(C)]
                      + [tapl[k].eq(d_off[k]) for k in range(C)]) if dense else []
             return lanes + [
-                ox.eq(0), oy.eq(0), wbase.eq(desc.origin), img.eq(0), img1.eq(1),
+                *to_zero(*walk), wbase.eq(desc.origin), img.eq(0), img1.eq(1),
+                img_in.eq(desc.batch != 0), img1_in.eq(desc.batch > 1),
                 next_origin.eq(desc.origin + desc.in_img_step),
                 iy0.eq(-desc.pad), ix0.eq(-desc.pad),
-                ky.eq(0), kx.eq(0), cw.eq(0), r.eq(0), tap_off.eq(0),
+                r.eq(0), tap_off.eq(0),
                 block0.eq(1), have_prev.eq(0),
                 out_addr.eq(desc.out_base + t_word), dx.eq(0), dy.eq(0), dimg.eq(0),
             ] + ([paddr.eq(desc.out_base + t_word), prow.eq(desc.out_base + t_word)]
@@ -567,7 +593,6 @@ class ConvEngine(wiring.Component):
                 m.next = "FILL"
             with m.State("FILL"):
                 with m.If(~claimed.bit_select(f, 1)):
-                    m.d.comb += self.act_read.addr.eq((cur.base + tap_off)[:cfg.act_addr_bits])
                     m.d.sync += [
                         cap.eq(1), cap_zero.eq(zero), cap_bank.eq(f),
                         cap_last.eq(r == R - 1),
@@ -580,15 +605,17 @@ class ConvEngine(wiring.Component):
                     m.d.sync += rows_info[R - 1].eq(cur)
                     with m.If(block0):
                         with m.If(img_end):
-                            m.d.sync += [ox.eq(0), oy.eq(0), img.eq(img1), img1.eq(img1 + 1),
+                            m.d.sync += [*to_zero("ox", "oy"), img.eq(img1), img1.eq(img1 + 1),
+                                         img_in.eq(img1_in), img1_in.eq(img1 + 1 < desc.batch),
                                          wbase.eq(next_origin),
                                          next_origin.eq(next_origin + desc.in_img_step),
                                          ix0.eq(-desc.pad), iy0.eq(-desc.pad)]
                         with m.Elif(line_end):
-                            m.d.sync += [ox.eq(0), oy.eq(oy + 1), wbase.eq(wbase + desc.y_step),
+                            m.d.sync += [*to_zero("ox"), *step("oy"),
+                                         wbase.eq(wbase + desc.y_step),
                                          ix0.eq(-desc.pad), iy0.eq(iy0 + desc.stride)]
                         with m.Else():
-                            m.d.sync += [ox.eq(ox + 1), wbase.eq(wbase + desc.x_step),
+                            m.d.sync += [*step("ox"), wbase.eq(wbase + desc.x_step),
                                          ix0.eq(ix0 + x_stride)]
                     with m.If(r == R - 1):
                         m.d.sync += [r.eq(0), f.eq(~f), block0.eq(0)]
@@ -596,7 +623,7 @@ class ConvEngine(wiring.Component):
                             with m.If(f == b):
                                 m.d.sync += claimed[b].eq(1)
                         with m.If(last_block):
-                            m.d.sync += [ky.eq(0), kx.eq(0), cw.eq(0), tap_off.eq(0),
+                            m.d.sync += [*to_zero("ky", "kx", "cw"), tap_off.eq(0),
                                          block0.eq(1), have_prev.eq(1)]
                             if dense:
                                 m.d.sync += [kyl[k].eq(d_dy[k]) for k in range(C)]
@@ -606,10 +633,10 @@ class ConvEngine(wiring.Component):
                                 m.next = "FLUSH"
                         with m.Else():
                             m.d.sync += tap_off.eq(tap_off + 1)
-                            with m.If(cw == last.cw):
-                                m.d.sync += cw.eq(0)
-                                with m.If(kx == last.kx):
-                                    m.d.sync += [kx.eq(0), ky.eq(ky + 1),
+                            with m.If(ends["cw"]):
+                                m.d.sync += to_zero("cw")
+                                with m.If(ends["kx"]):
+                                    m.d.sync += [*to_zero("kx"), *step("ky"),
                                                  tap_off.eq(tap_off + 1 + desc.tap_row_step)]
                                     if dense:   # the next kernel rows
                                         m.d.sync += [kyl[k].eq(kyl[k] + d_rows)
@@ -619,14 +646,14 @@ class ConvEngine(wiring.Component):
                                                                 + desc.tap_row_step)
                                                      for k in range(C)]
                                 with m.Else():
-                                    m.d.sync += kx.eq(kx + 1)
+                                    m.d.sync += step("kx")
                                     if dense:   # the next taps of the row
                                         m.d.sync += [kxl[k].eq(kxl[k] + d_taps)
                                                      for k in range(C)]
                                         m.d.sync += [tapl[k].eq(tapl[k] + d_taps)
                                                      for k in range(C)]
                             with m.Else():
-                                m.d.sync += cw.eq(cw + 1)
+                                m.d.sync += step("cw")
                     with m.Else():
                         m.d.sync += r.eq(r + 1)
             with m.State("FLUSH"):
