@@ -98,6 +98,23 @@ def _above(value, const):
     return Cat(*terms).any() if 0 <= const < (1 << len(value)) - 1 else Const(const < 0)
 
 
+def _register_slice(m, i, o):
+    """Pass stream ``i`` on to ``o`` through registers, a beat a cycle: ``o.valid`` and
+    ``o.payload`` are flip-flops and ``i.ready`` is one (a second register takes the beat that
+    arrives while ``o`` is stalled), so that no logic runs from ``o.ready`` back into ``i``'s
+    source."""
+    spare, spare_valid = Signal.like(i.payload), Signal()
+    take = i.valid & ~spare_valid
+    m.d.comb += i.ready.eq(~spare_valid)
+    with m.If(~o.valid | o.ready):
+        with m.If(spare_valid):
+            m.d.sync += [o.payload.eq(spare), o.valid.eq(1), spare_valid.eq(0)]
+        with m.Else():
+            m.d.sync += [o.payload.eq(i.payload), o.valid.eq(take)]
+    with m.Elif(take):
+        m.d.sync += [spare.eq(i.payload), spare_valid.eq(1)]
+
+
 def runnable_ops(cfg):
     """The operations ``cfg``'s engines execute; RUN rejects any other as BAD_DESCRIPTOR."""
     ops = [Op.CONV]
@@ -152,6 +169,11 @@ class Controller(wiring.Component):
         cfg = self._cfg
         m = Module()
         m.submodules.core = core = Core(cfg)
+        # The host's bytes come through a register slice: the state machine sees a byte and
+        # its valid bit from flip-flops, and its ready (the state's decoding) goes no further
+        # than the slice, not into the link's FIFO and its counters.
+        rx = stream.Signature(8).create()
+        _register_slice(m, self.rx, rx)
         desc_bytes = mem_word_bytes(cfg, Mem.PROGRAM)
         data_bytes = max(mem_word_bytes(cfg, mem) for mem in (Mem.ACT, Mem.WEIGHT, Mem.PARAM))
         # Neither memory is read and written in the same cycle, so synthesis need not add
@@ -187,7 +209,7 @@ class Controller(wiring.Component):
         # at 1 and 3, RUN's and STATS's start and count at 1 and 2. They hold still until the
         # next request.
         pre = [Signal(8, name=f"pre{i}") for i in range(_WRITE_HEAD)]
-        m.d.comb += [fb_w.data.eq(self.rx.payload), fb_w.addr.eq(idx), fb_r.addr.eq(idx)]
+        m.d.comb += [fb_w.data.eq(rx.payload), fb_w.addr.eq(idx), fb_r.addr.eq(idx)]
         target = WRITE_TARGET(pre[0])
         mem, lanes = target.mem, target.lanes
         first, second = Cat(pre[1], pre[2]), Cat(pre[3], pre[4])         # addr, count
@@ -203,7 +225,7 @@ class Controller(wiring.Component):
         k = (self._timeout - 1).bit_length()
         idle = Signal(k + 1, init=(1 << k) - self._timeout)
         in_frame = Signal()
-        with m.If(in_frame & ~self.rx.valid & ~self.line_fault):
+        with m.If(in_frame & ~rx.valid & ~self.line_fault):
             m.d.sync += idle.eq(idle + 1)
         with m.Else():
             m.d.sync += idle.eq(idle.init)
@@ -248,7 +270,7 @@ class Controller(wiring.Component):
         # after the last byte they cover is taken (the output register is full for a cycle).
         crc_tx = Signal()
         m.d.sync += crc_tx.eq(0)
-        m.d.comb += [crc.data.eq(Mux(crc_tx, self.tx.payload, self.rx.payload)),
+        m.d.comb += [crc.data.eq(Mux(crc_tx, self.tx.payload, rx.payload)),
                      crc.valid.eq(crc_tx)]
         reply_len = Signal(16)
         with m.Switch(payload):
@@ -328,6 +350,13 @@ class Controller(wiring.Component):
             core.rd_addr.payload.eq(addr),
         ]
 
+        # The core's requests' valid bits from registers, set on the way into the state that
+        # makes the request and cleared when it is taken (the core's command, load and
+        # read-back decoding starts from them, not from this state machine's decoding).
+        cmd_valid, load_valid, rd_valid = Signal(), Signal(), Signal()
+        m.d.comb += [core.cmd.valid.eq(cmd_valid), core.load.valid.eq(load_valid),
+                     core.rd_addr.valid.eq(rd_valid)]
+
         replies_with = Signal(_Payload)     # see the end: ERROR unless a state says
         m.d.comb += replies_with.eq(_Payload.ERROR)
         # What EXEC answers a request that passed its checks with (``req`` holds still from
@@ -359,10 +388,10 @@ class Controller(wiring.Component):
         def frame_byte():
             """In a state taking one byte of a frame: the byte (into the CRC), a line fault or a
             timeout."""
-            m.d.comb += [in_frame.eq(1), crc.valid.eq(self.rx.valid)]
+            m.d.comb += [in_frame.eq(1), crc.valid.eq(rx.valid)]
             with m.If(self.line_fault):
                 drain(m, Error.LINE_FAULT)
-            with m.Elif(self.rx.valid):
+            with m.Elif(rx.valid):
                 yield
             with m.Elif(timed_out):
                 fail(m, Error.TRUNCATED)
@@ -409,24 +438,24 @@ class Controller(wiring.Component):
             # -- receive --------------------------------------------------------------------
             with m.State("SYNC"):
                 m.d.comb += crc_restart.eq(1)
-                with m.If(self.rx.valid & (self.rx.payload == SYNC_REQUEST)):
+                with m.If(rx.valid & (rx.payload == SYNC_REQUEST)):
                     # No type yet: what an ERROR reply names if the frame breaks off here.
                     m.d.sync += req.eq(0)
                     m.next = "TYPE"
             with m.State("TYPE"):
                 with frame_byte():
-                    m.d.sync += req.eq(self.rx.payload)
+                    m.d.sync += req.eq(rx.payload)
                     m.next = "LEN0"
             with m.State("LEN0"):
                 with frame_byte():
-                    m.d.sync += length.eq(self.rx.payload)
+                    m.d.sync += length.eq(rx.payload)
                     m.next = "LEN1"
             with m.State("LEN1"):
                 with frame_byte():
-                    m.d.sync += [length[8:].eq(self.rx.payload), idx.eq(0), got_j.eq(0),
-                                 got_words.eq(0), left.eq(Cat(length[:8], self.rx.payload)),
-                                 at_end.eq(Cat(length[:8], self.rx.payload) == 0)]
-                    with m.If(_above(Cat(length[:8], self.rx.payload), MAX_PAYLOAD)):
+                    m.d.sync += [length[8:].eq(rx.payload), idx.eq(0), got_j.eq(0),
+                                 got_words.eq(0), left.eq(Cat(length[:8], rx.payload)),
+                                 at_end.eq(Cat(length[:8], rx.payload) == 0)]
+                    with m.If(_above(Cat(length[:8], rx.payload), MAX_PAYLOAD)):
                         drain(m, Error.BAD_LENGTH)
                     with m.Else():
                         m.next = "PAYLOAD"
@@ -438,12 +467,12 @@ class Controller(wiring.Component):
                     with m.Else():
                         m.next = "CRC0"
                 with m.Else():
-                    m.d.comb += fb_w.en.eq(self.rx.valid)
+                    m.d.comb += fb_w.en.eq(rx.valid)
                     with frame_byte():
                         m.d.sync += [idx.eq(idx + 1), left.eq(left - 1), at_end.eq(left == 1)]
                         for i, byte in enumerate(pre):
                             with m.If(idx == i - (req != Request.WRITE)):
-                                m.d.sync += byte.eq(self.rx.payload)
+                                m.d.sync += byte.eq(rx.payload)
                         with m.If(idx >= _WRITE_HEAD):
                             # A WRITE's data byte (mem and lanes are known by now).
                             with m.If(got_j == word_last):
@@ -538,10 +567,12 @@ class Controller(wiring.Component):
                                     got = Cat(got.word_select(k % n, 8) for k in range(cfg.cols))
                                 with m.Case(n):
                                     m.d.sync += act.eq(got)
+                    m.d.sync += load_valid.eq(1)
                     m.next = "WRITE_WORD"
             with m.State("WRITE_WORD"):
-                m.d.comb += [core.load.valid.eq(1), replies_with.eq(_Payload.NONE)]
+                m.d.comb += replies_with.eq(_Payload.NONE)
                 with m.If(core.load.ready):
+                    m.d.sync += load_valid.eq(0)
                     step_addr()
                     with m.If(addr_last):
                         reply(m)
@@ -568,10 +599,12 @@ class Controller(wiring.Component):
                 with m.If(~Cat(desc.op == op for op in runnable_ops(cfg)).any()):
                     fail(m, Error.BAD_DESCRIPTOR)
                 with m.Else():
+                    m.d.sync += cmd_valid.eq(1)
                     m.next = "RUN_ISSUE"
             with m.State("RUN_ISSUE"):
-                m.d.comb += [self.busy.eq(1), core.cmd.valid.eq(1)]
+                m.d.comb += self.busy.eq(1)
                 with m.If(core.cmd.ready):
+                    m.d.sync += cmd_valid.eq(0)
                     m.next = "RUN_START"
             with m.State("RUN_START"):
                 m.d.comb += self.busy.eq(1)
@@ -623,6 +656,7 @@ class Controller(wiring.Component):
                             with m.Case(_Payload.DONE):
                                 m.next = "TX_TOTAL"
                             with m.Case(_Payload.ACT):
+                                m.d.sync += rd_valid.eq(1)
                                 m.next = "TX_ACT_REQ"
                             with m.Case(_Payload.IDENTITY):
                                 m.next = "TX_IDENTITY"
@@ -654,8 +688,8 @@ class Controller(wiring.Component):
                     with m.If(id_last):
                         m.next = "TX_CRC0"
             with m.State("TX_ACT_REQ"):
-                m.d.comb += core.rd_addr.valid.eq(1)
                 with m.If(core.rd_addr.ready):
+                    m.d.sync += rd_valid.eq(0)
                     step_addr()
                     m.next = "TX_ACT"
             with m.State("TX_ACT"):
@@ -670,6 +704,7 @@ class Controller(wiring.Component):
                         with m.If(addr_end):
                             m.next = "TX_CRC0"
                         with m.Else():
+                            m.d.sync += rd_valid.eq(1)
                             m.next = "TX_ACT_REQ"
             with m.State("TX_CYC_REQ"):
                 m.d.comb += pg_r.en.eq(1)
@@ -696,7 +731,7 @@ class Controller(wiring.Component):
         # DRAIN and the frame's, decided from the state's code alone, as its one block of
         # codes, rather than from each state's logic (an iCEBreaker critical path into the
         # receive FIFO, 9 LUTs).
-        m.d.comb += self.rx.ready.eq(
+        m.d.comb += rx.ready.eq(
             Cat(fsm.ongoing(name) for name in _STATE_ORDER[8:16]).any()
             & ~(fsm.ongoing("PAYLOAD") & at_end))
         # The reply's kind: outside the reply's states, ``payload`` takes in every cycle the

@@ -299,8 +299,14 @@ class Core(wiring.Component):
         m.d.comb += [busy.eq(conv.busy | pooling | Cat(e.busy for e, _ in elt).any()
                              | pending.any()),
                      self.busy.eq(busy)]
-        accept = Signal()
-        m.d.comb += [self.cmd.ready.eq(~busy), accept.eq(self.cmd.valid & ~busy)]
+        # Ready for a command, a load or a read-back from a register: not busy in the last
+        # cycle, and no command taken then. (Only a command makes an engine busy, so the core is
+        # idle now too; ready comes a cycle after the last engine falls idle.) `busy` itself
+        # is a wide OR of engine flags with fan-outs in the hundreds: this keeps it off the
+        # command's enables and the memories' ports.
+        idle, accept = Signal(init=1), Signal()
+        m.d.sync += idle.eq(~busy & ~accept)
+        m.d.comb += [self.cmd.ready.eq(idle), accept.eq(self.cmd.valid & idle)]
         if desc is not self.cmd.payload:
             with m.If(accept):
                 m.d.sync += desc.eq(self.cmd.payload)
@@ -313,15 +319,15 @@ class Core(wiring.Component):
 
         # One counter for every engine: the cycles `busy` was high in the last layer (what
         # the convolution engine's own `cycles` reports for a convolution).
-        with m.If(self.cmd.valid & self.cmd.ready):
+        with m.If(accept):
             m.d.sync += self.cycles.eq(0)
         with m.Elif(busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
 
         # Loads: one memory write per beat, only between layers.
-        m.d.comb += self.load.ready.eq(~busy)
+        m.d.comb += self.load.ready.eq(idle)
         addr, payload = self.load.payload.addr, self.load.payload.data
-        loading = self.load.valid & ~busy
+        loading = self.load.valid & idle
         # Off the iCE40 (whose cells are spent) the parameter memory's write port is driven
         # from registers, as the activation and weight memories' are (they register theirs
         # inside): `loading` is the engines' busy flags and the load's valid and kind, and the
@@ -379,13 +385,14 @@ class Core(wiring.Component):
         with m.If(read_dd):
             m.d.sync += act_q.eq(act_data)
 
-        # Read-back: one word in flight (requested, then in `act_q` until taken).
+        # Read-back: one word in flight (requested, then in `act_q` until taken; the next
+        # request is taken the cycle after, so that no logic runs from the reader's ready to
+        # the memory's read enable).
         take = Signal()
         pending = Signal(ACT_READ_LATENCY - 1)
         m.d.comb += [
             take.eq(self.rd_addr.valid & self.rd_addr.ready),
-            self.rd_addr.ready.eq(~busy & ~pending.any()
-                                  & (~self.rd_data.valid | self.rd_data.ready)),
+            self.rd_addr.ready.eq(idle & ~pending.any() & ~self.rd_data.valid),
             self.rd_data.payload.eq(act_q),
         ]
         m.d.sync += pending.eq(Cat(take, pending[:-1]))

@@ -301,9 +301,15 @@ class _Scan(wiring.Component):
         row_last, map_last = x == 1, y == 1
         emit_h = (gx == 0) & (ox != 0)
         emit_v = (gy == 0) & (oy != 0)
+        # Ready for a command from a register: idle in the last cycle, and not started then.
+        # (Nothing starts the engine but a command, so it is idle now too; its ready comes a
+        # cycle after it falls idle, sooner than the core hands it another command.) The
+        # start goes to every counter and window register of the engine.
+        idle = Signal(init=1)
+        m.d.sync += idle.eq(~self.active & ~self.hold & ~self.start)
         m.d.comb += [
             self.start.eq(self.cmd.valid & self.cmd.ready),
-            self.cmd.ready.eq(~self.active & ~self.hold),
+            self.cmd.ready.eq(idle),
             self.i.ready.eq(self.active & self.en),
             self.o.valid.eq(self.i.valid & self.active),
             self.o.value.eq(self.i.payload),
