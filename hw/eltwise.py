@@ -174,11 +174,15 @@ class AddEngine(wiring.Component):
             with m.If(pipe[prod_at + 1] & tag[prod_at + 1]):
                 m.d.sync += total.eq(first + part)
             m.d.sync += shifted.eq(total >> lo_m1)
+            # ``rounded = (shifted + 1) >> 1`` clamped: its limits tested on ``shifted`` itself,
+            # beside the rounding's adder rather than after it (``rounded > INT8_MAX`` is
+            # ``shifted >= 2 * INT8_MAX + 1``, ``rounded < low`` is ``shifted < 2 * low - 1``).
             rounded = Signal(signed(prod_bits + 1), name=f"rounded{lane}")
             m.d.comb += rounded.eq((shifted + 1) >> 1)
             low = Mux(relu, 0, arith.INT8_MIN)
-            m.d.sync += y.eq(Mux(rounded > arith.INT8_MAX, arith.INT8_MAX,
-                                 Mux(rounded < low, low, rounded)))
+            above = shifted >= 2 * arith.INT8_MAX + 1
+            below = Mux(relu, shifted < -1, shifted < 2 * arith.INT8_MIN - 1)
+            m.d.sync += y.eq(Mux(above, arith.INT8_MAX, Mux(below, low, rounded)))
             m.d.comb += self.act_write.data[lane].eq(y)
         assert prod_at + 5 == ADD_LATENCY
         m.d.comb += [self.act_write.en.eq(pipe[-1] & tag[-1]), self.act_write.addr.eq(ptr_y)]
