@@ -35,7 +35,7 @@ from .config import preset
 from .generate import add_config_arguments, config_from_args
 
 # synth.py owns tool discovery and the parsing of nextpnr's report; the board build shares them.
-from .synth import SynthError, find_tool, log_tail, parse_report
+from .synth import FSM_ONE_HOT, SynthError, find_tool, log_tail, parse_report
 
 __all__ = ["BuildError", "BuildReport", "TimingError", "add_parser", "build", "check_timing",
            "critical_path_summary", "format_critical_path"]
@@ -424,7 +424,10 @@ def prepare_plan(family, platform, top, seed=1):
         # which it looks at only while merging a register into an asynchronous port (as
         # on Verilog). Splitting the ports first lets it look; what it cannot rule out it
         # rebuilds as before. (See core.py.)
-        "script_after_read": "memory_nordff",
+        # Yosys recodes a state register whose `fsm_encoding` attribute asks for one-hot
+        # (the controller's on the ECP5) only if it has no initial value (`fsm_detect`);
+        # the reset puts it in its first state. (`FSM_ONE_HOT`.)
+        "script_after_read": f"{FSM_ONE_HOT}\nmemory_nordff",
         "script_after_synth": "tee -q -o stat.json stat -json",
     }
     if family == "ecp5":

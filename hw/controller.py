@@ -49,6 +49,7 @@ from .isa import (
     mem_word_bytes,
 )
 from .pool import times_const
+from .synth import one_hot
 
 __all__ = ["Controller"]
 
@@ -82,7 +83,7 @@ _STATE_ORDER = (
     "SYNC", "TYPE", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1", "DRAIN",      # rx.ready
     "TX_SYNC", "TX_KIND", "TX_LEN0", "TX_LEN1", "TX_ERROR", "TX_SECOND", "TX_TOTAL",
     "TX_IDENTITY", "TX_ACT_REQ", "TX_ACT", "TX_CYC_REQ", "TX_CYC", "TX_CRC0", "TX_CRC1",
-    "EXEC", "WRITE_PRIME", "WRITE_BYTE", "WRITE_WORD",
+    "EXEC", "WRITE_PRIME", "WRITE_FILL", "WRITE_BYTE", "WRITE_WORD",
 )
 
 
@@ -181,6 +182,11 @@ class Controller(wiring.Component):
         m.submodules.frame = frame = memory.Memory(shape=8, depth=MAX_PAYLOAD, init=[],
                                                    attrs=_NO_RW_CHECK)
         fb_w, fb_r = frame.write_port(), frame.read_port()
+        # The block RAMs' read data goes into a register before any logic (an ECP5 DP16KD's
+        # clock-to-output time alone is 5.8 ns): the frame buffer's as WRITE takes its bytes
+        # (``fb_q``), the program memory's every cycle (``pg_q``: what was read two cycles
+        # ago or earlier, unless ``pg_lag`` says a read was made in the last one).
+        fb_q, pg_q, pg_lag = Signal(8), Signal(8), Signal()
         # The program, a byte per address: byte b of entry p at ``b * program_depth + p``.
         # Bytes 0 .. desc_bytes - 1 are the descriptor as received (little-endian), the four
         # after it the entry's cycle counter of its last run.
@@ -188,6 +194,7 @@ class Controller(wiring.Component):
         m.submodules.program = program = memory.Memory(
             shape=8, depth=cfg.program_depth * (desc_bytes + 4), init=[], attrs=_NO_RW_CHECK)
         pg_w, pg_r = program.write_port(), program.read_port()
+        m.d.sync += [pg_q.eq(pg_r.data), pg_lag.eq(pg_r.en)]
         # One frame check serves both directions: a reply never overlaps a request. It starts
         # afresh out of reset (while waiting for a frame's sync byte, or sending one), which
         # costs less than its ``start`` input.
@@ -340,7 +347,7 @@ class Controller(wiring.Component):
                     with m.Default():
                         m.d.sync += word_last.eq(cfg.cols - 1)
         m.d.comb += [
-            pg_w.addr.eq(Cat(pc[:pbits], j)), pg_w.data.eq(fb_r.data),
+            pg_w.addr.eq(Cat(pc[:pbits], j)), pg_w.data.eq(fb_q),
             pg_r.addr.eq(Cat(pc[:pbits], j)),
             # A read port's enable is high unless driven low: the states that read ahead and
             # then wait (a reply byte the host is not ready for) rely on the data holding.
@@ -527,18 +534,24 @@ class Controller(wiring.Component):
                     reply(m)
 
             # -- WRITE: bytes from the frame buffer into a memory ---------------------------------
-            # A byte a cycle: each cycle takes the byte read in the one before and reads the
-            # next; a whole word waits a cycle (WRITE_WORD) for the core to take it.
+            # A byte a cycle: each cycle takes the byte in ``fb_q``, moves the one read in the
+            # cycle before into it and reads the next; a whole word waits a cycle (WRITE_WORD)
+            # for the core to take it, the bytes after it waiting where they are.
+            more = idx != length
             with m.State("WRITE_PRIME"):
                 m.d.comb += fb_r.en.eq(1)
                 m.d.sync += idx.eq(idx + 1)
+                m.next = "WRITE_FILL"
+            with m.State("WRITE_FILL"):
+                m.d.comb += [fb_r.en.eq(more), replies_with.eq(_Payload.NONE)]
+                m.d.sync += [fb_q.eq(fb_r.data), idx.eq(idx + more)]
                 m.next = "WRITE_BYTE"
             with m.State("WRITE_BYTE"):
                 m.d.comb += replies_with.eq(_Payload.NONE)
-                byte = fb_r.data
-                more = idx != length
+                byte = fb_q
                 m.d.comb += fb_r.en.eq(more)
-                m.d.sync += [shift.eq(Cat(shift[8:], byte)), j.eq(j + 1), idx.eq(idx + more)]
+                m.d.sync += [shift.eq(Cat(shift[8:], byte)), j.eq(j + 1), idx.eq(idx + more),
+                             fb_q.eq(fb_r.data)]
                 if short_bytes < data_bytes:
                     with m.If(is_short):
                         entry = word_at + short_bytes - 1
@@ -589,10 +602,12 @@ class Controller(wiring.Component):
                     m.d.sync += j.eq(j + 1)
                     m.next = "RUN_LOAD"
             with m.State("RUN_LOAD"):
-                # One byte a cycle, the next one's read under way.
+                # One byte a cycle from ``pg_q``, the next two's reads under way. The first
+                # cycle's byte is not the entry's (no read is two cycles old yet): it goes in
+                # first, and so out below the descriptor, which is the entry's bytes after it.
                 m.d.comb += [self.busy.eq(1), pg_r.en.eq(1)]
-                m.d.sync += [shift.eq(Cat(shift[8:], pg_r.data)), j.eq(j + 1)]
-                with m.If(j == desc_bytes):
+                m.d.sync += [shift.eq(Cat(shift[8:], pg_q)), j.eq(j + 1)]
+                with m.If(j == desc_bytes + 1):
                     m.next = "RUN_DECODE"
             with m.State("RUN_DECODE"):
                 m.d.comb += self.busy.eq(1)
@@ -711,8 +726,7 @@ class Controller(wiring.Component):
                 next_cycles_byte()
                 m.next = "TX_CYC"
             with m.State("TX_CYC"):
-                send(pg_r.data)
-                with m.If(tx_ready):
+                with m.If(send(pg_q, valid=~pg_lag)):
                     with m.If(pc_end & (j == desc_bytes)):
                         m.next = "TX_CRC0"
                     with m.Else():
@@ -727,6 +741,7 @@ class Controller(wiring.Component):
                 with m.If(tx_ready):
                     m.next = "SYNC"
 
+        one_hot(fsm, cfg.target)
         # The states that take the host's bytes (all but PAYLOAD's last cycle): SYNC,
         # DRAIN and the frame's, decided from the state's code alone, as its one block of
         # codes, rather than from each state's logic (an iCEBreaker critical path into the

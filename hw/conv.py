@@ -48,6 +48,7 @@ from .isa import (
 )
 from .replica import hard_register
 from .requant import Requantizer
+from .synth import one_hot
 
 __all__ = ["POOL_EXTRA", "ConvEngine", "dense_prep_cycles"]
 
@@ -563,7 +564,7 @@ class ConvEngine(wiring.Component):
             ] + ([paddr.eq(desc.out_base + t_word), prow.eq(desc.out_base + t_word)]
                  if fused else [])
 
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("RESET"):
                 # One cycle out of reset: the state register changes once, which Icarus needs
                 # to evaluate the outputs decoded from it (cmd.ready read X until then).
@@ -680,4 +681,5 @@ class ConvEngine(wiring.Component):
                                          w_tile_base.eq(w_tile_base + desc.w_tile_words),
                                          p_tile.eq(p_tile + cfg.rq_groups)]
                             m.next = "START"
+        one_hot(fsm, cfg.target)
         return m

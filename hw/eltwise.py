@@ -33,6 +33,7 @@ from ..sw import arith
 from . import dsp
 from .config import AcceleratorConfig
 from .isa import ACT_READ_LATENCY, layer_layout, param_layout, word_layout
+from .synth import one_hot
 
 __all__ = ["ADD_LATENCY", "AddEngine", "GAP_DIV_STEPS", "GapEngine", "has_eltwise"]
 
@@ -102,7 +103,7 @@ class AddEngine(wiring.Component):
 
         m.d.comb += [self.act_read.en.eq(0), self.param_read.addr.eq(p_addr),
                      self.param_read.en.eq(0)]
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("START"):
                 # One cycle out of reset: the state register changes once, which Icarus needs
                 # to evaluate the outputs decoded from it (cmd.ready, the read enables).
@@ -188,6 +189,7 @@ class AddEngine(wiring.Component):
         m.d.comb += [self.act_write.en.eq(pipe[-1] & tag[-1]), self.act_write.addr.eq(ptr_y)]
         with m.If(self.act_write.en):
             m.d.sync += ptr_y.eq(ptr_y + 1)
+        one_hot(fsm, cfg.target)
         return m
 
 
@@ -242,7 +244,7 @@ class GapEngine(wiring.Component):
             with m.If(got[-1]):
                 m.d.sync += acc[i].eq(acc[i] + self.act_read.data[i])
             m.d.comb += self.act_write.data[i].eq(quo[i] - 128)
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("START"):
                 # One cycle out of reset: the state register changes once, which Icarus needs
                 # to evaluate the outputs decoded from it (cmd.ready, the read enables).
@@ -302,4 +304,5 @@ class GapEngine(wiring.Component):
                     with m.If(images == 1):
                         m.d.sync += self.busy.eq(0)
                         m.next = "IDLE"
+        one_hot(fsm, cfg.target)
         return m

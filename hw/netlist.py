@@ -34,7 +34,7 @@ from amaranth.back import rtlil
 
 from ..sw.errors import SystolicError
 from .boards import BoardTop, get_board
-from .synth import SynthError, find_tool, run_tool
+from .synth import FSM_ONE_HOT, SynthError, find_tool, run_tool
 
 __all__ = ["VERILATOR_ARGS", "Netlist", "NetlistError", "board_config", "board_controller",
            "board_netlist", "cell_models", "simulate_netlist"]
@@ -46,7 +46,7 @@ VERILATOR_ARGS = ("--no-public-flat-rw",)
 
 # What the board build (`systolic.hw.build.build`) runs around `synth_<family>`: its
 # ``script_after_read`` and ``synth_opts`` overrides (see there for why).
-_AFTER_READ = "memory_nordff"
+_AFTER_READ = f"{FSM_ONE_HOT}\nmemory_nordff"
 _SYNTH_OPTS = ""
 
 

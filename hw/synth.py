@@ -31,8 +31,22 @@ from amaranth.lib.wiring import In, Out
 
 from ..sw.errors import SystolicError
 
-__all__ = ["DEVICES", "FAMILIES", "PortFolder", "SynthError", "SynthReport", "find_tool",
-           "log_tail", "parse_report", "run_tool", "synthesize"]
+__all__ = ["DEVICES", "FAMILIES", "FSM_ONE_HOT", "PortFolder", "SynthError", "SynthReport",
+           "find_tool", "log_tail", "one_hot", "parse_report", "run_tool", "synthesize"]
+
+#: The Yosys command that lets a state register marked ``fsm_encoding = "one-hot"`` be
+#: recoded: `fsm_detect` passes over a register with an initial value, and Amaranth gives
+#: every register one. The register's reset still puts the machine in its first state.
+FSM_ONE_HOT = "setattr -unset init a:fsm_encoding=one-hot"
+
+
+def one_hot(fsm, target):
+    """Ask for ``fsm`` (an Amaranth ``m.FSM()``, after its block) to be built one-hot on the
+    ECP5: a flip-flop a state, so that a state's logic starts from a flip-flop rather than
+    from a decoder of the state register, whose fan-out it spreads (`FSM_ONE_HOT` lets Yosys
+    recode it). Elsewhere nothing changes: the iCE40 is short of cells, not of levels."""
+    if target == "ecp5":
+        fsm.state.attrs["fsm_encoding"] = "one-hot"
 
 #: Devices each family's nextpnr accepts (the ``--<device>`` flag) and its default package.
 DEVICES = {
