@@ -425,7 +425,9 @@ class ConvEngine(wiring.Component):
             paddr, prow = Signal(cfg.act_addr_bits), Signal(cfg.act_addr_bits)
             keep = ~(((dx == last.ox) & ~last.ox[0] & ~desc.pairs)
                      | ((dy == last.oy) & ~last.oy[0]))
-            right = dx[0] | desc.pairs                  # the pixel ends its window's row
+            # Whether the pixel ends its window's row, ``dx[0] | pairs``: a register set with
+            # ``dx`` (the next window's address is an adder after it).
+            right = Signal()
         # The group's parameter word is read in the emit cycle; sums and parameters then meet
         # in registers (block RAM data goes into a register before any logic).
         m.d.comb += self.param_read.addr.eq(p_tile + eg)
@@ -460,12 +462,16 @@ class ConvEngine(wiring.Component):
                 m.d.sync += out_addr.eq(out_addr + out_words)
                 with m.If(dx == last.ox):
                     m.d.sync += dx.eq(0)
+                    if fused:
+                        m.d.sync += right.eq(desc.pairs)
                     with m.If(dy == last.oy):
                         m.d.sync += [dy.eq(0), dimg.eq(dimg + 1)]
                     with m.Else():
                         m.d.sync += dy.eq(dy + 1)
                 with m.Else():
                     m.d.sync += dx.eq(dx + 1)
+                    if fused:
+                        m.d.sync += right.eq(~dx[0] | desc.pairs)
         m.d.comb += [
             rq.i_valid.eq(rq_valid),
             rq.i_acc.eq(rq_acc),
@@ -561,8 +567,8 @@ class ConvEngine(wiring.Component):
                 r.eq(0), tap_off.eq(0),
                 block0.eq(1), have_prev.eq(0),
                 out_addr.eq(desc.out_base + t_word), dx.eq(0), dy.eq(0), dimg.eq(0),
-            ] + ([paddr.eq(desc.out_base + t_word), prow.eq(desc.out_base + t_word)]
-                 if fused else [])
+            ] + ([paddr.eq(desc.out_base + t_word), prow.eq(desc.out_base + t_word),
+                  right.eq(desc.pairs)] if fused else [])
 
         with m.FSM() as fsm:
             with m.State("RESET"):

@@ -160,6 +160,10 @@ class AddEngine(wiring.Component):
         word_at = ACT_READ_LATENCY - 1                      # tag[k]: a word read k + 1 ago
         prod_at = word_at + dsp.LATENCY
         prod_bits = cfg.data_bits + cfg.m_bits + 1
+        # The product's shift, a cycle ahead of it (the tag a stage earlier), in a register:
+        # the barrel shifter then starts from flip-flops.
+        part_shift = Signal.like(spread)
+        m.d.sync += part_shift.eq(Mux(tag[prod_at - 1] == hi_b, spread, 0))
         for lane in range(cfg.cols):
             m.submodules[f"mul{lane}"] = mul = dsp.ScaleMultiplier(cfg.target)
             m.d.comb += [mul.a.eq(self.act_read.data[lane]),
@@ -169,7 +173,7 @@ class AddEngine(wiring.Component):
             total = Signal(signed(prod_bits + 1), name=f"total{lane}")
             shifted = Signal(signed(prod_bits + 1), name=f"shifted{lane}")
             y = Signal(signed(cfg.data_bits), name=f"y{lane}")
-            m.d.sync += part.eq(mul.p >> Mux(tag[prod_at] == hi_b, spread, 0))
+            m.d.sync += part.eq(mul.p >> part_shift)
             with m.If(pipe[prod_at + 1] & ~tag[prod_at + 1]):
                 m.d.sync += first.eq(part)
             with m.If(pipe[prod_at + 1] & tag[prod_at + 1]):
