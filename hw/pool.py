@@ -82,12 +82,15 @@ class _Window(wiring.Component):
     """Combine each beat with the beats one and two periods earlier: max or sum, ``k`` of 2 or 3.
 
     Beats arrive in a periodic order of history slots: a beat's slot is its position in the
-    period, counted here (from 0 at ``start``; the beat with ``wrap`` set ends a period). The
-    RAM holds, per slot, the slot's last two values. It is read one cycle ahead, at the slot of
-    the next beat, and written when a beat is taken, with the beat and the older value read for
-    it; the read data goes into a register first and is combined in the stage after. When the
-    period is one beat the read collides with the write of the previous beat, so such beats take
-    their history from the beats in the pipeline instead.
+    period, counted here (from 0 at ``start``; the beat with ``wrap`` set ends a period). Two
+    RAMs hold, per slot, the slot's last two values: a beat of an even period is written into
+    the first, of an odd one into the second, so that the other holds the value of the period
+    before and its own that of the period before that (nothing is read from one block RAM into
+    another: on the ECP5 that path is a DP16KD's slow read and a route across the chip). They
+    are read one cycle ahead, at the slot of the next beat, and written when a beat is taken;
+    the read data goes into registers first and is put in order and combined in the stage
+    after. When the period is one beat the read collides with the write of the previous beat,
+    so such beats take their history from the beats in the pipeline instead.
 
     Two stages: the history register, then the pair (the beat combined with the previous value)
     and the older value; the output combines those two, unregistered. A beat with ``emit``
@@ -136,8 +139,11 @@ class _Window(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.history = history = _history(data.ArrayLayout(self._elem, 2), self._depth)
-        wr, rd = history.write_port(), history.read_port()
+        ports = []
+        for half in range(2):
+            m.submodules[f"history{half}"] = history = _history(self._elem, self._depth)
+            ports.append((history.write_port(), history.read_port()))
+        odd = Signal()                      # the period of the beat to take is odd
 
         take = Signal()
         slot, slot_next = Signal(range(self._depth)), Signal(range(self._depth))
@@ -147,28 +153,36 @@ class _Window(wiring.Component):
         ]
         # The read at `start` is not for slot 0, but the first beat's history is never used.
         m.d.sync += slot.eq(Mux(self.start, 0, slot_next))
-        m.d.comb += [
-            rd.addr.eq(slot_next),
-            rd.en.eq(self.en),
-            wr.addr.eq(slot),
-            wr.en.eq(take),
-            wr.data[0].eq(self.i.value),
-            wr.data[1].eq(rd.data[0]),
-        ]
+        m.d.sync += odd.eq(Mux(self.start, 0, odd ^ (take & self.i.wrap)))
+        for half, (wr, rd) in enumerate(ports):
+            m.d.comb += [
+                rd.addr.eq(slot_next),
+                rd.en.eq(self.en),
+                wr.addr.eq(slot),
+                wr.en.eq(take & (odd == half)),
+                wr.data.eq(self.i.value),
+            ]
 
         # Stage 1: the beat, its history as read, and the values of the previous two beats. A
         # beat that is both first and last of its period has a period of one.
-        valid1, value, hist = Signal(), Signal(self._elem), Signal(data.ArrayLayout(self._elem, 2))
+        # (``raw`` is the two RAMs' words as read, ``odd1`` the beat's period: the value of
+        # the period before is ``raw[~odd1]``, of the one before that ``raw[odd1]``.)
+        valid1, value, raw = Signal(), Signal(self._elem), Signal(data.ArrayLayout(self._elem, 2))
         prev = Signal(data.ArrayLayout(self._elem, 2))
-        single, emit1, meta1 = Signal(), Signal(), Signal.like(self.i.meta)
+        single, emit1, meta1, odd1 = Signal(), Signal(), Signal.like(self.i.meta), Signal()
         with m.If(self.en):
             m.d.sync += valid1.eq(self.i.valid)
         with m.If(take):
             m.d.sync += [
-                value.eq(self.i.value), hist.eq(rd.data), prev[0].eq(value), prev[1].eq(prev[0]),
+                value.eq(self.i.value), prev[0].eq(value), prev[1].eq(prev[0]),
+                raw[0].eq(ports[0][1].data), raw[1].eq(ports[1][1].data), odd1.eq(odd),
                 single.eq((slot == 0) & self.i.wrap),
                 emit1.eq(self.i.emit), meta1.eq(self.i.meta),
             ]
+
+        def hist(k, lane):
+            """The slot's value ``k + 1`` periods before the beat's, in ``lane``."""
+            return Mux(odd1 ^ k, raw[0][lane], raw[1][lane])
 
         # Stage 2: the pair (the beat combined with the previous value) and the older value.
         valid2, pair, older = Signal(), Signal(self._pair), Signal(self._elem)
@@ -186,8 +200,8 @@ class _Window(wiring.Component):
                     before_last = pair[lane]
                 m.d.sync += [
                     pair[lane].eq(self._op(value[lane], Mux(single, prev[0][lane],
-                                                            hist[0][lane]))),
-                    older[lane].eq(Mux(single, before_last, hist[1][lane])),
+                                                            hist(0, lane)))),
+                    older[lane].eq(Mux(single, before_last, hist(1, lane))),
                 ]
 
         m.d.comb += [

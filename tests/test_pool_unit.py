@@ -205,14 +205,15 @@ def test_line_words():
 
 
 def test_history_widths():
-    # Without averaging the line buffers hold int8 lanes: two values of cols lanes per slot in
-    # both windows; with it, the column window's values are row sums of 10 bits.
+    # Without averaging the line buffers hold int8 lanes: a value of cols lanes per slot in
+    # each of the two RAMs of both windows; with it, the column window's values are row sums
+    # of 10 bits.
     def widths(cfg):
         text = verilog.convert(PoolEngine(cfg), name="pool")
-        return sorted(int(w) + 1 for w in re.findall(r"reg \[(\d+):0\] history \[", text))
+        return sorted(int(w) + 1 for w in re.findall(r"reg \[(\d+):0\] history[01] \[", text))
 
-    assert widths(MAX_CFG) == [2 * 8 * MAX_CFG.cols] * 2
-    assert widths(CFG) == [2 * 8 * CFG.cols, 2 * 10 * CFG.cols]
+    assert widths(MAX_CFG) == [8 * MAX_CFG.cols] * 4
+    assert widths(CFG) == [8 * CFG.cols] * 2 + [10 * CFG.cols] * 2
 
 
 @pytest.mark.slow
