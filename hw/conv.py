@@ -330,30 +330,33 @@ class ConvEngine(wiring.Component):
         m.d.sync += [first_reg.eq(0), drain_reg.eq(0), wvalid_reg.eq(0)]
         for i in range(R):
             m.d.sync += a_reg[i].eq(0)
-        step0 = sr_left == C
+        # ``sr_left == C`` (no step since the load) and, with it, a ``first`` tile's weights
+        # starting again: registers set at the load and cleared at the next step, so that the
+        # weight address (an adder) starts from them, not from a comparison.
+        step0, restart = Signal(), Signal()
         # The step's weight address: the weight memory registers it (a copy per group of its
         # block RAMs). What it reads outside steps is never used (`wvalid_d` is 0).
-        m.d.comb += self.weight_read.addr.eq(w_tile_base + Mux(sr_meta.first & step0, 0, w_off))
+        m.d.comb += self.weight_read.addr.eq(w_tile_base + Mux(restart, 0, w_off))
         with m.If(sr_left != 0):
-            m.d.sync += sr_left.eq(sr_left - 1)
+            m.d.sync += [sr_left.eq(sr_left - 1), step0.eq(0), restart.eq(0)]
             with m.If(sr_meta.flush):
                 m.d.sync += [first_reg.eq(1), drain_reg.eq(1), sr_left.eq(0)]
             with m.Else():
                 m.d.sync += [
-                    first_reg.eq(sr_meta.first & step0),
+                    first_reg.eq(restart),
                     drain_reg.eq(sr_meta.drain & step0),
                     wvalid_reg.eq(1),
                 ]
                 for i in range(R):
                     m.d.sync += [a_reg[i].eq(sr[i][:8]), sr[i].eq(sr[i] >> 8)]
-                m.d.sync += w_off.eq(Mux(sr_meta.first & step0, 1, w_off + 1))
+                m.d.sync += w_off.eq(Mux(restart, 1, w_off + 1))
         with m.If(load):
             for b in range(2):
                 with m.If(g == b):
                     m.d.sync += [sr[i].eq(banks[b][i]) for i in range(R)]
-                    m.d.sync += sr_meta.eq(bank_meta[b])
+                    m.d.sync += [sr_meta.eq(bank_meta[b]), restart.eq(bank_meta[b].first)]
                     m.d.comb += release[b].eq(1)
-            m.d.sync += [sr_left.eq(C), g.eq(~g)]
+            m.d.sync += [sr_left.eq(C), g.eq(~g), step0.eq(1)]
         # The weight memory is registered on both sides, as the activation memory is (its
         # address bits fan out to every block RAM of it): a step's weight word is in `w_q`
         # three cycles after the step (its address is registered in the memory at the step's
