@@ -228,7 +228,8 @@ class Core(wiring.Component):
     rd_data : Out(stream.Signature(word_layout(cfg)))
         Read-back data, in request order.
     busy : Out(1)
-        A layer is in progress.
+        A layer is in progress: from the second cycle after its command is taken to the cycle
+        after its last (a register: a sequencer watching it sees no logic of the engines').
     cycles : Out(32)
         Cycles taken by the last layer.
     """
@@ -296,16 +297,15 @@ class Core(wiring.Component):
         assert CMD_LATENCY == 1
         pending = Signal(len(engines))
         busy = Signal()
-        m.d.comb += [busy.eq(conv.busy | pooling | Cat(e.busy for e, _ in elt).any()
-                             | pending.any()),
-                     self.busy.eq(busy)]
+        m.d.comb += busy.eq(conv.busy | pooling | Cat(e.busy for e, _ in elt).any()
+                            | pending.any())
         # Ready for a command, a load or a read-back from a register: not busy in the last
         # cycle, and no command taken then. (Only a command makes an engine busy, so the core is
         # idle now too; ready comes a cycle after the last engine falls idle.) `busy` itself
         # is a wide OR of engine flags with fan-outs in the hundreds: this keeps it off the
         # command's enables and the memories' ports.
         idle, accept = Signal(init=1), Signal()
-        m.d.sync += idle.eq(~busy & ~accept)
+        m.d.sync += [idle.eq(~busy & ~accept), self.busy.eq(busy)]
         m.d.comb += [self.cmd.ready.eq(idle), accept.eq(self.cmd.valid & idle)]
         if desc is not self.cmd.payload:
             with m.If(accept):

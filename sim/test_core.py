@@ -52,7 +52,8 @@ class CoreTestbench:
         return mem | addr << 2 | data << (2 + self.addr_bits)
 
     async def wait_idle(self):
-        await RisingEdge(self.clk)
+        # `busy` rises in the second cycle after the command is taken.
+        await ClockCycles(self.clk, 2)
         while True:
             await ReadOnly()
             if int(self.dut.busy.value) == 0:
