@@ -242,6 +242,10 @@ class ConvEngine(wiring.Component):
         banks = [[Signal(C * 8, name=f"bank{b}_{i}") for i in range(R)] for b in range(2)]
         claimed = Signal(2)                             # the fill has read a bank's last row
         full = Signal(2)                                # ... and its word has arrived
+        # (Its next value, which the feed's per-row copies of the load decision start from.)
+        full_next = Signal(2)
+        m.d.comb += full_next.eq(full)
+        m.d.sync += full.eq(full_next)
         bank_meta = [Signal(meta, name=f"bank{b}_meta") for b in range(2)]
         f = Signal()                                    # bank being filled
         g = Signal()                                    # bank to feed next
@@ -299,7 +303,8 @@ class ConvEngine(wiring.Component):
                         m.d.sync += banks[b][i].eq(banks[b][i + 1])
                     m.d.sync += banks[b][R - 1].eq(word_in)
                     with m.If(l_last):
-                        m.d.sync += [full[b].eq(1), bank_meta[b].eq(l_meta)]
+                        m.d.comb += full_next[b].eq(1)
+                        m.d.sync += bank_meta[b].eq(l_meta)
 
         # The walker's step between output pixels, in input columns: two pixels a pair.
         x_stride = Mux(desc.pairs, desc.stride << 1, desc.stride) if fused else desc.stride
@@ -320,13 +325,28 @@ class ConvEngine(wiring.Component):
         first_reg, drain_reg, wvalid_reg = Signal(), Signal(), Signal()
         release = Signal(2)                             # banks the feed copies out this cycle
 
-        # `sr_left <= 1` from a register: `load` (one LUT from registers) enables every bit
-        # of the shift register, a net of rows * cols * 8 sinks.
+        # `sr_left <= 1` from a register: `load` is one LUT from registers.
         at_last = Signal(init=1)
         load = Signal()
         m.d.comb += load.eq(at_last & full.bit_select(g, 1))
-        m.d.sync += at_last.eq(Mux(load, C <= 1,
-                                   Mux((sr_left != 0) & ~sr_meta.flush, sr_left <= 2, 1)))
+        stepping = (sr_left != 0) & ~sr_meta.flush
+        at_last_next = Mux(load, C <= 1, Mux(stepping, sr_left <= 2, 1))
+        m.d.sync += at_last.eq(at_last_next)
+        # The shift register's load and step decisions enable each of its rows * cols * 8
+        # bits, spread over the whole array: each row decides for itself, from its own
+        # copies of the registers they are made from (`hard_register`: synthesis keeps them
+        # apart), so that no one net reaches them all. (A single such net was the ULX3S's
+        # critical path: conv.full -> feed, 13.3 ns, 12.3 of it routing.)
+        g_next = g ^ load
+        step_next = Mux(load, ~Mux(g, bank_meta[1].flush, bank_meta[0].flush),
+                        stepping & (sr_left >= 2))
+        row_load, row_step, row_g = [], [], []
+        for i in range(R):
+            copy = hard_register(m, Cat(~at_last_next, full_next, g_next, step_next),
+                                 name=f"feed_ctl{i}", target=cfg.target)
+            row_load.append(~copy[0] & Mux(copy[3], copy[2], copy[1]))
+            row_g.append(copy[3])
+            row_step.append(copy[4])
         m.d.sync += [first_reg.eq(0), drain_reg.eq(0), wvalid_reg.eq(0)]
         for i in range(R):
             m.d.sync += a_reg[i].eq(0)
@@ -347,13 +367,15 @@ class ConvEngine(wiring.Component):
                     drain_reg.eq(sr_meta.drain & step0),
                     wvalid_reg.eq(1),
                 ]
-                for i in range(R):
-                    m.d.sync += [a_reg[i].eq(sr[i][:8]), sr[i].eq(sr[i] >> 8)]
                 m.d.sync += w_off.eq(Mux(restart, 1, w_off + 1))
+        for i in range(R):
+            with m.If(row_step[i]):
+                m.d.sync += [a_reg[i].eq(sr[i][:8]), sr[i].eq(sr[i] >> 8)]
+            with m.If(row_load[i]):
+                m.d.sync += sr[i].eq(Mux(row_g[i], banks[1][i], banks[0][i]))
         with m.If(load):
             for b in range(2):
                 with m.If(g == b):
-                    m.d.sync += [sr[i].eq(banks[b][i]) for i in range(R)]
                     m.d.sync += [sr_meta.eq(bank_meta[b]), restart.eq(bank_meta[b].first)]
                     m.d.comb += release[b].eq(1)
             m.d.sync += [sr_left.eq(C), g.eq(~g), step0.eq(1)]
@@ -551,7 +573,8 @@ class ConvEngine(wiring.Component):
         # The feed releases banks; the fill claims them (after the capture above).
         for b in range(2):
             with m.If(release[b]):
-                m.d.sync += [claimed[b].eq(0), full[b].eq(0)]
+                m.d.sync += claimed[b].eq(0)
+                m.d.comb += full_next[b].eq(0)
         # The fill's read address, whether it reads or not: what it reads outside FILL is
         # never captured (``cap``), and the address does not wait on FILL's decisions.
         m.d.comb += [self.act_read.en.eq(1), self.param_read.en.eq(1),
@@ -671,7 +694,8 @@ class ConvEngine(wiring.Component):
                 with m.If(~claimed.bit_select(f, 1)):
                     for b in range(2):
                         with m.If(f == b):
-                            m.d.sync += [claimed[b].eq(1), full[b].eq(1),
+                            m.d.comb += full_next[b].eq(1)
+                            m.d.sync += [claimed[b].eq(1),
                                          bank_meta[b].flush.eq(1), bank_meta[b].first.eq(1),
                                          bank_meta[b].drain.eq(1)]
                     # (A fused pooling's words come two cycles later.)
