@@ -170,11 +170,19 @@ class Controller(wiring.Component):
         cfg = self._cfg
         m = Module()
         m.submodules.core = core = Core(cfg)
-        # The host's bytes come through a register slice: the state machine sees a byte and
-        # its valid bit from flip-flops, and its ready (the state's decoding) goes no further
-        # than the slice, not into the link's FIFO and its counters.
-        rx = stream.Signature(8).create()
-        _register_slice(m, self.rx, rx)
+        # On the ECP5 the host's bytes come through a register slice: the state machine sees a
+        # byte and its valid bit from flip-flops, and its ready (the state's decoding) goes no
+        # further than the slice, not into the link's FIFO and its counters. A line fault is
+        # delayed as the bytes are, so that it meets them in the same order. (The iCE40's
+        # design is short of cells, not of levels.)
+        line_fault = self.line_fault
+        if cfg.target == "ecp5":
+            rx = stream.Signature(8).create()
+            _register_slice(m, self.rx, rx)
+            line_fault = Signal()
+            m.d.sync += line_fault.eq(self.line_fault)
+        else:
+            rx = self.rx
         desc_bytes = mem_word_bytes(cfg, Mem.PROGRAM)
         data_bytes = max(mem_word_bytes(cfg, mem) for mem in (Mem.ACT, Mem.WEIGHT, Mem.PARAM))
         # Neither memory is read and written in the same cycle, so synthesis need not add
@@ -232,7 +240,7 @@ class Controller(wiring.Component):
         k = (self._timeout - 1).bit_length()
         idle = Signal(k + 1, init=(1 << k) - self._timeout)
         in_frame = Signal()
-        with m.If(in_frame & ~rx.valid & ~self.line_fault):
+        with m.If(in_frame & ~rx.valid & ~line_fault):
             m.d.sync += idle.eq(idle + 1)
         with m.Else():
             m.d.sync += idle.eq(idle.init)
@@ -396,7 +404,7 @@ class Controller(wiring.Component):
             """In a state taking one byte of a frame: the byte (into the CRC), a line fault or a
             timeout."""
             m.d.comb += [in_frame.eq(1), crc.valid.eq(rx.valid)]
-            with m.If(self.line_fault):
+            with m.If(line_fault):
                 drain(m, Error.LINE_FAULT)
             with m.Elif(rx.valid):
                 yield
@@ -469,7 +477,7 @@ class Controller(wiring.Component):
             with m.State("PAYLOAD"):
                 with m.If(at_end):
                     # No byte taken in this cycle, but a line fault in it still breaks the frame.
-                    with m.If(self.line_fault):
+                    with m.If(line_fault):
                         drain(m, Error.LINE_FAULT)
                     with m.Else():
                         m.next = "CRC0"
