@@ -193,8 +193,13 @@ class Controller(wiring.Component):
         # The block RAMs' read data goes into a register before any logic (an ECP5 DP16KD's
         # clock-to-output time alone is 5.8 ns): the frame buffer's as WRITE takes its bytes
         # (``fb_q``), the program memory's every cycle (``pg_q``: what was read two cycles
-        # ago or earlier, unless ``pg_lag`` says a read was made in the last one).
-        fb_q, pg_q, pg_lag = Signal(8), Signal(8), Signal()
+        # ago or earlier, unless ``pg_lag`` says a read was made in the last one). Not on the
+        # iCE40, which is short of cells, not of levels: there the data is used as read.
+        piped = cfg.target == "ecp5"
+        if piped:
+            fb_q, pg_q, pg_lag = Signal(8), Signal(8), Signal()
+        else:
+            fb_q, pg_lag = fb_r.data, Const(0)
         # The program, a byte per address: byte b of entry p at ``b * program_depth + p``.
         # Bytes 0 .. desc_bytes - 1 are the descriptor as received (little-endian), the four
         # after it the entry's cycle counter of its last run.
@@ -202,7 +207,10 @@ class Controller(wiring.Component):
         m.submodules.program = program = memory.Memory(
             shape=8, depth=cfg.program_depth * (desc_bytes + 4), init=[], attrs=_NO_RW_CHECK)
         pg_w, pg_r = program.write_port(), program.read_port()
-        m.d.sync += [pg_q.eq(pg_r.data), pg_lag.eq(pg_r.en)]
+        if piped:
+            m.d.sync += [pg_q.eq(pg_r.data), pg_lag.eq(pg_r.en)]
+        else:
+            pg_q = pg_r.data
         # One frame check serves both directions: a reply never overlaps a request. It starts
         # afresh out of reset (while waiting for a frame's sync byte, or sending one), which
         # costs less than its ``start`` input.
@@ -549,17 +557,20 @@ class Controller(wiring.Component):
             with m.State("WRITE_PRIME"):
                 m.d.comb += fb_r.en.eq(1)
                 m.d.sync += idx.eq(idx + 1)
-                m.next = "WRITE_FILL"
+                m.next = "WRITE_FILL" if piped else "WRITE_BYTE"
             with m.State("WRITE_FILL"):
                 m.d.comb += [fb_r.en.eq(more), replies_with.eq(_Payload.NONE)]
-                m.d.sync += [fb_q.eq(fb_r.data), idx.eq(idx + more)]
+                m.d.sync += idx.eq(idx + more)
+                if piped:
+                    m.d.sync += fb_q.eq(fb_r.data)
                 m.next = "WRITE_BYTE"
             with m.State("WRITE_BYTE"):
                 m.d.comb += replies_with.eq(_Payload.NONE)
                 byte = fb_q
                 m.d.comb += fb_r.en.eq(more)
-                m.d.sync += [shift.eq(Cat(shift[8:], byte)), j.eq(j + 1), idx.eq(idx + more),
-                             fb_q.eq(fb_r.data)]
+                m.d.sync += [shift.eq(Cat(shift[8:], byte)), j.eq(j + 1), idx.eq(idx + more)]
+                if piped:
+                    m.d.sync += fb_q.eq(fb_r.data)
                 if short_bytes < data_bytes:
                     with m.If(is_short):
                         entry = word_at + short_bytes - 1
@@ -615,7 +626,7 @@ class Controller(wiring.Component):
                 # first, and so out below the descriptor, which is the entry's bytes after it.
                 m.d.comb += [self.busy.eq(1), pg_r.en.eq(1)]
                 m.d.sync += [shift.eq(Cat(shift[8:], pg_q)), j.eq(j + 1)]
-                with m.If(j == desc_bytes + 1):
+                with m.If(j == desc_bytes + piped):
                     m.next = "RUN_DECODE"
             with m.State("RUN_DECODE"):
                 m.d.comb += self.busy.eq(1)

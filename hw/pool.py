@@ -19,7 +19,7 @@ Streams carry activation words in the activation memory's order (``isa`` module 
 for each pixel in raster order, ``cin_words`` words of ``cols`` int8 channels.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -116,8 +116,8 @@ class _Window(wiring.Component):
         A beat is inside.
     """
 
-    def __init__(self, *, lanes, in_bits, sums, depth, meta):
-        self._depth, self._sums = depth, sums
+    def __init__(self, *, lanes, in_bits, sums, depth, meta, split=True):
+        self._depth, self._sums, self._split = depth, sums, split
         self._elem = data.ArrayLayout(signed(in_bits), lanes)
         self._pair = data.ArrayLayout(signed(in_bits + sums), lanes)
         out = data.ArrayLayout(signed(in_bits + 2 * sums), lanes)
@@ -139,9 +139,13 @@ class _Window(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        # Without ``split`` (the iCE40, short of cells, not of levels): one RAM holding both
+        # values of a slot, the older written back from the read.
+        halves = 2 if self._split else 1
         ports = []
-        for half in range(2):
-            m.submodules[f"history{half}"] = history = _history(self._elem, self._depth)
+        for half in range(halves):
+            shape = self._elem if self._split else data.ArrayLayout(self._elem, 2)
+            m.submodules[f"history{half}"] = history = _history(shape, self._depth)
             ports.append((history.write_port(), history.read_port()))
         odd = Signal()                      # the period of the beat to take is odd
 
@@ -159,9 +163,12 @@ class _Window(wiring.Component):
                 rd.addr.eq(slot_next),
                 rd.en.eq(self.en),
                 wr.addr.eq(slot),
-                wr.en.eq(take & (odd == half)),
-                wr.data.eq(self.i.value),
             ]
+            if self._split:
+                m.d.comb += [wr.en.eq(take & (odd == half)), wr.data.eq(self.i.value)]
+            else:
+                m.d.comb += [wr.en.eq(take), wr.data[0].eq(self.i.value),
+                             wr.data[1].eq(rd.data[0])]
 
         # Stage 1: the beat, its history as read, and the values of the previous two beats. A
         # beat that is both first and last of its period has a period of one.
@@ -175,13 +182,15 @@ class _Window(wiring.Component):
         with m.If(take):
             m.d.sync += [
                 value.eq(self.i.value), prev[0].eq(value), prev[1].eq(prev[0]),
-                raw[0].eq(ports[0][1].data), raw[1].eq(ports[1][1].data), odd1.eq(odd),
+                raw.eq(Cat(port.data for _, port in ports)), odd1.eq(odd),
                 single.eq((slot == 0) & self.i.wrap),
                 emit1.eq(self.i.emit), meta1.eq(self.i.meta),
             ]
 
         def hist(k, lane):
             """The slot's value ``k + 1`` periods before the beat's, in ``lane``."""
+            if not self._split:
+                return raw[k][lane]
             return Mux(odd1 ^ k, raw[0][lane], raw[1][lane])
 
         # Stage 2: the pair (the beat combined with the previous value) and the older value.
@@ -422,12 +431,13 @@ class PoolEngine(wiring.Component):
         cfg = self._cfg
         sums = cfg.pool_avg
         m = Module()
+        split = cfg.target != "ice40"
         m.submodules.rows = rows = _Window(
             lanes=cfg.cols, in_bits=cfg.data_bits, sums=sums, depth=_TILE_DEPTH,
-            meta=data.StructLayout({"emit": 1, "wrap": 1}))
+            meta=data.StructLayout({"emit": 1, "wrap": 1}), split=split)
         m.submodules.columns = columns = _Window(
             lanes=cfg.cols, in_bits=cfg.data_bits + 2 * sums, sums=sums, depth=self.line_words,
-            meta=data.StructLayout({}))
+            meta=data.StructLayout({}), split=split)
         m.submodules.finish = finish = _Finish(
             lanes=cfg.cols, in_bits=cfg.data_bits + 4 * sums, word=word_layout(cfg), sums=sums)
         m.submodules.scan = scan = _Scan(cfg, o_layout=rows.i.shape())
