@@ -13,7 +13,7 @@ __all__ = ["SystolicArray"]
 def _delay(m, sig, cycles, name):
     """``sig`` delayed by ``cycles`` registers (``cycles`` may be 0)."""
     for i in range(cycles):
-        nxt = Signal.like(sig, name=f"{name}_d{i}")
+        nxt = Signal.like(sig, name=f"{name}_d{i}", reset_less=True)
         m.d.sync += nxt.eq(sig)
         sig = nxt
     return sig

@@ -329,7 +329,7 @@ class Controller(wiring.Component):
         # Descriptors (RUN) and data words (WRITE) are assembled in one shift register: the
         # bytes come in at the top and move down a byte at a time. The shorter of the two kinds
         # of data word comes in lower down, so that it ends where the longer one starts.
-        shift = Signal(8 * max(desc_bytes, data_bytes))
+        shift = Signal(8 * max(desc_bytes, data_bytes), reset_less=True)     # data: not reset
         desc = layer_layout(cfg)(shift[len(shift) - 8 * desc_bytes:][:layer_layout(cfg).size])
         word_at = len(shift) // 8 - data_bytes
         word = shift[8 * word_at:]

@@ -239,7 +239,8 @@ class ConvEngine(wiring.Component):
 
         # ---- Transposer banks and the feed shift register ----------------------------------
         meta = data.StructLayout({"first": 1, "drain": 1, "flush": 1})
-        banks = [[Signal(C * 8, name=f"bank{b}_{i}") for i in range(R)] for b in range(2)]
+        banks = [[Signal(C * 8, name=f"bank{b}_{i}", reset_less=True) for i in range(R)]
+                 for b in range(2)]
         claimed = Signal(2)                             # the fill has read a bank's last row
         full = Signal(2)                                # ... and its word has arrived
         # (Its next value, which the feed's per-row copies of the load decision start from.)
@@ -317,11 +318,11 @@ class ConvEngine(wiring.Component):
         last_block = ends["cw"] & ends["kx"] & ends["ky"]
 
         # ---- Feed ----------------------------------------------------------------------------
-        sr = [Signal(C * 8, name=f"feed{i}") for i in range(R)]
+        sr = [Signal(C * 8, name=f"feed{i}", reset_less=True) for i in range(R)]
         sr_meta = Signal(meta)
         sr_left = Signal(range(C + 1))                  # steps still to present
         w_off = Signal(cfg.weight_addr_bits)
-        a_reg = Signal(data.ArrayLayout(signed(8), R))
+        a_reg = Signal(data.ArrayLayout(signed(8), R), reset_less=True)
         first_reg, drain_reg, wvalid_reg = Signal(), Signal(), Signal()
         release = Signal(2)                             # banks the feed copies out this cycle
 
@@ -383,10 +384,10 @@ class ConvEngine(wiring.Component):
         # address bits fan out to every block RAM of it): a step's weight word is in `w_q`
         # three cycles after the step (its address is registered in the memory at the step's
         # end, as `a_reg` is), and the activations and flags wait two cycles for it.
-        a_d, a_q = Signal.like(a_reg), Signal.like(a_reg)
+        a_d, a_q = Signal.like(a_reg), Signal.like(a_reg)      # (reset-less, as a_reg)
         first_d, drain_d, wvalid_d = Signal(), Signal(), Signal()
         first_q, drain_q = Signal(), Signal()
-        w_q = Signal(C * 8)
+        w_q = Signal(C * 8, reset_less=True)
         m.d.sync += [a_d.eq(a_reg), first_d.eq(first_reg), drain_d.eq(drain_reg),
                      wvalid_d.eq(wvalid_reg),
                      a_q.eq(a_d), first_q.eq(first_d), drain_q.eq(drain_d),
@@ -423,7 +424,7 @@ class ConvEngine(wiring.Component):
         # Each lane picks its sum from its own copy of `er` and `eg` (`hard_register`): one
         # copy would drive the select inputs of every multiplexer of the R * cols sums, spread
         # over the array.
-        sel = Signal(data.ArrayLayout(signed(32), L))
+        sel = Signal(data.ArrayLayout(signed(32), L), reset_less=True)
         for lane in range(L):
             sums = [[array.results[r][g * L + lane] for g in range(G)] for r in range(R)]
             if R * G == 1:
@@ -457,7 +458,7 @@ class ConvEngine(wiring.Component):
         # in registers (block RAM data goes into a register before any logic).
         m.d.comb += self.param_read.addr.eq(p_tile + eg)
         rq_acc = Signal.like(sel)
-        rq_params = Signal(param_layout(cfg))
+        rq_params = Signal(param_layout(cfg), reset_less=True)
         rq_valid, rq_tag = Signal(), Signal(tag)
         m.d.sync += [rq_acc.eq(sel), rq_params.eq(self.param_read.data), rq_valid.eq(sel_valid),
                      rq_tag.eq(sel_tag)]

@@ -65,19 +65,20 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
     data = Signal(width)
     wdata = Value.cast(write_data)
     for i in range(slices):
-        def copy(value, what, i=i):
-            return hard_register(m, value, name=f"s{i}_{what}", target=target)
+        def copy(value, what, i=i, reset_less=False):
+            return hard_register(m, value, name=f"s{i}_{what}", target=target,
+                                 reset_less=reset_less)
         m.submodules[f"mem{i}"] = mem = memory.Memory(shape=part, depth=depth, init=[],
                                                       attrs=attrs or {})
         w, r = mem.write_port(), mem.read_port()
         we = copy(write_en[i] if isinstance(write_en, list | tuple) else write_en, "we")
         re = copy(read_en, "re")
         addr = read_addr[i] if isinstance(read_addr, list | tuple) else read_addr
-        wd = Signal(part, name=f"s{i}_wdata")
+        wd = Signal(part, name=f"s{i}_wdata", reset_less=True)
         m.d.sync += wd.eq(wdata.word_select(i, part))
         m.d.comb += [
-            w.addr.eq(copy(write_addr, "waddr")), w.data.eq(wd), w.en.eq(we),
-            r.addr.eq(copy(addr, "raddr")), r.en.eq(re & ~we if exclusive else re),
+            w.addr.eq(copy(write_addr, "waddr", reset_less=True)), w.data.eq(wd), w.en.eq(we),
+            r.addr.eq(copy(addr, "raddr", reset_less=True)), r.en.eq(re & ~we if exclusive else re),
             data.word_select(i, part).eq(r.data),
         ]
     return data
@@ -286,7 +287,8 @@ class Core(wiring.Component):
         # On the iCE40, whose logic cells are what the design runs out of, the engines read
         # ``cmd.payload`` itself instead (161 cells): the controller holds it still from the
         # handshake until ``busy`` falls (its shift register is loaded between layers only).
-        desc = self.cmd.payload if cfg.target == "ice40" else Signal(layer_layout(cfg))
+        desc = (self.cmd.payload if cfg.target == "ice40"
+                else Signal(layer_layout(cfg), reset_less=True))
         engines = [(conv, (Op.CONV,))]
         pooling = Signal()
         if cfg.pool:
@@ -335,8 +337,14 @@ class Core(wiring.Component):
         # the load; no engine reads parameters that soon after its command.
         p_sel = Signal(data.StructLayout({"en": 1, "addr": len(p_w.addr),
                                           "data": param_layout(cfg)}))
-        p_w_domain = m.d.comb if cfg.target == "ice40" else m.d.sync
-        p_w_domain += [p_w.en.eq(p_sel.en), p_w.addr.eq(p_sel.addr), p_w.data.eq(p_sel.data)]
+        if cfg.target == "ice40":
+            m.d.comb += [p_w.en.eq(p_sel.en), p_w.addr.eq(p_sel.addr), p_w.data.eq(p_sel.data)]
+        else:
+            # (The address and the data are reset-less registers: only the enable is reset.)
+            p_q = Signal(data.StructLayout({"addr": len(p_w.addr), "data": param_layout(cfg)}),
+                         reset_less=True)
+            m.d.sync += [p_w.en.eq(p_sel.en), p_q.addr.eq(p_sel.addr), p_q.data.eq(p_sel.data)]
+            m.d.comb += [p_w.addr.eq(p_q.addr), p_w.data.eq(p_q.data)]
         for port, kind in ((wr_sel, Mem.ACT), (w_w, Mem.WEIGHT), (p_sel, Mem.PARAM)):
             m.d.comb += [
                 port.addr.eq(addr),

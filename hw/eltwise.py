@@ -168,11 +168,11 @@ class AddEngine(wiring.Component):
             m.submodules[f"mul{lane}"] = mul = dsp.ScaleMultiplier(cfg.target)
             m.d.comb += [mul.a.eq(self.act_read.data[lane]),
                          mul.b.eq(Mux(tag[word_at], m_b, m_a))]
-            part = Signal(signed(prod_bits), name=f"part{lane}")
-            first = Signal(signed(prod_bits), name=f"first{lane}")
-            total = Signal(signed(prod_bits + 1), name=f"total{lane}")
-            shifted = Signal(signed(prod_bits + 1), name=f"shifted{lane}")
-            y = Signal(signed(cfg.data_bits), name=f"y{lane}")
+            part = Signal(signed(prod_bits), name=f"part{lane}", reset_less=True)
+            first = Signal(signed(prod_bits), name=f"first{lane}", reset_less=True)
+            total = Signal(signed(prod_bits + 1), name=f"total{lane}", reset_less=True)
+            shifted = Signal(signed(prod_bits + 1), name=f"shifted{lane}", reset_less=True)
+            y = Signal(signed(cfg.data_bits), name=f"y{lane}", reset_less=True)
             m.d.sync += part.eq(mul.p >> part_shift)
             with m.If(pipe[prod_at + 1] & ~tag[prod_at + 1]):
                 m.d.sync += first.eq(part)

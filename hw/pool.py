@@ -174,8 +174,11 @@ class _Window(wiring.Component):
         # beat that is both first and last of its period has a period of one.
         # (``raw`` is the two RAMs' words as read, ``odd1`` the beat's period: the value of
         # the period before is ``raw[~odd1]``, of the one before that ``raw[odd1]``.)
-        valid1, value, raw = Signal(), Signal(self._elem), Signal(data.ArrayLayout(self._elem, 2))
-        prev = Signal(data.ArrayLayout(self._elem, 2))
+        # (The values are data, reset-less: only the flags are on the chip's reset.)
+        valid1 = Signal()
+        value = Signal(self._elem, reset_less=True)
+        raw = Signal(data.ArrayLayout(self._elem, 2), reset_less=True)
+        prev = Signal(data.ArrayLayout(self._elem, 2), reset_less=True)
         single, emit1, meta1, odd1 = Signal(), Signal(), Signal.like(self.i.meta), Signal()
         with m.If(self.en):
             m.d.sync += valid1.eq(self.i.valid)
@@ -194,7 +197,8 @@ class _Window(wiring.Component):
             return Mux(odd1 ^ k, raw[0][lane], raw[1][lane])
 
         # Stage 2: the pair (the beat combined with the previous value) and the older value.
-        valid2, pair, older = Signal(), Signal(self._pair), Signal(self._elem)
+        valid2 = Signal()
+        pair, older = Signal(self._pair, reset_less=True), Signal(self._elem, reset_less=True)
         emit2, meta2 = Signal(), Signal.like(self.i.meta)
         with m.If(self.en):
             m.d.sync += valid2.eq(valid1)
@@ -256,7 +260,7 @@ class _Finish(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        valid, held = Signal(), Signal.like(self.i.value)
+        valid, held = Signal(), Signal.like(self.i.value, reset_less=True)
         m.d.comb += [self.en.eq(~self.o.valid | self.o.ready), self.busy.eq(valid | self.o.valid)]
         with m.If(self.en):
             m.d.sync += [valid.eq(self.i.valid), held.eq(self.i.value), self.o.valid.eq(valid)]

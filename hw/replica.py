@@ -13,7 +13,7 @@ from amaranth.hdl import ClockSignal, Instance, ResetSignal, Signal, Value
 __all__ = ["hard_register"]
 
 
-def hard_register(m, d, *, name, target):
+def hard_register(m, d, *, name, target, reset_less=False):
     """A register of ``d`` (reset to 0) that synthesis does not merge with an equivalent one.
 
     Parameters
@@ -26,6 +26,9 @@ def hard_register(m, d, *, name, target):
         The register's name.
     target : str
         ``ecp5``, ``ice40`` (primitive flip-flops) or ``generic`` (an ordinary register).
+    reset_less : bool
+        Leave the ``sync`` domain's reset unconnected (for data: an address, a word), so that
+        the reset net has one load fewer per bit.
 
     Returns
     -------
@@ -33,13 +36,17 @@ def hard_register(m, d, *, name, target):
         The register's output, as wide as ``d``.
     """
     d = Value.cast(d)
-    q = Signal(len(d), name=name)
+    q = Signal(len(d), name=name, reset_less=reset_less)
     for i in range(len(d)):
         if target == "ecp5":
             m.submodules[f"{name}_ff{i}"] = Instance(
                 "TRELLIS_FF", p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK", p_LSRMUX="LSR",
                 p_SRMODE="LSR_OVER_CE", p_REGSET="RESET",
-                i_CLK=ClockSignal("sync"), i_LSR=ResetSignal("sync"), i_DI=d[i], o_Q=q[i])
+                i_CLK=ClockSignal("sync"), i_LSR=0 if reset_less else ResetSignal("sync"),
+                i_DI=d[i], o_Q=q[i])
+        elif target == "ice40" and reset_less:
+            m.submodules[f"{name}_ff{i}"] = Instance(
+                "SB_DFF", i_C=ClockSignal("sync"), i_D=d[i], o_Q=q[i])
         elif target == "ice40":
             m.submodules[f"{name}_ff{i}"] = Instance(
                 "SB_DFFSR", i_C=ClockSignal("sync"), i_R=ResetSignal("sync"), i_D=d[i],

@@ -46,20 +46,20 @@ class _Lane(wiring.Component):
         # shift_at[k]: the shift of the value k cycles after the input.
         shift_at = [self.param.shift]
         for k in range(5):
-            d = Signal.like(self.param.shift, name=f"shift_d{k + 1}")
+            d = Signal.like(self.param.shift, name=f"shift_d{k + 1}", reset_less=True)
             m.d.sync += d.eq(shift_at[-1])
             shift_at.append(d)
-        m_d1 = Signal.like(self.param.m)
+        m_d1 = Signal.like(self.param.m, reset_less=True)
         m.d.sync += m_d1.eq(self.param.m)
 
         # Stage 1: bias.
-        x = Signal(signed(arith.ACC_BITS))
+        x = Signal(signed(arith.ACC_BITS), reset_less=True)
         m.d.sync += x.eq(self.acc + self.param.bias)
         if cfg.requant_dsp:
             # Stages 2-4: the multiply. Stage 5: the rounding constant.
             m.submodules.mul = mul = WideMultiplier(cfg.target)
             m.d.comb += [mul.a.eq(x), mul.b.eq(m_d1)]
-            total = Signal(PRODUCT)
+            total = Signal(PRODUCT, reset_less=True)
             shift = shift_at[1 + WIDE_LATENCY]
             m.d.sync += total.eq(mul.p + ((Const(1, PRODUCT) << shift) >> 1))
         else:
@@ -72,7 +72,7 @@ class _Lane(wiring.Component):
             while len(terms) > 1:
                 nxt = []
                 for i in range(0, len(terms), 2):
-                    s = Signal(PRODUCT, name=f"sum{level}_{i // 2}")
+                    s = Signal(PRODUCT, name=f"sum{level}_{i // 2}", reset_less=True)
                     m.d.sync += s.eq(terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i])
                     nxt.append(s)
                 terms, level = nxt, level + 1
@@ -81,7 +81,7 @@ class _Lane(wiring.Component):
         # Saturation from the sign and the bits above an int8's (wide ORs and ANDs) rather
         # than two comparisons of the whole product (carry chains of its width). `relu`
         # holds still for a layer; it goes through a register, as it fans out to every lane.
-        shifted = Signal(PRODUCT)
+        shifted = Signal(PRODUCT, reset_less=True)
         m.d.sync += shifted.eq(total >> shift_at[5])
         relu = Signal()
         m.d.sync += relu.eq(self.relu)
