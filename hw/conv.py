@@ -50,12 +50,23 @@ from .replica import hard_register
 from .requant import Requantizer
 from .synth import one_hot
 
-__all__ = ["POOL_EXTRA", "ConvEngine", "dense_prep_cycles"]
+__all__ = ["POOL_EXTRA", "ConvEngine", "dense_prep_cycles", "weight_stages"]
 
 
 #: Cycles a fused pooling's words take after the requantizer's, beyond a plain convolution's:
 #: the window row's maximum, then the line buffer's word in a register.
 POOL_EXTRA = 2
+
+
+def weight_stages(cfg):
+    """Registers between the weight memory's block RAMs and the array: 1, or 2 but on the
+    iCE40 (whose logic cells are spent).
+
+    The second sits near the block RAMs, so that neither the RAMs' clock-to-output time (5.8 ns
+    on an ECP5 DP16KD) nor the route to the array is in a cycle with the other: together they
+    were the ULX3S's worst path at 75 MHz (12.9 ns, 7.1 routing). A channel tile then settles
+    one cycle longer for each stage beyond the first."""
+    return 1 if cfg.target == "ice40" else 2
 
 
 def dense_prep_cycles(cfg):
@@ -165,7 +176,7 @@ class ConvEngine(wiring.Component):
         t_word = Mux(desc.halves, t >> 1, t) if fused else t
         w_tile_base = Signal(cfg.weight_addr_bits)
         p_tile = Signal(cfg.param_addr_bits)            # the channel tile's first parameter word
-        settle_cycles = R * cfg.rq_groups + C + Requantizer.LATENCY + 9
+        settle_cycles = R * cfg.rq_groups + C + Requantizer.LATENCY + 8 + weight_stages(cfg)
         settle = Signal(range(settle_cycles + 1 + fused * POOL_EXTRA))
         # Pixel walker: the next output pixel of the layer and its input window origin.
         ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
@@ -356,7 +367,7 @@ class ConvEngine(wiring.Component):
         # weight address (an adder) starts from them, not from a comparison.
         step0, restart = Signal(), Signal()
         # The step's weight address: the weight memory registers it (a copy per group of its
-        # block RAMs). What it reads outside steps is never used (`wvalid_d` is 0).
+        # block RAMs). What it reads outside steps is never used (the weight's valid flag is 0).
         m.d.comb += self.weight_read.addr.eq(w_tile_base + Mux(restart, 0, w_off))
         with m.If(sr_left != 0):
             m.d.sync += [sr_left.eq(sr_left - 1), step0.eq(0), restart.eq(0)]
@@ -382,16 +393,26 @@ class ConvEngine(wiring.Component):
             m.d.sync += [sr_left.eq(C), g.eq(~g), step0.eq(1)]
         # The weight memory is registered on both sides, as the activation memory is (its
         # address bits fan out to every block RAM of it): a step's weight word is in `w_q`
-        # three cycles after the step (its address is registered in the memory at the step's
-        # end, as `a_reg` is), and the activations and flags wait two cycles for it.
-        a_d, a_q = Signal.like(a_reg), Signal.like(a_reg)      # (reset-less, as a_reg)
-        first_d, drain_d, wvalid_d = Signal(), Signal(), Signal()
-        first_q, drain_q = Signal(), Signal()
+        # 2 + `weight_stages` cycles after the step (its address is registered in the memory
+        # at the step's end, as `a_reg` is), and the activations and flags wait as long less
+        # one cycle for it.
+        w_in = self.weight_read.data.as_value()
+        for k in range(weight_stages(cfg) - 1):
+            w_r = Signal(C * 8, name=f"w_r{k}", reset_less=True)
+            m.d.sync += w_r.eq(w_in)
+            w_in = w_r
+        a_q, first_q, drain_q, wvalid_q = a_reg, first_reg, drain_reg, wvalid_reg
+        for k in range(weight_stages(cfg) + 1):
+            a_n = Signal.like(a_reg, name=f"a_d{k}")            # (reset-less, as a_reg)
+            first_n, drain_n = Signal(name=f"first_d{k}"), Signal(name=f"drain_d{k}")
+            m.d.sync += [a_n.eq(a_q), first_n.eq(first_q), drain_n.eq(drain_q)]
+            a_q, first_q, drain_q = a_n, first_n, drain_n
+            if k < weight_stages(cfg):
+                wvalid_n = Signal(name=f"wvalid_d{k}")
+                m.d.sync += wvalid_n.eq(wvalid_q)
+                wvalid_q = wvalid_n
         w_q = Signal(C * 8, reset_less=True)
-        m.d.sync += [a_d.eq(a_reg), first_d.eq(first_reg), drain_d.eq(drain_reg),
-                     wvalid_d.eq(wvalid_reg),
-                     a_q.eq(a_d), first_q.eq(first_d), drain_q.eq(drain_d),
-                     w_q.eq(Mux(wvalid_d, self.weight_read.data.as_value(), 0))]
+        m.d.sync += w_q.eq(Mux(wvalid_q, w_in, 0))
         m.d.comb += [array.a.eq(a_q), array.first.eq(first_q), array.w.eq(w_q)]
 
         # ---- Drain ---------------------------------------------------------------------------
