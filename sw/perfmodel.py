@@ -23,16 +23,17 @@ the memories' pipelines (the activation and weight memories are registered on bo
 
 The pooling engine (``hw/pool.py``) streams the input map through at one word a cycle, then
 drains its pipeline: three units of two stages each (the row window, the column window and the
-finishing stage; ``PoolEngine.LATENCY`` in all). Each unit is busy until two cycles after the
-last word it takes, and the column window takes only the words that end a row window, the
-finishing stage only those that end a window both ways. Floor mode drops the rows and columns
+finishing stage) behind the scan's output register (``PoolEngine.LATENCY`` in all). Each unit
+is busy until its stages have passed on the last word it takes, and the column window takes
+only the words that end a row window, the finishing stage only those that end a window both
+ways. Floor mode drops the rows and columns
 past the last window (``h_used = (out_h - 1) * stride + kh`` rows and ``w_used`` columns are
 covered), so the last word a later unit takes may come before the last input word, and the
 pipeline drains that much sooner::
 
     after_h  = cin_words * (in_w - w_used)                            after the last row window
     after_hv = cin_words * ((in_h - h_used) * in_w + in_w - w_used)   after the last window
-    tail = max(2, 4 - after_h, 6 - after_hv)
+    tail = max(3, 5 - after_h, 7 - after_hv)
     pool cycles = in_h * in_w * cin_words + tail + POOL_LAYER
 
 The residual add (``hw/eltwise.py``) reads its two operands' words alternately, two cycles a
@@ -76,8 +77,9 @@ POOL_LAYER = 4      #: fitted: per pooling layer, beyond the pipeline's tail
 #: Residual add: two parameter reads, the latch of the second, aligning the shifts, going idle.
 ADD_SETUP = 5
 
-#: Stages of the pooling engine's units, in pipeline order: row window, column window, finish.
-POOL_STAGES = (2, 2, 2)
+#: Stages of the pooling engine's units, in pipeline order: row window (with the scan's output
+#: register), column window, finish.
+POOL_STAGES = (3, 2, 2)
 assert sum(POOL_STAGES) == PoolEngine.LATENCY, "update POOL_STAGES from hw/pool.py"
 
 
