@@ -50,7 +50,7 @@ from .replica import hard_register
 from .requant import Requantizer
 from .synth import one_hot
 
-__all__ = ["POOL_EXTRA", "ConvEngine", "dense_prep_cycles", "weight_stages"]
+__all__ = ["POOL_EXTRA", "ConvEngine", "dense_prep_cycles", "select_stages", "weight_stages"]
 
 
 #: Cycles a fused pooling's words take after the requantizer's, beyond a plain convolution's:
@@ -67,6 +67,22 @@ def weight_stages(cfg):
     were the ULX3S's worst path at 75 MHz (12.9 ns, 7.1 routing). A channel tile then settles
     one cycle longer for each stage beyond the first."""
     return 1 if cfg.target == "ice40" else 2
+
+
+def select_stages(cfg):
+    """Register stages of the drain's selection of a lane's sum among the array's: 1, or 2 but
+    on the iCE40.
+
+    A lane picks among ``rows * rq_groups`` sums of PEs spread over the array's whole height.
+    In one stage that multiplexer's routes were the ULX3S's worst path at 90 MHz (an index
+    register to `sel`, 14.0 ns, 12.5 of it routing); in two, each group of
+    `_SELECT_CHUNK` rows has its own multiplexer and register near its PEs, and a second
+    multiplexer picks among those. A channel tile then settles a cycle longer."""
+    return 1 if cfg.target == "ice40" else 2
+
+
+#: Rows of sums each first-stage multiplexer of a two-stage selection covers.
+_SELECT_CHUNK = 4
 
 
 def dense_prep_cycles(cfg):
@@ -176,7 +192,8 @@ class ConvEngine(wiring.Component):
         t_word = Mux(desc.halves, t >> 1, t) if fused else t
         w_tile_base = Signal(cfg.weight_addr_bits)
         p_tile = Signal(cfg.param_addr_bits)            # the channel tile's first parameter word
-        settle_cycles = R * cfg.rq_groups + C + Requantizer.LATENCY + 8 + weight_stages(cfg)
+        settle_cycles = (R * cfg.rq_groups + C + Requantizer.LATENCY + 7 + weight_stages(cfg)
+                         + select_stages(cfg))
         settle = Signal(range(settle_cycles + 1 + fused * POOL_EXTRA))
         # Pixel walker: the next output pixel of the layer and its input window origin.
         ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
@@ -445,18 +462,40 @@ class ConvEngine(wiring.Component):
         # Each lane picks its sum from its own copy of `er` and `eg` (`hard_register`): one
         # copy would drive the select inputs of every multiplexer of the R * cols sums, spread
         # over the array.
+        # With two stages (`select_stages`), the rows are taken `_SELECT_CHUNK` at a time: the
+        # first stage picks the sum within each chunk into a register of the chunk's own, by
+        # the low bits of the row index and the group; the second picks the chunk, by the row
+        # index's high bits a cycle later.
         sel = Signal(data.ArrayLayout(signed(32), L), reset_less=True)
+        two = select_stages(cfg) == 2
+        chunk = min(_SELECT_CHUNK, R) if two else R
+        low = (chunk - 1).bit_length()
         for lane in range(L):
             sums = [[array.results[r][g * L + lane] for g in range(G)] for r in range(R)]
-            if R * G == 1:
-                picked = sums[0][0]
-            elif L == 1:
-                picked = Array(Array(row) for row in sums)[er][eg]
+            if L == 1 or R * G == 1:
+                er_l, eg_l = er, eg
             else:
                 er_l = hard_register(m, er_next, name=f"er_lane{lane}", target=cfg.target)
                 eg_l = hard_register(m, eg_next, name=f"eg_lane{lane}", target=cfg.target)
-                picked = Array(Array(row) for row in sums)[er_l][eg_l]
-            m.d.sync += sel[lane].eq(picked)
+            parts = []
+            for k in range(0, R, chunk):
+                rows_k = sums[k:k + chunk]
+                if len(rows_k) * G == 1:
+                    picked = rows_k[0][0]
+                elif len(rows_k) == 1:
+                    picked = Array(rows_k[0])[eg_l]
+                else:
+                    picked = Array(Array(row) for row in rows_k)[er_l[:low]][eg_l]
+                if not two:
+                    m.d.sync += sel[lane].eq(picked)
+                    continue
+                part = Signal(signed(32), name=f"sel{lane}_rows{k}", reset_less=True)
+                m.d.sync += part.eq(picked)
+                parts.append(part)
+            if two:
+                which = Signal(range(len(parts)), name=f"sel{lane}_chunk")
+                m.d.sync += which.eq(er_l[low:])
+                m.d.sync += sel[lane].eq(Array(parts)[which] if len(parts) > 1 else parts[0])
         sel_valid = Signal()
         sel_tag = Signal(tag)
         out_addr = Signal(cfg.act_addr_bits)
@@ -478,11 +517,19 @@ class ConvEngine(wiring.Component):
         # The group's parameter word is read in the emit cycle; sums and parameters then meet
         # in registers (block RAM data goes into a register before any logic).
         m.d.comb += self.param_read.addr.eq(p_tile + eg)
+        # (With two selection stages, the parameters, the valid bit and the tag wait a cycle
+        # more for the sums.)
+        params_at, valid_at, tag_at = self.param_read.data, sel_valid, sel_tag
+        for k in range(select_stages(cfg) - 1):
+            p_d = Signal(param_layout(cfg), name=f"params_d{k}", reset_less=True)
+            v_d, t_d = Signal(name=f"sel_valid_d{k}"), Signal(tag, name=f"sel_tag_d{k}")
+            m.d.sync += [p_d.eq(params_at), v_d.eq(valid_at), t_d.eq(tag_at)]
+            params_at, valid_at, tag_at = p_d, v_d, t_d
         rq_acc = Signal.like(sel)
         rq_params = Signal(param_layout(cfg), reset_less=True)
         rq_valid, rq_tag = Signal(), Signal(tag)
-        m.d.sync += [rq_acc.eq(sel), rq_params.eq(self.param_read.data), rq_valid.eq(sel_valid),
-                     rq_tag.eq(sel_tag)]
+        m.d.sync += [rq_acc.eq(sel), rq_params.eq(params_at), rq_valid.eq(valid_at),
+                     rq_tag.eq(tag_at)]
         with m.If(emit):
             m.d.sync += [
                 sel_tag.valid.eq(dimg < desc.batch),

@@ -13,9 +13,10 @@ tile may hold the end of one image and the start of the next::
 
 Around the feed, each channel tile spends a fixed overhead: filling the first block (``rows``
 reads), the settle period that lets the last results drain through the array and the
-requantizers (``rows * G + cols + Requantizer.LATENCY + 8 + S``: a row takes ``G = cols /
+requantizers (``rows * G + cols + Requantizer.LATENCY + 7 + S``: a row takes ``G = cols /
 rq_lanes`` cycles in the requantizer; ``S`` is `systolic.hw.conv.weight_stages`, the registers
-after the weight memory's block RAMs) and a few cycles of hand-over between the states and of
+after the weight memory's block RAMs, plus `systolic.hw.conv.select_stages`, those of the
+drain's selection of the sums) and a few cycles of hand-over between the states and of
 the memories' pipelines (the activation and weight memories are registered on both sides)::
 
     conv cycles = cout_tiles * (feed + rows + rows * G + cols + LATENCY + S + CONV_TILE)
@@ -61,7 +62,7 @@ every pooling shape on the core's Verilog, ``tests/test_network_rtl.py`` whole n
 
 import itertools
 
-from ..hw.conv import POOL_EXTRA, dense_prep_cycles, weight_stages
+from ..hw.conv import POOL_EXTRA, dense_prep_cycles, select_stages, weight_stages
 from ..hw.eltwise import ADD_LATENCY, GAP_DIV_STEPS
 from ..hw.isa import ACT_READ_LATENCY, CMD_LATENCY, Op
 from ..hw.pool import PoolEngine
@@ -71,7 +72,7 @@ __all__ = ["ADD_SETUP", "CONV_LAYER", "CONV_TILE", "POOL_LAYER", "POOL_STAGES", 
            "pool_tail", "pool_words", "predict_cycles", "predict_layer", "predict_program",
            "utilization"]
 
-CONV_TILE = 15      #: fitted: per channel tile, beyond the structural overhead
+CONV_TILE = 14      #: fitted: per channel tile, beyond the structural overhead
 CONV_LAYER = 0      #: fitted: per convolution layer
 POOL_LAYER = 4      #: fitted: per pooling layer, beyond the pipeline's tail
 #: Residual add: two parameter reads, the latch of the second, aligning the shifts, going idle.
@@ -106,6 +107,7 @@ def _engine_cycles(cfg, fields):
         pixel_tiles = -(-fields.get("batch", 1) * fields["out_h"] * fields["out_w"] // R)
         feed = pixel_tiles * fields["kh"] * fields["kw"] * fields["cin_words"] * C
         per_tile = (feed + R + R * G + C + Requantizer.LATENCY + CONV_TILE + weight_stages(cfg)
+                    + select_stages(cfg)
                     + POOL_EXTRA * fields.get("pool", 0))
         prep = dense_prep_cycles(cfg) if fields.get("dense") else 0
         return fields["cout_tiles"] * per_tile + CONV_LAYER + prep
