@@ -58,31 +58,34 @@ __all__ = ["POOL_EXTRA", "ConvEngine", "dense_prep_cycles", "select_stages", "we
 POOL_EXTRA = 2
 
 
-def weight_stages(cfg):
-    """Registers between the weight memory's block RAMs and the array: 1, or 2 but on the
-    iCE40 (whose logic cells are spent).
+#: Rows of sums each first-stage multiplexer of a two-stage selection covers.
+_SELECT_CHUNK = 4
 
-    The second sits near the block RAMs, so that neither the RAMs' clock-to-output time (5.8 ns
-    on an ECP5 DP16KD) nor the route to the array is in a cycle with the other: together they
-    were the ULX3S's worst path at 75 MHz (12.9 ns, 7.1 routing). A channel tile then settles
-    one cycle longer for each stage beyond the first."""
-    return 1 if cfg.target == "ice40" else 2
+
+def weight_stages(cfg):
+    """Registers between the weight memory's block RAMs and the array: 2 for arrays of more
+    than 4 columns (whose weight words span as many block RAM slices, over much of the chip),
+    else 1 (the iCEBreaker's, whose logic cells are spent).
+
+    It depends on the array's shape only, not on the target, so that a simulation of a board's
+    design (``generic``) counts the board's cycles. The second register sits near the block
+    RAMs, so that neither the RAMs' clock-to-output time (5.8 ns on an ECP5 DP16KD) nor the
+    route to the array is in a cycle with the other: together they were the ULX3S's worst path
+    at 75 MHz (12.9 ns, 7.1 routing). A channel tile then settles one cycle longer for each
+    stage beyond the first."""
+    return 2 if cfg.cols > 4 else 1
 
 
 def select_stages(cfg):
-    """Register stages of the drain's selection of a lane's sum among the array's: 1, or 2 but
-    on the iCE40.
+    """Register stages of the drain's selection of a lane's sum among the array's: 2 for arrays
+    of more than `_SELECT_CHUNK` rows, else 1 (like `weight_stages`, from the shape alone).
 
     A lane picks among ``rows * rq_groups`` sums of PEs spread over the array's whole height.
     In one stage that multiplexer's routes were the ULX3S's worst path at 90 MHz (an index
     register to `sel`, 14.0 ns, 12.5 of it routing); in two, each group of
     `_SELECT_CHUNK` rows has its own multiplexer and register near its PEs, and a second
     multiplexer picks among those. A channel tile then settles a cycle longer."""
-    return 1 if cfg.target == "ice40" else 2
-
-
-#: Rows of sums each first-stage multiplexer of a two-stage selection covers.
-_SELECT_CHUNK = 4
+    return 2 if cfg.rows > _SELECT_CHUNK else 1
 
 
 def dense_prep_cycles(cfg):
