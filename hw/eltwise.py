@@ -237,9 +237,10 @@ class GapEngine(wiring.Component):
         got = Signal(ACT_READ_LATENCY)                      # got[-1]: a read's word arrives
         acc_bits = cfg.data_bits + nb
         lanes = range(cfg.cols)
-        acc = [Signal(signed(acc_bits), name=f"acc{i}") for i in lanes]
-        rem = [Signal(nb + 10, name=f"rem{i}") for i in lanes]
-        quo = [Signal(GAP_DIV_STEPS, name=f"quo{i}") for i in lanes]
+        # Data, reset-less (the sums are cleared when a command is taken and after each tile).
+        acc = [Signal(signed(acc_bits), name=f"acc{i}", reset_less=True) for i in lanes]
+        rem = [Signal(nb + 10, name=f"rem{i}", reset_less=True) for i in lanes]
+        quo = [Signal(GAP_DIV_STEPS, name=f"quo{i}", reset_less=True) for i in lanes]
 
         m.d.comb += [self.act_read.en.eq(0), self.act_read.addr.eq(rd), self.act_write.en.eq(0),
                      self.act_write.addr.eq(wr)]
@@ -262,6 +263,7 @@ class GapEngine(wiring.Component):
                         images.eq(cmd.batch), tile.eq(cmd.in_base), rd.eq(cmd.in_base),
                         wr.eq(cmd.out_base), n.eq(0), self.busy.eq(1),
                     ]
+                    m.d.sync += [acc[i].eq(0) for i in lanes]
                     m.next = "READ"
             with m.State("READ"):
                 m.d.comb += self.act_read.en.eq(1)

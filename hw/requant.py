@@ -170,7 +170,7 @@ class Requantizer(wiring.Component):
                          rd.addr.eq(ptr - (self.LATENCY - 1)), self.o_tag.eq(rd.data)]
         else:
             for i in range(self.LATENCY):
-                t = Signal.like(self.i_tag, name=f"tag_d{i}")
+                t = Signal.like(self.i_tag, name=f"tag_d{i}", reset_less=True)   # o_valid says
                 m.d.sync += t.eq(tag)
                 tag = t
             m.d.comb += self.o_tag.eq(tag)
