@@ -50,7 +50,7 @@ convolution (`systolic.hw.isa.describe_dense_conv`) walks ``kh = D`` blocks of o
 (``kw = cin_words = 1``) and first waits `systolic.hw.conv.dense_prep_cycles` while its
 lanes' taps are worked out. A convolution that max-pools its output on the way to memory
 (`systolic.hw.isa.fuse_pool`) settles ``POOL_EXTRA`` cycles longer a channel tile: its words
-leave two stages later. Every layer also
+leave three stages later. Every layer also
 counts the ``CMD_LATENCY`` cycle in which the core holds its descriptor before the engine
 takes it.
 ``CONV_TILE``, ``CONV_LAYER`` and ``POOL_LAYER`` are the only fitted constants, measured on
