@@ -1,22 +1,13 @@
 """The systolic array: a ``rows × cols`` mesh of processing elements with skewed edges."""
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .pe import ProcessingElement
-from .replica import hard_register
+from .replica import delay, hard_register
 
 __all__ = ["SystolicArray"]
-
-
-def _delay(m, sig, cycles, name):
-    """``sig`` delayed by ``cycles`` registers (``cycles`` may be 0)."""
-    for i in range(cycles):
-        nxt = Signal.like(sig, name=f"{name}_d{i}", reset_less=True)
-        m.d.sync += nxt.eq(sig)
-        sig = nxt
-    return sig
 
 
 def _hard_delay(m, sig, cycles, name, target):
@@ -85,7 +76,7 @@ class SystolicArray(wiring.Component):
         for r in range(rows):
             pe = pes[r][0]
             m.d.comb += [
-                pe.a_in.eq(_delay(m, self.a[r], r, f"a{r}")),
+                pe.a_in.eq(delay(m, self.a[r], r, name=f"a{r}", reset_less=True)),
                 pe.first_in.eq(_hard_delay(m, self.first, r, f"first{r}", self._cfg.target)),
             ]
             for c in range(1, cols):
@@ -94,7 +85,7 @@ class SystolicArray(wiring.Component):
                     pes[r][c].first_in.eq(pes[r][c - 1].first_out),
                 ]
         for c in range(cols):
-            m.d.comb += pes[0][c].w_in.eq(_delay(m, self.w[c], c, f"w{c}"))
+            m.d.comb += pes[0][c].w_in.eq(delay(m, self.w[c], c, name=f"w{c}", reset_less=True))
             for r in range(1, rows):
                 m.d.comb += pes[r][c].w_in.eq(pes[r - 1][c].w_out)
         return m

@@ -46,7 +46,7 @@ from .isa import (
     param_layout,
     word_layout,
 )
-from .replica import hard_register
+from .replica import delay, hard_register
 from .requant import Requantizer
 from .synth import one_hot
 
@@ -417,21 +417,12 @@ class ConvEngine(wiring.Component):
         # 2 + `weight_stages` cycles after the step (its address is registered in the memory
         # at the step's end, as `a_reg` is), and the activations and flags wait as long less
         # one cycle for it.
-        w_in = self.weight_read.data.as_value()
-        for k in range(weight_stages(cfg) - 1):
-            w_r = Signal(C * 8, name=f"w_r{k}", reset_less=True)
-            m.d.sync += w_r.eq(w_in)
-            w_in = w_r
-        a_q, first_q, drain_q, wvalid_q = a_reg, first_reg, drain_reg, wvalid_reg
-        for k in range(weight_stages(cfg) + 1):
-            a_n = Signal.like(a_reg, name=f"a_d{k}")            # (reset-less, as a_reg)
-            first_n, drain_n = Signal(name=f"first_d{k}"), Signal(name=f"drain_d{k}")
-            m.d.sync += [a_n.eq(a_q), first_n.eq(first_q), drain_n.eq(drain_q)]
-            a_q, first_q, drain_q = a_n, first_n, drain_n
-            if k < weight_stages(cfg):
-                wvalid_n = Signal(name=f"wvalid_d{k}")
-                m.d.sync += wvalid_n.eq(wvalid_q)
-                wvalid_q = wvalid_n
+        ws = weight_stages(cfg)
+        w_in = delay(m, self.weight_read.data.as_value(), ws - 1, name="w_r", reset_less=True)
+        a_q = delay(m, a_reg, ws + 1, name="a", reset_less=True)
+        first_q = delay(m, first_reg, ws + 1, name="first")
+        drain_q = delay(m, drain_reg, ws + 1, name="drain")
+        wvalid_q = delay(m, wvalid_reg, ws, name="wvalid")
         w_q = Signal(C * 8, reset_less=True)
         m.d.sync += w_q.eq(Mux(wvalid_q, w_in, 0))
         m.d.comb += [array.a.eq(a_q), array.first.eq(first_q), array.w.eq(w_q)]
@@ -523,12 +514,10 @@ class ConvEngine(wiring.Component):
         m.d.comb += self.param_read.addr.eq(p_tile + eg)
         # (With two selection stages, the parameters, the valid bit and the tag wait a cycle
         # more for the sums.)
-        params_at, valid_at, tag_at = self.param_read.data, sel_valid, sel_tag
-        for k in range(select_stages(cfg) - 1):
-            p_d = Signal(param_layout(cfg), name=f"params_d{k}", reset_less=True)
-            v_d, t_d = Signal(name=f"sel_valid_d{k}"), Signal(tag, name=f"sel_tag_d{k}")
-            m.d.sync += [p_d.eq(params_at), v_d.eq(valid_at), t_d.eq(tag_at)]
-            params_at, valid_at, tag_at = p_d, v_d, t_d
+        wait = select_stages(cfg) - 1
+        params_at = delay(m, self.param_read.data, wait, name="params", reset_less=True)
+        valid_at = delay(m, sel_valid, wait, name="sel_valid")
+        tag_at = delay(m, sel_tag, wait, name="sel_tag")
         rq_acc = Signal.like(sel)
         rq_params = Signal(param_layout(cfg), reset_less=True)
         rq_valid, rq_tag = Signal(), Signal(tag)

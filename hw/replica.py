@@ -10,7 +10,7 @@ simulation) they are ordinary registers, which behave the same.
 
 from amaranth.hdl import ClockSignal, Instance, ResetSignal, Signal, Value
 
-__all__ = ["hard_register"]
+__all__ = ["delay", "hard_register"]
 
 
 def hard_register(m, d, *, name, target, reset_less=False):
@@ -54,3 +54,13 @@ def hard_register(m, d, *, name, target, reset_less=False):
         else:
             m.d.sync += q[i].eq(d[i])
     return q
+
+
+def delay(m, sig, cycles, *, name, reset_less=False):
+    """``sig`` through ``cycles`` ordinary registers (``cycles`` may be 0), named
+    ``{name}_d0``, ``{name}_d1``, ...; ``reset_less`` for data."""
+    for i in range(cycles):
+        nxt = Signal.like(sig, name=f"{name}_d{i}", reset_less=reset_less)
+        m.d.sync += nxt.eq(sig)
+        sig = nxt
+    return sig
