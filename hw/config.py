@@ -64,8 +64,8 @@ class AcceleratorConfig:
         cycles, and the parameter memory holds ``requant_lanes`` lanes per word. A tile's
         sums must then be drained before the next tile replaces them: a convolution's
         reduction (``kh * kw * ceil(cin / cols) * cols`` steps) must be at least
-        ``cols + (rows - 1) * (cols / requant_lanes - 1)`` steps, which always holds with one
-        row or one lane per column (the compiler checks it).
+        ``rows * cols / requant_lanes`` and ``cols + (rows - 1) * (cols / requant_lanes - 1)``
+        steps, which always holds with one row or one lane per column (the compiler checks it).
     requant_dsp : bool
         Multiply by ``M`` on DSP blocks (two 16 x 16 multipliers per lane) instead of a
         shift-and-add tree in the fabric.

@@ -33,6 +33,9 @@ wait in a line buffer (one word per window column) for the odd row's, and only t
 maximum is written, at the pooled map's address the drain works out as it emits the pixel.
 """
 
+import operator
+from functools import reduce
+
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -82,10 +85,10 @@ def select_stages(cfg):
     of more than `_SELECT_CHUNK` rows, else 1 (like `weight_stages`, from the shape alone).
 
     A lane picks among ``rows * rq_groups`` sums of PEs spread over the array's whole height.
-    In one stage that multiplexer's routes were the ULX3S's worst path at 90 MHz (an index
+    In one stage that selection's routes were the ULX3S's worst path at 90 MHz (an index
     register to `sel`, 14.0 ns, 12.5 of it routing); in two, each group of
-    `_SELECT_CHUNK` rows has its own multiplexer and register near its PEs, and a second
-    multiplexer picks among those. A channel tile then settles a cycle longer."""
+    `_SELECT_CHUNK` rows has its own OR of gated sums and register near its PEs, and a second
+    OR takes those. A channel tile then settles a cycle longer."""
     return 2 if cfg.rows > _SELECT_CHUNK else 1
 
 
@@ -454,43 +457,40 @@ class ConvEngine(wiring.Component):
             m.d.sync += emit.eq(1)
         with m.Elif(~emit | (row_end & (er == R - 1))):
             m.d.sync += emit.eq(0)
-        # Each lane picks its sum from its own copy of `er` and `eg` (`hard_register`): one
-        # copy would drive the select inputs of every multiplexer of the R * cols sums, spread
-        # over the array.
+        # Each lane picks its sum by a one-hot token that walks the lane's sums in the order
+        # they are emitted (row by row, group by group): token `r * G + g` is set in the cycle
+        # that emits row r's group g, and gates that sum into an OR. Each token is a flip-flop
+        # of its own (`hard_register`, so that synthesis keeps one per lane) that drives the 32
+        # gates of its sum only, and takes its input from the token before it: no register
+        # drives multiplexers all over the array. (A drain ends before the next one starts,
+        # which the compiler checks, so one token walks at a time.)
         # With two stages (`select_stages`), the rows are taken `_SELECT_CHUNK` at a time: the
-        # first stage picks the sum within each chunk into a register of the chunk's own, by
-        # the low bits of the row index and the group; the second picks the chunk, by the row
-        # index's high bits a cycle later.
+        # first stage ORs the gated sums of each chunk into a register of the chunk's own, the
+        # second ORs the chunks' registers (all but one of them zero) a cycle later.
         sel = Signal(data.ArrayLayout(signed(32), L), reset_less=True)
         two = select_stages(cfg) == 2
         chunk = min(_SELECT_CHUNK, R) if two else R
-        low = (chunk - 1).bit_length()
         for lane in range(L):
-            sums = [[array.results[r][g * L + lane] for g in range(G)] for r in range(R)]
-            if L == 1 or R * G == 1:
-                er_l, eg_l = er, eg
+            sums = [array.results[r][g * L + lane] for r in range(R) for g in range(G)]
+            if len(sums) == 1:
+                gated = sums
             else:
-                er_l = hard_register(m, er_next, name=f"er_lane{lane}", target=cfg.target)
-                eg_l = hard_register(m, eg_next, name=f"eg_lane{lane}", target=cfg.target)
+                token = start_next
+                gated = []
+                for i, s in enumerate(sums):
+                    token = hard_register(m, token, name=f"tok{lane}_{i}", target=cfg.target)
+                    gated.append(Mux(token, s, 0))
             parts = []
-            for k in range(0, R, chunk):
-                rows_k = sums[k:k + chunk]
-                if len(rows_k) * G == 1:
-                    picked = rows_k[0][0]
-                elif len(rows_k) == 1:
-                    picked = Array(rows_k[0])[eg_l]
-                else:
-                    picked = Array(Array(row) for row in rows_k)[er_l[:low]][eg_l]
+            for k in range(0, R * G, chunk * G):
+                picked = reduce(operator.or_, gated[k:k + chunk * G])
                 if not two:
                     m.d.sync += sel[lane].eq(picked)
                     continue
-                part = Signal(signed(32), name=f"sel{lane}_rows{k}", reset_less=True)
+                part = Signal(signed(32), name=f"sel{lane}_rows{k // G}", reset_less=True)
                 m.d.sync += part.eq(picked)
                 parts.append(part)
             if two:
-                which = Signal(range(len(parts)), name=f"sel{lane}_chunk")
-                m.d.sync += which.eq(er_l[low:])
-                m.d.sync += sel[lane].eq(Array(parts)[which] if len(parts) > 1 else parts[0])
+                m.d.sync += sel[lane].eq(reduce(operator.or_, parts))
         sel_valid = Signal()
         sel_tag = Signal(tag)
         out_addr = Signal(cfg.act_addr_bits)

@@ -641,7 +641,10 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                     wq = _dense_weights(cfg, wq)
                 words = layout.conv_weight_words(cfg, wq)
             steps = fields["kh"] * fields["kw"] * fields["cin_words"] * cfg.cols
-            need = cfg.cols + (cfg.rows - 1) * (cfg.rq_groups - 1)
+            # The lanes take a tile's rows (rows * rq_groups cycles) before the next tile's
+            # drain starts, and each row before the next tile's replaces it.
+            need = max(cfg.rows * cfg.rq_groups,
+                       cfg.cols + (cfg.rows - 1) * (cfg.rq_groups - 1))
             if steps < need:
                 raise FitError(
                     f"{name}: its {steps}-step reduction is shorter than the {need} steps the "

@@ -426,10 +426,10 @@ def test_reduction_too_short_for_requant_lanes():
     tile replaces them (the RTL gives wrong sums otherwise; tests/test_conv_unit.py)."""
     cfg = AcceleratorConfig(rows=2, cols=4, requant_lanes=1)
     ok = _net([_conv(5, 8, 1), Flatten(), _linear(8, 2)], (5, 1, 1))
-    compile_network(ok, cfg)                       # 8 steps >= 4 + 1 * 3
+    compile_network(ok, cfg)                       # 8 steps >= 2 rows * 4 groups, 4 + 1 * 3
     short = _net([_conv(3, 8, 1), Flatten(), _linear(8, 2)], (3, 1, 1))
     with pytest.raises(FitError, match=r"^layer 0 \(conv 3->8 1x1\): its 4-step reduction is "
-                                       r"shorter than the 7 steps the 1 requantization lane\(s\) "
+                                       r"shorter than the 8 steps the 1 requantization lane\(s\) "
                                        r"need to drain a 2x4 tile; use a configuration with more "
                                        r"requant_lanes or fewer rows$"):
         compile_network(short, cfg)
