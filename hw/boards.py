@@ -27,6 +27,7 @@ from amaranth.lib import cdc, io, wiring
 from ..sw.errors import SystolicError
 from .config import AcceleratorConfig, preset
 from .isa import FRAME_TIMEOUT_BITS
+from .replica import local_reset
 from .uart import UARTBridge, quiet_if_invalid
 
 __all__ = ["BOARDS", "Board", "BoardTop", "ecp5_pll", "get_board", "ice40_pll"]
@@ -281,7 +282,8 @@ class BoardTop(Elaboratable):
         locked = self._clock(m, platform)
 
         m.submodules.bridge = bridge = self.bridge
-        m.submodules.controller = ctrl = self.controller
+        ctrl = self.controller
+        m.submodules.controller = local_reset(m, ctrl, name="controller", target=self.cfg.target)
         wiring.connect(m, bridge.rx, ctrl.rx)
         wiring.connect(m, ctrl.tx, bridge.tx)
         uart = platform.request("uart", dir="-")

@@ -49,6 +49,7 @@ from .isa import (
     mem_word_bytes,
 )
 from .pool import times_const
+from .replica import local_reset
 from .synth import one_hot
 
 __all__ = ["Controller"]
@@ -169,7 +170,8 @@ class Controller(wiring.Component):
     def elaborate(self, platform):
         cfg = self._cfg
         m = Module()
-        m.submodules.core = core = Core(cfg)
+        core = Core(cfg)
+        m.submodules.core = local_reset(m, core, name="core", target=cfg.target)
         # On the ECP5 the host's bytes come through a register slice: the state machine sees a
         # byte and its valid bit from flip-flops, and its ready (the state's decoding) goes no
         # further than the slice, not into the link's FIFO and its counters. A line fault is

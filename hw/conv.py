@@ -49,7 +49,7 @@ from .isa import (
     param_layout,
     word_layout,
 )
-from .replica import delay, hard_register
+from .replica import delay, hard_register, local_reset
 from .requant import Requantizer
 from .synth import one_hot
 
@@ -152,7 +152,10 @@ class ConvEngine(wiring.Component):
         cfg = self._cfg
         R, C = cfg.rows, cfg.cols
         m = Module()
-        m.submodules.array = array = SystolicArray(cfg)
+        # The array and the requantizer have resets of their own (`local_reset`, on the
+        # ECP5): each a copy near its registers, not a route from the engine's.
+        array = SystolicArray(cfg)
+        m.submodules.array = local_reset(m, array, name="array", target=cfg.target)
         fused = cfg.fused_pool
         # A pixel's sums through the requantizer: whether and where its word goes, and (with
         # fused pooling) where the pixel sits in its 2x2 window and the window's column.
@@ -160,7 +163,8 @@ class ConvEngine(wiring.Component):
             "valid": 1, "last": 1, "addr": cfg.act_addr_bits,
             **({"px": 1, "py": 1, "col": max(cfg.dim_bits - 1, 1)} if fused else {}),
         })
-        m.submodules.requant = rq = Requantizer(cfg, tag)
+        rq = Requantizer(cfg, tag)
+        m.submodules.requant = local_reset(m, rq, name="requant", target=cfg.target)
 
         # The command's payload is held by the sender for the whole layer (see `cmd`).
         desc = self.cmd.payload
@@ -175,14 +179,15 @@ class ConvEngine(wiring.Component):
             "kx": cfg.kernel_bits, "ky": cfg.kernel_bits, "t": 8,
             **({"words": 8} if fused else {}),
         })
-        last = Signal(last)
+        last = Signal(last, reset_less=True)           # loaded at START (data)
         m.d.sync += [last.ox.eq(desc.out_w - 1), last.oy.eq(desc.out_h - 1),
                      last.cw.eq(desc.cin_words - 1), last.kx.eq(desc.kw - 1),
                      last.ky.eq(desc.kh - 1), last.t.eq(desc.cout_tiles - 1)]
         # And the indices before them: a walker counter stepping from ``last_m1`` reaches its
         # last index (see `ends` below).
         walk = ("ox", "oy", "cw", "kx", "ky")
-        last_m1 = Signal(data.StructLayout({k: last.shape()[k].shape for k in walk}))
+        last_m1 = Signal(data.StructLayout({k: last.shape()[k].shape for k in walk}),
+                         reset_less=True)
         m.d.sync += [last_m1.ox.eq(desc.out_w - 2), last_m1.oy.eq(desc.out_h - 2),
                      last_m1.cw.eq(desc.cin_words - 2), last_m1.kx.eq(desc.kw - 2),
                      last_m1.ky.eq(desc.kh - 2)]
@@ -233,7 +238,8 @@ class ConvEngine(wiring.Component):
         have_prev = Signal()                            # a finished tile awaits draining
         # Per-row window info of the current tile, rotating so row r is at index 0 in cycle r.
         info = data.StructLayout({"base": signed(sb), "iy0": coord, "ix0": coord, "valid": 1})
-        rows_info = [Signal(info, name=f"rowinfo{i}") for i in range(R)]
+        # (Written in a tile's first block before it is read: reset-less.)
+        rows_info = [Signal(info, name=f"rowinfo{i}", reset_less=True) for i in range(R)]
 
         # ---- Dense convolutions: each lane's tap ---------------------------------------------
         # Worked out every cycle from the held descriptor (settled by the end of PREP): the
@@ -606,9 +612,11 @@ class ConvEngine(wiring.Component):
             m.submodules.pool_line = line = memory.Memory(
                 shape=C * 8, depth=max(cfg.max_dim // 2, 2), init=[])
             lw, lr = line.write_port(), line.read_port()
-            left = Signal(C * 8)
+            left = Signal(C * 8, reset_less=True)
             h_valid, h_py = Signal(), Signal()
-            h_max, h_addr, h_col = Signal(C * 8), Signal(cfg.act_addr_bits), Signal.like(lr.addr)
+            h_max = Signal(C * 8, reset_less=True)
+            h_addr = Signal(cfg.act_addr_bits, reset_less=True)
+            h_col = Signal.like(lr.addr, reset_less=True)
             m.d.sync += h_valid.eq(0)
             with m.If(f_out & desc.pool):
                 with m.If(~f_tag.px):
@@ -623,8 +631,9 @@ class ConvEngine(wiring.Component):
             ]
             # The line buffer's word goes into a register before any logic (block RAM on the
             # ECP5: its read is slow), the lower row's maximum waiting beside it.
-            q_valid, q_line = Signal(), Signal(C * 8)
-            q_max, q_addr = Signal(C * 8), Signal(cfg.act_addr_bits)
+            q_valid, q_line = Signal(), Signal(C * 8, reset_less=True)
+            q_max = Signal(C * 8, reset_less=True)
+            q_addr = Signal(cfg.act_addr_bits, reset_less=True)
             m.d.sync += [q_valid.eq(h_valid & h_py), q_line.eq(lr.data), q_max.eq(h_max),
                          q_addr.eq(h_addr)]
             with m.If(desc.pool):

@@ -33,7 +33,7 @@ from .isa import (
     word_layout,
 )
 from .pool import PoolEngine
-from .replica import hard_register
+from .replica import hard_register, local_reset
 
 __all__ = ["Core", "SinglePortMemory"]
 
@@ -263,14 +263,16 @@ class Core(wiring.Component):
         w_r, w_w = wmem.read, wmem.write
         p_r, p_w = pmem.read, pmem.write
 
-        m.submodules.conv = conv = ConvEngine(cfg)
+        conv = ConvEngine(cfg)
+        m.submodules.conv = local_reset(m, conv, name="conv", target=cfg.target)
         wiring.connect(m, conv.weight_read, w_r)  # only the engine reads the weights
 
         # Element-wise engines: each reads and writes activation memory itself.
         elt = []
         if has_eltwise(cfg):
-            m.submodules.add = add = AddEngine(cfg)
-            m.submodules.gap = gap = GapEngine(cfg)
+            add, gap = AddEngine(cfg), GapEngine(cfg)
+            m.submodules.add = local_reset(m, add, name="add", target=cfg.target)
+            m.submodules.gap = local_reset(m, gap, name="gap", target=cfg.target)
             elt = [(add, Op.ADD), (gap, Op.GAP)]
             m.d.comb += add.param_read.data.eq(p_r.data)
         m.d.comb += [conv.param_read.data.eq(p_r.data), p_r.addr.eq(conv.param_read.addr),
@@ -292,7 +294,8 @@ class Core(wiring.Component):
         engines = [(conv, (Op.CONV,))]
         pooling = Signal()
         if cfg.pool:
-            m.submodules.pool = pool = PoolEngine(cfg)
+            pool = PoolEngine(cfg)
+            m.submodules.pool = local_reset(m, pool, name="pool", target=cfg.target)
             pool_rd, pool_wr = self._pool_streams(m, pool, pooling, desc)
             engines.append((pool, (Op.MAXPOOL, Op.AVGPOOL)))
         engines += [(engine, (op,)) for engine, op in elt]

@@ -8,9 +8,17 @@ primitive (``TRELLIS_FF``, ``SB_DFFSR``) with the ``sync`` domain's reset. In ``
 simulation) they are ordinary registers, which behave the same.
 """
 
-from amaranth.hdl import ClockSignal, Instance, ResetSignal, Signal, Value
+from amaranth.hdl import (
+    ClockDomain,
+    ClockSignal,
+    DomainRenamer,
+    Instance,
+    ResetSignal,
+    Signal,
+    Value,
+)
 
-__all__ = ["delay", "hard_register"]
+__all__ = ["delay", "hard_register", "local_reset"]
 
 
 def hard_register(m, d, *, name, target, reset_less=False):
@@ -64,3 +72,27 @@ def delay(m, sig, cycles, *, name, reset_less=False):
         m.d.sync += nxt.eq(sig)
         sig = nxt
     return sig
+
+
+def local_reset(m, sub, *, name, target, stages=2):
+    """``sub`` (an elaboratable) in a ``sync`` domain of its own, whose reset is the ``sync``
+    domain's through ``stages`` registers of its own (on ``ecp5``; elsewhere ``sub`` as it is).
+
+    One reset net to every control register of the chip is a route across the die from one
+    flip-flop (the ULX3S's worst path at 75 MHz, 12.6 of 14.2 ns routing): nextpnr-ecp5 puts no
+    global buffer on a logic input like LSR. A copy per part of the design is a tree the
+    placer can lay out, each copy near its loads. The part leaves reset ``stages`` cycles after
+    the rest; nothing talks to an engine that soon (commands come over the UART).
+
+    Returns the elaboratable to add as a submodule (keep ``sub`` for its ports).
+    """
+    if target != "ecp5":
+        return sub
+    domain = f"{name}_sync"
+    cd = ClockDomain(domain, local=True)
+    m.domains += cd
+    rst = ResetSignal("sync")
+    for i in range(stages):
+        rst = hard_register(m, rst, name=f"{name}_rst{i}", target=target, reset_less=True)
+    m.d.comb += [cd.clk.eq(ClockSignal("sync")), cd.rst.eq(rst)]
+    return DomainRenamer({"sync": domain})(sub)

@@ -92,14 +92,16 @@ class _Lane(wiring.Component):
             relu = Signal()
             m.d.sync += relu.eq(self.relu)
         negative, high = shifted[-1], shifted[7:]
+        out = Signal(signed(8), reset_less=True)       # data: no reset (see `hard_register`)
+        m.d.comb += self.out.eq(out)
         with m.If(~negative & high.any()):
-            m.d.sync += self.out.eq(arith.INT8_MAX)
+            m.d.sync += out.eq(arith.INT8_MAX)
         with m.Elif(negative & relu):
-            m.d.sync += self.out.eq(0)
+            m.d.sync += out.eq(0)
         with m.Elif(negative & ~high.all()):
-            m.d.sync += self.out.eq(arith.INT8_MIN)
+            m.d.sync += out.eq(arith.INT8_MIN)
         with m.Else():
-            m.d.sync += self.out.eq(shifted)
+            m.d.sync += out.eq(shifted)
         return m
 
 
