@@ -15,6 +15,7 @@ Examples::
     python bench/depth.py --board ulx3s-85f --preset big --rows 4 --cols 4 --clock 135
     python bench/depth.py --netlist build/ulx3s-85f/systolic.json --clock 135 --top 40
     python bench/depth.py --netlist build/ulx3s-85f/systolic.json --area 4
+    python bench/depth.py --netlist build/ulx3s-85f/systolic.json --resets --top 10
 """
 
 import argparse
@@ -258,6 +259,20 @@ def print_area(table, limit):
         print(f"{module:40s}" + "".join(f"{counts[k]:8d}" for k in kinds))
 
 
+def reset_nets(netlist):
+    """The nets that drive flip-flops' LSR (reset) inputs: (flip-flops, driver cell) each,
+    most loaded first. A flip-flop whose LSR comes through logic (a synchronous clear merged
+    with the reset) counts on that logic's output net."""
+    loads = defaultdict(int)
+    for cell in netlist.cells.values():
+        if cell["type"] == "TRELLIS_FF":
+            bit = cell["connections"].get("LSR", [None])[0]
+            if isinstance(bit, int):
+                loads[bit] += 1
+    return sorted(((n, netlist.driver.get(bit, ("?", ""))[0]) for bit, n in loads.items()),
+                  reverse=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -283,6 +298,9 @@ def main(argv=None):
                         help="instead of paths, the cells of each module (LUT4, carry, mux, "
                              "flip-flop, DSP, block RAM), module paths cut to DEPTH names "
                              "(e.g. 3: controller.core.conv), largest first (--top of them)")
+    parser.add_argument("--resets", action="store_true",
+                        help="instead of paths, the nets that drive flip-flops' resets (LSR) "
+                             "and how many each, most loaded first (--top of them)")
     args = parser.parse_args(argv)
     try:
         if args.netlist:
@@ -295,6 +313,12 @@ def main(argv=None):
         print_area(area(netlist, args.area), args.top)
         return
     nl = Netlist(netlist)
+    if args.resets:
+        nets = reset_nets(nl)
+        print(f"{sum(n for n, _ in nets)} flip-flops with a reset on {len(nets)} nets")
+        for n, driver in nets[:args.top]:
+            print(f"{n:6d}  {driver}")
+        return
     eps = [e for e in nl.endpoints() if e[2].startswith(args.under)]
     groups = {}
     for e in eps:
