@@ -94,6 +94,9 @@ class AddEngine(wiring.Component):
         lo_m1 = Signal(cfg.shift_bits)                      # min(s_a, s_b) - 1
         spread = Signal(range(arith.ADD_SHIFT_SPREAD + 1))  # |s_a - s_b|
         hi_b = Signal()                                     # s_b > s_a: b's product is p_hi
+        spread_ba, spread_ab = Signal.like(spread), Signal.like(spread)
+        a_m1, b_m1 = Signal.like(lo_m1), Signal.like(lo_m1)
+        m.d.sync += [spread.eq(Mux(hi_b, spread_ba, spread_ab)), lo_m1.eq(Mux(hi_b, a_m1, b_m1))]
         relu = Signal()
         ptr_a, ptr_b, ptr_y = Signal(a), Signal(a), Signal(a)
         left = Signal(a + 1)                                # words still to read
@@ -131,9 +134,10 @@ class AddEngine(wiring.Component):
                 m.d.sync += [m_b.eq(lane0.m), s_b.eq(lane0.shift)]
                 m.next = "ALIGN"
             with m.State("ALIGN"):
-                m.d.sync += [hi_b.eq(s_b > s_a),
-                             spread.eq(Mux(s_b > s_a, s_b - s_a, s_a - s_b)),
-                             lo_m1.eq(Mux(s_b > s_a, s_a, s_b) - 1)]
+                # The comparison and both ways of each difference side by side; the choice
+                # between them a cycle later (below), before the pipeline needs it.
+                m.d.sync += [hi_b.eq(s_b > s_a), spread_ba.eq(s_b - s_a),
+                             spread_ab.eq(s_a - s_b), a_m1.eq(s_a - 1), b_m1.eq(s_b - 1)]
                 m.next = "READ"
             with m.State("READ"):
                 m.d.comb += [self.act_read.en.eq(1),
@@ -160,6 +164,9 @@ class AddEngine(wiring.Component):
         word_at = ACT_READ_LATENCY - 1                      # tag[k]: a word read k + 1 ago
         prod_at = word_at + dsp.LATENCY
         prod_bits = cfg.data_bits + cfg.m_bits + 1
+        # `spread` and `lo_m1` settle a cycle after ALIGN, the first read's cycle: the first
+        # word's product needs them `prod_at` cycles after it.
+        assert prod_at >= 1
         # The product's shift, a cycle ahead of it (the tag a stage earlier), in a register:
         # the barrel shifter then starts from flip-flops.
         part_shift = Signal.like(spread)
