@@ -516,8 +516,14 @@ class ConvEngine(wiring.Component):
             # ``dx`` (the next window's address is an adder after it).
             right = Signal()
         # The group's parameter word is read in the emit cycle; sums and parameters then meet
-        # in registers (block RAM data goes into a register before any logic).
-        m.d.comb += self.param_read.addr.eq(p_tile + eg)
+        # in registers (block RAM data goes into a register before any logic). Its address,
+        # ``p_tile + eg``, comes from a register set a cycle ahead from `eg_next` (`p_tile`
+        # changes only between channel tiles, when nothing is emitted): the adder was in the
+        # cycle of the route to the parameter memory's block RAMs, the ULX3S's worst path at
+        # 90 MHz (12.2 ns, 10.4 routing).
+        p_addr = Signal.like(self.param_read.addr, reset_less=True)
+        m.d.sync += p_addr.eq(p_tile + eg_next)
+        m.d.comb += self.param_read.addr.eq(p_addr)
         # (With two selection stages, the parameters, the valid bit and the tag wait a cycle
         # more for the sums.)
         wait = select_stages(cfg) - 1
