@@ -443,7 +443,8 @@ class ConvEngine(wiring.Component):
         # `r * G + g` cycles after row 0 (never before the row is ready, since G >= 1; and
         # before the next tile replaces it, which the configuration's check guarantees).
         # `emit` and the row and group it emits (`er`, `eg`) are registers, set a cycle ahead
-        # from the pulse's previous stage: `er` and `eg` select among every sum of the array.
+        # from the pulse's previous stage (they count the emitted sums and give the parameter
+        # word's address and the tags; the sums themselves are picked by tokens, below).
         L, G = cfg.rq_lanes, cfg.rq_groups
         ready0 = array.row_ready_delay(0)
         assert ready0 >= 2
