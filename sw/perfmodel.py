@@ -40,10 +40,11 @@ pipeline drains that much sooner::
 The residual add (``hw/eltwise.py``) reads its two operands' words alternately, two cycles a
 word, after reading its parameters; global average pooling reads a channel tile's pixels one a
 cycle, waits for the last one (``ACT_READ_LATENCY``: the activation memory is registered on
-both sides), then divides in ``GAP_DIV_STEPS`` cycles and writes::
+both sides), forms the dividend from the sum in a cycle, divides in ``GAP_DIV_STEPS`` cycles
+and writes::
 
     add cycles = ADD_SETUP + 2 * words + ADD_LATENCY
-    gap cycles = batch * cin_words * (in_h * in_w + ACT_READ_LATENCY + GAP_DIV_STEPS + 1)
+    gap cycles = batch * cin_words * (in_h * in_w + ACT_READ_LATENCY + GAP_DIV_STEPS + 2)
 
 (structural, both: ``tests/test_eltwise_unit.py`` checks them on the core.) A dense
 convolution (`systolic.hw.isa.describe_dense_conv`) walks ``kh = D`` blocks of one word
@@ -115,7 +116,7 @@ def _engine_cycles(cfg, fields):
         return ADD_SETUP + 2 * fields["cin_words"] + ADD_LATENCY
     if fields["op"] == Op.GAP:
         pixels = fields["in_h"] * fields["in_w"]
-        per_tile = pixels + ACT_READ_LATENCY + GAP_DIV_STEPS + 1
+        per_tile = pixels + ACT_READ_LATENCY + GAP_DIV_STEPS + 2
         return fields["batch"] * fields["cin_words"] * per_tile
     return pool_words(fields) + pool_tail(fields) + POOL_LAYER
 
