@@ -89,8 +89,9 @@ class Board:
 
 BOARDS = {
     # ECP5-85F, FT231X USB UART (3 MBd capable). 75 MHz from the PLL (the 25 MHz oscillator
-    # times three): the whole default design closes at 85.7 MHz (seed 1, 75 MHz target; 89.3
-    # at a 90 MHz target, the next clock 3 MBd divides, not yet met). 3 MBd:
+    # times three): the whole default design closes at 77.1 to 85.7 MHz (seed 1, 75 MHz target,
+    # the last two designs; 89.3 at a 90 MHz target, the next clock 3 MBd divides, not yet
+    # met). 3 MBd:
     # the FT231X's top rate, 25 clocks a bit at 75 MHz; the link, not the array, bounds images
     # per second.
     "ulx3s-85f": Board(
