@@ -35,12 +35,17 @@ from .config import AcceleratorConfig
 from .isa import ACT_READ_LATENCY, layer_layout, param_layout, word_layout
 from .synth import one_hot
 
-__all__ = ["ADD_LATENCY", "AddEngine", "GAP_DIV_STEPS", "GapEngine", "has_eltwise"]
+__all__ = ["ADD_LATENCY", "AddEngine", "GAP_DIV_STEPS", "GAP_TILE_EXTRA", "GapEngine",
+           "has_eltwise"]
 
 #: Cycles from issuing the read of an add's last second-operand word to its result's write.
 ADD_LATENCY = ACT_READ_LATENCY + 6
 #: Quotient bits of the global pooling divider: ``floor((2*S + 257*N) / (2*N))`` is 0 to 255.
 GAP_DIV_STEPS = 9
+#: Cycles a global pooling's channel tile takes beyond one a pixel read: the wait for the last
+#: word (``ACT_READ_LATENCY - 1``), its sum (LAST), the dividend (DIVIDEND), the division and
+#: the write (WRITE).
+GAP_TILE_EXTRA = ACT_READ_LATENCY - 1 + 1 + 1 + GAP_DIV_STEPS + 1
 
 
 def has_eltwise(cfg: AcceleratorConfig):

@@ -44,7 +44,8 @@ both sides), forms the dividend from the sum in a cycle, divides in ``GAP_DIV_ST
 and writes::
 
     add cycles = ADD_SETUP + 2 * words + ADD_LATENCY
-    gap cycles = batch * cin_words * (in_h * in_w + ACT_READ_LATENCY + GAP_DIV_STEPS + 2)
+    gap cycles = batch * cin_words * (in_h * in_w + GAP_TILE_EXTRA)
+    GAP_TILE_EXTRA = ACT_READ_LATENCY + GAP_DIV_STEPS + 2
 
 (structural, both: ``tests/test_eltwise_unit.py`` checks them on the core.) A dense
 convolution (`systolic.hw.isa.describe_dense_conv`) walks ``kh = D`` blocks of one word
@@ -64,8 +65,8 @@ every pooling shape on the core's Verilog, ``tests/test_network_rtl.py`` whole n
 import itertools
 
 from ..hw.conv import POOL_EXTRA, dense_prep_cycles, select_stages, weight_stages
-from ..hw.eltwise import ADD_LATENCY, GAP_DIV_STEPS
-from ..hw.isa import ACT_READ_LATENCY, CMD_LATENCY, Op
+from ..hw.eltwise import ADD_LATENCY, GAP_TILE_EXTRA
+from ..hw.isa import CMD_LATENCY, Op
 from ..hw.pool import PoolEngine
 from ..hw.requant import Requantizer
 
@@ -116,7 +117,7 @@ def _engine_cycles(cfg, fields):
         return ADD_SETUP + 2 * fields["cin_words"] + ADD_LATENCY
     if fields["op"] == Op.GAP:
         pixels = fields["in_h"] * fields["in_w"]
-        per_tile = pixels + ACT_READ_LATENCY + GAP_DIV_STEPS + 2
+        per_tile = pixels + GAP_TILE_EXTRA
         return fields["batch"] * fields["cin_words"] * per_tile
     return pool_words(fields) + pool_tail(fields) + POOL_LAYER
 
