@@ -86,15 +86,18 @@ class _Window(wiring.Component):
     RAMs hold, per slot, the slot's last two values: a beat of an even period is written into
     the first, of an odd one into the second, so that the other holds the value of the period
     before and its own that of the period before that (nothing is read from one block RAM into
-    another: on the ECP5 that path is a DP16KD's slow read and a route across the chip). They
-    are read one cycle ahead, at the slot of the next beat, and written when a beat is taken;
-    the read data goes into registers first and is put in order and combined in the stage
-    after. When the period is one beat the read collides with the write of the previous beat,
-    so such beats take their history from the beats in the pipeline instead.
+    another: on the ECP5 that path is a DP16KD's slow read and a route across the chip). Every
+    address, write enable and write datum comes from a register: a beat's slot is read as the
+    beat is taken (the slot register counts the beats taken), and the beat is written a cycle
+    later from the first stage's registers, whatever the pipeline does then (the stall signal
+    reaches the RAMs only as their read enable). The read data goes into registers first and
+    is put in order and combined in the stage after. When the period is one beat the read
+    collides with the write of the previous beat, so such beats take their history from the
+    beats in the pipeline instead.
 
-    Two stages: the history register, then the pair (the beat combined with the previous value)
-    and the older value; the output combines those two, unregistered. A beat with ``emit``
-    clear updates the history but produces no output.
+    Three stages: the beat as taken, the beat with its history as read, then the pair (the
+    beat combined with the previous value) and the older value; the output combines those
+    two, unregistered. A beat with ``emit`` clear updates the history but produces no output.
 
     Members
     -------
@@ -147,63 +150,74 @@ class _Window(wiring.Component):
             shape = self._elem if self._split else data.ArrayLayout(self._elem, 2)
             m.submodules[f"history{half}"] = history = _history(shape, self._depth)
             ports.append((history.write_port(), history.read_port()))
-        odd = Signal()                      # the period of the beat to take is odd
 
+        # The input beat's slot and period, registers: they address the reads.
+        slot, odd = Signal(range(self._depth)), Signal()
         take = Signal()
-        slot, slot_next = Signal(range(self._depth)), Signal(range(self._depth))
-        m.d.comb += [
-            take.eq(self.en & self.i.valid),
-            slot_next.eq(Mux(take, Mux(self.i.wrap, 0, slot + 1), slot)),
-        ]
+        m.d.comb += take.eq(self.en & self.i.valid)
+        with m.If(take):
+            m.d.sync += [slot.eq(Mux(self.i.wrap, 0, slot + 1)), odd.eq(odd ^ self.i.wrap)]
         # The read at `start` is not for slot 0, but the first beat's history is never used.
-        m.d.sync += slot.eq(Mux(self.start, 0, slot_next))
-        m.d.sync += odd.eq(Mux(self.start, 0, odd ^ (take & self.i.wrap)))
-        for half, (wr, rd) in enumerate(ports):
-            m.d.comb += [
-                rd.addr.eq(slot_next),
-                rd.en.eq(self.en),
-                wr.addr.eq(slot),
-            ]
-            if self._split:
-                m.d.comb += [wr.en.eq(take & (odd == half)), wr.data.eq(self.i.value)]
-            else:
-                m.d.comb += [wr.en.eq(take), wr.data[0].eq(self.i.value),
-                             wr.data[1].eq(rd.data[0])]
+        with m.If(self.start):
+            m.d.sync += [slot.eq(0), odd.eq(0)]
 
-        # Stage 1: the beat, its history as read, and the values of the previous two beats. A
-        # beat that is both first and last of its period has a period of one.
-        # (``raw`` is the two RAMs' words as read, ``odd1`` the beat's period: the value of
-        # the period before is ``raw[~odd1]``, of the one before that ``raw[odd1]``.)
+        # Stage 1: the beat as taken, its slot and period; the read of its slot's history was
+        # issued as it was taken. Its value is written a cycle after it was taken (``wrote``),
+        # from these registers, whatever the pipeline does then. A beat that is both first and
+        # last of its period has a period of one.
         # (The values are data, reset-less: only the flags are on the chip's reset.)
-        valid1 = Signal()
-        value = Signal(self._elem, reset_less=True)
-        raw = Signal(data.ArrayLayout(self._elem, 2), reset_less=True)
-        prev = Signal(data.ArrayLayout(self._elem, 2), reset_less=True)
-        single, emit1, meta1, odd1 = Signal(), Signal(), Signal.like(self.i.meta), Signal()
+        valid1, wrote = Signal(), Signal()
+        value1 = Signal(self._elem, reset_less=True)
+        slot1 = Signal(range(self._depth), reset_less=True)
+        single1, emit1, meta1, odd1 = Signal(), Signal(), Signal.like(self.i.meta), Signal()
+        m.d.sync += wrote.eq(take)
         with m.If(self.en):
             m.d.sync += valid1.eq(self.i.valid)
         with m.If(take):
             m.d.sync += [
-                value.eq(self.i.value), prev[0].eq(value), prev[1].eq(prev[0]),
-                raw.eq(Cat(port.data for _, port in ports)), odd1.eq(odd),
-                single.eq((slot == 0) & self.i.wrap),
+                value1.eq(self.i.value), slot1.eq(slot), odd1.eq(odd),
+                single1.eq((slot == 0) & self.i.wrap),
                 emit1.eq(self.i.emit), meta1.eq(self.i.meta),
+            ]
+        for half, (wr, rd) in enumerate(ports):
+            # The read port holds its data while the pipeline stands still.
+            m.d.comb += [rd.addr.eq(slot), rd.en.eq(self.en), wr.addr.eq(slot1)]
+            if self._split:
+                m.d.comb += [wr.en.eq(wrote & (odd1 == half)), wr.data.eq(value1)]
+            else:
+                m.d.comb += [wr.en.eq(wrote), wr.data[0].eq(value1), wr.data[1].eq(rd.data[0])]
+
+        # Stage 2: the beat, its history as read, and the values of the previous two beats.
+        # (``raw`` is the two RAMs' words as read, ``odd2`` the beat's period: the value of
+        # the period before is ``raw[~odd2]``, of the one before that ``raw[odd2]``.)
+        valid2 = Signal()
+        value = Signal(self._elem, reset_less=True)
+        raw = Signal(data.ArrayLayout(self._elem, 2), reset_less=True)
+        prev = Signal(data.ArrayLayout(self._elem, 2), reset_less=True)
+        single, emit2, meta2, odd2 = Signal(), Signal(), Signal.like(self.i.meta), Signal()
+        with m.If(self.en):
+            m.d.sync += valid2.eq(valid1)
+        with m.If(self.en & valid1):
+            m.d.sync += [
+                value.eq(value1), prev[0].eq(value), prev[1].eq(prev[0]),
+                raw.eq(Cat(port.data for _, port in ports)), odd2.eq(odd1),
+                single.eq(single1), emit2.eq(emit1), meta2.eq(meta1),
             ]
 
         def hist(k, lane):
             """The slot's value ``k + 1`` periods before the beat's, in ``lane``."""
             if not self._split:
                 return raw[k][lane]
-            return Mux(odd1 ^ k, raw[0][lane], raw[1][lane])
+            return Mux(odd2 ^ k, raw[0][lane], raw[1][lane])
 
-        # Stage 2: the pair (the beat combined with the previous value) and the older value.
-        valid2 = Signal()
+        # Stage 3: the pair (the beat combined with the previous value) and the older value.
+        valid3 = Signal()
         pair, older = Signal(self._pair, reset_less=True), Signal(self._elem, reset_less=True)
-        emit2, meta2 = Signal(), Signal.like(self.i.meta)
+        emit3, meta3 = Signal(), Signal.like(self.i.meta)
         with m.If(self.en):
-            m.d.sync += valid2.eq(valid1)
-        with m.If(self.en & valid1):
-            m.d.sync += [emit2.eq(emit1), meta2.eq(meta1)]
+            m.d.sync += valid3.eq(valid2)
+        with m.If(self.en & valid2):
+            m.d.sync += [emit3.eq(emit2), meta3.eq(meta2)]
             for lane in range(len(value)):
                 if self._sums:
                     before_last = prev[1][lane]
@@ -218,9 +232,9 @@ class _Window(wiring.Component):
                 ]
 
         m.d.comb += [
-            self.o.valid.eq(valid2 & emit2),
-            self.o.meta.eq(meta2),
-            self.busy.eq(valid1 | valid2),
+            self.o.valid.eq(valid3 & emit3),
+            self.o.meta.eq(meta3),
+            self.busy.eq(valid1 | valid2 | valid3),
         ]
         for lane, out in enumerate(self.o.value):
             m.d.comb += out.eq(Mux(self.k3, self._op(pair[lane], older[lane]), pair[lane]))
@@ -419,7 +433,7 @@ class PoolEngine(wiring.Component):
         and the last output word delivered.
     """
 
-    LATENCY = 7     # the scan's output register, two stages in each _Window, two in _Finish
+    LATENCY = 9     # the scan's output register, three stages in each _Window, two in _Finish
 
     def __init__(self, cfg: AcceleratorConfig):
         self._cfg = cfg

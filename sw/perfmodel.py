@@ -23,18 +23,18 @@ the memories' pipelines (the activation and weight memories are registered on bo
                   + CONV_LAYER
 
 The pooling engine (``hw/pool.py``) streams the input map through at one word a cycle, then
-drains its pipeline: three units of two stages each (the row window, the column window and the
-finishing stage) behind the scan's output register (``PoolEngine.LATENCY`` in all). Each unit
-is busy until its stages have passed on the last word it takes, and the column window takes
-only the words that end a row window, the finishing stage only those that end a window both
-ways. Floor mode drops the rows and columns
-past the last window (``h_used = (out_h - 1) * stride + kh`` rows and ``w_used`` columns are
-covered), so the last word a later unit takes may come before the last input word, and the
-pipeline drains that much sooner::
+drains its pipeline: the row window and the column window of three stages each and the
+finishing stage of two, behind the scan's output register (``PoolEngine.LATENCY`` in all).
+Each unit is busy until its stages have passed on the last word it takes, and the column
+window takes only the words that end a row window, the finishing stage only those that end a
+window both ways. Floor mode drops the rows and columns past the last window
+(``h_used = (out_h - 1) * stride + kh`` rows and ``w_used`` columns are covered), so the last
+word a later unit takes may come before the last input word, and the pipeline drains that much
+sooner::
 
     after_h  = cin_words * (in_w - w_used)                            after the last row window
     after_hv = cin_words * ((in_h - h_used) * in_w + in_w - w_used)   after the last window
-    tail = max(3, 5 - after_h, 7 - after_hv)
+    tail = max(4, 7 - after_h, 9 - after_hv)
     pool cycles = in_h * in_w * cin_words + tail + POOL_LAYER
 
 The residual add (``hw/eltwise.py``) reads its two operands' words alternately, two cycles a
@@ -82,7 +82,7 @@ ADD_SETUP = 5
 
 #: Stages of the pooling engine's units, in pipeline order: row window (with the scan's output
 #: register), column window, finish.
-POOL_STAGES = (3, 2, 2)
+POOL_STAGES = (4, 3, 2)
 assert sum(POOL_STAGES) == PoolEngine.LATENCY, "update POOL_STAGES from hw/pool.py"
 
 

@@ -16,7 +16,9 @@ from systolic.sw import arith
 
 CFG = AcceleratorConfig(rows=2, cols=4, act_depth=1024, max_dim=32)
 MAX_CFG = CFG.replace(pool_avg=False)          # max pooling only
-CONFIGS = {"avg": CFG, "max-only": MAX_CFG}
+# The iCE40's windows keep both of a slot's values in one RAM, the older written back.
+ICE40_CFG = CFG.replace(target="ice40", dense_conv=False)
+CONFIGS = {"avg": CFG, "max-only": MAX_CFG, "ice40": ICE40_CFG}
 
 
 def to_words(t, cols):
