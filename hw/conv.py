@@ -502,6 +502,9 @@ class ConvEngine(wiring.Component):
         sel_tag = Signal(tag)
         out_addr = Signal(cfg.act_addr_bits)
         dx, dy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
+        # Whether ``dx`` (``dy``) is at its last index, a register set with it, like `ends`:
+        # the comparison was on the fused pool's address enables (the ULX3S at 90 MHz).
+        dx_end, dy_end = Signal(), Signal()
         dimg = Signal.like(img)
         m.d.sync += sel_valid.eq(emit)
         if fused:
@@ -511,8 +514,7 @@ class ConvEngine(wiring.Component):
             # With ``pairs`` every pixel is a whole window row (a pair; the walk dropped an odd
             # width's last column already).
             paddr, prow = Signal(cfg.act_addr_bits), Signal(cfg.act_addr_bits)
-            keep = ~(((dx == last.ox) & ~last.ox[0] & ~desc.pairs)
-                     | ((dy == last.oy) & ~last.oy[0]))
+            keep = ~((dx_end & ~last.ox[0] & ~desc.pairs) | (dy_end & ~last.oy[0]))
             # Whether the pixel ends its window's row, ``dx[0] | pairs``: a register set with
             # ``dx`` (the next window's address is an adder after it).
             right = Signal()
@@ -552,7 +554,7 @@ class ConvEngine(wiring.Component):
                     # The next pixel's window: one further after an odd column; at a line's
                     # end, back to the row's first after an even line, on after an odd one.
                     nxt = (paddr + Mux(right, out_words, 0))[:cfg.act_addr_bits]
-                    with m.If(dx != last.ox):
+                    with m.If(~dx_end):
                         m.d.sync += paddr.eq(nxt)
                     with m.Elif(dy[0]):
                         m.d.sync += [paddr.eq(nxt), prow.eq(nxt)]
@@ -560,16 +562,16 @@ class ConvEngine(wiring.Component):
                         m.d.sync += paddr.eq(prow)
             with m.If(row_end):
                 m.d.sync += out_addr.eq(out_addr + out_words)
-                with m.If(dx == last.ox):
-                    m.d.sync += dx.eq(0)
+                with m.If(dx_end):
+                    m.d.sync += [dx.eq(0), dx_end.eq(last.ox == 0)]
                     if fused:
                         m.d.sync += right.eq(desc.pairs)
-                    with m.If(dy == last.oy):
-                        m.d.sync += [dy.eq(0), dimg.eq(dimg + 1)]
+                    with m.If(dy_end):
+                        m.d.sync += [dy.eq(0), dy_end.eq(last.oy == 0), dimg.eq(dimg + 1)]
                     with m.Else():
-                        m.d.sync += dy.eq(dy + 1)
+                        m.d.sync += [dy.eq(dy + 1), dy_end.eq(dy == last_m1.oy)]
                 with m.Else():
-                    m.d.sync += dx.eq(dx + 1)
+                    m.d.sync += [dx.eq(dx + 1), dx_end.eq(dx == last_m1.ox)]
                     if fused:
                         m.d.sync += right.eq(~dx[0] | desc.pairs)
         m.d.comb += [
@@ -678,6 +680,7 @@ class ConvEngine(wiring.Component):
                 r.eq(0), tap_off.eq(0),
                 block0.eq(1), have_prev.eq(0),
                 out_addr.eq(desc.out_base + t_word), dx.eq(0), dy.eq(0), dimg.eq(0),
+                dx_end.eq(last.ox == 0), dy_end.eq(last.oy == 0),
             ] + ([paddr.eq(desc.out_base + t_word), prow.eq(desc.out_base + t_word),
                   right.eq(desc.pairs)] if fused else [])
 
