@@ -233,6 +233,10 @@ class ConvEngine(wiring.Component):
             c = counters[k]
             return [c.eq(c + 1), ends[k].eq(c == last_m1[k])]
         r = Signal(range(R))
+        # FILL decides from flip-flops (see `ends`): ``r == R - 1`` and the state itself are
+        # registers too (decoded from the state register and compared, they were the first
+        # two of five levels to the walker counters' enables).
+        r_last, filling = Signal(), Signal()
         tap_off = Signal(signed(sb))
         block0 = Signal()                               # filling the tile's first block
         have_prev = Signal()                            # a finished tile awaits draining
@@ -677,12 +681,82 @@ class ConvEngine(wiring.Component):
                 img_in.eq(desc.batch != 0), img1_in.eq(desc.batch > 1),
                 next_origin.eq(desc.origin + desc.in_img_step),
                 iy0.eq(-desc.pad), ix0.eq(-desc.pad),
-                r.eq(0), tap_off.eq(0),
+                r.eq(0), r_last.eq(R == 1), tap_off.eq(0),
                 block0.eq(1), have_prev.eq(0),
                 out_addr.eq(desc.out_base + t_word), dx.eq(0), dy.eq(0), dimg.eq(0),
                 dx_end.eq(last.ox == 0), dy_end.eq(last.oy == 0),
             ] + ([paddr.eq(desc.out_base + t_word), prow.eq(desc.out_base + t_word),
                   right.eq(desc.pairs)] if fused else [])
+
+        # FILL: the walker's work, gated by `filling` (set and cleared with the state's
+        # entry and exit) rather than by the state register, whose decoding and the bank
+        # check were the first two of five levels to the walker counters' enables.
+        filling_done = Signal()
+        with m.If(filling & ~claimed.bit_select(f, 1)):
+            m.d.sync += [
+                cap.eq(1), cap_zero.eq(zero), cap_bank.eq(f),
+                cap_last.eq(r_last),
+                cap_meta.first.eq(block0), cap_meta.drain.eq(block0 & have_prev),
+                cap_meta.flush.eq(0),
+            ]
+            # Rotate the row info; the tile's first block records it from the walker.
+            for i in range(R - 1):
+                m.d.sync += rows_info[i].eq(rows_info[i + 1])
+            m.d.sync += rows_info[R - 1].eq(cur)
+            with m.If(block0):
+                with m.If(img_end):
+                    m.d.sync += [*to_zero("ox", "oy"), img.eq(img1), img1.eq(img1 + 1),
+                                 img_in.eq(img1_in), img1_in.eq(img1 + 1 < desc.batch),
+                                 wbase.eq(next_origin),
+                                 next_origin.eq(next_origin + desc.in_img_step),
+                                 ix0.eq(-desc.pad), iy0.eq(-desc.pad)]
+                with m.Elif(line_end):
+                    m.d.sync += [*to_zero("ox"), *step("oy"),
+                                 wbase.eq(wbase + desc.y_step),
+                                 ix0.eq(-desc.pad), iy0.eq(iy0 + desc.stride)]
+                with m.Else():
+                    m.d.sync += [*step("ox"), wbase.eq(wbase + desc.x_step),
+                                 ix0.eq(ix0 + x_stride)]
+            with m.If(r_last):
+                m.d.sync += [r.eq(0), r_last.eq(R == 1), f.eq(~f), block0.eq(0)]
+                for b in range(2):
+                    with m.If(f == b):
+                        m.d.sync += claimed[b].eq(1)
+                with m.If(last_block):
+                    m.d.sync += [*to_zero("ky", "kx", "cw"), tap_off.eq(0),
+                                 block0.eq(1), have_prev.eq(1)]
+                    if dense:
+                        m.d.sync += [kyl[k].eq(d_dy[k]) for k in range(C)]
+                        m.d.sync += [kxl[k].eq(d_kx[k]) for k in range(C)]
+                        m.d.sync += [tapl[k].eq(d_off[k]) for k in range(C)]
+                    with m.If(~more):
+                        m.d.sync += filling.eq(0)
+                        m.d.comb += filling_done.eq(1)
+                with m.Else():
+                    m.d.sync += tap_off.eq(tap_off + 1)
+                    with m.If(ends["cw"]):
+                        m.d.sync += to_zero("cw")
+                        with m.If(ends["kx"]):
+                            m.d.sync += [*to_zero("kx"), *step("ky"),
+                                         tap_off.eq(tap_off + 1 + desc.tap_row_step)]
+                            if dense:   # the next kernel rows
+                                m.d.sync += [kyl[k].eq(kyl[k] + d_rows)
+                                             for k in range(C)]
+                                m.d.sync += [kxl[k].eq(d_kx[k]) for k in range(C)]
+                                m.d.sync += [tapl[k].eq(tapl[k] + 1
+                                                        + desc.tap_row_step)
+                                             for k in range(C)]
+                        with m.Else():
+                            m.d.sync += step("kx")
+                            if dense:   # the next taps of the row
+                                m.d.sync += [kxl[k].eq(kxl[k] + d_taps)
+                                             for k in range(C)]
+                                m.d.sync += [tapl[k].eq(tapl[k] + d_taps)
+                                             for k in range(C)]
+                    with m.Else():
+                        m.d.sync += step("cw")
+            with m.Else():
+                m.d.sync += [r.eq(r + 1), r_last.eq(r == R - 2)]
 
         with m.FSM() as fsm:
             with m.State("RESET"):
@@ -710,73 +784,11 @@ class ConvEngine(wiring.Component):
                     with m.If(prep == 0):
                         m.next = "START"
             with m.State("START"):
-                m.d.sync += reset_walker()
+                m.d.sync += [*reset_walker(), filling.eq(1)]
                 m.next = "FILL"
             with m.State("FILL"):
-                with m.If(~claimed.bit_select(f, 1)):
-                    m.d.sync += [
-                        cap.eq(1), cap_zero.eq(zero), cap_bank.eq(f),
-                        cap_last.eq(r == R - 1),
-                        cap_meta.first.eq(block0), cap_meta.drain.eq(block0 & have_prev),
-                        cap_meta.flush.eq(0),
-                    ]
-                    # Rotate the row info; the tile's first block records it from the walker.
-                    for i in range(R - 1):
-                        m.d.sync += rows_info[i].eq(rows_info[i + 1])
-                    m.d.sync += rows_info[R - 1].eq(cur)
-                    with m.If(block0):
-                        with m.If(img_end):
-                            m.d.sync += [*to_zero("ox", "oy"), img.eq(img1), img1.eq(img1 + 1),
-                                         img_in.eq(img1_in), img1_in.eq(img1 + 1 < desc.batch),
-                                         wbase.eq(next_origin),
-                                         next_origin.eq(next_origin + desc.in_img_step),
-                                         ix0.eq(-desc.pad), iy0.eq(-desc.pad)]
-                        with m.Elif(line_end):
-                            m.d.sync += [*to_zero("ox"), *step("oy"),
-                                         wbase.eq(wbase + desc.y_step),
-                                         ix0.eq(-desc.pad), iy0.eq(iy0 + desc.stride)]
-                        with m.Else():
-                            m.d.sync += [*step("ox"), wbase.eq(wbase + desc.x_step),
-                                         ix0.eq(ix0 + x_stride)]
-                    with m.If(r == R - 1):
-                        m.d.sync += [r.eq(0), f.eq(~f), block0.eq(0)]
-                        for b in range(2):
-                            with m.If(f == b):
-                                m.d.sync += claimed[b].eq(1)
-                        with m.If(last_block):
-                            m.d.sync += [*to_zero("ky", "kx", "cw"), tap_off.eq(0),
-                                         block0.eq(1), have_prev.eq(1)]
-                            if dense:
-                                m.d.sync += [kyl[k].eq(d_dy[k]) for k in range(C)]
-                                m.d.sync += [kxl[k].eq(d_kx[k]) for k in range(C)]
-                                m.d.sync += [tapl[k].eq(d_off[k]) for k in range(C)]
-                            with m.If(~more):
-                                m.next = "FLUSH"
-                        with m.Else():
-                            m.d.sync += tap_off.eq(tap_off + 1)
-                            with m.If(ends["cw"]):
-                                m.d.sync += to_zero("cw")
-                                with m.If(ends["kx"]):
-                                    m.d.sync += [*to_zero("kx"), *step("ky"),
-                                                 tap_off.eq(tap_off + 1 + desc.tap_row_step)]
-                                    if dense:   # the next kernel rows
-                                        m.d.sync += [kyl[k].eq(kyl[k] + d_rows)
-                                                     for k in range(C)]
-                                        m.d.sync += [kxl[k].eq(d_kx[k]) for k in range(C)]
-                                        m.d.sync += [tapl[k].eq(tapl[k] + 1
-                                                                + desc.tap_row_step)
-                                                     for k in range(C)]
-                                with m.Else():
-                                    m.d.sync += step("kx")
-                                    if dense:   # the next taps of the row
-                                        m.d.sync += [kxl[k].eq(kxl[k] + d_taps)
-                                                     for k in range(C)]
-                                        m.d.sync += [tapl[k].eq(tapl[k] + d_taps)
-                                                     for k in range(C)]
-                            with m.Else():
-                                m.d.sync += step("cw")
-                    with m.Else():
-                        m.d.sync += r.eq(r + 1)
+                with m.If(filling_done):
+                    m.next = "FLUSH"
             with m.State("FLUSH"):
                 # A bank with no data: one extra `first` step ends the channel tile's last tile.
                 with m.If(~claimed.bit_select(f, 1)):
