@@ -758,6 +758,14 @@ class ConvEngine(wiring.Component):
             with m.Else():
                 m.d.sync += [r.eq(r + 1), r_last.eq(r == R - 2)]
 
+        # SETTLE counts down once the feed is empty (no bank claimed, nothing left to step):
+        # a register, from the cycle before (the feed sits at the array's edge, far from the
+        # sequencer; the comparison was on the ULX3S's worst path at 90 MHz, sr_left -> t).
+        # FLUSH clears it, so it is set in SETTLE only once the feed has taken the flush
+        # bank and run dry; the countdown starts one lower to end in the same cycle.
+        feed_empty = Signal()
+        m.d.sync += feed_empty.eq((claimed == 0) & (sr_left == 0))
+
         with m.FSM() as fsm:
             with m.State("RESET"):
                 # One cycle out of reset: the state register changes once, which Icarus needs
@@ -799,11 +807,11 @@ class ConvEngine(wiring.Component):
                                          bank_meta[b].flush.eq(1), bank_meta[b].first.eq(1),
                                          bank_meta[b].drain.eq(1)]
                     # (A fused pooling's words come two cycles later.)
-                    m.d.sync += [f.eq(~f), settle.eq(settle_cycles + (
+                    m.d.sync += [f.eq(~f), feed_empty.eq(0), settle.eq(settle_cycles - 1 + (
                         Mux(desc.pool, POOL_EXTRA, 0) if fused else 0))]
                     m.next = "SETTLE"
             with m.State("SETTLE"):
-                with m.If((claimed == 0) & (sr_left == 0)):
+                with m.If(feed_empty):
                     m.d.sync += settle.eq(settle - 1)
                     with m.If(settle == 0):
                         with m.If(t == last.t):
