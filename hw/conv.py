@@ -304,20 +304,32 @@ class ConvEngine(wiring.Component):
         ]
         cur = Signal(info)
         m.d.comb += cur.eq(Mux(block0, walker, rows_info[0]))
-        iy, ix = cur.iy0 + ky, cur.ix0 + kx
+        # Which lanes of a fill read are outside the map, and so stored as 0: the read's
+        # coordinates go into registers (every cycle; only a fill cycle's are used) and are
+        # compared with the map's bounds in the next cycle, on their way with the read (the
+        # mask is needed only when its word lands). In one cycle, the walker's choice, the
+        # coordinate adders and the comparisons' carry chains were the convolution engine's
+        # deepest logic with dense convolutions (seven levels).
+        def coord_reg(value, name):
+            r = Signal(value.shape(), name=name, reset_less=True)
+            m.d.sync += r.eq(value)
+            return r
+        iy, ix = coord_reg(cur.iy0 + ky, "fill_iy"), coord_reg(cur.ix0 + kx, "fill_ix")
+        fill_valid = coord_reg(cur.valid, "fill_valid")
         inb = Signal()
-        m.d.comb += inb.eq(cur.valid & (iy >= 0) & (iy < desc.in_h) & (ix >= 0)
+        m.d.comb += inb.eq(fill_valid & (iy >= 0) & (iy < desc.in_h) & (ix >= 0)
                            & (ix < desc.in_w))
-        zero = Signal(zw)                               # lanes of this read to store as 0
+        zero = Signal(zw)                  # lanes of the read a cycle before to store as 0
         if dense:
             lane_out = Signal(C)
             for k in range(C):
                 # Only taps outside the image need their lane zeroed: taps past the kernel
                 # and lanes past the word's taps weigh 0. (Negative coordinates, seen
                 # unsigned, are past any map: one comparison a coordinate.)
-                iy_k, ix_k = cur.iy0 + kyl[k], cur.ix0 + kxl[k]
+                iy_k = coord_reg(cur.iy0 + kyl[k], f"fill_iy{k}")
+                ix_k = coord_reg(cur.ix0 + kxl[k], f"fill_ix{k}")
                 m.d.comb += [
-                    lane_out[k].eq(~(cur.valid & (iy_k.as_unsigned() < desc.in_h)
+                    lane_out[k].eq(~(fill_valid & (iy_k.as_unsigned() < desc.in_h)
                                      & (ix_k.as_unsigned() < desc.in_w))),
                     self.act_lanes[k].eq((cur.base + tapl[k])[:cfg.act_addr_bits]),
                 ]
@@ -326,10 +338,12 @@ class ConvEngine(wiring.Component):
             m.d.comb += zero.eq(~inb)
         # What a fill cycle asks for lands ACT_READ_LATENCY cycles later: the request's
         # bookkeeping follows it through as many registers.
-        cap, cap_zero, cap_last, cap_bank = Signal(), Signal(zw), Signal(), Signal()
+        # (The zero mask joins a cycle later, computed from the read's registered coordinates.)
+        cap, cap_last, cap_bank = Signal(), Signal(), Signal()
         cap_meta = Signal(meta)
         m.d.sync += cap.eq(0)
-        landing = Cat(cap, cap_zero, cap_last, cap_bank, cap_meta)
+        assert ACT_READ_LATENCY >= 2
+        landing = Cat(cap, zero, cap_last, cap_bank, cap_meta)
         for k in range(ACT_READ_LATENCY - 1):
             later = Signal.like(landing, name=f"cap_d{k + 1}")
             m.d.sync += later.eq(landing)
@@ -694,7 +708,7 @@ class ConvEngine(wiring.Component):
         filling_done = Signal()
         with m.If(filling & ~claimed.bit_select(f, 1)):
             m.d.sync += [
-                cap.eq(1), cap_zero.eq(zero), cap_bank.eq(f),
+                cap.eq(1), cap_bank.eq(f),
                 cap_last.eq(r_last),
                 cap_meta.first.eq(block0), cap_meta.drain.eq(block0 & have_prev),
                 cap_meta.flush.eq(0),
