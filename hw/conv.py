@@ -675,11 +675,22 @@ class ConvEngine(wiring.Component):
             m.d.comb += plain()
 
         # ---- Sequencer FSM ---------------------------------------------------------------
-        # The feed releases banks; the fill claims them (after the capture above).
+        # The feed releases banks; the fill (or FLUSH) claims them, the bank `f` (after the
+        # capture above). Their next values are worked out here, and from them whether the
+        # fill may go on in the next cycle, `go`, a register: the enable of every walker
+        # register and lane tap, a net spread over the engine (decoded from `filling`,
+        # `claimed` and `f` it was the first of five levels to those enables).
+        claim, start_fill, filling_done = Signal(), Signal(), Signal()
+        claimed_next, f_next, filling_next = Signal(2), Signal(), Signal()
+        go = Signal()
         for b in range(2):
+            m.d.comb += claimed_next[b].eq((claimed[b] & ~release[b]) | (claim & (f == b)))
             with m.If(release[b]):
-                m.d.sync += claimed[b].eq(0)
                 m.d.comb += full_next[b].eq(0)
+        m.d.comb += [f_next.eq(f ^ claim),
+                     filling_next.eq(start_fill | (filling & ~filling_done))]
+        m.d.sync += [claimed.eq(claimed_next), f.eq(f_next), filling.eq(filling_next),
+                     go.eq(filling_next & ~claimed_next.bit_select(f_next, 1))]
         # The fill's read address, whether it reads or not: what it reads outside FILL is
         # never captured (``cap``), and the address does not wait on FILL's decisions.
         m.d.comb += [self.act_read.en.eq(1), self.param_read.en.eq(1),
@@ -702,11 +713,9 @@ class ConvEngine(wiring.Component):
             ] + ([paddr.eq(desc.out_base + t_word), prow.eq(desc.out_base + t_word),
                   right.eq(desc.pairs)] if fused else [])
 
-        # FILL: the walker's work, gated by `filling` (set and cleared with the state's
-        # entry and exit) rather than by the state register, whose decoding and the bank
-        # check were the first two of five levels to the walker counters' enables.
-        filling_done = Signal()
-        with m.If(filling & ~claimed.bit_select(f, 1)):
+        # FILL: the walker's work, gated by `go` (FILL's `filling` is set and cleared with the
+        # state's entry and exit), not by the state register.
+        with m.If(go):
             m.d.sync += [
                 cap.eq(1), cap_bank.eq(f),
                 cap_last.eq(r_last),
@@ -732,10 +741,8 @@ class ConvEngine(wiring.Component):
                     m.d.sync += [*step("ox"), wbase.eq(wbase + desc.x_step),
                                  ix0.eq(ix0 + x_stride)]
             with m.If(r_last):
-                m.d.sync += [r.eq(0), r_last.eq(R == 1), f.eq(~f), block0.eq(0)]
-                for b in range(2):
-                    with m.If(f == b):
-                        m.d.sync += claimed[b].eq(1)
+                m.d.sync += [r.eq(0), r_last.eq(R == 1), block0.eq(0)]
+                m.d.comb += claim.eq(1)
                 with m.If(last_block):
                     m.d.sync += [*to_zero("ky", "kx", "cw"), tap_off.eq(0),
                                  block0.eq(1), have_prev.eq(1)]
@@ -744,7 +751,6 @@ class ConvEngine(wiring.Component):
                         m.d.sync += [kxl[k].eq(d_kx[k]) for k in range(C)]
                         m.d.sync += [tapl[k].eq(d_off[k]) for k in range(C)]
                     with m.If(~more):
-                        m.d.sync += filling.eq(0)
                         m.d.comb += filling_done.eq(1)
                 with m.Else():
                     m.d.sync += tap_off.eq(tap_off + 1)
@@ -806,7 +812,8 @@ class ConvEngine(wiring.Component):
                     with m.If(prep == 0):
                         m.next = "START"
             with m.State("START"):
-                m.d.sync += [*reset_walker(), filling.eq(1)]
+                m.d.sync += reset_walker()
+                m.d.comb += start_fill.eq(1)
                 m.next = "FILL"
             with m.State("FILL"):
                 with m.If(filling_done):
@@ -817,11 +824,11 @@ class ConvEngine(wiring.Component):
                     for b in range(2):
                         with m.If(f == b):
                             m.d.comb += full_next[b].eq(1)
-                            m.d.sync += [claimed[b].eq(1),
-                                         bank_meta[b].flush.eq(1), bank_meta[b].first.eq(1),
+                            m.d.sync += [bank_meta[b].flush.eq(1), bank_meta[b].first.eq(1),
                                          bank_meta[b].drain.eq(1)]
                     # (A fused pooling's words come two cycles later.)
-                    m.d.sync += [f.eq(~f), feed_empty.eq(0), settle.eq(settle_cycles - 1 + (
+                    m.d.comb += claim.eq(1)
+                    m.d.sync += [feed_empty.eq(0), settle.eq(settle_cycles - 1 + (
                         Mux(desc.pool, POOL_EXTRA, 0) if fused else 0))]
                     m.next = "SETTLE"
             with m.State("SETTLE"):
