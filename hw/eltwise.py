@@ -33,6 +33,7 @@ from ..sw import arith
 from . import dsp
 from .config import AcceleratorConfig
 from .isa import ACT_READ_LATENCY, layer_layout, param_layout, word_layout
+from .replica import hard_register
 from .synth import one_hot
 
 __all__ = ["ADD_LATENCY", "AddEngine", "GAP_DIV_STEPS", "GAP_TILE_EXTRA", "GapEngine",
@@ -175,10 +176,16 @@ class AddEngine(wiring.Component):
         # word's product needs them `prod_at` cycles after it.
         assert prod_at >= 1
         # The product's shift, a cycle ahead of it (the tag a stage earlier), in a register:
-        # the barrel shifter then starts from flip-flops.
-        part_shift = Signal.like(spread)
-        m.d.sync += part_shift.eq(Mux(tag[prod_at - 1] == hi_b, spread, 0))
+        # the barrel shifter then starts from flip-flops. It and the sum's shift (`lo_m1`,
+        # copied a cycle after it settles) are registers of each lane's own, which synthesis
+        # keeps apart: one register drove every lane's shifter, across the array's width
+        # (the 12x12 ULX3S design's worst path, lo_m1 -> shifted5, 11.5 ns of routing).
+        part_shift_d = Mux(tag[prod_at - 1] == hi_b, spread, 0)
         for lane in range(cfg.cols):
+            part_shift = hard_register(m, part_shift_d, name=f"part_shift{lane}",
+                                       target=cfg.target, reset_less=True)
+            lo_shift = hard_register(m, lo_m1, name=f"lo_m1_{lane}", target=cfg.target,
+                                     reset_less=True)
             m.submodules[f"mul{lane}"] = mul = dsp.ScaleMultiplier(cfg.target)
             m.d.comb += [mul.a.eq(self.act_read.data[lane]),
                          mul.b.eq(Mux(tag[word_at], m_b, m_a))]
@@ -194,7 +201,7 @@ class AddEngine(wiring.Component):
                 m.d.sync += first.eq(part)
             with m.If(pipe[prod_at + 1] & tag[prod_at + 1]):
                 m.d.sync += total.eq(first + part)
-            m.d.sync += shifted.eq(total >> lo_m1)
+            m.d.sync += shifted.eq(total >> lo_shift)
             # ``rounded = (shifted + 1) >> 1`` clamped: its limits tested on ``shifted`` itself,
             # beside the rounding's adder rather than after it (``rounded > INT8_MAX`` is
             # ``shifted >= 2 * INT8_MAX + 1``, ``rounded < low`` is ``shifted < 2 * low - 1``).
