@@ -28,7 +28,7 @@ from ..sw import arith
 from .config import AcceleratorConfig
 from .isa import Op, layer_layout, word_layout
 
-__all__ = ["PoolEngine", "pool_line_words", "times_const"]
+__all__ = ["PoolEngine", "pool_latency", "pool_line_words", "pool_stages", "times_const"]
 
 _TILE_DEPTH = 256           # cin_words is an 8-bit descriptor field
 
@@ -41,6 +41,24 @@ def pool_line_words(cfg: AcceleratorConfig):
     longer cannot have its input (at least two rows) in the activation memory anyway.
     """
     return min(1 << (4 * cfg.max_dim - 1).bit_length(), cfg.act_depth // 2)
+
+
+def _split(cfg):
+    """Whether the windows have two history RAMs and registered RAM inputs (see `_Window`)."""
+    return cfg.target != "ice40"
+
+
+def pool_stages(cfg: AcceleratorConfig):
+    """Stages of the engine's units in pipeline order: the row window with the scan's output
+    register, the column window, the finishing stage (`PoolEngine.latency` in all: cycles
+    from taking the last input word a window needs to offering its output word)."""
+    window = 3 if _split(cfg) else 2
+    return (1 + window, window, 2)
+
+
+def pool_latency(cfg: AcceleratorConfig):
+    """`PoolEngine.latency` without building the engine: the sum of `pool_stages`."""
+    return sum(pool_stages(cfg))
 
 
 def times_const(value, const):
@@ -99,6 +117,12 @@ class _Window(wiring.Component):
     beat combined with the previous value) and the older value; the output combines those
     two, unregistered. A beat with ``emit`` clear updates the history but produces no output.
 
+    Without ``split`` (the iCE40, short of cells, not of levels) the window has one RAM
+    holding both values of a slot, the older written back from the read, and no first stage:
+    the RAM is read a cycle ahead, at the slot of the next beat (from the slot counter's next
+    value), and written as a beat is taken, so that its history is there when it is.
+    `window_stages` counts the stages.
+
     Members
     -------
     i : In(data.StructLayout(...))
@@ -142,8 +166,6 @@ class _Window(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # Without ``split`` (the iCE40, short of cells, not of levels): one RAM holding both
-        # values of a slot, the older written back from the read.
         halves = 2 if self._split else 1
         ports = []
         for half in range(halves):
@@ -151,12 +173,13 @@ class _Window(wiring.Component):
             m.submodules[f"history{half}"] = history = _history(shape, self._depth)
             ports.append((history.write_port(), history.read_port()))
 
-        # The input beat's slot and period, registers: they address the reads.
+        # The input beat's slot and period, registers (with ``split`` they address the reads;
+        # without, the slot's next value does).
         slot, odd = Signal(range(self._depth)), Signal()
-        take = Signal()
-        m.d.comb += take.eq(self.en & self.i.valid)
-        with m.If(take):
-            m.d.sync += [slot.eq(Mux(self.i.wrap, 0, slot + 1)), odd.eq(odd ^ self.i.wrap)]
+        take, slot_next = Signal(), Signal.like(slot)
+        m.d.comb += [take.eq(self.en & self.i.valid),
+                     slot_next.eq(Mux(take, Mux(self.i.wrap, 0, slot + 1), slot))]
+        m.d.sync += [slot.eq(slot_next), odd.eq(odd ^ (take & self.i.wrap))]
         # The read at `start` is not for slot 0, but the first beat's history is never used.
         with m.If(self.start):
             m.d.sync += [slot.eq(0), odd.eq(0)]
@@ -166,22 +189,26 @@ class _Window(wiring.Component):
         # from these registers, whatever the pipeline does then. A beat that is both first and
         # last of its period has a period of one.
         # (The values are data, reset-less: only the flags are on the chip's reset.)
+        # (Without ``split``, no stage: these are the input beat's.)
         valid1, wrote = Signal(), Signal()
         value1 = Signal(self._elem, reset_less=True)
         slot1 = Signal(range(self._depth), reset_less=True)
         single1, emit1, meta1, odd1 = Signal(), Signal(), Signal.like(self.i.meta), Signal()
-        m.d.sync += wrote.eq(take)
-        with m.If(self.en):
-            m.d.sync += valid1.eq(self.i.valid)
-        with m.If(take):
-            m.d.sync += [
-                value1.eq(self.i.value), slot1.eq(slot), odd1.eq(odd),
-                single1.eq((slot == 0) & self.i.wrap),
-                emit1.eq(self.i.emit), meta1.eq(self.i.meta),
-            ]
+        beat = [wrote.eq(take), valid1.eq(self.i.valid), value1.eq(self.i.value),
+                slot1.eq(slot), odd1.eq(odd), single1.eq((slot == 0) & self.i.wrap),
+                emit1.eq(self.i.emit), meta1.eq(self.i.meta)]
+        if self._split:
+            m.d.sync += beat[0]
+            with m.If(self.en):
+                m.d.sync += beat[1]
+            with m.If(take):
+                m.d.sync += beat[2:]
+        else:
+            m.d.comb += beat
         for half, (wr, rd) in enumerate(ports):
             # The read port holds its data while the pipeline stands still.
-            m.d.comb += [rd.addr.eq(slot), rd.en.eq(self.en), wr.addr.eq(slot1)]
+            m.d.comb += [rd.addr.eq(slot if self._split else slot_next), rd.en.eq(self.en),
+                         wr.addr.eq(slot1)]
             if self._split:
                 m.d.comb += [wr.en.eq(wrote & (odd1 == half)), wr.data.eq(value1)]
             else:
@@ -234,7 +261,7 @@ class _Window(wiring.Component):
         m.d.comb += [
             self.o.valid.eq(valid3 & emit3),
             self.o.meta.eq(meta3),
-            self.busy.eq(valid1 | valid2 | valid3),
+            self.busy.eq((valid1 if self._split else 0) | valid2 | valid3),
         ]
         for lane, out in enumerate(self.o.value):
             m.d.comb += out.eq(Mux(self.k3, self._op(pair[lane], older[lane]), pair[lane]))
@@ -413,9 +440,9 @@ class PoolEngine(wiring.Component):
 
     Attributes
     ----------
-    LATENCY : int
+    latency : int
         Cycles from taking the last input word a window needs to offering its output word, when
-        the output is not stalled. The same for every configuration.
+        the output is not stalled: the sum of `pool_stages`.
 
     Members
     -------
@@ -433,11 +460,10 @@ class PoolEngine(wiring.Component):
         and the last output word delivered.
     """
 
-    LATENCY = 9     # the scan's output register, three stages in each _Window, two in _Finish
-
     def __init__(self, cfg: AcceleratorConfig):
         self._cfg = cfg
         self.line_words = pool_line_words(cfg)
+        self.latency = pool_latency(cfg)
         super().__init__({
             "cmd": In(stream.Signature(layer_layout(cfg))),
             "i_stream": In(stream.Signature(word_layout(cfg))),
@@ -449,7 +475,7 @@ class PoolEngine(wiring.Component):
         cfg = self._cfg
         sums = cfg.pool_avg
         m = Module()
-        split = cfg.target != "ice40"
+        split = _split(cfg)
         m.submodules.rows = rows = _Window(
             lanes=cfg.cols, in_bits=cfg.data_bits, sums=sums, depth=_TILE_DEPTH,
             meta=data.StructLayout({"emit": 1, "wrap": 1}), split=split)

@@ -3,7 +3,7 @@
 The vectors come from the JSON file named by ``$SYSTOLIC_VECTORS`` (written by
 ``tests/test_pool_rtl.py``)::
 
-    {"cols": 4, "latency": int (PoolEngine.LATENCY),
+    {"cols": 4, "latency": int (PoolEngine.latency),
      "cases": [{"name": str, "cmd": int (pack_descriptor), "inputs": [[lane, ...], ...],
                 "expected": [[lane, ...], ...], "source": str, "sink": str, "seed": int,
                 "reset_after": int or null}, ...]}

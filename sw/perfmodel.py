@@ -23,8 +23,8 @@ the memories' pipelines (the activation and weight memories are registered on bo
                   + CONV_LAYER
 
 The pooling engine (``hw/pool.py``) streams the input map through at one word a cycle, then
-drains its pipeline: the row window and the column window of three stages each and the
-finishing stage of two, behind the scan's output register (``PoolEngine.LATENCY`` in all).
+drains its pipeline: the row window and the column window of three stages each (two on the
+iCE40) and the finishing stage of two, behind the scan's output register (`pool_stages`).
 Each unit is busy until its stages have passed on the last word it takes, and the column
 window takes only the words that end a row window, the finishing stage only those that end a
 window both ways. Floor mode drops the rows and columns past the last window
@@ -34,7 +34,7 @@ sooner::
 
     after_h  = cin_words * (in_w - w_used)                            after the last row window
     after_hv = cin_words * ((in_h - h_used) * in_w + in_w - w_used)   after the last window
-    tail = max(4, 7 - after_h, 9 - after_hv)
+    tail = max(4, 7 - after_h, 9 - after_hv)          (iCE40: max(3, 5 - ..., 7 - ...))
     pool cycles = in_h * in_w * cin_words + tail + POOL_LAYER
 
 The residual add (``hw/eltwise.py``) reads its two operands' words alternately, two cycles a
@@ -67,10 +67,10 @@ import itertools
 from ..hw.conv import POOL_EXTRA, dense_prep_cycles, select_stages, weight_stages
 from ..hw.eltwise import ADD_LATENCY, GAP_TILE_EXTRA
 from ..hw.isa import CMD_LATENCY, Op
-from ..hw.pool import PoolEngine
+from ..hw.pool import pool_stages
 from ..hw.requant import Requantizer
 
-__all__ = ["ADD_SETUP", "CONV_LAYER", "CONV_TILE", "POOL_LAYER", "POOL_STAGES", "layer_macs",
+__all__ = ["ADD_SETUP", "CONV_LAYER", "CONV_TILE", "POOL_LAYER", "layer_macs",
            "pool_tail", "pool_words", "predict_cycles", "predict_layer", "predict_program",
            "utilization"]
 
@@ -80,10 +80,6 @@ POOL_LAYER = 4      #: fitted: per pooling layer, beyond the pipeline's tail
 #: Residual add: two parameter reads, the latch of the second, aligning the shifts, going idle.
 ADD_SETUP = 5
 
-#: Stages of the pooling engine's units, in pipeline order: row window (with the scan's output
-#: register), column window, finish.
-POOL_STAGES = (4, 3, 2)
-assert sum(POOL_STAGES) == PoolEngine.LATENCY, "update POOL_STAGES from hw/pool.py"
 
 
 def predict_cycles(cfg, fields):
@@ -119,7 +115,7 @@ def _engine_cycles(cfg, fields):
         pixels = fields["in_h"] * fields["in_w"]
         per_tile = pixels + GAP_TILE_EXTRA
         return fields["batch"] * fields["cin_words"] * per_tile
-    return pool_words(fields) + pool_tail(fields) + POOL_LAYER
+    return pool_words(fields) + pool_tail(cfg, fields) + POOL_LAYER
 
 
 def predict_layer(cfg, layer):
@@ -138,7 +134,7 @@ def pool_words(fields):
     return fields["in_h"] * fields["in_w"] * fields["cin_words"]
 
 
-def pool_tail(fields):
+def pool_tail(cfg, fields):
     """Cycles the pooling engine stays busy after taking the last input word of a layer.
 
     Each unit of the pipeline is busy until its stages have passed on the last word it takes;
@@ -152,7 +148,7 @@ def pool_tail(fields):
     after = (0,                                 # the row window takes every word
              cw * w_left,                       # the column window: ends of row windows
              cw * (h_left * in_w + w_left))     # the finish: ends of whole windows
-    depth = itertools.accumulate(POOL_STAGES)
+    depth = itertools.accumulate(pool_stages(cfg))
     return max(d - a for d, a in zip(depth, after, strict=True))
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from systolic.hw.core import Core
 from systolic.hw.isa import describe_pool
+from systolic.hw.pool import pool_stages
 from systolic.sim.runner import run_cocotb, selected_simulators
 from systolic.sim.vectors import case_from_layers, conv_params, vector_file
 from systolic.sw import arith, perfmodel
@@ -68,9 +69,10 @@ def test_pool_cases_cover_short_tails():
     tails = set()
     for (k, stride), (h, w), c in itertools.product(
             itertools.product(arith.POOL_KERNELS, arith.POOL_STRIDES), POOL_MAPS, (3, 7)):
-        tails.add(perfmodel.pool_tail(describe_pool(CFG, channels=c, h=h, w=w, kernel=k,
-                                                    stride=stride)))
-    assert tails == set(range(perfmodel.POOL_STAGES[0], sum(perfmodel.POOL_STAGES) + 1))
+        tails.add(perfmodel.pool_tail(CFG, describe_pool(CFG, channels=c, h=h, w=w,
+                                                         kernel=k, stride=stride)))
+    stages = pool_stages(CFG)
+    assert tails == set(range(stages[0], sum(stages) + 1))
 
 
 @pytest.mark.slow

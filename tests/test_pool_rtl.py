@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from systolic.hw.config import AcceleratorConfig
 from systolic.hw.isa import describe_pool, pack_descriptor
-from systolic.hw.pool import PoolEngine
+from systolic.hw.pool import PoolEngine, pool_latency
 from systolic.sim.runner import parametrize_simulators, run_cocotb
 from systolic.sim.streams import Backpressure
 from systolic.sw import arith
@@ -86,7 +86,7 @@ def pool_cases(cfg, seed=2024):
 def test_pool_layers(sim, config, tmp_path):
     cfg = CONFIGS[config]
     path = tmp_path / "vectors.json"
-    path.write_text(json.dumps({"cols": cfg.cols, "latency": PoolEngine.LATENCY,
+    path.write_text(json.dumps({"cols": cfg.cols, "latency": pool_latency(cfg),
                                 "cases": pool_cases(cfg)}))
     run_cocotb(PoolEngine(cfg), name="pool_engine", test_module="test_pool", sim=sim,
                build_key=cfg.as_dict(), extra_env={"SYSTOLIC_VECTORS": path}, timeout=300)

@@ -11,7 +11,7 @@ from amaranth.back import verilog
 from amaranth.sim import Simulator
 from systolic.hw.config import AcceleratorConfig
 from systolic.hw.isa import describe_pool, word_layout
-from systolic.hw.pool import PoolEngine, _Finish, pool_line_words
+from systolic.hw.pool import PoolEngine, _Finish, pool_latency, pool_line_words
 from systolic.sw import arith
 
 CFG = AcceleratorConfig(rows=2, cols=4, act_depth=1024, max_dim=32)
@@ -169,7 +169,7 @@ def test_latency(config):
     taken = [t for t, kind in trace if kind == "in"]
     delivered = [t for t, kind in trace if kind == "out"]
     assert taken == list(range(taken[0], taken[0] + len(taken)))
-    assert delivered[-1] - taken[-1] == PoolEngine.LATENCY
+    assert delivered[-1] - taken[-1] == pool_latency(CONFIGS[config])
 
 
 @pytest.mark.parametrize("kernel", arith.POOL_KERNELS)

@@ -14,7 +14,7 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 from systolic.hw.config import AcceleratorConfig
 from systolic.hw.isa import describe_pool, pack_descriptor
-from systolic.hw.pool import PoolEngine
+from systolic.hw.pool import PoolEngine, pool_latency
 from systolic.sim.runner import (
     SIMULATORS,
     SimulationError,
@@ -42,7 +42,7 @@ def one_case(expected_delta=0):
 
 def run_pool(tmp_path, cases, *, sim="icarus", test_module="test_pool", **kwargs):
     path = tmp_path / "vectors.json"
-    path.write_text(json.dumps({"cols": CFG.cols, "latency": PoolEngine.LATENCY,
+    path.write_text(json.dumps({"cols": CFG.cols, "latency": pool_latency(CFG),
                                 "cases": cases}))
     return run_cocotb(PoolEngine(CFG), name="pool_engine", test_module=test_module, sim=sim,
                       build_key=CFG.as_dict(), extra_env={"SYSTOLIC_VECTORS": path}, **kwargs)
