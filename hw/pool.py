@@ -53,7 +53,7 @@ def pool_stages(cfg: AcceleratorConfig):
     register, the column window, the finishing stage (`PoolEngine.latency` in all: cycles
     from taking the last input word a window needs to offering its output word)."""
     window = 3 if _split(cfg) else 2
-    return (1 + window, window, 2)
+    return (1 + window, window, 2 if cfg.pool_avg else 1)
 
 
 def pool_latency(cfg: AcceleratorConfig):
@@ -269,10 +269,10 @@ class _Window(wiring.Component):
 
 
 class _Finish(wiring.Component):
-    """Window results to int8 words, two stages: the maximum as is, a sum ``S`` as its mean.
+    """Window results to int8 words: the maximum as is, a sum ``S`` as its mean.
 
-    With ``sums`` the first stage registers the window results and the second divides; without,
-    both only register, so that the engine's latency does not depend on the configuration.
+    With ``sums`` two stages: the first registers the window results and the second divides;
+    without, one, the output register.
 
     Members
     -------
@@ -301,12 +301,18 @@ class _Finish(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        m.d.comb += self.en.eq(~self.o.valid | self.o.ready)
+        if not self._sums:
+            m.d.comb += self.busy.eq(self.o.valid)
+            with m.If(self.en):
+                m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.value)]
+            return m
         valid, held = Signal(), Signal.like(self.i.value, reset_less=True)
-        m.d.comb += [self.en.eq(~self.o.valid | self.o.ready), self.busy.eq(valid | self.o.valid)]
+        m.d.comb += self.busy.eq(valid | self.o.valid)
         with m.If(self.en):
             m.d.sync += [valid.eq(self.i.valid), held.eq(self.i.value), self.o.valid.eq(valid)]
             for s, out in zip(held, self.o.payload, strict=True):
-                m.d.sync += out.eq(Mux(self.avg, _mean(s, self.k3), s) if self._sums else s)
+                m.d.sync += out.eq(Mux(self.avg, _mean(s, self.k3), s))
         return m
 
 

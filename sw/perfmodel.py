@@ -24,7 +24,8 @@ the memories' pipelines (the activation and weight memories are registered on bo
 
 The pooling engine (``hw/pool.py``) streams the input map through at one word a cycle, then
 drains its pipeline: the row window and the column window of three stages each (two on the
-iCE40) and the finishing stage of two, behind the scan's output register (`pool_stages`).
+iCE40) and the finishing stage of two (one without averaging), behind the scan's output
+register (`pool_stages`).
 Each unit is busy until its stages have passed on the last word it takes, and the column
 window takes only the words that end a row window, the finishing stage only those that end a
 window both ways. Floor mode drops the rows and columns past the last window
@@ -34,7 +35,7 @@ sooner::
 
     after_h  = cin_words * (in_w - w_used)                            after the last row window
     after_hv = cin_words * ((in_h - h_used) * in_w + in_w - w_used)   after the last window
-    tail = max(4, 7 - after_h, 9 - after_hv)          (iCE40: max(3, 5 - ..., 7 - ...))
+    tail = max(d1, d1 + d2 - after_h, d1 + d2 + d3 - after_hv)      (d: pool_stages)
     pool cycles = in_h * in_w * cin_words + tail + POOL_LAYER
 
 The residual add (``hw/eltwise.py``) reads its two operands' words alternately, two cycles a

@@ -12,7 +12,7 @@ from amaranth.sim import Simulator
 from systolic.hw.config import AcceleratorConfig
 from systolic.hw.isa import describe_pool, word_layout
 from systolic.hw.pool import PoolEngine, _Finish, pool_latency, pool_line_words
-from systolic.sw import arith
+from systolic.sw import arith, perfmodel
 
 CFG = AcceleratorConfig(rows=2, cols=4, act_depth=1024, max_dim=32)
 MAX_CFG = CFG.replace(pool_avg=False)          # max pooling only
@@ -38,7 +38,8 @@ def golden(x, kernel, stride, avg):
 def run_layers(layers, *, cfg=CFG, stall=0.0, seed=0, trace=None):
     """Stream ``layers`` (``(x, kernel, stride, avg)``) through a PoolEngine; return outputs.
 
-    ``trace``, a list, receives ``(cycle, "in" or "out")`` for every word taken or delivered.
+    ``trace``, a list, receives ``(cycle, "in" or "out")`` for every word taken or delivered,
+    and ``(cycle, "busy")`` for every cycle the engine is busy.
     """
     dut = PoolEngine(cfg)
     rng = random.Random(seed)
@@ -50,7 +51,9 @@ def run_layers(layers, *, cfg=CFG, stall=0.0, seed=0, trace=None):
             await ctx.tick()
 
     async def count(ctx):
-        async for _ in ctx.tick():
+        async for _, _, busy in ctx.tick().sample(dut.busy):
+            if busy and trace is not None:
+                trace.append((clock[0], "busy"))
             clock[0] += 1
 
     async def source(ctx):
@@ -170,6 +173,26 @@ def test_latency(config):
     delivered = [t for t, kind in trace if kind == "out"]
     assert taken == list(range(taken[0], taken[0] + len(taken)))
     assert delivered[-1] - taken[-1] == pool_latency(CONFIGS[config])
+
+
+def test_busy_cycles_as_modelled():
+    # The performance model's pooling cycles, ``pool_words + pool_tail + POOL_LAYER``, are
+    # checked exactly on the core's RTL for one configuration (tests/test_perf_rtl.py); here
+    # the engine's busy cycles are the model's less one constant for every configuration
+    # (their stages differ) and every shape (their tails differ).
+    rng = np.random.default_rng(5)
+    shapes = [(5, 7, 8, 3, 2), (3, 8, 7, 2, 2), (9, 9, 9, 3, 3), (4, 6, 5, 2, 1), (2, 5, 4, 3, 1)]
+    offsets = set()
+    for config, cfg in CONFIGS.items():
+        for c, h, w, kernel, stride in shapes:
+            trace = []
+            run_layers([(random_map(rng, c, h, w), kernel, stride, False)], cfg=cfg,
+                       trace=trace)
+            busy = sum(kind == "busy" for _, kind in trace)
+            fields = describe_pool(cfg, channels=c, h=h, w=w, kernel=kernel, stride=stride)
+            model = perfmodel.pool_words(fields) + perfmodel.pool_tail(cfg, fields)
+            offsets.add(model - busy)
+    assert len(offsets) == 1, offsets
 
 
 @pytest.mark.parametrize("kernel", arith.POOL_KERNELS)
