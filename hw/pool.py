@@ -44,8 +44,11 @@ def pool_line_words(cfg: AcceleratorConfig):
 
 
 def _split(cfg):
-    """Whether the windows have two history RAMs and registered RAM inputs (see `_Window`)."""
-    return cfg.target != "ice40"
+    """Whether the windows have two history RAMs and registered RAM inputs (see `_Window`):
+    an engine with averaging. One without is the small engine (the iCEBreaker's, whose
+    UP5K is short of cells, not of levels). Not the target itself: a configuration's cycles
+    must not depend on it, so that a simulation of a board (``generic``) runs as the board."""
+    return cfg.pool_avg
 
 
 def pool_stages(cfg: AcceleratorConfig):
@@ -117,7 +120,7 @@ class _Window(wiring.Component):
     beat combined with the previous value) and the older value; the output combines those
     two, unregistered. A beat with ``emit`` clear updates the history but produces no output.
 
-    Without ``split`` (the iCE40, short of cells, not of levels) the window has one RAM
+    Without ``split`` (the small engine, without averaging: `_split`) the window has one RAM
     holding both values of a slot, the older written back from the read, and no first stage:
     the RAM is read a cycle ahead, at the slot of the next beat (from the slot counter's next
     value), and written as a beat is taken, so that its history is there when it is.

@@ -23,9 +23,9 @@ the memories' pipelines (the activation and weight memories are registered on bo
                   + CONV_LAYER
 
 The pooling engine (``hw/pool.py``) streams the input map through at one word a cycle, then
-drains its pipeline: the row window and the column window of three stages each (two on the
-iCE40) and the finishing stage of two (one without averaging), behind the scan's output
-register (`pool_stages`).
+drains its pipeline: the row window and the column window of three stages each and the
+finishing stage of two (two, two and one without averaging: the small engine), behind the
+scan's output register (`pool_stages`).
 Each unit is busy until its stages have passed on the last word it takes, and the column
 window takes only the words that end a row window, the finishing stage only those that end a
 window both ways. Floor mode drops the rows and columns past the last window

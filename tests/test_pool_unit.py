@@ -16,8 +16,9 @@ from systolic.sw import arith, perfmodel
 
 CFG = AcceleratorConfig(rows=2, cols=4, act_depth=1024, max_dim=32)
 MAX_CFG = CFG.replace(pool_avg=False)          # max pooling only
-# The iCE40's windows keep both of a slot's values in one RAM, the older written back.
-ICE40_CFG = CFG.replace(target="ice40", dense_conv=False)
+# Without averaging, the windows keep both of a slot's values in one RAM, the older written
+# back (the small engine, the iCEBreaker's); on the ice40 target, the same engine.
+ICE40_CFG = MAX_CFG.replace(target="ice40", dense_conv=False)
 CONFIGS = {"avg": CFG, "max-only": MAX_CFG, "ice40": ICE40_CFG}
 
 
@@ -183,7 +184,7 @@ def test_busy_cycles_as_modelled():
     rng = np.random.default_rng(5)
     shapes = [(5, 7, 8, 3, 2), (3, 8, 7, 2, 2), (9, 9, 9, 3, 3), (4, 6, 5, 2, 1), (2, 5, 4, 3, 1)]
     offsets = set()
-    for config, cfg in CONFIGS.items():
+    for cfg in CONFIGS.values():
         for c, h, w, kernel, stride in shapes:
             trace = []
             run_layers([(random_map(rng, c, h, w), kernel, stride, False)], cfg=cfg,
@@ -230,14 +231,14 @@ def test_line_words():
 
 
 def test_history_widths():
-    # Without averaging the line buffers hold int8 lanes: a value of cols lanes per slot in
-    # each of the two RAMs of both windows; with it, the column window's values are row sums
-    # of 10 bits.
+    # Without averaging the line buffers hold int8 lanes: two values of cols lanes per slot in
+    # the one RAM of each window; with it, a value in each of two RAMs a window, and the
+    # column window's values are row sums of 10 bits.
     def widths(cfg):
         text = verilog.convert(PoolEngine(cfg), name="pool")
         return sorted(int(w) + 1 for w in re.findall(r"reg \[(\d+):0\] history[01] \[", text))
 
-    assert widths(MAX_CFG) == [8 * MAX_CFG.cols] * 4
+    assert widths(MAX_CFG) == [2 * 8 * MAX_CFG.cols] * 2
     assert widths(CFG) == [8 * CFG.cols] * 2 + [10 * CFG.cols] * 2
 
 
