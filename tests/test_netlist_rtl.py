@@ -19,7 +19,7 @@ from systolic.sw.simulate import simulate
 # `python bench/netlist.py` runs the board's own design by hand. It leaves out what
 # lenet-digits does not run (average pooling, kernels over 3x3): 3,599 LUT4s and 4,055
 # flip-flops instead of 4,711 and 4,739, so less C++ to compile. It keeps dense convolutions
-# (which the ULX3S's build leaves out for now) and fused pooling: lenet-digits' first layer
+# and fused pooling, as the ULX3S's build: lenet-digits' first layer
 # runs dense, two taps a word, and both convolutions pool on the way to memory, on the
 # synthesized netlist.
 CASES = {
@@ -57,7 +57,7 @@ def test_board_config_is_the_boards():
     _, cfg = board_config("icebreaker")
     assert cfg == preset("small").replace(target="ice40")
     _, cfg = board_config("ulx3s-85f")
-    assert cfg == preset("default").replace(target="ecp5", dense_conv=False)
+    assert cfg == preset("default").replace(target="ecp5")
 
 
 def test_board_config_rejects_another_family():
