@@ -89,9 +89,9 @@ class Board:
 
 BOARDS = {
     # ECP5-85F, FT231X USB UART (3 MBd capable). 75 MHz from the PLL (the 25 MHz oscillator
-    # times three): the whole default design closes at 77.1 to 85.7 MHz (seed 1, 75 MHz target,
-    # the last two designs; 89.3 at a 90 MHz target, the next clock 3 MBd divides, not yet
-    # met). 3 MBd:
+    # times three): the whole default design closes at 78.6 MHz (seed 1, 75 MHz target; at a
+    # 90 MHz target, the next clock 3 MBd divides, 74.2 to 89.7 on neighbouring designs,
+    # not yet met). 3 MBd:
     # the FT231X's top rate, 25 clocks a bit at 75 MHz; the link, not the array, bounds images
     # per second.
     "ulx3s-85f": Board(
@@ -102,8 +102,9 @@ BOARDS = {
         # Dense convolutions (each lane's address and bounds check in the convolution engine,
         # each column slice's own read address) halve lenet5's cycles and take 30 % off
         # lenet-digits'. They closed at 67.0 MHz when first tried; with the fill's bounds
-        # check a cycle later and its go-ahead from a register, the design with them reaches
-        # 89.7 MHz at a 90 MHz target (seed 1). Fused pooling: since it came in.
+        # check a cycle later and its go-ahead from a register, at 78.6 MHz (above). Their
+        # lane addresses, from the walker through an adder to every column slice of the
+        # activation memory, are now the worst path. Fused pooling: since it came in.
         dense_conv=True, fused_pool=True),
     # iCE40UP5K, FT2232H channel B as UART. 30 MHz from the PLL (the small preset closes at
     # 32.6 MHz, seed 1) and 3 MBd (10 clocks a bit): the 1x4 array, not the link, bounds
