@@ -124,7 +124,7 @@ class _Window(wiring.Component):
     holding both values of a slot, the older written back from the read, and no first stage:
     the RAM is read a cycle ahead, at the slot of the next beat (from the slot counter's next
     value), and written as a beat is taken, so that its history is there when it is.
-    `window_stages` counts the stages.
+    `pool_stages` counts the stages.
 
     Members
     -------
@@ -183,7 +183,8 @@ class _Window(wiring.Component):
         m.d.comb += [take.eq(self.en & self.i.valid),
                      slot_next.eq(Mux(take, Mux(self.i.wrap, 0, slot + 1), slot))]
         m.d.sync += [slot.eq(slot_next), odd.eq(odd ^ (take & self.i.wrap))]
-        # The read at `start` is not for slot 0, but the first beat's history is never used.
+        # (Without ``split`` the read at `start` is not for slot 0, but the first beat's history
+        # is never used.)
         with m.If(self.start):
             m.d.sync += [slot.eq(0), odd.eq(0)]
 
@@ -498,10 +499,10 @@ class PoolEngine(wiring.Component):
         wiring.connect(m, wiring.flipped(self.cmd), scan.cmd)
         wiring.connect(m, wiring.flipped(self.i_stream), scan.i)
         wiring.connect(m, finish.o, wiring.flipped(self.o_stream))
-        # The scan's beats reach the row window through a register: the window's history RAMs
-        # take their write enables from its valid bit, and the scan's counters sat far from
-        # them (the ULX3S's worst path at 90 MHz: scan -> the window's write enable -> the
-        # scan's counters, 14.1 ns, 12.6 of it routing).
+        # The scan's beats reach the row window through a register: the window's slot counter
+        # (and, without ``split``, its history RAMs' write enables) take them, and the scan's
+        # counters sat far from them (the ULX3S's worst path at 90 MHz once: scan -> the
+        # window's write enable -> the scan's counters, 14.1 ns, 12.6 of it routing).
         beat = Signal(rows.i.shape(), reset_less=True)
         beat_valid = Signal()
         with m.If(finish.en):

@@ -130,6 +130,8 @@ class Requantizer(wiring.Component):
 
     LATENCY = 8
     _TAG_SLOTS = 8      # a power of two above LATENCY - 1: ``ptr`` wraps round by itself
+    assert _TAG_SLOTS > LATENCY - 1
+    assert _TAG_SLOTS & (_TAG_SLOTS - 1) == 0
 
     def __init__(self, cfg, tag_shape):
         self._cfg = cfg

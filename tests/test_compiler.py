@@ -332,8 +332,8 @@ def test_dense_conv_on_chip():
 
 def test_dense_conv_config():
     """The iCE40's single-slice memories cannot run dense convolutions: its board turns them
-    off, and asking for them there is a clear error. The ULX3S's build leaves them out too,
-    for now (`hw/boards.py`), though its preset has them."""
+    off, and asking for them there is a clear error. The ULX3S's build has them, as its
+    preset."""
     from systolic.hw.boards import get_board
     from systolic.hw.config import ConfigError
 
@@ -343,7 +343,7 @@ def test_dense_conv_config():
     assert not get_board("icebreaker").config().dense_conv
     assert get_board("icebreaker").config("default").target == "ice40"
     assert get_board("ulx3s-85f").config("big").target == "ecp5"
-    assert not get_board("ulx3s-85f").config().dense_conv     # (not closing timing yet)
+    assert get_board("ulx3s-85f").config().dense_conv
     assert preset("default").dense_conv
 
 
@@ -454,12 +454,13 @@ def test_unsupported_layer():
 
 
 def test_perfmodel_formula():
-    """An 8x8 conv 16->16 3x3 on an 8x8 map: 2403 cycles (2304 feeding the array; 49 a channel
+    """An 8x8 conv 16->16 3x3 on an 8x8 map: 2405 cycles (2304 feeding the array; 50 a channel
     tile around them, four of them the memories' registers, two the second weight register and
-    the drain's second selection stage; one for the core's descriptor register).
+    the drain's second selection stage, eight the requantizer's; one for the core's descriptor
+    register).
     tests/test_perf_rtl.py checks the model against the RTL's cycle counter."""
     cfg = preset("default")
     fields = describe_conv(cfg, cin=16, h=8, w=8, cout=16, kh=3, kw=3, pad=1)
-    assert perfmodel.predict_cycles(cfg, fields) == 2403
+    assert perfmodel.predict_cycles(cfg, fields) == 2405
     assert perfmodel.layer_macs(fields, 16, 16) == 64 * 16 * 16 * 9
     assert perfmodel.utilization(cfg, 147456, 2390) == 147456 / (2390 * 64)

@@ -164,8 +164,8 @@ def test_average_without_averaging():
 @pytest.mark.parametrize("config", CONFIGS)
 def test_latency(config):
     # Without stalls the engine takes a word every cycle and delivers a window's result
-    # LATENCY cycles after taking its last word, whatever the configuration (the performance
-    # model has one constant for every pooling layer).
+    # `pool_latency` cycles after taking its last word (the performance model's stages,
+    # `pool_stages`, for the configuration).
     rng = np.random.default_rng(1)
     x = random_map(rng, 8, 6, 5)
     trace = []

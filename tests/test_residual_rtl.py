@@ -63,22 +63,22 @@ def test_mlperf_resnet8_big_preset():
 def test_mlperf_resnet8_ulx3s_configuration():
     """ResNet-8 on the ULX3S's own configuration (its 8x8 array, its memories; simulated with
     inferred multipliers): exact, and its live tensors fill 7,168 of the 8,192 activation words
-    and its weights 9,808 of the 16,384 weight words (without dense convolutions, as the board
-    builds it; 9,760 with: the first layer, three channels, packs two taps a word).
+    and its weights 9,760 of the 16,384 weight words (with dense convolutions, as the board
+    builds it: the first layer, three channels, packs two taps a word; 9,808 without).
 
     The board's program runs on the default preset's design, built for the suite anyway: the
-    board's configuration is the preset's without dense convolutions, so the program, compiled
-    without them, is the board's, entry for entry and word for word."""
+    board's configuration is the preset's, so the program is the board's, entry for entry and
+    word for word."""
     qnet = random_qnet("mlperf-resnet8")
     images = random_images(qnet, 2, seed=5)
     cfg = get_board("ulx3s-85f").config().replace(target="generic")
-    assert cfg == preset("default").replace(dense_conv=False)
+    assert cfg == preset("default")
     board = compile_network(qnet, cfg)
-    report = simulate(qnet, images, preset("default"), dense_conv=False)
+    report = simulate(qnet, images, preset("default"))
     _exact(report, qnet, images)
     assert [lay.entries for lay in report.program.layers] == [lay.entries for lay in board.layers]
     assert (report.program.weights, report.program.params) == (board.weights, board.params)
     assert (board.act_words, cfg.act_depth) == (7168, 8192)
-    assert (len(board.weights), cfg.weight_depth) == (9808, 16384)
-    assert "dense" not in board.layers[0].fields
-    assert len(compile_network(qnet, cfg.replace(dense_conv=True)).weights) == 9760
+    assert (len(board.weights), cfg.weight_depth) == (9760, 16384)
+    assert board.layers[0].fields.get("dense")
+    assert len(compile_network(qnet, cfg.replace(dense_conv=False)).weights) == 9808
