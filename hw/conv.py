@@ -219,19 +219,23 @@ class ConvEngine(wiring.Component):
         # Block counters inside a pixel tile.
         ky, kx = Signal(cfg.kernel_bits), Signal(cfg.kernel_bits)
         cw = Signal.like(desc.cin_words)
-        # Whether each walker counter is at its last index, a register set with the counter
-        # (`to_zero`, `step`): FILL decides from flip-flops, not from comparisons of counters
-        # with `last` (which made it the slowest logic of the chip: five levels to the enable
-        # of `img`).
-        counters = {"ox": ox, "oy": oy, "cw": cw, "kx": kx, "ky": ky}
-        ends = {k: Signal(name=f"{k}_end") for k in walk}
+        # The drain's output pixel (it walks the map as the walker does, later).
+        dx, dy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
+        # Whether each walker and drain counter is at its last index, a register set with the
+        # counter (`to_zero`, `step`): FILL and the drain decide from flip-flops, not from
+        # comparisons of counters with `last` (which made it the slowest logic of the chip:
+        # five levels to the enable of `img`; for the drain, the fused pool's address enables).
+        counters = {"ox": ox, "oy": oy, "cw": cw, "kx": kx, "ky": ky, "dx": dx, "dy": dy}
+        limit = {**{k: k for k in walk}, "dx": "ox", "dy": "oy"}   # their `last` fields
+        ends = {k: Signal(name=f"{k}_end") for k in counters}
 
         def to_zero(*names):
-            return [a for k in names for a in (counters[k].eq(0), ends[k].eq(last[k] == 0))]
+            return [a for k in names
+                    for a in (counters[k].eq(0), ends[k].eq(last[limit[k]] == 0))]
 
         def step(k):
             c = counters[k]
-            return [c.eq(c + 1), ends[k].eq(c == last_m1[k])]
+            return [c.eq(c + 1), ends[k].eq(c == last_m1[limit[k]])]
         r = Signal(range(R))
         # FILL decides from flip-flops (see `ends`): ``r == R - 1`` and the state itself are
         # registers too (decoded from the state register and compared, they were the first
@@ -519,10 +523,7 @@ class ConvEngine(wiring.Component):
         sel_valid = Signal()
         sel_tag = Signal(tag)
         out_addr = Signal(cfg.act_addr_bits)
-        dx, dy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
-        # Whether ``dx`` (``dy``) is at its last index, a register set with it, like `ends`:
-        # the comparison was on the fused pool's address enables (the ULX3S at 90 MHz).
-        dx_end, dy_end = Signal(), Signal()
+        dx_end, dy_end = ends["dx"], ends["dy"]
         dimg = Signal.like(img)
         m.d.sync += sel_valid.eq(emit)
         if fused:
@@ -581,15 +582,15 @@ class ConvEngine(wiring.Component):
             with m.If(row_end):
                 m.d.sync += out_addr.eq(out_addr + out_words)
                 with m.If(dx_end):
-                    m.d.sync += [dx.eq(0), dx_end.eq(last.ox == 0)]
+                    m.d.sync += to_zero("dx")
                     if fused:
                         m.d.sync += right.eq(desc.pairs)
                     with m.If(dy_end):
-                        m.d.sync += [dy.eq(0), dy_end.eq(last.oy == 0), dimg.eq(dimg + 1)]
+                        m.d.sync += [*to_zero("dy"), dimg.eq(dimg + 1)]
                     with m.Else():
-                        m.d.sync += [dy.eq(dy + 1), dy_end.eq(dy == last_m1.oy)]
+                        m.d.sync += step("dy")
                 with m.Else():
-                    m.d.sync += [dx.eq(dx + 1), dx_end.eq(dx == last_m1.ox)]
+                    m.d.sync += step("dx")
                     if fused:
                         m.d.sync += right.eq(~dx[0] | desc.pairs)
         m.d.comb += [
@@ -708,8 +709,7 @@ class ConvEngine(wiring.Component):
                 iy0.eq(-desc.pad), ix0.eq(-desc.pad),
                 r.eq(0), r_last.eq(R == 1), tap_off.eq(0),
                 block0.eq(1), have_prev.eq(0),
-                out_addr.eq(desc.out_base + t_word), dx.eq(0), dy.eq(0), dimg.eq(0),
-                dx_end.eq(last.ox == 0), dy_end.eq(last.oy == 0),
+                out_addr.eq(desc.out_base + t_word), *to_zero("dx", "dy"), dimg.eq(0),
             ] + ([paddr.eq(desc.out_base + t_word), prow.eq(desc.out_base + t_word),
                   right.eq(desc.pairs)] if fused else [])
 
