@@ -15,8 +15,12 @@ Dataflow, for output channel tile ``t`` and a tile of ``rows`` consecutive outpu
   starts; each row goes through the ``rq_lanes`` requantization lanes in ``rq_groups`` cycles
   (one cycle with a lane per column) and is written as one activation word.
 
-Channel tiles are separated by a flush (one extra ``first`` step) and a settle period. The
-requantizers' parameters are read from parameter memory alongside each group of sums.
+Channel tiles follow one another as pixel tiles do: at the map's end the fill walks it again
+for the next channel tile, whose first block's ``first`` step drains the previous tile's last
+pixel tile; the feed moves on to the next tile's weights as it loads that block, and the drain
+to its parameters and output words once the tile's last sums are out. The layer ends with a
+flush (one extra ``first`` step) and a settle period. The requantizers' parameters are read
+from parameter memory alongside each group of sums.
 
 A *dense* convolution (``dense``, at most ``cols / 2`` input channels;
 `systolic.hw.isa.describe_dense_conv`) walks a smaller kernel of one-word pixels, each block
@@ -75,8 +79,8 @@ def weight_stages(cfg):
     design (``generic``) counts the board's cycles. The second register sits near the block
     RAMs, so that neither the RAMs' clock-to-output time (5.8 ns on an ECP5 DP16KD) nor the
     route to the array is in a cycle with the other: together they were the ULX3S's worst path
-    at 75 MHz (12.9 ns, 7.1 routing). A channel tile then settles one cycle longer for each
-    stage beyond the first."""
+    at 75 MHz (12.9 ns, 7.1 routing). A layer then settles one cycle longer for each stage
+    beyond the first."""
     return 2 if cfg.cols > 4 else 1
 
 
@@ -88,7 +92,7 @@ def select_stages(cfg):
     In one stage that selection's routes were the ULX3S's worst path at 90 MHz (an index
     register to `sel`, 14.0 ns, 12.5 of it routing); in two, each group of
     `_SELECT_CHUNK` rows has its own OR of gated sums and register near its PEs, and a second
-    OR takes those. A channel tile then settles a cycle longer."""
+    OR takes those. A layer then settles a cycle longer."""
     return 2 if cfg.rows > _SELECT_CHUNK else 1
 
 
@@ -161,7 +165,8 @@ class ConvEngine(wiring.Component):
         # fused pooling) where the pixel sits in its 2x2 window and the window's column.
         tag = data.StructLayout({
             "valid": 1, "last": 1, "addr": cfg.act_addr_bits,
-            **({"px": 1, "py": 1, "col": max(cfg.dim_bits - 1, 1)} if fused else {}),
+            **({"px": 1, "py": 1, "col": max(cfg.dim_bits - 1, 1), "half": 1}
+               if fused else {}),
         })
         rq = Requantizer(cfg, tag)
         m.submodules.requant = local_reset(m, rq, name="requant", target=cfg.target)
@@ -176,13 +181,13 @@ class ConvEngine(wiring.Component):
         # descriptor is valid in the cycle the command is taken, so these are from START on.
         last = data.StructLayout({
             "ox": cfg.dim_bits, "oy": cfg.dim_bits + 1, "cw": len(desc.cin_words),
-            "kx": cfg.kernel_bits, "ky": cfg.kernel_bits, "t": 8,
+            "kx": cfg.kernel_bits, "ky": cfg.kernel_bits,
             **({"words": 8} if fused else {}),
         })
         last = Signal(last, reset_less=True)           # loaded at START (data)
         m.d.sync += [last.ox.eq(desc.out_w - 1), last.oy.eq(desc.out_h - 1),
                      last.cw.eq(desc.cin_words - 1), last.kx.eq(desc.kw - 1),
-                     last.ky.eq(desc.kh - 1), last.t.eq(desc.cout_tiles - 1)]
+                     last.ky.eq(desc.kh - 1)]
         # And the indices before them: a walker counter stepping from ``last_m1`` reaches its
         # last index (see `ends` below).
         walk = ("ox", "oy", "cw", "kx", "ky")
@@ -191,8 +196,7 @@ class ConvEngine(wiring.Component):
         m.d.sync += [last_m1.ox.eq(desc.out_w - 2), last_m1.oy.eq(desc.out_h - 2),
                      last_m1.cw.eq(desc.cin_words - 2), last_m1.kx.eq(desc.kw - 2),
                      last_m1.ky.eq(desc.kh - 2)]
-        # Output words a pixel (with ``halves`` two channel tiles share a word), and the
-        # channel tile's word.
+        # Output words a pixel (with ``halves`` two channel tiles share a word).
         out_words = desc.cout_tiles
         if fused:
             m.d.sync += last.words.eq(Mux(desc.halves, (desc.cout_tiles + 1) >> 1,
@@ -200,10 +204,19 @@ class ConvEngine(wiring.Component):
             out_words = last.words
 
         # ---- Sequencer state ---------------------------------------------------------------
-        t = Signal(8)                                   # output channel tile
-        t_word = Mux(desc.halves, t >> 1, t) if fused else t
+        # Channel tiles follow one another without a pause: the fill walks the map again for
+        # the next tile as it would a next pixel tile (`ft_left`: tiles after the fill's), the
+        # feed moves on to the tile's weights as it loads its first block (`w_tile_base`), and
+        # the drain to its parameters and output words once the tile's last pixel tile is out
+        # (`td`, `p_tile`, `out_addr`).
+        ft_left, ft_last = Signal(8), Signal()
+        td = Signal(8)                                  # the drain's output channel tile
+        # The drain's next channel tile's first output word (with ``halves`` two tiles share
+        # a word).
+        td_base = Signal(cfg.act_addr_bits)
         w_tile_base = Signal(cfg.weight_addr_bits)
-        p_tile = Signal(cfg.param_addr_bits)            # the channel tile's first parameter word
+        p_tile = Signal(cfg.param_addr_bits)            # the drain's tile's first parameter word
+        p_next = Signal(cfg.param_addr_bits)            # ... and the next tile's
         settle_cycles = (R * cfg.rq_groups + C + Requantizer.LATENCY + 7 + weight_stages(cfg)
                          + select_stages(cfg))
         settle = Signal(range(settle_cycles + 1 + fused * POOL_EXTRA))
@@ -243,6 +256,7 @@ class ConvEngine(wiring.Component):
         r_last, filling = Signal(), Signal()
         tap_off = Signal(signed(sb))
         block0 = Signal()                               # filling the tile's first block
+        tile0 = Signal()                                # ... of a channel tile after the first
         have_prev = Signal()                            # a finished tile awaits draining
         # Per-row window info of the current tile, rotating so row r is at index 0 in cycle r.
         info = data.StructLayout({"base": signed(sb), "iy0": coord, "ix0": coord, "valid": 1})
@@ -287,7 +301,9 @@ class ConvEngine(wiring.Component):
             m.d.comb += self.dense.eq(dmode)
 
         # ---- Transposer banks and the feed shift register ----------------------------------
-        meta = data.StructLayout({"first": 1, "drain": 1, "flush": 1})
+        # ``tile``: the block is the first of a channel tile after the layer's first (its
+        # ``drain`` ends the previous channel tile).
+        meta = data.StructLayout({"first": 1, "drain": 1, "flush": 1, "tile": 1})
         banks = [[Signal(C * 8, name=f"bank{b}_{i}", reset_less=True) for i in range(R)]
                  for b in range(2)]
         claimed = Signal(2)                             # the fill has read a bank's last row
@@ -386,7 +402,7 @@ class ConvEngine(wiring.Component):
         sr_left = Signal(range(C + 1))                  # steps still to present
         w_off = Signal(cfg.weight_addr_bits)
         a_reg = Signal(data.ArrayLayout(signed(8), R), reset_less=True)
-        first_reg, drain_reg, wvalid_reg = Signal(), Signal(), Signal()
+        first_reg, drain_reg, wvalid_reg, tile_reg = Signal(), Signal(), Signal(), Signal()
         release = Signal(2)                             # banks the feed copies out this cycle
 
         # `sr_left <= 1` from a register: `load` is one LUT from registers.
@@ -411,7 +427,7 @@ class ConvEngine(wiring.Component):
             row_load.append(~copy[0] & Mux(copy[3], copy[2], copy[1]))
             row_g.append(copy[3])
             row_step.append(copy[4])
-        m.d.sync += [first_reg.eq(0), drain_reg.eq(0), wvalid_reg.eq(0)]
+        m.d.sync += [first_reg.eq(0), drain_reg.eq(0), wvalid_reg.eq(0), tile_reg.eq(0)]
         for i in range(R):
             m.d.sync += a_reg[i].eq(0)
         # ``sr_left == C`` (no step since the load) and, with it, a ``first`` tile's weights
@@ -429,6 +445,7 @@ class ConvEngine(wiring.Component):
                 m.d.sync += [
                     first_reg.eq(restart),
                     drain_reg.eq(sr_meta.drain & step0),
+                    tile_reg.eq(sr_meta.tile & step0),
                     wvalid_reg.eq(1),
                 ]
                 m.d.sync += w_off.eq(Mux(restart, 1, w_off + 1))
@@ -442,6 +459,9 @@ class ConvEngine(wiring.Component):
                 with m.If(g == b):
                     m.d.sync += [sr_meta.eq(bank_meta[b]), restart.eq(bank_meta[b].first)]
                     m.d.comb += release[b].eq(1)
+                    # A channel tile's first block: its weights follow the previous tile's.
+                    with m.If(bank_meta[b].tile):
+                        m.d.sync += w_tile_base.eq(w_tile_base + desc.w_tile_words)
             m.d.sync += [sr_left.eq(C), g.eq(~g), step0.eq(1)]
         # The weight memory is registered on both sides, as the activation memory is (its
         # address bits fan out to every block RAM of it): a step's weight word is in `w_q`
@@ -453,6 +473,7 @@ class ConvEngine(wiring.Component):
         a_q = delay(m, a_reg, ws + 1, name="a", reset_less=True)
         first_q = delay(m, first_reg, ws + 1, name="first")
         drain_q = delay(m, drain_reg, ws + 1, name="drain")
+        tile_q = delay(m, tile_reg, ws + 1, name="tile")
         wvalid_q = delay(m, wvalid_reg, ws, name="wvalid")
         w_q = Signal(C * 8, reset_less=True)
         m.d.sync += w_q.eq(Mux(wvalid_q, w_in, 0))
@@ -473,9 +494,20 @@ class ConvEngine(wiring.Component):
         dpipe = Signal(ready0)                          # dpipe[k]: pulse of k+1 cycles ago
         m.d.sync += dpipe.eq(Cat(first_q & drain_q, dpipe[:-1]))
         start_next = dpipe[ready0 - 2]                  # the pulse is ready next cycle
+        # Whether the pulse's pixel tile is its channel tile's last (`tile`): the drain then
+        # moves on to the next channel tile (`switch`) as it emits that tile's last sums.
+        tpipe = Signal(ready0 - 1)
+        m.d.sync += tpipe.eq(Cat(first_q & drain_q & tile_q, tpipe[:-1]))
         er, eg = Signal(range(max(R, 2))), Signal(range(max(G, 2)))
         emit = Signal()
         row_end = eg == G - 1
+        tile_end = Signal()                             # the drain ends a channel tile
+        switch = Signal()
+        m.d.comb += switch.eq(emit & row_end & (er == R - 1) & tile_end)
+        with m.If(switch):
+            m.d.sync += tile_end.eq(0)
+        with m.If(start_next):
+            m.d.sync += tile_end.eq(tpipe[ready0 - 2])
         er_next, eg_next = Signal.like(er), Signal.like(eg)
         m.d.comb += [
             eg_next.eq(Mux(start_next | (emit & row_end), 0, Mux(emit, eg + 1, eg))),
@@ -537,14 +569,20 @@ class ConvEngine(wiring.Component):
             # Whether the pixel ends its window's row, ``dx[0] | pairs``: a register set with
             # ``dx`` (the next window's address is an adder after it).
             right = Signal()
+        def rewind_drain(base):
+            """The drain's pixel back to the map's first, whose word is at ``base``."""
+            return [out_addr.eq(base), *to_zero("dx", "dy"), dimg.eq(0)] + (
+                [paddr.eq(base), prow.eq(base), right.eq(desc.pairs)] if fused else [])
+
         # The group's parameter word is read in the emit cycle; sums and parameters then meet
         # in registers (block RAM data goes into a register before any logic). Its address,
-        # ``p_tile + eg``, comes from a register set a cycle ahead from `eg_next` (`p_tile`
-        # changes only between channel tiles, when nothing is emitted): the adder was in the
-        # cycle of the route to the parameter memory's block RAMs, the ULX3S's worst path at
-        # 90 MHz (12.2 ns, 10.4 routing).
+        # ``p_tile + eg``, comes from a register set a cycle ahead from `eg_next`: the adder
+        # was in the cycle of the route to the parameter memory's block RAMs, the ULX3S's worst
+        # path at 90 MHz (12.2 ns, 10.4 routing). `p_tile` changes as the drain emits a
+        # channel tile's last sums (`switch`), and the next drain may start in that cycle:
+        # its first word is then the next tile's (`p_next`).
         p_addr = Signal.like(self.param_read.addr, reset_less=True)
-        m.d.sync += p_addr.eq(p_tile + eg_next)
+        m.d.sync += p_addr.eq(Mux(switch, p_next, p_tile) + eg_next)
         m.d.comb += self.param_read.addr.eq(p_addr)
         # (With two selection stages, the parameters, the valid bit and the tag wait a cycle
         # more for the sums.)
@@ -565,7 +603,8 @@ class ConvEngine(wiring.Component):
             ]
             if fused:
                 m.d.sync += [sel_tag.px.eq(right), sel_tag.py.eq(dy[0]),
-                             sel_tag.col.eq(Mux(desc.pairs, dx, dx[1:]))]
+                             sel_tag.col.eq(Mux(desc.pairs, dx, dx[1:])),
+                             sel_tag.half.eq(td[0])]
                 with m.If(desc.pool):
                     m.d.sync += [sel_tag.valid.eq((dimg < desc.batch) & keep),
                                  sel_tag.addr.eq(paddr)]
@@ -593,6 +632,11 @@ class ConvEngine(wiring.Component):
                     m.d.sync += step("dx")
                     if fused:
                         m.d.sync += right.eq(~dx[0] | desc.pairs)
+        # The channel tile's last sums: the drain goes on with the next tile's first pixel.
+        with m.If(switch):
+            m.d.sync += [td.eq(td + 1), p_tile.eq(p_next), p_next.eq(p_next + G),
+                         td_base.eq(td_base + (Mux(desc.halves, ~td[0], 1) if fused else 1)),
+                         *rewind_drain(td_base)]
         m.d.comb += [
             rq.i_valid.eq(rq_valid),
             rq.i_acc.eq(rq_acc),
@@ -645,6 +689,7 @@ class ConvEngine(wiring.Component):
             h_max = Signal(C * 8, reset_less=True)
             h_addr = Signal(cfg.act_addr_bits, reset_less=True)
             h_col = Signal.like(lr.addr, reset_less=True)
+            h_half, q_half = Signal(reset_less=True), Signal(reset_less=True)
             m.d.sync += h_valid.eq(0)
             with m.If(f_out & desc.pool):
                 with m.If(~f_tag.px):
@@ -652,7 +697,8 @@ class ConvEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += [h_valid.eq(1), h_py.eq(f_tag.py),
                                  h_max.eq(Mux(desc.pairs, fold(f_word), vmax(left, f_word))),
-                                 h_addr.eq(f_tag.addr), h_col.eq(f_tag.col)]
+                                 h_addr.eq(f_tag.addr), h_col.eq(f_tag.col),
+                                 h_half.eq(f_tag.half)]
             m.d.comb += [
                 lr.addr.eq(f_tag.col), lr.en.eq(1),
                 lw.addr.eq(h_col), lw.data.eq(h_max), lw.en.eq(h_valid & ~h_py),
@@ -663,15 +709,17 @@ class ConvEngine(wiring.Component):
             q_max = Signal(C * 8, reset_less=True)
             q_addr = Signal(cfg.act_addr_bits, reset_less=True)
             m.d.sync += [q_valid.eq(h_valid & h_py), q_line.eq(lr.data), q_max.eq(h_max),
-                         q_addr.eq(h_addr)]
+                         q_addr.eq(h_addr), q_half.eq(h_half)]
             with m.If(desc.pool):
                 m.d.comb += [self.act_write.en.eq(q_valid),
                              self.act_write.addr.eq(q_addr),
                              self.act_write.data.eq(vmax(q_line, q_max))]
             with m.Else():
                 m.d.comb += plain()
-            # A channel tile with ``halves`` writes half `t % 2` of its words (`pair_pixels`).
-            m.d.comb += self.act_halves.eq(Mux(desc.halves, Mux(t[0], 0b10, 0b01), 0b11))
+            # A channel tile with ``halves`` writes half `t % 2` of its words (`pair_pixels`):
+            # the half its words' tag carries (the next tile's may be on their way).
+            half = Mux(desc.pool, q_half, rq.o_tag.half)
+            m.d.comb += self.act_halves.eq(Mux(desc.halves, Mux(half, 0b10, 0b01), 0b11))
         else:
             m.d.comb += plain()
 
@@ -699,19 +747,27 @@ class ConvEngine(wiring.Component):
         busy = Signal()
         m.d.comb += self.busy.eq(busy)
 
-        def reset_walker():
-            lanes = ([kyl[k].eq(d_dy[k]) for k in range(C)] + [kxl[k].eq(d_kx[k]) for k in range(C)]
-                     + [tapl[k].eq(d_off[k]) for k in range(C)]) if dense else []
-            return lanes + [
-                *to_zero(*walk), wbase.eq(desc.origin), img.eq(0), img1.eq(1),
+        def rewind_walker():
+            """The walker's pixel back to the batch's first."""
+            return [
+                *to_zero("ox", "oy"), wbase.eq(desc.origin), img.eq(0), img1.eq(1),
                 img_in.eq(desc.batch != 0), img1_in.eq(desc.batch > 1),
                 next_origin.eq(desc.origin + desc.in_img_step),
                 iy0.eq(-desc.pad), ix0.eq(-desc.pad),
+            ]
+
+        def reset_walker():
+            lanes = ([kyl[k].eq(d_dy[k]) for k in range(C)] + [kxl[k].eq(d_kx[k]) for k in range(C)]
+                     + [tapl[k].eq(d_off[k]) for k in range(C)]) if dense else []
+            return lanes + rewind_walker() + [
+                *to_zero("cw", "kx", "ky"),
                 r.eq(0), r_last.eq(R == 1), tap_off.eq(0),
-                block0.eq(1), have_prev.eq(0),
-                out_addr.eq(desc.out_base + t_word), *to_zero("dx", "dy"), dimg.eq(0),
-            ] + ([paddr.eq(desc.out_base + t_word), prow.eq(desc.out_base + t_word),
-                  right.eq(desc.pairs)] if fused else [])
+                block0.eq(1), tile0.eq(0), have_prev.eq(0),
+                ft_left.eq(desc.cout_tiles - 1), ft_last.eq(desc.cout_tiles == 1),
+                td.eq(0), p_next.eq(p_tile + G), tile_end.eq(0),
+                td_base.eq(desc.out_base + (Mux(desc.halves, 0, 1) if fused else 1)),
+                *rewind_drain(desc.out_base),
+            ]
 
         # FILL: the walker's work, gated by `go` (FILL's `filling` is set and cleared with the
         # state's entry and exit), not by the state register.
@@ -720,7 +776,7 @@ class ConvEngine(wiring.Component):
                 cap.eq(1), cap_bank.eq(f),
                 cap_last.eq(r_last),
                 cap_meta.first.eq(block0), cap_meta.drain.eq(block0 & have_prev),
-                cap_meta.flush.eq(0),
+                cap_meta.flush.eq(0), cap_meta.tile.eq(tile0),
             ]
             # Rotate the row info; the tile's first block records it from the walker.
             for i in range(R - 1):
@@ -741,7 +797,7 @@ class ConvEngine(wiring.Component):
                     m.d.sync += [*step("ox"), wbase.eq(wbase + desc.x_step),
                                  ix0.eq(ix0 + x_stride)]
             with m.If(r_last):
-                m.d.sync += [r.eq(0), r_last.eq(R == 1), block0.eq(0)]
+                m.d.sync += [r.eq(0), r_last.eq(R == 1), block0.eq(0), tile0.eq(0)]
                 m.d.comb += claim.eq(1)
                 with m.If(last_block):
                     m.d.sync += [*to_zero("ky", "kx", "cw"), tap_off.eq(0),
@@ -751,7 +807,12 @@ class ConvEngine(wiring.Component):
                         m.d.sync += [kxl[k].eq(d_kx[k]) for k in range(C)]
                         m.d.sync += [tapl[k].eq(d_off[k]) for k in range(C)]
                     with m.If(~more):
-                        m.d.comb += filling_done.eq(1)
+                        # The map's end: on with the next channel tile, or the layer's end.
+                        with m.If(ft_last):
+                            m.d.comb += filling_done.eq(1)
+                        with m.Else():
+                            m.d.sync += [*rewind_walker(), tile0.eq(1),
+                                         ft_left.eq(ft_left - 1), ft_last.eq(ft_left == 1)]
                 with m.Else():
                     m.d.sync += tap_off.eq(tap_off + 1)
                     with m.If(ends["cw"]):
@@ -794,7 +855,7 @@ class ConvEngine(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += [t.eq(0), busy.eq(1), w_tile_base.eq(self.cmd.payload.w_base),
+                    m.d.sync += [busy.eq(1), w_tile_base.eq(self.cmd.payload.w_base),
                                  p_tile.eq(self.cmd.payload.p_base)]
                     if dense:
                         m.d.sync += [dmode.eq(self.cmd.payload.dense),
@@ -835,13 +896,7 @@ class ConvEngine(wiring.Component):
                 with m.If(feed_empty):
                     m.d.sync += settle.eq(settle - 1)
                     with m.If(settle == 0):
-                        with m.If(t == last.t):
-                            m.d.sync += [busy.eq(0), dmode.eq(0)]
-                            m.next = "IDLE"
-                        with m.Else():
-                            m.d.sync += [t.eq(t + 1),
-                                         w_tile_base.eq(w_tile_base + desc.w_tile_words),
-                                         p_tile.eq(p_tile + cfg.rq_groups)]
-                            m.next = "START"
+                        m.d.sync += [busy.eq(0), dmode.eq(0)]
+                        m.next = "IDLE"
         one_hot(fsm, cfg.target)
         return m

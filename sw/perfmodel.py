@@ -6,21 +6,22 @@ time. Within a tile, output pixels go in tiles of ``rows``; each pixel tile walk
 in blocks ``(ky, kx, cw)``, and the array consumes one block in ``cols`` cycles (one input
 channel a cycle) while the fill reads the next block's ``rows`` words, so the array is fed
 every cycle. The output pixels of a batch's images are walked as one sequence, so a pixel
-tile may hold the end of one image and the start of the next::
+tile may hold the end of one image and the start of the next; and the channel tiles follow
+one another as the pixel tiles do, the next tile's first pixel tile draining the previous
+tile's last::
 
-    feed = pixel_tiles * kh * kw * cin_words * cols
+    feed = pixel_tiles * kh * kw * cin_words * cols          (a channel tile)
     pixel_tiles = ceil(batch * out_h * out_w / rows)
 
-Around the feed, each channel tile spends a fixed overhead: filling the first block (``rows``
-reads), the settle period that lets the last results drain through the array and the
-requantizers (``rows * G + cols + Requantizer.LATENCY + 7 + S``: a row takes ``G = cols /
-rq_lanes`` cycles in the requantizer; ``S`` is `systolic.hw.conv.weight_stages`, the registers
-after the weight memory's block RAMs, plus `systolic.hw.conv.select_stages`, those of the
-drain's selection of the sums) and a few cycles of hand-over between the states and of
-the memories' pipelines (the activation and weight memories are registered on both sides)::
+Around the layer's feed is a fixed overhead: filling the first block (``rows`` reads), the
+settle period that lets the last results drain through the array and the requantizers
+(``rows * G + cols + Requantizer.LATENCY + 7 + S``: a row takes ``G = cols / rq_lanes``
+cycles in the requantizer; ``S`` is `systolic.hw.conv.weight_stages`, the registers after
+the weight memory's block RAMs, plus `systolic.hw.conv.select_stages`, those of the drain's
+selection of the sums) and a few cycles of hand-over between the states and of the memories'
+pipelines (the activation and weight memories are registered on both sides)::
 
-    conv cycles = cout_tiles * (feed + rows + rows * G + cols + LATENCY + S + CONV_TILE)
-                  + CONV_LAYER
+    conv cycles = cout_tiles * feed + rows + rows * G + cols + LATENCY + S + CONV_LAYER
 
 The pooling engine (``hw/pool.py``) streams the input map through at one word a cycle, then
 drains its pipeline: the row window and the column window of three stages each and the
@@ -52,11 +53,11 @@ and writes::
 convolution (`systolic.hw.isa.describe_dense_conv`) walks ``kh = D`` blocks of one word
 (``kw = cin_words = 1``) and first waits `systolic.hw.conv.dense_prep_cycles` while its
 lanes' taps are worked out. A convolution that max-pools its output on the way to memory
-(`systolic.hw.isa.fuse_pool`) settles ``POOL_EXTRA`` cycles longer a channel tile: its words
-leave three stages later. Every layer also
+(`systolic.hw.isa.fuse_pool`) settles ``POOL_EXTRA`` cycles longer: its words leave three
+stages later. Every layer also
 counts the ``CMD_LATENCY`` cycle in which the core holds its descriptor before the engine
 takes it.
-``CONV_TILE``, ``CONV_LAYER`` and ``POOL_LAYER`` are the only fitted constants, measured on
+``CONV_LAYER`` and ``POOL_LAYER`` are the only fitted constants, measured on
 the RTL (``cycles`` counter) of lenet-digits and lenet5 layers on 2x4, 8x8 and 12x12 arrays
 (the coefficients of ``rows`` and ``cols`` were fitted too and match the structure above); the
 model is exact on every layer measured: ``tests/test_perf_rtl.py`` checks every layer kind and
@@ -71,12 +72,11 @@ from ..hw.isa import CMD_LATENCY, Op
 from ..hw.pool import pool_stages
 from ..hw.requant import Requantizer
 
-__all__ = ["ADD_SETUP", "CONV_LAYER", "CONV_TILE", "POOL_LAYER", "layer_macs",
+__all__ = ["ADD_SETUP", "CONV_LAYER", "POOL_LAYER", "layer_macs",
            "pool_tail", "pool_words", "predict_cycles", "predict_layer", "predict_program",
            "utilization"]
 
-CONV_TILE = 14      #: fitted: per channel tile, beyond the structural overhead
-CONV_LAYER = 0      #: fitted: per convolution layer
+CONV_LAYER = 14     #: fitted: per convolution layer, beyond the structural overhead
 POOL_LAYER = 4      #: fitted: per pooling layer, beyond the pipeline's tail
 #: Residual add: two parameter reads, the latch of the second, aligning the shifts, going idle.
 ADD_SETUP = 5
@@ -105,11 +105,10 @@ def _engine_cycles(cfg, fields):
     if fields["op"] == Op.CONV:
         pixel_tiles = -(-fields.get("batch", 1) * fields["out_h"] * fields["out_w"] // R)
         feed = pixel_tiles * fields["kh"] * fields["kw"] * fields["cin_words"] * C
-        per_tile = (feed + R + R * G + C + Requantizer.LATENCY + CONV_TILE + weight_stages(cfg)
-                    + select_stages(cfg)
-                    + POOL_EXTRA * fields.get("pool", 0))
+        ends = (R + R * G + C + Requantizer.LATENCY + CONV_LAYER + weight_stages(cfg)
+                + select_stages(cfg) + POOL_EXTRA * fields.get("pool", 0))
         prep = dense_prep_cycles(cfg) if fields.get("dense") else 0
-        return fields["cout_tiles"] * per_tile + CONV_LAYER + prep
+        return fields["cout_tiles"] * feed + ends + prep
     if fields["op"] == Op.ADD:
         return ADD_SETUP + 2 * fields["cin_words"] + ADD_LATENCY
     if fields["op"] == Op.GAP:
