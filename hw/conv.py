@@ -57,7 +57,8 @@ from .replica import delay, hard_register, local_reset
 from .requant import Requantizer
 from .synth import one_hot
 
-__all__ = ["POOL_EXTRA", "ConvEngine", "dense_prep_cycles", "select_stages", "weight_stages"]
+__all__ = ["POOL_EXTRA", "ConvEngine", "dense_prep_cycles", "fill_stages", "select_stages",
+           "weight_stages"]
 
 
 #: Cycles a fused pooling's words take after the requantizer's, beyond a plain convolution's:
@@ -94,6 +95,19 @@ def select_stages(cfg):
     `_SELECT_CHUNK` rows has its own OR of gated sums and register near its PEs, and a second
     OR takes those. A layer then settles a cycle longer."""
     return 2 if cfg.rows > _SELECT_CHUNK else 1
+
+
+def fill_stages(cfg):
+    """Registers between the fill's read addresses and the activation memory: 1 for arrays of
+    at least 8 columns, else 0 (like `weight_stages`, from the shape alone).
+
+    A read's address (with dense convolutions, each lane's: the walker's pixel plus the lane's
+    tap) goes to a register before the route to the memory's column slices, spread over the
+    chip; in one cycle with that route it was the ULX3S's worst path at 90 MHz (conv.block0
+    to a slice's address register, 10.4 of 12.7 ns routing). A read's word then lands a cycle
+    later, which the two banks hide from the feed when ``rows + 6 <= 2 * cols`` (no smaller
+    array gets the stage); the layer takes a cycle longer."""
+    return 1 if cfg.cols >= 8 else 0
 
 
 def dense_prep_cycles(cfg):
@@ -330,6 +344,13 @@ class ConvEngine(wiring.Component):
         # mask is needed only when its word lands). In one cycle, the walker's choice, the
         # coordinate adders and the comparisons' carry chains were the convolution engine's
         # deepest logic with dense convolutions (seven levels).
+        def fill_addr(port, value):
+            """A fill read's address to the memory, through `fill_stages` registers."""
+            if fill_stages(cfg):
+                m.d.sync += port.eq(value)
+            else:
+                m.d.comb += port.eq(value)
+
         def coord_reg(value, name):
             r = Signal(value.shape(), name=name, reset_less=True)
             m.d.sync += r.eq(value)
@@ -351,8 +372,8 @@ class ConvEngine(wiring.Component):
                 m.d.comb += [
                     lane_out[k].eq(~(fill_valid & (iy_k.as_unsigned() < desc.in_h)
                                      & (ix_k.as_unsigned() < desc.in_w))),
-                    self.act_lanes[k].eq((cur.base + tapl[k])[:cfg.act_addr_bits]),
                 ]
+                fill_addr(self.act_lanes[k], (cur.base + tapl[k])[:cfg.act_addr_bits])
             m.d.comb += zero.eq(Mux(dmode, lane_out, Mux(inb, 0, (1 << C) - 1)))
         else:
             m.d.comb += zero.eq(~inb)
@@ -364,7 +385,7 @@ class ConvEngine(wiring.Component):
         m.d.sync += cap.eq(0)
         assert ACT_READ_LATENCY >= 2
         landing = Cat(cap, zero, cap_last, cap_bank, cap_meta)
-        for k in range(ACT_READ_LATENCY - 1):
+        for k in range(ACT_READ_LATENCY - 1 + fill_stages(cfg)):
             later = Signal.like(landing, name=f"cap_d{k + 1}")
             m.d.sync += later.eq(landing)
             landing = later
@@ -743,7 +764,8 @@ class ConvEngine(wiring.Component):
         # The fill's read address, whether it reads or not: what it reads outside FILL is
         # never captured (``cap``), and the address does not wait on FILL's decisions.
         m.d.comb += [self.act_read.en.eq(1), self.param_read.en.eq(1),
-                     self.act_read.addr.eq((cur.base + tap_off)[:cfg.act_addr_bits])]
+                     ]
+        fill_addr(self.act_read.addr, (cur.base + tap_off)[:cfg.act_addr_bits])
         busy = Signal()
         m.d.comb += self.busy.eq(busy)
 

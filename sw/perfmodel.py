@@ -13,7 +13,8 @@ tile's last::
     feed = pixel_tiles * kh * kw * cin_words * cols          (a channel tile)
     pixel_tiles = ceil(batch * out_h * out_w / rows)
 
-Around the layer's feed is a fixed overhead: filling the first block (``rows`` reads), the
+Around the layer's feed is a fixed overhead: filling the first block (``rows`` reads, and
+`systolic.hw.conv.fill_stages` registers before the memory), the
 settle period that lets the last results drain through the array and the requantizers
 (``rows * G + cols + Requantizer.LATENCY + 7 + S``: a row takes ``G = cols / rq_lanes``
 cycles in the requantizer; ``S`` is `systolic.hw.conv.weight_stages`, the registers after
@@ -66,7 +67,7 @@ every pooling shape on the core's Verilog, ``tests/test_network_rtl.py`` whole n
 
 import itertools
 
-from ..hw.conv import POOL_EXTRA, dense_prep_cycles, select_stages, weight_stages
+from ..hw.conv import POOL_EXTRA, dense_prep_cycles, fill_stages, select_stages, weight_stages
 from ..hw.eltwise import ADD_LATENCY, GAP_TILE_EXTRA
 from ..hw.isa import CMD_LATENCY, Op
 from ..hw.pool import pool_stages
@@ -106,7 +107,7 @@ def _engine_cycles(cfg, fields):
         pixel_tiles = -(-fields.get("batch", 1) * fields["out_h"] * fields["out_w"] // R)
         feed = pixel_tiles * fields["kh"] * fields["kw"] * fields["cin_words"] * C
         ends = (R + R * G + C + Requantizer.LATENCY + CONV_LAYER + weight_stages(cfg)
-                + select_stages(cfg) + POOL_EXTRA * fields.get("pool", 0))
+                + select_stages(cfg) + fill_stages(cfg) + POOL_EXTRA * fields.get("pool", 0))
         prep = dense_prep_cycles(cfg) if fields.get("dense") else 0
         return fields["cout_tiles"] * feed + ends + prep
     if fields["op"] == Op.ADD:

@@ -152,6 +152,9 @@ BATCH_CASES = [
     (3, 4, 0, 4, 5, 4, 6, 5, 3, 2, 0),        # stride 2, no padding, 3 rows
     (2, 4, 2, 2, 2, 3, 3, 4, 2, 1, 1),        # requantization in two groups
     (4, 4, 0, 5, 6, 1, 1, 7, 1, 1, 0),        # one pixel an image: a row an image
+    # 8 columns: the fill's addresses are registered (`fill_stages`); the shortest reduction
+    # (one block a pixel tile), three channel tiles back to back, tiles straddling images
+    (8, 8, 0, 2, 5, 5, 5, 20, 1, 1, 0),
 ]
 
 
