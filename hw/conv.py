@@ -219,15 +219,17 @@ class ConvEngine(wiring.Component):
 
         # ---- Sequencer state ---------------------------------------------------------------
         # Channel tiles follow one another without a pause: the fill walks the map again for
-        # the next tile as it would a next pixel tile (`ft_left`: tiles after the fill's), the
-        # feed moves on to the tile's weights as it loads its first block (`w_tile_base`), and
-        # the drain to its parameters and output words once the tile's last pixel tile is out
-        # (`td`, `p_tile`, `out_addr`).
+        # the next tile as it would a next pixel tile (`rewind`; `ft_left`: tiles from the
+        # fill's on), the feed moves on to the tile's weights as it loads its first block
+        # (`w_tile_base`), and the drain to its parameters and output words once the tile's
+        # last pixel tile is out (`drain_rewind`). START is the first such rewind of each:
+        # the registers it reads are set up for it when the command is taken.
         ft_left, ft_last = Signal(8), Signal()
-        td = Signal(8)                                  # the drain's output channel tile
-        # The drain's next channel tile's first output word (with ``halves`` two tiles share
-        # a word).
+        rewind, drain_rewind = Signal(), Signal()
+        # The drain's next channel tile: its first output word (with ``halves`` two tiles
+        # share a word), the parity of the drain's tile, their first parameter words.
         td_base = Signal(cfg.act_addr_bits)
+        td_odd = Signal()
         w_tile_base = Signal(cfg.weight_addr_bits)
         p_tile = Signal(cfg.param_addr_bits)            # the drain's tile's first parameter word
         p_next = Signal(cfg.param_addr_bits)            # ... and the next tile's
@@ -625,7 +627,7 @@ class ConvEngine(wiring.Component):
             if fused:
                 m.d.sync += [sel_tag.px.eq(right), sel_tag.py.eq(dy[0]),
                              sel_tag.col.eq(Mux(desc.pairs, dx, dx[1:])),
-                             sel_tag.half.eq(td[0])]
+                             sel_tag.half.eq(td_odd)]
                 with m.If(desc.pool):
                     m.d.sync += [sel_tag.valid.eq((dimg < desc.batch) & keep),
                                  sel_tag.addr.eq(paddr)]
@@ -655,8 +657,12 @@ class ConvEngine(wiring.Component):
                         m.d.sync += right.eq(~dx[0] | desc.pairs)
         # The channel tile's last sums: the drain goes on with the next tile's first pixel.
         with m.If(switch):
-            m.d.sync += [td.eq(td + 1), p_tile.eq(p_next), p_next.eq(p_next + G),
-                         td_base.eq(td_base + (Mux(desc.halves, ~td[0], 1) if fused else 1)),
+            m.d.comb += drain_rewind.eq(1)
+        with m.If(drain_rewind):
+            # (Entering tile ``t``, the next one's words are ``t % 2`` further on with
+            # ``halves``: tiles 0 and 1 share words.)
+            m.d.sync += [p_tile.eq(p_next), p_next.eq(p_next + G), td_odd.eq(~td_odd),
+                         td_base.eq(td_base + (Mux(desc.halves, ~td_odd, 1) if fused else 1)),
                          *rewind_drain(td_base)]
         m.d.comb += [
             rq.i_valid.eq(rq_valid),
@@ -781,14 +787,10 @@ class ConvEngine(wiring.Component):
         def reset_walker():
             lanes = ([kyl[k].eq(d_dy[k]) for k in range(C)] + [kxl[k].eq(d_kx[k]) for k in range(C)]
                      + [tapl[k].eq(d_off[k]) for k in range(C)]) if dense else []
-            return lanes + rewind_walker() + [
+            return lanes + [
                 *to_zero("cw", "kx", "ky"),
                 r.eq(0), r_last.eq(R == 1), tap_off.eq(0),
-                block0.eq(1), tile0.eq(0), have_prev.eq(0),
-                ft_left.eq(desc.cout_tiles - 1), ft_last.eq(desc.cout_tiles == 1),
-                td.eq(0), p_next.eq(p_tile + G), tile_end.eq(0),
-                td_base.eq(desc.out_base + (Mux(desc.halves, 0, 1) if fused else 1)),
-                *rewind_drain(desc.out_base),
+                block0.eq(1), tile0.eq(0), have_prev.eq(0), tile_end.eq(0),
             ]
 
         # FILL: the walker's work, gated by `go` (FILL's `filling` is set and cleared with the
@@ -833,8 +835,8 @@ class ConvEngine(wiring.Component):
                         with m.If(ft_last):
                             m.d.comb += filling_done.eq(1)
                         with m.Else():
-                            m.d.sync += [*rewind_walker(), tile0.eq(1),
-                                         ft_left.eq(ft_left - 1), ft_last.eq(ft_left == 1)]
+                            m.d.comb += rewind.eq(1)
+                            m.d.sync += tile0.eq(1)
                 with m.Else():
                     m.d.sync += tap_off.eq(tap_off + 1)
                     with m.If(ends["cw"]):
@@ -861,6 +863,11 @@ class ConvEngine(wiring.Component):
             with m.Else():
                 m.d.sync += [r.eq(r + 1), r_last.eq(r == R - 2)]
 
+        # The walker back to the map's first pixel, for the next channel tile or, from START,
+        # the first (after the walker's steps above, which it overrides).
+        with m.If(rewind):
+            m.d.sync += [*rewind_walker(), ft_left.eq(ft_left - 1), ft_last.eq(ft_left == 1)]
+
         # SETTLE counts down once the feed is empty (no bank claimed, nothing left to step):
         # a register, from the cycle before (the feed sits at the array's edge, far from the
         # sequencer; the comparison was on the ULX3S's worst path at 90 MHz, sr_left -> t).
@@ -878,7 +885,9 @@ class ConvEngine(wiring.Component):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     m.d.sync += [busy.eq(1), w_tile_base.eq(self.cmd.payload.w_base),
-                                 p_tile.eq(self.cmd.payload.p_base)]
+                                 p_next.eq(self.cmd.payload.p_base),
+                                 td_base.eq(self.cmd.payload.out_base), td_odd.eq(1),
+                                 ft_left.eq(self.cmd.payload.cout_tiles)]
                     if dense:
                         m.d.sync += [dmode.eq(self.cmd.payload.dense),
                                      prep.eq(dense_prep_cycles(cfg) - 1)]
@@ -896,6 +905,7 @@ class ConvEngine(wiring.Component):
                         m.next = "START"
             with m.State("START"):
                 m.d.sync += reset_walker()
+                m.d.comb += [rewind.eq(1), drain_rewind.eq(1)]
                 m.d.comb += start_fill.eq(1)
                 m.next = "FILL"
             with m.State("FILL"):
