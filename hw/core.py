@@ -54,7 +54,8 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
     so Yosys finds no collision to emulate (see the module's notes). ``attrs`` go to each
     slice's `memory.Memory` (``no_rw_check``).
 
-    ``read_addr`` and ``write_en`` may be lists: each slice's own.
+    ``read_addr``, ``write_addr``, ``write_en`` and ``write_data`` may be lists: each slice's
+    own (of ``write_data``'s, each slice takes its own part).
 
     Returns
     -------
@@ -63,7 +64,9 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
     """
     part = width // slices
     data = Signal(width)
-    wdata = Value.cast(write_data)
+
+    def own(value, i):
+        return value[i] if isinstance(value, list | tuple) else value
     for i in range(slices):
         def copy(value, what, i=i, reset_less=False):
             return hard_register(m, value, name=f"s{i}_{what}", target=target,
@@ -71,14 +74,15 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
         m.submodules[f"mem{i}"] = mem = memory.Memory(shape=part, depth=depth, init=[],
                                                       attrs=attrs or {})
         w, r = mem.write_port(), mem.read_port()
-        we = copy(write_en[i] if isinstance(write_en, list | tuple) else write_en, "we")
+        we = copy(own(write_en, i), "we")
         re = copy(read_en, "re")
-        addr = read_addr[i] if isinstance(read_addr, list | tuple) else read_addr
         wd = Signal(part, name=f"s{i}_wdata", reset_less=True)
-        m.d.sync += wd.eq(wdata.word_select(i, part))
+        m.d.sync += wd.eq(Value.cast(own(write_data, i)).word_select(i, part))
         m.d.comb += [
-            w.addr.eq(copy(write_addr, "waddr", reset_less=True)), w.data.eq(wd), w.en.eq(we),
-            r.addr.eq(copy(addr, "raddr", reset_less=True)), r.en.eq(re & ~we if exclusive else re),
+            w.addr.eq(copy(own(write_addr, i), "waddr", reset_less=True)), w.data.eq(wd),
+            w.en.eq(we),
+            r.addr.eq(copy(own(read_addr, i), "raddr", reset_less=True)),
+            r.en.eq(re & ~we if exclusive else re),
             data.word_select(i, part).eq(r.data),
         ]
     return data
@@ -259,7 +263,11 @@ class Core(wiring.Component):
                                                       depth=cfg.param_words)
         # What the engines, the loads and the read-back ask of it, registered below.
         rd_sel = Signal(data.StructLayout({"en": 1, "addr": cfg.act_addr_bits}))
-        wr_sel = Signal(data.StructLayout({"en": 1, "addr": cfg.act_addr_bits, "data": word}))
+        # (``halves``: which halves of the word a write writes, bit 1 the upper ``cols / 2``
+        # lanes: both but for a convolution's channel tile with ``halves``,
+        # `systolic.hw.isa.pair_pixels`.)
+        wr_layout = data.StructLayout({"en": 1, "addr": cfg.act_addr_bits, "data": word,
+                                       "halves": 2})
         w_r, w_w = wmem.read, wmem.write
         p_r, p_w = pmem.read, pmem.write
 
@@ -348,32 +356,29 @@ class Core(wiring.Component):
                          reset_less=True)
             m.d.sync += [p_w.en.eq(p_sel.en), p_q.addr.eq(p_sel.addr), p_q.data.eq(p_sel.data)]
             m.d.comb += [p_w.addr.eq(p_q.addr), p_w.data.eq(p_q.data)]
-        for port, kind in ((wr_sel, Mem.ACT), (w_w, Mem.WEIGHT), (p_sel, Mem.PARAM)):
+        for port, kind in ((w_w, Mem.WEIGHT), (p_sel, Mem.PARAM)):
             m.d.comb += [
                 port.addr.eq(addr),
                 port.data.eq(payload),
                 port.en.eq(loading & (self.load.payload.mem == kind)),
             ]
-        # Which halves of the word a write writes: both but for a convolution's channel tile
-        # with ``halves`` (`systolic.hw.isa.pair_pixels`).
-        wr_halves = Signal(2, init=0b11)
-        with m.If(conv.busy):
-            m.d.comb += [
-                wr_sel.en.eq(conv.act_write.en),
-                wr_sel.addr.eq(conv.act_write.addr),
-                wr_sel.data.eq(conv.act_write.data),
-            ]
-            if cfg.fused_pool:
-                m.d.comb += wr_halves.eq(conv.act_halves)
+        # The activation memory's writers: the engine that is busy, else the loads.
+        writers = [(conv.busy, conv.act_write, conv.act_halves if cfg.fused_pool else 0b11)]
         if cfg.pool:
-            with m.Elif(pooling):
-                m.d.comb += [wr_sel.en.eq(pool_wr.en), wr_sel.addr.eq(pool_wr.addr),
-                             wr_sel.data.eq(pool_wr.data)]
-        for engine, _ in elt:
-            with m.Elif(engine.busy):
-                m.d.comb += [wr_sel.en.eq(engine.act_write.en),
-                             wr_sel.addr.eq(engine.act_write.addr),
-                             wr_sel.data.eq(engine.act_write.data)]
+            writers.append((pooling, pool_wr, 0b11))
+        writers += [(engine.busy, engine.act_write, 0b11) for engine, _ in elt]
+        writing = Cat(flag for flag, _, _ in writers)
+
+        def write_select(flags, name):
+            """The write of the writer ``flags`` names (the first set), else the load's."""
+            sel = Signal(wr_layout, name=name)
+            m.d.comb += [sel.en.eq(loading & (self.load.payload.mem == Mem.ACT)),
+                         sel.addr.eq(addr), sel.data.eq(payload), sel.halves.eq(0b11)]
+            for i, (_, port, halves) in enumerate(writers):
+                with (m.If if i == 0 else m.Elif)(flags[i]):
+                    m.d.comb += [sel.en.eq(port.en), sel.addr.eq(port.addr),
+                                 sel.data.eq(port.data), sel.halves.eq(halves)]
+            return sel
 
         # The activation memory is registered on every side: the address, enable and write
         # data go into registers before the block RAM, and its read data into a register
@@ -389,7 +394,20 @@ class Core(wiring.Component):
         if cfg.dense_conv:
             lane_addr = [Mux(conv.busy & conv.dense, conv.act_lanes[i], rd_sel.addr)
                          for i in range(cfg.cols)]
-        act_data = self._act_memory(m, rd_sel, wr_sel, lane_addr, wr_halves)
+        # Each column slice picks its write itself, from its own copy of the engines' busy
+        # flags (`hard_register`), near its block RAMs: the flags changed every bit of every
+        # slice's write port, and that choice was the ULX3S's worst path at 90 MHz
+        # (controller.core.pooling to a slice's write data register, 9.7 of 11.2 ns routing).
+        # The copies are a cycle late, which no engine notices: none writes in its first busy
+        # cycle, and none after it falls idle, when the loads, which need a cycle of idle
+        # first, may write.
+        if self._slices() > 1:
+            wr_sel = [write_select(hard_register(m, writing, name=f"s{i}_writer",
+                                                 target=cfg.target), f"s{i}_write")
+                      for i in range(self._slices())]
+        else:
+            wr_sel = write_select(writing, "wr_sel")
+        act_data = self._act_memory(m, rd_sel, wr_sel, lane_addr)
         act_q = Signal(word)
         read_d, read_dd = Signal(), Signal()
         m.d.sync += [read_d.eq(rd_sel.en), read_dd.eq(read_d)]
@@ -435,24 +453,22 @@ class Core(wiring.Component):
         convolutions need one per column (`AcceleratorConfig.dense_conv`)."""
         return 1 if self._cfg.target == "ice40" else self._cfg.cols
 
-    def _act_memory(self, m, rd_sel, wr_sel, lane_addr, wr_halves):
+    def _act_memory(self, m, rd_sel, wr_sel, lane_addr):
         """The activation memory, its ports registered; returns its read data (a read's word
-        two cycles after ``rd_sel``). ``wr_halves``: which halves of the word a write writes
-        (bit 1: the upper ``cols / 2`` lanes), where the memory is in column slices."""
+        two cycles after ``rd_sel``). ``wr_sel``: the write (``wr_layout``), or each column
+        slice's where the memory is in slices."""
         cfg = self._cfg
         # A layer never reads a word in the cycle it writes it (its output does not overlap
         # its input): no_rw_check spares the fabric logic for that case (see above).
         attrs = {"no_rw_check": 1}
         if self._slices() > 1:
             m.submodules.act = sub = Module()
-            write_en = wr_sel.en
-            if cfg.fused_pool:
-                write_en = [wr_sel.en & wr_halves[2 * i // cfg.cols] for i in range(cfg.cols)]
             return registered_slices(
                 sub, width=cfg.word_bits, depth=cfg.act_depth, slices=self._slices(),
                 target=cfg.target, read_addr=lane_addr or rd_sel.addr, read_en=rd_sel.en,
-                write_addr=wr_sel.addr, write_en=write_en, write_data=wr_sel.data,
-                exclusive=False, attrs=attrs)
+                write_addr=[w.addr for w in wr_sel],
+                write_en=[w.en & w.halves[2 * i // cfg.cols] for i, w in enumerate(wr_sel)],
+                write_data=[w.data for w in wr_sel], exclusive=False, attrs=attrs)
         m.submodules.act = act = memory.Memory(shape=word_layout(cfg), depth=cfg.act_depth,
                                                init=[], attrs=attrs)
         act_r, act_w = act.read_port(), act.write_port()
