@@ -54,8 +54,8 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
     so Yosys finds no collision to emulate (see the module's notes). ``attrs`` go to each
     slice's `memory.Memory` (``no_rw_check``).
 
-    ``read_addr``, ``write_addr``, ``write_en`` and ``write_data`` may be lists: each slice's
-    own (of ``write_data``'s, each slice takes its own part).
+    ``read_addr``, ``read_en``, ``write_addr``, ``write_en`` and ``write_data`` may be lists:
+    each slice's own (of ``write_data``'s, each slice takes its own part).
 
     Returns
     -------
@@ -75,7 +75,7 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
                                                       attrs=attrs or {})
         w, r = mem.write_port(), mem.read_port()
         we = copy(own(write_en, i), "we")
-        re = copy(read_en, "re")
+        re = copy(own(read_en, i), "re")
         wd = Signal(part, name=f"s{i}_wdata", reset_less=True)
         m.d.sync += wd.eq(Value.cast(own(write_data, i)).word_select(i, part))
         m.d.comb += [
@@ -329,6 +329,7 @@ class Core(wiring.Component):
                 m.d.sync += pending[i].eq(Cat(self.cmd.payload.op == op for op in ops).any())
             with m.Elif(engine.cmd.ready):
                 m.d.sync += pending[i].eq(0)
+        cmd_pending = pending
 
         # One counter for every engine: the cycles `busy` was high in the last layer (what
         # the convolution engine's own `cycles` reports for a convolution).
@@ -367,7 +368,10 @@ class Core(wiring.Component):
         if cfg.pool:
             writers.append((pooling, pool_wr, 0b11))
         writers += [(engine.busy, engine.act_write, 0b11) for engine, _ in elt]
+        # (Engines in the order of `engines`, whose commands' `pending` bits are set a cycle
+        # before the engines' own busy flags.)
         writing = Cat(flag for flag, _, _ in writers)
+        starting = cmd_pending
 
         def write_select(flags, name):
             """The write of the writer ``flags`` names (the first set), else the load's."""
@@ -390,24 +394,42 @@ class Core(wiring.Component):
         # On the ECP5 the registers are copied, one per column's slice of the block RAMs
         # (`registered_slices`), as the weight memory's are.
         # A dense convolution gives each column slice its own read address.
-        lane_addr = None
-        if cfg.dense_conv:
-            lane_addr = [Mux(conv.busy & conv.dense, conv.act_lanes[i], rd_sel.addr)
-                         for i in range(cfg.cols)]
-        # Each column slice picks its write itself, from its own copy of the engines' busy
-        # flags (`hard_register`), near its block RAMs: the flags changed every bit of every
-        # slice's write port, and that choice was the ULX3S's worst path at 90 MHz
-        # (controller.core.pooling to a slice's write data register, 9.7 of 11.2 ns routing).
-        # The copies are a cycle late, which no engine notices: none writes in its first busy
-        # cycle, and none after it falls idle, when the loads, which need a cycle of idle
-        # first, may write.
+        take = Signal()                                 # a read-back request taken
+        readers = [conv.act_read] + ([pool_rd] if cfg.pool else []) + [
+            engine.act_read for engine, _ in elt]
+
+        def read_select(flags, i):
+            """Column slice ``i``'s read: that of the engine ``flags`` names, else the
+            read-back's (with ``flags``' last bit, a dense convolution's lane ``i``)."""
+            sel = Signal(data.StructLayout({"en": 1, "addr": cfg.act_addr_bits}),
+                         name=f"s{i}_read")
+            m.d.comb += [sel.addr.eq(self.rd_addr.payload), sel.en.eq(take)]
+            for k, port in enumerate(readers):
+                with (m.If if k == 0 else m.Elif)(flags[k]):
+                    m.d.comb += [sel.addr.eq(port.addr), sel.en.eq(port.en)]
+                    if k == 0 and cfg.dense_conv:
+                        with m.If(flags[-1]):
+                            m.d.comb += sel.addr.eq(conv.act_lanes[i])
+            return sel
+
+        # Each column slice picks its write and its read itself, from its own copy of the
+        # engines' flags (`hard_register`), near its block RAMs: the engines' busy flags
+        # changed every bit of every slice's ports, and that choice was the ULX3S's worst
+        # path at 90 MHz (controller.core.pooling to a slice's write data register, 9.7 of
+        # 11.2 ns routing). The copies are a cycle late, of flags that rise a cycle early (an
+        # engine's command pending, or the engine busy), which no engine notices: none writes
+        # in its first busy cycle or reads before it, none reads or writes after it falls idle,
+        # when the loads and the read-back, which need a cycle of idle first, may.
         if self._slices() > 1:
-            wr_sel = [write_select(hard_register(m, writing, name=f"s{i}_writer",
-                                                 target=cfg.target), f"s{i}_write")
-                      for i in range(self._slices())]
+            flags = [hard_register(m, Cat(starting | writing, *([conv.dense] if cfg.dense_conv
+                                                                 else [])),
+                                   name=f"s{i}_engine", target=cfg.target)
+                     for i in range(self._slices())]
+            wr_sel = [write_select(f, f"s{i}_write") for i, f in enumerate(flags)]
+            rd_slices = [read_select(f, i) for i, f in enumerate(flags)]
         else:
-            wr_sel = write_select(writing, "wr_sel")
-        act_data = self._act_memory(m, rd_sel, wr_sel, lane_addr)
+            wr_sel, rd_slices = write_select(writing, "wr_sel"), rd_sel
+        act_data = self._act_memory(m, rd_slices, wr_sel)
         act_q = Signal(word)
         read_d, read_dd = Signal(), Signal()
         m.d.sync += [read_d.eq(rd_sel.en), read_dd.eq(read_d)]
@@ -417,7 +439,6 @@ class Core(wiring.Component):
         # Read-back: one word in flight (requested, then in `act_q` until taken; the next
         # request is taken the cycle after, so that no logic runs from the reader's ready to
         # the memory's read enable).
-        take = Signal()
         pending = Signal(ACT_READ_LATENCY - 1)
         m.d.comb += [
             take.eq(self.rd_addr.valid & self.rd_addr.ready),
@@ -453,10 +474,10 @@ class Core(wiring.Component):
         convolutions need one per column (`AcceleratorConfig.dense_conv`)."""
         return 1 if self._cfg.target == "ice40" else self._cfg.cols
 
-    def _act_memory(self, m, rd_sel, wr_sel, lane_addr):
+    def _act_memory(self, m, rd_sel, wr_sel):
         """The activation memory, its ports registered; returns its read data (a read's word
-        two cycles after ``rd_sel``). ``wr_sel``: the write (``wr_layout``), or each column
-        slice's where the memory is in slices."""
+        two cycles after ``rd_sel``). ``rd_sel``, ``wr_sel``: the read and the write
+        (``wr_layout``), or each column slice's where the memory is in slices."""
         cfg = self._cfg
         # A layer never reads a word in the cycle it writes it (its output does not overlap
         # its input): no_rw_check spares the fabric logic for that case (see above).
@@ -465,7 +486,8 @@ class Core(wiring.Component):
             m.submodules.act = sub = Module()
             return registered_slices(
                 sub, width=cfg.word_bits, depth=cfg.act_depth, slices=self._slices(),
-                target=cfg.target, read_addr=lane_addr or rd_sel.addr, read_en=rd_sel.en,
+                target=cfg.target, read_addr=[r.addr for r in rd_sel],
+                read_en=[r.en for r in rd_sel],
                 write_addr=[w.addr for w in wr_sel],
                 write_en=[w.en & w.halves[2 * i // cfg.cols] for i, w in enumerate(wr_sel)],
                 write_data=[w.data for w in wr_sel], exclusive=False, attrs=attrs)
