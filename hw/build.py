@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -37,8 +38,8 @@ from .generate import add_config_arguments, config_from_args
 # synth.py owns tool discovery and the parsing of nextpnr's report; the board build shares them.
 from .synth import FSM_ONE_HOT, SynthError, find_tool, log_tail, parse_report
 
-__all__ = ["BuildError", "BuildReport", "TimingError", "add_parser", "build", "check_timing",
-           "critical_path_summary", "format_critical_path"]
+__all__ = ["RIPUP_PATIENCE", "BuildError", "BuildReport", "TimingError", "add_parser", "build",
+           "check_timing", "critical_path_summary", "format_critical_path", "ripup_stalled"]
 
 NAME = "systolic"
 
@@ -66,7 +67,8 @@ class BuildError(SynthError):
 
 
 class TimingError(BuildError):
-    """A build that finished but missed its clock; the message has the fmax and critical path."""
+    """A build that missed its clock: finished (the message has the fmax and critical path), or
+    stopped because nextpnr's router could not get closer to it (`ripup_stalled`)."""
 
 
 # Yosys and nextpnr name a mapped cell after the signal it drives, then append the primitive and
@@ -347,15 +349,69 @@ def _shrink_hint(cfg, over):
     return " or ".join(hints) or "a bigger device"
 
 
-def _run_plan(build_dir, cfg):
-    """Run the extracted build script, its output into ``build.log``; map failures to errors."""
+#: Routing iterations without an over-used wire in which nextpnr's timing-driven rip-up may
+#: go on without reducing its count of arcs that fail timing. This version of router2 has no
+#: such limit of its own: on a design that misses its clock by little it can reroute the same
+#: dozen arcs for hours (one default design at 90 MHz: 750 iterations, 15 minutes, no end).
+#: A build that closes settles in tens of iterations.
+RIPUP_PATIENCE = 150
+
+_ITER = re.compile(r"iter=(\d+) .*?overused=(\d+) .*?tmgfail=(\d+)")
+
+
+def ripup_stalled(log_text, patience=RIPUP_PATIENCE):
+    """The count of arcs still failing timing if nextpnr's log ``log_text`` shows the router's
+    timing-driven rip-up going ``patience`` iterations without an over-used wire and without
+    fewer failing arcs than before them; else ``None``."""
+    best, since = None, 0
+    for used, fails in ((int(u), int(t)) for _, u, t in _ITER.findall(log_text)):
+        if used or not fails:
+            best, since = None, 0
+            continue
+        if best is None or fails < best:
+            best, since = fails, 0
+        else:
+            since += 1
+            if since >= patience:
+                return fails
+    return None
+
+
+def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0):
+    """Run the extracted build script, its output into ``build.log``; map failures to errors.
+
+    nextpnr's log is watched: a timing-driven rip-up that makes no progress (`ripup_stalled`)
+    is stopped, and the build fails with what is known of its timing."""
     log = build_dir / "build.log"
+    pnr_log = build_dir / f"{NAME}.tim"
     with open(log, "w") as out:
-        rc = subprocess.call(["sh", f"build_{NAME}.sh"], cwd=build_dir, stdout=out,
-                             stderr=subprocess.STDOUT, env={**os.environ, "YOWASP_MTIME": "0"})
+        proc = subprocess.Popen(["sh", f"build_{NAME}.sh"], cwd=build_dir, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "YOWASP_MTIME": "0"})
+        try:
+            while True:
+                try:
+                    rc = proc.wait(timeout=poll_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                try:
+                    fails = ripup_stalled(pnr_log.read_text(errors="replace"))
+                except OSError:
+                    fails = None
+                if fails is not None:
+                    _stop(proc)
+                    at = f" at {clock_mhz:g} MHz" if clock_mhz else ""
+                    raise TimingError(
+                        f"Timing not met{at}: nextpnr routed the design, but its timing-driven "
+                        f"rip-up made no progress in {RIPUP_PATIENCE} iterations, {fails} "
+                        f"connections still too slow, and was stopped (log: {pnr_log}). Try "
+                        f"a lower --clock or another --seed")
+        except BaseException:
+            _stop(proc)
+            raise
     if rc == 0:
         return
-    pnr_log = build_dir / f"{NAME}.tim"
     over = _overfull(pnr_log) if pnr_log.exists() else []
     if over:
         what = "; ".join(f"{_NAMES.get(c, c)} ({c}) {u} of {a}" for c, u, a in over)
@@ -366,6 +422,20 @@ def _run_plan(build_dir, cfg):
         tail = log_tail(log)
     raise BuildError(f"The toolchain failed (exit code {rc}) in {build_dir}; end of its log:\n"
                      f"{tail}")
+
+
+def _stop(proc):
+    """End the build script ``proc`` and the tools it started (its own session)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _design_hash(plan, family, seed):
@@ -506,7 +576,8 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
         plan.extract(build_dir)
         watch = _ToolWatch(build_dir, spec.family)
         _, stages["toolchain"] = _stage(
-            "toolchain", lambda: _run_plan(build_dir, top.cfg), progress=progress, watch=watch)
+            "toolchain", lambda: _run_plan(build_dir, top.cfg, target_mhz), progress=progress,
+            watch=watch)
         watch.switch(None)
         stages.update(watch.times)
     bitstream = build_dir / (f"{NAME}.bit" if spec.family == "ecp5" else f"{NAME}.bin")

@@ -7,16 +7,20 @@ minutes, and then no time at all for the same design again (the bitstream is reu
 """
 
 import json
+import os
 
 import pytest
 from systolic.hw import build as build_module
 from systolic.hw.build import (
+    RIPUP_PATIENCE,
     BuildError,
     BuildReport,
+    TimingError,
     _reusable,
     _run_plan,
     build,
     critical_path_summary,
+    ripup_stalled,
 )
 from systolic.hw.config import preset
 from systolic.sw.cli import main
@@ -134,6 +138,37 @@ def test_tool_failure_shows_the_log(tmp_path):
     with pytest.raises(BuildError, match=r"^The toolchain failed \(exit code 3\) in .*; end of "
                                          r"its log:\nERROR: something broke in yosys$"):
         _run_plan(tmp_path, preset("small"))
+
+
+def _iterations(*counts):
+    """nextpnr router2 log lines: one an iteration, ``(overused, tmgfail)`` each."""
+    return "".join(f"Info:     iter={i} wires=652181 overused={u} overuse={u} tmgfail={t} "
+                   "archfail=NA\n" for i, (u, t) in enumerate(counts))
+
+
+def test_ripup_stall_detection():
+    p = RIPUP_PATIENCE
+    assert ripup_stalled(_iterations(*[(30, 0)] * 5, *[(0, 12)] * p)) is None
+    assert ripup_stalled(_iterations(*[(30, 0)] * 5, *[(0, 12)] * (p + 1))) == 12
+    # Progress (fewer failing arcs) starts the count again; so does an over-used wire.
+    assert ripup_stalled(_iterations(*[(0, 12)] * p, (0, 11), *[(0, 11)] * (p - 1))) is None
+    assert ripup_stalled(_iterations(*[(0, 12)] * p, (2, 12), *[(0, 12)] * p)) is None
+    # A design that routes and closes, as the ULX3S's default did at 84 MHz.
+    assert ripup_stalled(_iterations(*[(1000 - 10 * i, 0) for i in range(60)], (0, 0))) is None
+
+
+def test_stalled_router_is_stopped(tmp_path):
+    """nextpnr's rip-up going round in circles: the build stops it and fails, naming the
+    clock and what to try, and leaves no tool running."""
+    lines = _iterations(*[(0, 12)] * (RIPUP_PATIENCE + 1)).replace("\n", "\\n")
+    fake_plan(tmp_path, f"echo $$ > pid\nprintf '{lines}' > systolic.tim\nsleep 600\n")
+    with pytest.raises(TimingError, match=(
+            r"^Timing not met at 90 MHz: nextpnr routed the design, but its timing-driven "
+            r"rip-up made no progress in 150 iterations, 12 connections still too slow, and was "
+            r"stopped \(log: .*systolic.tim\)\. Try a lower --clock or another --seed$")):
+        _run_plan(tmp_path, preset("default"), 90, poll_s=0.05)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((tmp_path / "pid").read_text()), 0)
 
 
 def test_reuse_needs_the_same_design_and_its_bitstream(tmp_path):
