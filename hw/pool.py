@@ -76,15 +76,20 @@ def times_const(value, const):
     return total
 
 
-def _mean(total, k3):
-    """``floor((2*S + N) / (2*N))`` of a window sum ``S``, ``N`` = 9 if ``k3`` else 4.
+def _seven(total):
+    """``7 * S``: the first of `_mean`'s two adders, a pipeline stage before the second."""
+    return (total << 3) - total
+
+
+def _mean(total, seven, k3):
+    """``floor((2*S + N) / (2*N))`` of a window sum ``S`` (and ``seven``, `_seven` of it),
+    ``N`` = 9 if ``k3`` else 4.
 
     The contract's hardware form (``arith.AVG_DIV``, ``docs/arithmetic.md``): ``(S + 2) >> 2``
     (``N`` = 4) and ``(455 * S + 2^11) >> 12`` (``N`` = 9), and ``455 * S`` is ``7 * S * 65``:
-    two adders instead of six (a unit test checks every sum).
+    two adders instead of six (``tests/test_pool_unit.py`` checks every sum).
     """
-    assert arith.AVG_DIV == {4: (1, 2), 9: (455, 12)}, "update the adders below"
-    seven = (total << 3) - total
+    assert arith.AVG_DIV == {4: (1, 2), 9: (455, 12)}, "update the adders"
     ninth = ((seven << 6) + seven + (1 << 11)) >> 12
     quarter = (total + 2) >> 2
     return Mux(k3, ninth, quarter)
@@ -275,8 +280,9 @@ class _Window(wiring.Component):
 class _Finish(wiring.Component):
     """Window results to int8 words: the maximum as is, a sum ``S`` as its mean.
 
-    With ``sums`` two stages: the first registers the window results and the second divides;
-    without, one, the output register.
+    With ``sums`` two stages: the first registers the window results and seven times each
+    (`_seven`), the second divides (in one stage, the two adders and their route were the
+    12x12 ULX3S design's worst path at 84 MHz); without, one, the output register.
 
     Members
     -------
@@ -312,11 +318,15 @@ class _Finish(wiring.Component):
                 m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.value)]
             return m
         valid, held = Signal(), Signal.like(self.i.value, reset_less=True)
+        lanes = len(self.i.value)
+        width = self.i.value.shape().elem_shape.width + 3
+        held7 = Signal(data.ArrayLayout(signed(width), lanes), reset_less=True)
         m.d.comb += self.busy.eq(valid | self.o.valid)
         with m.If(self.en):
             m.d.sync += [valid.eq(self.i.valid), held.eq(self.i.value), self.o.valid.eq(valid)]
-            for s, out in zip(held, self.o.payload, strict=True):
-                m.d.sync += out.eq(Mux(self.avg, _mean(s, self.k3), s))
+            m.d.sync += [h7.eq(_seven(v)) for h7, v in zip(held7, self.i.value, strict=True)]
+            for s, s7, out in zip(held, held7, self.o.payload, strict=True):
+                m.d.sync += out.eq(Mux(self.avg, _mean(s, s7, self.k3), s))
         return m
 
 
