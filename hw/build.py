@@ -405,7 +405,8 @@ def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0):
                     raise TimingError(
                         f"Timing not met{at}: nextpnr routed the design, but its timing-driven "
                         f"rip-up made no progress in {RIPUP_PATIENCE} iterations, {fails} "
-                        f"connections still too slow, and was stopped (log: {pnr_log}). Try "
+                        f"connection{'s' if fails != 1 else ''} still too slow, and was "
+                        f"stopped (log: {pnr_log}). Try "
                         f"a lower --clock or another --seed")
         except BaseException:
             _stop(proc)
