@@ -271,15 +271,22 @@ def _stage(name, work, *, progress, watch=None):
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    with tqdm(total=None, desc=name, bar_format="{desc}: {elapsed} {postfix}",
-              disable=None if progress else True, leave=True) as bar:
-        while thread.is_alive():
-            thread.join(0.5)
-            if watch is not None:
-                bar.set_postfix_str(watch(), refresh=False)
-            bar.update(0)
-            bar.refresh()
-        bar.set_postfix_str("done")
+    try:
+        with tqdm(total=None, desc=name, bar_format="{desc}: {elapsed} {postfix}",
+                  disable=None if progress else True, leave=True) as bar:
+            while thread.is_alive():
+                thread.join(0.5)
+                if watch is not None:
+                    bar.set_postfix_str(watch(), refresh=False)
+                bar.update(0)
+                bar.refresh()
+            bar.set_postfix_str("done")
+    except BaseException:
+        # Ctrl-C arrives here, not in ``work``'s thread; the tools, in a session of their
+        # own (`_run_plan`), do not see it.
+        for proc in list(_TOOLCHAINS):
+            _stop(proc)
+        raise
     if error:
         raise error[0]
     return result[0], time.monotonic() - start
@@ -356,6 +363,9 @@ def _shrink_hint(cfg, over):
 #: A build that closes settles in tens of iterations.
 RIPUP_PATIENCE = 150
 
+#: The build scripts running (`_run_plan`), for `_stage` to stop on an interrupt.
+_TOOLCHAINS = set()
+
 _ITER = re.compile(r"iter=(\d+) .*?overused=(\d+) .*?tmgfail=(\d+)")
 
 
@@ -388,6 +398,7 @@ def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0):
         proc = subprocess.Popen(["sh", f"build_{NAME}.sh"], cwd=build_dir, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "YOWASP_MTIME": "0"})
+        _TOOLCHAINS.add(proc)
         try:
             while True:
                 try:
@@ -411,6 +422,8 @@ def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0):
         except BaseException:
             _stop(proc)
             raise
+        finally:
+            _TOOLCHAINS.discard(proc)
     if rc == 0:
         return
     over = _overfull(pnr_log) if pnr_log.exists() else []

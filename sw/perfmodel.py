@@ -22,7 +22,10 @@ the weight memory's block RAMs, plus `systolic.hw.conv.select_stages`, those of 
 selection of the sums) and a few cycles of hand-over between the states and of the memories'
 pipelines (the activation and weight memories are registered on both sides)::
 
-    conv cycles = cout_tiles * feed + rows + rows * G + cols + LATENCY + S + CONV_LAYER
+    conv cycles = cout_tiles * feed + rows + rows * G + cols + LATENCY + S + F + CONV_LAYER
+                  (+ POOL_EXTRA with fused pooling, + dense_prep_cycles when dense)
+
+(``F``: `systolic.hw.conv.fill_stages`.)
 
 The pooling engine (``hw/pool.py``) streams the input map through at one word a cycle, then
 drains its pipeline: the row window and the column window of three stages each and the

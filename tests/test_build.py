@@ -6,8 +6,10 @@ the UP5K's 5,280 logic cells, 26 of 30 block RAMs, 2 of 4 SPRAMs, 6 of 8 DSPs; t
 minutes, and then no time at all for the same design again (the bitstream is reused).
 """
 
+import _thread
 import json
 import os
+import threading
 
 import pytest
 from systolic.hw import build as build_module
@@ -18,6 +20,7 @@ from systolic.hw.build import (
     TimingError,
     _reusable,
     _run_plan,
+    _stage,
     build,
     critical_path_summary,
     ripup_stalled,
@@ -167,6 +170,17 @@ def test_stalled_router_is_stopped(tmp_path):
             r"rip-up made no progress in 150 iterations, 12 connections still too slow, and was "
             r"stopped \(log: .*systolic.tim\)\. Try a lower --clock or another --seed$")):
         _run_plan(tmp_path, preset("default"), 90, poll_s=0.05)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((tmp_path / "pid").read_text()), 0)
+
+
+def test_interrupted_build_stops_its_tools(tmp_path):
+    """Ctrl-C during the toolchain stage (the tools run in a session of their own, where the
+    terminal's interrupt does not reach them): they are stopped too."""
+    fake_plan(tmp_path, "echo $$ > pid\nsleep 600\n")
+    threading.Timer(1.0, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        _stage("toolchain", lambda: _run_plan(tmp_path, preset("small")), progress=False)
     with pytest.raises(ProcessLookupError):
         os.kill(int((tmp_path / "pid").read_text()), 0)
 
