@@ -531,7 +531,7 @@ def prepare_plan(family, platform, top, seed=1):
     return platform.prepare(top, name=NAME, **overrides)
 
 
-def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
+def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=None,
           progress=True, force=False):
     """Build the bitstream for ``board`` and report what it used and how fast it runs.
 
@@ -547,8 +547,8 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
         UART baud rate; default the board's.
     build_dir : str or os.PathLike, optional
         Where the plan, logs and bitstream go; default ``build/<board>``.
-    seed : int
-        nextpnr placer seed.
+    seed : int, optional
+        nextpnr placer seed; default the board's (``Board.seed``).
     progress : bool
         Show a status line per stage (on a terminal).
     force : bool
@@ -566,6 +566,7 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=1,
         If a tool is missing or fails, or the design does not fit the device.
     """
     spec = get_board(board)
+    seed = spec.seed if seed is None else seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise BuildError(f"Seed must be a non-negative integer, not {seed!r}")
     top = BoardTop(spec, cfg, clock_mhz=clock_mhz, baud=baud)
@@ -682,7 +683,9 @@ def add_parser(subparsers):
     p.add_argument("--baud", type=int, help="UART baud rate (default: the board's)")
     p.add_argument("-o", "--output", metavar="DIR", help="build directory "
                                                          "(default: build/BOARD)")
-    p.add_argument("--seed", type=int, default=1, help="nextpnr placer seed (default: 1)")
+    p.add_argument("--seed", type=int, help="nextpnr placer seed (default: the board's, one its "
+                   "design closes with: " + ", ".join(f"{b.name} {b.seed}" for b in
+                                                      BOARDS.values()) + ")")
     p.add_argument("--force", action="store_true",
                    help="build even if DIR holds this design's bitstream already (it is "
                         "reused otherwise: the network is loaded over the UART, so one "
