@@ -769,8 +769,7 @@ class ConvEngine(wiring.Component):
                      go.eq(filling_next & ~claimed_next.bit_select(f_next, 1))]
         # The fill's read address, whether it reads or not: what it reads outside FILL is
         # never captured (``cap``), and the address does not wait on FILL's decisions.
-        m.d.comb += [self.act_read.en.eq(1), self.param_read.en.eq(1),
-                     ]
+        m.d.comb += [self.act_read.en.eq(1), self.param_read.en.eq(1)]
         fill_addr(self.act_read.addr, (cur.base + tap_off)[:cfg.act_addr_bits])
         busy = Signal()
         m.d.comb += self.busy.eq(busy)

@@ -371,7 +371,6 @@ class Core(wiring.Component):
         # (Engines in the order of `engines`, whose commands' `pending` bits are set a cycle
         # before the engines' own busy flags.)
         writing = Cat(flag for flag, _, _ in writers)
-        starting = cmd_pending
 
         def write_select(flags, name):
             """The write of the writer ``flags`` names (the first set), else the load's."""
@@ -421,7 +420,7 @@ class Core(wiring.Component):
         # in its first busy cycle or reads before it, none reads or writes after it falls idle,
         # when the loads and the read-back, which need a cycle of idle first, may.
         if self._slices() > 1:
-            flags = [hard_register(m, Cat(starting | writing, *([conv.dense] if cfg.dense_conv
+            flags = [hard_register(m, Cat(cmd_pending | writing, *([conv.dense] if cfg.dense_conv
                                                                  else [])),
                                    name=f"s{i}_engine", target=cfg.target)
                      for i in range(self._slices())]
