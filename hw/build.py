@@ -366,7 +366,7 @@ RIPUP_PATIENCE = 150
 #: The build scripts running (`_run_plan`), for `_stage` to stop on an interrupt.
 _TOOLCHAINS = set()
 
-_ITER = re.compile(r"iter=(\d+) .*?overused=(\d+) .*?tmgfail=(\d+)")
+_ITER = re.compile(r"iter=\d+ .*?overused=(\d+) .*?tmgfail=(\d+)")
 
 
 def ripup_stalled(log_text, patience=RIPUP_PATIENCE):
@@ -374,7 +374,7 @@ def ripup_stalled(log_text, patience=RIPUP_PATIENCE):
     timing-driven rip-up going ``patience`` iterations without an over-used wire and without
     fewer failing arcs than before them; else ``None``."""
     best, since = None, 0
-    for used, fails in ((int(u), int(t)) for _, u, t in _ITER.findall(log_text)):
+    for used, fails in ((int(u), int(t)) for u, t in _ITER.findall(log_text)):
         if used or not fails:
             best, since = None, 0
             continue
