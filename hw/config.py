@@ -228,9 +228,12 @@ PRESETS = {
                                param_depth=64, program_depth=32, max_dim=63, pool_avg=False,
                                requant_lanes=1, requant_dsp=True, dense_conv=False,
                                fused_pool=False),
-    # ECP5-85F, larger: 144 of its 156 multipliers.
+    # ECP5-85F, all of it: 144 of its 156 multipliers in the array, the other 12 in the 6
+    # requantization lanes (a row of sums drains in two cycles, overlapped with the next
+    # tile's reduction; with 12 lanes the requantizer alone took 12,362 LUTs and the design
+    # did not route).
     "big": AcceleratorConfig(rows=12, cols=12, act_depth=8192, weight_depth=16384,
-                             param_depth=128),
+                             param_depth=128, requant_lanes=6),
 }
 
 

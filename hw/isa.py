@@ -39,7 +39,7 @@ __all__ = [
     "SYNC_REPLY", "SYNC_REQUEST", "Error", "IdentifyField", "Mem", "Op", "Reply", "WRITE_TARGET",
     "identify_payload",
     "Request", "dense_cin_bits", "dense_lane_tap", "dense_layout", "dense_supported",
-    "dense_walk",
+    "dense_walk", "drain_steps",
     "describe_add", "describe_conv", "describe_dense_conv", "describe_gap", "describe_linear",
     "describe_pool", "fuse_pool", "pack_add_params", "layer_layout", "pair_pixels",
     "pairs_supported",
@@ -367,10 +367,22 @@ def dense_layout(cfg, kw, cin):
     return 1, cfg.cols // cin
 
 
+def drain_steps(cfg):
+    """The fewest reduction steps (words times ``cols``) a convolution or fully connected
+    layer may take a pixel tile: the requantization lanes take a tile's rows (``rows *
+    rq_groups`` cycles) before the next tile's drain starts, and each row before the next
+    tile's replaces it (``cols + (rows - 1) * (rq_groups - 1)``)."""
+    return max(cfg.rows * cfg.rq_groups, cfg.cols + (cfg.rows - 1) * (cfg.rq_groups - 1))
+
+
 def dense_walk(cfg, kh, kw, cin):
-    """``(kh, kw)`` of a dense convolution's walk: its reduction words, row by row."""
+    """``(kh, kw)`` of a dense convolution's walk: its reduction words, row by row. A kernel
+    whose words are fewer than `drain_steps` asks walks more rows of words (their weights 0,
+    their pixels read and weighed 0), so that the requantization lanes keep up."""
     rows, taps = dense_layout(cfg, kw, cin)
-    return _ceil_div(kh, rows), _ceil_div(kw, taps)
+    walk_w = _ceil_div(kw, taps)
+    walk_h = max(_ceil_div(kh, rows), _ceil_div(drain_steps(cfg), walk_w * cfg.cols))
+    return walk_h, walk_w
 
 
 def dense_lane_tap(cfg, kw, cin, lane):
@@ -391,7 +403,11 @@ def dense_supported(cfg, *, cin, kh, kw):
             and 2 <= kw <= cfg.max_kernel and kh <= cfg.max_kernel):
         return False
     walk_h, walk_w = dense_walk(cfg, kh, kw, cin)
-    return walk_h * walk_w < kh * kw
+    rows, _ = dense_layout(cfg, kw, cin)
+    # (The descriptor's kernel height holds max_kernel; the engine's lane kernel rows count
+    # to max_kernel + cols.)
+    return (walk_h * walk_w < kh * kw and walk_h <= cfg.max_kernel
+            and walk_h * rows <= cfg.max_kernel + cfg.cols)
 
 
 def describe_dense_conv(cfg, *, cin, h, w, cout, kh, kw, stride=1, pad=0, relu=False,

@@ -59,6 +59,7 @@ from ..hw.isa import (
     describe_gap,
     describe_linear,
     describe_pool,
+    drain_steps,
     fuse_pool,
     pack_add_params,
     pack_descriptor,
@@ -641,10 +642,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                     wq = _dense_weights(cfg, wq)
                 words = layout.conv_weight_words(cfg, wq)
             steps = fields["kh"] * fields["kw"] * fields["cin_words"] * cfg.cols
-            # The lanes take a tile's rows (rows * rq_groups cycles) before the next tile's
-            # drain starts, and each row before the next tile's replaces it.
-            need = max(cfg.rows * cfg.rq_groups,
-                       cfg.cols + (cfg.rows - 1) * (cfg.rq_groups - 1))
+            need = drain_steps(cfg)
             if steps < need:
                 raise FitError(
                     f"{name}: its {steps}-step reduction is shorter than the {need} steps the "

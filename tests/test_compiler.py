@@ -436,6 +436,32 @@ def test_reduction_too_short_for_requant_lanes():
     compile_network(short, cfg.replace(rows=1))
 
 
+def test_dense_walk_padded_for_requant_lanes():
+    """A dense convolution whose words are fewer than the requantization lanes need walks more
+    rows of words, their weights 0 (12x12, 6 lanes: 24 steps a tile; a 3x3 kernel of one
+    channel packs into one word of 12 lanes, four kernel rows of three taps)."""
+    from systolic.hw.isa import dense_supported, dense_walk, drain_steps
+    from systolic.sw.compiler import _dense_weights
+
+    cfg = preset("big")
+    assert (cfg.rq_lanes, drain_steps(cfg)) == (6, 24)
+    assert dense_walk(cfg, 3, 3, 1) == (2, 1)
+    assert dense_walk(cfg.replace(requant_lanes=0), 3, 3, 1) == (1, 1)     # 12 steps do
+    assert dense_walk(cfg.replace(requant_lanes=4), 3, 3, 1) == (3, 1)     # 36
+    assert dense_walk(cfg, 5, 5, 1) == (3, 1)                              # long enough
+    assert dense_walk(preset("default"), 3, 3, 1) == (2, 1)         # 2 kernel rows a word
+    w = np.arange(1, 17 * 9 + 1, dtype=np.int32).reshape(17, 1, 3, 3)
+    dense = _dense_weights(cfg, w)
+    assert dense.shape == (17, 24, 1, 1)
+    assert not dense[:, 12:].any()
+    assert sorted(dense[0, :12, 0, 0].tolist()) == [0, 0, 0] + list(range(1, 10))
+    # A walk whose lanes' kernel rows would pass what the engine counts does not run dense.
+    assert not dense_supported(cfg.replace(requant_lanes=1, max_kernel=3), cin=1, kh=3, kw=3)
+    qnet = _net([_conv(1, 16, 3, pad=1), Flatten(), _linear(16 * 6 * 6, 2)], (1, 6, 6))
+    prog = compile_network(qnet, cfg)
+    assert (prog.layers[0].fields["dense"], prog.layers[0].fields["kh"]) == (1, 2)
+
+
 class Upsample:
     """A layer type the accelerator has no engine for."""
 

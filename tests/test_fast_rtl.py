@@ -13,6 +13,7 @@ from net_common import random_images, random_qnet
 from systolic.hw.config import preset
 from systolic.sim.fast import BYTE, Harness, HarnessLink, build_harness, network_top
 from systolic.sw import golden, perfmodel, protocol
+from systolic.sw.compiler import compile_network
 from systolic.sw.errors import SystolicError
 from systolic.sw.simulate import parse_window, simulate
 
@@ -68,6 +69,21 @@ def test_lenet5_big_preset_fast():
     report = simulate(qnet, images, preset("big"), batch=3)
     _exact(report, qnet, images)
     assert report.batches.tolist() == [3] * 6
+
+
+def test_lenet_digits_big_preset_padded_dense_walk():
+    """lenet-digits' first convolution (1->16 3x3) on the 12x12 preset's 6 requantization
+    lanes: its one dense word a pixel is shorter than the 24 steps the lanes need to drain a
+    tile, so its walk takes a second word of zero weights (`systolic.hw.isa.dense_walk`),
+    reading pixels below the kernel and off the map. Exact, one image and a batch, cycles
+    as predicted."""
+    qnet = random_qnet("lenet-digits", seed=3)
+    images = random_images(qnet, 4, seed=4)
+    cfg = preset("big")
+    prog = compile_network(qnet, cfg)
+    assert (prog.layers[0].fields["dense"], prog.layers[0].fields["kh"]) == (1, 2)
+    for batch in (1, 2):
+        _exact(simulate(qnet, images, cfg, batch=batch), qnet, images)
 
 
 def test_batch_identical_to_single_runs():
