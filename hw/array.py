@@ -4,7 +4,7 @@ from amaranth.hdl import Module, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .pe import ProcessingElement
+from .pe import ProcessingElement, capture_cycles, product_stages
 from .replica import delay, hard_register
 
 __all__ = ["SystolicArray"]
@@ -63,12 +63,14 @@ class SystolicArray(wiring.Component):
 
     def row_ready_delay(self, row):
         """Cycles from a ``first`` pulse at the inputs until row ``row``'s sums are complete."""
-        return row + self._cfg.cols + ProcessingElement.CAPTURE
+        return row + self._cfg.cols + capture_cycles(self._cfg)
 
     def elaborate(self, platform):
         m = Module()
         rows, cols = self._cfg.rows, self._cfg.cols
-        pes = [[ProcessingElement(self._cfg.target) for _ in range(cols)] for _ in range(rows)]
+        stages = product_stages(self._cfg)
+        pes = [[ProcessingElement(self._cfg.target, product_stages=stages) for _ in range(cols)]
+               for _ in range(rows)]
         for r in range(rows):
             for c in range(cols):
                 m.submodules[f"pe_{r}_{c}"] = pes[r][c]

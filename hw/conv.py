@@ -53,6 +53,7 @@ from .isa import (
     param_layout,
     word_layout,
 )
+from .pe import capture_cycles
 from .replica import delay, hard_register, local_reset
 from .requant import Requantizer
 from .synth import one_hot
@@ -233,8 +234,8 @@ class ConvEngine(wiring.Component):
         w_tile_base = Signal(cfg.weight_addr_bits)
         p_tile = Signal(cfg.param_addr_bits)            # the drain's tile's first parameter word
         p_next = Signal(cfg.param_addr_bits)            # ... and the next tile's
-        settle_cycles = (R * cfg.rq_groups + C + Requantizer.LATENCY + 7 + weight_stages(cfg)
-                         + select_stages(cfg))
+        settle_cycles = (R * cfg.rq_groups + C + Requantizer.LATENCY + 4 + capture_cycles(cfg)
+                         + weight_stages(cfg) + select_stages(cfg))
         settle = Signal(range(settle_cycles + 1 + fused * POOL_EXTRA))
         # Pixel walker: the next output pixel of the layer and its input window origin.
         ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
@@ -417,7 +418,19 @@ class ConvEngine(wiring.Component):
         line_end = ends["ox"]
         img_end = line_end & ends["oy"]
         m.d.comb += more.eq(Mux(block0 & img_end, img1_in, img_in))
-        last_block = ends["cw"] & ends["kx"] & ends["ky"]
+        # The walker's step at the end of the block (`r_last`), one-hot: the tile's last block,
+        # the next kernel row, the next tap in the row, the next input word. With two rows or
+        # more they are registers, worked out from the end flags in the cycle after those
+        # change (they change only at a block's end, and the next is at least two cycles
+        # later): each walker counter's and dense lane's enable is then one LUT of `go`,
+        # `r_last` and one flip-flop (from the flags, it was the default ULX3S build's worst
+        # path at 91 MHz: a flag to a dense lane's enable, three levels).
+        k_last, k_row, k_col, k_cw = kinds = [
+            Signal(name=f"step_{n}") for n in ("last", "row", "col", "cw")]
+        cw_e, kx_e, ky_e = ends["cw"], ends["kx"], ends["ky"]
+        kinds_next = [cw_e & kx_e & ky_e, cw_e & kx_e & ~ky_e, cw_e & ~kx_e, ~cw_e]
+        domain = m.d.sync if R >= 2 else m.d.comb
+        domain += [k.eq(v) for k, v in zip(kinds, kinds_next, strict=True)]
 
         # ---- Feed ----------------------------------------------------------------------------
         sr = [Signal(C * 8, name=f"feed{i}", reset_less=True) for i in range(R)]
@@ -765,8 +778,26 @@ class ConvEngine(wiring.Component):
                 m.d.comb += full_next[b].eq(0)
         m.d.comb += [f_next.eq(f ^ claim),
                      filling_next.eq(start_fill | (filling & ~filling_done))]
+        go_next = Signal()
+        m.d.comb += go_next.eq(filling_next & ~claimed_next.bit_select(f_next, 1))
         m.d.sync += [claimed.eq(claimed_next), f.eq(f_next), filling.eq(filling_next),
-                     go.eq(filling_next & ~claimed_next.bit_select(f_next, 1))]
+                     go.eq(go_next)]
+        # `r_last`'s next value (the walker's and START's decisions below), and from it and
+        # `go`'s, ``go & r_last`` as registers of their own, `adv`: the walker's block step,
+        # the enable of its counters and of every dense lane (each lane its own copy). With
+        # `go` and `r_last` decoded with the step's kind, that enable was four levels of logic.
+        r_last_next = Signal()
+        m.d.comb += r_last_next.eq(r_last)
+        m.d.sync += r_last.eq(r_last_next)
+        if R >= 2:
+            adv_d = go_next & r_last_next
+            adv = hard_register(m, adv_d, name="adv", target=cfg.target)
+            adv_l = [hard_register(m, adv_d, name=f"dense_adv{k}", target=cfg.target)
+                     for k in range(C)] if dense else []
+        else:
+            adv = Signal()
+            m.d.comb += adv.eq(go & r_last)
+            adv_l = [adv] * C if dense else []
         # The fill's read address, whether it reads or not: what it reads outside FILL is
         # never captured (``cap``), and the address does not wait on FILL's decisions.
         m.d.comb += [self.act_read.en.eq(1), self.param_read.en.eq(1)]
@@ -788,7 +819,7 @@ class ConvEngine(wiring.Component):
                      + [tapl[k].eq(d_off[k]) for k in range(C)]) if dense else []
             return lanes + [
                 *to_zero("cw", "kx", "ky"),
-                r.eq(0), r_last.eq(R == 1), tap_off.eq(0),
+                r.eq(0), tap_off.eq(0),
                 block0.eq(1), tile0.eq(0), have_prev.eq(0), tile_end.eq(0),
             ]
 
@@ -819,48 +850,42 @@ class ConvEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += [*step("ox"), wbase.eq(wbase + desc.x_step),
                                  ix0.eq(ix0 + x_stride)]
-            with m.If(r_last):
-                m.d.sync += [r.eq(0), r_last.eq(R == 1), block0.eq(0), tile0.eq(0)]
-                m.d.comb += claim.eq(1)
-                with m.If(last_block):
-                    m.d.sync += [*to_zero("ky", "kx", "cw"), tap_off.eq(0),
-                                 block0.eq(1), have_prev.eq(1)]
-                    if dense:
-                        m.d.sync += [kyl[k].eq(d_dy[k]) for k in range(C)]
-                        m.d.sync += [kxl[k].eq(d_kx[k]) for k in range(C)]
-                        m.d.sync += [tapl[k].eq(d_off[k]) for k in range(C)]
-                    with m.If(~more):
-                        # The map's end: on with the next channel tile, or the layer's end.
-                        with m.If(ft_last):
-                            m.d.comb += filling_done.eq(1)
-                        with m.Else():
-                            m.d.comb += rewind.eq(1)
-                            m.d.sync += tile0.eq(1)
-                with m.Else():
-                    m.d.sync += tap_off.eq(tap_off + 1)
-                    with m.If(ends["cw"]):
-                        m.d.sync += to_zero("cw")
-                        with m.If(ends["kx"]):
-                            m.d.sync += [*to_zero("kx"), *step("ky"),
-                                         tap_off.eq(tap_off + 1 + desc.tap_row_step)]
-                            if dense:   # the next kernel rows
-                                m.d.sync += [kyl[k].eq(kyl[k] + d_rows)
-                                             for k in range(C)]
-                                m.d.sync += [kxl[k].eq(d_kx[k]) for k in range(C)]
-                                m.d.sync += [tapl[k].eq(tapl[k] + 1
-                                                        + desc.tap_row_step)
-                                             for k in range(C)]
-                        with m.Else():
-                            m.d.sync += step("kx")
-                            if dense:   # the next taps of the row
-                                m.d.sync += [kxl[k].eq(kxl[k] + d_taps)
-                                             for k in range(C)]
-                                m.d.sync += [tapl[k].eq(tapl[k] + d_taps)
-                                             for k in range(C)]
+            with m.If(~r_last):
+                m.d.sync += r.eq(r + 1)
+                m.d.comb += r_last_next.eq(r == R - 2)
+        # The block's end (``go & r_last``): the walker's next block.
+        with m.If(adv):
+            m.d.sync += [r.eq(0), block0.eq(0), tile0.eq(0)]
+            m.d.comb += [r_last_next.eq(R == 1), claim.eq(1)]
+            with m.If(k_last):
+                m.d.sync += [*to_zero("ky", "kx", "cw"), tap_off.eq(0),
+                             block0.eq(1), have_prev.eq(1)]
+                with m.If(~more):
+                    # The map's end: on with the next channel tile, or the layer's end.
+                    with m.If(ft_last):
+                        m.d.comb += filling_done.eq(1)
                     with m.Else():
-                        m.d.sync += step("cw")
+                        m.d.comb += rewind.eq(1)
+                        m.d.sync += tile0.eq(1)
             with m.Else():
-                m.d.sync += [r.eq(r + 1), r_last.eq(r == R - 2)]
+                m.d.sync += tap_off.eq(tap_off + 1)
+            with m.If(k_row):
+                m.d.sync += [*to_zero("cw", "kx"), *step("ky"),
+                             tap_off.eq(tap_off + 1 + desc.tap_row_step)]
+            with m.If(k_col):
+                m.d.sync += [*to_zero("cw"), *step("kx")]
+            with m.If(k_cw):
+                m.d.sync += step("cw")
+        # Each dense lane's kernel row, column and address offset, on its own copy of `adv`.
+        for k in range(C if dense else 0):
+            with m.If(adv_l[k]):
+                with m.If(k_last):
+                    m.d.sync += [kyl[k].eq(d_dy[k]), kxl[k].eq(d_kx[k]), tapl[k].eq(d_off[k])]
+                with m.If(k_row):       # the next kernel rows
+                    m.d.sync += [kyl[k].eq(kyl[k] + d_rows), kxl[k].eq(d_kx[k]),
+                                 tapl[k].eq(tapl[k] + 1 + desc.tap_row_step)]
+                with m.If(k_col):       # the next taps of the row
+                    m.d.sync += [kxl[k].eq(kxl[k] + d_taps), tapl[k].eq(tapl[k] + d_taps)]
 
         # The walker back to the map's first pixel, for the next channel tile or, from START,
         # the first (after the walker's steps above, which it overrides).
@@ -904,6 +929,7 @@ class ConvEngine(wiring.Component):
                         m.next = "START"
             with m.State("START"):
                 m.d.sync += reset_walker()
+                m.d.comb += r_last_next.eq(R == 1)
                 m.d.comb += [rewind.eq(1), drain_rewind.eq(1)]
                 m.d.comb += start_fill.eq(1)
                 m.next = "FILL"

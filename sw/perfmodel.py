@@ -16,13 +16,14 @@ tile's last::
 Around the layer's feed is a fixed overhead: filling the first block (``rows`` reads, and
 `systolic.hw.conv.fill_stages` registers before the memory), the
 settle period that lets the last results drain through the array and the requantizers
-(``rows * G + cols + Requantizer.LATENCY + 7 + S``: a row takes ``G = cols / rq_lanes``
+(``rows * G + cols + Requantizer.LATENCY + P + 4 + S``: ``P`` is the PEs' capture,
+`systolic.hw.pe.capture_cycles`; a row takes ``G = cols / rq_lanes``
 cycles in the requantizer; ``S`` is `systolic.hw.conv.weight_stages`, the registers after
 the weight memory's block RAMs, plus `systolic.hw.conv.select_stages`, those of the drain's
 selection of the sums) and a few cycles of hand-over between the states and of the memories'
 pipelines (the activation and weight memories are registered on both sides)::
 
-    conv cycles = cout_tiles * feed + rows + rows * G + cols + LATENCY + S + F + CONV_LAYER
+    conv cycles = cout_tiles * feed + rows + rows * G + cols + LATENCY + P + S + F + CONV_LAYER
                   (+ POOL_EXTRA with fused pooling, + dense_prep_cycles when dense)
 
 (``F``: `systolic.hw.conv.fill_stages`.)
@@ -73,6 +74,7 @@ import itertools
 from ..hw.conv import POOL_EXTRA, dense_prep_cycles, fill_stages, select_stages, weight_stages
 from ..hw.eltwise import ADD_LATENCY, GAP_TILE_EXTRA
 from ..hw.isa import CMD_LATENCY, Op
+from ..hw.pe import capture_cycles
 from ..hw.pool import pool_stages
 from ..hw.requant import Requantizer
 
@@ -80,7 +82,7 @@ __all__ = ["ADD_SETUP", "CONV_LAYER", "POOL_LAYER", "layer_macs",
            "pool_tail", "pool_words", "predict_cycles", "predict_layer", "predict_program",
            "utilization"]
 
-CONV_LAYER = 14     #: fitted: per convolution layer, beyond the structural overhead
+CONV_LAYER = 11     #: fitted: per convolution layer, beyond the structural overhead
 POOL_LAYER = 4      #: fitted: per pooling layer, beyond the pipeline's tail
 #: Residual add: two parameter reads, the latch of the second, aligning the shifts, going idle.
 ADD_SETUP = 5
@@ -109,8 +111,9 @@ def _engine_cycles(cfg, fields):
     if fields["op"] == Op.CONV:
         pixel_tiles = -(-fields.get("batch", 1) * fields["out_h"] * fields["out_w"] // R)
         feed = pixel_tiles * fields["kh"] * fields["kw"] * fields["cin_words"] * C
-        ends = (R + R * G + C + Requantizer.LATENCY + CONV_LAYER + weight_stages(cfg)
-                + select_stages(cfg) + fill_stages(cfg) + POOL_EXTRA * fields.get("pool", 0))
+        ends = (R + R * G + C + Requantizer.LATENCY + capture_cycles(cfg) + CONV_LAYER
+                + weight_stages(cfg) + select_stages(cfg) + fill_stages(cfg)
+                + POOL_EXTRA * fields.get("pool", 0))
         prep = dense_prep_cycles(cfg) if fields.get("dense") else 0
         return fields["cout_tiles"] * feed + ends + prep
     if fields["op"] == Op.ADD:

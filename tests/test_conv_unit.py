@@ -235,11 +235,13 @@ def test_conv_requant_lanes(rows, cols, lanes, dsp, cin, h, w, cout, k, stride, 
     assert cycles == perfmodel.predict_cycles(cfg, d)
 
 
+@pytest.mark.parametrize("stages", [1, 2])
 @pytest.mark.parametrize("extreme", [False, True])
-def test_pe_sums_exact(extreme):
-    """One PE, tiles back to back: every tile's int32 sum exactly, ``CAPTURE`` + 1 cycles
-    after the next tile's ``first``; with ``extreme``, long tiles of ±128 × -128 products,
-    whose sums cross both 16-bit halves' boundaries in both directions."""
+def test_pe_sums_exact(extreme, stages):
+    """One PE, tiles back to back: every tile's int32 sum exactly, ``capture`` + 1 cycles
+    after the next tile's ``first``, with one or two product registers; with ``extreme``,
+    long tiles of ±128 × -128 products, whose sums cross both 16-bit halves' boundaries in
+    both directions."""
     from systolic.hw.pe import ProcessingElement
 
     rng = np.random.default_rng(11 + extreme)
@@ -253,7 +255,8 @@ def test_pe_sums_exact(extreme):
         else:
             a, w = rng.integers(-128, 128, k), rng.integers(-128, 128, k)
         tiles.append((a.astype(np.int64), w.astype(np.int64)))
-    pe = ProcessingElement()
+    pe = ProcessingElement(product_stages=stages)
+    assert pe.capture == 2 + stages
     got = []
 
     async def bench(ctx):
@@ -269,13 +272,13 @@ def test_pe_sums_exact(extreme):
                 await ctx.tick()
                 cycle += 1
                 for s in starts[1:]:
-                    if cycle == s + ProcessingElement.CAPTURE + 1:
+                    if cycle == s + pe.capture + 1:
                         got.append(ctx.get(pe.result))
         ctx.set(pe.first_in, 0)
-        for _ in range(ProcessingElement.CAPTURE + 1):
+        for _ in range(pe.capture + 1):
             await ctx.tick()
             cycle += 1
-            if cycle == starts[-1] + ProcessingElement.CAPTURE + 1:
+            if cycle == starts[-1] + pe.capture + 1:
                 got.append(ctx.get(pe.result))
 
     sim = Simulator(pe)
