@@ -266,6 +266,12 @@ class ConvEngine(wiring.Component):
         def step(k):
             c = counters[k]
             return [c.eq(c + 1), ends[k].eq(c == last_m1[limit[k]])]
+
+        def step_or_zero(k, up):
+            """`step` if ``up``, else `to_zero`, in one assignment of each register."""
+            c, lim = counters[k], limit[k]
+            return [c.eq(Mux(up, c + 1, 0)),
+                    ends[k].eq(Mux(up, c == last_m1[lim], last[lim] == 0))]
         r = Signal(range(R))
         # FILL decides from flip-flops (see `ends`): ``r == R - 1`` and the state itself are
         # registers too (decoded from the state register and compared, they were the first
@@ -425,10 +431,11 @@ class ConvEngine(wiring.Component):
         # later): each walker counter's and dense lane's enable is then one LUT of `go`,
         # `r_last` and one flip-flop (from the flags, it was the default ULX3S build's worst
         # path at 91 MHz: a flag to a dense lane's enable, three levels).
-        k_last, k_row, k_col, k_cw = kinds = [
-            Signal(name=f"step_{n}") for n in ("last", "row", "col", "cw")]
+        # (`k_ky`: the last block or the next row, when the kernel row counters move.)
+        k_last, k_row, k_col, k_cw, k_ky = kinds = [
+            Signal(name=f"step_{n}") for n in ("last", "row", "col", "cw", "ky")]
         cw_e, kx_e, ky_e = ends["cw"], ends["kx"], ends["ky"]
-        kinds_next = [cw_e & kx_e & ky_e, cw_e & kx_e & ~ky_e, cw_e & ~kx_e, ~cw_e]
+        kinds_next = [cw_e & kx_e & ky_e, cw_e & kx_e & ~ky_e, cw_e & ~kx_e, ~cw_e, cw_e & kx_e]
         domain = m.d.sync if R >= 2 else m.d.comb
         domain += [k.eq(v) for k, v in zip(kinds, kinds_next, strict=True)]
 
@@ -536,10 +543,14 @@ class ConvEngine(wiring.Component):
         m.d.sync += tpipe.eq(Cat(first_q & drain_q & tile_q, tpipe[:-1]))
         er, eg = Signal(range(max(R, 2))), Signal(range(max(G, 2)))
         emit = Signal()
-        row_end = eg == G - 1
+        # ``eg == G - 1`` and ``er == R - 1``, registers set with `eg` and `er` (compared, they
+        # were the first levels of the 12x12 build's deepest paths: `switch` to the drain's
+        # rewind of its pixel counters).
+        row_end = Signal(init=G == 1)
+        er_last = Signal(init=R == 1)
         tile_end = Signal()                             # the drain ends a channel tile
         switch = Signal()
-        m.d.comb += switch.eq(emit & row_end & (er == R - 1) & tile_end)
+        m.d.comb += switch.eq(emit & row_end & er_last & tile_end)
         with m.If(switch):
             m.d.sync += tile_end.eq(0)
         with m.If(start_next):
@@ -547,12 +558,13 @@ class ConvEngine(wiring.Component):
         er_next, eg_next = Signal.like(er), Signal.like(eg)
         m.d.comb += [
             eg_next.eq(Mux(start_next | (emit & row_end), 0, Mux(emit, eg + 1, eg))),
-            er_next.eq(Mux(start_next, 0, Mux(emit & row_end & (er != R - 1), er + 1, er))),
+            er_next.eq(Mux(start_next, 0, Mux(emit & row_end & ~er_last, er + 1, er))),
         ]
-        m.d.sync += [eg.eq(eg_next), er.eq(er_next)]
+        m.d.sync += [eg.eq(eg_next), er.eq(er_next),
+                     row_end.eq(eg_next == G - 1), er_last.eq(er_next == R - 1)]
         with m.If(start_next):
             m.d.sync += emit.eq(1)
-        with m.Elif(~emit | (row_end & (er == R - 1))):
+        with m.Elif(~emit | (row_end & er_last)):
             m.d.sync += emit.eq(0)
         # Each lane picks its sum by a one-hot token that walks the lane's sums in the order
         # they are emitted (row by row, group by group): token `r * G + g` is set in the cycle
@@ -857,9 +869,17 @@ class ConvEngine(wiring.Component):
         with m.If(adv):
             m.d.sync += [r.eq(0), block0.eq(0), tile0.eq(0)]
             m.d.comb += [r_last_next.eq(R == 1), claim.eq(1)]
+            # Each counter in one assignment under one condition of registers (`adv` and the
+            # kind): its enable one LUT.
+            m.d.sync += [*step_or_zero("cw", k_cw),
+                         tap_off.eq(Mux(k_last, 0, tap_off + Mux(k_row, 1 + desc.tap_row_step,
+                                                                 1)))]
+            with m.If(~k_cw):
+                m.d.sync += step_or_zero("kx", k_col)
+            with m.If(k_ky):
+                m.d.sync += step_or_zero("ky", k_row)
             with m.If(k_last):
-                m.d.sync += [*to_zero("ky", "kx", "cw"), tap_off.eq(0),
-                             block0.eq(1), have_prev.eq(1)]
+                m.d.sync += [block0.eq(1), have_prev.eq(1)]
                 with m.If(~more):
                     # The map's end: on with the next channel tile, or the layer's end.
                     with m.If(ft_last):
@@ -867,25 +887,18 @@ class ConvEngine(wiring.Component):
                     with m.Else():
                         m.d.comb += rewind.eq(1)
                         m.d.sync += tile0.eq(1)
-            with m.Else():
-                m.d.sync += tap_off.eq(tap_off + 1)
-            with m.If(k_row):
-                m.d.sync += [*to_zero("cw", "kx"), *step("ky"),
-                             tap_off.eq(tap_off + 1 + desc.tap_row_step)]
-            with m.If(k_col):
-                m.d.sync += [*to_zero("cw"), *step("kx")]
-            with m.If(k_cw):
-                m.d.sync += step("cw")
-        # Each dense lane's kernel row, column and address offset, on its own copy of `adv`.
+        # Each dense lane's kernel row, column and address offset, on its own copy of `adv`:
+        # back to the lane's first tap after the last block, the next kernel rows after a
+        # row, the next taps of the row after a tap.
         for k in range(C if dense else 0):
-            with m.If(adv_l[k]):
-                with m.If(k_last):
-                    m.d.sync += [kyl[k].eq(d_dy[k]), kxl[k].eq(d_kx[k]), tapl[k].eq(d_off[k])]
-                with m.If(k_row):       # the next kernel rows
-                    m.d.sync += [kyl[k].eq(kyl[k] + d_rows), kxl[k].eq(d_kx[k]),
-                                 tapl[k].eq(tapl[k] + 1 + desc.tap_row_step)]
-                with m.If(k_col):       # the next taps of the row
-                    m.d.sync += [kxl[k].eq(kxl[k] + d_taps), tapl[k].eq(tapl[k] + d_taps)]
+            with m.If(adv_l[k] & k_ky):
+                m.d.sync += kyl[k].eq(Mux(k_last, d_dy[k], kyl[k] + d_rows))
+            with m.If(adv_l[k] & ~k_cw):
+                m.d.sync += [
+                    kxl[k].eq(Mux(k_col, kxl[k] + d_taps, d_kx[k])),
+                    tapl[k].eq(Mux(k_last, d_off[k], tapl[k] + Mux(
+                        k_row, 1 + desc.tap_row_step, d_taps))),
+                ]
 
         # The walker back to the map's first pixel, for the next channel tile or, from START,
         # the first (after the walker's steps above, which it overrides).
