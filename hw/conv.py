@@ -428,9 +428,9 @@ class ConvEngine(wiring.Component):
         # the next kernel row, the next tap in the row, the next input word. With two rows or
         # more they are registers, worked out from the end flags in the cycle after those
         # change (they change only at a block's end, and the next is at least two cycles
-        # later): each walker counter's and dense lane's enable is then one LUT of `go`,
-        # `r_last` and one flip-flop (from the flags, it was the default ULX3S build's worst
-        # path at 91 MHz: a flag to a dense lane's enable, three levels).
+        # later): each walker counter's and dense lane's enable is then one LUT of `adv`
+        # (below) and one of these flip-flops (from the flags, it was the default ULX3S
+        # build's worst path at 91 MHz: a flag to a dense lane's enable, three levels).
         # (`k_ky`: the last block or the next row, when the kernel row counters move.)
         k_last, k_row, k_col, k_cw, k_ky = kinds = [
             Signal(name=f"step_{n}") for n in ("last", "row", "col", "cw", "ky")]

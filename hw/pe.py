@@ -22,9 +22,13 @@ def product_stages(cfg):
     return 2 if cfg.cols >= 8 else 1
 
 
+def _capture(stages):
+    return dsp.LATENCY + stages
+
+
 def capture_cycles(cfg):
     """`ProcessingElement.capture` of ``cfg``'s PEs."""
-    return dsp.LATENCY + product_stages(cfg)
+    return _capture(product_stages(cfg))
 
 
 class ProcessingElement(wiring.Component):
@@ -75,7 +79,6 @@ class ProcessingElement(wiring.Component):
     net spread over the whole die; the data registers were 90 % of them.)
     """
 
-
     a_in: In(signed(8))
     w_in: In(signed(8))
     first_in: In(1)
@@ -87,7 +90,7 @@ class ProcessingElement(wiring.Component):
     def __init__(self, target="generic", *, product_stages=1):
         self._target, self._stages = target, product_stages
         #: Cycles from ``first`` at the PE's input to the capture of ``result``.
-        self.capture = dsp.LATENCY + product_stages
+        self.capture = _capture(product_stages)
         super().__init__()
 
     def elaborate(self, platform):
