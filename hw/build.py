@@ -26,11 +26,13 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import outreg
 from .boards import BOARDS, BoardTop, get_board
 from .config import preset
 from .generate import add_config_arguments, config_from_args
@@ -244,6 +246,8 @@ def _toolchain_env(family):
                 os.environ[var] = find_tool(tool)
             except SynthError as e:
                 raise BuildError(str(e)) from None
+        # The ECP5 build script's `outreg` step runs in this Python (`_OUTREG_STEP`).
+        os.environ["PYTHON"] = sys.executable
         var, prog = _PROGRAMMERS[family]
         if not shutil.which(os.environ.get(var, prog)):
             # The platform insists on a programmer before building; `build` never programs,
@@ -464,6 +468,8 @@ def _design_hash(plan, family, seed):
         content = plan.files[name]
         h.update(f"{name} {len(content)}\n".encode())
         h.update(content.encode() if isinstance(content, str) else content)
+    if family == "ecp5":                # the netlist step the script runs (`_OUTREG_STEP`)
+        h.update(Path(outreg.__file__).read_bytes())
     return h.hexdigest()
 
 
@@ -480,6 +486,12 @@ def _reusable(build_dir, design):
     spec = get_board(saved.board)
     return dataclasses.replace(saved, bitstream=bitstream, build_dir=build_dir, reused=True,
                                program_hint=spec.program_hint.format(bitstream=bitstream))
+
+
+#: The ECP5 build script's step between Yosys and nextpnr (`prepare_plan`).
+_OUTREG_STEP = r"""
+{{invoke_tool("python")}} -m systolic.hw.outreg {{name}}.json
+"""
 
 
 def prepare_plan(family, platform, top, seed=1):
@@ -517,6 +529,11 @@ def prepare_plan(family, platform, top, seed=1):
         "script_after_synth": "tee -q -o stat.json stat -json",
     }
     if family == "ecp5":
+        # Between Yosys and nextpnr, the flip-flops that take block RAM read data move into
+        # the DP16KDs' output registers (`systolic.hw.outreg`; Yosys never uses them).
+        # An instance attribute: the platform's `command_templates` reads it.
+        templates = list(platform._trellis_command_templates)
+        platform._trellis_command_templates = [templates[0], _OUTREG_STEP, *templates[1:]]
         # Yosys 0.70's `abc9` (synth_ecp5's LUT mapping) fails an assertion reintegrating
         # the 12x12 design (`GetSize(conn.first) == GetSize(conn.second)` in rtlil.cc);
         # the classic `abc` maps the same logic. synth_ecp5 runs up to its LUT mapping,

@@ -199,7 +199,9 @@ class Controller(wiring.Component):
         # iCE40, which is short of cells, not of levels: there the data is used as read.
         piped = cfg.target == "ecp5"
         if piped:
-            fb_q, pg_q, pg_lag = Signal(8), Signal(8), Signal()
+            # (fb_q, pg_q: the block RAMs' output registers on the board, `outreg`.)
+            fb_q, pg_q = Signal(8, reset_less=True), Signal(8, reset_less=True)
+            pg_lag = Signal()
         else:
             fb_q, pg_lag = fb_r.data, Const(0)
         # The program, a byte per address: byte b of entry p at ``b * program_depth + p``.

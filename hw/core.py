@@ -429,7 +429,7 @@ class Core(wiring.Component):
         else:
             wr_sel, rd_slices = write_select(writing, "wr_sel"), rd_sel
         act_data = self._act_memory(m, rd_slices, wr_sel)
-        act_q = Signal(word)
+        act_q = Signal(word, reset_less=True)   # the block RAMs' output register (`outreg`)
         read_d, read_dd = Signal(), Signal()
         m.d.sync += [read_d.eq(rd_sel.en), read_dd.eq(read_d)]
         with m.If(read_dd):

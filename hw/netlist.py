@@ -33,6 +33,7 @@ from pathlib import Path
 from amaranth.back import rtlil
 
 from ..sw.errors import SystolicError
+from . import outreg
 from .boards import BoardTop, get_board
 from .synth import FSM_ONE_HOT, SynthError, find_tool, run_tool
 
@@ -173,11 +174,17 @@ def cell_models(family, directory):
 
 
 def _yosys_script(family, name):
+    # On the ECP5 the mapped netlist goes through `outreg` as the board build's does (as JSON,
+    # then back into Yosys for Verilog: `_OUTREG_SCRIPT`).
     return "\n".join([
         f"read_rtlil {name}.il", _AFTER_READ,
         f"synth_{family} {_SYNTH_OPTS} -top {name}".replace("  ", " "),
         "tee -q -o stat.json stat -json",
-        "write_verilog -noattr netlist.v", ""])
+        "write_json netlist.json" if family == "ecp5" else "write_verilog -noattr netlist.v",
+        ""])
+
+
+_OUTREG_SCRIPT = "read_json netlist.json\nwrite_verilog -noattr netlist.v\n"
 
 
 def _cells(stat_path, name):
@@ -229,7 +236,8 @@ def board_netlist(board, cfg=None, *, name="controller", build_dir=None):
     # only moves lines does not synthesize the design again.
     design = re.sub(r"(?m)^\s*attribute \\src .*\n", "", il)
     digest = hashlib.sha256(json.dumps(
-        [design, script, version, ECP5_MODELS if spec.family == "ecp5" else None]
+        [design, script, version, ECP5_MODELS if spec.family == "ecp5" else None,
+         Path(outreg.__file__).read_text() if spec.family == "ecp5" else None]
     ).encode()).hexdigest()[:16]
     out = Path(build_dir) / f"netlist-{spec.name}-{digest}"
     started = time.monotonic()
@@ -246,6 +254,13 @@ def board_netlist(board, cfg=None, *, name="controller", build_dir=None):
         try:
             run_tool(yosys, "yosys", ["-q", "-l", "yosys.log", "-s", "synth.ys"], work,
                      "yosys.log")
+            if spec.family == "ecp5":
+                mapped = json.loads((work / "netlist.json").read_text())
+                outreg.absorb(mapped)
+                (work / "netlist.json").write_text(json.dumps(mapped))
+                (work / "verilog.ys").write_text(_OUTREG_SCRIPT)
+                run_tool(yosys, "yosys", ["-q", "-l", "verilog.log", "-s", "verilog.ys"], work,
+                         "verilog.log")
         except SynthError as e:
             raise NetlistError(str(e)) from None
         try:
@@ -411,14 +426,15 @@ endmodule
 
 
 def _dp16kd():
-    """DP16KD as Yosys's memory mapping uses it (``brams_map_16kd.v``): output registers off
-    (``NOREG``), chip selects unused, resets never asserted (an asynchronous one is not
-    modelled). A port 9·r bits wide (r = 1, 2, 4: 9, 18, 36) sees 2048 nine-bit units, its
-    word ``w`` being units ``r·w`` to ``r·w + r − 1``, its byte enables on the low address
-    lines; a port 1, 2 or 4 bits wide sees 16384 bits. The 36-bit mode (PDPW16KD) writes
-    through A (data on DIA and DIB) and reads through B (data on DOA and DOB). A port that
-    reads a word the other port writes on the same clock edge reads X (the hardware leaves it
-    undefined; Yosys builds any bypass the design needs in the fabric)."""
+    """DP16KD as Yosys's memory mapping uses it (``brams_map_16kd.v``), with the output
+    registers `systolic.hw.outreg` turns on (``OUTREG``) or off (``NOREG``); chip selects
+    unused, resets never asserted (an asynchronous one is not modelled). A port 9·r bits
+    wide (r = 1, 2, 4: 9, 18, 36) sees 2048 nine-bit units, its word ``w`` being units
+    ``r·w`` to ``r·w + r − 1``, its byte enables on the low address lines; a port 1, 2 or 4
+    bits wide sees 16384 bits. The 36-bit mode (PDPW16KD) writes through A (data on DIA and
+    DIB) and reads through B (data on DOA and DOB). A port that reads a word the other port
+    writes on the same clock edge reads X (the hardware leaves it undefined; Yosys builds any
+    bypass the design needs in the fabric)."""
     ports = []
     for p in "AB":
         ports += [_bus(f"DI{p}", 18), _bus(f"AD{p}", 14), f"CE{p}, OCE{p}, CLK{p}, WE{p}, RST{p}",
@@ -478,7 +494,8 @@ module DP16KD({inputs}, {outputs});
   reg [35:0] do_a = 0, do_b = 0;
   integer i;
   initial begin
-    if (!(NINE || BITS) || REGMODE_A != "NOREG" || REGMODE_B != "NOREG"
+    if (!(NINE || BITS) || REGMODE_A != "NOREG" && REGMODE_A != "OUTREG"
+        || REGMODE_B != "NOREG" && REGMODE_B != "OUTREG" || WB == 36 && REGMODE_A != REGMODE_B
         || RESETMODE != "SYNC" && RESETMODE != "ASYNC"
         || CSDECODE_A != "0b000" || CSDECODE_B != "0b000"
         || WB == 36 && WA != 36 || WA == 36 && WB != 36 && WB != 18 && WB != 9)
@@ -540,9 +557,22 @@ module DP16KD({inputs}, {outputs});
 {port("a", "b")}
 {port("b", "a")}
 
+  // The output registers (REGMODE OUTREG): each takes its port's word on the clock edge
+  // after the read, when its OCE is set; a reset clears it. In the 36-bit mode both are B's
+  // (as `outreg` sets them: both OUTREG, both OCEs one net).
+  reg [35:0] oq_a = 0, oq_b = 0;
+  always @(posedge clk_a)
+    if (RSTA) oq_a <= 0; else if (OCEA) oq_a <= do_a;
+  always @(posedge clk_b) begin
+    if (WB == 36 && REGMODE_B == "OUTREG" && OCEA !== OCEB)
+      $fatal(1, "DP16KD model: a 36-bit port's output registers enabled apart");
+    if (RSTB) oq_b <= 0; else if (OCEB) oq_b <= do_b;
+  end
+  wire [35:0] out_a = (REGMODE_A == "OUTREG") ? oq_a : do_a;
+  wire [35:0] out_b = (REGMODE_B == "OUTREG") ? oq_b : do_b;
   // 36 bits read through B come out on DOA (low half) and DOB (high half).
-  wire [17:0] doa = (WB == 36) ? do_b[17:0] : do_a[17:0];
-  wire [17:0] dob = (WB == 36) ? do_b[35:18] : do_b[17:0];
+  wire [17:0] doa = (WB == 36) ? out_b[17:0] : out_a[17:0];
+  wire [17:0] dob = (WB == 36) ? out_b[35:18] : out_b[17:0];
 {doa}
 {dob}
 endmodule

@@ -41,6 +41,8 @@ def test_netlist_lenet_digits(board):
              "ice40": ("SB_MAC16", "SB_RAM40_4K", "SB_SPRAM256KA")}[netlist.family]
     for kind in kinds:                  # the board's primitives are what is simulated
         assert netlist.cells.get(kind, 0) > 0, (kind, netlist.cells)
+    if netlist.family == "ecp5":        # block RAM output registers too (`outreg`)
+        assert re.search(r'REGMODE_[AB]\("OUTREG"\)', netlist.path.read_text())
     qnet = random_qnet("lenet-digits")
     images = random_images(qnet, n)
     # On the fast harness: the netlist and its cell models compiled with the C++ clock loop.
