@@ -16,7 +16,7 @@ read and write the activation memory in one cycle, never at the same address; it
 Verilog, or from RTLIL after ``memory_nordff``, which ``systolic build`` runs.)
 """
 
-from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Shape, Signal, Value
+from amaranth.hdl import Cat, ClockSignal, Instance, Module, Mux, Shape, Signal, Value
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -55,8 +55,7 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
     slice's `memory.Memory` (``no_rw_check``).
 
     ``read_addr``, ``read_en``, ``write_addr``, ``write_en`` and ``write_data`` may be lists:
-    each slice's own (of ``write_data``'s, each slice takes its own part). ``read_en`` None:
-    every slice reads every cycle, its returned word changing each cycle.
+    each slice's own (of ``write_data``'s, each slice takes its own part).
 
     Returns
     -------
@@ -76,7 +75,7 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
                                                       attrs=attrs or {})
         w, r = mem.write_port(), mem.read_port()
         we = copy(own(write_en, i), "we")
-        re = Const(1) if read_en is None else copy(own(read_en, i), "re")
+        re = copy(own(read_en, i), "re")
         wd = Signal(part, name=f"s{i}_wdata", reset_less=True)
         m.d.sync += wd.eq(Value.cast(own(write_data, i)).word_select(i, part))
         m.d.comb += [
@@ -401,11 +400,12 @@ class Core(wiring.Component):
         def read_select(flags, i):
             """Column slice ``i``'s read: that of the engine ``flags`` names, else the
             read-back's (with ``flags``' last bit, a dense convolution's lane ``i``)."""
-            sel = Signal(data.StructLayout({"addr": cfg.act_addr_bits}), name=f"s{i}_read")
-            m.d.comb += sel.addr.eq(self.rd_addr.payload)
+            sel = Signal(data.StructLayout({"en": 1, "addr": cfg.act_addr_bits}),
+                         name=f"s{i}_read")
+            m.d.comb += [sel.addr.eq(self.rd_addr.payload), sel.en.eq(take)]
             for k, port in enumerate(readers):
                 with (m.If if k == 0 else m.Elif)(flags[k]):
-                    m.d.comb += sel.addr.eq(port.addr)
+                    m.d.comb += [sel.addr.eq(port.addr), sel.en.eq(port.en)]
                     if k == 0 and cfg.dense_conv:
                         with m.If(flags[-1]):
                             m.d.comb += sel.addr.eq(conv.act_lanes[i])
@@ -429,24 +429,11 @@ class Core(wiring.Component):
         else:
             wr_sel, rd_slices = write_select(writing, "wr_sel"), rd_sel
         act_data = self._act_memory(m, rd_slices, wr_sel)
-        # `act_q`: on the ECP5, the block RAMs' output registers (`outreg`).
-        act_q = Signal(word, reset_less=True)
+        act_q = Signal(word, reset_less=True)   # the block RAMs' output register (`outreg`)
         read_d, read_dd = Signal(), Signal()
         m.d.sync += [read_d.eq(rd_sel.en), read_dd.eq(read_d)]
-        if self._slices() > 1:
-            # The slices read every cycle (`_act_memory`), and each takes its word into
-            # `act_q` when a read was asked for, on its own copy of `read_dd`. (The slices'
-            # read enables, chosen between the engines, were the ULX3S's worst path at 89 MHz:
-            # controller.core.reading to a slice's enable register, 10.0 of 11.2 ns routing.)
-            part = cfg.word_bits // self._slices()
-            for i in range(self._slices()):
-                dd = hard_register(m, read_d, name=f"s{i}_read_dd", target=cfg.target)
-                with m.If(dd):
-                    m.d.sync += Value.cast(act_q).word_select(i, part).eq(
-                        act_data.word_select(i, part))
-        else:
-            with m.If(read_dd):
-                m.d.sync += act_q.eq(act_data)
+        with m.If(read_dd):
+            m.d.sync += act_q.eq(act_data)
 
         # Read-back: one word in flight (requested, then in `act_q` until taken; the next
         # request is taken the cycle after, so that no logic runs from the reader's ready to
@@ -498,7 +485,8 @@ class Core(wiring.Component):
             m.submodules.act = sub = Module()
             return registered_slices(
                 sub, width=cfg.word_bits, depth=cfg.act_depth, slices=self._slices(),
-                target=cfg.target, read_addr=[r.addr for r in rd_sel], read_en=None,
+                target=cfg.target, read_addr=[r.addr for r in rd_sel],
+                read_en=[r.en for r in rd_sel],
                 write_addr=[w.addr for w in wr_sel],
                 write_en=[w.en & w.halves[2 * i // cfg.cols] for i, w in enumerate(wr_sel)],
                 write_data=[w.data for w in wr_sel], exclusive=False, attrs=attrs)
