@@ -92,25 +92,23 @@ class Board:
 
 
 BOARDS = {
-    # ECP5-85F, FT231X USB UART (3 MBd capable). 84.375 MHz from the PLL (the 25 MHz
-    # oscillator times 27/8, the PLL's nearest to 84): the whole default design closes at
-    # 91.2 MHz with placer seed 2 (at seed 1 nextpnr's rip-up stalls one connection short).
-    # At 90 MHz, the next clock 3 MBd divides exactly, it missed by about 1 % (89.4 MHz; at
-    # seeds 1 and 2 since, the rip-up stalls with 8 and 22 connections too slow, and a third
-    # try at seed 2 had 119 after 143 iterations). 3 MBd: the FT231X's top rate, 28 clocks a
-    # bit (3.013 MBd, 0.45 % fast: a UART samples mid-bit and allows about 2 %); the link,
-    # not the array, bounds images per second.
+    # ECP5-85F, FT231X USB UART (3 MBd capable). 90 MHz from the PLL (the 25 MHz oscillator
+    # times 18/5), which 3 MBd, the FT231X's top rate, divides exactly (30 clocks a bit).
+    # With the block RAMs' read data in their output registers (`systolic.hw.outreg`) the
+    # whole default design closes at 90 with placer seed 2 (before, 84.375 MHz, 27/8, was
+    # the highest: 84.9 MHz there, and at 90 the rip-up stalled 5 to 48 connections short
+    # over seeds 1 to 4). The link, not the array, bounds images per second.
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5",
         platform_name="amaranth_boards.ulx3s:ULX3S_85F_Platform",
-        osc_mhz=25.0, clock_mhz=84.375, baud=3_000_000, preset="default",
+        osc_mhz=25.0, clock_mhz=90.0, baud=3_000_000, preset="default",
         program_hint="openFPGALoader -b ulx3s {bitstream}",
         # Dense convolutions (each lane's address and bounds check in the convolution engine,
         # each column slice's own read address) halve lenet5's cycles and take 30 % off
         # lenet-digits'. They closed at 67.0 MHz when first tried; with the fill's bounds
         # check a cycle later and its go-ahead from a register, at 78.6 MHz; with their lane
         # addresses registered on the way to the memory's column slices (`fill_stages`), at
-        # 91.2 (above). Fused pooling: since it came in.
+        # 91.2 then. Fused pooling: since it came in.
         dense_conv=True, fused_pool=True, seed=2),
     # iCE40UP5K, FT2232H channel B as UART. 30 MHz from the PLL (the small preset closes at
     # 32.6 MHz, seed 1) and 3 MBd (10 clocks a bit): the 1x4 array, not the link, bounds

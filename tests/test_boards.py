@@ -55,8 +55,8 @@ def test_unknown_board(name):
 
 def test_ulx3s_default_clock_is_the_pll():
     top, p = plan("ulx3s-85f")
-    assert top.clock_hz == 84.375e6
-    assert top.bridge.divisor == 28           # 3 MBd, 0.45 % fast
+    assert top.clock_hz == 90e6
+    assert top.bridge.divisor == 30           # 3 MBd exactly
     assert "EHXPLLL" in p.files["systolic.il"]
 
 
