@@ -602,8 +602,9 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=No
         design = _design_hash(plan, spec.family, seed)
         if not force and (reused := _reusable(build_dir, design)) is not None:
             return reused
+        # (The packer's input too: `_ToolWatch` takes it for the packer running.)
         for stale in ("report.json", "report.html", f"{NAME}.bit", f"{NAME}.bin",
-                      f"{NAME}.tim"):
+                      f"{NAME}.tim", f"{NAME}.config", f"{NAME}.asc"):
             (build_dir / stale).unlink(missing_ok=True)
         plan.extract(build_dir)
         watch = _ToolWatch(build_dir, spec.family)
