@@ -429,7 +429,10 @@ class Core(wiring.Component):
         else:
             wr_sel, rd_slices = write_select(writing, "wr_sel"), rd_sel
         act_data = self._act_memory(m, rd_slices, wr_sel)
-        act_q = Signal(word, reset_less=True)   # the block RAMs' output register (`outreg`)
+        # On the ECP5 `act_q` is the block RAMs' output register (`outreg`, which takes only
+        # flip-flops without a reset). The iCE40's stays as it was: its logic cells share
+        # a reset per block of eight, and the iCEBreaker's design, 98 % full, did not place.
+        act_q = Signal(word, reset_less=cfg.target == "ecp5")
         read_d, read_dd = Signal(), Signal()
         m.d.sync += [read_d.eq(rd_sel.en), read_dd.eq(read_d)]
         with m.If(read_dd):
