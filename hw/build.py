@@ -488,9 +488,11 @@ def _reusable(build_dir, design):
                                program_hint=spec.program_hint.format(bitstream=bitstream))
 
 
-#: The ECP5 build script's step between Yosys and nextpnr (`prepare_plan`).
+#: The ECP5 build script's step between Yosys and nextpnr (`prepare_plan`). `build` sets
+#: ``PYTHON`` to its own interpreter; the shell script run by hand falls back to ``python3``.
 _OUTREG_STEP = r"""
-{{invoke_tool("python")}} -m systolic.hw.outreg {{name}}.json
+{% if syntax == "sh" %}"${PYTHON:-python3}"{% else %}{{invoke_tool("python")}}{% endif %}
+    -m systolic.hw.outreg {{name}}.json
 """
 
 

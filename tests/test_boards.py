@@ -145,3 +145,22 @@ def test_baud_error():
     with pytest.raises(SystolicError, match=r"^Baud rate error must be at most 2%, not "):
         BoardTop("icebreaker", baud=2_850_000)
 
+
+
+@pytest.mark.parametrize("board", ["ulx3s-85f", "icebreaker"])
+def test_build_script_moves_block_ram_registers_on_the_ecp5(board):
+    # `systolic.hw.outreg` runs on the ECP5's netlist, between Yosys and nextpnr, in the
+    # interpreter `build` names (the shell script run by hand: python3); not on the iCE40.
+    from systolic.hw.build import _toolchain_env, prepare_plan
+
+    spec = get_board(board)
+    with _toolchain_env(spec.family):
+        top = BoardTop(board, controller=Echo())
+        script = prepare_plan(spec.family, spec.platform(), top).files["build_systolic.sh"]
+    tools = [line.split()[0] for line in script.splitlines() if line.startswith('"$')]
+    if board == "ulx3s-85f":
+        assert tools == ['"$YOSYS"', '"${PYTHON:-python3}"', '"$NEXTPNR_ECP5"', '"$ECPPACK"']
+        assert '"${PYTHON:-python3}" -m systolic.hw.outreg systolic.json' in script
+    else:
+        assert tools == ['"$YOSYS"', '"$NEXTPNR_ICE40"', '"$ICEPACK"']
+        assert "outreg" not in script
