@@ -169,6 +169,9 @@ class BuildReport:
     peak_gops : float
         The array's peak rate at ``clock_mhz``: 2 operations (multiply, add) per PE per cycle,
         in 10^9 operations per second.
+    bram_output_registers : dict
+        ECP5: block RAM read ports whose read data register went into the block RAM
+        (`systolic.hw.outreg`): ``{"ports": n, "flip_flops": n, "kept": n}``; else empty.
     """
 
     board: str
@@ -193,6 +196,7 @@ class BuildReport:
     reused: bool = False
     critical_path: dict = field(default_factory=dict)
     peak_gops: float = 0.0
+    bram_output_registers: dict = field(default_factory=dict)
 
     def as_dict(self):
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -225,6 +229,10 @@ class BuildReport:
                          f"({verdict})  {clock}")
         if self.critical_path:
             lines.append(f"  critical path {format_critical_path(self.critical_path)}")
+        if self.bram_output_registers:
+            o = self.bram_output_registers
+            lines.append(f"  BRAM output registers on {o['ports']} of "
+                         f"{o['ports'] + o['kept']} read ports")
         lines.append(f"  peak   {self.peak_gops:.2f} GOPS ({self.config['rows']}x"
                      f"{self.config['cols']} PEs, 2 ops a cycle each)")
         lines.append(f"  bitstream {self.bitstream}")
@@ -456,6 +464,16 @@ def _stop(proc):
         proc.wait()
 
 
+def _outreg_counts(build_dir):
+    """What the build's `outreg` step did (its `outreg.REPORT`), or ``{}``."""
+    try:
+        counts = json.loads((build_dir / outreg.REPORT).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: int(counts[k]) for k in ("ports", "flip_flops", "kept")} if isinstance(
+        counts, dict) and all(k in counts for k in ("ports", "flip_flops", "kept")) else {}
+
+
 def _design_hash(plan, family, seed):
     """What decides the bitstream: the plan's files, the seed and the tools' versions."""
     h = hashlib.sha256(f"seed {seed}\n".encode())
@@ -606,7 +624,7 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=No
             return reused
         # (The packer's input too: `_ToolWatch` takes it for the packer running.)
         for stale in ("report.json", "report.html", f"{NAME}.bit", f"{NAME}.bin",
-                      f"{NAME}.tim", f"{NAME}.config", f"{NAME}.asc"):
+                      f"{NAME}.tim", f"{NAME}.config", f"{NAME}.asc", outreg.REPORT):
             (build_dir / stale).unlink(missing_ok=True)
         plan.extract(build_dir)
         watch = _ToolWatch(build_dir, spec.family)
@@ -633,7 +651,8 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=No
         clocks=clocks, stages={k: round(v, 1) for k, v in stages.items()},
         build_dir=build_dir, program_hint=spec.program_hint.format(bitstream=bitstream),
         design=design, critical_path=critical_path_summary(synth.critical_path, slowest),
-        peak_gops=round(2 * top.cfg.pes * target_mhz / 1000, 3))
+        peak_gops=round(2 * top.cfg.pes * target_mhz / 1000, 3),
+        bram_output_registers=_outreg_counts(build_dir))
     (build_dir / "report.json").write_text(json.dumps(
         {**report.as_dict(), "nextpnr": json.loads((build_dir / "report.json").read_text())},
         indent=2) + "\n")

@@ -31,7 +31,11 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-__all__ = ["absorb", "main"]
+__all__ = ["REPORT", "absorb", "main"]
+
+#: The file `main` writes its counts to, beside the netlist (``ports``, ``flip_flops``,
+#: ``kept``: see `absorb`).
+REPORT = "outreg.json"
 
 _ZERO = ("0", "x")          # a constant input Yosys writes as a string bit
 
@@ -76,6 +80,7 @@ def absorb(design):
     Counter
         ``ports``: read ports given their output register; ``flip_flops``: flip-flops removed;
         ``kept``: read ports left as they were (a load other than one plain flip-flop a bit).
+        `main` writes them to `REPORT`.
     """
     module = _top(design)
     cells = module["cells"]
@@ -142,6 +147,8 @@ def main(argv=None):
               file=sys.stderr)
         return 1
     args.netlist.write_text(json.dumps(design))
+    # The counts, for the build's report (`systolic.hw.build`): beside the netlist.
+    (args.netlist.parent / REPORT).write_text(json.dumps(dict(counts)) + "\n")
     n, kept = counts["ports"], counts["kept"]
     print(f"outreg: {n} block RAM read port{'' if n == 1 else 's'} given "
           f"{'its' if n == 1 else 'their'} output register ({counts['flip_flops']} flip-flops "

@@ -7,6 +7,7 @@ minutes, and then no time at all for the same design again (the bitstream is reu
 """
 
 import _thread
+import dataclasses
 import json
 import os
 import threading
@@ -18,6 +19,7 @@ from systolic.hw.build import (
     BuildError,
     BuildReport,
     TimingError,
+    _outreg_counts,
     _reusable,
     _run_plan,
     _stage,
@@ -205,6 +207,20 @@ def test_reuse_needs_the_same_design_and_its_bitstream(tmp_path):
     assert (reused.bitstream, reused.build_dir) == (moved / "systolic.bin", moved)
     (moved / "report.json").write_text("{")
     assert _reusable(moved, "abc") is None                      # a broken report
+
+
+def test_block_ram_output_registers_in_the_report(tmp_path):
+    # The ECP5 build's `outreg` step leaves its counts beside the netlist; the report takes
+    # them, and says nothing of them where the step did not run or left no valid counts.
+    assert _outreg_counts(tmp_path) == {}
+    (tmp_path / "outreg.json").write_text('{"ports": 123, "flip_flops": 784}')
+    assert _outreg_counts(tmp_path) == {}
+    (tmp_path / "outreg.json").write_text('{"ports": 123, "flip_flops": 784, "kept": 4}')
+    counts = _outreg_counts(tmp_path)
+    assert counts == {"ports": 123, "flip_flops": 784, "kept": 4}
+    report = dataclasses.replace(_missed_report(tmp_path), bram_output_registers=counts)
+    assert "  BRAM output registers on 123 of 127 read ports" in report.table().splitlines()
+    assert "BRAM output registers" not in _missed_report(tmp_path).table()
 
 
 def test_critical_path_summary():

@@ -113,6 +113,8 @@ def test_command_line(tmp_path, capsys):
     assert "1 block RAM read port given its output register" in capsys.readouterr().out
     assert json.loads(path.read_text())["modules"]["top"]["cells"]["ram"]["parameters"][
         "REGMODE_B"] == "OUTREG"
+    assert json.loads((tmp_path / outreg.REPORT).read_text()) == {
+        "ports": 1, "flip_flops": 1, "kept": 0}
     path.write_text("{not json")
     assert outreg.main([str(path)]) == 1
     assert "is not a Yosys JSON netlist" in capsys.readouterr().err
