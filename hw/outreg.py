@@ -5,15 +5,16 @@ An ECP5 ``DP16KD`` without its output register (``REGMODE = "NOREG"``, all Yosys
 mapping makes) puts a read's word out 5.8 ns after the clock edge, most of a cycle at
 100 MHz, and the word then crosses the routing to the fabric flip-flop that takes it. Every
 memory of the core has one: a read's word goes into a register before any logic (see
-`systolic.hw.core`). With ``REGMODE = "OUTREG"`` that register is inside the block RAM: the
-word leaves it about 1 ns after the edge, and the path into the block is the block's own.
+`systolic.hw.core`). With ``REGMODE = "OUTREG"`` that register is inside the block RAM: in
+nextpnr's timing of the default ULX3S design its words reach their first loads from 1.4 ns
+after the edge, routing included, and the path into the register is the block's own.
 Yosys's ``memory_libmap`` has no rule for the output register, so `absorb` does it on the
 mapped netlist (Yosys's JSON), between synthesis and nextpnr: for each read port of each
 ``DP16KD`` whose every used output bit drives one flip-flop's data input and nothing else, the
-flip-flops all clocked as the block RAM, enabled alike (always, or by one net) and without a
-reset, it sets the port's ``REGMODE`` to ``OUTREG``, its ``OCE`` to that enable, and gives the
-port's outputs the flip-flops' outputs; the flip-flops go. A port with any other load (logic,
-two flip-flops, a flip-flop with a reset) is left as it is.
+flip-flops all clocked as the block RAM, enabled alike (always, or by one net), without a
+reset and starting at 0, it sets the port's ``REGMODE`` to ``OUTREG``, its ``OCE`` to that
+enable, and gives the port's outputs the flip-flops' outputs; the flip-flops go. A port with
+any other load (logic, two flip-flops, a flip-flop with a reset) is left as it is.
 
 The behaviour is the same cycle for cycle: the register samples the block's output on the same
 edges, under the same enable, and starts at 0, as the flip-flops do. The board build runs it
@@ -110,6 +111,7 @@ def absorb(design):
                 if (rest or to != "DI" or ff["type"] != "TRELLIS_FF"
                         or fp.get("CLKMUX") != "CLK" or fc["CLK"][0] not in clocks
                         or (fp.get("LSRMUX") != "0" and fc.get("LSR", ["0"])[0] not in _ZERO)
+                        or fp.get("REGSET", "RESET") != "RESET"
                         or fp.get("CEMUX") not in ("1", "CE")):
                     break
                 enables.add("1" if fp["CEMUX"] == "1" else fc["CE"][0])

@@ -81,7 +81,7 @@ def test_36_bit_port_sets_both_halves():
     assert ram["connections"]["OCEA"] == ram["connections"]["OCEB"] == ["1"]
 
 
-@pytest.mark.parametrize("why", ["reset", "two_loads", "logic", "enables", "clock"])
+@pytest.mark.parametrize("why", ["reset", "set", "two_loads", "logic", "enables", "clock"])
 def test_other_loads_keep_the_port_as_it_is(why):
     bram = _bram()
     cells = {"ram": bram}
@@ -90,6 +90,8 @@ def test_other_loads_keep_the_port_as_it_is(why):
         cells[f"q{i}"] = _ff(d, 500 + i, ce=CE)
     if why == "reset":
         cells["q0"] = _ff(outs[0], 500, ce=CE, lsr=RST)
+    elif why == "set":
+        cells["q0"]["parameters"]["REGSET"] = "SET"
     elif why == "two_loads":
         cells["extra"] = _ff(outs[1], 510, ce=CE)
     elif why == "logic":
