@@ -468,10 +468,9 @@ def _outreg_counts(build_dir):
     """What the build's `outreg` step did (its `outreg.REPORT`), or ``{}``."""
     try:
         counts = json.loads((build_dir / outreg.REPORT).read_text())
-    except (OSError, ValueError):
+        return {k: int(counts[k]) for k in ("ports", "flip_flops", "kept")}
+    except (OSError, ValueError, KeyError, TypeError):
         return {}
-    return {k: int(counts[k]) for k in ("ports", "flip_flops", "kept")} if isinstance(
-        counts, dict) and all(k in counts for k in ("ports", "flip_flops", "kept")) else {}
 
 
 def _design_hash(plan, family, seed):
