@@ -39,7 +39,7 @@ __all__ = [
     "SYNC_REPLY", "SYNC_REQUEST", "Error", "IdentifyField", "Mem", "Op", "Reply", "WRITE_TARGET",
     "identify_payload",
     "Request", "dense_cin_bits", "dense_lane_tap", "dense_layout", "dense_supported",
-    "dense_walk", "drain_steps",
+    "dense_walk", "drain_steps", "pad_walk",
     "describe_add", "describe_conv", "describe_dense_conv", "describe_gap", "describe_linear",
     "describe_pool", "fuse_pool", "pack_add_params", "layer_layout", "pair_pixels",
     "pairs_supported",
@@ -373,6 +373,20 @@ def drain_steps(cfg):
     rq_groups`` cycles) before the next tile's drain starts, and each row before the next
     tile's replaces it (``cols + (rows - 1) * (rq_groups - 1)``)."""
     return max(cfg.rows * cfg.rq_groups, cfg.cols + (cfg.rows - 1) * (cfg.rq_groups - 1))
+
+
+def pad_walk(cfg, fields):
+    """A convolution's or fully connected layer's descriptor fields (`describe_conv`,
+    `describe_linear`) with as many more kernel rows walked as make its reduction at least
+    `drain_steps`, so that the requantization lanes keep up (``fields`` itself when it is long
+    enough). The rows past the kernel weigh 0 (their weight words are zero words: the layer's
+    weights padded to ``kh`` rows); their pixels are read and weighed 0, or, outside the
+    image, not read and stored as 0. The output map's size stays that of the kernel."""
+    per_row = fields["kw"] * fields["cin_words"] * cfg.cols
+    kh = max(fields["kh"], _ceil_div(drain_steps(cfg), per_row))
+    if kh == fields["kh"]:
+        return fields
+    return {**fields, "kh": kh, "w_tile_words": kh * per_row}
 
 
 def dense_walk(cfg, kh, kw, cin):

@@ -41,18 +41,22 @@ def unpack_activations(cfg, words, c, h, w):
     return lanes[:, :, :c].transpose(2, 0, 1).copy()
 
 
-def conv_weight_words(cfg, wq):
-    """Weight words for ``(Cout, Cin, kh, kw)`` int8 weights, in the engine's reading order."""
+def conv_weight_words(cfg, wq, walk_kh=None):
+    """Weight words for ``(Cout, Cin, kh, kw)`` int8 weights, in the engine's reading order.
+
+    ``walk_kh`` (at least ``kh``): kernel rows the engine walks, those past the kernel's
+    weighing 0 (`systolic.hw.isa.pad_walk`)."""
     co, ci, kh, kw = wq.shape
     cw, cot = -(-ci // cfg.cols), -(-co // cfg.cols)
-    full = np.zeros((cot * cfg.cols, cw * cfg.cols, kh, kw), np.int8)
-    full[:co, :ci] = wq
+    full = np.zeros((cot * cfg.cols, cw * cfg.cols, walk_kh or kh, kw), np.int8)
+    full[:co, :ci, :kh] = wq
+    kh = full.shape[2]
     # Tile t, then (ky, kx, cw, lane), then the tile's output channels across the word.
     k = full.reshape(cot, cfg.cols, cw * cfg.cols, kh, kw).transpose(0, 3, 4, 2, 1)
     return _words_from_lanes(k.reshape(-1, cfg.cols))
 
 
-def linear_weight_words(cfg, w, in_shape):
+def linear_weight_words(cfg, w, in_shape, walk_kh=None):
     """Weight words of a fully connected layer's ``(Cout, C*H*W)`` weights (PyTorch's
     flattening order) for its input read as one pixel of all the ``(C, H, W)`` map's words in
     memory order (`systolic.hw.isa.describe_linear`): input word ``(y * W + x) * CW + cw``,
@@ -63,7 +67,7 @@ def linear_weight_words(cfg, w, in_shape):
     full = np.zeros((co, cw * cfg.cols, h, wd), np.int8)
     full[:, :c] = np.asarray(w).reshape(co, c, h, wd)
     flat = full.transpose(0, 2, 3, 1).reshape(co, h * wd * cw * cfg.cols, 1, 1)
-    return conv_weight_words(cfg, flat)
+    return conv_weight_words(cfg, flat, walk_kh)
 
 
 def linear_as_conv(w, in_shape):

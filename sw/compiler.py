@@ -63,6 +63,7 @@ from ..hw.isa import (
     fuse_pool,
     pack_add_params,
     pack_descriptor,
+    pad_walk,
     pair_pixels,
     pairs_supported,
 )
@@ -603,8 +604,9 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
             if isinstance(layer, Linear):
                 kind = "linear"
                 in_words = _words(cfg.cols, in_shape)
-                fields = describe_linear(cfg, in_words=in_words, cout=co, **common)
-                words = layout.linear_weight_words(cfg, layer.w, in_shape)
+                fields = pad_walk(cfg, describe_linear(cfg, in_words=in_words, cout=co,
+                                                       **common))
+                words = layout.linear_weight_words(cfg, layer.w, in_shape, fields["kh"])
                 macs = co * layer.w.shape[1]
             else:
                 kind = "conv"
@@ -639,16 +641,13 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                     again = np.arange(cfg.cols) % co
                     wq, b, m, sh = wq[again], b[again], m[again], sh[again]
                 if n in chip:
-                    wq = _dense_weights(cfg, wq)
-                words = layout.conv_weight_words(cfg, wq)
-            steps = fields["kh"] * fields["kw"] * fields["cin_words"] * cfg.cols
-            need = drain_steps(cfg)
-            if steps < need:
-                raise FitError(
-                    f"{name}: its {steps}-step reduction is shorter than the {need} steps the "
-                    f"{cfg.rq_lanes} requantization lane(s) need to drain a {cfg.rows}x"
-                    f"{cfg.cols} tile; use a configuration with more requant_lanes or fewer "
-                    "rows")
+                    # Its words, walk rows and all (long enough: `dense_walk`).
+                    words = layout.conv_weight_words(cfg, _dense_weights(cfg, wq))
+                else:
+                    fields = pad_walk(cfg, fields)
+                    words = layout.conv_weight_words(cfg, wq, fields["kh"])
+            assert fields["kh"] * fields["kw"] * fields["cin_words"] * cfg.cols >= drain_steps(
+                cfg)
             w_bases.append(len(weights))
             weights += words
             params += layout.pack_params(cfg, b, m, sh)

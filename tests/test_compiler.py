@@ -421,19 +421,29 @@ def test_avgpool_needs_pool_avg():
         compile_network(qnet, preset("small"))
 
 
-def test_reduction_too_short_for_requant_lanes():
+def test_reduction_padded_for_requant_lanes():
     """Fewer requantization lanes than columns: a tile's sums must be drained before the next
-    tile replaces them (the RTL gives wrong sums otherwise; tests/test_conv_unit.py)."""
+    tile replaces them (the RTL gives wrong sums otherwise), so a shorter reduction walks more
+    kernel rows, weighing 0 (`pad_walk`; exact in RTL: tests/test_conv_unit.py and
+    tests/test_fast_rtl.py)."""
     cfg = AcceleratorConfig(rows=2, cols=4, requant_lanes=1)
     ok = _net([_conv(5, 8, 1), Flatten(), _linear(8, 2)], (5, 1, 1))
-    compile_network(ok, cfg)                       # 8 steps >= 2 rows * 4 groups, 4 + 1 * 3
-    short = _net([_conv(3, 8, 1), Flatten(), _linear(8, 2)], (3, 1, 1))
-    with pytest.raises(FitError, match=r"^layer 0 \(conv 3->8 1x1\): its 4-step reduction is "
-                                       r"shorter than the 8 steps the 1 requantization lane\(s\) "
-                                       r"need to drain a 2x4 tile; use a configuration with more "
-                                       r"requant_lanes or fewer rows$"):
-        compile_network(short, cfg)
-    compile_network(short, cfg.replace(rows=1))
+    prog = compile_network(ok, cfg)                # 8 steps >= 2 rows * 4 groups, 4 + 1 * 3
+    assert [lay.fields["kh"] for lay in prog.layers] == [1, 1]
+    short = _net([_conv(3, 4, 1), Flatten(), _linear(4, 2)], (3, 1, 1))
+    prog = compile_network(short, cfg)
+    conv, lin = prog.layers
+    assert (conv.fields["kh"], conv.fields["kw"], conv.fields["w_tile_words"]) == (2, 1, 8)
+    assert (conv.fields["out_h"], conv.fields["out_w"]) == (1, 1)
+    assert (lin.fields["kh"], lin.fields["w_tile_words"]) == (2, 8)
+    assert prog.w_bases == [0, 8]
+    assert len(prog.weights) == 16
+    # The padding row's weight words are zero words.
+    assert not any(prog.weights[4:8])
+    assert not any(prog.weights[12:16])
+    assert any(prog.weights[:4])
+    one_row = compile_network(short, cfg.replace(rows=1))         # 4 steps are enough
+    assert [lay.fields["kh"] for lay in one_row.layers] == [1, 1]
 
 
 def test_dense_walk_padded_for_requant_lanes():

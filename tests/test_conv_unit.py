@@ -11,9 +11,11 @@ from systolic.hw.isa import (
     describe_conv,
     describe_linear,
     describe_pool,
+    drain_steps,
     fuse_pool,
     layer_layout,
     pack_params,
+    pad_walk,
 )
 from systolic.sim.vectors import conv_params
 from systolic.sw import arith, perfmodel
@@ -202,6 +204,71 @@ def test_linear_over_flattened_map():
     for i, x in enumerate(xs):
         exp = arith.requantize(arith.conv2d_acc(x, wl.reshape(cout, c, h, w), b), m, s)
         got = layout.unpack_activations(cfg, words[i * 2:(i + 1) * 2], cout, 1, 1)
+        assert np.array_equal(got, exp), i
+    assert cycles == perfmodel.predict_cycles(cfg, d)
+
+
+PADDED_CASES = [
+    # rows, cols, requant_lanes, batch, cin, h, w, cout, k, stride, pad
+    (2, 4, 1, 2, 3, 3, 4, 6, 1, 1, 0),        # 4 steps of 8: the last row's padding row is
+                                              # past the image (stored 0), tiles straddle
+    (3, 4, 1, 3, 2, 4, 3, 5, 1, 2, 1),        # 3 rows: 12 steps, a 1x1 kernel walks 3 rows
+    (2, 4, 2, 2, 4, 5, 5, 4, 1, 1, 0),        # two groups: 5 steps of 4 + 1, 2 rows walked
+]
+
+
+@pytest.mark.parametrize(("rows", "cols", "lanes", "batch", "cin", "h", "w", "cout", "k",
+                          "stride", "pad"), PADDED_CASES)
+def test_conv_padded_walk(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad):
+    """A reduction shorter than the requantization lanes need (`drain_steps`) walks more
+    kernel rows, their weights 0 (`pad_walk`): exact, image after image, and the performance
+    model predicts the cycles."""
+    cfg = AcceleratorConfig(rows=rows, cols=cols, act_depth=1024, weight_depth=1024,
+                            param_depth=16, requant_lanes=lanes)
+    rng = np.random.default_rng(hash((rows, cols, lanes, batch, cin, h, w, cout)) % 2**32)
+    xs = rng.integers(-128, 128, (batch, cin, h, w)).astype(np.int8)
+    wq, b, m, s = conv_params(rng, cin, cout, k)
+    xw = [v for x in xs for v in layout.pack_activations(cfg, x)]
+    plain = describe_conv(cfg, cin=cin, h=h, w=w, cout=cout, kh=k, kw=k, stride=stride,
+                          pad=pad, relu=True, in_base=0, out_base=len(xw), batch=batch)
+    d = pad_walk(cfg, plain)
+    assert d["kh"] > k
+    assert d["out_h"] == plain["out_h"]
+    assert d["kh"] * d["kw"] * d["cin_words"] * cols >= drain_steps(cfg)
+    per = d["out_h"] * d["out_w"] * d["cout_tiles"]
+    loads = {Mem.ACT: xw, Mem.WEIGHT: layout.conv_weight_words(cfg, wq, d["kh"]),
+             Mem.PARAM: pack_params(cfg, b, m, s)}
+    words, (cycles,) = run_layers(cfg, loads, [d], len(xw), batch * per)
+    for i, x in enumerate(xs):
+        exp = arith.requantize(arith.conv2d_acc(x, wq, b, stride=stride, padding=pad), m, s,
+                               relu=True)
+        got = layout.unpack_activations(cfg, words[i * per:(i + 1) * per], cout, d["out_h"],
+                                        d["out_w"])
+        assert np.array_equal(got, exp), i
+    assert cycles == perfmodel.predict_cycles(cfg, d)
+
+
+def test_linear_padded_walk():
+    """A fully connected layer of one input word, shorter than the lanes need: its second
+    walked row is past the one-pixel input, stored 0, and its weights are zero words."""
+    cfg = AcceleratorConfig(rows=2, cols=4, act_depth=256, weight_depth=256, param_depth=16,
+                            requant_lanes=1)
+    rng = np.random.default_rng(9)
+    c, cout, batch = 3, 6, 3
+    xs = rng.integers(-128, 128, (batch, c, 1, 1)).astype(np.int8)
+    wl, b, m, s = conv_params(rng, c, cout, 1)
+    wl = wl.reshape(cout, c)
+    xw = [v for x in xs for v in layout.pack_activations(cfg, x)]
+    d = pad_walk(cfg, describe_linear(cfg, in_words=1, cout=cout, in_base=0,
+                                      out_base=len(xw), batch=batch))
+    assert d["kh"] == 2
+    words = layout.linear_weight_words(cfg, wl, (c, 1, 1), d["kh"])
+    assert len(words) == d["cout_tiles"] * d["w_tile_words"]
+    loads = {Mem.ACT: xw, Mem.WEIGHT: words, Mem.PARAM: pack_params(cfg, b, m, s)}
+    out, (cycles,) = run_layers(cfg, loads, [d], len(xw), batch * d["cout_tiles"])
+    for i, x in enumerate(xs):
+        exp = arith.requantize(arith.conv2d_acc(x, wl.reshape(cout, c, 1, 1), b), m, s)
+        got = layout.unpack_activations(cfg, out[i * 2:(i + 1) * 2], cout, 1, 1)
         assert np.array_equal(got, exp), i
     assert cycles == perfmodel.predict_cycles(cfg, d)
 
