@@ -228,6 +228,15 @@ PRESETS = {
                                param_depth=64, program_depth=32, max_dim=63, pool_avg=False,
                                requant_lanes=1, requant_dsp=True, dense_conv=False,
                                fused_pool=False),
+    # ECP5-85F (ULX3S's build): 8 rows by 16 columns, 128 of its 156 MULT18X18D in the array
+    # and 16 in the 8 requantization lanes (a row of sums drains in two cycles). Words of 16
+    # channels tile the LeNets' 16 and 32 channels whole, and its fully connected layers
+    # take 16 weights a cycle, so every network runs faster than on the 8x8 at 90 MHz even
+    # at 75 (`bench/throughput.py`). Activations as the default's (8,192 words, now of 16
+    # channels); 8,192 weight words of 16 (131k weights: ResNet-8 needs 78k) in 64 + 64 +
+    # the parameters' of its 208 DP16KD.
+    "wide": AcceleratorConfig(rows=8, cols=16, act_depth=8192, weight_depth=8192,
+                              param_depth=64, requant_lanes=8),
     # ECP5-85F, all of it: 144 of its 156 multipliers in the array, the other 12 in the 6
     # requantization lanes (a row of sums drains in two cycles, overlapped with the next
     # tile's reduction; with 12 lanes the requantizer alone took 12,362 LUTs and the design
