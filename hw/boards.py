@@ -92,16 +92,14 @@ class Board:
 
 
 BOARDS = {
-    # ECP5-85F, FT231X USB UART (3 MBd capable). 90 MHz from the PLL (the 25 MHz oscillator
-    # times 18/5), which 3 MBd, the FT231X's top rate, divides exactly (30 clocks a bit).
-    # With the block RAMs' read data in their output registers (`systolic.hw.outreg`) the
-    # whole default design closes at 90 with placer seed 2 (before, 84.375 MHz, 27/8, was
-    # the highest: 84.9 MHz there, and at 90 the rip-up stalled 5 to 48 connections short
-    # over seeds 1 to 4). The link, not the array, bounds images per second.
+    # ECP5-85F, FT231X USB UART (3 MBd capable). The `wide` preset (8x16 PEs, 144 of the
+    # 156 MULT18X18D) at 75 MHz from the PLL (the 25 MHz oscillator times 3), which 3 MBd,
+    # the FT231X's top rate, divides exactly (25 clocks a bit). Every network runs faster
+    # on it than on the 8x8 `default`, which closes at 90 MHz (18/5; seed 2).
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5",
         platform_name="amaranth_boards.ulx3s:ULX3S_85F_Platform",
-        osc_mhz=25.0, clock_mhz=90.0, baud=3_000_000, preset="default",
+        osc_mhz=25.0, clock_mhz=75.0, baud=3_000_000, preset="wide",
         program_hint="openFPGALoader -b ulx3s {bitstream}",
         # Dense convolutions (each lane's address and bounds check in the convolution engine,
         # each column slice's own read address) halve lenet5's cycles and take 30 % off

@@ -38,7 +38,7 @@ def plan(board, *, controller="echo", **kwargs):
 def test_boards_known():
     assert list(BOARDS) == ["ulx3s-85f", "icebreaker"]
     assert get_board("ulx3s-85f").config().target == "ecp5"
-    assert get_board("ulx3s-85f").config() == get_board("ulx3s-85f").config("default").replace(
+    assert get_board("ulx3s-85f").config() == get_board("ulx3s-85f").config("wide").replace(
         target="ecp5")
     small = get_board("icebreaker").config()
     assert (small.rows, small.cols, small.target, small.dsps) == (1, 4, "ice40", 6)
@@ -55,8 +55,8 @@ def test_unknown_board(name):
 
 def test_ulx3s_default_clock_is_the_pll():
     top, p = plan("ulx3s-85f")
-    assert top.clock_hz == 90e6
-    assert top.bridge.divisor == 30           # 3 MBd exactly
+    assert top.clock_hz == 75e6
+    assert top.bridge.divisor == 25           # 3 MBd exactly
     assert "EHXPLLL" in p.files["systolic.il"]
 
 

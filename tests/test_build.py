@@ -101,7 +101,7 @@ def test_board_config_from_the_command_line():
         return build_module.board_config_from_args(get_board(args.board), args)
 
     assert config("--board", "ulx3s-85f") == get_board("ulx3s-85f").config()
-    assert config("--board", "ulx3s-85f") == preset("default").replace(target="ecp5")
+    assert config("--board", "ulx3s-85f") == preset("wide").replace(target="ecp5")
     assert config("--board", "icebreaker") == preset("small").replace(target="ice40")
     assert config("--board", "ulx3s-85f", "--no-fused-pool", "--preset", "big") == preset(
         "big").replace(target="ecp5", fused_pool=False)

@@ -156,8 +156,8 @@ def test_deploy_fit_advice_fits_the_command(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     split, _, _ = digits_model()
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 1200, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(1200 * 8 * 8, 10))
+    model = nn.Sequential(nn.Conv2d(1, 2400, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(2400 * 8 * 8, 10))
     qnet = quantize.quantize(model, split.train.x[:8], input_shape=(1, 8, 8), p_max=16,
                              dataset="digits")
     qnet.save(tmp_path / "wider.qnet")
@@ -166,7 +166,7 @@ def test_deploy_fit_advice_fits_the_command(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert re.match(
         r"systolic: error: The network does not fit the ulx3s-85f accelerator \(the board's "
-        r"default, the default preset: 8x8 array, 8192-word activation and 16384-word weight "
+        r"default, the wide preset: 8x16 array, 8192-word activation and 8192-word weight "
         r"memories\): activations must fit act_depth 8192 words, not \d+ \([^;]*; the largest "
         r"[^;]*\)\. On a board the configuration is its bitstream's: build one that holds the "
         r"network \(systolic build --board ulx3s-85f --preset big, or --act-depth N \.\.\.\) "
