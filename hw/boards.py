@@ -94,8 +94,9 @@ class Board:
 BOARDS = {
     # ECP5-85F, FT231X USB UART (3 MBd capable). The `wide` preset (8x16 PEs, 144 of the
     # 156 MULT18X18D) at 75 MHz from the PLL (the 25 MHz oscillator times 3), which 3 MBd,
-    # the FT231X's top rate, divides exactly (25 clocks a bit). Every network runs faster
-    # on it than on the 8x8 `default`, which closes at 90 MHz (18/5; seed 2).
+    # the FT231X's top rate, divides exactly (25 clocks a bit): it closes there at 76.7 MHz
+    # with placer seed 2. Every network runs faster on it than on the 8x8 `default` at the
+    # 90 MHz (18/5) that one closes at (`bench/throughput.py`).
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5",
         platform_name="amaranth_boards.ulx3s:ULX3S_85F_Platform",
