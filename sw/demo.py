@@ -15,7 +15,11 @@ import numpy as np
 
 from .errors import SystolicError
 
-__all__ = ["add_parser", "run_demo"]
+__all__ = ["DEMO_BOARD", "add_parser", "run_demo"]
+
+#: The board whose configuration the demo runs (unless ``--preset``) and whose link and array
+#: its report weighs.
+DEMO_BOARD = "ulx3s-85f"
 
 
 #: What the demo writes into its directory, in the order its last line names them.
@@ -35,7 +39,7 @@ FILES = {
 DEMO_CXX_OPT = "-O0"
 
 
-def run_demo(out_dir, *, preset_name="default", images=40, sim="fast", epochs=None,
+def run_demo(out_dir, *, preset_name=None, images=40, sim="fast", epochs=None,
              seed=0, log=print, verbose=False):
     """Run the demo, writing `FILES` into ``out_dir``; returns the report as a dict.
 
@@ -58,6 +62,10 @@ def run_demo(out_dir, *, preset_name="default", images=40, sim="fast", epochs=No
     if out.exists() and not out.is_dir():
         raise SystolicError(f"{out}: output must be a directory, not a file")
     out.mkdir(parents=True, exist_ok=True)
+    from ..hw.boards import get_board
+
+    # The ULX3S's configuration by default, so that the report says what that board allows.
+    preset_name = preset_name or get_board(DEMO_BOARD).preset
     cfg = preset(preset_name)
     start = time.monotonic()
     train.set_threads()
@@ -158,8 +166,9 @@ def add_parser(subparsers):
     p.add_argument("-o", "--output", default="systolic-demo", metavar="DIR",
                    help="directory for the Verilog, model and reports (default: "
                         "./systolic-demo)")
-    p.add_argument("--preset", default="default", metavar="P",
-                   help=f"accelerator preset: {preset_help()} (default: default)")
+    p.add_argument("--preset", metavar="P",
+                   help=f"accelerator preset: {preset_help()} (default: the {DEMO_BOARD}'s, "
+                        "so that the report says what that board allows)")
     p.add_argument("--images", type=int, default=40, metavar="N",
                    help="test images to simulate (default: 40)")
     p.add_argument("--sim", choices=SIMULATORS, default="fast",

@@ -59,7 +59,7 @@ def test_board_config_is_the_boards():
     _, cfg = board_config("icebreaker")
     assert cfg == preset("small").replace(target="ice40")
     _, cfg = board_config("ulx3s-85f")
-    assert cfg == preset("default").replace(target="ecp5")
+    assert cfg == preset("wide").replace(target="ecp5")
 
 
 def test_board_config_rejects_another_family():

@@ -253,7 +253,7 @@ def test_demo_report_files_and_quiet(tmp_path):
     lines, _ = _stdout_lines(["demo", "-o", "d", "--images", "3", "--epochs", "1"], tmp_path)
     assert not [line for line in lines if _SIM_LOG.search(line)]
     summary = next(line for line in lines if line.startswith("3 images on "))
-    assert re.match(r"3 images on [^:]*, 8x8 array: 0 mismatching images \(0 logits\)", summary)
+    assert re.match(r"3 images on [^:]*, 8x16 array: 0 mismatching images \(0 logits\)", summary)
     assert json.loads((tmp_path / "d" / "report.json").read_text())["images"] == 3
     assert (tmp_path / "d" / "systolic.v").read_text().count("module systolic(") == 1
     # (A fused pooling is named beside its convolution: "layer 0 (conv ...) + 1 (maxpool)".)
