@@ -160,21 +160,23 @@ BATCH_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("rows", "cols", "lanes", "batch", "cin", "h", "w", "cout", "k",
-                          "stride", "pad"), BATCH_CASES)
-def test_conv_batch(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad):
-    """A batch of images in one command: each image's output exactly as alone, one after the
-    other, and the performance model predicts the cycles."""
+def _conv_batch_exact(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad, *,
+                      padded=False):
+    """Run a batch of random images through one convolution command (its walk padded with
+    `pad_walk` if ``padded``): each image's output exactly the golden model's, one after the
+    other, and the cycles the performance model's. Returns the descriptor."""
     cfg = AcceleratorConfig(rows=rows, cols=cols, act_depth=1024, weight_depth=1024,
                             param_depth=16, requant_lanes=lanes)
-    rng = np.random.default_rng(hash((rows, cols, batch, cin, h, w, cout, k)) % 2**32)
+    key = (rows, cols, batch, cin, h, w, cout, k) + ((lanes,) if padded else ())
+    rng = np.random.default_rng(hash(key) % 2**32)
     xs = rng.integers(-128, 128, (batch, cin, h, w)).astype(np.int8)
     wq, b, m, s = conv_params(rng, cin, cout, k)
     xw = [v for x in xs for v in layout.pack_activations(cfg, x)]
-    d = describe_conv(cfg, cin=cin, h=h, w=w, cout=cout, kh=k, kw=k, stride=stride, pad=pad,
-                      relu=True, in_base=0, out_base=len(xw), batch=batch)
+    plain = describe_conv(cfg, cin=cin, h=h, w=w, cout=cout, kh=k, kw=k, stride=stride,
+                          pad=pad, relu=True, in_base=0, out_base=len(xw), batch=batch)
+    d = pad_walk(cfg, plain) if padded else plain
     per = d["out_h"] * d["out_w"] * d["cout_tiles"]
-    loads = {Mem.ACT: xw, Mem.WEIGHT: layout.conv_weight_words(cfg, wq),
+    loads = {Mem.ACT: xw, Mem.WEIGHT: layout.conv_weight_words(cfg, wq, d["kh"]),
              Mem.PARAM: pack_params(cfg, b, m, s)}
     words, (cycles,) = run_layers(cfg, loads, [d], len(xw), batch * per)
     for i, x in enumerate(xs):
@@ -184,6 +186,15 @@ def test_conv_batch(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad):
                                         d["out_w"])
         assert np.array_equal(got, exp), i
     assert cycles == perfmodel.predict_cycles(cfg, d)
+    return cfg, plain, d
+
+
+@pytest.mark.parametrize(("rows", "cols", "lanes", "batch", "cin", "h", "w", "cout", "k",
+                          "stride", "pad"), BATCH_CASES)
+def test_conv_batch(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad):
+    """A batch of images in one command: each image's output exactly as alone, one after the
+    other, and the performance model predicts the cycles."""
+    _conv_batch_exact(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad)
 
 
 def test_linear_over_flattened_map():
@@ -223,29 +234,11 @@ def test_conv_padded_walk(rows, cols, lanes, batch, cin, h, w, cout, k, stride, 
     """A reduction shorter than the requantization lanes need (`drain_steps`) walks more
     kernel rows, their weights 0 (`pad_walk`): exact, image after image, and the performance
     model predicts the cycles."""
-    cfg = AcceleratorConfig(rows=rows, cols=cols, act_depth=1024, weight_depth=1024,
-                            param_depth=16, requant_lanes=lanes)
-    rng = np.random.default_rng(hash((rows, cols, lanes, batch, cin, h, w, cout)) % 2**32)
-    xs = rng.integers(-128, 128, (batch, cin, h, w)).astype(np.int8)
-    wq, b, m, s = conv_params(rng, cin, cout, k)
-    xw = [v for x in xs for v in layout.pack_activations(cfg, x)]
-    plain = describe_conv(cfg, cin=cin, h=h, w=w, cout=cout, kh=k, kw=k, stride=stride,
-                          pad=pad, relu=True, in_base=0, out_base=len(xw), batch=batch)
-    d = pad_walk(cfg, plain)
+    cfg, plain, d = _conv_batch_exact(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad,
+                                      padded=True)
     assert d["kh"] > k
     assert d["out_h"] == plain["out_h"]
     assert d["kh"] * d["kw"] * d["cin_words"] * cols >= drain_steps(cfg)
-    per = d["out_h"] * d["out_w"] * d["cout_tiles"]
-    loads = {Mem.ACT: xw, Mem.WEIGHT: layout.conv_weight_words(cfg, wq, d["kh"]),
-             Mem.PARAM: pack_params(cfg, b, m, s)}
-    words, (cycles,) = run_layers(cfg, loads, [d], len(xw), batch * per)
-    for i, x in enumerate(xs):
-        exp = arith.requantize(arith.conv2d_acc(x, wq, b, stride=stride, padding=pad), m, s,
-                               relu=True)
-        got = layout.unpack_activations(cfg, words[i * per:(i + 1) * per], cout, d["out_h"],
-                                        d["out_w"])
-        assert np.array_equal(got, exp), i
-    assert cycles == perfmodel.predict_cycles(cfg, d)
 
 
 def test_linear_padded_walk():
