@@ -229,7 +229,8 @@ PRESETS = {
                                requant_lanes=1, requant_dsp=True, dense_conv=False,
                                fused_pool=False),
     # ECP5-85F (ULX3S's build): 8 rows by 16 columns, 128 of its 156 MULT18X18D in the array
-    # and 16 in the 8 requantization lanes (a row of sums drains in two cycles). Words of 16
+    # and 16 in the residual add; 8 requantization lanes (a row of sums drains in two cycles;
+    # 16 would double the requantizer's logic). Words of 16
     # channels tile the LeNets' 16 and 32 channels whole, and its fully connected layers
     # take 16 weights a cycle, so every network runs faster than on the 8x8 at 90 MHz even
     # at 75 (`bench/throughput.py`). Activations as the default's (8,192 words, now of 16
