@@ -1,11 +1,11 @@
 """The systolic array: a ``rows × cols`` mesh of processing elements with skewed edges."""
 
-from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, signed
+from amaranth.hdl import DomainRenamer, Module, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .pe import ProcessingElement, capture_cycles, product_stages
-from .replica import delay, hard_register
+from .replica import delay, hard_register, reset_domain
 
 __all__ = ["SystolicArray"]
 
@@ -72,12 +72,7 @@ class SystolicArray(wiring.Component):
         one flip-flop (an 8x16 array's worst path at 75 MHz: 12.4 of 13.0 ns routing)."""
         if self._cfg.target != "ecp5":
             return "sync"
-        name = f"row{r}"
-        rst = hard_register(m, ResetSignal("sync"), name=f"{name}_rst", target="ecp5",
-                            reset_less=True)
-        m.domains += ClockDomain(name, local=True)
-        m.d.comb += [ClockSignal(name).eq(ClockSignal("sync")), ResetSignal(name).eq(rst)]
-        return name
+        return reset_domain(m, f"row{r}", [f"row{r}_rst"], target="ecp5")
 
     def elaborate(self, platform):
         m = Module()

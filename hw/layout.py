@@ -48,11 +48,11 @@ def conv_weight_words(cfg, wq, walk_kh=None):
     weighing 0 (`systolic.hw.isa.pad_walk`)."""
     co, ci, kh, kw = wq.shape
     cw, cot = -(-ci // cfg.cols), -(-co // cfg.cols)
-    full = np.zeros((cot * cfg.cols, cw * cfg.cols, walk_kh or kh, kw), np.int8)
+    rows = walk_kh or kh
+    full = np.zeros((cot * cfg.cols, cw * cfg.cols, rows, kw), np.int8)
     full[:co, :ci, :kh] = wq
-    kh = full.shape[2]
     # Tile t, then (ky, kx, cw, lane), then the tile's output channels across the word.
-    k = full.reshape(cot, cfg.cols, cw * cfg.cols, kh, kw).transpose(0, 3, 4, 2, 1)
+    k = full.reshape(cot, cfg.cols, cw * cfg.cols, rows, kw).transpose(0, 3, 4, 2, 1)
     return _words_from_lanes(k.reshape(-1, cfg.cols))
 
 

@@ -18,7 +18,7 @@ from amaranth.hdl import (
     Value,
 )
 
-__all__ = ["delay", "hard_register", "local_reset"]
+__all__ = ["delay", "hard_register", "local_reset", "reset_domain"]
 
 
 def hard_register(m, d, *, name, target, reset_less=False):
@@ -88,11 +88,18 @@ def local_reset(m, sub, *, name, target, stages=2):
     """
     if target != "ecp5":
         return sub
-    domain = f"{name}_sync"
-    cd = ClockDomain(domain, local=True)
-    m.domains += cd
-    rst = ResetSignal("sync")
-    for i in range(stages):
-        rst = hard_register(m, rst, name=f"{name}_rst{i}", target=target, reset_less=True)
-    m.d.comb += [cd.clk.eq(ClockSignal("sync")), cd.rst.eq(rst)]
+    domain = reset_domain(m, f"{name}_sync", [f"{name}_rst{i}" for i in range(stages)],
+                          target=target)
     return DomainRenamer({"sync": domain})(sub)
+
+
+def reset_domain(m, domain, registers, *, target):
+    """Add to ``m`` the local clock domain ``domain``: ``sync``'s clock, and ``sync``'s reset
+    through a chain of reset-less registers named ``registers`` (`hard_register`, which
+    synthesis does not merge, so that each copy can sit near its loads). Returns ``domain``."""
+    rst = ResetSignal("sync")
+    for name in registers:
+        rst = hard_register(m, rst, name=name, target=target, reset_less=True)
+    m.domains += ClockDomain(domain, local=True)
+    m.d.comb += [ClockSignal(domain).eq(ClockSignal("sync")), ResetSignal(domain).eq(rst)]
+    return domain
