@@ -702,12 +702,14 @@ def add_parser(subparsers):
                     "synthesis, place and route and bitstream packing with the YoWASP tools "
                     "of this Python environment. Prints LUT/FF/DSP/BRAM use against the "
                     "device and fmax against the clock, and writes DIR/report.json. The "
-                    "configuration defaults to the board's: ulx3s-85f the `default` preset, "
-                    "icebreaker the `small` one, multipliers in the board's DSP blocks; the "
-                    "options below override it.",
+                    "configuration defaults to the board's ("
+                    + ", ".join(f"{b.name}: the `{b.preset}` preset at {b.clock_mhz:g} MHz"
+                                for b in BOARDS.values())
+                    + "), multipliers in the board's DSP blocks; the options below override "
+                    "it.",
         epilog="examples:\n"
-               "  systolic build --board icebreaker                 # about a minute\n"
-               "  systolic build --board ulx3s-85f -o build/ulx3s   # about 10 minutes\n"
+               "  systolic build --board icebreaker                 # about 2 minutes\n"
+               "  systolic build --board ulx3s-85f -o build/ulx3s   # about 25 minutes\n"
                "  systolic build --board ulx3s-85f --clock 25 --baud 1000000   # no PLL\n"
                "  systolic build --board ulx3s-85f --preset small --json\n")
     p.add_argument("--board", required=True, metavar="NAME",
