@@ -51,10 +51,12 @@ def run_demo(out_dir, *, preset_name=None, images=40, sim="fast", epochs=None,
     SystolicError
         When ``images`` is not positive or the output directory cannot be created.
     """
+    from ..hw.boards import BOARDS, get_board
     from ..hw.config import preset
     from ..hw.generate import generate
     from . import data, golden, models, quantize, simulate, train
     from .compiler import compile_network
+    from .report import write_report
 
     if images < 1:
         raise SystolicError(f"--images must be at least 1, not {images}")
@@ -62,8 +64,6 @@ def run_demo(out_dir, *, preset_name=None, images=40, sim="fast", epochs=None,
     if out.exists() and not out.is_dir():
         raise SystolicError(f"{out}: output must be a directory, not a file")
     out.mkdir(parents=True, exist_ok=True)
-    from ..hw.boards import get_board
-
     # The ULX3S's configuration by default, so that the report says what that board allows.
     preset_name = preset_name or get_board(DEMO_BOARD).preset
     cfg = preset(preset_name)
@@ -122,9 +122,6 @@ def run_demo(out_dir, *, preset_name=None, images=40, sim="fast", epochs=None,
               f"{full['float_accuracy']:.2%}, int8 accuracy {full['int8_accuracy']:.2%}")
     (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "report.txt").write_text(text + "\n")
-    from ..hw.boards import BOARDS
-    from .report import write_report
-
     board = next((b for b in BOARDS.values() if b.preset == preset_name), None)
     write_report(out / "report.html", simulation=result, qnet=qnet, cfg=cfg,
                  images=split.test.q[:n], float_images=split.test.x[:n],
