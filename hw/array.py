@@ -1,13 +1,32 @@
 """The systolic array: a ``rows × cols`` mesh of processing elements with skewed edges."""
 
-from amaranth.hdl import DomainRenamer, Module, signed
+from amaranth.hdl import DomainRenamer, Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .pe import ProcessingElement, capture_cycles, product_stages
 from .replica import delay, hard_register, reset_domain
 
-__all__ = ["SystolicArray"]
+__all__ = ["SystolicArray", "snapshot_stages"]
+
+
+def snapshot_stages(cfg):
+    """Registers between the PEs' sums and ``results``: 1 when a row's snapshot lets the
+    drain's lanes start on a tile sooner, else 0 (from the shape alone, like the engines'
+    stages, so that a simulation of a board's design counts the board's cycles).
+
+    The drain takes a tile's rows one after the other, ``rq_groups`` cycles each, and every
+    sum must still be there when its row is taken. A PE's sum holds until the next tile's
+    replaces it, ``K`` steps later; but column ``c`` finishes ``c`` cycles after column 0, so a
+    row is whole ``cols - 1`` cycles after its first sum, and the last row is taken
+    ``(rows - 1) * (rq_groups - 1)`` cycles after its sums are ready: without a snapshot a
+    tile needs ``K >= cols + (rows - 1) * (rq_groups - 1)`` (the 8x16 array with 8 lanes: 23
+    steps, so a one-word reduction of 16 steps was walked twice). With it, each row's sums go
+    into a register of the row's own in the cycle the row is whole, and hold ``K`` cycles from
+    then: a tile needs only the lanes' own ``K >= rows * rq_groups`` (`systolic.hw.isa.
+    drain_steps`). Where that is no fewer steps, there is no snapshot."""
+    g = cfg.rq_groups
+    return int(cfg.cols + (cfg.rows - 1) * (g - 1) > cfg.rows * g)
 
 
 def _hard_delay(m, sig, cycles, name, target):
@@ -16,6 +35,10 @@ def _hard_delay(m, sig, cycles, name, target):
     for i in range(cycles):
         sig = hard_register(m, sig, name=f"{name}_d{i}", target=target)
     return sig
+
+
+#: Columns whose snapshot registers share a copy of their row's enable (4: 128 flip-flops).
+_SNAPSHOT_GROUP = 4
 
 
 class SystolicArray(wiring.Component):
@@ -63,7 +86,7 @@ class SystolicArray(wiring.Component):
 
     def row_ready_delay(self, row):
         """Cycles from a ``first`` pulse at the inputs until row ``row``'s sums are complete."""
-        return row + self._cfg.cols + capture_cycles(self._cfg)
+        return row + self._cfg.cols + capture_cycles(self._cfg) + snapshot_stages(self._cfg)
 
     def _row_domain(self, m, r):
         """The clock domain of row ``r``'s PEs: on the ECP5, ``sync`` with a reset of the row's
@@ -73,6 +96,27 @@ class SystolicArray(wiring.Component):
         if self._cfg.target != "ecp5":
             return "sync"
         return reset_domain(m, f"row{r}", [f"row{r}_rst"], target="ecp5")
+
+    def _results(self, m, r, row):
+        """Row ``r``'s ``results``: its PEs' sums, or with `snapshot_stages`, a register of
+        them loaded in the cycle the row's last column finishes: its ``first`` flag
+        (`ProcessingElement.first_out`) ``capture`` cycles on. The enable is a copy per
+        `_SNAPSHOT_GROUP` columns (`hard_register`), each driving its columns' registers
+        only."""
+        if not snapshot_stages(self._cfg):
+            for c, pe in enumerate(row):
+                m.d.comb += self.results[r][c].eq(pe.result)
+            return
+        ready = delay(m, row[-1].first_out, row[-1].capture - 1, name=f"snap{r}",
+                      reset_less=True)
+        for c, pe in enumerate(row):
+            if c % _SNAPSHOT_GROUP == 0:
+                en = hard_register(m, ready, name=f"snap{r}_en{c // _SNAPSHOT_GROUP}",
+                                   target=self._cfg.target, reset_less=True)
+            held = Signal(signed(32), name=f"held_{r}_{c}", reset_less=True)
+            with m.If(en):
+                m.d.sync += held.eq(pe.result)
+            m.d.comb += self.results[r][c].eq(held)
 
     def elaborate(self, platform):
         m = Module()
@@ -84,7 +128,6 @@ class SystolicArray(wiring.Component):
             row = self._row_domain(m, r)
             for c in range(cols):
                 m.submodules[f"pe_{r}_{c}"] = DomainRenamer({"sync": row})(pes[r][c])
-                m.d.comb += self.results[r][c].eq(pes[r][c].result)
         for r in range(rows):
             pe = pes[r][0]
             m.d.comb += [
@@ -96,6 +139,8 @@ class SystolicArray(wiring.Component):
                     pes[r][c].a_in.eq(pes[r][c - 1].a_out),
                     pes[r][c].first_in.eq(pes[r][c - 1].first_out),
                 ]
+        for r in range(rows):
+            self._results(m, r, pes[r])
         for c in range(cols):
             m.d.comb += pes[0][c].w_in.eq(delay(m, self.w[c], c, name=f"w{c}", reset_less=True))
             for r in range(1, rows):

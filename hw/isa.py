@@ -369,10 +369,11 @@ def dense_layout(cfg, kw, cin):
 
 def drain_steps(cfg):
     """The fewest reduction steps (words times ``cols``) a convolution or fully connected
-    layer may take a pixel tile: the requantization lanes take a tile's rows (``rows *
-    rq_groups`` cycles) before the next tile's drain starts, and each row before the next
-    tile's replaces it (``cols + (rows - 1) * (rq_groups - 1)``)."""
-    return max(cfg.rows * cfg.rq_groups, cfg.cols + (cfg.rows - 1) * (cfg.rq_groups - 1))
+    layer may take a pixel tile: the requantization lanes take a tile's rows in ``rows *
+    rq_groups`` cycles before the next tile's drain starts. (Each row's sums also hold until
+    the lanes take them: where that would ask for more steps, the array keeps a snapshot of
+    each row, `systolic.hw.array.snapshot_stages`.)"""
+    return cfg.rows * cfg.rq_groups
 
 
 def pad_walk(cfg, fields):

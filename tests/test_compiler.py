@@ -424,8 +424,7 @@ def test_avgpool_needs_pool_avg():
 def test_reduction_padded_for_requant_lanes():
     """Fewer requantization lanes than columns: a tile's sums must be drained before the next
     tile replaces them (the RTL gives wrong sums otherwise), so a shorter reduction walks more
-    kernel rows, weighing 0 (`pad_walk`; exact in RTL: tests/test_conv_unit.py, and ResNet-8's
-    1x1 convolution in tests/test_residual_rtl.py)."""
+    kernel rows, weighing 0 (`pad_walk`; exact in RTL: tests/test_conv_unit.py)."""
     cfg = AcceleratorConfig(rows=2, cols=4, requant_lanes=1)
     ok = _net([_conv(5, 8, 1), Flatten(), _linear(8, 2)], (5, 1, 1))
     prog = compile_network(ok, cfg)                # 8 steps >= 2 rows * 4 groups, 4 + 1 * 3

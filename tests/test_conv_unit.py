@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 from systolic.hw import layout
-from systolic.hw.config import AcceleratorConfig
+from systolic.hw.array import snapshot_stages
+from systolic.hw.config import AcceleratorConfig, preset
 from systolic.hw.core import Core
 from systolic.hw.isa import (
     Mem,
@@ -224,7 +225,8 @@ PADDED_CASES = [
     (2, 4, 1, 2, 3, 3, 4, 6, 1, 1, 0),        # 4 steps of 8: the last row's padding row is
                                               # past the image (stored 0), tiles straddle
     (3, 4, 1, 3, 2, 4, 3, 5, 1, 2, 1),        # 3 rows: 12 steps, a 1x1 kernel walks 3 rows
-    (2, 4, 2, 2, 4, 5, 5, 4, 1, 1, 0),        # two groups: 5 steps of 4 + 1, 2 rows walked
+    (4, 6, 3, 2, 5, 4, 4, 4, 1, 1, 0),        # two groups and a row snapshot: 8 steps of
+                                              # 4 * 2, a word is 6
 ]
 
 
@@ -239,6 +241,34 @@ def test_conv_padded_walk(rows, cols, lanes, batch, cin, h, w, cout, k, stride, 
     assert d["kh"] > k
     assert d["out_h"] == plain["out_h"]
     assert d["kh"] * d["kw"] * d["cin_words"] * cols >= drain_steps(cfg)
+
+
+SNAPSHOT_CASES = [
+    # rows, cols, requant_lanes, batch, cin, h, w, cout, k, stride, pad
+    (2, 4, 2, 2, 4, 5, 5, 4, 1, 1, 0),        # 4 steps: 5 without the snapshot
+    (3, 6, 3, 2, 6, 4, 3, 9, 1, 1, 0),        # 6 steps: 8 without, two channel tiles
+]
+
+
+@pytest.mark.parametrize(("rows", "cols", "lanes", "batch", "cin", "h", "w", "cout", "k",
+                          "stride", "pad"), SNAPSHOT_CASES)
+def test_conv_row_snapshot(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad):
+    """Where the drain's groups would outlast a row's sums (`snapshot_stages`), the array keeps
+    a snapshot of each row, and a reduction of only ``rows * rq_groups`` steps runs unpadded:
+    exact, tiles back to back, and the cycles the performance model's. (Without the snapshot
+    the last rows' sums are the next tile's by the time the lanes take them.)"""
+    cfg, plain, d = _conv_batch_exact(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad)
+    assert snapshot_stages(cfg) == 1
+    assert d["kh"] * d["kw"] * d["cin_words"] * cols == drain_steps(cfg) == rows * cfg.rq_groups
+    assert pad_walk(cfg, plain) is plain
+
+
+def test_snapshot_only_where_it_helps():
+    """The presets: only the 8x16 array with 8 lanes (a word of 16 steps, which needed 23)
+    has the snapshot; the others' rows hold long enough."""
+    assert {name: snapshot_stages(preset(name)) for name in ("small", "default", "wide", "big")} \
+        == {"small": 0, "default": 0, "wide": 1, "big": 0}
+    assert drain_steps(preset("wide")) == 16
 
 
 def test_linear_padded_walk():

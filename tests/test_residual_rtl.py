@@ -63,11 +63,12 @@ def test_mlperf_resnet8_big_preset():
 def test_mlperf_resnet8_ulx3s_configuration():
     """ResNet-8 on the ULX3S's own configuration (the `wide` preset's 8x16 array, its memories;
     simulated with inferred multipliers): exact, and its live tensors fill 3,072 of the 8,192
-    activation words and its weights 4,912 of the 8,192 weight words of 16 lanes (with dense
+    activation words and its weights 4,880 of the 8,192 weight words of 16 lanes (with dense
     convolutions, as the board builds it: the first layer, three channels, packs taps into a
-    word; 5,008 without). Its 1x1 convolution of 16 channels walks a second kernel row of
-    zero weights (`systolic.hw.isa.pad_walk`): 16 steps are fewer than the 23 the 8
-    requantization lanes need.
+    word; 4,976 without). Its 1x1 convolution of 16 channels walks its one word: 16 steps are
+    as many as the 8 requantization lanes need with the array's row snapshot
+    (`systolic.hw.array.snapshot_stages`; 23 without, and a second kernel row of zero
+    weights, `systolic.hw.isa.pad_walk`).
 
     The board's program runs on the preset's design: the board's configuration is the
     preset's, so the program is the board's, entry for entry and word for word."""
@@ -81,7 +82,7 @@ def test_mlperf_resnet8_ulx3s_configuration():
     assert [lay.entries for lay in report.program.layers] == [lay.entries for lay in board.layers]
     assert (report.program.weights, report.program.params) == (board.weights, board.params)
     assert (board.act_words, cfg.act_depth) == (3072, 8192)
-    assert (len(board.weights), cfg.weight_depth) == (4912, 8192)
+    assert (len(board.weights), cfg.weight_depth) == (4880, 8192)
     assert board.layers[0].fields.get("dense")
-    assert [lay.fields["kh"] for lay in board.layers if "1x1" in lay.name] == [2, 1]
-    assert len(compile_network(qnet, cfg.replace(dense_conv=False)).weights) == 5008
+    assert [lay.fields["kh"] for lay in board.layers if "1x1" in lay.name] == [1, 1]
+    assert len(compile_network(qnet, cfg.replace(dense_conv=False)).weights) == 4976
