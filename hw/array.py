@@ -4,29 +4,29 @@ from amaranth.hdl import DomainRenamer, Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .isa import drain_steps
 from .pe import ProcessingElement, capture_cycles, product_stages
 from .replica import delay, hard_register, reset_domain
 
-__all__ = ["SystolicArray", "snapshot_stages"]
+__all__ = ["SystolicArray", "snapshot_pes"]
 
 
-def snapshot_stages(cfg):
-    """Registers between the PEs' sums and ``results``: 1 when a row's snapshot lets the
-    drain's lanes start on a tile sooner, else 0 (from the shape alone, like the engines'
-    stages, so that a simulation of a board's design counts the board's cycles).
+def snapshot_pes(cfg):
+    """The PEs ``(row, col)`` whose sums the array keeps a snapshot of, so that a tile of only
+    `systolic.hw.isa.drain_steps` reduction steps drains exact (empty in most shapes).
 
-    The drain takes a tile's rows one after the other, ``rq_groups`` cycles each, and every
-    sum must still be there when its row is taken. A PE's sum holds until the next tile's
-    replaces it, ``K`` steps later; but column ``c`` finishes ``c`` cycles after column 0, so a
-    row is whole ``cols - 1`` cycles after its first sum, and the last row is taken
-    ``(rows - 1) * (rq_groups - 1)`` cycles after its sums are ready: without a snapshot a
-    tile needs ``K >= cols + (rows - 1) * (rq_groups - 1)`` (the 8x16 array with 8 lanes: 23
-    steps, so a one-word reduction of 16 steps was walked twice). With it, each row's sums go
-    into a register of the row's own in the cycle the row is whole, and hold ``K`` cycles from
-    then: a tile needs only the lanes' own ``K >= rows * rq_groups`` (`systolic.hw.isa.
-    drain_steps`). Where that is no fewer steps, there is no snapshot."""
-    g = cfg.rq_groups
-    return int(cfg.cols + (cfg.rows - 1) * (g - 1) > cfg.rows * g)
+    The drain takes a tile's rows one after the other, ``G = rq_groups`` cycles each, group
+    ``g`` (columns ``g * rq_lanes`` on) in the row's ``g``-th cycle. Row ``r``'s group ``g`` is
+    taken ``r * G + g`` cycles after row 0 is whole, but PE ``(r, c)``'s sum is replaced ``K``
+    cycles after it appeared, ``cols - 1 - c`` cycles before its row was whole (the columns'
+    skew): the sum is gone by then where ``c < cols + r * (G - 1) + g - K``. (The 8x16 array
+    with 8 lanes, ``K`` = 16 steps: 28 PEs, columns below ``r`` of row ``r``'s first group;
+    without them a one-word reduction of 16 steps had to be walked twice, 23 steps.) Each of
+    these PEs' sums goes into a register as its row is whole, and holds ``K`` cycles from
+    then, past the lanes' turn; the others hold long enough in the PE."""
+    K, L, G = drain_steps(cfg), cfg.rq_lanes, cfg.rq_groups
+    return frozenset((r, c) for r in range(cfg.rows) for c in range(cfg.cols)
+                     if c < cfg.cols + r * (G - 1) + c // L - K)
 
 
 def _hard_delay(m, sig, cycles, name, target):
@@ -86,7 +86,7 @@ class SystolicArray(wiring.Component):
 
     def row_ready_delay(self, row):
         """Cycles from a ``first`` pulse at the inputs until row ``row``'s sums are complete."""
-        return row + self._cfg.cols + capture_cycles(self._cfg) + snapshot_stages(self._cfg)
+        return row + self._cfg.cols + capture_cycles(self._cfg)
 
     def _row_domain(self, m, r):
         """The clock domain of row ``r``'s PEs: on the ECP5, ``sync`` with a reset of the row's
@@ -97,25 +97,28 @@ class SystolicArray(wiring.Component):
             return "sync"
         return reset_domain(m, f"row{r}", [f"row{r}_rst"], target="ecp5")
 
-    def _results(self, m, r, row):
-        """Row ``r``'s ``results``: its PEs' sums, or with `snapshot_stages`, a register of
-        them loaded in the cycle the row's last column finishes: its ``first`` flag
-        (`ProcessingElement.first_out`) ``capture`` cycles on. The enable is a copy per
-        `_SNAPSHOT_GROUP` columns (`hard_register`), each driving its columns' registers
-        only."""
-        if not snapshot_stages(self._cfg):
-            for c, pe in enumerate(row):
+    def _results(self, m, r, row, snap):
+        """Row ``r``'s ``results``: its PEs' sums, or for the PEs of `snapshot_pes` (``snap``),
+        a register of the sum loaded in the cycle the row's last column finishes: its
+        ``first`` flag (`ProcessingElement.first_out`) ``capture`` cycles on. The lanes take
+        such a row at least a cycle after that (``r * (G - 1) + g >= 1``: row 0's first group
+        is never in ``snap``, as ``K >= cols``). The enable is a copy per `_SNAPSHOT_GROUP`
+        snapshot columns (`hard_register`), each driving its columns' registers only."""
+        cols = [c for c in range(len(row)) if (r, c) in snap]
+        for c, pe in enumerate(row):
+            if c not in cols:
                 m.d.comb += self.results[r][c].eq(pe.result)
+        if not cols:
             return
         ready = delay(m, row[-1].first_out, row[-1].capture - 1, name=f"snap{r}",
                       reset_less=True)
-        for c, pe in enumerate(row):
-            if c % _SNAPSHOT_GROUP == 0:
-                en = hard_register(m, ready, name=f"snap{r}_en{c // _SNAPSHOT_GROUP}",
+        for i, c in enumerate(cols):
+            if i % _SNAPSHOT_GROUP == 0:
+                en = hard_register(m, ready, name=f"snap{r}_en{i // _SNAPSHOT_GROUP}",
                                    target=self._cfg.target, reset_less=True)
             held = Signal(signed(32), name=f"held_{r}_{c}", reset_less=True)
             with m.If(en):
-                m.d.sync += held.eq(pe.result)
+                m.d.sync += held.eq(row[c].result)
             m.d.comb += self.results[r][c].eq(held)
 
     def elaborate(self, platform):
@@ -139,8 +142,11 @@ class SystolicArray(wiring.Component):
                     pes[r][c].a_in.eq(pes[r][c - 1].a_out),
                     pes[r][c].first_in.eq(pes[r][c - 1].first_out),
                 ]
+        snap = snapshot_pes(self._cfg)
+        assert all(r * (self._cfg.rq_groups - 1) + c // self._cfg.rq_lanes >= 1
+                   for r, c in snap)
         for r in range(rows):
-            self._results(m, r, pes[r])
+            self._results(m, r, pes[r], snap)
         for c in range(cols):
             m.d.comb += pes[0][c].w_in.eq(delay(m, self.w[c], c, name=f"w{c}", reset_less=True))
             for r in range(1, rows):

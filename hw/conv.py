@@ -44,7 +44,7 @@ from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .array import SystolicArray, snapshot_stages
+from .array import SystolicArray
 from .isa import (
     ACT_READ_LATENCY,
     dense_lane_tap,
@@ -235,7 +235,7 @@ class ConvEngine(wiring.Component):
         p_tile = Signal(cfg.param_addr_bits)            # the drain's tile's first parameter word
         p_next = Signal(cfg.param_addr_bits)            # ... and the next tile's
         settle_cycles = (R * cfg.rq_groups + C + Requantizer.LATENCY + 4 + capture_cycles(cfg)
-                         + snapshot_stages(cfg) + weight_stages(cfg) + select_stages(cfg))
+                         + weight_stages(cfg) + select_stages(cfg))
         settle = Signal(range(settle_cycles + 1 + fused * POOL_EXTRA))
         # Pixel walker: the next output pixel of the layer and its input window origin.
         ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)

@@ -370,10 +370,11 @@ def dense_layout(cfg, kw, cin):
 def drain_steps(cfg):
     """The fewest reduction steps (words times ``cols``) a convolution or fully connected
     layer may take a pixel tile: the requantization lanes take a tile's rows in ``rows *
-    rq_groups`` cycles before the next tile's drain starts. (Each row's sums also hold until
-    the lanes take them: where that would ask for more steps, the array keeps a snapshot of
-    each row, `systolic.hw.array.snapshot_stages`.)"""
-    return cfg.rows * cfg.rq_groups
+    rq_groups`` cycles before the next tile's drain starts, and a row's sums, which appear
+    over ``cols`` cycles (the columns' skew), must all be there at once. (Each row's sums
+    must also hold until the lanes take them; where they would not, the array keeps a
+    snapshot of them, `systolic.hw.array.snapshot_pes`.)"""
+    return max(cfg.rows * cfg.rq_groups, cfg.cols)
 
 
 def pad_walk(cfg, fields):

@@ -17,8 +17,7 @@ Around the layer's feed is a fixed overhead: filling the first block (``rows`` r
 `systolic.hw.conv.fill_stages` registers before the memory), the
 settle period that lets the last results drain through the array and the requantizers
 (``rows * G + cols + Requantizer.LATENCY + P + 4 + S``: ``P`` is the PEs' capture,
-`systolic.hw.pe.capture_cycles`, plus the array's row snapshot,
-`systolic.hw.array.snapshot_stages`; a row takes ``G = cols / rq_lanes``
+`systolic.hw.pe.capture_cycles`; a row takes ``G = cols / rq_lanes``
 cycles in the requantizer; ``S`` is `systolic.hw.conv.weight_stages`, the registers after
 the weight memory's block RAMs, plus `systolic.hw.conv.select_stages`, those of the drain's
 selection of the sums) and a few cycles of hand-over between the states and of the memories'
@@ -72,7 +71,6 @@ every pooling shape on the core's Verilog, ``tests/test_network_rtl.py`` whole n
 
 import itertools
 
-from ..hw.array import snapshot_stages
 from ..hw.conv import POOL_EXTRA, dense_prep_cycles, fill_stages, select_stages, weight_stages
 from ..hw.eltwise import ADD_LATENCY, GAP_TILE_EXTRA
 from ..hw.isa import CMD_LATENCY, Op
@@ -113,8 +111,7 @@ def _engine_cycles(cfg, fields):
     if fields["op"] == Op.CONV:
         pixel_tiles = -(-fields.get("batch", 1) * fields["out_h"] * fields["out_w"] // R)
         feed = pixel_tiles * fields["kh"] * fields["kw"] * fields["cin_words"] * C
-        ends = (R + R * G + C + Requantizer.LATENCY + capture_cycles(cfg)
-                + snapshot_stages(cfg) + CONV_LAYER
+        ends = (R + R * G + C + Requantizer.LATENCY + capture_cycles(cfg) + CONV_LAYER
                 + weight_stages(cfg) + select_stages(cfg) + fill_stages(cfg)
                 + POOL_EXTRA * fields.get("pool", 0))
         prep = dense_prep_cycles(cfg) if fields.get("dense") else 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 from systolic.hw import layout
-from systolic.hw.array import snapshot_stages
+from systolic.hw.array import snapshot_pes
 from systolic.hw.config import AcceleratorConfig, preset
 from systolic.hw.core import Core
 from systolic.hw.isa import (
@@ -225,7 +225,7 @@ PADDED_CASES = [
     (2, 4, 1, 2, 3, 3, 4, 6, 1, 1, 0),        # 4 steps of 8: the last row's padding row is
                                               # past the image (stored 0), tiles straddle
     (3, 4, 1, 3, 2, 4, 3, 5, 1, 2, 1),        # 3 rows: 12 steps, a 1x1 kernel walks 3 rows
-    (4, 6, 3, 2, 5, 4, 4, 4, 1, 1, 0),        # two groups and a row snapshot: 8 steps of
+    (4, 6, 3, 2, 5, 4, 4, 4, 1, 1, 0),        # two groups and a snapshot PE: 8 steps of
                                               # 4 * 2, a word is 6
 ]
 
@@ -245,7 +245,7 @@ def test_conv_padded_walk(rows, cols, lanes, batch, cin, h, w, cout, k, stride, 
 
 SNAPSHOT_CASES = [
     # rows, cols, requant_lanes, batch, cin, h, w, cout, k, stride, pad
-    (2, 4, 2, 2, 4, 5, 5, 4, 1, 1, 0),        # 4 steps: 5 without the snapshot
+    (4, 8, 4, 2, 8, 4, 5, 8, 1, 1, 0),        # 8 steps: 11 without the snapshot of 6 PEs
     (3, 6, 3, 2, 6, 4, 3, 9, 1, 1, 0),        # 6 steps: 8 without, two channel tiles
 ]
 
@@ -253,21 +253,24 @@ SNAPSHOT_CASES = [
 @pytest.mark.parametrize(("rows", "cols", "lanes", "batch", "cin", "h", "w", "cout", "k",
                           "stride", "pad"), SNAPSHOT_CASES)
 def test_conv_row_snapshot(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad):
-    """Where the drain's groups would outlast a row's sums (`snapshot_stages`), the array keeps
-    a snapshot of each row, and a reduction of only ``rows * rq_groups`` steps runs unpadded:
+    """Where the drain's groups would outlast some PEs' sums (`snapshot_pes`), the array keeps
+    a snapshot of those, and a reduction of only ``rows * rq_groups`` steps runs unpadded:
     exact, tiles back to back, and the cycles the performance model's. (Without the snapshot
-    the last rows' sums are the next tile's by the time the lanes take them.)"""
+    those PEs' sums are the next tile's by the time the lanes take them.)"""
     cfg, plain, d = _conv_batch_exact(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad)
-    assert snapshot_stages(cfg) == 1
+    assert snapshot_pes(cfg)
     assert d["kh"] * d["kw"] * d["cin_words"] * cols == drain_steps(cfg) == rows * cfg.rq_groups
     assert pad_walk(cfg, plain) is plain
 
 
 def test_snapshot_only_where_it_helps():
     """The presets: only the 8x16 array with 8 lanes (a word of 16 steps, which needed 23)
-    has the snapshot; the others' rows hold long enough."""
-    assert {name: snapshot_stages(preset(name)) for name in ("small", "default", "wide", "big")} \
-        == {"small": 0, "default": 0, "wide": 1, "big": 0}
+    has snapshot PEs, 28 of its 128, below the diagonal of its first group of 8 columns; the
+    others' sums hold long enough in the PEs."""
+    snap = snapshot_pes(preset("wide"))
+    assert snap == {(r, c) for r in range(8) for c in range(r)}
+    assert {name: len(snapshot_pes(preset(name))) for name in ("small", "default", "big")} \
+        == {"small": 0, "default": 0, "big": 0}
     assert drain_steps(preset("wide")) == 16
 
 

@@ -66,8 +66,8 @@ def test_mlperf_resnet8_ulx3s_configuration():
     activation words and its weights 4,880 of the 8,192 weight words of 16 lanes (with dense
     convolutions, as the board builds it: the first layer, three channels, packs taps into a
     word; 4,976 without). Its 1x1 convolution of 16 channels walks its one word: 16 steps are
-    as many as the 8 requantization lanes need with the array's row snapshot
-    (`systolic.hw.array.snapshot_stages`; 23 without, and a second kernel row of zero
+    as many as the 8 requantization lanes need with the array's snapshot of 28 PEs' sums
+    (`systolic.hw.array.snapshot_pes`; 23 without, and a second kernel row of zero
     weights, `systolic.hw.isa.pad_walk`).
 
     The board's program runs on the preset's design: the board's configuration is the
