@@ -97,19 +97,13 @@ class SystolicArray(wiring.Component):
             return "sync"
         return reset_domain(m, f"row{r}", [f"row{r}_rst"], target="ecp5")
 
-    def _results(self, m, r, row, snap):
-        """Row ``r``'s ``results``: its PEs' sums, or for the PEs of `snapshot_pes` (``snap``),
-        a register of the sum loaded in the cycle the row's last column finishes: its
-        ``first`` flag (`ProcessingElement.first_out`) ``capture`` cycles on. The lanes take
-        such a row at least a cycle after that (``r * (G - 1) + g >= 1``: row 0's first group
-        is never in ``snap``, as ``K >= cols``). The enable is a copy per `_SNAPSHOT_GROUP`
-        snapshot columns (`hard_register`), each driving its columns' registers only."""
-        cols = [c for c in range(len(row)) if (r, c) in snap]
-        for c, pe in enumerate(row):
-            if c not in cols:
-                m.d.comb += self.results[r][c].eq(pe.result)
-        if not cols:
-            return
+    def _snapshot(self, m, r, row, cols):
+        """Row ``r``'s ``results`` of columns ``cols`` (its PEs in `snapshot_pes`): a register
+        of each PE's sum, loaded in the cycle the row's last column finishes: its ``first``
+        flag (`ProcessingElement.first_out`) ``capture`` cycles on. The lanes take such a row
+        at least a cycle after that (``r * (G - 1) + g >= 1``: row 0's first group is never
+        in `snapshot_pes`, as ``K >= cols``). The enable is a copy per `_SNAPSHOT_GROUP`
+        columns (`hard_register`), each driving its columns' registers only."""
         ready = delay(m, row[-1].first_out, row[-1].capture - 1, name=f"snap{r}",
                       reset_less=True)
         for i, c in enumerate(cols):
@@ -127,10 +121,15 @@ class SystolicArray(wiring.Component):
         stages = product_stages(self._cfg)
         pes = [[ProcessingElement(self._cfg.target, product_stages=stages) for _ in range(cols)]
                for _ in range(rows)]
+        snap = snapshot_pes(self._cfg)
+        assert all(r * (self._cfg.rq_groups - 1) + c // self._cfg.rq_lanes >= 1
+                   for r, c in snap)
         for r in range(rows):
             row = self._row_domain(m, r)
             for c in range(cols):
                 m.submodules[f"pe_{r}_{c}"] = DomainRenamer({"sync": row})(pes[r][c])
+                if (r, c) not in snap:
+                    m.d.comb += self.results[r][c].eq(pes[r][c].result)
         for r in range(rows):
             pe = pes[r][0]
             m.d.comb += [
@@ -142,11 +141,9 @@ class SystolicArray(wiring.Component):
                     pes[r][c].a_in.eq(pes[r][c - 1].a_out),
                     pes[r][c].first_in.eq(pes[r][c - 1].first_out),
                 ]
-        snap = snapshot_pes(self._cfg)
-        assert all(r * (self._cfg.rq_groups - 1) + c // self._cfg.rq_lanes >= 1
-                   for r, c in snap)
         for r in range(rows):
-            self._results(m, r, pes[r], snap)
+            if cols_r := [c for c in range(cols) if (r, c) in snap]:
+                self._snapshot(m, r, pes[r], cols_r)
         for c in range(cols):
             m.d.comb += pes[0][c].w_in.eq(delay(m, self.w[c], c, name=f"w{c}", reset_less=True))
             for r in range(1, rows):
