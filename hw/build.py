@@ -340,15 +340,19 @@ def _nextpnr_phase(log):
     return ""
 
 
+def _utilisation(log):
+    """``(cell, used, available)`` for each resource in nextpnr's utilisation log."""
+    return [(m.group(1), int(m.group(2)), int(m.group(3))) for m in re.finditer(
+        r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", log_tail(log, 10_000), re.MULTILINE)]
+
+
 def _overfull(log):
     """``(cell, used, available)`` for each over-used resource in nextpnr's utilisation log."""
-    found = []
-    for m in re.finditer(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", log_tail(log, 10_000),
-                         re.MULTILINE):
-        cell, used, avail = m.group(1), int(m.group(2)), int(m.group(3))
-        if used > avail:
-            found.append((cell, used, avail))
-    return found
+    return [(cell, used, avail) for cell, used, avail in _utilisation(log) if used > avail]
+
+
+#: nextpnr's words when its placer cannot legalise a placement that fits on paper.
+_NO_LEGAL_PLACEMENT = "Unable to find legal placement"
 
 
 _NAMES = {"TRELLIS_COMB": "LUT4s", "TRELLIS_FF": "flip-flops", "MULT18X18D": "DSP multipliers",
@@ -399,7 +403,7 @@ def ripup_stalled(log_text, patience=RIPUP_PATIENCE):
     return None
 
 
-def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0):
+def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0, seed=None):
     """Run the extracted build script, its output into ``build.log``; map failures to errors.
 
     nextpnr's log is watched: a timing-driven rip-up that makes no progress (`ripup_stalled`)
@@ -443,6 +447,16 @@ def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0):
         what = "; ".join(f"{_NAMES.get(c, c)} ({c}) {u} of {a}" for c, u, a in over)
         raise BuildError(f"The design does not fit the device: {what}. Use "
                          f"{_shrink_hint(cfg, over)}")
+    if pnr_log.exists() and _NO_LEGAL_PLACEMENT in log_tail(pnr_log):
+        # Fits on paper, but the placer could not spread it onto legal sites: a placement
+        # near the device's limit, which another seed may legalise.
+        full = max(_utilisation(pnr_log), key=lambda u: u[1] / u[2], default=None)
+        what = (f"; its fullest resource is {_NAMES.get(full[0], full[0])} ({full[0]}) "
+                f"{full[1]} of {full[2]}, {100 * full[1] // full[2]} %" if full else "")
+        other = f"a --seed other than {seed}" if seed is not None else "another --seed"
+        hint = _shrink_hint(cfg, [full] if full else [])
+        raise BuildError(f"The design does not fit the device: nextpnr could not find a legal "
+                         f"placement{what}. Try {other}, or use {hint}")
     tail = log_tail(pnr_log if pnr_log.exists() else build_dir / f"{NAME}.rpt")
     if "ERROR" not in tail:
         tail = log_tail(log)
@@ -628,7 +642,8 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=No
         plan.extract(build_dir)
         watch = _ToolWatch(build_dir, spec.family)
         _, stages["toolchain"] = _stage(
-            "toolchain", lambda: _run_plan(build_dir, top.cfg, target_mhz), progress=progress,
+            "toolchain", lambda: _run_plan(build_dir, top.cfg, target_mhz, seed=seed),
+            progress=progress,
             watch=watch)
         watch.switch(None)
         stages.update(watch.times)

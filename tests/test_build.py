@@ -135,6 +135,24 @@ def test_does_not_fit_suggests_small_preset(tmp_path):
         _run_plan(tmp_path, preset("default"))
 
 
+def test_no_legal_placement_names_the_fullest_resource(tmp_path):
+    """A design that fits on paper but that the placer cannot legalise (the iCEBreaker's, at
+    96 % of its logic cells, on some netlists): the fullest resource and what to try."""
+    (tmp_path / "systolic.tim").write_text(
+        "Info: Device utilisation:\n"
+        "Info: \t         ICESTORM_LC:    5080/   5280    96%\n"
+        "Info: \t        ICESTORM_RAM:      20/     30    66%\n"
+        "Info: Strict legalising 4172 cells...\n"
+        "ERROR: Unable to find legal placement for all cells, design is probably at "
+        "utilisation limit.\n")
+    fake_plan(tmp_path, "exit 125\n")
+    with pytest.raises(BuildError, match=(
+            r"^The design does not fit the device: nextpnr could not find a legal placement; "
+            r"its fullest resource is logic cells \(ICESTORM_LC\) 5080 of 5280, 96 %\. Try a "
+            r"--seed other than 1, or use fewer array rows/cols \(--rows, --cols\)$")):
+        _run_plan(tmp_path, preset("small"), seed=1)
+
+
 def test_tool_failure_shows_the_log(tmp_path):
     fake_plan(tmp_path, "echo 'ERROR: something broke in yosys' > systolic.rpt\n"
                         "echo 'yosys failed' >&2\nexit 3\n")
