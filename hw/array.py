@@ -24,9 +24,15 @@ def snapshot_pes(cfg):
     without them a one-word reduction of 16 steps had to be walked twice, 23 steps.) Each of
     these PEs' sums goes into a register as its row is whole, and holds ``K`` cycles from
     then, past the lanes' turn; the others hold long enough in the PE."""
-    K, L, G = drain_steps(cfg), cfg.rq_lanes, cfg.rq_groups
+    K = drain_steps(cfg)
     return frozenset((r, c) for r in range(cfg.rows) for c in range(cfg.cols)
-                     if c < cfg.cols + r * (G - 1) + c // L - K)
+                     if c < cfg.cols + _drain_lag(cfg, r, c) - K)
+
+
+def _drain_lag(cfg, r, c):
+    """Cycles between row ``r`` being whole and the drain taking PE ``(r, c)``'s sum, beyond
+    row 0's: ``r * (G - 1) + g``, ``g`` the column's lane group."""
+    return r * (cfg.rq_groups - 1) + c // cfg.rq_lanes
 
 
 def _hard_delay(m, sig, cycles, name, target):
@@ -101,8 +107,8 @@ class SystolicArray(wiring.Component):
         """Row ``r``'s ``results`` of columns ``cols`` (its PEs in `snapshot_pes`): a register
         of each PE's sum, loaded in the cycle the row's last column finishes: its ``first``
         flag (`ProcessingElement.first_out`) ``capture`` cycles on. The lanes take such a row
-        at least a cycle after that (``r * (G - 1) + g >= 1``: row 0's first group is never
-        in `snapshot_pes`, as ``K >= cols``). The enable is a copy per `_SNAPSHOT_GROUP`
+        at least a cycle after that (`_drain_lag` >= 1: row 0's first group is never in
+        `snapshot_pes`, as ``K >= cols``). The enable is a copy per `_SNAPSHOT_GROUP`
         columns (`hard_register`), each driving its columns' registers only."""
         ready = delay(m, row[-1].first_out, row[-1].capture - 1, name=f"snap{r}",
                       reset_less=True)
@@ -122,8 +128,7 @@ class SystolicArray(wiring.Component):
         pes = [[ProcessingElement(self._cfg.target, product_stages=stages) for _ in range(cols)]
                for _ in range(rows)]
         snap = snapshot_pes(self._cfg)
-        assert all(r * (self._cfg.rq_groups - 1) + c // self._cfg.rq_lanes >= 1
-                   for r, c in snap)
+        assert all(_drain_lag(self._cfg, r, c) >= 1 for r, c in snap)
         for r in range(rows):
             row = self._row_domain(m, r)
             for c in range(cols):

@@ -450,7 +450,8 @@ def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0, seed=None):
     if pnr_log.exists() and _NO_LEGAL_PLACEMENT in log_tail(pnr_log):
         # Fits on paper, but the placer could not spread it onto legal sites: a placement
         # near the device's limit, which another seed may legalise.
-        full = max(_utilisation(pnr_log), key=lambda u: u[1] / u[2], default=None)
+        full = max((u for u in _utilisation(pnr_log) if u[2]), key=lambda u: u[1] / u[2],
+                   default=None)
         what = (f"; its fullest resource is {_NAMES.get(full[0], full[0])} ({full[0]}) "
                 f"{full[1]} of {full[2]}, {100 * full[1] // full[2]} %" if full else "")
         other = f"a --seed other than {seed}" if seed is not None else "another --seed"
@@ -643,8 +644,7 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=No
         watch = _ToolWatch(build_dir, spec.family)
         _, stages["toolchain"] = _stage(
             "toolchain", lambda: _run_plan(build_dir, top.cfg, target_mhz, seed=seed),
-            progress=progress,
-            watch=watch)
+            progress=progress, watch=watch)
         watch.switch(None)
         stages.update(watch.times)
     bitstream = build_dir / (f"{NAME}.bit" if spec.family == "ecp5" else f"{NAME}.bin")
