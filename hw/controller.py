@@ -49,7 +49,7 @@ from .isa import (
     mem_word_bytes,
 )
 from .pool import times_const
-from .replica import local_reset
+from .replica import hard_register, local_reset
 from .synth import one_hot
 
 __all__ = ["Controller"]
@@ -341,6 +341,16 @@ class Controller(wiring.Component):
         short_bytes = min(cfg.cols, param_bytes)
         short = (mem == Mem.PARAM.value) if param_bytes < cfg.cols else (mem != Mem.PARAM.value)
         act = shift[8 * word_at:8 * (word_at + cfg.cols)]
+        # The shift register moves in WRITE_BYTE and RUN_LOAD. Its enable comes from a flip-flop
+        # set on the way into those states and cleared on the way out (``shift_go``: the next
+        # cycle's), not from the state's decoding: it goes to every one of the register's
+        # ``8 * data_bytes`` flip-flops, which sit beside the memories all over the chip. On the
+        # ECP5 each byte has a copy of it of its own (`hard_register`), next to the byte.
+        shift_go = Signal()
+        copies = len(shift) // 8 if piped else 1
+        shift_en = [hard_register(m, shift_go, name=f"shift_en{k}", target=cfg.target)
+                    for k in range(copies)]
+        m.d.comb += shift_go.eq(shift_en[0])        # (unless a state changes it)
         # A WRITE's words are counted as its bytes arrive (PAYLOAD), so that a frame whose
         # length does not match its count, or whose words run past the memory's end, is
         # answered before anything is written. Wide enough for any word count a frame holds.
@@ -402,6 +412,36 @@ class Controller(wiring.Component):
         for kind in Request:
             is_req[kind] = Signal(name=f"is_{kind.name.lower()}")
             m.d.sync += is_req[kind].eq(req == kind)
+
+        # What ``shift`` takes when it moves: the next byte at the top (WRITE's from the frame
+        # buffer, RUN's from the program memory); a short word's last byte also at its end; and
+        # at the end of a packed activation word, its other lanes.
+        writing = is_req[Request.WRITE]
+        byte = Mux(writing, fb_q, pg_q)
+        shift_next = Signal.like(shift)
+        m.d.comb += shift_next.eq(Cat(shift[8:], byte))
+        if short_bytes < data_bytes:
+            with m.If(writing & is_short):
+                entry = word_at + short_bytes - 1
+                m.d.comb += shift_next[8 * entry:8 * entry + 8].eq(byte)
+        with m.If(writing & ~is_prog & (j == word_last) & packed):
+            # The word's bytes, as they are after this cycle's, down to lane 0: its other lanes
+            # go in at once, the bytes moving down ``cols - lanes``. With dense convolutions
+            # those lanes repeat the bytes (lane l holds lane l % lanes: every column slice
+            # gets the pixel), else they are 0.
+            after = Cat(act[8:], byte)
+            with m.Switch(lanes):
+                for n in range(1, cfg.cols):
+                    got = after[8 * (cfg.cols - n):]
+                    if cfg.dense_conv:
+                        got = Cat(got.word_select(k % n, 8) for k in range(cfg.cols))
+                    with m.Case(n):
+                        m.d.comb += shift_next[8 * word_at:8 * (word_at + cfg.cols)].eq(got)
+        for k, en in enumerate(shift_en):
+            part = slice(8 * (k * len(shift) // 8 // copies),
+                         8 * ((k + 1) * len(shift) // 8 // copies))
+            with m.If(en):
+                m.d.sync += shift[part].eq(shift_next[part])
 
         def reply(m):
             """Answer the request, with the kind of reply of the state it is called in."""
@@ -561,24 +601,22 @@ class Controller(wiring.Component):
             with m.State("WRITE_PRIME"):
                 m.d.comb += fb_r.en.eq(1)
                 m.d.sync += idx.eq(idx + 1)
+                if not piped:
+                    m.d.comb += shift_go.eq(1)
                 m.next = "WRITE_FILL" if piped else "WRITE_BYTE"
             with m.State("WRITE_FILL"):
                 m.d.comb += [fb_r.en.eq(more), replies_with.eq(_Payload.NONE)]
                 m.d.sync += idx.eq(idx + more)
                 if piped:
                     m.d.sync += fb_q.eq(fb_r.data)
+                m.d.comb += shift_go.eq(1)
                 m.next = "WRITE_BYTE"
             with m.State("WRITE_BYTE"):
-                m.d.comb += replies_with.eq(_Payload.NONE)
-                byte = fb_q
-                m.d.comb += fb_r.en.eq(more)
-                m.d.sync += [shift.eq(Cat(shift[8:], byte)), j.eq(j + 1), idx.eq(idx + more)]
+                # (The byte in ``fb_q`` goes into ``shift``: see `shift_next`.)
+                m.d.comb += [replies_with.eq(_Payload.NONE), fb_r.en.eq(more)]
+                m.d.sync += [j.eq(j + 1), idx.eq(idx + more)]
                 if piped:
                     m.d.sync += fb_q.eq(fb_r.data)
-                if short_bytes < data_bytes:
-                    with m.If(is_short):
-                        entry = word_at + short_bytes - 1
-                        m.d.sync += shift[8 * entry:8 * entry + 8].eq(byte)
                 with m.If(is_prog):
                     # Descriptors are stored as they came.
                     m.d.comb += pg_w.en.eq(1)
@@ -587,23 +625,11 @@ class Controller(wiring.Component):
                         step_pc()
                         step_addr()
                         with m.If(addr_last):
+                            m.d.comb += shift_go.eq(0)
                             reply(m)
                 with m.Elif(j == word_last):
-                    m.d.sync += j.eq(0)
-                    with m.If(packed):
-                        # The word's bytes, as they are after this cycle's, down to lane 0: its
-                        # other lanes go in at once, the bytes moving down ``cols - lanes``.
-                        # With dense convolutions those lanes repeat the bytes (lane l holds
-                        # lane l % lanes: every column slice gets the pixel), else they are 0.
-                        after = Cat(act[8:], byte)
-                        with m.Switch(lanes):
-                            for n in range(1, cfg.cols):
-                                got = after[8 * (cfg.cols - n):]
-                                if cfg.dense_conv:
-                                    got = Cat(got.word_select(k % n, 8) for k in range(cfg.cols))
-                                with m.Case(n):
-                                    m.d.sync += act.eq(got)
-                    m.d.sync += load_valid.eq(1)
+                    m.d.sync += [j.eq(0), load_valid.eq(1)]
+                    m.d.comb += shift_go.eq(0)
                     m.next = "WRITE_WORD"
             with m.State("WRITE_WORD"):
                 m.d.comb += replies_with.eq(_Payload.NONE)
@@ -613,6 +639,7 @@ class Controller(wiring.Component):
                     with m.If(addr_last):
                         reply(m)
                     with m.Else():
+                        m.d.comb += shift_go.eq(1)
                         m.next = "WRITE_BYTE"
 
             # -- RUN: the program's layers, one after the other ----------------------------------
@@ -623,14 +650,16 @@ class Controller(wiring.Component):
                 with m.Else():
                     m.d.comb += pg_r.en.eq(1)
                     m.d.sync += j.eq(j + 1)
+                    m.d.comb += shift_go.eq(1)
                     m.next = "RUN_LOAD"
             with m.State("RUN_LOAD"):
                 # One byte a cycle from ``pg_q``, the next two's reads under way. The first
                 # cycle's byte is not the entry's (no read is two cycles old yet): it goes in
                 # first, and so out below the descriptor, which is the entry's bytes after it.
                 m.d.comb += [self.busy.eq(1), pg_r.en.eq(1)]
-                m.d.sync += [shift.eq(Cat(shift[8:], pg_q)), j.eq(j + 1)]
+                m.d.sync += j.eq(j + 1)
                 with m.If(j == desc_bytes + piped):
+                    m.d.comb += shift_go.eq(0)
                     m.next = "RUN_DECODE"
             with m.State("RUN_DECODE"):
                 m.d.comb += self.busy.eq(1)
