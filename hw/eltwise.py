@@ -40,7 +40,7 @@ __all__ = ["ADD_LATENCY", "AddEngine", "GAP_DIV_STEPS", "GAP_TILE_EXTRA", "GapEn
            "has_eltwise"]
 
 #: Cycles from issuing the read of an add's last second-operand word to its result's write.
-ADD_LATENCY = ACT_READ_LATENCY + 7
+ADD_LATENCY = ACT_READ_LATENCY + 8
 #: Quotient bits of the global pooling divider: ``floor((2*S + 257*N) / (2*N))`` is 0 to 255.
 GAP_DIV_STEPS = 9
 #: Cycles a global pooling's channel tile takes beyond one a pixel read: the wait for the last
@@ -159,17 +159,20 @@ class AddEngine(wiring.Component):
                     m.next = "IDLE"
 
         # The pipeline, by cycles after a word's read (L = ACT_READ_LATENCY): L the word,
-        # times its operand's M in a DSP block (`dsp.ScaleMultiplier`); L + 2 the product,
+        # L + 1 the word in a register of the fabric (the activation memory's block RAMs and
+        # the DSP blocks are columns apart: the route from one to the other was the ULX3S's
+        # worst path at 75 MHz, 12.0 of 13.1 ns), times its operand's M in a DSP block
+        # (`dsp.ScaleMultiplier`); L + 3 the product,
         # into a register in the fabric (the DSP blocks sit in their own rows, far from the
         # rest: the route from one to the shifter was the ULX3S's worst path at 90 MHz,
-        # 6.5 ns); L + 3 shifted right by the spread if it is p_hi; L + 4 kept (first
-        # operand) or summed (second); L + 5 the sum shifted right by lo - 1; L + 6 rounded
-        # and clamped; the write takes it in cycle L + 7 (ADD_LATENCY).
+        # 6.5 ns); L + 4 shifted right by the spread if it is p_hi; L + 5 kept (first
+        # operand) or summed (second); L + 6 the sum shifted right by lo - 1; L + 7 rounded
+        # and clamped; the write takes it in cycle L + 8 (ADD_LATENCY).
         reading = Signal()
         m.d.comb += reading.eq(self.act_read.en)
         tag = Signal(ADD_LATENCY)                           # second operand, per stage
         m.d.sync += [pipe.eq(Cat(reading, pipe[:-1])), tag.eq(Cat(phase & reading, tag[:-1]))]
-        word_at = ACT_READ_LATENCY - 1                      # tag[k]: a word read k + 1 ago
+        word_at = ACT_READ_LATENCY                          # tag[k]: a word read k + 1 ago
         prod_at = word_at + dsp.LATENCY + 1                # the product's register
         prod_bits = cfg.data_bits + cfg.m_bits + 1
         # `spread` and `lo_m1` settle a cycle after ALIGN, the first read's cycle: the first
@@ -187,8 +190,9 @@ class AddEngine(wiring.Component):
             lo_shift = hard_register(m, lo_m1, name=f"lo_m1_{lane}", target=cfg.target,
                                      reset_less=True)
             m.submodules[f"mul{lane}"] = mul = dsp.ScaleMultiplier(cfg.target)
-            m.d.comb += [mul.a.eq(self.act_read.data[lane]),
-                         mul.b.eq(Mux(tag[word_at], m_b, m_a))]
+            word = Signal(signed(cfg.data_bits), name=f"word{lane}", reset_less=True)
+            m.d.sync += word.eq(self.act_read.data[lane])
+            m.d.comb += [mul.a.eq(word), mul.b.eq(Mux(tag[word_at], m_b, m_a))]
             prod = Signal(signed(prod_bits), name=f"prod{lane}", reset_less=True)
             m.d.sync += prod.eq(mul.p)
             part = Signal(signed(prod_bits), name=f"part{lane}", reset_less=True)
