@@ -351,6 +351,12 @@ class Controller(wiring.Component):
         shift_en = [hard_register(m, shift_go, name=f"shift_en{k}", target=cfg.target)
                     for k in range(copies)]
         m.d.comb += shift_go.eq(shift_en[0])        # (unless a state changes it)
+        # ``j == word_last`` in WRITE_BYTE and ``j == desc_bytes + piped`` in RUN_LOAD, the
+        # ends of those states, as flip-flops set with ``j`` (in those states and the ones that
+        # lead into them, where ``j`` is 0): they decide ``shift_go``, whose copies are all over
+        # the chip, so it must come from registers, not from a comparator (the 8x16's worst path
+        # at 75 MHz on three seeds in four).
+        byte_end, load_end = Signal(), Signal()
         # A WRITE's words are counted as its bytes arrive (PAYLOAD), so that a frame whose
         # length does not match its count, or whose words run past the memory's end, is
         # answered before anything is written. Wide enough for any word count a frame holds.
@@ -424,7 +430,7 @@ class Controller(wiring.Component):
             with m.If(writing & is_short):
                 entry = word_at + short_bytes - 1
                 m.d.comb += shift_next[8 * entry:8 * entry + 8].eq(byte)
-        with m.If(writing & ~is_prog & (j == word_last) & packed):
+        with m.If(writing & ~is_prog & byte_end & packed):
             # The word's bytes, as they are after this cycle's, down to lane 0: its other lanes
             # go in at once, the bytes moving down ``cols - lanes``. With dense convolutions
             # those lanes repeat the bytes (lane l holds lane l % lanes: every column slice
@@ -600,13 +606,13 @@ class Controller(wiring.Component):
             more = idx != length
             with m.State("WRITE_PRIME"):
                 m.d.comb += fb_r.en.eq(1)
-                m.d.sync += idx.eq(idx + 1)
+                m.d.sync += [idx.eq(idx + 1), byte_end.eq(word_last == 0)]
                 if not piped:
                     m.d.comb += shift_go.eq(1)
                 m.next = "WRITE_FILL" if piped else "WRITE_BYTE"
             with m.State("WRITE_FILL"):
                 m.d.comb += [fb_r.en.eq(more), replies_with.eq(_Payload.NONE)]
-                m.d.sync += idx.eq(idx + more)
+                m.d.sync += [idx.eq(idx + more), byte_end.eq(word_last == 0)]
                 if piped:
                     m.d.sync += fb_q.eq(fb_r.data)
                 m.d.comb += shift_go.eq(1)
@@ -614,25 +620,28 @@ class Controller(wiring.Component):
             with m.State("WRITE_BYTE"):
                 # (The byte in ``fb_q`` goes into ``shift``: see `shift_next`.)
                 m.d.comb += [replies_with.eq(_Payload.NONE), fb_r.en.eq(more)]
-                m.d.sync += [j.eq(j + 1), idx.eq(idx + more)]
+                m.d.sync += [j.eq(j + 1), idx.eq(idx + more), byte_end.eq(j + 1 == word_last)]
+                with m.If(byte_end):
+                    m.d.sync += byte_end.eq(word_last == 0)     # (``j`` goes back to 0)
                 if piped:
                     m.d.sync += fb_q.eq(fb_r.data)
                 with m.If(is_prog):
-                    # Descriptors are stored as they came.
+                    # Descriptors are stored as they came (``word_last`` is ``desc_bytes - 1``).
                     m.d.comb += pg_w.en.eq(1)
-                    with m.If(j == desc_bytes - 1):
+                    with m.If(byte_end):
                         m.d.sync += j.eq(0)
                         step_pc()
                         step_addr()
                         with m.If(addr_last):
                             m.d.comb += shift_go.eq(0)
                             reply(m)
-                with m.Elif(j == word_last):
+                with m.Elif(byte_end):
                     m.d.sync += [j.eq(0), load_valid.eq(1)]
                     m.d.comb += shift_go.eq(0)
                     m.next = "WRITE_WORD"
             with m.State("WRITE_WORD"):
                 m.d.comb += replies_with.eq(_Payload.NONE)
+                m.d.sync += byte_end.eq(word_last == 0)
                 with m.If(core.load.ready):
                     m.d.sync += load_valid.eq(0)
                     step_addr()
@@ -649,7 +658,8 @@ class Controller(wiring.Component):
                     reply(m)
                 with m.Else():
                     m.d.comb += pg_r.en.eq(1)
-                    m.d.sync += j.eq(j + 1)
+                    # (``j`` is 0 here: EXEC and RUN_STORE leave it so.)
+                    m.d.sync += [j.eq(j + 1), load_end.eq(desc_bytes + piped == 1)]
                     m.d.comb += shift_go.eq(1)
                     m.next = "RUN_LOAD"
             with m.State("RUN_LOAD"):
@@ -657,8 +667,8 @@ class Controller(wiring.Component):
                 # cycle's byte is not the entry's (no read is two cycles old yet): it goes in
                 # first, and so out below the descriptor, which is the entry's bytes after it.
                 m.d.comb += [self.busy.eq(1), pg_r.en.eq(1)]
-                m.d.sync += j.eq(j + 1)
-                with m.If(j == desc_bytes + piped):
+                m.d.sync += [j.eq(j + 1), load_end.eq(j + 1 == desc_bytes + piped)]
+                with m.If(load_end):
                     m.d.comb += shift_go.eq(0)
                     m.next = "RUN_DECODE"
             with m.State("RUN_DECODE"):
