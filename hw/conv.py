@@ -280,6 +280,7 @@ class ConvEngine(wiring.Component):
         r_last, filling = Signal(), Signal()
         tap_off = Signal(signed(sb))
         block0 = Signal()                               # filling the tile's first block
+        block0_next = Signal()                          # (its next value: see `walk`)
         tile0 = Signal()                                # ... of a channel tile after the first
         have_prev = Signal()                            # a finished tile awaits draining
         # Per-row window info of the current tile, rotating so row r is at index 0 in cycle r.
@@ -807,6 +808,13 @@ class ConvEngine(wiring.Component):
         # walker's copies sit by its counters and lanes, the bank registers by the feed, and
         # the loop from `adv` through the claim to `go_next` and back crossed that distance
         # twice (the 8x16 build at 90 MHz: 6.8 and 5.8 ns of routing, 15.1 ns in all).
+        # Likewise ``go & block0``, the walker's pixel step, as a register of its own, `walk`:
+        # the enable of the walker's pixel, image and origin registers (``go``, ``block0`` and
+        # the end flags, it was the 8x16's worst path at 90 MHz: the route from `block0`,
+        # which also selects the fill's row info, to `next_origin`'s enables, 12.3 of 13.5 ns).
+        m.d.comb += block0_next.eq(block0)
+        m.d.sync += block0.eq(block0_next)
+        walk = hard_register(m, go_next & block0_next, name="walk", target=cfg.target)
         if R >= 2:
             adv_d = go_next & r_last_next
             adv = hard_register(m, adv_d, name="adv", target=cfg.target)
@@ -839,7 +847,7 @@ class ConvEngine(wiring.Component):
             return lanes + [
                 *to_zero("cw", "kx", "ky"),
                 r.eq(0), tap_off.eq(0),
-                block0.eq(1), tile0.eq(0), have_prev.eq(0), tile_end.eq(0),
+                tile0.eq(0), have_prev.eq(0), tile_end.eq(0),
             ]
 
         # FILL: the walker's work, gated by `go` (FILL's `filling` is set and cleared with the
@@ -855,29 +863,30 @@ class ConvEngine(wiring.Component):
             for i in range(R - 1):
                 m.d.sync += rows_info[i].eq(rows_info[i + 1])
             m.d.sync += rows_info[R - 1].eq(cur)
-            with m.If(block0):
-                with m.If(img_end):
-                    m.d.sync += [*to_zero("ox", "oy"), img.eq(img1), img1.eq(img1 + 1),
-                                 img_in.eq(img1_in), img1_in.eq(img1 + 1 < desc.batch),
-                                 wbase.eq(next_origin),
-                                 next_origin.eq(next_origin + desc.in_img_step),
-                                 ix0.eq(-desc.pad), iy0.eq(-desc.pad)]
-                with m.Elif(line_end):
-                    m.d.sync += [*to_zero("ox"), *step("oy"),
-                                 wbase.eq(wbase + desc.y_step),
-                                 ix0.eq(-desc.pad), iy0.eq(iy0 + desc.stride)]
-                with m.Else():
-                    m.d.sync += [*step("ox"), wbase.eq(wbase + desc.x_step),
-                                 ix0.eq(ix0 + x_stride)]
             with m.If(~r_last):
                 m.d.sync += r.eq(r + 1)
                 m.d.comb += r_last_next.eq(r == R - 2)
+        # In a tile's first block, the walker's next pixel (``go & block0``).
+        with m.If(walk):
+            with m.If(img_end):
+                m.d.sync += [*to_zero("ox", "oy"), img.eq(img1), img1.eq(img1 + 1),
+                             img_in.eq(img1_in), img1_in.eq(img1 + 1 < desc.batch),
+                             wbase.eq(next_origin),
+                             next_origin.eq(next_origin + desc.in_img_step),
+                             ix0.eq(-desc.pad), iy0.eq(-desc.pad)]
+            with m.Elif(line_end):
+                m.d.sync += [*to_zero("ox"), *step("oy"),
+                             wbase.eq(wbase + desc.y_step),
+                             ix0.eq(-desc.pad), iy0.eq(iy0 + desc.stride)]
+            with m.Else():
+                m.d.sync += [*step("ox"), wbase.eq(wbase + desc.x_step),
+                             ix0.eq(ix0 + x_stride)]
         # The block's end (``go & r_last``): the walker's next block.
         with m.If(adv_seq):
             m.d.comb += claim.eq(1)
         with m.If(adv):
-            m.d.sync += [r.eq(0), block0.eq(0), tile0.eq(0)]
-            m.d.comb += r_last_next.eq(R == 1)
+            m.d.sync += [r.eq(0), tile0.eq(0)]
+            m.d.comb += [r_last_next.eq(R == 1), block0_next.eq(0)]
             # Each counter in one assignment under one condition of registers (`adv` and the
             # kind): its enable one LUT.
             m.d.sync += [*step_or_zero("cw", k_cw),
@@ -888,7 +897,8 @@ class ConvEngine(wiring.Component):
             with m.If(k_ky):
                 m.d.sync += step_or_zero("ky", k_row)
             with m.If(k_last):
-                m.d.sync += [block0.eq(1), have_prev.eq(1)]
+                m.d.sync += have_prev.eq(1)
+                m.d.comb += block0_next.eq(1)
                 with m.If(~more):
                     # The map's end: on with the next channel tile, or the layer's end.
                     with m.If(ft_last):
@@ -954,7 +964,7 @@ class ConvEngine(wiring.Component):
                         m.next = "START"
             with m.State("START"):
                 m.d.sync += reset_walker()
-                m.d.comb += r_last_next.eq(R == 1)
+                m.d.comb += [r_last_next.eq(R == 1), block0_next.eq(1)]
                 m.d.comb += rewind.eq(1)
                 m.d.comb += start_fill.eq(1)
                 m.next = "FILL"
