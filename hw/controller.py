@@ -356,7 +356,7 @@ class Controller(wiring.Component):
         # lead into them, where ``j`` is 0): they decide ``shift_go``, whose copies are all over
         # the chip, so it must come from registers, not from a comparator (the 8x16's worst path
         # at 75 MHz on three seeds in four).
-        byte_end, load_end = Signal(), Signal()
+        byte_end, load_end = Signal(name="byte_end"), Signal(name="load_end")
         # A WRITE's words are counted as its bytes arrive (PAYLOAD), so that a frame whose
         # length does not match its count, or whose words run past the memory's end, is
         # answered before anything is written. Wide enough for any word count a frame holds.
