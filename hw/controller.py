@@ -20,9 +20,10 @@ host getting the line back in step).
 
 The controller is built to be small next to the engines: it moves bytes, not words, wherever it
 can. The program memory holds the descriptors as the host sent them, a byte per address; RUN
-assembles each one in a shift register. The cycle counters are kept as bytes too, and their
-total is summed a byte at a time. Replies are sent straight from the registers and memories
-their bytes live in.
+assembles each one in a shift register (on the ECP5, the next entry's while the core runs a
+layer: the core holds its own copy). Each entry's cycle counter is stored a byte at a time; a
+run's total counts every cycle of the run, those between the layers included. Replies are sent
+straight from the registers and memories their bytes live in.
 """
 
 import contextlib
@@ -31,7 +32,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import enum, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .core import Core
+from .core import Core, holds_descriptor
 from .isa import (
     FRAME_CRC,
     MAX_PAYLOAD,
@@ -52,7 +53,7 @@ from .pool import times_const
 from .replica import hard_register, local_reset
 from .synth import one_hot
 
-__all__ = ["Controller"]
+__all__ = ["Controller", "fetch_cycles"]
 
 # The fixed part of a WRITE payload: mem (1), addr (2), count (2).
 _WRITE_HEAD = 5
@@ -115,6 +116,17 @@ def _register_slice(m, i, o):
             m.d.sync += [o.payload.eq(i.payload), o.valid.eq(take)]
     with m.Elif(take):
         m.d.sync += [spare.eq(i.payload), spare_valid.eq(1)]
+
+
+def _piped(cfg):
+    """Whether the block RAMs' read data goes into a register before any logic (the ECP5)."""
+    return cfg.target == "ecp5"
+
+
+def fetch_cycles(cfg):
+    """The cycles RUN_LOAD takes to assemble a descriptor: a byte a cycle, and one more where
+    the program memory's reads are registered (`_piped`)."""
+    return mem_word_bytes(cfg, Mem.PROGRAM) + _piped(cfg)
 
 
 def runnable_ops(cfg):
@@ -197,7 +209,7 @@ class Controller(wiring.Component):
         # (``fb_q``), the program memory's every cycle (``pg_q``: what was read two cycles
         # ago or earlier, unless ``pg_lag`` says a read was made in the last one). Not on the
         # iCE40, which is short of cells, not of levels: there the data is used as read.
-        piped = cfg.target == "ecp5"
+        piped = _piped(cfg)
         if piped:
             # (fb_q, pg_q: the block RAMs' output registers on the board, `outreg`.)
             fb_q, pg_q = Signal(8, reset_less=True), Signal(8, reset_less=True)
@@ -274,12 +286,10 @@ class Controller(wiring.Component):
                     m.d.sync += id_byte.eq(b)
         last_error = Signal(Error)
         prog_len = Signal(range(cfg.program_depth + 1))
-        total = Signal(32)                       # cycles of the last run
-        # ``total`` turns round a byte at a time: adding a layer's cycle counter in RUN_STORE,
-        # adding nothing while its bytes are sent.
-        carry = Signal()
-        addend = Signal(8)
-        acc = total[:8] + addend + carry
+        # The last run's cycles: every cycle from EXEC to its reply (`busy`), the fetching of
+        # descriptors and the storing of counters between layers included; cleared in EXEC.
+        # It turns round a byte at a time as its bytes are sent.
+        total = Signal(32)
         # A reply's bytes leave through a register, taken when it is empty: the state machine
         # looks at that flip-flop rather than at the transmitter's handshake, which comes from
         # the far side of the chip (by the pin) and chained into every reply state (an
@@ -329,6 +339,11 @@ class Controller(wiring.Component):
         # and ``pc`` (`step_addr`, `step_pc`; EXEC from the request's count), so that the
         # state machine looks at flip-flops, not at an adder and a comparator.
         addr_end, addr_last, pc_end = Signal(), Signal(), Signal()
+        # Where the core keeps its own copy of a descriptor (`holds_descriptor`), RUN fetches
+        # an entry while the one before runs (`ahead`: one is running, the entry ``run_pc``,
+        # whose counter goes into the program memory when it ends).
+        ahead_ok = holds_descriptor(cfg)
+        run_pc, ahead = Signal.like(pc, name="run_pc"), Signal(name="ahead")
         j = Signal(range(max(desc_bytes + 4, data_bytes, cfg.cols)))    # byte of a word/entry
         # Descriptors (RUN) and data words (WRITE) are assembled in one shift register: the
         # bytes come in at the top and move down a byte at a time. The shorter of the two kinds
@@ -351,7 +366,7 @@ class Controller(wiring.Component):
         shift_en = [hard_register(m, shift_go, name=f"shift_en{k}", target=cfg.target)
                     for k in range(copies)]
         m.d.comb += shift_go.eq(shift_en[0])        # (unless a state changes it)
-        # ``j == word_last`` in WRITE_BYTE and ``j == desc_bytes + piped`` in RUN_LOAD, the
+        # ``j == word_last`` in WRITE_BYTE and ``j == fetch_cycles(cfg)`` in RUN_LOAD, the
         # ends of those states, as flip-flops set with ``j`` (in those states and the ones that
         # lead into them, where ``j`` is 0): they decide ``shift_go``, whose copies are all over
         # the chip, so it must come from registers, not from a comparator (the 8x16's worst path
@@ -498,6 +513,9 @@ class Controller(wiring.Component):
                 m.d.sync += j.eq(desc_bytes)
                 step_pc()
 
+        with m.If(self.busy):
+            m.d.sync += total.eq(total + 1)
+
         with m.FSM() as fsm:
             # The states' encodings, in this order (a state's is the order it is first named
             # in): each group that drives an output together in one aligned block of codes, so
@@ -589,7 +607,7 @@ class Controller(wiring.Component):
                 with m.Elif(is_req[Request.READ]):
                     reply(m)
                 with m.Elif(is_req[Request.RUN]):
-                    m.d.sync += total.eq(0)
+                    m.d.sync += [total.eq(0), ahead.eq(0)]      # (the first entry: not ahead)
                     m.next = "RUN_FETCH"
                 with m.Elif(is_req[Request.STATUS]):
                     reply(m)
@@ -655,11 +673,17 @@ class Controller(wiring.Component):
             with m.State("RUN_FETCH"):
                 m.d.comb += [self.busy.eq(1), replies_with.eq(_Payload.DONE)]
                 with m.If(pc_end):
-                    reply(m)
+                    if ahead_ok:
+                        with m.If(ahead):
+                            m.next = "RUN_WAIT"         # (the last entry is running)
+                        with m.Else():
+                            reply(m)
+                    else:
+                        reply(m)
                 with m.Else():
                     m.d.comb += pg_r.en.eq(1)
-                    # (``j`` is 0 here: EXEC and RUN_STORE leave it so.)
-                    m.d.sync += [j.eq(j + 1), load_end.eq(desc_bytes + piped == 1)]
+                    # (``j`` is 0 here: EXEC, RUN_ISSUE and RUN_STORE leave it so.)
+                    m.d.sync += [j.eq(j + 1), load_end.eq(fetch_cycles(cfg) == 1)]
                     m.d.comb += shift_go.eq(1)
                     m.next = "RUN_LOAD"
             with m.State("RUN_LOAD"):
@@ -667,10 +691,13 @@ class Controller(wiring.Component):
                 # cycle's byte is not the entry's (no read is two cycles old yet): it goes in
                 # first, and so out below the descriptor, which is the entry's bytes after it.
                 m.d.comb += [self.busy.eq(1), pg_r.en.eq(1)]
-                m.d.sync += [j.eq(j + 1), load_end.eq(j + 1 == desc_bytes + piped)]
+                m.d.sync += [j.eq(j + 1), load_end.eq(j + 1 == fetch_cycles(cfg))]
                 with m.If(load_end):
                     m.d.comb += shift_go.eq(0)
                     m.next = "RUN_DECODE"
+                    if ahead_ok:
+                        with m.If(ahead):
+                            m.next = "RUN_WAIT"
             with m.State("RUN_DECODE"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(~Cat(desc.op == op for op in runnable_ops(cfg)).any()):
@@ -682,26 +709,39 @@ class Controller(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 with m.If(core.cmd.ready):
                     m.d.sync += cmd_valid.eq(0)
+                    if ahead_ok:
+                        # The core has the descriptor: the next entry's comes in behind it.
+                        m.d.sync += [run_pc.eq(pc), ahead.eq(1), j.eq(0)]
+                        step_pc()
                     m.next = "RUN_START"
             with m.State("RUN_START"):
+                # (`core.busy`, a register, is up from the next cycle.)
                 m.d.comb += self.busy.eq(1)
-                m.next = "RUN_WAIT"
+                m.next = "RUN_FETCH" if ahead_ok else "RUN_WAIT"
             with m.State("RUN_WAIT"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(~core.busy):
                     m.d.sync += j.eq(desc_bytes)
                     m.next = "RUN_STORE"
             with m.State("RUN_STORE"):
-                # The layer's cycle counter, a byte a cycle: into the program memory and, with
-                # ``total`` turning round once, into the sum.
+                # The layer's cycle counter, a byte a cycle, into the program memory.
                 byte = core.cycles.word_select((j - desc_bytes)[:2], 8)
-                m.d.comb += [self.busy.eq(1), pg_w.en.eq(1), pg_w.data.eq(byte),
-                             addend.eq(byte)]
-                m.d.sync += [total.eq(Cat(total[8:], acc[:8])), carry.eq(acc[8]), j.eq(j + 1)]
+                m.d.comb += [self.busy.eq(1), pg_w.en.eq(1), pg_w.data.eq(byte)]
+                m.d.sync += j.eq(j + 1)
+                if ahead_ok:
+                    # The entry that ran; the next one's descriptor is in ``shift`` already.
+                    m.d.comb += [pg_w.addr.eq(Cat(run_pc[:pbits], j)),
+                                 replies_with.eq(_Payload.DONE)]
                 with m.If(j == desc_bytes + 3):
-                    m.d.sync += [j.eq(0), carry.eq(0)]
-                    step_pc()
-                    m.next = "RUN_FETCH"
+                    m.d.sync += j.eq(0)
+                    if ahead_ok:
+                        with m.If(pc_end):
+                            reply(m)
+                        with m.Else():
+                            m.next = "RUN_DECODE"
+                    else:
+                        step_pc()
+                        m.next = "RUN_FETCH"
 
             # -- transmit a reply -----------------------------------------------------------------
             with m.State("TX_SYNC"):
@@ -752,10 +792,9 @@ class Controller(wiring.Component):
                         m.next = "TX_TOTAL"
             with m.State("TX_TOTAL"):
                 # Four bytes sent turn ``total`` round once: it is there for the next STATUS.
-                # (``carry`` is 0 here.)
                 send(total[:8])
                 with m.If(tx_ready):
-                    m.d.sync += [total.eq(Cat(total[8:], acc[:8])), j.eq(j + 1)]
+                    m.d.sync += [total.eq(total.rotate_right(8)), j.eq(j + 1)]
                     with m.If(j == 3):
                         m.next = "TX_CRC0"
             with m.State("TX_IDENTITY"):

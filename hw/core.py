@@ -35,7 +35,7 @@ from .isa import (
 from .pool import PoolEngine
 from .replica import hard_register, local_reset
 
-__all__ = ["Core", "SinglePortMemory"]
+__all__ = ["Core", "SinglePortMemory", "holds_descriptor"]
 
 # SB_SPRAM256KA: 16384 words of 16 bits, four in an iCE40UP5K.
 _SPRAM_DEPTH = 16384
@@ -86,6 +86,14 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
             data.word_select(i, part).eq(r.data),
         ]
     return data
+
+
+
+def holds_descriptor(cfg):
+    """Whether the core keeps its own copy of a layer's descriptor (all targets but the iCE40,
+    where the engines read ``cmd.payload``, which the controller then holds still for the
+    whole layer): the controller may then fetch the next one while a layer runs."""
+    return cfg.target != "ice40"
 
 
 class SinglePortMemory(wiring.Component):
@@ -297,8 +305,8 @@ class Core(wiring.Component):
         # On the iCE40, whose logic cells are what the design runs out of, the engines read
         # ``cmd.payload`` itself instead (161 cells): the controller holds it still from the
         # handshake until ``busy`` falls (its shift register is loaded between layers only).
-        desc = (self.cmd.payload if cfg.target == "ice40"
-                else Signal(layer_layout(cfg), reset_less=True))
+        desc = (Signal(layer_layout(cfg), reset_less=True) if holds_descriptor(cfg)
+                else self.cmd.payload)
         engines = [(conv, (Op.CONV,))]
         pooling = Signal()
         if cfg.pool:

@@ -59,6 +59,7 @@ from ..hw.isa import (
 )
 from ..hw.uart import UARTBridge
 from ..sw import protocol
+from ..sw.perfmodel import run_cycles
 from .fast import (
     BAD_STOP,
     BREAK,
@@ -379,16 +380,17 @@ class ControllerModel:
         return Expected(Reply.DATA, bytes(data), tuple(unknown))
 
     def _run(self, start, count):
-        total = 0
+        # The run's total: its layers' counters and the controller's cycles around them.
+        ran = []
         for entry in range(start, start + count):
             if entry >= len(self.entry_cycles):
-                self.total = total
+                self.total = run_cycles(self.cfg, ran, stopped=True)
                 return self._error(Error.BAD_DESCRIPTOR)
             self.forget_activations()
-            total += self.entry_cycles[entry]
+            ran.append(self.entry_cycles[entry])
             self.stats[entry] = self.entry_cycles[entry]
-        self.total = total
-        return Expected(Reply.DONE, total.to_bytes(4, "little"))
+        self.total = run_cycles(self.cfg, ran)
+        return Expected(Reply.DONE, self.total.to_bytes(4, "little"))
 
     def forget_activations(self):
         """A run of the network's layers overwrote the activations it uses."""
@@ -878,7 +880,7 @@ class _Run:
         self.model = ControllerModel(cfg, entry_cycles=cycles, prog_len=L,
                                      act_words=program.act_words, stream=self.divisor is None)
         self.model.stats[:L] = cycles
-        self.model.total = sum(cycles)
+        self.model.total = run_cycles(cfg, cycles)
         if cfg.program_depth > L:
             # A trap after the program: an operation the accelerator cannot execute, so that
             # RUN meets BAD_DESCRIPTOR. It changes nothing the network runs.
@@ -909,6 +911,10 @@ class _Run:
         if self.transport.resent != resent or self.driver.reruns != reruns:
             self._fail("the driver had to resend a request on a clean link", None)
         cycles = list(result.layer_cycles)
+        if result.cycles != run_cycles(self.cfg, cycles):
+            self._fail(f"the golden image's run took {result.cycles} cycles, not "
+                       f"{run_cycles(self.cfg, cycles)} (its layers' {cycles} and the "
+                       "controller's between them)", None)
         if first:
             self.prog_cycles = sum(cycles)
             self.link.budget = self._budget(2000, 2000, 2)
@@ -917,7 +923,7 @@ class _Run:
                 self._fail(f"the golden image's layers took {cycles} cycles, not "
                            f"{self.model.entry_cycles}", None)
             self.model.forget_activations()
-            self.model.total = sum(cycles)
+            self.model.total = run_cycles(self.cfg, cycles)
         self.report.golden_checks += 1
         return cycles
 

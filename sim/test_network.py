@@ -20,7 +20,8 @@ The network is compiled here again (compilation is deterministic), its weights a
 loaded once, then every image run. The results go to ``$SYSTOLIC_RESULTS`` as JSON:
 ``{"images": [...], "resent": int, "reruns": int, "wire_bytes": [int, int], "faults": int}``,
 an entry per image (``{"logits": [int], "cycles": [int per layer, or the total alone without
-``layer_cycles``], "outputs": [[int8 ...] per layer] or null}``), the driver's resent frames
+``layer_cycles``], "run_cycles": the run's total, "batch": its images, "outputs": [[int8 ...]
+per layer] or null}``), the driver's resent frames
 and rerun images, the bytes of the frames exchanged to load the network and to run the
 images, and the faults injected.
 """
@@ -118,6 +119,7 @@ async def network(dut):
     with open(os.environ["SYSTOLIC_RESULTS"], "w") as f:
         json.dump({"images": [{"logits": r.logits.tolist(),
                                "cycles": r.layer_cycles or [r.cycles],
+                               "run_cycles": r.cycles, "batch": r.batch,
                                "outputs": None if r.layer_outputs is None
                                else [o.ravel().tolist() for o in r.layer_outputs]}
                               for r in results],

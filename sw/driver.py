@@ -230,11 +230,13 @@ class Inference:
     logits : numpy.ndarray
         int8 ``(classes,)``.
     cycles : int
-        The cycles of the run that computed the image, from the core's counter: its batch's
-        layers', summed (divide by `batch` for a share per image).
+        The cycles of the run that computed the image (RUN's DONE: every cycle of it, the
+        controller's between the layers included; with tracing, the sum of the layers' runs).
+        Its batch's: divide by `batch` for a share per image.
     layer_cycles : list of int or None
-        Cycles of each hardware layer (``Program.layers``) in that run, when the driver asked
-        for them.
+        Cycles of each hardware layer (``Program.layers``) in that run, the core's counters
+        (the layers' own: `systolic.sw.perfmodel.predict_layer`), when the driver asked for
+        them (and always with tracing).
     layer_outputs : list of numpy.ndarray or None
         With tracing, every hardware layer's int8 ``(C, H, W)`` output for this image.
     batch : int
@@ -352,16 +354,17 @@ class Driver:
         await self.transport.write(((Mem.ACT, p.input_base + a, v) for a, v in enumerate(words)),
                                    lanes=p.input_lanes)
         if trace:
-            layers, outputs = [], [[] for _ in images]
+            runs, layers, outputs = [], [], [[] for _ in images]
             for i, layer in enumerate(p.layers):
                 start, count = p.entry_range(i)
-                total, _ = await self.transport.run(start, count, per_entry=False)
-                layers.append(total)
+                total, entries = await self.transport.run(start, count, per_entry=True)
+                runs.append(total)
+                layers.append(sum(entries))
                 got = await self.transport.read(layer.out_base, n * layer.out_words)
                 for b in range(n):
                     part = got[b * layer.out_words:(b + 1) * layer.out_words]
                     outputs[b].append(p.decode_layer(i, part))
-            return [Inference(out[-1].reshape(p.classes), sum(layers), layers, out, n)
+            return [Inference(out[-1].reshape(p.classes), sum(runs), layers, out, n)
                     for out in outputs]
         total, entries = await self.transport.run(0, len(p.commands),
                                                   per_entry=self.layer_cycles)

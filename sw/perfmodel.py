@@ -71,7 +71,9 @@ every pooling shape on the core's Verilog, ``tests/test_network_rtl.py`` whole n
 
 import itertools
 
+from ..hw.controller import fetch_cycles
 from ..hw.conv import POOL_EXTRA, dense_prep_cycles, fill_stages, select_stages, weight_stages
+from ..hw.core import holds_descriptor
 from ..hw.eltwise import ADD_LATENCY, GAP_TILE_EXTRA
 from ..hw.isa import CMD_LATENCY, Op
 from ..hw.pe import capture_cycles
@@ -80,7 +82,7 @@ from ..hw.requant import Requantizer
 
 __all__ = ["ADD_SETUP", "CONV_LAYER", "POOL_LAYER", "layer_macs",
            "pool_tail", "pool_words", "predict_cycles", "predict_layer", "predict_program",
-           "utilization"]
+           "predict_run", "run_cycles", "utilization"]
 
 CONV_LAYER = 11     #: fitted: per convolution layer, beyond the structural overhead
 POOL_LAYER = 4      #: fitted: per pooling layer, beyond the pipeline's tail
@@ -132,8 +134,47 @@ def predict_layer(cfg, layer):
 
 
 def predict_program(program):
-    """Predicted cycles of a whole `systolic.sw.compiler.Program` (one batch)."""
-    return sum(predict_layer(program.cfg, lay) for lay in program.layers)
+    """Predicted cycles of a whole `systolic.sw.compiler.Program` (one batch) in one RUN, as
+    DONE reports it: the layers' own and the controller's between them (`predict_run`)."""
+    return predict_run(program.cfg, [f for lay in program.layers for f in lay.entries])
+
+
+def predict_run(cfg, entries, *, stopped=False):
+    """Predicted total of a RUN of the program entries ``entries`` (descriptor fields, in
+    order), as DONE (and STATUS) report it: `run_cycles` of their `predict_cycles`."""
+    return run_cycles(cfg, [predict_cycles(cfg, fields) for fields in entries], stopped=stopped)
+
+
+def run_cycles(cfg, layers, *, stopped=False):
+    """The total of a RUN whose entries' counters (the layers' own cycles) are ``layers``:
+    every cycle from its start to its reply. ``stopped``: after them it met an entry the
+    accelerator cannot execute (BAD_DESCRIPTOR), whose fetch and decoding count too.
+
+    Besides the layers' ``N`` the controller (``hw/controller.py``) takes ``L + 2`` cycles to
+    fetch an entry and decode it (``L``: `systolic.hw.controller.fetch_cycles`), and around
+    each layer one to issue it, one to see the core start, one to see it stop and four to
+    store its counter. Where the core holds its own copy of a descriptor
+    (`systolic.hw.core.holds_descriptor`) it fetches the next entry while a layer runs, so
+    that only a layer shorter than the fetch waits for it::
+
+        run = L + 2 + sum(max(N + 8, L + 9) for all but the last) + max(N_last + 7, 8)
+
+    and otherwise (the iCE40) it fetches each one after the one before has finished::
+
+        run = sum(N + L + 9) + 1
+
+    A RUN of no entries takes one cycle. One that stops counts ``max(N + 8, L + 9)`` for each
+    of its layers after the first fetch's ``L + 2`` (the iCE40: ``N + L + 9`` for each and
+    ``L + 2``).
+    """
+    load = fetch_cycles(cfg)
+    if not holds_descriptor(cfg):
+        return sum(c + load + 9 for c in layers) + (load + 2 if stopped else 1)
+    if stopped:
+        return load + 2 + sum(max(c + 8, load + 9) for c in layers)
+    if not layers:
+        return 1
+    return load + 2 + sum(max(c + 8, load + 9) for c in layers[:-1]) + max(layers[-1] + 7, 8)
 
 
 def pool_words(fields):

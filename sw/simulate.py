@@ -55,8 +55,8 @@ class SimulationReport:
         True classes, when known.
     layer_cycles : numpy.ndarray
         int64 ``(N, layers)``: the core's ``cycles`` for every layer of the run (batch) of
-        every image; ``(N, 1)``, the run's total, when the per-layer counters were not read
-        (``layer_cycles`` off).
+        every image (the layers' own); ``(N, 1)``, the run's total, when the per-layer
+        counters were not read (``layer_cycles`` off).
     first_difference : dict or None
         With tracing: the first layer, image and ``(c, y, x)`` where RTL and golden differ.
     wall_seconds : float
@@ -71,6 +71,13 @@ class SimulationReport:
         The fast simulator's pace: ``sim_cycles`` simulated, ``sim_cycles_per_second``
         (while clocking), ``jobs``, ``run_seconds`` (wall time, the build excluded);
         ``waves``, the waveform file, when one was written.
+    batch_sizes : numpy.ndarray or None
+        int64 ``(N,)``: the size of each image's batch (``None``: 1).
+    run_cycles : numpy.ndarray or None
+        int64 ``(N,)``: the whole run's cycles (RUN's DONE: the controller's between the layers
+        included; with tracing, the sum of the layers' runs), of every image's run.
+    traced : bool
+        Whether each layer ran on its own (tracing), not the program in one run.
     """
 
     program: object
@@ -84,6 +91,8 @@ class SimulationReport:
     link: dict = field(default_factory=dict)
     speed: dict = field(default_factory=dict)
     batch_sizes: np.ndarray | None = None
+    run_cycles: np.ndarray | None = None
+    traced: bool = False
 
     @property
     def batches(self):
@@ -103,13 +112,33 @@ class SimulationReport:
             rows.append(variants[b])
         return np.array(rows, np.int64)
 
+    def _predicted_runs(self):
+        """int64 ``(N,)``: the performance model's whole-run cycles for each image's run
+        (`perfmodel.predict_run`)."""
+        variants = {}
+        for b in self.batches:
+            if b not in variants:
+                prog = self.program.with_batch(int(b))
+                variants[b] = (sum(perfmodel.predict_run(prog.cfg, lay.entries)
+                                   for lay in prog.layers) if self.traced
+                               else perfmodel.predict_program(prog))
+        return np.array([variants[b] for b in self.batches], np.int64)
+
     @property
     def model_exact(self):
         """Whether every layer of every run took exactly the performance model's cycles
-        (``None`` without the per-layer counters)."""
+        (``None`` without the per-layer counters), and so did every whole run."""
         if self.layer_cycles.shape[1] != len(self.program.layers):
             return None
-        return bool(np.all(self.layer_cycles == self._predicted()))
+        return bool(np.all(self.layer_cycles == self._predicted()) and self.run_exact)
+
+    @property
+    def run_exact(self):
+        """Whether every run took exactly the performance model's cycles, the controller's
+        between layers included (``None`` when the runs' totals are not known)."""
+        if self.run_cycles is None:
+            return None
+        return bool(np.all(self.run_cycles == self._predicted_runs()))
 
     @property
     def mismatches(self):
@@ -143,8 +172,8 @@ class SimulationReport:
         acc = (lambda p: float(np.mean(p == self.labels))) if self.labels is not None else (
             lambda p: None)
         # Each run's total counts once (its images share it): exact, then one division.
-        runs = sum(Fraction(int(t), int(b))
-                   for t, b in zip(self.layer_cycles.sum(axis=1), self.batches, strict=True))
+        totals = self.layer_cycles.sum(axis=1) if self.run_cycles is None else self.run_cycles
+        runs = sum(Fraction(int(t), int(b)) for t, b in zip(totals, self.batches, strict=True))
         cycles = float(runs / n)
         cfg = self.program.cfg
         return {
@@ -161,7 +190,7 @@ class SimulationReport:
             "dense_conv": self.program.dense_conv,
             # Activation memory the program uses at its peak (a batch), of the configuration's.
             "act_words": self.program.act_words, "act_depth": cfg.act_depth,
-            "model_exact": self.model_exact,
+            "model_exact": self.model_exact, "run_exact": self.run_exact,
             "config": {"rows": cfg.rows, "cols": cfg.cols, "pes": cfg.pes},
             "layers": self.layers(), "first_difference": self.first_difference,
             "wall_seconds": self.wall_seconds,
@@ -453,7 +482,7 @@ def _run_fast(program, images, *, trace, waves, uart, faults, layer_cycles, jobs
     if window is not None:
         speed["waves"] = str(fst)
     return {"images": [{"logits": r.logits.tolist(), "cycles": r.layer_cycles or [r.cycles],
-                        "batch": r.batch,
+                        "run_cycles": r.cycles, "batch": r.batch,
                         "outputs": None if r.layer_outputs is None
                         else [o.ravel().tolist() for o in r.layer_outputs]} for r in results],
             "resent": sum(out["resent"] for out in outs),
@@ -531,9 +560,10 @@ def simulate(qnet, images, cfg, *, labels=None, sim="fast", trace=False, waves=N
     logits = np.array([r["logits"] for r in results], np.int8).reshape(len(images), -1)
     cycles = np.array([r["cycles"] for r in results], np.int64).reshape(len(images), -1)
     sizes = np.array([r.get("batch", 1) for r in results], np.int64)
+    runs = np.array([r["run_cycles"] for r in results], np.int64)
     first = _first_difference(program, gold, results) if trace else None
     return SimulationReport(program, logits, gold.logits, labels, cycles, first, wall, sim,
-                            link, out.get("speed", {}), sizes)
+                            link, out.get("speed", {}), sizes, runs, bool(trace))
 
 
 def _pct(v):

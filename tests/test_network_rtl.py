@@ -37,6 +37,8 @@ def test_lenet_digits_rtl(sim):
     # The model predicts every layer's cycles exactly.
     predicted = [perfmodel.predict_cycles(cfg, lay.fields) for lay in report.program.layers]
     assert report.layer_cycles[0].tolist() == predicted, [lay.name for lay in report.program.layers]
+    # And each layer's run of its own (tracing), the controller's cycles around it included.
+    assert report.run_exact, report.run_cycles.tolist()
 
 
 @pytest.mark.slow
@@ -52,6 +54,9 @@ def test_simulate_cli_json(tmp_path, capfd):
     d = json.loads(out)
     assert (d["images"], d["mismatches"], d["sim"]) == (2, 0, sim)
     assert d["rtl_accuracy"] == d["golden_accuracy"]
-    assert d["cycles_per_image"] == sum(row["cycles"] for row in d["layers"])
+    # The whole run's cycles (the controller's between the layers too) and the layers' own,
+    # each exactly as the model predicts.
+    assert (d["run_exact"], d["model_exact"]) == (True, True)
+    assert d["cycles_per_image"] > sum(row["cycles"] for row in d["layers"])
     assert [row["cycles"] for row in d["layers"]] == [row["predicted_cycles"]
                                                       for row in d["layers"]]
