@@ -20,7 +20,7 @@ class ConfigError(SystolicError, ValueError):
 
 
 #: Knobs added after the first release, and what a configuration saved before them had.
-_BEFORE_KNOBS = {"dense_conv": False, "fused_pool": False}
+_BEFORE_KNOBS = {"dense_conv": False, "fused_pool": False, "fetch_ahead": False}
 
 
 def _pow2(n):
@@ -81,6 +81,12 @@ class AcceleratorConfig:
         to memory (a convolution descriptor's ``pool``): a line buffer of ``max_dim / 2``
         words and a comparator per lane, and a network's ``conv -> maxpool 2x2 /2`` takes no
         pass of the pooling engine.
+    fetch_ahead : bool
+        The controller's fast path: the core keeps its own copy of a layer's descriptor, so
+        that RUN fetches the next one from the program memory while a layer runs (a
+        descriptor takes a cycle a byte), and the controller's block RAM reads go through
+        registers. Without it (the iCEBreaker's `small`, short of logic cells) the engines read
+        the controller's descriptor, which it then fetches between layers.
     target : str
         Multiplier implementation: ``generic`` (inferred, for simulation), ``ecp5``
         (MULT18X18D with registered inputs and outputs) or ``ice40`` (SB_MAC16).
@@ -100,6 +106,7 @@ class AcceleratorConfig:
     requant_dsp: bool = False
     dense_conv: bool = True
     fused_pool: bool = True
+    fetch_ahead: bool = True
     target: str = "generic"
 
     # The arithmetic contract, exposed here so the hardware reads one object.
@@ -227,7 +234,7 @@ PRESETS = {
     "small": AcceleratorConfig(rows=1, cols=4, act_depth=1024, weight_depth=16384,
                                param_depth=64, program_depth=32, max_dim=63, pool_avg=False,
                                requant_lanes=1, requant_dsp=True, dense_conv=False,
-                               fused_pool=False),
+                               fused_pool=False, fetch_ahead=False),
     # ECP5-85F (ULX3S's build): 8 rows by 16 columns, 128 of its 156 MULT18X18D in the array
     # and 16 in the residual add; 8 requantization lanes (a row of sums drains in two cycles;
     # 16 would double the requantizer's logic). Words of 16

@@ -119,8 +119,9 @@ def _register_slice(m, i, o):
 
 
 def _piped(cfg):
-    """Whether the block RAMs' read data goes into a register before any logic (the ECP5)."""
-    return cfg.target == "ecp5"
+    """Whether the block RAMs' read data goes into a register before any logic
+    (``cfg.fetch_ahead``: the ECP5 build's and the simulations' of it)."""
+    return cfg.fetch_ahead
 
 
 def fetch_cycles(cfg):
@@ -207,8 +208,9 @@ class Controller(wiring.Component):
         # The block RAMs' read data goes into a register before any logic (an ECP5 DP16KD's
         # clock-to-output time alone is 5.8 ns): the frame buffer's as WRITE takes its bytes
         # (``fb_q``), the program memory's every cycle (``pg_q``: what was read two cycles
-        # ago or earlier, unless ``pg_lag`` says a read was made in the last one). Not on the
-        # iCE40, which is short of cells, not of levels: there the data is used as read.
+        # ago or earlier, unless ``pg_lag`` says a read was made in the last one). Not without
+        # `fetch_ahead` (the iCE40, which is short of cells, not of levels): there the data is
+        # used as read.
         piped = _piped(cfg)
         if piped:
             # (fb_q, pg_q: the block RAMs' output registers on the board, `outreg`.)

@@ -90,10 +90,10 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
 
 
 def holds_descriptor(cfg):
-    """Whether the core keeps its own copy of a layer's descriptor (all targets but the iCE40,
-    where the engines read ``cmd.payload``, which the controller then holds still for the
-    whole layer): the controller may then fetch the next one while a layer runs."""
-    return cfg.target != "ice40"
+    """Whether the core keeps its own copy of a layer's descriptor (``cfg.fetch_ahead``): the
+    controller may then fetch the next one while a layer runs. Otherwise the engines read
+    ``cmd.payload``, which the controller holds still for the whole layer."""
+    return cfg.fetch_ahead
 
 
 class SinglePortMemory(wiring.Component):
@@ -302,9 +302,10 @@ class Core(wiring.Component):
         # there, from a valid bit that is a register too. The engines read the register for
         # the whole layer. (The descriptor's bits fan out to every engine, and an engine's
         # start enables all of its layer registers: neither now follows logic.)
-        # On the iCE40, whose logic cells are what the design runs out of, the engines read
-        # ``cmd.payload`` itself instead (161 cells): the controller holds it still from the
-        # handshake until ``busy`` falls (its shift register is loaded between layers only).
+        # Without `fetch_ahead` (the iCE40, whose logic cells are what the design runs out
+        # of) the engines read ``cmd.payload`` itself instead (161 cells): the controller
+        # holds it still from the handshake until ``busy`` falls (its shift register is then
+        # loaded between layers only).
         desc = (Signal(layer_layout(cfg), reset_less=True) if holds_descriptor(cfg)
                 else self.cmd.payload)
         engines = [(conv, (Op.CONV,))]

@@ -159,12 +159,13 @@ def run_cycles(cfg, layers, *, stopped=False):
 
         run = L + 2 + sum(max(N + 8, L + 9) for all but the last) + max(N_last + 7, 8)
 
-    and otherwise (the iCE40) it fetches each one after the one before has finished::
+    and otherwise (without `fetch_ahead`: the iCEBreaker) it fetches each one after the one
+    before has finished::
 
         run = sum(N + L + 9) + 1
 
     A RUN of no entries takes one cycle. One that stops counts ``max(N + 8, L + 9)`` for each
-    of its layers after the first fetch's ``L + 2`` (the iCE40: ``N + L + 9`` for each and
+    of its layers after the first fetch's ``L + 2`` (without: ``N + L + 9`` for each and
     ``L + 2``).
     """
     load = fetch_cycles(cfg)

@@ -95,13 +95,14 @@ def test_model_write_read_run():
     with pytest.raises(fz._Veto):
         _feed(m, fz.raw_frame(Request.WRITE.value, gen.write_payload(Mem.WEIGHT.value, 0, 1)))
     # RUN: the entries' cycles and the controller's around them (a descriptor is fetched in
-    # 29 cycles and decoded in 2, the next one while a layer runs; 8 around each layer, 7
-    # around the last); the trap entry (3) is BAD_DESCRIPTOR after the ones before it.
+    # 30 cycles, 29 bytes through a register, and decoded in 2; the next one while a layer
+    # runs; 8 around each layer, 7 around the last); the trap entry (3) is BAD_DESCRIPTOR
+    # after the ones before it.
     assert _feed(m, fz.raw_frame(Request.RUN.value, bytes([0, 2]))) == [
-        fz.Expected(Reply.DONE, (31 + (100 + 8) + (20 + 7)).to_bytes(4, "little"))]
+        fz.Expected(Reply.DONE, (32 + (100 + 8) + (20 + 7)).to_bytes(4, "little"))]
     assert _feed(m, fz.raw_frame(Request.RUN.value, bytes([1, 3]))) == [
         _error(Error.BAD_DESCRIPTOR, Request.RUN.value)]
-    assert m.total == 31 + (29 + 9) + (30 + 8)       # (the 20-cycle layer waits for the fetch)
+    assert m.total == 32 + (30 + 9) + (30 + 9)       # (layers shorter than a fetch wait)
     assert m.act[10] is None
     assert _feed(m, fz.raw_frame(Request.RUN.value, bytes([1, 4]))) == [
         _error(Error.BAD_ADDRESS, Request.RUN.value)]
