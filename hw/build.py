@@ -341,9 +341,13 @@ def _nextpnr_phase(log):
 
 
 def _utilisation(log):
-    """``(cell, used, available)`` for each resource in nextpnr's utilisation log."""
+    """``(cell, used, available)`` for each resource in nextpnr's utilisation table, near the
+    start of its log (a failed placement's log goes on for hundreds of kilobytes after it)."""
+    text = Path(log).read_text(errors="replace")
+    at = text.find("Device utilisation:")
+    table = text[at:at + 4000] if at >= 0 else ""
     return [(m.group(1), int(m.group(2)), int(m.group(3))) for m in re.finditer(
-        r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", log_tail(log, 10_000), re.MULTILINE)]
+        r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", table, re.MULTILINE)]
 
 
 def _overfull(log):
@@ -450,8 +454,9 @@ def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0, seed=None):
     if pnr_log.exists() and _NO_LEGAL_PLACEMENT in log_tail(pnr_log):
         # Fits on paper, but the placer could not spread it onto legal sites: a placement
         # near the device's limit, which another seed may legalise.
-        full = max((u for u in _utilisation(pnr_log) if u[2]), key=lambda u: u[1] / u[2],
-                   default=None)
+        # (Of the resources a design's size decides: not a PLL or the global buffers.)
+        full = max((u for u in _utilisation(pnr_log) if u[2] and u[0] in _NAMES),
+                   key=lambda u: u[1] / u[2], default=None)
         what = (f"; its fullest resource is {_NAMES.get(full[0], full[0])} ({full[0]}) "
                 f"{full[1]} of {full[2]}, {100 * full[1] // full[2]} %" if full else "")
         other = f"a --seed other than {seed}" if seed is not None else "another --seed"

@@ -232,7 +232,7 @@ PRESETS = {
     # iCE40UP5K (iCEBreaker), 5280 logic cells: 4 of its 8 SB_MAC16 in the array, 2 more in the
     # one requantization lane; weights in SPRAM, everything else in its 30 EBR.
     "small": AcceleratorConfig(rows=1, cols=4, act_depth=1024, weight_depth=16384,
-                               param_depth=64, program_depth=32, max_dim=63, pool_avg=False,
+                               param_depth=64, program_depth=32, max_dim=31, pool_avg=False,
                                requant_lanes=1, requant_dsp=True, dense_conv=False,
                                fused_pool=False, fetch_ahead=False),
     # ECP5-85F (ULX3S's build): 8 rows by 16 columns, 128 of its 156 MULT18X18D in the array

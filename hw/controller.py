@@ -20,10 +20,12 @@ host getting the line back in step).
 
 The controller is built to be small next to the engines: it moves bytes, not words, wherever it
 can. The program memory holds the descriptors as the host sent them, a byte per address; RUN
-assembles each one in a shift register (on the ECP5, the next entry's while the core runs a
-layer: the core holds its own copy). Each entry's cycle counter is stored a byte at a time; a
-run's total counts every cycle of the run, those between the layers included. Replies are sent
-straight from the registers and memories their bytes live in.
+assembles each one in a shift register (with ``fetch_ahead``, the next entry's while the core
+runs a layer: the core holds its own copy). Each entry's cycle counter is stored a byte at a
+time. A run's total counts every cycle of the run, those between the layers included; without
+``fetch_ahead`` (the iCEBreaker, short of logic cells) it is the sum of the layers' counters,
+summed a byte at a time. Replies are sent straight from the registers and memories their bytes
+live in.
 """
 
 import contextlib
@@ -288,10 +290,16 @@ class Controller(wiring.Component):
                     m.d.sync += id_byte.eq(b)
         last_error = Signal(Error)
         prog_len = Signal(range(cfg.program_depth + 1))
-        # The last run's cycles: every cycle from EXEC to its reply (`busy`), the fetching of
-        # descriptors and the storing of counters between layers included; cleared in EXEC.
-        # It turns round a byte at a time as its bytes are sent.
+        # The last run's cycles, cleared in EXEC. With ``fetch_ahead``: every cycle from EXEC
+        # to its reply (`busy`), the fetching of descriptors and the storing of counters between
+        # layers included; its bytes are picked as they are sent. Without (the iCE40, where a
+        # counter and its byte selection took 49 logic cells more): the layers' counters, added
+        # a byte at a time in RUN_STORE as ``total`` turns round once, as it turns round once
+        # more while its bytes are sent.
         total = Signal(32)
+        carry = Signal()
+        addend = Signal(8)
+        acc = total[:8] + addend + carry
         # A reply's bytes leave through a register, taken when it is empty: the state machine
         # looks at that flip-flop rather than at the transmitter's handshake, which comes from
         # the far side of the chip (by the pin) and chained into every reply state (an
@@ -515,8 +523,9 @@ class Controller(wiring.Component):
                 m.d.sync += j.eq(desc_bytes)
                 step_pc()
 
-        with m.If(self.busy):
-            m.d.sync += total.eq(total + 1)
+        if ahead_ok:
+            with m.If(self.busy):
+                m.d.sync += total.eq(total + 1)
 
         with m.FSM() as fsm:
             # The states' encodings, in this order (a state's is the order it is first named
@@ -730,6 +739,9 @@ class Controller(wiring.Component):
                 byte = core.cycles.word_select((j - desc_bytes)[:2], 8)
                 m.d.comb += [self.busy.eq(1), pg_w.en.eq(1), pg_w.data.eq(byte)]
                 m.d.sync += j.eq(j + 1)
+                if not ahead_ok:
+                    m.d.comb += addend.eq(byte)
+                    m.d.sync += [total.eq(Cat(total[8:], acc[:8])), carry.eq(acc[8])]
                 if ahead_ok:
                     # The entry that ran; the next one's descriptor is in ``shift`` already.
                     m.d.comb += [pg_w.addr.eq(Cat(run_pc[:pbits], j)),
@@ -742,6 +754,7 @@ class Controller(wiring.Component):
                         with m.Else():
                             m.next = "RUN_DECODE"
                     else:
+                        m.d.sync += carry.eq(0)
                         step_pc()
                         m.next = "RUN_FETCH"
 
@@ -793,10 +806,11 @@ class Controller(wiring.Component):
                     with m.Else():
                         m.next = "TX_TOTAL"
             with m.State("TX_TOTAL"):
-                # Four bytes sent turn ``total`` round once: it is there for the next STATUS.
-                send(total[:8])
+                send(total.word_select(j[:2], 8) if ahead_ok else total[:8])
                 with m.If(tx_ready):
-                    m.d.sync += [total.eq(total.rotate_right(8)), j.eq(j + 1)]
+                    m.d.sync += j.eq(j + 1)
+                    if not ahead_ok:        # (``carry`` is 0 here: ``acc`` is the byte)
+                        m.d.sync += total.eq(Cat(total[8:], acc[:8]))
                     with m.If(j == 3):
                         m.next = "TX_CRC0"
             with m.State("TX_IDENTITY"):

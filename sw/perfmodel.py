@@ -62,6 +62,11 @@ lanes' taps are worked out. A convolution that max-pools its output on the way t
 stages later. Every layer also
 counts the ``CMD_LATENCY`` cycle in which the core holds its descriptor before the engine
 takes it.
+A RUN of several entries takes more than its layers' cycles: the controller fetches each
+descriptor (a byte a cycle; with ``fetch_ahead``, the next one while a layer runs), issues it
+and stores the layer's counter. With ``fetch_ahead`` RUN's DONE counts those cycles too
+(`run_cycles`, `predict_run`, `predict_program`; and so a host's images a second), exactly as
+modelled on the RTL; without it, the iCEBreaker's, it counts the layers' own.
 ``CONV_LAYER`` and ``POOL_LAYER`` are the only fitted constants, measured on
 the RTL (``cycles`` counter) of lenet-digits and lenet5 layers on 2x4, 8x8 and 12x12 arrays
 (the coefficients of ``rows`` and ``cols`` were fitted too and match the structure above); the
@@ -146,31 +151,29 @@ def predict_run(cfg, entries, *, stopped=False):
 
 
 def run_cycles(cfg, layers, *, stopped=False):
-    """The total of a RUN whose entries' counters (the layers' own cycles) are ``layers``:
-    every cycle from its start to its reply. ``stopped``: after them it met an entry the
-    accelerator cannot execute (BAD_DESCRIPTOR), whose fetch and decoding count too.
+    """The total of a RUN whose entries' counters (the layers' own cycles) are ``layers``, as
+    DONE (and STATUS) report it. ``stopped``: after them it met an entry the accelerator cannot
+    execute (BAD_DESCRIPTOR), whose fetch and decoding count too.
 
-    Besides the layers' ``N`` the controller (``hw/controller.py``) takes ``L + 2`` cycles to
-    fetch an entry and decode it (``L``: `systolic.hw.controller.fetch_cycles`), and around
-    each layer one to issue it, one to see the core start, one to see it stop and four to
-    store its counter. Where the core holds its own copy of a descriptor
-    (`systolic.hw.core.holds_descriptor`) it fetches the next entry while a layer runs, so
-    that only a layer shorter than the fetch waits for it::
+    With ``fetch_ahead`` the controller (``hw/controller.py``) counts every cycle from the
+    run's start to its reply. Besides the layers' ``N`` it takes ``L + 2`` cycles to fetch the
+    first entry and decode it (``L``: `systolic.hw.controller.fetch_cycles`); it fetches each
+    next one while a layer runs (so only a layer shorter than a fetch waits for it), and takes
+    a cycle to issue a layer, one to see the core start, one to see it stop and four to store
+    its counter::
 
         run = L + 2 + sum(max(N + 8, L + 9) for all but the last) + max(N_last + 7, 8)
 
-    and otherwise (without `fetch_ahead`: the iCEBreaker) it fetches each one after the one
-    before has finished::
+    A RUN of no entries takes one cycle; one that stops counts ``max(N + 8, L + 9)`` for each
+    of its layers after the first fetch's ``L + 2``.
 
-        run = sum(N + L + 9) + 1
-
-    A RUN of no entries takes one cycle. One that stops counts ``max(N + 8, L + 9)`` for each
-    of its layers after the first fetch's ``L + 2`` (without: ``N + L + 9`` for each and
-    ``L + 2``).
+    Without ``fetch_ahead`` (the iCEBreaker, short of logic cells) the total is the layers'
+    counters summed; the run takes ``L + 9`` cycles more for each entry, and one more, which
+    nothing counts.
     """
-    load = fetch_cycles(cfg)
     if not holds_descriptor(cfg):
-        return sum(c + load + 9 for c in layers) + (load + 2 if stopped else 1)
+        return sum(layers)
+    load = fetch_cycles(cfg)
     if stopped:
         return load + 2 + sum(max(c + 8, load + 9) for c in layers)
     if not layers:
