@@ -290,7 +290,7 @@ class Controller(wiring.Component):
                     m.d.sync += id_byte.eq(b)
         last_error = Signal(Error)
         prog_len = Signal(range(cfg.program_depth + 1))
-        # The last run's cycles, cleared in EXEC. With ``fetch_ahead``: every cycle from EXEC
+        # The last run's cycles, cleared in EXEC. With ``fetch_ahead``: every cycle after EXEC
         # to its reply (`busy`), the fetching of descriptors and the storing of counters between
         # layers included; its bytes are picked as they are sent. Without (the iCE40, where a
         # counter and its byte selection took 49 logic cells more): the layers' counters, added
@@ -868,9 +868,9 @@ class Controller(wiring.Component):
             & ~(fsm.ongoing("PAYLOAD") & at_end))
         # The reply's kind: outside the reply's states, ``payload`` takes in every cycle the
         # kind of reply the state answers with, if it does (``replies_with``: ERROR but for
-        # EXEC's, WRITE's and RUN_FETCH's), so that its enable is the state's code alone, not
-        # every reply's condition (an iCEBreaker critical path, 9 LUTs). It holds from TX_SYNC
-        # on.
+        # EXEC's, WRITE's, RUN_FETCH's and RUN_STORE's), so that its enable is the state's code
+        # alone, not every reply's condition (an iCEBreaker critical path, 9 LUTs). It holds
+        # from TX_SYNC on.
         with m.If(~Cat(fsm.ongoing(name) for name in _STATE_ORDER[16:30]).any()):
             m.d.sync += payload.eq(replies_with)
         return m

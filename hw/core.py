@@ -88,7 +88,6 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
     return data
 
 
-
 def holds_descriptor(cfg):
     """Whether the core keeps its own copy of a layer's descriptor (``cfg.fetch_ahead``): the
     controller may then fetch the next one while a layer runs. Otherwise the engines read
@@ -234,8 +233,9 @@ class Core(wiring.Component):
     load : In(stream.Signature(load_layout(cfg)))
         Memory writes; accepted while no layer runs.
     cmd : In(stream.Signature(layer_layout(cfg)))
-        Layer descriptors, executed in order. For the ``ice40`` target, a descriptor's payload
-        must hold still from its handshake until ``busy`` falls (the core keeps no copy).
+        Layer descriptors, executed in order. Without ``fetch_ahead`` (`holds_descriptor`), a
+        descriptor's payload must hold still from its handshake until ``busy`` falls (the core
+        keeps no copy).
     rd_addr : In(stream.Signature(act_addr_bits))
         Activation memory read-back requests; accepted while no layer runs.
     rd_data : Out(stream.Signature(word_layout(cfg)))

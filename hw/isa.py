@@ -148,7 +148,7 @@ class Error(enum.Enum, shape=8):
 
 #: The protocol's version: IDENTITY's first byte. Raised when a request, reply or layout
 #: changes in a way an existing client would misread.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 
 @dataclass(frozen=True)

@@ -231,7 +231,8 @@ class Inference:
         int8 ``(classes,)``.
     cycles : int
         The cycles of the run that computed the image (RUN's DONE: every cycle of it, the
-        controller's between the layers included; with tracing, the sum of the layers' runs).
+        controller's between the layers included, on a device with ``fetch_ahead``; the
+        layers' own, summed, without; with tracing, the sum of the layers' runs).
         Its batch's: divide by `batch` for a share per image.
     layer_cycles : list of int or None
         Cycles of each hardware layer (``Program.layers``) in that run, the core's counters

@@ -168,15 +168,15 @@ def run_cycles(cfg, layers, *, stopped=False):
     of its layers after the first fetch's ``L + 2``.
 
     Without ``fetch_ahead`` (the iCEBreaker, short of logic cells) the total is the layers'
-    counters summed; the run takes ``L + 9`` cycles more for each entry, and one more, which
-    nothing counts.
+    counters summed (stopped or not); the run takes ``L + 9`` cycles more for each entry, and
+    one more, which nothing counts.
     """
     if not holds_descriptor(cfg):
         return sum(layers)
     load = fetch_cycles(cfg)
     if stopped:
         return load + 2 + sum(max(c + 8, load + 9) for c in layers)
-    if not layers:
+    if len(layers) == 0:
         return 1
     return load + 2 + sum(max(c + 8, load + 9) for c in layers[:-1]) + max(layers[-1] + 7, 8)
 

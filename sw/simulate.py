@@ -74,8 +74,9 @@ class SimulationReport:
     batch_sizes : numpy.ndarray or None
         int64 ``(N,)``: the size of each image's batch (``None``: 1).
     run_cycles : numpy.ndarray or None
-        int64 ``(N,)``: the whole run's cycles (RUN's DONE: the controller's between the layers
-        included; with tracing, the sum of the layers' runs), of every image's run.
+        int64 ``(N,)``: the whole run's cycles (RUN's DONE: with ``fetch_ahead`` the
+        controller's between the layers included, without it the layers' sum; with tracing,
+        the sum of the layers' runs), of every image's run.
     traced : bool
         Whether each layer ran on its own (tracing), not the program in one run.
     """
@@ -130,7 +131,8 @@ class SimulationReport:
         (``None`` without the per-layer counters), and so did every whole run."""
         if self.layer_cycles.shape[1] != len(self.program.layers):
             return None
-        return bool(np.all(self.layer_cycles == self._predicted()) and self.run_exact)
+        return bool(np.all(self.layer_cycles == self._predicted())
+                    and self.run_exact is not False)
 
     @property
     def run_exact(self):
