@@ -34,7 +34,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import enum, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .core import Core, holds_descriptor
+from .core import Core
 from .isa import (
     FRAME_CRC,
     MAX_PAYLOAD,
@@ -120,16 +120,10 @@ def _register_slice(m, i, o):
         m.d.sync += [spare.eq(i.payload), spare_valid.eq(1)]
 
 
-def _piped(cfg):
-    """Whether the block RAMs' read data goes into a register before any logic
-    (``cfg.fetch_ahead``: the ECP5 build's and the simulations' of it)."""
-    return cfg.fetch_ahead
-
-
 def fetch_cycles(cfg):
     """The cycles RUN_LOAD takes to assemble a descriptor: a byte a cycle, and one more where
-    the program memory's reads are registered (`_piped`)."""
-    return mem_word_bytes(cfg, Mem.PROGRAM) + _piped(cfg)
+    the program memory's reads are registered (``cfg.fetch_ahead``)."""
+    return mem_word_bytes(cfg, Mem.PROGRAM) + cfg.fetch_ahead
 
 
 def runnable_ops(cfg):
@@ -213,7 +207,7 @@ class Controller(wiring.Component):
         # ago or earlier, unless ``pg_lag`` says a read was made in the last one). Not without
         # `fetch_ahead` (the iCE40, which is short of cells, not of levels): there the data is
         # used as read.
-        piped = _piped(cfg)
+        piped = cfg.fetch_ahead
         if piped:
             # (fb_q, pg_q: the block RAMs' output registers on the board, `outreg`.)
             fb_q, pg_q = Signal(8, reset_less=True), Signal(8, reset_less=True)
@@ -349,10 +343,10 @@ class Controller(wiring.Component):
         # and ``pc`` (`step_addr`, `step_pc`; EXEC from the request's count), so that the
         # state machine looks at flip-flops, not at an adder and a comparator.
         addr_end, addr_last, pc_end = Signal(), Signal(), Signal()
-        # Where the core keeps its own copy of a descriptor (`holds_descriptor`), RUN fetches
-        # an entry while the one before runs (`ahead`: one is running, the entry ``run_pc``,
+        # With ``fetch_ahead`` the core keeps its own copy of a descriptor, and RUN fetches an
+        # entry while the one before runs (`ahead`: one is running, the entry ``run_pc``,
         # whose counter goes into the program memory when it ends).
-        ahead_ok = holds_descriptor(cfg)
+        ahead_ok = cfg.fetch_ahead
         run_pc, ahead = Signal.like(pc, name="run_pc"), Signal(name="ahead")
         j = Signal(range(max(desc_bytes + 4, data_bytes, cfg.cols)))    # byte of a word/entry
         # Descriptors (RUN) and data words (WRITE) are assembled in one shift register: the
@@ -739,13 +733,13 @@ class Controller(wiring.Component):
                 byte = core.cycles.word_select((j - desc_bytes)[:2], 8)
                 m.d.comb += [self.busy.eq(1), pg_w.en.eq(1), pg_w.data.eq(byte)]
                 m.d.sync += j.eq(j + 1)
-                if not ahead_ok:
-                    m.d.comb += addend.eq(byte)
-                    m.d.sync += [total.eq(Cat(total[8:], acc[:8])), carry.eq(acc[8])]
                 if ahead_ok:
                     # The entry that ran; the next one's descriptor is in ``shift`` already.
                     m.d.comb += [pg_w.addr.eq(Cat(run_pc[:pbits], j)),
                                  replies_with.eq(_Payload.DONE)]
+                else:
+                    m.d.comb += addend.eq(byte)
+                    m.d.sync += [total.eq(Cat(total[8:], acc[:8])), carry.eq(acc[8])]
                 with m.If(j == desc_bytes + 3):
                     m.d.sync += j.eq(0)
                     if ahead_ok:

@@ -35,7 +35,7 @@ from .isa import (
 from .pool import PoolEngine
 from .replica import hard_register, local_reset
 
-__all__ = ["Core", "SinglePortMemory", "holds_descriptor"]
+__all__ = ["Core", "SinglePortMemory"]
 
 # SB_SPRAM256KA: 16384 words of 16 bits, four in an iCE40UP5K.
 _SPRAM_DEPTH = 16384
@@ -86,13 +86,6 @@ def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, wr
             data.word_select(i, part).eq(r.data),
         ]
     return data
-
-
-def holds_descriptor(cfg):
-    """Whether the core keeps its own copy of a layer's descriptor (``cfg.fetch_ahead``): the
-    controller may then fetch the next one while a layer runs. Otherwise the engines read
-    ``cmd.payload``, which the controller holds still for the whole layer."""
-    return cfg.fetch_ahead
 
 
 class SinglePortMemory(wiring.Component):
@@ -233,9 +226,8 @@ class Core(wiring.Component):
     load : In(stream.Signature(load_layout(cfg)))
         Memory writes; accepted while no layer runs.
     cmd : In(stream.Signature(layer_layout(cfg)))
-        Layer descriptors, executed in order. Without ``fetch_ahead`` (`holds_descriptor`), a
-        descriptor's payload must hold still from its handshake until ``busy`` falls (the core
-        keeps no copy).
+        Layer descriptors, executed in order. Without ``fetch_ahead``, a descriptor's payload
+        must hold still from its handshake until ``busy`` falls (the core keeps no copy).
     rd_addr : In(stream.Signature(act_addr_bits))
         Activation memory read-back requests; accepted while no layer runs.
     rd_data : Out(stream.Signature(word_layout(cfg)))
@@ -306,7 +298,7 @@ class Core(wiring.Component):
         # of) the engines read ``cmd.payload`` itself instead (161 cells): the controller
         # holds it still from the handshake until ``busy`` falls (its shift register is then
         # loaded between layers only).
-        desc = (Signal(layer_layout(cfg), reset_less=True) if holds_descriptor(cfg)
+        desc = (Signal(layer_layout(cfg), reset_less=True) if cfg.fetch_ahead
                 else self.cmd.payload)
         engines = [(conv, (Op.CONV,))]
         pooling = Signal()

@@ -911,10 +911,10 @@ class _Run:
         if self.transport.resent != resent or self.driver.reruns != reruns:
             self._fail("the driver had to resend a request on a clean link", None)
         cycles = list(result.layer_cycles)
-        if result.cycles != run_cycles(self.cfg, cycles):
-            self._fail(f"the golden image's run took {result.cycles} cycles, not "
-                       f"{run_cycles(self.cfg, cycles)} (its layers' {cycles} and the "
-                       "controller's between them)", None)
+        run = run_cycles(self.cfg, cycles)
+        if result.cycles != run:
+            self._fail(f"the golden image's run took {result.cycles} cycles, not {run} (its "
+                       f"layers' {cycles} and the controller's between them)", None)
         if first:
             self.prog_cycles = sum(cycles)
             self.link.budget = self._budget(2000, 2000, 2)
@@ -923,7 +923,7 @@ class _Run:
                 self._fail(f"the golden image's layers took {cycles} cycles, not "
                            f"{self.model.entry_cycles}", None)
             self.model.forget_activations()
-            self.model.total = run_cycles(self.cfg, cycles)
+            self.model.total = run
         self.report.golden_checks += 1
         return cycles
 

@@ -78,7 +78,6 @@ import itertools
 
 from ..hw.controller import fetch_cycles
 from ..hw.conv import POOL_EXTRA, dense_prep_cycles, fill_stages, select_stages, weight_stages
-from ..hw.core import holds_descriptor
 from ..hw.eltwise import ADD_LATENCY, GAP_TILE_EXTRA
 from ..hw.isa import CMD_LATENCY, Op
 from ..hw.pe import capture_cycles
@@ -171,7 +170,7 @@ def run_cycles(cfg, layers, *, stopped=False):
     counters summed (stopped or not); the run takes ``L + 9`` cycles more for each entry, and
     one more, which nothing counts.
     """
-    if not holds_descriptor(cfg):
+    if not cfg.fetch_ahead:
         return sum(layers)
     load = fetch_cycles(cfg)
     if stopped:
