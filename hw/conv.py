@@ -10,7 +10,9 @@ Dataflow, for output channel tile ``t`` and a tile of ``rows`` consecutive outpu
 * **feed** copies a full bank into a shift register and presents it to the array one input
   channel per cycle (``cols`` cycles per block), with the weight word of that step read from
   weight memory in the same cycle. Two banks plus the shift register keep the array busy
-  every cycle while ``rows <= cols``.
+  every cycle while a bank's round trip (`bank_cycles`: the fill's reads, their landing, the
+  feed's load) takes at most the ``2 * cols`` cycles the array takes to consume two blocks:
+  every array of 4 columns or more. On narrower ones each pair of blocks takes the round trip.
 * **drain**: the array hands back a tile's sums one row (pixel) per cycle as the next tile
   starts; each row goes through the ``rq_lanes`` requantization lanes in ``rq_groups`` cycles
   (one cycle with a lane per column) and is written as one activation word.
@@ -58,8 +60,8 @@ from .replica import delay, hard_register, local_reset
 from .requant import Requantizer
 from .synth import one_hot
 
-__all__ = ["POOL_EXTRA", "ConvEngine", "dense_prep_cycles", "fill_stages", "select_stages",
-           "weight_stages"]
+__all__ = ["POOL_EXTRA", "ConvEngine", "bank_cycles", "dense_prep_cycles", "fill_stages",
+           "select_stages", "weight_stages"]
 
 
 #: Cycles a fused pooling's words take after the requantizer's, beyond a plain convolution's:
@@ -106,9 +108,21 @@ def fill_stages(cfg):
     tap) goes to a register before the route to the memory's column slices, spread over the
     chip; in one cycle with that route it was the ULX3S's worst path at 90 MHz (conv.block0
     to a slice's address register, 10.4 of 12.7 ns routing). A read's word then lands a cycle
-    later, which the two banks hide from the feed when ``rows + 6 <= 2 * cols`` (no smaller
-    array gets the stage); the layer takes a cycle longer."""
+    later (`bank_cycles`), which the two banks hide from the feed: no smaller array gets the
+    stage. The layer takes a cycle longer."""
     return 1 if cfg.cols >= 8 else 0
+
+
+def bank_cycles(cfg):
+    """Cycles from the fill's start on a transposer bank to its start on the same bank again,
+    when the feed is waiting for it: ``rows`` reads, `fill_stages` and ``ACT_READ_LATENCY``
+    cycles until the last word lands, one in which the bank is full and the feed copies it
+    out, one for the release to reach the fill's ``go``.
+
+    The two banks alternate, so the array, which takes ``cols`` cycles a block, is fed every
+    cycle when this is at most ``2 * cols`` (every array of at least 4 columns: ``rows <=
+    cols``); otherwise a pair of blocks takes this long (`systolic.sw.perfmodel`)."""
+    return cfg.rows + fill_stages(cfg) + ACT_READ_LATENCY + 1
 
 
 def dense_prep_cycles(cfg):

@@ -13,6 +13,15 @@ tile's last::
     feed = pixel_tiles * kh * kw * cin_words * cols          (a channel tile)
     pixel_tiles = ceil(batch * out_h * out_w / rows)
 
+That holds while the two transposer banks each go round (`systolic.hw.conv.bank_cycles`:
+the fill's ``rows`` reads, their landing, the feed's copy) in at most the ``2 * cols`` cycles
+the array takes for two blocks: on every array of at least 4 columns. On a narrower one
+(2x2, 3x3 ...) the fill cannot keep up, and after the first block every second one waits
+``stall = bank_cycles - 2 * cols`` cycles, over all of a layer's ``B`` blocks (its channel
+tiles' too, since they follow without a pause)::
+
+    feed cycles = B * cols + stall * floor((B - 1) / 2)
+
 Around the layer's feed is a fixed overhead: filling the first block (``rows`` reads, and
 `systolic.hw.conv.fill_stages` registers before the memory), the
 settle period that lets the last results drain through the array and the requantizers
@@ -71,20 +80,28 @@ modelled on the RTL; without it, the iCEBreaker's, it counts the layers' own.
 the RTL (``cycles`` counter) of lenet-digits and lenet5 layers on 2x4, 8x8 and 12x12 arrays
 (the coefficients of ``rows`` and ``cols`` were fitted too and match the structure above); the
 model is exact on every layer measured: ``tests/test_perf_rtl.py`` checks every layer kind and
-every pooling shape on the core's Verilog, ``tests/test_network_rtl.py`` whole networks.
+every pooling shape on the core's Verilog, ``tests/test_network_rtl.py`` whole networks, and
+the narrow arrays' stalls on 1x1 to 3x3 arrays with one to seven blocks.
 """
 
 import itertools
 
 from ..hw.controller import fetch_cycles
-from ..hw.conv import POOL_EXTRA, dense_prep_cycles, fill_stages, select_stages, weight_stages
+from ..hw.conv import (
+    POOL_EXTRA,
+    bank_cycles,
+    dense_prep_cycles,
+    fill_stages,
+    select_stages,
+    weight_stages,
+)
 from ..hw.eltwise import ADD_LATENCY, GAP_TILE_EXTRA
 from ..hw.isa import CMD_LATENCY, Op
 from ..hw.pe import capture_cycles
 from ..hw.pool import pool_stages
 from ..hw.requant import Requantizer
 
-__all__ = ["ADD_SETUP", "CONV_LAYER", "POOL_LAYER", "layer_macs",
+__all__ = ["ADD_SETUP", "CONV_LAYER", "POOL_LAYER", "feed_cycles", "layer_macs",
            "pool_tail", "pool_words", "predict_cycles", "predict_layer", "predict_program",
            "predict_run", "run_cycles", "utilization"]
 
@@ -116,12 +133,13 @@ def _engine_cycles(cfg, fields):
     R, C, G = cfg.rows, cfg.cols, cfg.rq_groups
     if fields["op"] == Op.CONV:
         pixel_tiles = -(-fields.get("batch", 1) * fields["out_h"] * fields["out_w"] // R)
-        feed = pixel_tiles * fields["kh"] * fields["kw"] * fields["cin_words"] * C
+        blocks = (fields["cout_tiles"] * pixel_tiles * fields["kh"] * fields["kw"]
+                  * fields["cin_words"])
         ends = (R + R * G + C + Requantizer.LATENCY + capture_cycles(cfg) + CONV_LAYER
                 + weight_stages(cfg) + select_stages(cfg) + fill_stages(cfg)
                 + POOL_EXTRA * fields.get("pool", 0))
         prep = dense_prep_cycles(cfg) if fields.get("dense") else 0
-        return fields["cout_tiles"] * feed + ends + prep
+        return feed_cycles(cfg, blocks) + ends + prep
     if fields["op"] == Op.ADD:
         return ADD_SETUP + 2 * fields["cin_words"] + ADD_LATENCY
     if fields["op"] == Op.GAP:
@@ -129,6 +147,14 @@ def _engine_cycles(cfg, fields):
         per_tile = pixels + GAP_TILE_EXTRA
         return fields["batch"] * fields["cin_words"] * per_tile
     return pool_words(fields) + pool_tail(cfg, fields) + POOL_LAYER
+
+
+def feed_cycles(cfg, blocks):
+    """Cycles the array takes for a convolution's ``blocks`` reduction blocks (all its channel
+    tiles'): ``cols`` each, and on an array too narrow for the fill to keep up, every second
+    one after the first waits ``bank_cycles - 2 * cols`` more."""
+    stall = max(0, bank_cycles(cfg) - 2 * cfg.cols)
+    return blocks * cfg.cols + stall * ((blocks - 1) // 2)
 
 
 def predict_layer(cfg, layer):

@@ -212,6 +212,41 @@ def test_dense_conv_shapes():
             assert (report.layer_cycles[:, n] < plain.layer_cycles[:, n]).all(), what
 
 
+@pytest.mark.parametrize(("rows", "cols"), [(1, 1), (2, 2), (3, 3)])
+def test_narrow_array_stalls_as_modelled(rows, cols):
+    """On arrays of fewer than 4 columns the fill cannot keep up with the array: a transposer
+    bank's round trip (`bank_cycles`, 5 to 7 cycles here) is longer than the ``2 * cols`` the
+    array takes for two blocks, and every second block waits. Layers of 6, 2, 7 and 21 blocks
+    (odd and even, channel tiles following one another) take exactly the cycles the model
+    gives them, with the stall, and every logit is exact."""
+    import torch
+    from systolic.sw import quantize
+
+    c = cols
+    torch.manual_seed(rows)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3 * c, 2 * c, 1), torch.nn.ReLU(),     # 2 tiles of 3 words: 6 blocks
+        torch.nn.Conv2d(2 * c, c, 1), torch.nn.ReLU(),         # 1 tile of 2 words: 2
+        torch.nn.Conv2d(c, 7 * c, 1), torch.nn.ReLU(),         # 7 tiles of 1 word: 7
+        torch.nn.Flatten(), torch.nn.Linear(7 * c, 3 * c)).eval()  # 3 tiles of 7 words: 21
+    shape = (3 * c, 1, 1)
+    rng = np.random.default_rng(rows)
+    qnet = quantize.quantize(model, rng.random((16, *shape)).astype(np.float32),
+                             input_shape=shape, p_max=255, dataset="mnist", arch="custom")
+    cfg = preset("default").replace(rows=rows, cols=cols, act_depth=256, weight_depth=1024,
+                                    max_dim=15, max_kernel=3, pool_avg=False)
+    images = rng.integers(0, 128, (2, *shape)).astype(np.int8)
+    report = simulate(qnet, images, cfg, jobs=1)
+    _exact(report, qnet, images)
+    blocks = [lay.fields["cout_tiles"] * lay.fields["cin_words"] for lay in report.program.layers]
+    assert blocks == [6, 2, 7, 21]
+    # The stall, by hand: (bank_cycles - 2 * cols) cycles for every second block after the
+    # first, floor((B - 1) / 2) of them: 2, 0, 3 and 10.
+    stall = {1: 3, 2: 2, 3: 1}[cols]
+    assert [perfmodel.feed_cycles(cfg, b) - b * cols for b in blocks] == [
+        2 * stall, 0, 3 * stall, 10 * stall]
+
+
 def test_lost_reply_is_a_link_error_not_a_hang():
     """A reply that never comes (a request the controller answers with fewer bytes than asked
     for) ends within the cycle budget as a `protocol.LinkError`."""

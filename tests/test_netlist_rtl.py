@@ -55,6 +55,10 @@ def test_netlist_lenet_digits(board):
     # registered program memory reads; the iCE40's sums the layers'.
     assert report.run_cycles.tolist() == [perfmodel.run_cycles(report.program.cfg, row)
                                           for row in report.layer_cycles.tolist()]
+    # And every layer's as the model predicts, on the 2x2 too, whose fill cannot keep up with
+    # the array (`systolic.hw.conv.bank_cycles`).
+    assert report.layer_cycles.tolist() == [
+        [perfmodel.predict_layer(report.program.cfg, lay) for lay in report.program.layers]] * n
     assert report.program.layers[0].fields.get("dense", 0) == (board == "ulx3s-85f")
     assert [lay.fields.get("pool", 0) for lay in report.program.layers] == (
         [1, 1, 0] if board == "ulx3s-85f" else [0, 0, 0, 0, 0])
