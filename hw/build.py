@@ -376,11 +376,13 @@ def _shrink_hint(cfg, over):
     return " or ".join(hints) or "a bigger device"
 
 
-#: Routing iterations without an over-used wire in which nextpnr's timing-driven rip-up may
-#: go on without reducing its count of arcs that fail timing. This version of router2 has no
+#: Routing iterations in which nextpnr's timing-driven rip-up may go on without a new low in
+#: its count of over-used wires or of arcs that fail timing. This version of router2 has no
 #: such limit of its own: on a design that misses its clock by little it can reroute the same
-#: dozen arcs for hours (one default design at 90 MHz: 750 iterations, 15 minutes, no end).
-#: A build that closes settles in tens of iterations.
+#: dozen arcs for hours (one default design at 90 MHz: 750 iterations, 15 minutes, no end),
+#: or trade one or two over-used wires for a hundred failing arcs and back (the 8x16 at 90
+#: MHz: 1 to 8 wires and 92 to 160 arcs from iteration 50 to 220, and on). A build that closes
+#: settles in tens of iterations.
 RIPUP_PATIENCE = 150
 
 #: The build scripts running (`_run_plan`), for `_stage` to stop on an interrupt.
@@ -390,21 +392,36 @@ _ITER = re.compile(r"iter=\d+ .*?overused=(\d+) .*?tmgfail=(\d+)")
 
 
 def ripup_stalled(log_text, patience=RIPUP_PATIENCE):
-    """The count of arcs still failing timing if nextpnr's log ``log_text`` shows the router's
-    timing-driven rip-up going ``patience`` iterations without an over-used wire and without
-    fewer failing arcs than before them; else ``None``."""
-    best, since = None, 0
+    """``(overused, failing)``, the router's last counts of over-used wires and of arcs failing
+    timing, if nextpnr's log ``log_text`` shows it going ``patience`` iterations without a new
+    low in either; else ``None`` (it is making progress, or has not started)."""
+    low_used = low_fails = None
+    since = 0
     for used, fails in ((int(u), int(t)) for u, t in _ITER.findall(log_text)):
-        if used or not fails:
-            best, since = None, 0
-            continue
-        if best is None or fails < best:
-            best, since = fails, 0
+        if low_used is None or used < low_used or fails < low_fails:
+            since = 0
+            low_used = used if low_used is None else min(used, low_used)
+            low_fails = fails if low_fails is None else min(fails, low_fails)
         else:
             since += 1
             if since >= patience:
-                return fails
+                return used, fails
     return None
+
+
+def _stall_message(stalled, clock_mhz, pnr_log):
+    used, fails = stalled
+    at = f" at {clock_mhz:g} MHz" if clock_mhz else ""
+    slow = f"{fails} connection{'s' if fails != 1 else ''} still too slow"
+    if used:
+        state = (f"nextpnr's router went {RIPUP_PATIENCE} iterations without fewer over-used "
+                 f"wires or failing connections ({used} wire{'s' if used != 1 else ''} still "
+                 f"over-used, {slow})")
+    else:
+        state = (f"nextpnr routed the design, but its timing-driven rip-up made no progress in "
+                 f"{RIPUP_PATIENCE} iterations, {slow},")
+    return (f"Timing not met{at}: {state} and was stopped (log: {pnr_log}). Try a lower "
+            f"--clock or another --seed")
 
 
 def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0, seed=None):
@@ -427,18 +444,12 @@ def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0, seed=None):
                 except subprocess.TimeoutExpired:
                     pass
                 try:
-                    fails = ripup_stalled(pnr_log.read_text(errors="replace"))
+                    stalled = ripup_stalled(pnr_log.read_text(errors="replace"))
                 except OSError:
-                    fails = None
-                if fails is not None:
+                    stalled = None
+                if stalled is not None:
                     _stop(proc)
-                    at = f" at {clock_mhz:g} MHz" if clock_mhz else ""
-                    raise TimingError(
-                        f"Timing not met{at}: nextpnr routed the design, but its timing-driven "
-                        f"rip-up made no progress in {RIPUP_PATIENCE} iterations, {fails} "
-                        f"connection{'s' if fails != 1 else ''} still too slow, and was "
-                        f"stopped (log: {pnr_log}). Try "
-                        f"a lower --clock or another --seed")
+                    raise TimingError(_stall_message(stalled, clock_mhz, pnr_log))
         except BaseException:
             _stop(proc)
             raise
