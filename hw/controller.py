@@ -353,9 +353,24 @@ class Controller(wiring.Component):
         # bytes come in at the top and move down a byte at a time. The shorter of the two kinds
         # of data word comes in lower down, so that it ends where the longer one starts.
         shift = Signal(8 * max(desc_bytes, data_bytes), reset_less=True)     # data: not reset
-        desc = layer_layout(cfg)(shift[len(shift) - 8 * desc_bytes:][:layer_layout(cfg).size])
+
+        def desc_of(bits):
+            return bits[len(shift) - 8 * desc_bytes:][:layer_layout(cfg).size]
+
+        desc = layer_layout(cfg)(desc_of(shift))
         word_at = len(shift) // 8 - data_bytes
-        word = shift[8 * word_at:]
+        # With ``fetch_ahead`` the core takes its descriptors and the memories their words from
+        # a copy of the shift register a cycle behind it (`shift_q`, loaded every cycle: no
+        # enable to fan out). The words go to registers by each memory's block RAMs, all over
+        # the chip, and the descriptor to the core's copy; the shift register itself, and its
+        # enables, can then sit together by the controller. (Taking each of its bytes to the
+        # memories' registers, they were spread across the die, and the route from `shift_go`
+        # to their enables, 9.1 ns, was the 8x16's worst path at 90 MHz.) A descriptor's last
+        # byte comes in at least a cycle before the core takes it (RUN_DECODE); a data word
+        # waits a cycle for it (WRITE_HOLD).
+        shift_q = Signal.like(shift, name="shift_q", reset_less=True) if piped else shift
+        if piped:
+            m.d.sync += shift_q.eq(shift)
         param_bytes = mem_word_bytes(cfg, Mem.PARAM)
         short_bytes = min(cfg.cols, param_bytes)
         short = (mem == Mem.PARAM.value) if param_bytes < cfg.cols else (mem != Mem.PARAM.value)
@@ -408,7 +423,8 @@ class Controller(wiring.Component):
             # then wait (a reply byte the host is not ready for) rely on the data holding.
             pg_r.en.eq(0), fb_r.en.eq(0),
             core.load.payload.mem.eq(mem), core.load.payload.addr.eq(addr),
-            core.load.payload.data.eq(word), core.cmd.payload.eq(desc),
+            core.load.payload.data.eq(shift_q[8 * word_at:]),
+            core.cmd.payload.eq(layer_layout(cfg)(desc_of(shift_q))),
             core.rd_addr.payload.eq(addr),
         ]
 
@@ -659,8 +675,18 @@ class Controller(wiring.Component):
                             m.d.comb += shift_go.eq(0)
                             reply(m)
                 with m.Elif(byte_end):
-                    m.d.sync += [j.eq(0), load_valid.eq(1)]
+                    m.d.sync += j.eq(0)
                     m.d.comb += shift_go.eq(0)
+                    if piped:
+                        m.next = "WRITE_HOLD"
+                    else:
+                        m.d.sync += load_valid.eq(1)
+                        m.next = "WRITE_WORD"
+            if piped:
+                with m.State("WRITE_HOLD"):
+                    # The word's last byte on its way into ``shift_q``.
+                    m.d.comb += replies_with.eq(_Payload.NONE)
+                    m.d.sync += [byte_end.eq(word_last == 0), load_valid.eq(1)]
                     m.next = "WRITE_WORD"
             with m.State("WRITE_WORD"):
                 m.d.comb += replies_with.eq(_Payload.NONE)

@@ -479,13 +479,31 @@ class ConvEngine(wiring.Component):
         g_next = g ^ load
         step_next = Mux(load, ~Mux(g, bank_meta[1].flush, bank_meta[0].flush),
                         stepping & (sr_left >= 2))
+        # On arrays of more than 4 columns (`weight_stages` 2) a row's bytes are as spread as
+        # the activation memory's column slices their banks are filled from: across the die
+        # on the ULX3S (feed_ctl2 to the far end of feed2, 9.9 ns of one route, was the 8x16's
+        # worst path at 90 MHz). There the shift register works a cycle behind these
+        # decisions, each pair of its bytes from a copy of the row's copy (`feed_lag`): one of
+        # the registers the activations wait in for their weights moved before it (`a_q`
+        # below), so a step reaches the array when it did. The bank it loads holds still: it
+        # takes new words ACT_READ_LATENCY cycles after the release at the earliest.
+        lag = weight_stages(cfg) >= 2
+        group = 2 if lag else C                         # bytes a copy enables
         row_load, row_step, row_g = [], [], []
         for i in range(R):
             copy = hard_register(m, Cat(~at_last_next, full_next, g_next, step_next),
                                  name=f"feed_ctl{i}", target=cfg.target)
-            row_load.append(~copy[0] & Mux(copy[3], copy[2], copy[1]))
-            row_g.append(copy[3])
-            row_step.append(copy[4])
+            loads, steps, gs = [], [], []
+            for k in range(0, C, group):
+                c = hard_register(m, copy, name=f"feed_ctl{i}_{k}", target=cfg.target) \
+                    if lag else copy
+                loads.append(~c[0] & Mux(c[3], c[2], c[1]))
+                gs.append(c[3])
+                steps.append(c[4])
+            row_load.append(loads)
+            row_g.append(gs)
+            row_step.append(steps)
+        feed_lag = int(lag)
         m.d.sync += [first_reg.eq(0), drain_reg.eq(0), wvalid_reg.eq(0), tile_reg.eq(0)]
         for i in range(R):
             m.d.sync += a_reg[i].eq(0)
@@ -509,10 +527,22 @@ class ConvEngine(wiring.Component):
                 ]
                 m.d.sync += w_off.eq(Mux(restart, 1, w_off + 1))
         for i in range(R):
-            with m.If(row_step[i]):
-                m.d.sync += [a_reg[i].eq(sr[i][:8]), sr[i].eq(sr[i] >> 8)]
-            with m.If(row_load[i]):
-                m.d.sync += sr[i].eq(Mux(row_g[i], banks[1][i], banks[0][i]))
+            if not lag:
+                with m.If(row_step[i][0]):
+                    m.d.sync += [a_reg[i].eq(sr[i][:8]), sr[i].eq(sr[i] >> 8)]
+                with m.If(row_load[i][0]):
+                    m.d.sync += sr[i].eq(Mux(row_g[i][0], banks[1][i], banks[0][i]))
+                continue
+            shifted = sr[i] >> 8
+            with m.If(row_step[i][0]):
+                m.d.sync += a_reg[i].eq(sr[i][:8])
+            for n, k in enumerate(range(0, C, group)):
+                part = slice(8 * k, 8 * (k + group))
+                loaded = Mux(row_g[i][n], banks[1][i], banks[0][i])
+                with m.If(row_step[i][n]):
+                    m.d.sync += sr[i][part].eq(shifted[part])
+                with m.If(row_load[i][n]):
+                    m.d.sync += sr[i][part].eq(loaded[part])
         with m.If(load):
             for b in range(2):
                 with m.If(g == b):
@@ -529,7 +559,7 @@ class ConvEngine(wiring.Component):
         # one cycle for it.
         ws = weight_stages(cfg)
         w_in = delay(m, self.weight_read.data.as_value(), ws - 1, name="w_r", reset_less=True)
-        a_q = delay(m, a_reg, ws + 1, name="a", reset_less=True)
+        a_q = delay(m, a_reg, ws + 1 - feed_lag, name="a", reset_less=True)
         first_q = delay(m, first_reg, ws + 1, name="first")
         drain_q = delay(m, drain_reg, ws + 1, name="drain")
         tile_q = delay(m, tile_reg, ws + 1, name="tile")
