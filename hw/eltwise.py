@@ -276,6 +276,11 @@ class GapEngine(wiring.Component):
             with m.If(got[-1]):
                 m.d.sync += acc[i].eq(acc[i] + self.act_read.data[i])
             m.d.comb += self.act_write.data[i].eq(quo[i] - 128)
+        # ``x == 1``, ``y == 1`` and the same of the map's width and height, as flip-flops set
+        # with ``x`` and ``y``: READ's end decided from registers. (From the comparators, five
+        # levels to the state register, whose decodings reach every lane's divider: the
+        # ULX3S's worst path at 75 MHz, 10.9 of 12.7 ns routing.)
+        x_end, y_end, w_one, h_one = Signal(), Signal(), Signal(), Signal()
         with m.FSM() as fsm:
             with m.State("START"):
                 # One cycle out of reset: the state register changes once, which Icarus needs
@@ -289,16 +294,18 @@ class GapEngine(wiring.Component):
                         x.eq(cmd.in_w), y.eq(cmd.in_h), cw.eq(cmd.cin_words),
                         images.eq(cmd.batch), tile.eq(cmd.in_base), rd.eq(cmd.in_base),
                         wr.eq(cmd.out_base), n.eq(0), self.busy.eq(1),
+                        x_end.eq(cmd.in_w == 1), y_end.eq(cmd.in_h == 1),
+                        w_one.eq(cmd.in_w == 1), h_one.eq(cmd.in_h == 1),
                     ]
                     m.d.sync += [acc[i].eq(0) for i in lanes]
                     m.next = "READ"
             with m.State("READ"):
                 m.d.comb += self.act_read.en.eq(1)
-                m.d.sync += [rd.eq(rd + cin_words), n.eq(n + 1), x.eq(x - 1)]
-                with m.If(x == 1):
-                    m.d.sync += [x.eq(in_w), y.eq(y - 1)]
-                    with m.If(y == 1):
-                        m.d.sync += y.eq(in_h)
+                m.d.sync += [rd.eq(rd + cin_words), n.eq(n + 1), x.eq(x - 1), x_end.eq(x == 2)]
+                with m.If(x_end):
+                    m.d.sync += [x.eq(in_w), x_end.eq(w_one), y.eq(y - 1), y_end.eq(y == 2)]
+                    with m.If(y_end):
+                        m.d.sync += [y.eq(in_h), y_end.eq(h_one)]
                         with m.If(cw == cin_words):
                             m.d.sync += nxt.eq(rd + cin_words)   # the next image's first word
                         m.next = "WAIT"
