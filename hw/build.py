@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import re
 import shutil
@@ -395,13 +396,12 @@ def ripup_stalled(log_text, patience=RIPUP_PATIENCE):
     """``(overused, failing)``, the router's last counts of over-used wires and of arcs failing
     timing, if nextpnr's log ``log_text`` shows it going ``patience`` iterations without a new
     low in either; else ``None`` (it is making progress, or has not started)."""
-    low_used = low_fails = None
+    low_used = low_fails = math.inf
     since = 0
     for used, fails in ((int(u), int(t)) for u, t in _ITER.findall(log_text)):
-        if low_used is None or used < low_used or fails < low_fails:
+        if used < low_used or fails < low_fails:
             since = 0
-            low_used = used if low_used is None else min(used, low_used)
-            low_fails = fails if low_fails is None else min(fails, low_fails)
+            low_used, low_fails = min(used, low_used), min(fails, low_fails)
         else:
             since += 1
             if since >= patience:

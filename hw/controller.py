@@ -355,9 +355,9 @@ class Controller(wiring.Component):
         shift = Signal(8 * max(desc_bytes, data_bytes), reset_less=True)     # data: not reset
 
         def desc_of(bits):
-            return bits[len(shift) - 8 * desc_bytes:][:layer_layout(cfg).size]
+            return layer_layout(cfg)(bits[len(shift) - 8 * desc_bytes:][:layer_layout(cfg).size])
 
-        desc = layer_layout(cfg)(desc_of(shift))
+        desc = desc_of(shift)
         word_at = len(shift) // 8 - data_bytes
         # With ``fetch_ahead`` the core takes its descriptors and the memories their words from
         # a copy of the shift register a cycle behind it (`shift_q`, loaded every cycle: no
@@ -424,7 +424,7 @@ class Controller(wiring.Component):
             pg_r.en.eq(0), fb_r.en.eq(0),
             core.load.payload.mem.eq(mem), core.load.payload.addr.eq(addr),
             core.load.payload.data.eq(shift_q[8 * word_at:]),
-            core.cmd.payload.eq(layer_layout(cfg)(desc_of(shift_q))),
+            core.cmd.payload.eq(desc_of(shift_q)),
             core.rd_addr.payload.eq(addr),
         ]
 

@@ -483,7 +483,7 @@ class ConvEngine(wiring.Component):
         # the activation memory's column slices their banks are filled from: across the die
         # on the ULX3S (feed_ctl2 to the far end of feed2, 9.9 ns of one route, was the 8x16's
         # worst path at 90 MHz). There the shift register works a cycle behind these
-        # decisions, each pair of its bytes from a copy of the row's copy (`feed_lag`): one of
+        # decisions (`lag`), each pair of its bytes from a copy of the row's copy: one of
         # the registers the activations wait in for their weights moved before it (`a_q`
         # below), so a step reaches the array when it did. The bank it loads holds still: it
         # takes new words ACT_READ_LATENCY cycles after the release at the earliest.
@@ -503,7 +503,6 @@ class ConvEngine(wiring.Component):
             row_load.append(loads)
             row_g.append(gs)
             row_step.append(steps)
-        feed_lag = int(lag)
         m.d.sync += [first_reg.eq(0), drain_reg.eq(0), wvalid_reg.eq(0), tile_reg.eq(0)]
         for i in range(R):
             m.d.sync += a_reg[i].eq(0)
@@ -559,7 +558,7 @@ class ConvEngine(wiring.Component):
         # one cycle for it.
         ws = weight_stages(cfg)
         w_in = delay(m, self.weight_read.data.as_value(), ws - 1, name="w_r", reset_less=True)
-        a_q = delay(m, a_reg, ws + 1 - feed_lag, name="a", reset_less=True)
+        a_q = delay(m, a_reg, ws + 1 - lag, name="a", reset_less=True)
         first_q = delay(m, first_reg, ws + 1, name="first")
         drain_q = delay(m, drain_reg, ws + 1, name="drain")
         tile_q = delay(m, tile_reg, ws + 1, name="tile")
