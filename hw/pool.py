@@ -55,7 +55,7 @@ def pool_stages(cfg: AcceleratorConfig):
     """Stages of the engine's units in pipeline order: the row window with the scan's output
     register, the column window, the finishing stage (`PoolEngine.latency` in all: cycles
     from taking the last input word a window needs to offering its output word)."""
-    window = 3 if _split(cfg) else 2
+    window = 4 if _split(cfg) else 2
     return (1 + window, window, 2 if cfg.pool_avg else 1)
 
 
@@ -116,20 +116,21 @@ class _Window(wiring.Component):
     address, write enable and write datum comes from a register: a beat's slot is read as the
     beat is taken (the slot register counts the beats taken), and the beat is written a cycle
     later from the first stage's registers, whatever the pipeline does then (the stall signal
-    reaches the RAMs only as their read enable). The read data goes into registers first and
-    is put in order and combined in the stage after. When the period is one beat the read
-    collides with the write of the previous beat, so such beats take their history from the
-    beats in the pipeline instead.
+    reaches the RAMs only as their read enable). The read data goes into registers first (the
+    block RAMs' output registers), is put in order in the stage after, and combined in the
+    stage after that. When the period is one beat the read collides with the write of the
+    previous beat, so such beats take their history from the beats in the pipeline instead.
 
-    Three stages: the beat as taken, the beat with its history as read, then the pair (the
-    beat combined with the previous value) and the older value; the output combines those
-    two, unregistered. A beat with ``emit`` clear updates the history but produces no output.
+    Four stages: the beat as taken, the beat with its history as read, the beat with its
+    history in order, then the pair (the beat combined with the previous value) and the older
+    value; the output combines those two, unregistered. A beat with ``emit`` clear updates
+    the history but produces no output.
 
     Without ``split`` (the small engine, without averaging: `_split`) the window has one RAM
-    holding both values of a slot, the older written back from the read, and no first stage:
-    the RAM is read a cycle ahead, at the slot of the next beat (from the slot counter's next
-    value), and written as a beat is taken, so that its history is there when it is.
-    `pool_stages` counts the stages.
+    holding both values of a slot, the older written back from the read, and neither the first
+    stage nor the one of the history as read: the RAM is read a cycle ahead, at the slot of
+    the next beat (from the slot counter's next value), and written as a beat is taken, so
+    that its history is there when it is; two stages. `pool_stages` counts the stages.
 
     Members
     -------
@@ -228,28 +229,44 @@ class _Window(wiring.Component):
             else:
                 m.d.comb += [wr.en.eq(wrote), wr.data[0].eq(value1), wr.data[1].eq(rd.data[0])]
 
-        # Stage 2: the beat, its history as read, and the values of the previous two beats.
-        # (``raw`` is the two RAMs' words as read, ``odd2`` the beat's period: the value of
-        # the period before is ``raw[~odd2]``, of the one before that ``raw[odd2]``.)
+        # With ``split``, stage "R": the beat and its history as read, nothing else. ``raw``
+        # (the two RAMs' words as read) is the block RAMs' own output register, and the route
+        # from it ends in a flip-flop: the stage after it puts the words in order. (Read data
+        # straight into the comparators was the ULX3S's worst path at 90 MHz: the line
+        # buffer's DP16KD to the carry chains, 10.5 ns routing, 7.2 of it one route.)
+        # (``odd`` is the beat's period: the value of the period before is ``raw[~odd]``, of
+        # the one before that ``raw[odd]``.)
+        raw = Signal(data.ArrayLayout(self._elem, 2), reset_less=True)
+        if self._split:
+            validr, oddr = Signal(), Signal()
+            valuer = Signal(self._elem, reset_less=True)
+            singler, emitr, metar = Signal(), Signal(), Signal.like(self.i.meta)
+            with m.If(self.en):
+                m.d.sync += validr.eq(valid1)
+            with m.If(self.en & valid1):
+                m.d.sync += [raw.eq(Cat(port.data for _, port in ports)), oddr.eq(odd1),
+                             valuer.eq(value1), singler.eq(single1), emitr.eq(emit1),
+                             metar.eq(meta1)]
+        else:
+            validr, valuer, singler, emitr, metar = valid1, value1, single1, emit1, meta1
+            m.d.comb += raw.eq(Cat(port.data for _, port in ports))
+
+        # Stage 2: the beat, its history in order (``hist[k]``: the slot's value ``k + 1``
+        # periods before the beat's), and the values of the previous two beats.
         valid2 = Signal()
         value = Signal(self._elem, reset_less=True)
-        raw = Signal(data.ArrayLayout(self._elem, 2), reset_less=True)
+        hist = Signal(data.ArrayLayout(self._elem, 2), reset_less=True)
         prev = Signal(data.ArrayLayout(self._elem, 2), reset_less=True)
-        single, emit2, meta2, odd2 = Signal(), Signal(), Signal.like(self.i.meta), Signal()
+        single, emit2, meta2 = Signal(), Signal(), Signal.like(self.i.meta)
         with m.If(self.en):
-            m.d.sync += valid2.eq(valid1)
-        with m.If(self.en & valid1):
+            m.d.sync += valid2.eq(validr)
+        with m.If(self.en & validr):
             m.d.sync += [
-                value.eq(value1), prev[0].eq(value), prev[1].eq(prev[0]),
-                raw.eq(Cat(port.data for _, port in ports)), odd2.eq(odd1),
-                single.eq(single1), emit2.eq(emit1), meta2.eq(meta1),
+                value.eq(valuer), prev[0].eq(value), prev[1].eq(prev[0]),
+                single.eq(singler), emit2.eq(emitr), meta2.eq(metar),
             ]
-
-        def hist(k, lane):
-            """The slot's value ``k + 1`` periods before the beat's, in ``lane``."""
-            if not self._split:
-                return raw[k][lane]
-            return Mux(odd2 ^ k, raw[0][lane], raw[1][lane])
+            for k in range(2):
+                m.d.sync += hist[k].eq(Mux(oddr ^ k, raw[0], raw[1]) if self._split else raw[k])
 
         # Stage 3: the pair (the beat combined with the previous value) and the older value.
         valid3 = Signal()
@@ -268,14 +285,14 @@ class _Window(wiring.Component):
                     before_last = pair[lane]
                 m.d.sync += [
                     pair[lane].eq(self._op(value[lane], Mux(single, prev[0][lane],
-                                                            hist(0, lane)))),
-                    older[lane].eq(Mux(single, before_last, hist(1, lane))),
+                                                            hist[0][lane]))),
+                    older[lane].eq(Mux(single, before_last, hist[1][lane])),
                 ]
 
         m.d.comb += [
             self.o.valid.eq(valid3 & emit3),
             self.o.meta.eq(meta3),
-            self.busy.eq((valid1 if self._split else 0) | valid2 | valid3),
+            self.busy.eq((valid1 | validr if self._split else 0) | valid2 | valid3),
         ]
         for lane, out in enumerate(self.o.value):
             m.d.comb += out.eq(Mux(self.k3, self._op(pair[lane], older[lane]), pair[lane]))

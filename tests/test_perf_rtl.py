@@ -28,12 +28,17 @@ from test_core_rtl import CFG
 POOL_MAPS = [(7, 8), (8, 7), (8, 8), (9, 9), (6, 5), (5, 4)]
 
 
+def pool_layers():
+    """The pooling sweep: ``(kind, k, stride, c, h, w)``, with 1 to 3 channel words."""
+    for i, ((kind, k, stride), (h, w)) in enumerate(itertools.product(
+            itertools.product(("max", "avg"), arith.POOL_KERNELS, arith.POOL_STRIDES),
+            POOL_MAPS)):
+        yield kind, k, stride, CFG.cols * (1 + i % 3) - 1, h, w
+
+
 def pool_cases(rng):
     cases = []
-    for (kind, k, stride), (h, w) in itertools.product(
-            itertools.product(("max", "avg"), arith.POOL_KERNELS, arith.POOL_STRIDES),
-            POOL_MAPS):
-        c = CFG.cols * (1 + len(cases) % 3) - 1         # 1 to 3 channel words
+    for kind, k, stride, c, h, w in pool_layers():
         x = rng.integers(-128, 128, (c, h, w)).astype(np.int8)
         cases.append(case_from_layers(CFG, f"{kind}pool {k}/{stride} {c}x{h}x{w}", x,
                                       [{"kind": kind, "k": k, "stride": stride}],
@@ -66,11 +71,9 @@ def conv_cases(rng):
 def test_pool_cases_cover_short_tails():
     """The pooling sweep has maps whose windows stop short of the last row, the last column,
     both, and neither: every distinct pipeline tail the model knows occurs."""
-    tails = set()
-    for (k, stride), (h, w), c in itertools.product(
-            itertools.product(arith.POOL_KERNELS, arith.POOL_STRIDES), POOL_MAPS, (3, 7)):
-        tails.add(perfmodel.pool_tail(CFG, describe_pool(CFG, channels=c, h=h, w=w,
-                                                         kernel=k, stride=stride)))
+    tails = {perfmodel.pool_tail(CFG, describe_pool(CFG, channels=c, h=h, w=w, kernel=k,
+                                                   stride=stride))
+             for _, k, stride, c, h, w in pool_layers()}
     stages = pool_stages(CFG)
     assert tails == set(range(stages[0], sum(stages) + 1))
 

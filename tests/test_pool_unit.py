@@ -74,10 +74,11 @@ def run_layers(layers, *, cfg=CFG, stall=0.0, seed=0, trace=None):
                 if trace is not None:
                     trace.append((clock[0], "in"))
                 ctx.set(dut.i_stream.valid, 0)
-        # Idle once everything is out, with no spurious output.
+        # Idle once everything is out (beats that end no window drain within the pipeline's
+        # depth), with no spurious output.
         while len(outputs) < len(layers):
             await ctx.tick()
-        await ctx.tick().repeat(4)
+        await ctx.tick().repeat(dut.latency)
         assert not ctx.get(dut.busy)
         assert not ctx.get(dut.o_stream.valid)
 
