@@ -39,6 +39,7 @@ __all__ = ["Core", "SinglePortMemory"]
 
 # SB_SPRAM256KA: 16384 words of 16 bits, four in an iCE40UP5K.
 _SPRAM_DEPTH = 16384
+_DESC_GROUP = 32        # descriptor bits per copy of the core's idle flag
 _SPRAM_WIDTH = 16
 
 
@@ -318,12 +319,23 @@ class Core(wiring.Component):
         # idle now too; ready comes a cycle after the last engine falls idle.) `busy` itself
         # is a wide OR of engine flags with fan-outs in the hundreds: this keeps it off the
         # command's enables and the memories' ports.
-        idle, accept = Signal(init=1), Signal()
+        # (``idle`` is low in the first cycle out of reset, as its copies below are.)
+        idle, accept = Signal(), Signal()
         m.d.sync += [idle.eq(~busy & ~accept), self.busy.eq(busy)]
         m.d.comb += [self.cmd.ready.eq(idle), accept.eq(self.cmd.valid & idle)]
         if desc is not self.cmd.payload:
-            with m.If(accept):
-                m.d.sync += desc.eq(self.cmd.payload)
+            # The descriptor register follows the command's payload while the core is idle
+            # and holds from the cycle after it takes one (no engine reads it before). Its
+            # bits are all over the chip: each group of them takes its enable from a copy of
+            # ``idle`` of its own (`hard_register`), a flip-flop, not from ``accept``'s LUT
+            # (``accept`` to the descriptor's enables was a worst path at 90 MHz).
+            flat = desc.as_value()
+            for k, lo in enumerate(range(0, len(flat), _DESC_GROUP)):
+                own = hard_register(m, ~busy & ~accept, name=f"desc_idle{k}",
+                                    target=cfg.target)
+                with m.If(own):
+                    m.d.sync += flat[lo:lo + _DESC_GROUP].eq(
+                        self.cmd.payload.as_value()[lo:lo + _DESC_GROUP])
         for i, (engine, ops) in enumerate(engines):
             m.d.comb += [engine.cmd.payload.eq(desc), engine.cmd.valid.eq(pending[i])]
             with m.If(accept):
