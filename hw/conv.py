@@ -411,9 +411,20 @@ class ConvEngine(wiring.Component):
         assert ACT_READ_LATENCY >= 2
         landing = Cat(cap, zero, cap_last, cap_bank, cap_meta)
         for k in range(ACT_READ_LATENCY - 1 + fill_stages(cfg)):
+            before = landing
             later = Signal.like(landing, name=f"cap_d{k + 1}")
             m.d.sync += later.eq(landing)
             landing = later
+        # On arrays of more than 4 columns, whose banks' bytes are as spread as the memory's
+        # column slices (see the feed), each pair of bytes takes its write enable from a copy
+        # of the last stage's flag and bank of its own: from one register, the route to a
+        # far row's enables was the 8x16's worst path at 75 MHz (cap_d3 -> bank1_1, 12.3 of
+        # 13.1 ns routing).
+        spread = weight_stages(cfg) >= 2
+        land_group = 2 if spread else C
+        land = [hard_register(m, Cat(before[0], before[2 + zw]), name=f"land{k}",
+                              target=cfg.target) if spread else None
+                for k in range(0, C, land_group)]
         l_cap, l_zero = landing[0], landing[1:1 + zw]
         l_last, l_bank = landing[1 + zw], landing[2 + zw]
         l_meta = meta(landing[3 + zw:])
@@ -422,12 +433,21 @@ class ConvEngine(wiring.Component):
             word_in = Cat(Mux(l_zero[k], 0, word_in.word_select(k, 8)) for k in range(C))
         else:
             word_in = Mux(l_zero, 0, word_in)
+        if spread:
+            for n, k in enumerate(range(0, C, land_group)):
+                part = slice(8 * k, 8 * (k + land_group))
+                for b in range(2):
+                    with m.If(land[n][0] & (land[n][1] == b)):
+                        for i in range(R - 1):
+                            m.d.sync += banks[b][i][part].eq(banks[b][i + 1][part])
+                        m.d.sync += banks[b][R - 1][part].eq(word_in[part])
         with m.If(l_cap):
             for b in range(2):
                 with m.If(l_bank == b):
-                    for i in range(R - 1):
-                        m.d.sync += banks[b][i].eq(banks[b][i + 1])
-                    m.d.sync += banks[b][R - 1].eq(word_in)
+                    if not spread:
+                        for i in range(R - 1):
+                            m.d.sync += banks[b][i].eq(banks[b][i + 1])
+                        m.d.sync += banks[b][R - 1].eq(word_in)
                     with m.If(l_last):
                         m.d.comb += full_next[b].eq(1)
                         m.d.sync += bank_meta[b].eq(l_meta)
