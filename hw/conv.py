@@ -42,7 +42,7 @@ maximum is written, at the pooled map's address the drain works out as it emits 
 import operator
 from functools import reduce
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -308,13 +308,15 @@ class ConvEngine(wiring.Component):
         # weighs 0), the offsets of rows 0, 1, ... of a block, and so the lane's address
         # offset from the window's origin. In the walk, the lane's kernel row and column
         # (`kyl`, `kxl`) and its address offset (`tapl`) move with the walker's block.
+        # (All reset-less: worked out every cycle, or set at the layer's start. The chip's
+        # reset is for control state; each of these is a copy per lane, spread over the die.)
         dense = cfg.dense_conv
         dmode = Signal()                                # running a dense convolution
         zw = C if dense else 1                          # bits of a fill read's zero mask
         if dense:
             sb_shape = signed(sb)
-            d_dy = [Signal(range(C), name=f"dense_dy{k}") for k in range(C)]
-            d_kx = [Signal(cfg.kernel_bits, name=f"dense_kx{k}") for k in range(C)]
+            d_dy = [Signal(range(C), name=f"dense_dy{k}", reset_less=True) for k in range(C)]
+            d_kx = [Signal(cfg.kernel_bits, name=f"dense_kx{k}", reset_less=True) for k in range(C)]
             d_rows, d_taps = Signal(range(C + 1)), Signal(range(C + 1))
             m.d.sync += [d_rows.eq(0), d_taps.eq(0)]
             with m.Switch(Cat(desc.dkw, desc.dcin)):
@@ -327,15 +329,18 @@ class ConvEngine(wiring.Component):
                                     m.d.sync += [d_dy[k].eq(tap[0]), d_kx[k].eq(tap[1])]
                             rows, taps = dense_layout(cfg, kw_, cin)
                             m.d.sync += [d_rows.eq(rows), d_taps.eq(taps)]
-            row_off = [Signal(sb_shape, name=f"dense_row{j}") for j in range(max(C // 2, 1))]
+            row_off = [Signal(sb_shape, name=f"dense_row{j}", reset_less=True)
+                       for j in range(max(C // 2, 1))]
             for j in range(1, len(row_off)):
                 m.d.sync += row_off[j].eq(row_off[j - 1] + desc.in_w)
-            d_off = [Signal(sb_shape, name=f"dense_off{k}") for k in range(C)]
+            d_off = [Signal(sb_shape, name=f"dense_off{k}", reset_less=True) for k in range(C)]
             for k in range(C):
                 m.d.sync += d_off[k].eq(Array(row_off)[d_dy[k]] + d_kx[k])
-            kyl = [Signal(range(cfg.max_kernel + C + 1), name=f"dense_ky{k}") for k in range(C)]
-            kxl = [Signal(range(cfg.max_kernel + C + 1), name=f"dense_kx{k}") for k in range(C)]
-            tapl = [Signal(sb_shape, name=f"dense_tap{k}") for k in range(C)]
+            kyl = [Signal(range(cfg.max_kernel + C + 1), name=f"dense_ky{k}", reset_less=True)
+                   for k in range(C)]
+            kxl = [Signal(range(cfg.max_kernel + C + 1), name=f"dense_kx{k}", reset_less=True)
+                   for k in range(C)]
+            tapl = [Signal(sb_shape, name=f"dense_tap{k}", reset_less=True) for k in range(C)]
             prep = Signal(range(dense_prep_cycles(cfg) + 1))
             m.d.comb += self.dense.eq(dmode)
 
@@ -369,10 +374,13 @@ class ConvEngine(wiring.Component):
         # mask is needed only when its word lands). In one cycle, the walker's choice, the
         # coordinate adders and the comparisons' carry chains were the convolution engine's
         # deepest logic with dense convolutions (seven levels).
-        def fill_addr(port, value):
-            """A fill read's address to the memory, through `fill_stages` registers."""
+        def fill_addr(port, value, name):
+            """A fill read's address to the memory, through `fill_stages` registers
+            (reset-less: an address, loaded every cycle)."""
             if fill_stages(cfg):
-                m.d.sync += port.eq(value)
+                q = Signal(len(Value.cast(port)), name=name, reset_less=True)
+                m.d.sync += q.eq(value)
+                m.d.comb += port.eq(q)
             else:
                 m.d.comb += port.eq(value)
 
@@ -398,7 +406,8 @@ class ConvEngine(wiring.Component):
                     lane_out[k].eq(~(fill_valid & (iy_k.as_unsigned() < desc.in_h)
                                      & (ix_k.as_unsigned() < desc.in_w))),
                 ]
-                fill_addr(self.act_lanes[k], (cur.base + tapl[k])[:cfg.act_addr_bits])
+                fill_addr(self.act_lanes[k], (cur.base + tapl[k])[:cfg.act_addr_bits],
+                          f"lane_addr{k}")
             m.d.comb += zero.eq(Mux(dmode, lane_out, Mux(inb, 0, (1 << C) - 1)))
         else:
             m.d.comb += zero.eq(~inb)
@@ -510,13 +519,15 @@ class ConvEngine(wiring.Component):
         lag = weight_stages(cfg) >= 2
         group = 2 if lag else C                         # bytes a copy enables
         row_load, row_step, row_g = [], [], []
+        # (The pairs' copies are reset-less: loaded every cycle, they hold the row copy's
+        # reset value after the chip's reset, which lasts microseconds.)
         for i in range(R):
             copy = hard_register(m, Cat(~at_last_next, full_next, g_next, step_next),
                                  name=f"feed_ctl{i}", target=cfg.target)
             loads, steps, gs = [], [], []
             for k in range(0, C, group):
-                c = hard_register(m, copy, name=f"feed_ctl{i}_{k}", target=cfg.target) \
-                    if lag else copy
+                c = hard_register(m, copy, name=f"feed_ctl{i}_{k}", target=cfg.target,
+                                  reset_less=True) if lag else copy
                 loads.append(~c[0] & Mux(c[3], c[2], c[1]))
                 gs.append(c[3])
                 steps.append(c[4])
@@ -650,10 +661,13 @@ class ConvEngine(wiring.Component):
             if len(sums) == 1:
                 gated = sums
             else:
+                # (The token's registers are reset-less: it walks out of them in
+                # ``R * G`` cycles, and the chip's reset lasts microseconds.)
                 token = start_next
                 gated = []
                 for i, s in enumerate(sums):
-                    token = hard_register(m, token, name=f"tok{lane}_{i}", target=cfg.target)
+                    token = hard_register(m, token, name=f"tok{lane}_{i}", target=cfg.target,
+                                          reset_less=True)
                     gated.append(Mux(token, s, 0))
             parts = []
             for k in range(0, R * G, chunk * G):
@@ -891,7 +905,7 @@ class ConvEngine(wiring.Component):
         # The fill's read address, whether it reads or not: what it reads outside FILL is
         # never captured (``cap``), and the address does not wait on FILL's decisions.
         m.d.comb += [self.act_read.en.eq(1), self.param_read.en.eq(1)]
-        fill_addr(self.act_read.addr, (cur.base + tap_off)[:cfg.act_addr_bits])
+        fill_addr(self.act_read.addr, (cur.base + tap_off)[:cfg.act_addr_bits], "fill_addr")
         busy = Signal()
         m.d.comb += self.busy.eq(busy)
 
