@@ -397,16 +397,25 @@ class ConvEngine(wiring.Component):
         if dense:
             lane_out = Signal(C)
             for k in range(C):
+                # Each lane picks the walker's pixel or the row's itself, from a copy of
+                # `block0` of its own (`hard_register` of its next value): the lanes' address
+                # registers sit by the memory's column slices, across the die, and one
+                # `block0` choosing for them all was the 75 MHz build's worst path once the
+                # banks' enables were copied (block0 -> a lane's address, 8 levels, 10.9 of
+                # 12.7 ns routing).
+                first = hard_register(m, block0_next, name=f"block0_{k}", target=cfg.target)
+                cur_k = Signal(info, name=f"cur{k}")
+                m.d.comb += cur_k.eq(Mux(first, walker, rows_info[0]))
                 # Only taps outside the image need their lane zeroed: taps past the kernel
                 # and lanes past the word's taps weigh 0. (Negative coordinates, seen
                 # unsigned, are past any map: one comparison a coordinate.)
-                iy_k = coord_reg(cur.iy0 + kyl[k], f"fill_iy{k}")
-                ix_k = coord_reg(cur.ix0 + kxl[k], f"fill_ix{k}")
+                iy_k = coord_reg(cur_k.iy0 + kyl[k], f"fill_iy{k}")
+                ix_k = coord_reg(cur_k.ix0 + kxl[k], f"fill_ix{k}")
                 m.d.comb += [
                     lane_out[k].eq(~(fill_valid & (iy_k.as_unsigned() < desc.in_h)
                                      & (ix_k.as_unsigned() < desc.in_w))),
                 ]
-                fill_addr(self.act_lanes[k], (cur.base + tapl[k])[:cfg.act_addr_bits],
+                fill_addr(self.act_lanes[k], (cur_k.base + tapl[k])[:cfg.act_addr_bits],
                           f"lane_addr{k}")
             m.d.comb += zero.eq(Mux(dmode, lane_out, Mux(inb, 0, (1 << C) - 1)))
         else:
