@@ -201,9 +201,16 @@ class AddEngine(wiring.Component):
             shifted = Signal(signed(prod_bits + 1), name=f"shifted{lane}", reset_less=True)
             y = Signal(signed(cfg.data_bits), name=f"y{lane}", reset_less=True)
             m.d.sync += part.eq(prod >> part_shift)
-            with m.If(pipe[prod_at + 1] & ~tag[prod_at + 1]):
+            # The enables of ``first`` and ``total`` (``pipe[prod_at + 1]``, with the tag
+            # clear or set) are flip-flops of the lane's own, a stage of ``pipe`` and ``tag``
+            # early: from one LUT each they drove 400 flip-flops across the array's width.
+            keep = hard_register(m, pipe[prod_at] & ~tag[prod_at], name=f"keep{lane}",
+                                 target=cfg.target)
+            add = hard_register(m, pipe[prod_at] & tag[prod_at], name=f"add{lane}",
+                                target=cfg.target)
+            with m.If(keep):
                 m.d.sync += first.eq(part)
-            with m.If(pipe[prod_at + 1] & tag[prod_at + 1]):
+            with m.If(add):
                 m.d.sync += total.eq(first + part)
             m.d.sync += shifted.eq(total >> lo_shift)
             # ``rounded = (shifted + 1) >> 1`` clamped: its limits tested on ``shifted`` itself,
