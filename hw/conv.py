@@ -671,13 +671,19 @@ class ConvEngine(wiring.Component):
                 gated = sums
             else:
                 # (The token's registers are reset-less: it walks out of them in
-                # ``R * G`` cycles, and the chip's reset lasts microseconds.)
+                # ``R * G`` cycles, and the chip's reset lasts microseconds.) With two
+                # stages each sum is gated by a copy of its token register (the same input,
+                # kept apart): the chain's register sits between its sum and the next one's,
+                # which may be rows apart, and its route to the gates was the 90 MHz build's
+                # worst path (tok0_6 -> sel0_rows0, 9.1 ns one route).
                 token = start_next
                 gated = []
                 for i, s in enumerate(sums):
+                    gate = hard_register(m, token, name=f"gate{lane}_{i}", target=cfg.target,
+                                         reset_less=True) if two else None
                     token = hard_register(m, token, name=f"tok{lane}_{i}", target=cfg.target,
                                           reset_less=True)
-                    gated.append(Mux(token, s, 0))
+                    gated.append(Mux(token if gate is None else gate, s, 0))
             parts = []
             for k in range(0, R * G, chunk * G):
                 picked = reduce(operator.or_, gated[k:k + chunk * G])
