@@ -440,9 +440,6 @@ class ConvEngine(wiring.Component):
         # 13.1 ns routing).
         spread = weight_stages(cfg) >= 2
         land_group = 2 if spread else C
-        land = [hard_register(m, Cat(before[0], before[2 + zw]), name=f"land{k}",
-                              target=cfg.target) if spread else None
-                for k in range(0, C, land_group)]
         l_cap, l_zero = landing[0], landing[1:1 + zw]
         l_last, l_bank = landing[1 + zw], landing[2 + zw]
         l_meta = meta(landing[3 + zw:])
@@ -451,21 +448,18 @@ class ConvEngine(wiring.Component):
             word_in = Cat(Mux(l_zero[k], 0, word_in.word_select(k, 8)) for k in range(C))
         else:
             word_in = Mux(l_zero, 0, word_in)
-        if spread:
-            for n, k in enumerate(range(0, C, land_group)):
-                part = slice(8 * k, 8 * (k + land_group))
-                for b in range(2):
-                    with m.If(land[n][0] & (land[n][1] == b)):
-                        for i in range(R - 1):
-                            m.d.sync += banks[b][i][part].eq(banks[b][i + 1][part])
-                        m.d.sync += banks[b][R - 1][part].eq(word_in[part])
+        for k in range(0, C, land_group):
+            land = (hard_register(m, Cat(before[0], before[2 + zw]), name=f"land{k}",
+                                  target=cfg.target) if spread else Cat(l_cap, l_bank))
+            part = slice(8 * k, 8 * (k + land_group))
+            for b in range(2):
+                with m.If(land[0] & (land[1] == b)):
+                    for i in range(R - 1):
+                        m.d.sync += banks[b][i][part].eq(banks[b][i + 1][part])
+                    m.d.sync += banks[b][R - 1][part].eq(word_in[part])
         with m.If(l_cap):
             for b in range(2):
                 with m.If(l_bank == b):
-                    if not spread:
-                        for i in range(R - 1):
-                            m.d.sync += banks[b][i].eq(banks[b][i + 1])
-                        m.d.sync += banks[b][R - 1].eq(word_in)
                     with m.If(l_last):
                         m.d.comb += full_next[b].eq(1)
                         m.d.sync += bank_meta[b].eq(l_meta)

@@ -39,8 +39,9 @@ __all__ = ["Core", "SinglePortMemory"]
 
 # SB_SPRAM256KA: 16384 words of 16 bits, four in an iCE40UP5K.
 _SPRAM_DEPTH = 16384
-_DESC_GROUP = 32        # descriptor bits per copy of the core's idle flag
 _SPRAM_WIDTH = 16
+
+_DESC_GROUP = 32        # descriptor bits per copy of the core's idle flag
 
 
 def registered_slices(m, *, width, depth, slices, target, read_addr, read_en, write_addr,
