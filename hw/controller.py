@@ -465,19 +465,37 @@ class Controller(wiring.Component):
             with m.If(writing & is_short):
                 entry = word_at + short_bytes - 1
                 m.d.comb += shift_next[8 * entry:8 * entry + 8].eq(byte)
-        with m.If(writing & ~is_prog & byte_end & packed):
-            # The word's bytes, as they are after this cycle's, down to lane 0: its other lanes
-            # go in at once, the bytes moving down ``cols - lanes``. With dense convolutions
-            # those lanes repeat the bytes (lane l holds lane l % lanes: every column slice
-            # gets the pixel), else they are 0.
-            after = Cat(act[8:], byte)
-            with m.Switch(lanes):
-                for n in range(1, cfg.cols):
-                    got = after[8 * (cfg.cols - n):]
-                    if cfg.dense_conv:
-                        got = Cat(got.word_select(k % n, 8) for k in range(cfg.cols))
-                    with m.Case(n):
-                        m.d.comb += shift_next[8 * word_at:8 * (word_at + cfg.cols)].eq(got)
+        # At the end of a packed activation word, the word's bytes, as they are after this
+        # cycle's, down to lane 0: its other lanes go in at once, the bytes moving down
+        # ``cols - lanes``. With dense convolutions those lanes repeat the bytes (lane l holds
+        # lane l % lanes: every column slice gets the pixel), else they are 0.
+        # With ``fetch_ahead`` each lane's byte chooses from copies of its own of ``lanes`` and
+        # of the packed-WRITE flag (`hard_register`; ``pre`` holds still from the frame's
+        # first payload byte on, long before WRITE_BYTE takes its words from the frame buffer):
+        # from ``pre0`` through one decoder to the whole word's muxes, two routes across the
+        # shift register, it was the worst path of the 8x16's 90 MHz build (12.0 of 13.4 ns
+        # routing).
+        after = Cat(act[8:], byte)
+        pack = writing & ~is_prog & packed
+        for k in range(cfg.cols):
+            if piped:
+                lanes_k = hard_register(m, lanes, name=f"pack_lanes{k}", target=cfg.target,
+                                        reset_less=True)
+                pack_k = hard_register(m, pack, name=f"pack{k}", target=cfg.target)
+            else:
+                lanes_k, pack_k = lanes, pack
+            with m.If(pack_k & byte_end):
+                with m.Switch(lanes_k):
+                    for n in range(1, cfg.cols):
+                        if cfg.dense_conv:
+                            src = cfg.cols - n + k % n
+                        elif k < n:
+                            src = cfg.cols - n + k
+                        else:
+                            src = None
+                        with m.Case(n):
+                            m.d.comb += shift_next[8 * (word_at + k):8 * (word_at + k + 1)].eq(
+                                0 if src is None else after.word_select(src, 8))
         for k, en in enumerate(shift_en):
             part = slice(8 * (k * len(shift) // 8 // copies),
                          8 * ((k + 1) * len(shift) // 8 // copies))
