@@ -39,7 +39,15 @@ from .config import preset
 from .generate import add_config_arguments, config_from_args
 
 # synth.py owns tool discovery and the parsing of nextpnr's report; the board build shares them.
-from .synth import FSM_ONE_HOT, SynthError, find_tool, log_tail, parse_report
+from .synth import (
+    ECP5_LUTS_OPTS,
+    FSM_ONE_HOT,
+    SynthError,
+    ecp5_classic_luts,
+    find_tool,
+    log_tail,
+    parse_report,
+)
 
 __all__ = ["RIPUP_PATIENCE", "BuildError", "BuildReport", "TimingError", "add_parser", "build",
            "check_timing", "critical_path_summary", "format_critical_path", "ripup_stalled"]
@@ -584,17 +592,10 @@ def prepare_plan(family, platform, top, seed=1):
         # An instance attribute: the platform's `command_templates` reads it.
         templates = list(platform._trellis_command_templates)
         platform._trellis_command_templates = [templates[0], _OUTREG_STEP, *templates[1:]]
-        # Yosys 0.70's `abc9` (synth_ecp5's LUT mapping) fails an assertion reintegrating
-        # the 12x12 design (`GetSize(conn.first) == GetSize(conn.second)` in rtlil.cc);
-        # the classic `abc` maps the same logic. synth_ecp5 runs up to its LUT mapping,
-        # `abc` maps, and synth_ecp5 carries on from its cell mapping.
-        overrides["synth_opts"] = "-run :map_luts"
-        overrides["script_after_synth"] = (
-            "techmap -map +/lattice/latches_map.v\n"
-            "abc -lut 4:7 -dress\n"
-            "clean\n"
-            f"synth_ecp5 -top {NAME} -run map_cells:\n"
-            + overrides["script_after_synth"])
+        # LUTs by the classic `abc` (see `ECP5_LUTS_OPTS`).
+        overrides["synth_opts"] = ECP5_LUTS_OPTS
+        overrides["script_after_synth"] = (ecp5_classic_luts(NAME)
+                                           + overrides["script_after_synth"])
     return platform.prepare(top, name=NAME, **overrides)
 
 

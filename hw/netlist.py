@@ -35,7 +35,7 @@ from amaranth.back import rtlil
 from ..sw.errors import SystolicError
 from . import outreg
 from .boards import BoardTop, get_board
-from .synth import FSM_ONE_HOT, SynthError, find_tool, run_tool
+from .synth import ECP5_LUTS_OPTS, FSM_ONE_HOT, SynthError, ecp5_classic_luts, find_tool, run_tool
 
 __all__ = ["VERILATOR_ARGS", "Netlist", "NetlistError", "board_config", "board_controller",
            "board_netlist", "cell_models", "simulate_netlist"]
@@ -46,9 +46,9 @@ __all__ = ["VERILATOR_ARGS", "Netlist", "NetlistError", "board_config", "board_c
 VERILATOR_ARGS = ("--no-public-flat-rw",)
 
 # What the board build (`systolic.hw.build.build`) runs around `synth_<family>`: its
-# ``script_after_read`` and ``synth_opts`` overrides (see there for why).
+# ``script_after_read`` and ``synth_opts`` overrides (see there for why), and on the ECP5 its
+# LUT mapping (`ecp5_classic_luts`).
 _AFTER_READ = f"{FSM_ONE_HOT}\nmemory_nordff"
-_SYNTH_OPTS = ""
 
 
 class NetlistError(SynthError):
@@ -178,7 +178,8 @@ def _yosys_script(family, name):
     # then back into Yosys for Verilog: `_OUTREG_SCRIPT`).
     return "\n".join([
         f"read_rtlil {name}.il", _AFTER_READ,
-        f"synth_{family} {_SYNTH_OPTS} -top {name}".replace("  ", " "),
+        *([f"synth_ecp5 {ECP5_LUTS_OPTS} -top {name}", ecp5_classic_luts(name)]
+          if family == "ecp5" else [f"synth_{family} -top {name}"]),
         "tee -q -o stat.json stat -json",
         "write_json netlist.json" if family == "ecp5" else "write_verilog -noattr netlist.v",
         ""])

@@ -31,13 +31,31 @@ from amaranth.lib.wiring import In, Out
 
 from ..sw.errors import SystolicError
 
-__all__ = ["DEVICES", "FAMILIES", "FSM_ONE_HOT", "PortFolder", "SynthError", "SynthReport",
-           "find_tool", "log_tail", "one_hot", "parse_report", "run_tool", "synthesize"]
+__all__ = ["DEVICES", "ECP5_LUTS_OPTS", "FAMILIES", "FSM_ONE_HOT", "PortFolder", "SynthError",
+           "SynthReport", "ecp5_classic_luts", "find_tool", "log_tail", "one_hot", "parse_report",
+           "run_tool", "synthesize"]
 
 #: The Yosys command that lets a state register marked ``fsm_encoding = "one-hot"`` be
 #: recoded: `fsm_detect` passes over a register with an initial value, and Amaranth gives
 #: every register one. The register's reset still puts the machine in its first state.
 FSM_ONE_HOT = "setattr -unset init a:fsm_encoding=one-hot"
+
+#: Yosys 0.70's `abc9` (`synth_ecp5`'s LUT mapping) fails an assertion reintegrating the
+#: board designs now and then (`GetSize(conn.first) == GetSize(conn.second)` in rtlil.cc:
+#: the 12x12 design, and the 8x16's with the controller's per-lane copies of a WRITE's lane
+#: count); the classic `abc` maps the same logic. `synth_ecp5` with these options runs up to
+#: its LUT mapping, and `ecp5_classic_luts` carries on from there.
+ECP5_LUTS_OPTS = "-run :map_luts"
+
+
+def ecp5_classic_luts(top):
+    """The Yosys commands after ``synth_ecp5 {ECP5_LUTS_OPTS}``: the classic `abc` maps the
+    LUTs, and `synth_ecp5` goes on from its cell mapping. One definition for the board build
+    and the netlist simulations (`systolic.hw.netlist`), so that both map the same way."""
+    return ("techmap -map +/lattice/latches_map.v\n"
+            "abc -lut 4:7 -dress\n"
+            "clean\n"
+            f"synth_ecp5 -top {top} -run map_cells:\n")
 
 
 def one_hot(fsm, target):
