@@ -55,8 +55,8 @@ def test_unknown_board(name):
 
 def test_ulx3s_default_clock_is_the_pll():
     top, p = plan("ulx3s-85f")
-    assert top.clock_hz == 75e6
-    assert top.bridge.divisor == 25           # 3 MBd exactly
+    assert top.clock_hz == 90e6
+    assert top.bridge.divisor == 30           # 3 MBd exactly
     assert "EHXPLLL" in p.files["systolic.il"]
 
 
