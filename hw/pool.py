@@ -56,7 +56,7 @@ def pool_stages(cfg: AcceleratorConfig):
     register, the column window, the finishing stage (`PoolEngine.latency` in all: cycles
     from taking the last input word a window needs to offering its output word)."""
     window = 4 if _split(cfg) else 2
-    return (1 + window, window, 3 if cfg.pool_avg else 1)
+    return (1 + window, window, 2 if cfg.pool_avg else 1)
 
 
 def pool_latency(cfg: AcceleratorConfig):
@@ -302,11 +302,9 @@ class _Window(wiring.Component):
 class _Finish(wiring.Component):
     """Window results to int8 words: the maximum as is, a sum ``S`` as its mean.
 
-    With ``sums`` three stages: the first registers the window results, the second them and
-    seven times each (`_seven`), the third divides (in one stage, the two adders and their
-    route were the 12x12 ULX3S design's worst path at 84 MHz; the column window's last
-    adder and `_seven`'s in one, 228 endpoints at 10 to 11 ns in the 8x16 routed for 125
-    MHz); without, one, the output register.
+    With ``sums`` two stages: the first registers the window results and seven times each
+    (`_seven`), the second divides (in one stage, the two adders and their route were the
+    12x12 ULX3S design's worst path at 84 MHz); without, one, the output register.
 
     Members
     -------
@@ -341,16 +339,14 @@ class _Finish(wiring.Component):
             with m.If(self.en):
                 m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.value)]
             return m
-        valid0, first = Signal(), Signal.like(self.i.value, reset_less=True)
         valid, held = Signal(), Signal.like(self.i.value, reset_less=True)
         lanes = len(self.i.value)
         width = self.i.value.shape().elem_shape.width + 3
         held7 = Signal(data.ArrayLayout(signed(width), lanes), reset_less=True)
-        m.d.comb += self.busy.eq(valid0 | valid | self.o.valid)
+        m.d.comb += self.busy.eq(valid | self.o.valid)
         with m.If(self.en):
-            m.d.sync += [valid0.eq(self.i.valid), first.eq(self.i.value), valid.eq(valid0),
-                         held.eq(first), self.o.valid.eq(valid)]
-            m.d.sync += [h7.eq(_seven(v)) for h7, v in zip(held7, first, strict=True)]
+            m.d.sync += [valid.eq(self.i.valid), held.eq(self.i.value), self.o.valid.eq(valid)]
+            m.d.sync += [h7.eq(_seven(v)) for h7, v in zip(held7, self.i.value, strict=True)]
             for s, s7, out in zip(held, held7, self.o.payload, strict=True):
                 m.d.sync += out.eq(Mux(self.avg, _mean(s, s7, self.k3), s))
         return m
