@@ -128,7 +128,7 @@ def bank_cycles(cfg):
 def dense_prep_cycles(cfg):
     """Cycles a dense convolution (`systolic.hw.isa.describe_dense_conv`) waits before its
     first channel tile, while each lane's tap offset is worked out from the descriptor."""
-    return cfg.cols // 2 + 3
+    return cfg.cols // 2 + 2
 
 
 class ConvEngine(wiring.Component):
@@ -339,13 +339,9 @@ class ConvEngine(wiring.Component):
                        for j in range(max(C // 2, 1))]
             for j in range(1, len(row_off)):
                 m.d.sync += row_off[j].eq(row_off[j - 1] + desc.in_w)
-            # The lane's row offset, then its tap's: the choice and the adder a cycle apart
-            # (in one, 107 endpoints at 10 to 11.4 ns in the ULX3S's 8x16 routed for 125 MHz).
-            d_row = [Signal(sb_shape, name=f"dense_rowsel{k}", reset_less=True)
-                     for k in range(C)]
             d_off = [Signal(sb_shape, name=f"dense_off{k}", reset_less=True) for k in range(C)]
             for k in range(C):
-                m.d.sync += [d_row[k].eq(Array(row_off)[d_dy[k]]), d_off[k].eq(d_row[k] + d_kx[k])]
+                m.d.sync += d_off[k].eq(Array(row_off)[d_dy[k]] + d_kx[k])
             kyl = [Signal(range(cfg.max_kernel + C + 1), name=f"dense_ky{k}", reset_less=True)
                    for k in range(C)]
             kxl = [Signal(range(cfg.max_kernel + C + 1), name=f"dense_kx{k}", reset_less=True)
