@@ -1005,32 +1005,15 @@ class ConvEngine(wiring.Component):
                         m.d.sync += tile0.eq(1)
         # Each dense lane's kernel row, column and address offset, on its own copy of `adv`:
         # back to the lane's first tap after the last block, the next kernel rows after a
-        # row, the next taps of the row after a tap. With two rows or more each lane also
-        # decides from copies of its own of the step's kind (`hard_register` of the kinds'
-        # next values: the same flip-flops, kept apart) and of the layer's steps (`row_inc`,
-        # `d_rows`, `d_taps`: worked out every cycle from the held descriptor, so a copy a
-        # cycle behind is as good long before PREP ends). The lanes sit by the memory's
-        # column slices, across the die: from one register each, the kinds' and steps'
-        # routes to the lanes' adders were 210 endpoints of `tapl` at 10.5 to 11.7 ns in the
-        # ULX3S's 8x16 routed for 125 MHz.
+        # row, the next taps of the row after a tap.
         for k in range(C if dense else 0):
-            if R >= 2:
-                own = [hard_register(m, v, name=f"step_{n}{k}", target=cfg.target)
-                       for n, v in zip(("last", "row", "col", "cw", "ky"), kinds_next,
-                                       strict=True)]
-                l_last, l_row, l_col, l_cw, l_ky = own
-                l_inc, l_rows, l_taps = (
-                    hard_register(m, v, name=f"{n}{k}", target=cfg.target, reset_less=True)
-                    for n, v in (("row_inc", row_inc), ("d_rows", d_rows), ("d_taps", d_taps)))
-            else:
-                l_last, l_row, l_col, l_cw, l_ky = kinds
-                l_inc, l_rows, l_taps = row_inc, d_rows, d_taps
-            with m.If(adv_l[k] & l_ky):
-                m.d.sync += kyl[k].eq(Mux(l_last, d_dy[k], kyl[k] + l_rows))
-            with m.If(adv_l[k] & ~l_cw):
+            with m.If(adv_l[k] & k_ky):
+                m.d.sync += kyl[k].eq(Mux(k_last, d_dy[k], kyl[k] + d_rows))
+            with m.If(adv_l[k] & ~k_cw):
                 m.d.sync += [
-                    kxl[k].eq(Mux(l_col, kxl[k] + l_taps, d_kx[k])),
-                    tapl[k].eq(Mux(l_last, d_off[k], tapl[k] + Mux(l_row, l_inc, l_taps))),
+                    kxl[k].eq(Mux(k_col, kxl[k] + d_taps, d_kx[k])),
+                    tapl[k].eq(Mux(k_last, d_off[k], tapl[k] + Mux(
+                        k_row, row_inc, d_taps))),
                 ]
 
         # The walker back to the map's first pixel, for the next channel tile or, from START,

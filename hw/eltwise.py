@@ -44,7 +44,7 @@ __all__ = ["ADD_LATENCY", "AddEngine", "GAP_DIV_STEPS", "GAP_READ_LATENCY", "GAP
            "GapEngine", "has_eltwise"]
 
 #: Cycles from issuing the read of an add's last second-operand word to its result's write.
-ADD_LATENCY = ACT_READ_LATENCY + 9
+ADD_LATENCY = ACT_READ_LATENCY + 8
 #: Quotient bits of the global pooling divider: ``floor((2*S + 257*N) / (2*N))`` is 0 to 255.
 GAP_DIV_STEPS = 8
 #: Cycles from the global pooling engine's read to its word in the engine's own register: the
@@ -176,8 +176,7 @@ class AddEngine(wiring.Component):
         # rest: the route from one to the shifter was the ULX3S's worst path at 90 MHz,
         # 6.5 ns); L + 4 shifted right by the spread if it is p_hi; L + 5 kept (first
         # operand) or summed (second); L + 6 the sum shifted right by lo - 1; L + 7 rounded
-        # and tested against the limits; L + 8 clamped; the write takes it in cycle L + 9
-        # (ADD_LATENCY).
+        # and clamped; the write takes it in cycle L + 8 (ADD_LATENCY).
         reading = Signal()
         m.d.comb += reading.eq(self.act_read.en)
         tag = Signal(ADD_LATENCY)                           # second operand, per stage
@@ -225,23 +224,15 @@ class AddEngine(wiring.Component):
             m.d.sync += shifted.eq(total >> lo_shift)
             # ``rounded = (shifted + 1) >> 1`` clamped: its limits tested on ``shifted`` itself,
             # beside the rounding's adder rather than after it (``rounded > INT8_MAX`` is
-            # ``shifted >= 2 * INT8_MAX + 1``, ``rounded < low`` is ``shifted < 2 * low - 1``),
-            # into registers; the choice a cycle later. (The adder, the comparisons' carry
-            # chains and the choice in one cycle: 127 endpoints of ``y`` at 10.5 to 11.1 ns in
-            # the ULX3S's 8x16 routed for 125 MHz.) Only the rounded value's low byte is
-            # chosen: when neither limit is passed, it is the value.
-            rounded = Signal(signed(cfg.data_bits), name=f"rounded{lane}", reset_less=True)
-            above = Signal(name=f"above{lane}", reset_less=True)
-            below = Signal(name=f"below{lane}", reset_less=True)
-            m.d.sync += [
-                rounded.eq(((shifted + 1) >> 1)[:cfg.data_bits]),
-                above.eq(shifted >= 2 * arith.INT8_MAX + 1),
-                below.eq(Mux(relu, shifted < -1, shifted < 2 * arith.INT8_MIN - 1)),
-            ]
+            # ``shifted >= 2 * INT8_MAX + 1``, ``rounded < low`` is ``shifted < 2 * low - 1``).
+            rounded = Signal(signed(prod_bits + 1), name=f"rounded{lane}")
+            m.d.comb += rounded.eq((shifted + 1) >> 1)
             low = Mux(relu, 0, arith.INT8_MIN)
+            above = shifted >= 2 * arith.INT8_MAX + 1
+            below = Mux(relu, shifted < -1, shifted < 2 * arith.INT8_MIN - 1)
             m.d.sync += y.eq(Mux(above, arith.INT8_MAX, Mux(below, low, rounded)))
             m.d.comb += self.act_write.data[lane].eq(y)
-        assert prod_at + 6 == ADD_LATENCY
+        assert prod_at + 5 == ADD_LATENCY
         m.d.comb += [self.act_write.en.eq(pipe[-1] & tag[-1]), self.act_write.addr.eq(ptr_y)]
         with m.If(self.act_write.en):
             m.d.sync += ptr_y.eq(ptr_y + 1)

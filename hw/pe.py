@@ -5,7 +5,6 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from . import dsp
-from .replica import hard_register
 
 __all__ = ["ProcessingElement", "capture_cycles", "product_stages"]
 
@@ -112,20 +111,14 @@ class ProcessingElement(wiring.Component):
             m.d.sync += product_k.eq(product)
             product = product_k
         # The restart flags of the two halves, a cycle apart (see Notes); derived from
-        # `first_out`, so the PE's flag pipeline is the row's own. On the ECP5 they are
-        # flip-flops synthesis keeps apart (`hard_register`): as ordinary registers, each was
-        # merged with the equal `first_out` of a PE further along the row (``restart_hi`` of
-        # column ``c`` is ``first`` delayed as often as column ``c + 3``'s), so that one
-        # flip-flop drove the enables of PEs columns apart (in the ULX3S's 8x16 routed for
-        # 125 MHz, 454 endpoints of ``hi`` and ``result`` at 11.7 to 12.2 ns). ``result``
-        # takes its enable from a copy of ``restart_hi`` of its own.
-        hard = "ecp5" if self._target == "ecp5" else "generic"
+        # `first_out`, so the PE's flag pipeline is the row's own.
         restart = self.first_out
         for k in range(self._stages - 1):
-            restart = hard_register(m, restart, name=f"first_d{k}", target=hard)
-        restart_lo = hard_register(m, restart, name="restart_lo", target=hard)
-        restart_hi = hard_register(m, restart_lo, name="restart_hi", target=hard)
-        take_hi = hard_register(m, restart_lo, name="take_hi", target=hard)
+            restart_k = Signal(name=f"first_d{k}")
+            m.d.sync += restart_k.eq(restart)
+            restart = restart_k
+        restart_lo, restart_hi = Signal(name="restart_lo"), Signal(name="restart_hi")
+        m.d.sync += [restart_lo.eq(restart), restart_hi.eq(restart_lo)]
         # Reset-less: what they hold before the first tile's restart is discarded.
         lo = Signal(16, reset_less=True)
         hi = Signal(16, reset_less=True)
@@ -140,7 +133,5 @@ class ProcessingElement(wiring.Component):
         with m.If(restart_lo):
             m.d.sync += [lo.eq(0), lo_done.eq(lo_sum[:16])]
         with m.If(restart_hi):
-            m.d.sync += hi.eq(0)
-        with m.If(take_hi):
-            m.d.sync += result.eq(Cat(lo_done, hi_sum))
+            m.d.sync += [hi.eq(0), result.eq(Cat(lo_done, hi_sum))]
         return m
