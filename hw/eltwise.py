@@ -20,9 +20,13 @@ pipeline of plain registers with no backpressure: the memory write at its end ne
 
 `GapEngine` sums each channel tile of a map over its ``H * W`` pixels (one word a cycle), then
 divides: ``round_half_up(S / N) = floor((2*S + N) / (2*N))`` is computed as ``floor((2*S +
-257*N) / (2*N)) - 128`` (the dividend is then positive, the quotient 0 to 255) by a restoring
-divider, nine steps of one subtractor per lane: exact for every ``N`` by construction, with no
-per-``N`` constants.
+257*N) / (2*N)) - 128`` (the dividend ``X`` is then 0 to ``511*N``, the quotient 0 to 255) by a
+non-restoring divider, eight steps of one adder per lane: exact for every ``N`` by construction,
+with no per-``N`` constants. With ``D = 256*N`` and ``R = X``, each step takes ``R' = R - D``
+if ``R >= 0``, else ``R + D``, records the quotient bit ``R' >= 0`` and doubles: ``R = 2*R'``.
+Its bits are a restoring divider's (where that one keeps ``r``, this one holds ``2*r - 2*D``,
+and the next step adds ``D`` back: the same ``2*r - D`` as the restoring step's trial), but the
+adder's result goes straight to the register, not through a choice decided by its own carry.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
@@ -36,17 +40,22 @@ from .isa import ACT_READ_LATENCY, layer_layout, param_layout, word_layout
 from .replica import hard_register
 from .synth import one_hot
 
-__all__ = ["ADD_LATENCY", "AddEngine", "GAP_DIV_STEPS", "GAP_TILE_EXTRA", "GapEngine",
-           "has_eltwise"]
+__all__ = ["ADD_LATENCY", "AddEngine", "GAP_DIV_STEPS", "GAP_READ_LATENCY", "GAP_TILE_EXTRA",
+           "GapEngine", "has_eltwise"]
 
 #: Cycles from issuing the read of an add's last second-operand word to its result's write.
 ADD_LATENCY = ACT_READ_LATENCY + 8
 #: Quotient bits of the global pooling divider: ``floor((2*S + 257*N) / (2*N))`` is 0 to 255.
-GAP_DIV_STEPS = 9
+GAP_DIV_STEPS = 8
+#: Cycles from the global pooling engine's read to its word in the engine's own register: the
+#: activation memory's `ACT_READ_LATENCY`, then one. (The block RAMs' output registers sit in
+#: their columns, the engine's adders elsewhere: the route from one to the other, with the
+#: sum's carry chain behind it, was the ULX3S's worst path at 90 MHz, 8.3 of 11.0 ns routing.)
+GAP_READ_LATENCY = ACT_READ_LATENCY + 1
 #: Cycles a global pooling's channel tile takes beyond one a pixel read: the wait for the last
-#: word (``ACT_READ_LATENCY - 1``), its sum (LAST), the dividend (DIVIDEND), the division and
+#: word (``GAP_READ_LATENCY - 1``), its sum (LAST), the dividend (DIVIDEND), the division and
 #: the write (WRITE).
-GAP_TILE_EXTRA = ACT_READ_LATENCY - 1 + 1 + 1 + GAP_DIV_STEPS + 1
+GAP_TILE_EXTRA = GAP_READ_LATENCY - 1 + 1 + 1 + GAP_DIV_STEPS + 1
 
 
 def has_eltwise(cfg: AcceleratorConfig):
@@ -266,23 +275,40 @@ class GapEngine(wiring.Component):
         n = Signal(nb)                                      # pixels of the tile so far
         step = Signal(range(GAP_DIV_STEPS + 1))
         n_bias = Signal(nb + 9)                             # 257 * N
-        wait = Signal(range(ACT_READ_LATENCY))
-        divisor = Signal(nb + GAP_DIV_STEPS)                # 2*N << (steps left - 1)
-        got = Signal(ACT_READ_LATENCY)                      # got[-1]: a read's word arrives
+        wait = Signal(range(GAP_READ_LATENCY))
+        got = Signal(GAP_READ_LATENCY)                      # got[-1]: a read's word arrives
         acc_bits = cfg.data_bits + nb
+        # X < 512*N and D = 256*N: every R' is in [-D, D), every R in [-2*D, 2*D).
+        d_bits = nb + GAP_DIV_STEPS
+        r_bits = d_bits + 2
         lanes = range(cfg.cols)
         # Data, reset-less (the sums are cleared when a command is taken and after each tile).
+        word = [Signal(signed(cfg.data_bits), name=f"word{i}", reset_less=True) for i in lanes]
         acc = [Signal(signed(acc_bits), name=f"acc{i}", reset_less=True) for i in lanes]
-        rem = [Signal(nb + 10, name=f"rem{i}", reset_less=True) for i in lanes]
+        rem = [Signal(signed(r_bits), name=f"rem{i}", reset_less=True) for i in lanes]
         quo = [Signal(GAP_DIV_STEPS, name=f"quo{i}", reset_less=True) for i in lanes]
+        # D, set in LAST: a copy of each lane's own from DIVIDEND on (synthesis keeps them apart:
+        # one register drove the sixteen lanes' adders across the array's width).
+        divisor = Signal(d_bits)
 
         m.d.comb += [self.act_read.en.eq(0), self.act_read.addr.eq(rd), self.act_write.en.eq(0),
                      self.act_write.addr.eq(wr)]
         m.d.sync += got.eq(Cat(self.act_read.en, got[:-1]))
+        trial = []
         for i in lanes:
+            # ``R - D`` as ``R + ~D + 1``: one adder, its operand and carry-in chosen by R's sign.
+            lane_d = hard_register(m, divisor, name=f"divisor{i}", target=cfg.target,
+                                   reset_less=True)
+            d_ext = Signal(signed(r_bits), name=f"d_ext{i}")
+            m.d.comb += d_ext.eq(lane_d)
+            neg = rem[i][-1]
+            trial.append(Signal(signed(r_bits), name=f"trial{i}"))
+            m.d.comb += trial[i].eq(rem[i] + Mux(neg, d_ext, ~d_ext) + ~neg)
+            m.d.sync += word[i].eq(self.act_read.data[i])
             with m.If(got[-1]):
-                m.d.sync += acc[i].eq(acc[i] + self.act_read.data[i])
-            m.d.comb += self.act_write.data[i].eq(quo[i] - 128)
+                m.d.sync += acc[i].eq(acc[i] + word[i])
+            # ``quo - 128`` as int8: the quotient's top bit flipped.
+            m.d.comb += self.act_write.data[i].eq(quo[i] ^ 0x80)
         # ``x == 1``, ``y == 1`` and the same of the map's width and height, as flip-flops set
         # with ``x`` and ``y``: READ's end decided from registers. (From the comparators, five
         # levels to the state register, whose decodings reach every lane's divider: the
@@ -317,9 +343,9 @@ class GapEngine(wiring.Component):
                             m.d.sync += nxt.eq(rd + cin_words)   # the next image's first word
                         m.next = "WAIT"
             with m.State("WAIT"):
-                # The last word is on its way (ACT_READ_LATENCY - 1 cycles).
+                # The last word is on its way (GAP_READ_LATENCY - 1 cycles).
                 m.d.sync += [n_bias.eq((n << 8) + n), wait.eq(wait + 1)]
-                with m.If(wait == ACT_READ_LATENCY - 2):
+                with m.If(wait == GAP_READ_LATENCY - 2):
                     m.d.sync += wait.eq(0)
                     m.next = "LAST"
             with m.State("LAST"):
@@ -330,16 +356,13 @@ class GapEngine(wiring.Component):
                 # The dividend from the sum's register: the sum and the dividend were two
                 # carry chains in one cycle, the ULX3S's worst path at 75 MHz (11.7 ns).
                 for i in lanes:
-                    m.d.sync += [rem[i].eq((acc[i] << 1) + n_bias), quo[i].eq(0)]
+                    m.d.sync += rem[i].eq((acc[i] << 1) + n_bias)
                 m.next = "DIVIDE"
             with m.State("DIVIDE"):
-                m.d.sync += [step.eq(step - 1), divisor.eq(divisor >> 1)]
+                m.d.sync += step.eq(step - 1)
                 for i in lanes:
-                    diff = Signal(signed(nb + 11), name=f"diff{i}")
-                    m.d.comb += diff.eq(rem[i] - divisor)
-                    m.d.sync += quo[i].eq(Cat(~diff[-1], quo[i][:-1]))
-                    with m.If(~diff[-1]):
-                        m.d.sync += rem[i].eq(diff)
+                    m.d.sync += [rem[i].eq(trial[i] << 1),
+                                 quo[i].eq(Cat(~trial[i][-1], quo[i][:-1]))]
                 with m.If(step == 1):
                     m.next = "WRITE"
             with m.State("WRITE"):

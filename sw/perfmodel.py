@@ -55,13 +55,13 @@ sooner::
 
 The residual add (``hw/eltwise.py``) reads its two operands' words alternately, two cycles a
 word, after reading its parameters; global average pooling reads a channel tile's pixels one a
-cycle, waits for the last one (``ACT_READ_LATENCY``: the activation memory is registered on
-both sides), forms the dividend from the sum in a cycle, divides in ``GAP_DIV_STEPS`` cycles
-and writes::
+cycle, waits for the last one (``GAP_READ_LATENCY``: the activation memory is registered on
+both sides, and the engine registers the word again), forms the dividend from the sum in a
+cycle, divides in ``GAP_DIV_STEPS`` cycles and writes::
 
     add cycles = ADD_SETUP + 2 * words + ADD_LATENCY
     gap cycles = batch * cin_words * (in_h * in_w + GAP_TILE_EXTRA)
-    GAP_TILE_EXTRA = ACT_READ_LATENCY + GAP_DIV_STEPS + 2
+    GAP_TILE_EXTRA = GAP_READ_LATENCY + GAP_DIV_STEPS + 2
 
 (structural, both: ``tests/test_eltwise_unit.py`` checks them on the core.) A dense
 convolution (`systolic.hw.isa.describe_dense_conv`) walks ``kh = D`` blocks of one word

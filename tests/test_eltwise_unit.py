@@ -154,17 +154,21 @@ def test_gap_engine(shape, batch, fill):
 
 
 def test_gap_divider_exhaustive():
-    """The divider's arithmetic, ``floor((2*S + 257*N) / (2*N)) - 128`` in nine restoring
-    steps, equals ``round_half_up(S / N)`` for every sum of every map up to 16 x 16 pixels."""
+    """The divider's arithmetic, ``floor((2*S + 257*N) / (2*N)) - 128`` in eight non-restoring
+    steps (the engine's: ``R' = R -/+ D`` by R's sign, bit ``R' >= 0``, ``R = 2*R'``, ``D =
+    256*N``), equals ``round_half_up(S / N)`` for every sum of every map up to 16 x 16 pixels,
+    and its remainders stay in ``[-2*D, 2*D)``, the engine's register."""
     for n in range(1, 257):
         s = np.arange(-128 * n, 127 * n + 1, dtype=np.int64)
         rem = 2 * s + 257 * n
+        d = (2 * n) << (GAP_DIV_STEPS - 1)
         quo = np.zeros_like(s)
-        for i in reversed(range(GAP_DIV_STEPS)):
-            d = (2 * n) << i
-            bit = rem >= d
-            rem = np.where(bit, rem - d, rem)
-            quo = 2 * quo + bit
+        for _ in range(GAP_DIV_STEPS):
+            assert rem.min() >= -2 * d
+            assert rem.max() < 2 * d
+            trial = np.where(rem < 0, rem + d, rem - d)
+            quo = 2 * quo + (trial >= 0)
+            rem = 2 * trial
         np.testing.assert_array_equal(quo - 128, (2 * s + n) // (2 * n))
         assert (quo - 128).min() >= arith.INT8_MIN
         assert (quo - 128).max() <= arith.INT8_MAX
