@@ -472,6 +472,8 @@ class ConvEngine(wiring.Component):
 
         # The walker's step between output pixels, in input columns: two pixels a pair.
         x_stride = Mux(desc.pairs, desc.stride << 1, desc.stride) if fused else desc.stride
+        # ... and between rows of output pixels, in input rows: two rows a row of pairs.
+        y_stride = Mux(desc.vpairs, desc.stride << 1, desc.stride) if fused else desc.stride
 
         # After this cycle's step, does the walker still point inside the output map?
         more = Signal()
@@ -712,9 +714,11 @@ class ConvEngine(wiring.Component):
             # (`prow`: that of the window row's first); pixels past the last whole window
             # (an odd width's last column, an odd height's last row) go nowhere.
             # With ``pairs`` every pixel is a whole window row (a pair; the walk dropped an odd
-            # width's last column already).
+            # width's last column already); with ``vpairs`` a whole window column (the walk
+            # dropped an odd height's last row), and each row of pairs a row of windows.
             paddr, prow = Signal(cfg.act_addr_bits), Signal(cfg.act_addr_bits)
-            keep = ~((dx_end & ~last.ox[0] & ~desc.pairs) | (dy_end & ~last.oy[0]))
+            keep = ~((dx_end & ~last.ox[0] & ~desc.pairs)
+                     | (dy_end & ~last.oy[0] & ~desc.vpairs))
             # Whether the pixel ends its window's row, ``dx[0] | pairs``: a register set with
             # ``dx`` (the next window's address is an adder after it).
             right = Signal()
@@ -751,7 +755,11 @@ class ConvEngine(wiring.Component):
                 sel_tag.last.eq(row_end),
             ]
             if fused:
-                m.d.sync += [sel_tag.px.eq(right), sel_tag.py.eq(dy[0]),
+                # (With ``vpairs``, each pixel's word is folded into its window column's
+                # maximum: the window's left column goes into the line buffer, its right
+                # one meets it there.)
+                m.d.sync += [sel_tag.px.eq(right | desc.vpairs),
+                             sel_tag.py.eq(Mux(desc.vpairs, dx[0], dy[0])),
                              sel_tag.col.eq(Mux(desc.pairs, dx, dx[1:])),
                              sel_tag.half.eq(td_odd)]
                 with m.If(desc.pool):
@@ -763,7 +771,7 @@ class ConvEngine(wiring.Component):
                     nxt = (paddr + Mux(right, out_words, 0))[:cfg.act_addr_bits]
                     with m.If(~dx_end):
                         m.d.sync += paddr.eq(nxt)
-                    with m.Elif(dy[0]):
+                    with m.Elif(dy[0] | desc.vpairs):
                         m.d.sync += [paddr.eq(nxt), prow.eq(nxt)]
                     with m.Else():
                         m.d.sync += paddr.eq(prow)
@@ -828,7 +836,7 @@ class ConvEngine(wiring.Component):
                                a.word_select(k, 8), b.word_select(k, 8)) for k in range(n))
 
             def fold(a):
-                """A pair's word: the maximum of its halves, in both (``pairs``)."""
+                """A pair's word: the maximum of its halves, in both (``pairs``, ``vpairs``)."""
                 if C % 2:
                     return a
                 half = vmax(a[:C * 4], a[C * 4:], C // 2)
@@ -849,7 +857,8 @@ class ConvEngine(wiring.Component):
                     m.d.sync += left.eq(f_word)
                 with m.Else():
                     m.d.sync += [h_valid.eq(1), h_py.eq(f_tag.py),
-                                 h_max.eq(Mux(desc.pairs, fold(f_word), vmax(left, f_word))),
+                                 h_max.eq(Mux(desc.pairs | desc.vpairs, fold(f_word),
+                                              vmax(left, f_word))),
                                  h_addr.eq(f_tag.addr), h_col.eq(f_tag.col),
                                  h_half.eq(f_tag.half)]
             m.d.comb += [
@@ -975,7 +984,7 @@ class ConvEngine(wiring.Component):
             with m.Elif(line_end):
                 m.d.sync += [*to_zero("ox"), *step("oy"),
                              wbase.eq(wbase + desc.y_step),
-                             ix0.eq(-desc.pad), iy0.eq(iy0 + desc.stride)]
+                             ix0.eq(-desc.pad), iy0.eq(iy0 + y_stride)]
             with m.Else():
                 m.d.sync += [*step("ox"), wbase.eq(wbase + desc.x_step),
                              ix0.eq(ix0 + x_stride)]

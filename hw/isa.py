@@ -42,7 +42,7 @@ __all__ = [
     "dense_walk", "drain_steps", "pad_walk",
     "describe_add", "describe_conv", "describe_dense_conv", "describe_gap", "describe_linear",
     "describe_pool", "fuse_pool", "pack_add_params", "layer_layout", "pair_pixels",
-    "pairs_supported",
+    "pair_rows", "pairs_supported", "vpair_channels", "vpairs_supported",
     "load_layout", "mem_depth", "mem_word_bytes", "pack_descriptor", "pack_params",
     "param_lane_layout", "param_layout", "word_layout",
 ]
@@ -148,7 +148,7 @@ class Error(enum.Enum, shape=8):
 
 #: The protocol's version: IDENTITY's first byte. Raised when a request, reply or layout
 #: changes in a way an existing client would misread.
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -277,8 +277,9 @@ def layer_layout(cfg: AcceleratorConfig):
         # Max-pool the output 2x2 with stride 2 on the way to memory (`fuse_pool`), a dense
         # convolution's output pixels computed two at a time (`pair_pixels`), and each of
         # its channel tiles written into one half of the output words (``halves``); only where
-        # ``cfg.fused_pool``.
-        **({"pool": 1, "pairs": 1, "halves": 1} if cfg.fused_pool else {}),
+        # ``cfg.fused_pool``. Or its output pixels in vertical pairs (``vpairs``,
+        # `pair_rows`; last, so that the fields before it keep their offsets).
+        **({"pool": 1, "pairs": 1, "halves": 1, "vpairs": 1} if cfg.fused_pool else {}),
     })
 
 
@@ -462,12 +463,14 @@ def fuse_pool(cfg, fields):
     output max-pooled 2x2 with stride 2 on the way to memory (``cfg.fused_pool``): the map it
     writes from ``out_base`` is ``(out_h // 2, out_w // 2)`` (the last row and column of an odd
     height or width dropped), in the activation layout, image after image (with ``pairs``,
-    `pair_pixels`: ``(out_h // 2, out_w)``, ``out_w`` counting pairs)."""
+    `pair_pixels`: ``(out_h // 2, out_w)``, ``out_w`` counting pairs; with ``vpairs``,
+    `pair_rows`: ``(out_h, out_w // 2)``, ``out_h`` counting pairs)."""
     if not cfg.fused_pool:
         raise ValueError(f"{cfg} has no fused pooling (fused_pool=False)")
     width = fields["out_w"] * (2 if fields.get("pairs") else 1)
-    if fields["out_h"] < 2 or width < 2:
-        raise ValueError(f"a {fields['out_h']}x{width} map has no 2x2 window")
+    height = fields["out_h"] * (2 if fields.get("vpairs") else 1)
+    if height < 2 or width < 2:
+        raise ValueError(f"a {height}x{width} map has no 2x2 window")
     return {**fields, "pool": 1}
 
 
@@ -521,6 +524,84 @@ def pair_pixels(cfg, *, cin, h, w, cout, kh, kw, pad=0, relu=False, in_base=0, o
     cw = fields["cin_words"]
     fields.update(out_w=pairs, x_step=2 * cw, y_step=(w - (pairs - 1) * 2) * cw, pairs=1,
                   halves=int(not repeat))
+    return fuse_pool(cfg, fields)
+
+
+def vpair_channels(cfg, cout, lanes):
+    """The channels a row-paired convolution (`pair_rows`) computes in each half of its columns,
+    ``s`` (``cols / 2`` of them, ``s[j] = j`` for ``j < cout``), so that the dense convolution
+    reading its map finds each of its taps' ``cout`` channels once: lane ``l`` of the map
+    holds channel ``s[l % (cols / 2)]``, and each group of ``cout`` lanes from lane 0 up to
+    ``lanes`` (the reader's, `dense_layout`) must hold all ``cout`` channels. ``None`` if no
+    ``s`` does (``cout`` past ``cols / 2``)."""
+    half = cfg.cols // 2
+    if not 1 <= cout <= half:
+        return None
+    groups = [range(g * cout, (g + 1) * cout) for g in range(min(lanes, cfg.cols) // cout)]
+    s = list(range(cout)) + [None] * (half - cout)
+
+    def fits():
+        for group in groups:
+            seen = [s[lane % half] for lane in group if s[lane % half] is not None]
+            if len(seen) != len(set(seen)):
+                return False
+        return True
+
+    def fill(j):                # the remaining entries, each tried with every channel
+        if j == half:
+            return True
+        for c in range(cout):
+            s[j] = c
+            if fits() and fill(j + 1):
+                return True
+        s[j] = None
+        return False
+
+    return tuple(s) if fits() and fill(cout) else None
+
+
+def vpairs_supported(cfg, *, cin, cout, kh, kw, stride, lanes):
+    """Whether a dense convolution (`describe_dense_conv`) whose map a dense convolution
+    reads (``lanes``: `vpair_channels`) can compute its output pixels in vertical pairs
+    (`pair_rows`): stride 1, a kernel one row taller packing into as few reduction words,
+    its channels laid out so for the reader (`vpair_channels`), and a requantizer that
+    takes two cycles or more a word (``rq_groups``: the pooling's line buffer, written with a
+    pair's maximum, is read for the next pair's a cycle after at the soonest)."""
+    if not (cfg.fused_pool and cfg.cols % 2 == 0 and stride == 1 and cfg.rq_groups >= 2
+            and kh + 1 <= cfg.max_kernel
+            and dense_supported(cfg, cin=cin, kh=kh, kw=kw)
+            and dense_supported(cfg, cin=cin, kh=kh + 1, kw=kw)
+            and dense_walk(cfg, kh + 1, kw, cin) == dense_walk(cfg, kh, kw, cin)):
+        return False
+    return vpair_channels(cfg, cout, lanes) is not None
+
+
+def pair_rows(cfg, *, cin, h, w, cout, kh, kw, lanes, pad=0, relu=False, in_base=0,
+              out_base=0, w_base=0, p_base=0, batch=1):
+    """Descriptor fields (a dict) for a dense convolution (`describe_dense_conv`) of ``cout``
+    channels whose output is max-pooled 2x2 with stride 2 (`fuse_pool`) and read by a dense
+    convolution of ``lanes`` lanes, computing its output pixels in vertical pairs
+    (`vpairs_supported`).
+
+    The array computes a ``(kh + 1) x kw`` kernel: column ``j`` the pair's upper pixel for
+    ``j < cols / 2``, its lower one above, its kernel row ``dy`` holding the real kernel's
+    ``dy - j // (cols / 2)`` (0 outside it), column ``j`` computing channel ``s[j % (cols /
+    2)]`` (`vpair_channels`). The walk steps two input rows from a row of pairs to the next
+    (``out_h`` pairs: an odd height's last row is dropped, as pooling drops it); the pooling
+    takes each word's two halves as the window's two rows and puts their maximum into both
+    halves, then the maximum of two pixels side by side, and writes the whole word: lane
+    ``l`` holds channel ``s[l % (cols / 2)]``.
+    """
+    if not vpairs_supported(cfg, cin=cin, cout=cout, kh=kh, kw=kw, stride=1, lanes=lanes):
+        raise ValueError(f"a {kh}x{kw} convolution of {cin}->{cout} channels does not run in "
+                         f"row pairs on {cfg}")
+    fields = describe_dense_conv(cfg, cin=cin, h=h, w=w, cout=cfg.cols, kh=kh + 1, kw=kw,
+                                 pad=pad, relu=relu, in_base=in_base, out_base=out_base,
+                                 w_base=w_base, p_base=p_base, batch=batch)
+    ho = h + 2 * pad - kh + 1
+    wo = fields["out_w"]
+    cw = fields["cin_words"]
+    fields.update(out_h=ho // 2, y_step=(2 * w - (wo - 1)) * cw, vpairs=1, halves=0)
     return fuse_pool(cfg, fields)
 
 

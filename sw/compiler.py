@@ -37,7 +37,12 @@ pixels in horizontal pairs on columns it would leave idle (`systolic.hw.isa.pair
 where that pays: when a dense convolution reads its output and its channels divide half the
 columns (lenet5's conv 1->6 on 12 columns), or when its channels fill fewer tiles of half the
 columns than twice their tiles of all of them (lenet5's conv 6->16: three tiles of pairs, not
-two of single pixels), each tile then writing half of each output word.
+two of single pixels), each tile then writing half of each output word. Where horizontal pairs
+do not pack but vertical ones do (a kernel one row taller in as few reduction words: lenet5's
+conv 1->6 5x5 on 16 columns, 6x5 in two words of three rows), and a dense convolution reads
+its output, it computes them in vertical pairs (`systolic.hw.isa.pair_rows`), its channels
+laid out in each half of the word for the reader (`systolic.hw.isa.vpair_channels`), whose
+weights follow that layout.
 """
 
 from dataclasses import dataclass, field
@@ -65,7 +70,10 @@ from ..hw.isa import (
     pack_descriptor,
     pad_walk,
     pair_pixels,
+    pair_rows,
     pairs_supported,
+    vpair_channels,
+    vpairs_supported,
 )
 from ..hw.pool import pool_line_words
 from .errors import SystolicError
@@ -350,7 +358,8 @@ def _is_graph(qnet):
 
 def _dense_plan(cfg, qnet, plan, host_dense, input_shared):
     """The convolutions that run dense on chip (`systolic.hw.isa.describe_dense_conv`), and
-    those that repeat their output channels across the word for one (sets of plan indices).
+    those that repeat their output channels across the word for one (a set of plan indices,
+    and a dict of plan indices: the producer's, its reader's).
 
     A dense convolution needs channel ``l % C`` of its input in lane ``l``: the network's input
     has it when written packed (fewer channels than a word, and read by nothing else); a map
@@ -358,7 +367,7 @@ def _dense_plan(cfg, qnet, plan, host_dense, input_shared):
     through pooling layers only, computes every channel ``cols / C`` times over. (Only in
     sequential networks, past the first layer: there a layer's one reader is the next.)
     """
-    chip, repeat = set(), set()
+    chip, repeat = set(), {}
     for n, (_, layer, _in_shape, _, _) in enumerate(plan):
         if not isinstance(layer, Conv):
             continue
@@ -374,7 +383,7 @@ def _dense_plan(cfg, qnet, plan, host_dense, input_shared):
                 chip.add(n)
         elif not _is_graph(qnet) and isinstance(plan[p][1], Conv):
             chip.add(n)
-            repeat.add(p)
+            repeat[p] = n
     return chip, repeat
 
 
@@ -457,7 +466,7 @@ def _plan(qnet, cfg, dense_input, dense_conv=True):
         cur = len(plan)
         tensor_of[i], shape_of[cur] = cur, out
         shape = out
-    chip, repeat = set(), set()
+    chip, repeat = set(), {}
     if dense_conv and cfg.dense_conv:
         chip, repeat = _dense_plan(cfg, qnet, plan, dense is not None, input_shared)
     return plan, dense, chip, repeat, fused
@@ -588,6 +597,9 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
 
     # Pass 2: descriptors and memory images.
     layers, weights, params, w_bases = [], [], [], []
+    # {a dense convolution's plan index: the channel of each lane of its input map}, where a
+    # row-paired convolution (`pair_rows`) wrote that map.
+    lane_channels = {}
     for n, (i, layer, in_shape, out, srcs) in enumerate(plan):
         name = _layer_name(i, layer)
         if n in fused:
@@ -618,12 +630,20 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                 paired = (n in chip and n in fused
                           and pairs_supported(cfg, cin=ci, cout=co, kh=kh, kw=kw,
                                               stride=layer.stride, repeat=n in repeat))
+                # Else in vertical pairs (`pair_rows`) where those pack, for a dense reader.
+                lanes = _reader_lanes(cfg, plan, repeat.get(n), co)
+                vpaired = (not paired and n in chip and n in fused and lanes
+                           and vpairs_supported(cfg, cin=ci, cout=co, kh=kh, kw=kw,
+                                                stride=layer.stride, lanes=lanes))
                 if n == 0 and dense is not None:
                     wq = wq.transpose(0, 2, 3, 1).reshape(co, ci * kh * kw, 1, 1)
                     fields = describe_conv(cfg, cin=c, h=h, w=w, cout=co, kh=1, kw=1, **common)
                 elif paired:
                     fields = pair_pixels(cfg, cin=ci, h=h, w=w, cout=co, kh=kh, kw=kw,
                                          pad=layer.pad, repeat=n in repeat, **common)
+                elif vpaired:
+                    fields = pair_rows(cfg, cin=ci, h=h, w=w, cout=co, kh=kh, kw=kw,
+                                       lanes=lanes, pad=layer.pad, **common)
                 elif n in chip:
                     fields = describe_dense_conv(cfg, cin=ci, h=h, w=w, cout=co, kh=kh,
                                                  kw=kw, stride=layer.stride, pad=layer.pad,
@@ -632,17 +652,22 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                     fields = describe_conv(cfg, cin=c, h=h, w=w, cout=co, kh=kh, kw=kw,
                                            stride=layer.stride, pad=layer.pad, **common)
                 wo = w + 2 * layer.pad - kw + 1 if paired else fields["out_w"]
-                macs = fields["out_h"] * wo * co * ci * kh * kw
-                if n in fused and not paired:
+                ho = h + 2 * layer.pad - kh + 1 if vpaired else fields["out_h"]
+                macs = ho * wo * co * ci * kh * kw
+                if n in fused and not (paired or vpaired):
                     fields = fuse_pool(cfg, fields)
                 if paired:
                     wq, b, m, sh = _pair_weights(cfg, wq, b, m, sh, repeat=n in repeat)
+                elif vpaired:
+                    lane_channels[repeat[n]] = vpair_channels(cfg, co, lanes)
+                    wq, b, m, sh = _vpair_weights(cfg, wq, b, m, sh, lane_channels[repeat[n]])
                 elif n in repeat:         # every channel cols / co times over
                     again = np.arange(cfg.cols) % co
                     wq, b, m, sh = wq[again], b[again], m[again], sh[again]
                 if n in chip:
                     # Its words, walk rows and all (long enough: `dense_walk`).
-                    words = layout.conv_weight_words(cfg, _dense_weights(cfg, wq))
+                    words = layout.conv_weight_words(
+                        cfg, _dense_weights(cfg, wq, lane_channels.get(n)))
                 else:
                     fields = pad_walk(cfg, fields)
                     words = layout.conv_weight_words(cfg, wq, fields["kh"])
@@ -738,11 +763,38 @@ def _pair_weights(cfg, w, b, m, s, *, repeat):
     return out, bo, mo, so
 
 
-def _dense_weights(cfg, w):
+def _reader_lanes(cfg, plan, reader, cin):
+    """The lanes of the dense convolution at plan index ``reader`` (`dense_layout`), reading
+    a map of ``cin`` channels; 0 if there is none."""
+    if reader is None:
+        return 0
+    kw = plan[reader][1].w.shape[3]
+    rows, taps = dense_layout(cfg, kw, cin)
+    return rows * taps * cin
+
+
+def _vpair_weights(cfg, w, b, m, s, channels):
+    """A ``(Co, C, kh, kw)`` kernel and its parameters as `systolic.hw.isa.pair_rows` lays
+    them out: ``cols`` output channels of a ``(kh + 1) x kw`` kernel, column ``j`` computing
+    real channel ``channels[j % (cols / 2)]`` shifted ``j // (cols / 2)`` rows down."""
+    co, ci, kh, kw = w.shape
+    half = cfg.cols // 2
+    out = np.zeros((cfg.cols, ci, kh + 1, kw), w.dtype)
+    bo, mo, so = (np.zeros(cfg.cols, v.dtype) for v in (b, m, s))
+    for j in range(cfg.cols):
+        c, off = channels[j % half], j // half
+        out[j, :, off:off + kh, :] = w[c]
+        bo[j], mo[j], so[j] = b[c], m[c], s[c]
+    return out, bo, mo, so
+
+
+def _dense_weights(cfg, w, channels=None):
     """A ``(Co, C, kh, kw)`` kernel as the 1x1 convolution of ``walk_h * walk_w * cols``
     channels a dense convolution's weight words are (`systolic.hw.isa.describe_dense_conv`):
     channel ``(y * walk_w + g) * cols + l`` holds, for lane ``l``'s ``(dy, dx, c)``, channel
-    ``c`` of tap ``(y * rows + dy, g * taps + dx)``, 0 past the kernel."""
+    ``c`` of tap ``(y * rows + dy, g * taps + dx)``, 0 past the kernel. With ``channels`` (its
+    input map written by a row-paired convolution, `systolic.hw.isa.vpair_channels`), lane
+    ``l`` holds channel ``channels[l % (cols / 2)]`` of its tap instead of ``c``."""
     co, ci, kh, kw = w.shape
     rows, taps = dense_layout(cfg, kw, ci)
     walk_h, walk_w = dense_walk(cfg, kh, kw, ci)
@@ -754,6 +806,8 @@ def _dense_weights(cfg, w):
                 if tap is None:
                     continue
                 dy, dx, c = tap
+                if channels is not None:
+                    c = channels[lane % (cfg.cols // 2)]
                 ky, kx = y * rows + dy, g * taps + dx
                 if ky < kh and kx < kw:
                     out[:, (y * walk_w + g) * cfg.cols + lane, 0, 0] = w[:, c, ky, kx]

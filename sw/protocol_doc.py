@@ -114,6 +114,8 @@ _FIELDS = {
     "halves": "(only with IDENTITY's `fused_pool`) 1: each channel tile of a paired convolution "
               "writes half of each output word, tile `t` half `t % 2` of word `t // 2` (see "
               "below)",
+    "vpairs": "(only with IDENTITY's `fused_pool`) 1: a dense, pooled convolution computing "
+              "its output pixels in vertical pairs (see below)",
 }
 #: The widths a descriptor field may have, in terms of IDENTITY's fields.
 WIDTHS = {
