@@ -289,6 +289,68 @@ def test_pair_pixels_in_half_word_tiles():
     assert not pairs_supported(cfg, cin=6, cout=16, kh=5, kw=5, stride=1)   # 16 ∤ 6
 
 
+def test_pair_rows():
+    """lenet5's first convolution (1->6 5x5) on the 8x16 preset: its horizontal pairs would take
+    three reduction words (5x6: two kernel rows a word), its vertical ones two (6x5: three rows
+    a word), and its six channels do not divide the half word, so it computes its output pixels
+    in vertical pairs: a 6x5 kernel, the lower half's one row further down, a walk of 12 rows
+    of pairs two input rows apart, each half of the word holding channels 0-5, 4, 5, which its
+    dense reader's (6->16 5x5, two taps of six lanes) weights follow."""
+    from systolic.hw.isa import dense_walk, pairs_supported, vpair_channels, vpairs_supported
+    from systolic.sw.compiler import _dense_weights
+
+    qnet = random_qnet("lenet5")
+    cfg = preset("wide")
+    prog = compile_network(qnet, cfg)
+    f = prog.layers[0].fields
+    assert (f["vpairs"], f.get("pairs", 0), f["halves"], f["pool"], f["dense"], f["dkh"],
+            f["dkw"], f["out_h"], f["out_w"], f["x_step"], f["cout_tiles"]) == \
+        (1, 0, 0, 1, 1, 6, 5, 12, 24, 1, 1)
+    assert (f["kh"], f["kw"]) == dense_walk(cfg, 6, 5, 1) == dense_walk(cfg, 5, 5, 1) == (2, 1)
+    assert dense_walk(cfg, 5, 6, 1) == (3, 1)
+    assert f["y_step"] == 2 * 28 - 23
+    assert prog.layers[0].out_shape == (6, 12, 12)
+    assert prog.layers[0].macs == 24 * 24 * 6 * 25
+    channels = vpair_channels(cfg, 6, 12)
+    assert channels == (0, 1, 2, 3, 4, 5, 4, 5)
+    w, b = qnet.layers[0].w, qnet.layers[0].b
+    tall = np.zeros((16, 1, 6, 5), np.int8)
+    for j in range(16):
+        tall[j, :, j // 8:j // 8 + 5] = w[channels[j % 8]]
+    assert prog.weights[:prog.w_bases[1]] == layout.conv_weight_words(
+        cfg, _dense_weights(cfg, tall))
+    assert prog.params[:cfg.rq_groups] == layout.pack_params(
+        cfg, *(v[[channels[j % 8] for j in range(16)]]
+               for v in (b, qnet.layers[0].M, qnet.layers[0].s)))
+    # The reader's lane l (tap l // 6) weighs channel channels[l % 8], not l % 6.
+    reader = prog.layers[1]
+    w2 = qnet.layers[2].w
+    got = prog.weights[prog.w_bases[1]:prog.w_bases[2]]
+    assert got == layout.conv_weight_words(cfg, _dense_weights(cfg, w2, channels))
+    assert got != layout.conv_weight_words(cfg, _dense_weights(cfg, w2))
+    assert (reader.fields["dense"], reader.fields.get("vpairs", 0)) == (1, 0)
+    # Half the cycles of the pixel-by-pixel walk (a tile's fixed cost stays).
+    plain = compile_network(qnet, cfg.replace(fused_pool=False))
+    assert 100 * perfmodel.predict_layer(cfg, prog.layers[0]) < 55 * (
+        perfmodel.predict_layer(cfg, plain.layers[0]) + perfmodel.predict_layer(
+            cfg, plain.layers[1]))
+    # Not where: a stride of 2; a requantizer of one cycle a word (the 8x8 `default`); a
+    # kernel one row taller in more words; horizontal pairs that pack (the 12x12's).
+    assert vpairs_supported(cfg, cin=1, cout=6, kh=5, kw=5, stride=1, lanes=12)
+    assert not vpairs_supported(cfg, cin=1, cout=6, kh=5, kw=5, stride=2, lanes=12)
+    assert not vpairs_supported(preset("default"), cin=1, cout=3, kh=3, kw=3, stride=1,
+                                lanes=6)
+    assert not vpairs_supported(cfg, cin=2, cout=6, kh=5, kw=5, stride=1, lanes=12)   # 6 words
+    assert not pairs_supported(cfg, cin=1, cout=6, kh=5, kw=5, stride=1)
+    assert compile_network(qnet, preset("big")).layers[0].fields.get("vpairs", 0) == 0
+    # Channel layouts: each group of cout lanes up to the reader's holds every channel once.
+    assert vpair_channels(cfg, 4, 16) == (0, 1, 2, 3, 0, 1, 2, 3)
+    assert vpair_channels(cfg, 8, 16) == tuple(range(8))
+    assert vpair_channels(cfg, 5, 15) is None          # lanes 5-9 and 10-14 cannot both
+    assert vpair_channels(cfg, 5, 10) is not None
+    assert vpair_channels(cfg, 9, 9) is None           # more than half a word
+
+
 def test_dense_conv_on_chip():
     """By default a one-channel first convolution runs dense on chip where the configuration
     can: a 3x3 kernel on 8 lanes packs two kernel rows a reduction word (2 steps, not 9), its

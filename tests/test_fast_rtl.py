@@ -75,6 +75,46 @@ def test_lenet5_big_preset_fast():
     assert report.batches.tolist() == [3] * 6
 
 
+def test_lenet5_wide_row_pairs():
+    """lenet5 on the ULX3S's 8x16 preset: its first convolution in vertical pairs
+    (`systolic.hw.isa.pair_rows`), read by a dense convolution whose weights follow its channel
+    layout. Exact, cycles as predicted, one image at a time, in a batch, and traced (each
+    layer's output decoded and compared)."""
+    qnet = random_qnet("lenet5")
+    images = random_images(qnet, 5, seed=6)
+    cfg = preset("wide")
+    assert compile_network(qnet, cfg).layers[0].fields["vpairs"] == 1
+    for batch in (1, 3):
+        _exact(simulate(qnet, images, cfg, batch=batch), qnet, images)
+    traced = simulate(qnet, images[:2], cfg, batch=2, trace=True, jobs=1)
+    _exact(traced, qnet, images[:2])
+    assert traced.first_difference is None
+
+
+def test_row_pairs_padded_odd_map():
+    """Vertical pairs with padding and an odd map (11x9, 3x3 with padding 1): the walk's rows of
+    pairs step two input rows, the last pair's window reaches the padding below the map (its
+    lanes stored as 0), the odd height's last row and the odd width's last column are dropped
+    by the pooling; six channels, read by a dense 6->8 convolution. Exact, in a batch."""
+    import torch
+    from systolic.sw import quantize
+
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(6, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(8 * 3 * 2, 10))
+    rng = np.random.default_rng(2)
+    calib = rng.random((32, 1, 11, 9)).astype(np.float32)
+    qnet = quantize.quantize(model, calib, input_shape=(1, 11, 9), p_max=255,
+                             dataset="mnist", arch="custom")
+    images = rng.integers(0, 128, (4, 1, 11, 9)).astype(np.int8)
+    cfg = preset("wide")
+    f = compile_network(qnet, cfg).layers[0].fields
+    assert (f["vpairs"], f["pad"], f["out_h"], f["out_w"]) == (1, 1, 5, 9)
+    _exact(simulate(qnet, images, cfg, batch=2, jobs=1), qnet, images)
+
+
 def test_lenet_digits_big_preset_padded_dense_walk():
     """lenet-digits' first convolution (1->16 3x3) on the 12x12 preset's 6 requantization
     lanes: its one dense word a pixel is shorter than the 24 steps the lanes need to drain a
