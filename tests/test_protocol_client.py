@@ -85,7 +85,7 @@ class Client:
     def identify(self):
         kind, payload = self.request("IDENTIFY")
         assert kind == "IDENTITY"
-        assert payload[0] == 5, "a protocol version this client does not know"
+        assert payload[0] == 6, "a protocol version this client does not know"
         fields, at = {}, 0
         for name, size in IDENTITY:
             fields[name] = int.from_bytes(payload[at:at + size], "little")
