@@ -364,8 +364,10 @@ def _dense_plan(cfg, qnet, plan, host_dense, input_shared):
     A dense convolution needs channel ``l % C`` of its input in lane ``l``: the network's input
     has it when written packed (fewer channels than a word, and read by nothing else); a map
     has it when its producer, a convolution of ``C <= cols / 2`` channels (one tile) reached
-    through pooling layers only, computes every channel ``cols / C`` times over. (Only in
-    sequential networks, past the first layer: there a layer's one reader is the next.)
+    through pooling layers only, computes every channel ``cols / C`` times over, or, computing
+    its pixels in vertical pairs, in the layout `systolic.hw.isa.vpair_channels` gives, which
+    the reader's weights then follow. (Only in sequential networks, past the first layer:
+    there a layer's one reader is the next.)
     """
     chip, repeat = set(), {}
     for n, (_, layer, _in_shape, _, _) in enumerate(plan):
