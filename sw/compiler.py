@@ -746,7 +746,7 @@ def _pair_weights(cfg, w, b, m, s, *, repeat):
     tile ``t`` computing real channel ``ch[t, j]`` (none: 0) shifted ``j // (cols / 2)``
     columns right, ``ch[0, j] = j % Co`` with ``repeat``, else ``t * cols / 2 + j % (cols /
     2)``."""
-    co, ci, kh, kw = w.shape
+    co = w.shape[0]
     half = cfg.cols // 2
     j = np.arange(cfg.cols)
     if repeat:
@@ -754,13 +754,25 @@ def _pair_weights(cfg, w, b, m, s, *, repeat):
     else:
         ch = np.arange(-(-co // half))[:, None] * half + j % half
         ch = np.where(ch < co, ch, -1)
-    ch = ch.reshape(-1)
-    out = np.zeros((len(ch), ci, kh, kw + 1), w.dtype)
+    return _shifted_weights(cfg, w, b, m, s, ch.reshape(-1), axis=3)
+
+
+def _shifted_weights(cfg, w, b, m, s, ch, *, axis):
+    """A ``(Co, C, kh, kw)`` kernel and its parameters as the output channels ``ch`` of a
+    pair (`_pair_weights`, `_vpair_weights`): output channel ``n`` is real channel ``ch[n]``
+    (none where negative: 0), its kernel one larger along ``axis`` (3: a column, 2: a row)
+    and shifted along it by the half of the word its column is in, ``(n % cols) // (cols /
+    2)``."""
+    shape = list(w.shape)
+    shape[0], shape[axis] = len(ch), shape[axis] + 1
+    out = np.zeros(shape, w.dtype)
     bo, mo, so = (np.zeros(len(ch), v.dtype) for v in (b, m, s))
     for n, c in enumerate(ch):
         if c >= 0:
-            off = (n % cfg.cols) // half
-            out[n, :, :, off:off + kw] = w[c]
+            off = (n % cfg.cols) // (cfg.cols // 2)
+            window = [slice(None)] * 3
+            window[axis - 1] = slice(off, off + w.shape[axis])
+            out[(n, *window)] = w[c]
             bo[n], mo[n], so[n] = b[c], m[c], s[c]
     return out, bo, mo, so
 
@@ -779,15 +791,8 @@ def _vpair_weights(cfg, w, b, m, s, channels):
     """A ``(Co, C, kh, kw)`` kernel and its parameters as `systolic.hw.isa.pair_rows` lays
     them out: ``cols`` output channels of a ``(kh + 1) x kw`` kernel, column ``j`` computing
     real channel ``channels[j % (cols / 2)]`` shifted ``j // (cols / 2)`` rows down."""
-    co, ci, kh, kw = w.shape
-    half = cfg.cols // 2
-    out = np.zeros((cfg.cols, ci, kh + 1, kw), w.dtype)
-    bo, mo, so = (np.zeros(cfg.cols, v.dtype) for v in (b, m, s))
-    for j in range(cfg.cols):
-        c, off = channels[j % half], j // half
-        out[j, :, off:off + kh, :] = w[c]
-        bo[j], mo[j], so[j] = b[c], m[c], s[c]
-    return out, bo, mo, so
+    ch = [channels[j % (cfg.cols // 2)] for j in range(cfg.cols)]
+    return _shifted_weights(cfg, w, b, m, s, ch, axis=2)
 
 
 def _dense_weights(cfg, w, channels=None):
