@@ -70,6 +70,12 @@ class SystolicArray(wiring.Component):
         Tile start.
     results : Out(ArrayLayout(ArrayLayout(signed(32), cols), rows))
         Every PE's finished sum.
+    w_rows, fc : In
+        (With ``cfg.fc_rows``.) While ``fc``, row ``r >= 1`` takes its weights from
+        ``w_rows[r]`` (its own bank of the weight memory, `systolic.hw.core.BankedWeights`),
+        not from the row above: PE ``(r, c)`` takes ``w_rows[r][c]`` a cycle after it is
+        presented, with no skew (the lanes' words come skewed from memory,
+        `systolic.sw.layout.fc_rows_weight_words`). Row 0 takes ``w`` as ever.
 
     Notes
     -----
@@ -88,6 +94,9 @@ class SystolicArray(wiring.Component):
             "w": In(data.ArrayLayout(signed(8), cfg.cols)),
             "first": In(1),
             "results": Out(data.ArrayLayout(data.ArrayLayout(signed(32), cfg.cols), cfg.rows)),
+            **({"w_rows": In(data.ArrayLayout(data.ArrayLayout(signed(8), cfg.cols),
+                                              cfg.rows)),
+                "fc": In(1)} if cfg.fc_rows else {}),
         })
 
     def row_ready_delay(self, row):
@@ -125,8 +134,11 @@ class SystolicArray(wiring.Component):
         m = Module()
         rows, cols = self._cfg.rows, self._cfg.cols
         stages = product_stages(self._cfg)
-        pes = [[ProcessingElement(self._cfg.target, product_stages=stages) for _ in range(cols)]
-               for _ in range(rows)]
+        fc = self._cfg.fc_rows
+        # (Row r's weights come through the PEs of row r - 1: those take the alternative.)
+        pes = [[ProcessingElement(self._cfg.target, product_stages=stages,
+                                  alt_weight=fc and r < rows - 1) for _ in range(cols)]
+               for r in range(rows)]
         snap = snapshot_pes(self._cfg)
         assert all(_drain_lag(self._cfg, r, c) >= 1 for r, c in snap)
         for r in range(rows):
@@ -153,4 +165,11 @@ class SystolicArray(wiring.Component):
             m.d.comb += pes[0][c].w_in.eq(delay(m, self.w[c], c, name=f"w{c}", reset_less=True))
             for r in range(1, rows):
                 m.d.comb += pes[r][c].w_in.eq(pes[r - 1][c].w_out)
+        if fc:
+            # Each row's own copy of the (layer-long) select, near its PEs.
+            for r in range(1, rows):
+                alt = hard_register(m, self.fc, name=f"fc{r}", target=self._cfg.target)
+                for c in range(cols):
+                    m.d.comb += [pes[r - 1][c].alt.eq(alt),
+                                 pes[r - 1][c].w_alt.eq(self.w_rows[r][c])]
         return m

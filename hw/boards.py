@@ -59,6 +59,9 @@ class Board:
         Whether the board's build has dense convolutions (`AcceleratorConfig.dense_conv`).
     fused_pool : bool
         Whether the board's build has fused pooling (`AcceleratorConfig.fused_pool`).
+    fc_rows : bool
+        Whether the board's build runs fully connected layers row by row
+        (`AcceleratorConfig.fc_rows`).
     seed : int
         nextpnr's placer seed for the board's build (``systolic build --seed``): one its
         default design closes with at its default clock.
@@ -74,6 +77,7 @@ class Board:
     program_hint: str
     dense_conv: bool = False
     fused_pool: bool = False
+    fc_rows: bool = False
     seed: int = 1
 
     def platform(self):
@@ -85,9 +89,10 @@ class Board:
 
     def config(self, preset_name=None):
         """The accelerator configuration for this board: a preset, targeting its DSPs, with
-        dense convolutions and fused pooling only where the board's build has them
-        (`dense_conv`, `fused_pool`)."""
-        extra = {k: False for k in ("dense_conv", "fused_pool") if not getattr(self, k)}
+        dense convolutions, fused pooling and row-by-row fully connected layers only where the
+        board's build has them (`dense_conv`, `fused_pool`, `fc_rows`)."""
+        extra = {k: False for k in ("dense_conv", "fused_pool", "fc_rows")
+                 if not getattr(self, k)}
         return preset(preset_name or self.preset).replace(target=self.family, **extra)
 
 
@@ -109,7 +114,7 @@ BOARDS = {
         # check a cycle later and its go-ahead from a register, at 78.6 MHz; with their lane
         # addresses registered on the way to the memory's column slices (`fill_stages`), at
         # 91.2 then. Fused pooling: since it came in.
-        dense_conv=True, fused_pool=True, seed=4),
+        dense_conv=True, fused_pool=True, fc_rows=True, seed=4),
     # iCE40UP5K, FT2232H channel B as UART. 30 MHz from the PLL (the small preset closes at
     # 31.6 MHz on seed 3; 29.5 on seed 1, 30.2 on seed 2 before) and 3 MBd (10 clocks a bit): the
     # 1x4 array, not the link, bounds images per second here.

@@ -158,6 +158,12 @@ class ConvEngine(wiring.Component):
         activation memory is to read ``act_lanes[l]`` instead of ``act_read.addr``.
     act_lanes : Out(ArrayLayout(act_addr_bits, cols))
         (With ``cfg.dense_conv``.) Each lane's read address, with ``act_read.en``.
+    weight_rows, fc_rows
+        (With ``cfg.fc_rows``, the weight memory a `systolic.hw.core.BankedWeights`, whose
+        words arrive a cycle later.) ``fc_rows``: the layer runs row by row (its descriptor's
+        ``fc_rows``, `systolic.hw.isa.describe_fc_rows`): the memory's bank ``r`` reads ``r``
+        cycles after bank 0, and row ``r >= 1`` of the array takes its weights from
+        ``weight_rows[r]``, the bank's word, and its parameters from channel tile ``r``'s.
     """
 
     def __init__(self, cfg):
@@ -179,6 +185,8 @@ class ConvEngine(wiring.Component):
             # Which halves of ``act_write``'s word to write (bit 1: the upper ``cols / 2``
             # lanes): both, but one a channel tile with the descriptor's ``halves``.
             **({"act_halves": Out(2)} if cfg.fused_pool else {}),
+            **({"weight_rows": In(data.ArrayLayout(word, cfg.rows)), "fc_rows": Out(1)}
+               if cfg.fc_rows else {}),
         })
 
     def elaborate(self, platform):
@@ -605,7 +613,9 @@ class ConvEngine(wiring.Component):
         # at the step's end, as `a_reg` is), and the activations and flags wait as long less
         # one cycle for it.
         ws = weight_stages(cfg)
-        w_in = delay(m, self.weight_read.data.as_value(), ws - 1, name="w_r", reset_less=True)
+        # (A `BankedWeights` memory has the first of these registers: its banks' own.)
+        w_in = delay(m, self.weight_read.data.as_value(), ws - 1 - cfg.fc_rows, name="w_r",
+                     reset_less=True)
         a_q = delay(m, a_reg, ws + 1 - lag, name="a", reset_less=True)
         first_q = delay(m, first_reg, ws + 1, name="first")
         drain_q = delay(m, drain_reg, ws + 1, name="drain")
@@ -614,6 +624,12 @@ class ConvEngine(wiring.Component):
         w_q = Signal(C * 8, reset_less=True)
         m.d.sync += w_q.eq(Mux(wvalid_q, w_in, 0))
         m.d.comb += [array.a.eq(a_q), array.first.eq(first_q), array.w.eq(w_q)]
+        # A row-by-row layer: the descriptor's flag, in a register of the engine's (loaded
+        # as the command is taken; the memory's banks and the array's rows take copies).
+        fcm = Signal()
+        if cfg.fc_rows:
+            m.d.comb += [self.fc_rows.eq(fcm), array.fc.eq(fcm),
+                         array.w_rows.eq(self.weight_rows)]
 
         # ---- Drain ---------------------------------------------------------------------------
         # A `first` step with `drain` ends a pixel tile; row 0 of its sums is ready
@@ -734,8 +750,10 @@ class ConvEngine(wiring.Component):
         # path at 90 MHz (12.2 ns, 10.4 routing). `p_tile` changes as the drain emits a
         # channel tile's last sums (`switch`), and the next drain may start in that cycle:
         # its first word is then the next tile's (`p_next`).
+        # Row by row (`fcm`), row r's parameters are channel tile r's: ``r * G`` further on.
         p_addr = Signal.like(self.param_read.addr, reset_less=True)
-        m.d.sync += p_addr.eq(Mux(switch, p_next, p_tile) + eg_next)
+        p_row = Mux(fcm, er_next * G, 0) if cfg.fc_rows else 0
+        m.d.sync += p_addr.eq(Mux(switch, p_next, p_tile) + eg_next + p_row)
         m.d.comb += self.param_read.addr.eq(p_addr)
         # (With two selection stages, the parameters, the valid bit and the tag wait a cycle
         # more for the sums.)
@@ -1046,6 +1064,8 @@ class ConvEngine(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
+                    if cfg.fc_rows:
+                        m.d.sync += fcm.eq(self.cmd.payload.fc_rows)
                     m.d.sync += [busy.eq(1), w_tile_base.eq(self.cmd.payload.w_base),
                                  p_next.eq(self.cmd.payload.p_base),
                                  td_base.eq(self.cmd.payload.out_base), td_odd.eq(1),

@@ -27,15 +27,16 @@ from .isa import (
     CMD_LATENCY,
     Mem,
     Op,
+    fc_bank_depth,
     layer_layout,
     load_layout,
     param_layout,
     word_layout,
 )
 from .pool import PoolEngine
-from .replica import hard_register, local_reset
+from .replica import delay, hard_register, local_reset
 
-__all__ = ["Core", "SinglePortMemory"]
+__all__ = ["BankedWeights", "Core", "SinglePortMemory"]
 
 # SB_SPRAM256KA: 16384 words of 16 bits, four in an iCE40UP5K.
 _SPRAM_DEPTH = 16384
@@ -219,6 +220,93 @@ class SinglePortMemory(wiring.Component):
                     m.d.comb += read.data.eq(out)
 
 
+class BankedWeights(wiring.Component):
+    """The weight memory of a configuration with ``fc_rows``: ``rows`` banks of
+    `systolic.hw.isa.fc_bank_depth` words, bank ``b`` holding addresses ``b * depth`` on, each
+    built as ``cols / 2`` column slices of two lanes (a 1024 x 16 slice is one ECP5 DP16KD),
+    each slice of each bank with its own copy of the read address register.
+
+    A read's word is in ``read.data`` three cycles after its address (a cycle later than
+    `SinglePortMemory`'s, ``registered``): every bank's word goes into a register, the block
+    RAM's own output register on the ECP5 (`systolic.hw.outreg`), and the bank the address
+    names is picked after it. With ``fc`` (a row-by-row fully connected layer,
+    `systolic.hw.isa.describe_fc_rows`) bank ``b``'s address registers take bank ``b - 1``'s
+    instead of the reader's address: bank ``b`` reads the address bank 0 read ``b`` cycles
+    before, its word in ``rows_data[b]`` (row ``b``'s weights) three cycles after that.
+
+    Like `SinglePortMemory`, it is written and read in different cycles, never both in one; a
+    write lands a cycle after it is asked for.
+
+    Members
+    -------
+    write : Out(memory.WritePort.Signature(addr_width, word))
+    read : Out(memory.ReadPort.Signature(addr_width, word))
+    fc : In(1)
+        Row by row: bank ``b`` reads ``b`` cycles after bank 0.
+    rows_data : Out(ArrayLayout(word, rows))
+        Each bank's registered word.
+    """
+
+    def __init__(self, cfg):
+        self._cfg, self._depth = cfg, fc_bank_depth(cfg)
+        word = word_layout(cfg)
+        addr_width = cfg.weight_addr_bits
+        super().__init__({
+            "write": Out(memory.WritePort.Signature(addr_width=addr_width, shape=word)),
+            "read": Out(memory.ReadPort.Signature(addr_width=addr_width, shape=word)),
+            "fc": In(1),
+            "rows_data": Out(data.ArrayLayout(word, cfg.rows)),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._cfg
+        m = Module()
+        banks, slices, part = cfg.rows, cfg.cols // 2, 2 * cfg.data_bits
+        low = (self._depth - 1).bit_length()
+        target = cfg.target
+        rows_data = [Value.cast(self.rows_data[b]) for b in range(banks)]
+        out = Value.cast(self.read.data)
+        for i in range(slices):
+            def copy(value, what, reset_less=False, i=i):
+                return hard_register(m, value, name=f"s{i}_{what}", target=target,
+                                     reset_less=reset_less)
+            # The write's address and data, a copy a slice; its enable a copy a bank of it.
+            waddr = copy(self.write.addr[:low], "waddr", reset_less=True)
+            wdata = Signal(part, name=f"s{i}_wdata", reset_less=True)
+            m.d.sync += wdata.eq(Value.cast(self.write.data).word_select(i, part))
+            # The bank the read names, kept until the next read and taken with the word.
+            sel = Signal(range(banks), name=f"s{i}_sel", reset_less=True)
+            with m.If(self.read.en):
+                m.d.sync += sel.eq(self.read.addr[low:])
+            sel_q = delay(m, sel, 2, name=f"s{i}_sel_q", reset_less=True)
+            raddr, ren = self.read.addr[:low], self.read.en
+            words = []
+            for b in range(banks):
+                mem = memory.Memory(shape=part, depth=self._depth, init=[])
+                m.submodules[f"mem{i}_{b}"] = mem
+                w, r = mem.write_port(), mem.read_port()
+                we = copy(self.write.en & (self.write.addr[low:] == b), f"b{b}_we")
+                # Row by row, a chain: each bank's address register takes the one before.
+                if b:
+                    raddr, ren = Mux(self.fc, raddr, self.read.addr[:low]), Mux(
+                        self.fc, ren, self.read.en)
+                raddr = copy(raddr, f"b{b}_raddr", reset_less=True)
+                ren = copy(ren, f"b{b}_re")
+                word = Signal(part, name=f"s{i}_b{b}_q", reset_less=True)
+                m.d.sync += word.eq(r.data)
+                m.d.comb += [
+                    w.addr.eq(waddr), w.data.eq(wdata), w.en.eq(we),
+                    r.addr.eq(raddr), r.en.eq(ren & ~we),
+                    rows_data[b].word_select(i, part).eq(word),
+                ]
+                words.append(word)
+            with m.Switch(sel_q):
+                for b, word in enumerate(words):
+                    with m.Case(b):
+                        m.d.comb += out.word_select(i, part).eq(word)
+        return m
+
+
 class Core(wiring.Component):
     """Memories plus convolution (and, when configured, pooling) engines; with the averaging
     pooling engine, the residual add and global average pooling engines too (`has_eltwise`).
@@ -258,9 +346,13 @@ class Core(wiring.Component):
         word = word_layout(cfg)
         # The weights' read address is registered in the memory, a copy per column's slice of
         # block RAMs (SPRAM on the iCE40: one copy): the convolution engine's address register.
-        m.submodules.weights = wmem = SinglePortMemory(
-            shape=word, depth=cfg.weight_depth, spram=cfg.target == "ice40", registered=True,
-            slices=self._slices(), target=cfg.target)
+        if cfg.fc_rows:
+            # In banks, a row of the array each (`BankedWeights`).
+            m.submodules.weights = wmem = BankedWeights(cfg)
+        else:
+            m.submodules.weights = wmem = SinglePortMemory(
+                shape=word, depth=cfg.weight_depth, spram=cfg.target == "ice40",
+                registered=True, slices=self._slices(), target=cfg.target)
         m.submodules.params = pmem = SinglePortMemory(shape=param_layout(cfg),
                                                       depth=cfg.param_words)
         # What the engines, the loads and the read-back ask of it, registered below.
@@ -276,6 +368,8 @@ class Core(wiring.Component):
         conv = ConvEngine(cfg)
         m.submodules.conv = local_reset(m, conv, name="conv", target=cfg.target)
         wiring.connect(m, conv.weight_read, w_r)  # only the engine reads the weights
+        if cfg.fc_rows:
+            m.d.comb += [wmem.fc.eq(conv.fc_rows), conv.weight_rows.eq(wmem.rows_data)]
 
         # Element-wise engines: each reads and writes activation memory itself.
         elt = []

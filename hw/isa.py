@@ -41,7 +41,8 @@ __all__ = [
     "Request", "dense_cin_bits", "dense_lane_tap", "dense_layout", "dense_supported",
     "dense_walk", "drain_steps", "pad_walk",
     "describe_add", "describe_conv", "describe_dense_conv", "describe_gap", "describe_linear",
-    "describe_pool", "fuse_pool", "pack_add_params", "layer_layout", "pair_pixels",
+    "describe_pool", "describe_fc_rows", "fc_bank_depth", "fc_rows_supported",
+    "fuse_pool", "pack_add_params", "layer_layout", "pair_pixels",
     "pair_rows", "pairs_supported", "vpair_channels", "vpairs_supported",
     "load_layout", "mem_depth", "mem_word_bytes", "pack_descriptor", "pack_params",
     "param_lane_layout", "param_layout", "word_layout",
@@ -148,7 +149,7 @@ class Error(enum.Enum, shape=8):
 
 #: The protocol's version: IDENTITY's first byte. Raised when a request, reply or layout
 #: changes in a way an existing client would misread.
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,9 @@ IDENTIFY_FIELDS = (
     IdentifyField("fused_pool", 1, lambda c, o: int(c.fused_pool),
                   "1 if a convolution descriptor's `pool` max-pools its output 2x2 with stride 2 "
                   "(the field exists)"),
+    IdentifyField("fc_rows", 1, lambda c, o: int(c.fc_rows),
+                  "1 if a convolution descriptor's `fc_rows` runs a fully connected layer of one "
+                  "image row by row (the field exists; the weight memory is in `rows` banks)"),
 )
 
 
@@ -280,6 +284,9 @@ def layer_layout(cfg: AcceleratorConfig):
         # ``cfg.fused_pool``. Or its output pixels in vertical pairs (``vpairs``,
         # `pair_rows`; last, so that the fields before it keep their offsets).
         **({"pool": 1, "pairs": 1, "halves": 1, "vpairs": 1} if cfg.fused_pool else {}),
+        # A fully connected layer of one image, each row of the array a channel tile of it
+        # (`describe_fc_rows`; only where ``cfg.fc_rows``; last, as ``vpairs``).
+        **({"fc_rows": 1} if cfg.fc_rows else {}),
     })
 
 
@@ -613,6 +620,53 @@ def describe_linear(cfg, *, in_words, cout, relu=False, in_base=0, out_base=0, w
     return describe_conv(cfg, cin=in_words * cfg.cols, h=1, w=1, cout=cout, kh=1, kw=1,
                          relu=relu, in_base=in_base, out_base=out_base, w_base=w_base,
                          p_base=p_base, batch=batch)
+
+
+def fc_bank_depth(cfg):
+    """Words of each of the weight memory's ``rows`` banks where ``cfg.fc_rows``: bank ``r``
+    holds addresses ``r * depth`` to ``(r + 1) * depth - 1`` and feeds row ``r`` of the array
+    in a row-by-row fully connected layer (`describe_fc_rows`)."""
+    return cfg.weight_depth // cfg.rows
+
+
+def fc_rows_supported(cfg, *, in_words, cout, batch):
+    """Whether a fully connected layer of ``in_words`` input words and ``cout`` outputs can run
+    row by row (`describe_fc_rows`) on ``cfg``, and takes fewer steps so: one image, at least
+    two and at most ``rows`` channel tiles, and its weights (``in_words + 1`` words a bank)
+    within a bank."""
+    tiles = _ceil_div(cout, cfg.cols)
+    return (cfg.fc_rows and batch == 1 and 2 <= tiles <= cfg.rows
+            and (in_words + 2) * cfg.cols <= fc_bank_depth(cfg))
+
+
+def describe_fc_rows(cfg, *, in_words, cout, relu=False, in_base=0, out_base=0, w_base=0,
+                     p_base=0):
+    """Descriptor fields (a dict) for a fully connected layer of one image run *row by row*
+    (``fc_rows``, where ``cfg.fc_rows``; `fc_rows_supported`): row ``r`` of the array
+    computes channel tile ``r`` of the output (``T = ceil(cout / cols)`` tiles, ``T <=
+    rows``), each from its own weights, so the layer takes ``(in_words + 1) * cols`` steps
+    where `describe_linear`'s takes ``T * in_words * cols``.
+
+    The walk is a 1x1 convolution of a ``1 x T`` map whose pixels are all the input
+    (``x_step`` 0), output pixel ``r`` being word ``r`` of the output: ``cout_tiles`` 1,
+    parameters of tile ``r`` (from ``p_base + r * rq_groups``, where the drain of row ``r``
+    reads them). Its reduction is one word longer than the input (``cin_words = in_words +
+    1``; the extra word, read past the input, weighs 0): bank ``r`` delivers lane ``c``'s
+    weights ``c`` steps late (`systolic.hw.layout.fc_rows_weight_words`), and the last lane
+    needs ``cols - 1`` steps more. ``w_base`` is the layer's first word in bank 0
+    (``w_base + in_words + 1 <= fc_bank_depth``); bank ``r`` holds tile ``r``'s words from
+    ``w_base + r * fc_bank_depth``."""
+    tiles = _ceil_div(cout, cfg.cols)
+    steps = in_words + 1
+    return {
+        "op": Op.CONV, "relu": int(relu),
+        "in_base": in_base, "out_base": out_base, "w_base": w_base, "p_base": p_base,
+        "in_h": 1, "in_w": tiles, "out_h": 1, "out_w": tiles, "kh": 1, "kw": 1,
+        "stride": 1, "pad": 0, "cin_words": steps, "cout_tiles": 1,
+        "origin": in_base, "x_step": 0, "y_step": 0, "tap_row_step": 0,
+        "w_tile_words": steps * cfg.cols, "batch": 1, "in_img_step": in_words,
+        "fc_rows": 1,
+    }
 
 
 def describe_pool(cfg, *, channels, h, w, kernel, stride, avg=False, in_base=0, out_base=0):

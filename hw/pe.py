@@ -1,6 +1,6 @@
 """The processing element: one int8 × int8 multiplier and one int32 accumulator."""
 
-from amaranth.hdl import Cat, Module, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -56,6 +56,10 @@ class ProcessingElement(wiring.Component):
         The same, registered, to the right / bottom neighbour.
     result : Out(signed(32))
         The sum of the previous tile, valid ``capture`` + 1 cycles after ``first`` arrived here.
+    w_alt, alt : In
+        (With ``alt_weight``.) While ``alt``, ``w_out`` takes ``w_alt`` instead of ``w_in``:
+        the weights of the PE below come from elsewhere (the row's own bank in a row-by-row
+        fully connected layer, `systolic.hw.array.SystolicArray`).
 
     Notes
     -----
@@ -79,19 +83,16 @@ class ProcessingElement(wiring.Component):
     net spread over the whole die; the data registers were 90 % of them.)
     """
 
-    a_in: In(signed(8))
-    w_in: In(signed(8))
-    first_in: In(1)
-    a_out: Out(signed(8))
-    w_out: Out(signed(8))
-    first_out: Out(1)
-    result: Out(signed(32))
-
-    def __init__(self, target="generic", *, product_stages=1):
-        self._target, self._stages = target, product_stages
+    def __init__(self, target="generic", *, product_stages=1, alt_weight=False):
+        self._target, self._stages, self._alt = target, product_stages, alt_weight
         #: Cycles from ``first`` at the PE's input to the capture of ``result``.
         self.capture = _capture(product_stages)
-        super().__init__()
+        members = {"a_in": In(signed(8)), "w_in": In(signed(8)), "first_in": In(1),
+                   "a_out": Out(signed(8)), "w_out": Out(signed(8)), "first_out": Out(1),
+                   "result": Out(signed(32))}
+        if alt_weight:
+            members.update(w_alt=In(signed(8)), alt=In(1))
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -102,7 +103,8 @@ class ProcessingElement(wiring.Component):
         a_q = Signal(signed(8), reset_less=True)
         w_q = Signal(signed(8), reset_less=True)
         result = Signal(signed(32), reset_less=True)
-        m.d.sync += [a_q.eq(self.a_in), w_q.eq(self.w_in), self.first_out.eq(self.first_in)]
+        w_next = Mux(self.alt, self.w_alt, self.w_in) if self._alt else self.w_in
+        m.d.sync += [a_q.eq(self.a_in), w_q.eq(w_next), self.first_out.eq(self.first_in)]
         m.d.comb += [self.a_out.eq(a_q), self.w_out.eq(w_q), self.result.eq(result)]
         product = mul.p
         for k in range(self._stages):

@@ -61,10 +61,13 @@ from ..hw.isa import (
     describe_add,
     describe_conv,
     describe_dense_conv,
+    describe_fc_rows,
     describe_gap,
     describe_linear,
     describe_pool,
     drain_steps,
+    fc_bank_depth,
+    fc_rows_supported,
     fuse_pool,
     pack_add_params,
     pack_descriptor,
@@ -170,6 +173,13 @@ class Program:
         Activation memory words the program uses: the peak, all its live tensors at once.
     w_bases : list of int or None
         Weight memory base of each layer (``None`` for pooling).
+    w_words : list of int or None
+        Weight memory words each layer's weights take (``None`` for pooling): a fully
+        connected layer that may run row by row (`systolic.hw.isa.describe_fc_rows`) has
+        them twice, as a stripe of one channel tile a bank each (see `compile_network`).
+    weight_spans : list of (int, int)
+        The ``[start, end)`` ranges of `weights` that hold layers' words (the rest, between
+        stripes, is never read and not written to the device).
     batch : int
         Images the program runs at once.
     dense : tuple or None
@@ -196,10 +206,18 @@ class Program:
     dense: tuple | None = None
     source: object = field(default=None, repr=False)
     dense_conv: bool = False
+    w_words: list = field(default_factory=list)
+    weight_spans: list = None
+
+    def __post_init__(self):
+        if self.weight_spans is None:
+            self.weight_spans = [(0, len(self.weights))]
 
     def loads(self):
-        """The network's memory writes ``(Mem, addr, data)``: weights, then parameters."""
-        return ([(Mem.WEIGHT, a, v) for a, v in enumerate(self.weights)]
+        """The network's memory writes ``(Mem, addr, data)``: weights (those in
+        `weight_spans`), then parameters."""
+        return ([(Mem.WEIGHT, a, self.weights[a]) for lo, hi in self.weight_spans
+                 for a in range(lo, hi)]
                 + [(Mem.PARAM, a, v) for a, v in enumerate(self.params)])
 
     @property
@@ -216,9 +234,9 @@ class Program:
         """This network compiled for another batch size (same weights and parameters)."""
         if batch == self.batch:
             return self
-        qnet, dense, dense_conv = self.source
+        qnet, dense, dense_conv, fc_rows = self.source
         return compile_network(qnet, self.cfg, batch=batch, dense_input=dense,
-                               dense_conv=dense_conv)
+                               dense_conv=dense_conv, fc_rows=fc_rows)
 
     def _check_image(self, image):
         image = np.asarray(image)
@@ -532,8 +550,12 @@ def _entries(cfg, plan, batch):
                for _, layer, shape, _, _ in plan)
 
 
+class _WeightsFull(FitError):
+    """The weights do not fit once the fully connected layers' stripes are in."""
+
+
 def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
-                    dense_input=False, dense_conv=True) -> Program:
+                    dense_input=False, dense_conv=True, fc_rows=True) -> Program:
     """Compile ``qnet`` for the accelerator ``cfg``.
 
     Parameters
@@ -566,6 +588,70 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
     qnet.check()
     if not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise FitError(f"batch must be an integer from 1 to {MAX_BATCH}, not {batch!r}")
+    if fc_rows and cfg.fc_rows:
+        try:
+            return _compile(qnet, cfg, batch, dense_input, dense_conv, True)
+        except _WeightsFull:
+            pass
+    return _compile(qnet, cfg, batch, dense_input, dense_conv, False)
+
+
+def _fc_stripes(cfg, plan):
+    """``{plan index: (tiles, normal offset, skewed offset)}``: where each fully connected
+    layer that may run row by row (`systolic.hw.isa.fc_rows_supported` for one image) keeps
+    its two stripes, offsets within the weight memory's banks (tile ``t`` in bank ``t``), from
+    the banks' first words up; layers whose stripes no longer fit are left out."""
+    depth, used, stripes = fc_bank_depth(cfg), [0] * cfg.rows, {}
+    for n, (_, layer, in_shape, _, _) in enumerate(plan):
+        if not isinstance(layer, Linear):
+            continue
+        in_words, co = _words(cfg.cols, in_shape), layer.w.shape[0]
+        if not fc_rows_supported(cfg, in_words=in_words, cout=co, batch=1):
+            continue
+        tiles, steps = -(-co // cfg.cols), in_words * cfg.cols
+        normal = max(used[:tiles])
+        skewed = normal + steps
+        if skewed + steps + 2 * cfg.cols > depth:
+            continue
+        used[:tiles] = [skewed + steps + 2 * cfg.cols] * tiles
+        stripes[n] = (tiles, normal, skewed)
+    return stripes
+
+
+class _WeightImage:
+    """The weight memory's image as the compiler fills it: stripes at fixed places, then each
+    other layer's words at the first gap that holds them."""
+
+    def __init__(self, cfg):
+        self.cfg, self.words, self.spans = cfg, [], []
+
+    def place(self, base, words):
+        end = base + len(words)
+        if end > len(self.words):
+            self.words += [0] * (end - len(self.words))
+        self.words[base:end] = words
+        if not any(lo <= base and end <= hi for lo, hi in self.spans):
+            self.spans = sorted(self.spans + [(base, end)])
+
+    def first_fit(self, size):
+        at = 0
+        for lo, hi in self.spans:
+            if lo - at >= size:
+                return at
+            at = max(at, hi)
+        return at
+
+    def merged_spans(self):
+        out = []
+        for lo, hi in self.spans:
+            if out and lo <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], hi))
+            else:
+                out.append((lo, hi))
+        return out
+
+
+def _compile(qnet, cfg, batch, dense_input, dense_conv, fc_rows):
     plan, dense, chip, repeat, fused = _plan(qnet, cfg, dense_input, dense_conv)
 
     # Activation memory: ping-pong regions, or a graph's allocation.
@@ -598,7 +684,13 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                                          else "raise program_depth"))
 
     # Pass 2: descriptors and memory images.
-    layers, weights, params, w_bases = [], [], [], []
+    layers, params, w_bases, w_words = [], [], [], []
+    stripes = _fc_stripes(cfg, plan) if fc_rows else {}
+    image = _WeightImage(cfg)
+    for n, (tiles, normal, _) in stripes.items():     # held for their layers
+        steps = _words(cfg.cols, plan[n][2]) * cfg.cols
+        for t in range(tiles):
+            image.place(t * fc_bank_depth(cfg) + normal, [0] * (2 * steps + 2 * cfg.cols))
     # {a dense convolution's plan index: the channel of each lane of its input map}, where a
     # row-paired convolution (`pair_rows`) wrote that map.
     lane_channels = {}
@@ -613,15 +705,39 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
         if isinstance(layer, Conv | Linear):
             co = layer.w.shape[0]
             b, m, sh = layer.b, layer.M, layer.s
-            common = dict(relu=layer.relu, in_base=src, out_base=dst, w_base=len(weights),
+            common = dict(relu=layer.relu, in_base=src, out_base=dst, w_base=0,
                           p_base=len(params), batch=batch)
+            words = None
             if isinstance(layer, Linear):
                 kind = "linear"
                 in_words = _words(cfg.cols, in_shape)
-                fields = pad_walk(cfg, describe_linear(cfg, in_words=in_words, cout=co,
-                                                       **common))
-                words = layout.linear_weight_words(cfg, layer.w, in_shape, fields["kh"])
                 macs = co * layer.w.shape[1]
+                if n in stripes:
+                    # Its two stripes: tile t in bank t, for batches, and skewed, for one
+                    # image, which runs row by row.
+                    tiles, normal, skewed = stripes[n]
+                    depth = fc_bank_depth(cfg)
+                    if batch == 1:
+                        fields = describe_fc_rows(cfg, in_words=in_words, cout=co,
+                                                  relu=layer.relu, in_base=src, out_base=dst,
+                                                  w_base=skewed, p_base=len(params))
+                    else:
+                        fields = describe_linear(cfg, in_words=in_words, cout=co,
+                                                 **{**common, "w_base": normal})
+                        fields["w_tile_words"] = depth
+                    flat = layout.linear_weight_words(cfg, layer.w, in_shape)
+                    steps = in_words * cfg.cols
+                    for t in range(tiles):
+                        image.place(t * depth + normal, flat[t * steps:(t + 1) * steps])
+                    for t, bank in enumerate(layout.fc_rows_weight_words(cfg, layer.w,
+                                                                         in_shape)):
+                        image.place(t * depth + skewed, bank)
+                    w_bases.append(normal)
+                    w_words.append(tiles * (2 * steps + 2 * cfg.cols))
+                else:
+                    fields = pad_walk(cfg, describe_linear(cfg, in_words=in_words, cout=co,
+                                                           **common))
+                    words = layout.linear_weight_words(cfg, layer.w, in_shape, fields["kh"])
             else:
                 kind = "conv"
                 _, ci, kh, kw = layer.w.shape
@@ -675,14 +791,19 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                     words = layout.conv_weight_words(cfg, wq, fields["kh"])
             assert fields["kh"] * fields["kw"] * fields["cin_words"] * cfg.cols >= drain_steps(
                 cfg)
-            w_bases.append(len(weights))
-            weights += words
+            if words is not None:
+                base = image.first_fit(len(words))
+                fields = {**fields, "w_base": base}
+                image.place(base, words)
+                w_bases.append(base)
+                w_words.append(len(words))
+                if base + len(words) > cfg.weight_depth:
+                    error = _WeightsFull if stripes else FitError
+                    raise error(
+                        f"{name}: weights must fit weight_depth {cfg.weight_depth} words, not "
+                        f"{base + len(words)} (this layer needs {len(words)}); use "
+                        f"{_BIGGER} or fewer channels")
             params += layout.pack_params(cfg, b, m, sh)
-            if len(weights) > cfg.weight_depth:
-                raise FitError(
-                    f"{name}: weights must fit weight_depth {cfg.weight_depth} words, not "
-                    f"{len(weights)} (this layer needs {len(weights) - w_bases[-1]}); use "
-                    f"{_BIGGER} or fewer channels")
             if len(params) > cfg.param_words:
                 raise FitError(
                     f"{name}: parameters must fit param_depth {cfg.param_depth} channel "
@@ -697,6 +818,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                                     p_base=len(params))]
             params += pack_add_params(cfg, layer.M, layer.s)
             w_bases.append(None)
+            w_words.append(None)
             if len(params) > cfg.param_words:
                 raise FitError(
                     f"{name}: parameters must fit {cfg.param_words} parameter words, not "
@@ -706,6 +828,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
             entries = [describe_gap(cfg, channels=c, h=h, w=w, batch=batch, in_base=src,
                                     out_base=dst)]
             w_bases.append(None)
+            w_words.append(None)
         else:
             kind = f"{layer.kind}pool"
             entries, done = [], 0
@@ -724,6 +847,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
                     f"not {fields['out_w']} pixels x {fields['cin_words']} words; use fewer "
                     f"channels, a narrower map or {_BIGGER}")
             w_bases.append(None)
+            w_words.append(None)
             macs = 0
         commands = []
         for fields in entries:
@@ -735,9 +859,10 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
         layers.append(CompiledLayer(i, name, kind, entries, commands, in_shape, out, macs,
                                     _words(cfg.cols, out), dst, fused.get(n)))
     last = layers[-1]
-    return Program(cfg, layers, weights, params, tuple(qnet.input_shape), 0, last.out_base,
-                   last.out_shape[0], used, w_bases, batch, dense,
-                   (qnet, dense_input, dense_conv), 0 in chip)
+    return Program(cfg, layers, image.words, params, tuple(qnet.input_shape), 0,
+                   last.out_base, last.out_shape[0], used, w_bases, batch, dense,
+                   (qnet, dense_input, dense_conv, fc_rows), 0 in chip, w_words,
+                   image.merged_spans())
 
 
 def _pair_weights(cfg, w, b, m, s, *, repeat):

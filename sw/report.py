@@ -152,10 +152,7 @@ def _network_rows(qnet, cfg):
                "hw": not isinstance(layer, Flatten)}
         if i in hw:
             j, lay = hw[i]
-            base = program.w_bases[j]
-            if base is not None:
-                later = [b for b in program.w_bases[j + 1:] if b is not None]
-                row["weight_words"] = (later[0] if later else len(program.weights)) - base
+            row["weight_words"] = program.w_words[j]
             row["act_words"] = None if lay.first == i else lay.out_words
             row["macs"] = lay.macs
         if i in pooled:
@@ -321,8 +318,9 @@ def _network_section(qnet, cfg):
     note = f"{len(rows)} layers, {total:,} MACs an image."
     if program is not None:
         c = program.cfg
+        w_used = sum(hi - lo for lo, hi in program.weight_spans)
         note += (f" On the {c.rows}\u00d7{c.cols} array ({c.cols} int8 lanes a word): "
-                 f"{len(program.weights):,} of {c.weight_depth:,} weight words, "
+                 f"{w_used:,} of {c.weight_depth:,} weight words, "
                  f"{len(program.params):,} of {c.param_words:,} parameter words, "
                  f"{program.act_words:,} of {c.act_depth:,} activation words. A flatten "
                  "layer takes no pass of its own: the linear layer after it reads the map "
