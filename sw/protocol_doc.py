@@ -116,6 +116,9 @@ _FIELDS = {
               "below)",
     "vpairs": "(only with IDENTITY's `fused_pool`) 1: a dense, pooled convolution computing "
               "its output pixels in vertical pairs (see below)",
+    "fc_rows": "(only with IDENTITY's `fc_rows`) 1: a fully connected layer of one image, run "
+               "row by row, each row of the array a channel tile from its own weight bank "
+               "(see below)",
 }
 #: The widths a descriptor field may have, in terms of IDENTITY's fields.
 WIDTHS = {
@@ -172,8 +175,9 @@ def _width(name, shape_of):
 
 def descriptor_fields():
     """``[(name, width expression, signed, offset and width in the default preset)]`` in
-    order, from `systolic.hw.isa.layer_layout`."""
-    default = isa.layer_layout(PRESETS["default"])
+    order, from `systolic.hw.isa.layer_layout`: the default preset's fields and those of
+    knobs it has off (``fc_rows``, the last), at the offsets they would have in it."""
+    default = isa.layer_layout(PRESETS["default"].replace(fc_rows=True))
     out = []
     for name, field in default:
         signed = field.shape.signed if hasattr(field.shape, "signed") else False

@@ -85,7 +85,7 @@ class Client:
     def identify(self):
         kind, payload = self.request("IDENTIFY")
         assert kind == "IDENTITY"
-        assert payload[0] == 6, "a protocol version this client does not know"
+        assert payload[0] == 7, "a protocol version this client does not know"
         fields, at = {}, 0
         for name, size in IDENTITY:
             fields[name] = int.from_bytes(payload[at:at + size], "little")
@@ -307,7 +307,43 @@ def dense_run(client, ident, rng, *, w_base, p_base):
 # ---- the test ----------------------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["default", "small"])
+def fc_rows_run(client, ident, rng):
+    """A fully connected layer of one image run row by row, as the document's "Row by row"
+    lays it out: 3 input words, 3 channel tiles, each bank's words at the top of the bank."""
+    cols, rows = ident["cols"], ident["rows"]
+    depth = ident["weight_depth"] // rows
+    n_in, n_out = 2 * cols + 3, 2 * cols + 5
+    x = rng.integers(-128, 128, (n_in, 1, 1)).astype(np.int8)
+    w = rng.integers(-127, 128, (n_out, n_in)).astype(np.int8)
+    b = rng.integers(-20000, 20000, n_out)
+    m, s = arith.choose_multiplier(rng.uniform(0.0005, 0.01, n_out))
+    want = arith.requantize(arith.linear_acc(x.reshape(-1), w, b), m, s, axis=-1)
+    words_in, tiles = -(-n_in // cols), -(-n_out // cols)
+    steps = words_in * cols
+    tile_words = conv_weight_words(w.reshape(n_out, n_in, 1, 1), cols)
+    w_base = depth - steps - 2 * cols
+    for t in range(tiles):
+        tile = np.array([lanes(v, cols) for v in tile_words[t * steps:(t + 1) * steps]])
+        bank = np.zeros((steps + 2 * cols, cols), np.int8)
+        if t == 0:
+            bank[:steps] = tile
+        else:                               # word a, lane c: the weight of step a - c
+            for c in range(cols):
+                bank[c:c + steps, c] = tile[:, c]
+        client.write(ident, "WEIGHT", w_base + t * depth, [word(v) for v in bank])
+    client.write(ident, "PARAM", 0, param_words(ident, b, m, s))
+    desc = {"op": OP["CONV"], "in_base": 900, "out_base": 950, "w_base": w_base, "p_base": 0,
+            "in_h": 1, "in_w": tiles, "out_h": 1, "out_w": tiles, "kh": 1, "kw": 1,
+            "stride": 1, "cin_words": words_in + 1, "cout_tiles": 1, "batch": 1,
+            "origin": 900, "in_img_step": words_in, "fc_rows": 1}
+    client.write(ident, "PROGRAM", 5, [descriptor(ident, desc)])
+    client.write(ident, "ACT", 900, activation_words(x, cols))
+    assert client.request("RUN", bytes([5, 1]))[0] == "DONE"
+    got = np.concatenate([lanes(v, cols) for v in client.read(ident, 950, tiles)])[:n_out]
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["default", "small", "wide"])
 def test_a_client_from_the_document_matches_the_golden_model(name):
     cfg = preset(name)
     top, top_name, _ = network_top(cfg)
@@ -389,6 +425,8 @@ def test_a_client_from_the_document_matches_the_golden_model(name):
         if ident["dense_conv"]:
             dense_run(client, ident, rng, w_base=len(conv_w) + len(conv_weight_words(fc, cols)),
                       p_base=len(conv_p) + len(param_words(ident, b2, m2, s2)))
+        if ident["fc_rows"]:
+            fc_rows_run(client, ident, rng)
         # The last error is sticky.
         assert client.request("IDENTIFY")[0] == "IDENTITY"
         assert client.request("STATUS")[1][0] == ERROR["BAD_ADDRESS"]

@@ -36,7 +36,8 @@ def test_descriptor_widths_hold_for_every_configuration():
         for name, width, *_ in protocol_doc.descriptor_fields():
             only = {"dense": "dense_conv", "dkh": "dense_conv", "dkw": "dense_conv",
                     "dcin": "dense_conv", "pool": "fused_pool", "pairs": "fused_pool",
-                    "halves": "fused_pool", "vpairs": "fused_pool"}.get(name)
+                    "halves": "fused_pool", "vpairs": "fused_pool",
+                    "fc_rows": "fc_rows"}.get(name)
             if only:                                        # (only with that knob)
                 assert (name in layout) == getattr(cfg, only), (name, cfg)
                 if name not in layout:
