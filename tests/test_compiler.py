@@ -317,15 +317,15 @@ def test_pair_rows():
     tall = np.zeros((16, 1, 6, 5), np.int8)
     for j in range(16):
         tall[j, :, j // 8:j // 8 + 5] = w[channels[j % 8]]
-    assert prog.weights[:prog.w_bases[1]] == layout.conv_weight_words(
-        cfg, _dense_weights(cfg, tall))
+    first = prog.weights[prog.w_bases[0]:prog.w_bases[0] + prog.w_words[0]]
+    assert first == layout.conv_weight_words(cfg, _dense_weights(cfg, tall))
     assert prog.params[:cfg.rq_groups] == layout.pack_params(
         cfg, *(v[[channels[j % 8] for j in range(16)]]
                for v in (b, qnet.layers[0].M, qnet.layers[0].s)))
     # The reader's lane l (tap l // 6) weighs channel channels[l % 8], not l % 6.
     reader = prog.layers[1]
     w2 = qnet.layers[2].w
-    got = prog.weights[prog.w_bases[1]:prog.w_bases[2]]
+    got = prog.weights[prog.w_bases[1]:prog.w_bases[1] + prog.w_words[1]]
     assert got == layout.conv_weight_words(cfg, _dense_weights(cfg, w2, channels))
     assert got != layout.conv_weight_words(cfg, _dense_weights(cfg, w2))
     assert (reader.fields["dense"], reader.fields.get("vpairs", 0)) == (1, 0)
@@ -562,3 +562,73 @@ def test_perfmodel_formula():
     assert perfmodel.predict_cycles(cfg, fields) == 2357
     assert perfmodel.layer_macs(fields, 16, 16) == 64 * 16 * 16 * 9
     assert perfmodel.utilization(cfg, 147456, 2390) == 147456 / (2390 * 64)
+
+
+def test_fully_connected_rows_share_one_weight_image():
+    """lenet5 on the wide preset (`fc_rows`): at one image its 256->120 and 120->84 layers run
+    row by row (`describe_fc_rows`), each from a skewed stripe, one channel tile a bank of the
+    weight memory; in a batch as fully connected layers whose tiles are a bank apart
+    (``w_tile_words`` the bank's depth); one weight image for both. Only the layers' words
+    go to the device (`Program.weight_spans`); the performance model's cycles follow."""
+    from systolic.hw.isa import fc_bank_depth
+    cfg = preset("wide")
+    depth = fc_bank_depth(cfg)
+    qnet = random_qnet("lenet5")
+    one, eight = compile_network(qnet, cfg), compile_network(qnet, cfg, batch=8)
+    assert one.weights == eight.weights
+    assert one.weight_spans == eight.weight_spans
+    fc1, fc2, fc3 = one.layers[2:]
+    assert (fc1.fields["fc_rows"], fc1.fields["cin_words"], fc1.fields["out_w"]) == (1, 17, 8)
+    assert (fc2.fields["fc_rows"], fc2.fields["cin_words"], fc2.fields["out_w"]) == (1, 9, 6)
+    assert "fc_rows" not in fc3.fields
+    in_shape = fc1.in_shape
+    layer = qnet.layers[fc1.index]
+    banks = layout.fc_rows_weight_words(cfg, layer.w, in_shape)
+    assert len(banks) == 8
+    assert all(len(b) == 256 + 32 for b in banks)
+    for t, bank in enumerate(banks):
+        at = t * depth + fc1.fields["w_base"]
+        assert one.weights[at:at + len(bank)] == bank
+    # Bank 0 is tile 0's words as they are; bank 1 lane c is tile 1's, c words later.
+    flat = layout.linear_weight_words(cfg, layer.w, in_shape)
+    assert banks[0][:256] == flat[:256]
+    assert not any(banks[0][256:])
+    lanes = [np.frombuffer(v.to_bytes(16, "little"), np.int8) for v in banks[1]]
+    tile1 = [np.frombuffer(v.to_bytes(16, "little"), np.int8) for v in flat[256:512]]
+    assert all(lanes[a][c] == (tile1[a - c][c] if 0 <= a - c < 256 else 0)
+               for a in range(len(lanes)) for c in range(16))
+    batched = eight.layers[2].fields
+    assert "fc_rows" not in batched
+    assert batched["w_tile_words"] == depth
+    for t in range(8):
+        at = t * depth + batched["w_base"]
+        assert one.weights[at:at + 256] == flat[t * 256:(t + 1) * 256]
+    loads = [(a, v) for m, a, v in one.loads() if m == Mem.WEIGHT]
+    assert len(loads) == sum(hi - lo for lo, hi in one.weight_spans) < len(one.weights)
+    assert [perfmodel.predict_layer(cfg, lay) for lay in one.layers[2:]] == [341, 213, 165]
+    # Without the knob, or asked not to, the layers are fully connected layers as ever.
+    for prog in (compile_network(qnet, cfg.replace(fc_rows=False)),
+                 compile_network(qnet, cfg, fc_rows=False)):
+        assert not any(lay.fields.get("fc_rows") for lay in prog.layers)
+        assert prog.weight_spans == [(0, len(prog.weights))]
+
+
+def test_fully_connected_rows_give_way_when_the_weights_would_not_fit():
+    """With half the weight memory the stripes leave no room for 256->120's weights as a fully
+    connected layer of a batch: the network compiles without them (one weight image, every
+    layer a fully connected layer of its own), and fits."""
+    cfg = preset("wide").replace(weight_depth=4096)
+    qnet = random_qnet("lenet5")
+    prog = compile_network(qnet, cfg)
+    assert not any(lay.fields.get("fc_rows") for lay in prog.layers)
+    assert len(prog.weights) == sum(prog.w_words) <= 4096
+
+
+@pytest.mark.parametrize(("changes", "what"), [
+    ({"rows": 6, "cols": 8}, "rows a power of two"),
+    ({"rows": 2, "cols": 4}, "at least 8 even columns"),
+    ({"target": "ice40", "dense_conv": False}, "not the ice40 target's"),
+])
+def test_fully_connected_rows_need_a_banked_weight_memory(changes, what):
+    with pytest.raises(SystolicError, match=f"^fc_rows needs .*{what}.*; set fc_rows=False$"):
+        AcceleratorConfig(fc_rows=True, **changes)

@@ -78,17 +78,24 @@ def test_lenet5_big_preset_fast():
 def test_lenet5_wide_row_pairs():
     """lenet5 on the ULX3S's 8x16 preset: its first convolution in vertical pairs
     (`systolic.hw.isa.pair_rows`), read by a dense convolution whose weights follow its channel
-    layout. Exact, cycles as predicted, one image at a time, in a batch, and traced (each
-    layer's output decoded and compared)."""
+    layout; its fully connected layers of 8 and 6 channel tiles row by row
+    (`systolic.hw.isa.describe_fc_rows`) one image at a time, and from the same weight image,
+    striped a tile a bank, in a batch. Exact, cycles as predicted, one image at a time, in a
+    batch, and traced (each layer's output decoded and compared)."""
     qnet = random_qnet("lenet5")
     images = random_images(qnet, 5, seed=6)
     cfg = preset("wide")
-    assert compile_network(qnet, cfg).layers[0].fields["vpairs"] == 1
+    one, three = compile_network(qnet, cfg), compile_network(qnet, cfg, batch=3)
+    assert one.layers[0].fields["vpairs"] == 1
+    assert [lay.fields.get("fc_rows") for lay in one.layers[2:]] == [1, 1, None]
+    assert not any(lay.fields.get("fc_rows") for lay in three.layers)
+    assert one.weights == three.weights
     for batch in (1, 3):
         _exact(simulate(qnet, images, cfg, batch=batch), qnet, images)
-    traced = simulate(qnet, images[:2], cfg, batch=2, trace=True, jobs=1)
-    _exact(traced, qnet, images[:2])
-    assert traced.first_difference is None
+    for batch in (1, 2):
+        traced = simulate(qnet, images[:batch], cfg, batch=batch, trace=True, jobs=1)
+        _exact(traced, qnet, images[:batch])
+        assert traced.first_difference is None
 
 
 def test_row_pairs_padded_odd_map():
