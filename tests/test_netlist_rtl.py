@@ -22,20 +22,26 @@ from systolic.sw.simulate import simulate
 # and fused pooling, as the ULX3S's build: lenet-digits' first layer
 # runs dense, two taps a word, and both convolutions pool on the way to memory, on the
 # synthesized netlist.
+# The ULX3S's fully connected layers row by row (`fc_rows`): a 2x8 array, its weight memory in
+# two banks of 1024 x 16-bit slices (a DP16KD each, their words in its output registers):
+# lenet-digits' 128 -> 10 runs as two channel tiles, one a row.
 CASES = {
-    "icebreaker": (None, 1),
-    "ulx3s-85f": (preset("default").replace(rows=2, cols=2, act_depth=1024, weight_depth=4096,
-                                            max_dim=63, max_kernel=3, pool_avg=False,
-                                            target="ecp5"), 1),
+    "icebreaker": ("icebreaker", None, 1),
+    "ulx3s-85f": ("ulx3s-85f", preset("default").replace(
+        rows=2, cols=2, act_depth=1024, weight_depth=4096, max_dim=63, max_kernel=3,
+        pool_avg=False, target="ecp5"), 1),
+    "ulx3s-85f-fc-rows": ("ulx3s-85f", preset("default").replace(
+        rows=2, cols=8, act_depth=1024, weight_depth=2048, max_dim=63, max_kernel=3,
+        pool_avg=False, fc_rows=True, target="ecp5"), 1),
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("board", list(CASES))
-def test_netlist_lenet_digits(board):
+@pytest.mark.parametrize("case", list(CASES))
+def test_netlist_lenet_digits(case):
     # On the fast harness (Verilator, whatever $SIM picks for cocotb): Icarus takes over half
     # an hour an image on a netlist (`bench/netlist.py --sim icarus`).
-    cfg, n = CASES[board]
+    board, cfg, n = CASES[case]
     netlist = board_netlist(board, cfg)
     kinds = {"ecp5": ("MULT18X18D", "DP16KD"),
              "ice40": ("SB_MAC16", "SB_RAM40_4K", "SB_SPRAM256KA")}[netlist.family]
@@ -62,6 +68,7 @@ def test_netlist_lenet_digits(board):
     assert report.program.layers[0].fields.get("dense", 0) == (board == "ulx3s-85f")
     assert [lay.fields.get("pool", 0) for lay in report.program.layers] == (
         [1, 1, 0] if board == "ulx3s-85f" else [0, 0, 0, 0, 0])
+    assert report.program.layers[-1].fields.get("fc_rows", 0) == (case == "ulx3s-85f-fc-rows")
 
 
 def test_board_config_is_the_boards():
