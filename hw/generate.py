@@ -40,7 +40,9 @@ def _memories(cfg):
                 "ice40_ebr": -(-width // 16) * -(-depth // 256)}
     mems = [
         mem("act", cfg.act_depth, cfg.word_bits, "activations between layers"),
-        mem("weights", cfg.weight_depth, cfg.word_bits, "weight words"),
+        mem("weights", cfg.weight_depth, cfg.word_bits,
+            f"weight words, in {cfg.rows} banks (a row of the array each)" if cfg.fc_rows
+            else "weight words"),
         mem("params", cfg.param_words, param_layout(cfg).size, "bias, M, shift per channel"),
         mem("program", cfg.program_depth, layer_layout(cfg).size, "layer descriptors"),
         mem("cycles", cfg.program_depth, 32, "cycle counter of each program entry"),
@@ -119,6 +121,11 @@ def add_config_arguments(parser):
                    help="whether a 2x2 stride-2 max pooling after a convolution runs in the "
                         "convolution's write path instead of a pass of the pooling engine (a "
                         "line buffer of max_dim/2 words and a comparator per lane)")
+    g.add_argument("--fc-rows", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether a fully connected layer of one image can run row by row, each "
+                        "row of the array a channel tile from its own bank of the weight "
+                        "memory (rows times the weights a cycle; rows a power of two, at least "
+                        "8 columns; not on the ice40 target)")
     g.add_argument("--target", choices=TARGETS,
                    help="multiplier primitive: generic (simulation), ecp5, ice40")
 

@@ -699,6 +699,8 @@ def _run(args):
     cfg = preset(args.preset)
     if args.fused_pool is not None:
         cfg = cfg.replace(fused_pool=args.fused_pool)
+    if args.fc_rows is not None:
+        cfg = cfg.replace(fc_rows=args.fc_rows)
     images, labels = dataset_images(qnet, args.dataset, args.data_dir, args.images)
     waves = None if args.waves is None else parse_window(args.waves, len(images))
     batch = resolve_batch(args.batch, qnet, cfg, len(images), dense_input=args.dense_input,
@@ -800,6 +802,10 @@ def add_parser(subparsers):
                    help="run a 2x2 stride-2 max pooling after a convolution in the "
                         "convolution's write path, no pass of its own (default: where the "
                         "preset has fused_pool, every one but small)")
+    p.add_argument("--fc-rows", action=argparse.BooleanOptionalAction, default=None,
+                   help="run a fully connected layer of one image row by row, each row of the "
+                        "array a channel tile from its own weight bank (default: where the "
+                        "preset has fc_rows: wide)")
     p.add_argument("--trace", action="store_true",
                    help="read back every layer's output and name the first differing value")
     p.add_argument("--report", metavar="FILE.html",
