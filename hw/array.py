@@ -71,11 +71,12 @@ class SystolicArray(wiring.Component):
     results : Out(ArrayLayout(ArrayLayout(signed(32), cols), rows))
         Every PE's finished sum.
     w_rows, fc : In
-        (With ``cfg.fc_rows``.) While ``fc``, row ``r >= 1`` takes its weights from
-        ``w_rows[r]`` (its own bank of the weight memory, `systolic.hw.core.BankedWeights`),
-        not from the row above: PE ``(r, c)`` takes ``w_rows[r][c]`` a cycle after it is
-        presented, with no skew (the lanes' words come skewed from memory,
-        `systolic.sw.layout.fc_rows_weight_words`). Row 0 takes ``w`` as ever.
+        (With ``cfg.fc_rows``.) While ``fc``, row ``1 <= r < cfg.fc_rows`` takes its weights
+        from ``w_rows[r]`` (its own bank of the weight memory,
+        `systolic.hw.core.BankedWeights`), not from the row above: PE ``(r, c)`` takes
+        ``w_rows[r][c]`` a cycle after it is presented, with no skew (the lanes' words come
+        skewed from memory, `systolic.hw.layout.fc_rows_weight_words`). Row 0 takes ``w`` as
+        ever, and so do the rows from ``fc_rows`` on.
 
     Notes
     -----
@@ -95,7 +96,7 @@ class SystolicArray(wiring.Component):
             "first": In(1),
             "results": Out(data.ArrayLayout(data.ArrayLayout(signed(32), cfg.cols), cfg.rows)),
             **({"w_rows": In(data.ArrayLayout(data.ArrayLayout(signed(8), cfg.cols),
-                                              cfg.rows)),
+                                              cfg.fc_rows)),
                 "fc": In(1)} if cfg.fc_rows else {}),
         })
 
@@ -137,7 +138,7 @@ class SystolicArray(wiring.Component):
         fc = self._cfg.fc_rows
         # (Row r's weights come through the PEs of row r - 1: those take the alternative.)
         pes = [[ProcessingElement(self._cfg.target, product_stages=stages,
-                                  alt_weight=fc and r < rows - 1) for _ in range(cols)]
+                                  alt_weight=r < fc - 1) for _ in range(cols)]
                for r in range(rows)]
         snap = snapshot_pes(self._cfg)
         assert all(_drain_lag(self._cfg, r, c) >= 1 for r, c in snap)
@@ -167,7 +168,7 @@ class SystolicArray(wiring.Component):
                 m.d.comb += pes[r][c].w_in.eq(pes[r - 1][c].w_out)
         if fc:
             # Each row's own copy of the (layer-long) select, near its PEs.
-            for r in range(1, rows):
+            for r in range(1, fc):
                 alt = hard_register(m, self.fc, name=f"fc{r}", target=self._cfg.target)
                 for c in range(cols):
                     m.d.comb += [pes[r - 1][c].alt.eq(alt),

@@ -21,7 +21,7 @@ class ConfigError(SystolicError, ValueError):
 
 #: Knobs added after the first release, and what a configuration saved before them had.
 _BEFORE_KNOBS = {"dense_conv": False, "fused_pool": False, "fetch_ahead": False,
-                 "fc_rows": False}
+                 "fc_rows": 0}
 
 
 def _pow2(n):
@@ -88,15 +88,15 @@ class AcceleratorConfig:
         descriptor takes a cycle a byte), and the controller's block RAM reads go through
         registers. Without it (the iCEBreaker's `small`, short of logic cells) the engines read
         the controller's descriptor, which it then fetches between layers.
-    fc_rows : bool
-        Whether a fully connected layer of one image can run *row by row*
-        (`systolic.hw.isa.describe_fc_rows`): each row of the array computes its own channel
-        tile of the image's outputs, from its own weight words, ``rows * cols`` weights a
-        cycle instead of ``cols``. The weight memory is then built as ``rows`` banks of
-        ``weight_depth / rows`` words, bank ``r`` feeding row ``r``. A fully connected layer
-        of one image uses one row of the array otherwise: its weights, each used once, are
-        what bounds it. Needs ``rows`` a power of two, at least 8 even columns and the
-        memories in column slices (not the iCE40's).
+    fc_rows : int
+        Rows of the array a fully connected layer of one image can run *row by row* on
+        (`systolic.hw.isa.describe_fc_rows`), 0 for none: each of those rows computes its own
+        channel tile of the image's outputs, from its own weight words, ``fc_rows * cols``
+        weights a cycle instead of ``cols``. The weight memory is then built as ``fc_rows``
+        banks of ``weight_depth / fc_rows`` words, bank ``r`` feeding row ``r``. A fully
+        connected layer of one image uses one row of the array otherwise: its weights, each
+        used once, are what bounds it. A power of two, at most ``rows``; needs at least 8 even
+        columns and the memories in column slices (not the iCE40's).
     target : str
         Multiplier implementation: ``generic`` (inferred, for simulation), ``ecp5``
         (MULT18X18D with registered inputs and outputs) or ``ice40`` (SB_MAC16).
@@ -117,7 +117,7 @@ class AcceleratorConfig:
     dense_conv: bool = True
     fused_pool: bool = True
     fetch_ahead: bool = True
-    fc_rows: bool = False
+    fc_rows: int = 0
     target: str = "generic"
 
     # The arithmetic contract, exposed here so the hardware reads one object.
@@ -158,14 +158,15 @@ class AcceleratorConfig:
         if self.dense_conv and self.target == "ice40":
             raise ConfigError("dense_conv needs the activation memory in column slices, which "
                               "the ice40 target does not build; set dense_conv=False")
-        if self.fc_rows and not (self.target != "ice40" and self.rows >= 2 and _pow2(self.rows)
-                                 and self.cols >= 8 and self.cols % 2 == 0
-                                 and self.weight_depth >= 16 * self.rows):
+        fc = self.fc_rows
+        if fc and not (isinstance(fc, int) and _pow2(fc) and 2 <= fc <= self.rows
+                       and self.target != "ice40" and self.cols >= 8 and self.cols % 2 == 0
+                       and self.weight_depth >= 16 * fc):
             raise ConfigError(
-                f"fc_rows needs rows a power of two (not {self.rows}), at least 8 even "
-                f"columns (not {self.cols}), a weight memory of 16 words a row or more (not "
-                f"{self.weight_depth}) in column slices (not the ice40 target's); set "
-                "fc_rows=False")
+                f"fc_rows must be 0 or a power of two from 2 to rows {self.rows} (not {fc!r}), "
+                f"with at least 8 even columns (not {self.cols}), a weight memory of 16 words "
+                f"a bank or more (not {self.weight_depth}) in column slices (not the ice40 "
+                "target's); set fc_rows=0")
 
     # Derived values ---------------------------------------------------------------------------
 
@@ -262,10 +263,11 @@ PRESETS = {
     # at 75 (`bench/throughput.py`). Activations as the default's (8,192 words, now of 16
     # channels); 8,192 weight words of 16 (131k weights: ResNet-8 needs 78k) in 64 + 64 +
     # the parameters' of its 208 DP16KD.
-    # A fully connected layer of one image runs row by row (`fc_rows`): lenet5's 256 -> 120
-    # in 272 steps, not 2,048.
+    # A fully connected layer of one image runs on 4 rows at a time (`fc_rows`), from 4 weight
+    # banks of 2,048 words (as many block RAMs, each a lane of a bank; 8 banks of 1,024
+    # did not route at 90 MHz): lenet5's 256 -> 120 in two runs of 272 steps, not 2,048.
     "wide": AcceleratorConfig(rows=8, cols=16, act_depth=8192, weight_depth=8192,
-                              param_depth=64, requant_lanes=8, fc_rows=True),
+                              param_depth=64, requant_lanes=8, fc_rows=4),
     # ECP5-85F, all of it: 144 of its 156 multipliers in the array, the other 12 in the 6
     # requantization lanes (a row of sums drains in two cycles, overlapped with the next
     # tile's reduction; with 12 lanes the requantizer alone took 12,362 LUTs and the design

@@ -162,8 +162,8 @@ class ConvEngine(wiring.Component):
         (With ``cfg.fc_rows``, the weight memory a `systolic.hw.core.BankedWeights`, whose
         words arrive a cycle later.) ``fc_rows``: the layer runs row by row (its descriptor's
         ``fc_rows``, `systolic.hw.isa.describe_fc_rows`): the memory's bank ``r`` reads ``r``
-        cycles after bank 0, and row ``r >= 1`` of the array takes its weights from
-        ``weight_rows[r]``, the bank's word, and its parameters from channel tile ``r``'s.
+        cycles after bank 0, and row ``1 <= r < cfg.fc_rows`` of the array takes its weights
+        from ``weight_rows[r]``, the bank's word, and its parameters from channel tile ``r``'s.
     """
 
     def __init__(self, cfg):
@@ -185,7 +185,7 @@ class ConvEngine(wiring.Component):
             # Which halves of ``act_write``'s word to write (bit 1: the upper ``cols / 2``
             # lanes): both, but one a channel tile with the descriptor's ``halves``.
             **({"act_halves": Out(2)} if cfg.fused_pool else {}),
-            **({"weight_rows": In(data.ArrayLayout(word, cfg.rows)), "fc_rows": Out(1)}
+            **({"weight_rows": In(data.ArrayLayout(word, cfg.fc_rows)), "fc_rows": Out(1)}
                if cfg.fc_rows else {}),
         })
 
@@ -614,7 +614,7 @@ class ConvEngine(wiring.Component):
         # one cycle for it.
         ws = weight_stages(cfg)
         # (A `BankedWeights` memory has the first of these registers: its banks' own.)
-        w_in = delay(m, self.weight_read.data.as_value(), ws - 1 - cfg.fc_rows, name="w_r",
+        w_in = delay(m, self.weight_read.data.as_value(), ws - 1 - bool(cfg.fc_rows), name="w_r",
                      reset_less=True)
         a_q = delay(m, a_reg, ws + 1 - lag, name="a", reset_less=True)
         first_q = delay(m, first_reg, ws + 1, name="first")

@@ -221,10 +221,11 @@ class SinglePortMemory(wiring.Component):
 
 
 class BankedWeights(wiring.Component):
-    """The weight memory of a configuration with ``fc_rows``: ``rows`` banks of
+    """The weight memory of a configuration with ``fc_rows``: ``fc_rows`` banks of
     `systolic.hw.isa.fc_bank_depth` words, bank ``b`` holding addresses ``b * depth`` on, each
-    built as ``cols / 2`` column slices of two lanes (a 1024 x 16 slice is one ECP5 DP16KD),
-    each slice of each bank with its own copy of the read address register.
+    built as column slices (a lane each where a bank is 2,048 words or more, a 2048 x 9 ECP5
+    DP16KD; else two, 1024 x 18), each slice of each bank with its own copy of the read
+    address register.
 
     A read's word is in ``read.data`` three cycles after its address (a cycle later than
     `SinglePortMemory`'s, ``registered``): every bank's word goes into a register, the block
@@ -243,7 +244,7 @@ class BankedWeights(wiring.Component):
     read : Out(memory.ReadPort.Signature(addr_width, word))
     fc : In(1)
         Row by row: bank ``b`` reads ``b`` cycles after bank 0.
-    rows_data : Out(ArrayLayout(word, rows))
+    rows_data : Out(ArrayLayout(word, fc_rows))
         Each bank's registered word.
     """
 
@@ -255,13 +256,14 @@ class BankedWeights(wiring.Component):
             "write": Out(memory.WritePort.Signature(addr_width=addr_width, shape=word)),
             "read": Out(memory.ReadPort.Signature(addr_width=addr_width, shape=word)),
             "fc": In(1),
-            "rows_data": Out(data.ArrayLayout(word, cfg.rows)),
+            "rows_data": Out(data.ArrayLayout(word, cfg.fc_rows)),
         })
 
     def elaborate(self, platform):
         cfg = self._cfg
         m = Module()
-        banks, slices, part = cfg.rows, cfg.cols // 2, 2 * cfg.data_bits
+        lanes = 1 if self._depth >= 2048 else 2
+        banks, slices, part = cfg.fc_rows, cfg.cols // lanes, lanes * cfg.data_bits
         low = (self._depth - 1).bit_length()
         target = cfg.target
         rows_data = [Value.cast(self.rows_data[b]) for b in range(banks)]

@@ -213,8 +213,9 @@ IDENTIFY_FIELDS = (
                   "1 if a convolution descriptor's `pool` max-pools its output 2x2 with stride 2 "
                   "(the field exists)"),
     IdentifyField("fc_rows", 1, lambda c, o: int(c.fc_rows),
-                  "1 if a convolution descriptor's `fc_rows` runs a fully connected layer of one "
-                  "image row by row (the field exists; the weight memory is in `rows` banks)"),
+                  "rows a convolution descriptor's `fc_rows` runs a fully connected layer of one "
+                  "image on, row by row, each from its own bank of the weight memory (0: none; "
+                  "else the field exists)"),
 )
 
 
@@ -623,40 +624,41 @@ def describe_linear(cfg, *, in_words, cout, relu=False, in_base=0, out_base=0, w
 
 
 def fc_bank_depth(cfg):
-    """Words of each of the weight memory's ``rows`` banks where ``cfg.fc_rows``: bank ``r``
-    holds addresses ``r * depth`` to ``(r + 1) * depth - 1`` and feeds row ``r`` of the array
-    in a row-by-row fully connected layer (`describe_fc_rows`)."""
-    return cfg.weight_depth // cfg.rows
+    """Words of each of the weight memory's ``cfg.fc_rows`` banks: bank ``r`` holds addresses
+    ``r * depth`` to ``(r + 1) * depth - 1`` and feeds row ``r`` of the array in a row-by-row
+    fully connected layer (`describe_fc_rows`)."""
+    return cfg.weight_depth // cfg.fc_rows
 
 
 def fc_rows_supported(cfg, *, in_words, cout, batch):
     """Whether a fully connected layer of ``in_words`` input words and ``cout`` outputs can run
     row by row (`describe_fc_rows`) on ``cfg``, and takes fewer steps so: one image, at least
-    two and at most ``rows`` channel tiles, and its weights (``in_words + 1`` words a bank)
-    within a bank."""
-    tiles = _ceil_div(cout, cfg.cols)
-    return (cfg.fc_rows and batch == 1 and 2 <= tiles <= cfg.rows
+    two channel tiles (in runs of up to ``fc_rows``), and its weights (``in_words + 2`` words
+    of ``cols`` steps a bank) within a bank."""
+    return (cfg.fc_rows >= 2 and batch == 1 and _ceil_div(cout, cfg.cols) >= 2
             and (in_words + 2) * cfg.cols <= fc_bank_depth(cfg))
 
 
-def describe_fc_rows(cfg, *, in_words, cout, relu=False, in_base=0, out_base=0, w_base=0,
+def describe_fc_rows(cfg, *, in_words, tiles, relu=False, in_base=0, out_base=0, w_base=0,
                      p_base=0):
-    """Descriptor fields (a dict) for a fully connected layer of one image run *row by row*
-    (``fc_rows``, where ``cfg.fc_rows``; `fc_rows_supported`): row ``r`` of the array
-    computes channel tile ``r`` of the output (``T = ceil(cout / cols)`` tiles, ``T <=
-    rows``), each from its own weights, so the layer takes ``(in_words + 1) * cols`` steps
-    where `describe_linear`'s takes ``T * in_words * cols``.
+    """Descriptor fields (a dict) for ``tiles`` channel tiles (``tiles <= cfg.fc_rows``) of a
+    fully connected layer of one image, run *row by row* (``fc_rows``; `fc_rows_supported`):
+    row ``r`` of the array computes tile ``r``, each from its own weight bank, so the tiles
+    take ``(in_words + 1) * cols`` steps where `describe_linear`'s take ``tiles * in_words *
+    cols``. A layer of more tiles takes a descriptor for each ``fc_rows`` of them, each from
+    its own tile's output word and parameters.
 
-    The walk is a 1x1 convolution of a ``1 x T`` map whose pixels are all the input
-    (``x_step`` 0), output pixel ``r`` being word ``r`` of the output: ``cout_tiles`` 1,
-    parameters of tile ``r`` (from ``p_base + r * rq_groups``, where the drain of row ``r``
-    reads them). Its reduction is one word longer than the input (``cin_words = in_words +
-    1``; the extra word, read past the input, weighs 0): bank ``r`` delivers lane ``c``'s
+    The walk is a 1x1 convolution of a ``1 x tiles`` map whose pixels are all the input
+    (``x_step`` 0), output pixel ``r`` being word ``r`` from ``out_base``: ``cout_tiles`` 1,
+    parameters of tile ``r`` from ``p_base + r * rq_groups``, where the drain of row ``r``
+    reads them. Its reduction is one word longer than the input (``cin_words = in_words +
+    1``; the extra word, read past the input, weighs 0): bank ``r >= 1`` delivers lane ``c``'s
     weights ``c`` steps late (`systolic.hw.layout.fc_rows_weight_words`), and the last lane
-    needs ``cols - 1`` steps more. ``w_base`` is the layer's first word in bank 0
-    (``w_base + in_words + 1 <= fc_bank_depth``); bank ``r`` holds tile ``r``'s words from
+    needs ``cols - 1`` steps more. ``w_base`` is the tiles' first word in bank 0 (``w_base +
+    (in_words + 2) * cols <= fc_bank_depth``); bank ``r`` holds tile ``r``'s words from
     ``w_base + r * fc_bank_depth``."""
-    tiles = _ceil_div(cout, cfg.cols)
+    if not 1 <= tiles <= cfg.fc_rows:
+        raise ValueError(f"a row-by-row run takes 1 to {cfg.fc_rows} channel tiles, not {tiles}")
     steps = in_words + 1
     return {
         "op": Op.CONV, "relu": int(relu),

@@ -72,18 +72,19 @@ def linear_weight_words(cfg, w, in_shape, walk_kh=None):
 
 
 def fc_rows_weight_words(cfg, w, in_shape):
-    """A fully connected layer's weights for a row-by-row run (`systolic.hw.isa.describe_fc_rows`):
+    """A fully connected layer's weights for row-by-row runs (`systolic.hw.isa.describe_fc_rows`):
     a list of ``T = ceil(Cout / cols)`` lists of ``K + 2 * cols`` words (``K``: the input's
-    words times ``cols``, the steps of `linear_weight_words`' tiles), one for each bank of the
-    weight memory, bank ``r`` feeding row ``r`` of the array with channel tile ``r``.
+    words times ``cols``, the steps of `linear_weight_words`' tiles), one for each channel
+    tile; the tiles run ``cfg.fc_rows`` at a time, tile ``t`` on row ``t % fc_rows`` from that
+    row's bank of the weight memory.
 
-    Bank 0 feeds row 0 as any layer's weights are fed, skewed by the array (column ``c`` a step
-    behind column ``c - 1``): its words are tile 0's, then zero words. Bank ``r >= 1`` feeds
-    its row unskewed, so its words come skewed: word ``a``, lane ``c`` holds tile ``r``'s
-    weight of step ``a - c`` (0 where that is not a step): lane ``c`` reads its last step ``c``
-    words after lane 0. The walk's last ``cols`` steps read a word past the input (whatever
-    is there) and weigh 0: lane ``c`` reads their weights up to ``2 * cols - 1`` words after
-    the tile's, all zero. ``w``, ``in_shape``: as `linear_weight_words`."""
+    The first row of a run is fed as any layer's weights are, skewed by the array (column ``c``
+    a step behind column ``c - 1``): its tile's words are as they are, then zero words. The
+    other rows are fed unskewed, so their words come skewed: word ``a``, lane ``c`` holds the
+    tile's weight of step ``a - c`` (0 where that is not a step): lane ``c`` reads its last
+    step ``c`` words after lane 0. The walk's last ``cols`` steps read a word past the input
+    (whatever is there) and weigh 0: lane ``c`` reads their weights up to ``2 * cols - 1``
+    words after the tile's, all zero. ``w``, ``in_shape``: as `linear_weight_words`."""
     cols = cfg.cols
     words = np.array(linear_weight_words(cfg, w, in_shape), dtype=object)
     tiles = -(-w.shape[0] // cols)
@@ -91,9 +92,12 @@ def fc_rows_weight_words(cfg, w, in_shape):
                       for t in words.reshape(tiles, -1)])       # (tiles, K, cols)
     steps = lanes.shape[1]
     banks = np.zeros((tiles, steps + 2 * cols, cols), np.int8)
-    banks[0, :steps] = lanes[0]
-    for c in range(cols):
-        banks[1:, c:c + steps, c] = lanes[1:, :, c]
+    for t in range(tiles):
+        if t % cfg.fc_rows == 0:
+            banks[t, :steps] = lanes[t]
+        else:
+            for c in range(cols):
+                banks[t, c:c + steps, c] = lanes[t, :, c]
     return [_words_from_lanes(b) for b in banks]
 
 

@@ -174,12 +174,11 @@ class Program:
     w_bases : list of int or None
         Weight memory base of each layer (``None`` for pooling).
     w_words : list of int or None
-        Weight memory words each layer's weights take (``None`` for pooling): a fully
-        connected layer that may run row by row (`systolic.hw.isa.describe_fc_rows`) has
-        them twice, as a stripe of one channel tile a bank each (see `compile_network`).
+        Weight memory words each layer's weights take (``None`` for pooling).
     weight_spans : list of (int, int)
         The ``[start, end)`` ranges of `weights` that hold layers' words (the rest, between
-        stripes, is never read and not written to the device).
+        the banks' stripes of row-by-row layers, is never read and not written to the
+        device).
     batch : int
         Images the program runs at once.
     dense : tuple or None
@@ -573,6 +572,15 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
         ``cfg.dense_conv`` allows it (`systolic.hw.isa.describe_dense_conv`, `_dense_plan`;
         the first one not with ``dense_input``): a first layer as few cycles as with
         ``dense_input``, without the bytes. On by default.
+    fc_rows : bool
+        Where ``cfg.fc_rows`` allows it and the batch is one image, run each fully connected
+        layer of two or more channel tiles row by row (`systolic.hw.isa.describe_fc_rows`):
+        ``fc_rows`` times the weights a cycle. Its weights are then a stripe of its channel
+        tiles, tile ``t`` in bank ``t % fc_rows`` of the weight memory, skewed
+        (`systolic.hw.layout.fc_rows_weight_words`). A program of a larger batch lays its
+        weights out as ever, and so do its smaller batches (`Program.with_batch`): every
+        batch size of a program shares one weight image. Where the other layers' weights
+        would not fit beside the stripes, the network compiles without them. On by default.
 
     Returns
     -------
@@ -588,7 +596,7 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
     qnet.check()
     if not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise FitError(f"batch must be an integer from 1 to {MAX_BATCH}, not {batch!r}")
-    if fc_rows and cfg.fc_rows:
+    if fc_rows and cfg.fc_rows and batch == 1:
         try:
             return _compile(qnet, cfg, batch, dense_input, dense_conv, True)
         except _WeightsFull:
@@ -597,24 +605,27 @@ def compile_network(qnet: QNet, cfg: AcceleratorConfig, *, batch=1,
 
 
 def _fc_stripes(cfg, plan):
-    """``{plan index: (tiles, normal offset, skewed offset)}``: where each fully connected
-    layer that may run row by row (`systolic.hw.isa.fc_rows_supported` for one image) keeps
-    its two stripes, offsets within the weight memory's banks (tile ``t`` in bank ``t``), from
-    the banks' first words up; layers whose stripes no longer fit are left out."""
-    depth, used, stripes = fc_bank_depth(cfg), [0] * cfg.rows, {}
+    """``{plan index: [(first tile, tiles, offset), ...]}``: where each fully connected layer
+    that may run row by row (`systolic.hw.isa.fc_rows_supported` for one image) keeps its
+    runs of up to ``fc_rows`` channel tiles, offsets within the weight memory's banks (the
+    run's tile ``r`` in bank ``r``), from the banks' first words up; layers whose stripes no
+    longer fit are left out."""
+    depth, used, stripes = fc_bank_depth(cfg), [0] * cfg.fc_rows, {}
     for n, (_, layer, in_shape, _, _) in enumerate(plan):
         if not isinstance(layer, Linear):
             continue
         in_words, co = _words(cfg.cols, in_shape), layer.w.shape[0]
         if not fc_rows_supported(cfg, in_words=in_words, cout=co, batch=1):
             continue
-        tiles, steps = -(-co // cfg.cols), in_words * cfg.cols
-        normal = max(used[:tiles])
-        skewed = normal + steps
-        if skewed + steps + 2 * cfg.cols > depth:
-            continue
-        used[:tiles] = [skewed + steps + 2 * cfg.cols] * tiles
-        stripes[n] = (tiles, normal, skewed)
+        tiles, size = -(-co // cfg.cols), (in_words + 2) * cfg.cols
+        runs, trial = [], list(used)
+        for first in range(0, tiles, cfg.fc_rows):
+            count = min(cfg.fc_rows, tiles - first)
+            at = max(trial[:count])
+            trial[:count] = [at + size] * count
+            runs.append((first, count, at))
+        if max(trial) <= depth:
+            used, stripes[n] = trial, runs
     return stripes
 
 
@@ -687,10 +698,11 @@ def _compile(qnet, cfg, batch, dense_input, dense_conv, fc_rows):
     layers, params, w_bases, w_words = [], [], [], []
     stripes = _fc_stripes(cfg, plan) if fc_rows else {}
     image = _WeightImage(cfg)
-    for n, (tiles, normal, _) in stripes.items():     # held for their layers
-        steps = _words(cfg.cols, plan[n][2]) * cfg.cols
-        for t in range(tiles):
-            image.place(t * fc_bank_depth(cfg) + normal, [0] * (2 * steps + 2 * cfg.cols))
+    for n, runs in stripes.items():                     # held for their layers
+        size = (_words(cfg.cols, plan[n][2]) + 2) * cfg.cols
+        for _, count, at in runs:
+            for r in range(count):
+                image.place(r * fc_bank_depth(cfg) + at, [0] * size)
     # {a dense convolution's plan index: the channel of each lane of its input map}, where a
     # row-paired convolution (`pair_rows`) wrote that map.
     lane_channels = {}
@@ -713,27 +725,19 @@ def _compile(qnet, cfg, batch, dense_input, dense_conv, fc_rows):
                 in_words = _words(cfg.cols, in_shape)
                 macs = co * layer.w.shape[1]
                 if n in stripes:
-                    # Its two stripes: tile t in bank t, for batches, and skewed, for one
-                    # image, which runs row by row.
-                    tiles, normal, skewed = stripes[n]
-                    depth = fc_bank_depth(cfg)
-                    if batch == 1:
-                        fields = describe_fc_rows(cfg, in_words=in_words, cout=co,
-                                                  relu=layer.relu, in_base=src, out_base=dst,
-                                                  w_base=skewed, p_base=len(params))
-                    else:
-                        fields = describe_linear(cfg, in_words=in_words, cout=co,
-                                                 **{**common, "w_base": normal})
-                        fields["w_tile_words"] = depth
-                    flat = layout.linear_weight_words(cfg, layer.w, in_shape)
-                    steps = in_words * cfg.cols
-                    for t in range(tiles):
-                        image.place(t * depth + normal, flat[t * steps:(t + 1) * steps])
-                    for t, bank in enumerate(layout.fc_rows_weight_words(cfg, layer.w,
-                                                                         in_shape)):
-                        image.place(t * depth + skewed, bank)
-                    w_bases.append(normal)
-                    w_words.append(tiles * (2 * steps + 2 * cfg.cols))
+                    # Row by row, fc_rows channel tiles a run, each run's tile r from bank r.
+                    depth, g = fc_bank_depth(cfg), cfg.rq_groups
+                    runs = [describe_fc_rows(cfg, in_words=in_words, tiles=count,
+                                             relu=layer.relu, in_base=src, out_base=dst + first,
+                                             w_base=at, p_base=len(params) + first * g)
+                            for first, count, at in stripes[n]]
+                    fields = runs[0]
+                    banks = layout.fc_rows_weight_words(cfg, layer.w, in_shape)
+                    for first, count, at in stripes[n]:
+                        for r in range(count):
+                            image.place(r * depth + at, banks[first + r])
+                    w_bases.append(stripes[n][0][2])
+                    w_words.append(sum(len(b) for b in banks))
                 else:
                     fields = pad_walk(cfg, describe_linear(cfg, in_words=in_words, cout=co,
                                                            **common))
@@ -809,7 +813,7 @@ def _compile(qnet, cfg, batch, dense_input, dense_conv, fc_rows):
                     f"{name}: parameters must fit param_depth {cfg.param_depth} channel "
                     f"tiles, not {len(params) // cfg.rq_groups}; use {_BIGGER} or fewer "
                     "output channels")
-            entries = [fields]
+            entries = runs if isinstance(layer, Linear) and n in stripes else [fields]
         elif isinstance(layer, Add):
             kind, macs = "add", 0
             words = batch * _words(cfg.cols, in_shape)
