@@ -177,7 +177,7 @@ def descriptor_fields():
     """``[(name, width expression, signed, offset and width in the default preset)]`` in
     order, from `systolic.hw.isa.layer_layout`: the default preset's fields and those of
     knobs it has off (``fc_rows``, the last), at the offsets they would have in it."""
-    default = isa.layer_layout(PRESETS["default"].replace(fc_rows=True))
+    default = isa.layer_layout(PRESETS["default"].replace(fc_rows=2))
     out = []
     for name, field in default:
         signed = field.shape.signed if hasattr(field.shape, "signed") else False

@@ -564,71 +564,80 @@ def test_perfmodel_formula():
     assert perfmodel.utilization(cfg, 147456, 2390) == 147456 / (2390 * 64)
 
 
-def test_fully_connected_rows_share_one_weight_image():
-    """lenet5 on the wide preset (`fc_rows`): at one image its 256->120 and 120->84 layers run
-    row by row (`describe_fc_rows`), each from a skewed stripe, one channel tile a bank of the
-    weight memory; in a batch as fully connected layers whose tiles are a bank apart
-    (``w_tile_words`` the bank's depth); one weight image for both. Only the layers' words
-    go to the device (`Program.weight_spans`); the performance model's cycles follow."""
+def test_fully_connected_rows_of_one_image():
+    """lenet5 on the wide preset (``fc_rows`` 4): in a program of one image its 256->120 (8
+    channel tiles) and 120->84 (6) run row by row (`describe_fc_rows`), 4 tiles a run, each
+    run's tile r from a stripe in bank r of the weight memory, skewed but for row 0's; in a
+    program of a batch they are fully connected layers as ever, and so are its smaller
+    batches (one weight image a program). Only the layers' words go to the device
+    (`Program.weight_spans`); the performance model's cycles follow."""
     from systolic.hw.isa import fc_bank_depth
     cfg = preset("wide")
     depth = fc_bank_depth(cfg)
+    assert (cfg.fc_rows, depth) == (4, 2048)
     qnet = random_qnet("lenet5")
     one, eight = compile_network(qnet, cfg), compile_network(qnet, cfg, batch=8)
-    assert one.weights == eight.weights
-    assert one.weight_spans == eight.weight_spans
     fc1, fc2, fc3 = one.layers[2:]
-    assert (fc1.fields["fc_rows"], fc1.fields["cin_words"], fc1.fields["out_w"]) == (1, 17, 8)
-    assert (fc2.fields["fc_rows"], fc2.fields["cin_words"], fc2.fields["out_w"]) == (1, 9, 6)
+    assert [(e["fc_rows"], e["cin_words"], e["out_w"], e["out_base"] - fc1.out_base,
+             e["p_base"] - fc1.entries[0]["p_base"]) for e in fc1.entries] == [
+        (1, 17, 4, 0, 0), (1, 17, 4, 4, 4 * cfg.rq_groups)]
+    assert [e["out_w"] for e in fc2.entries] == [4, 2]
     assert "fc_rows" not in fc3.fields
-    in_shape = fc1.in_shape
     layer = qnet.layers[fc1.index]
-    banks = layout.fc_rows_weight_words(cfg, layer.w, in_shape)
-    assert len(banks) == 8
-    assert all(len(b) == 256 + 32 for b in banks)
-    for t, bank in enumerate(banks):
-        at = t * depth + fc1.fields["w_base"]
-        assert one.weights[at:at + len(bank)] == bank
-    # Bank 0 is tile 0's words as they are; bank 1 lane c is tile 1's, c words later.
-    flat = layout.linear_weight_words(cfg, layer.w, in_shape)
-    assert banks[0][:256] == flat[:256]
-    assert not any(banks[0][256:])
-    lanes = [np.frombuffer(v.to_bytes(16, "little"), np.int8) for v in banks[1]]
-    tile1 = [np.frombuffer(v.to_bytes(16, "little"), np.int8) for v in flat[256:512]]
-    assert all(lanes[a][c] == (tile1[a - c][c] if 0 <= a - c < 256 else 0)
+    banks = layout.fc_rows_weight_words(cfg, layer.w, fc1.in_shape)
+    assert [len(b) for b in banks] == [256 + 32] * 8
+    for e, run in zip(fc1.entries, (banks[:4], banks[4:]), strict=True):
+        for r, bank in enumerate(run):
+            at = r * depth + e["w_base"]
+            assert one.weights[at:at + len(bank)] == bank
+    # A run's row 0 has its tile's words as they are; row r's lane c, c words later.
+    flat = layout.linear_weight_words(cfg, layer.w, fc1.in_shape)
+    assert banks[4][:256] == flat[4 * 256:5 * 256]
+    assert not any(banks[4][256:])
+    lanes = [np.frombuffer(v.to_bytes(16, "little"), np.int8) for v in banks[5]]
+    tile5 = [np.frombuffer(v.to_bytes(16, "little"), np.int8) for v in flat[5 * 256:6 * 256]]
+    assert all(lanes[a][c] == (tile5[a - c][c] if 0 <= a - c < 256 else 0)
                for a in range(len(lanes)) for c in range(16))
-    batched = eight.layers[2].fields
-    assert "fc_rows" not in batched
-    assert batched["w_tile_words"] == depth
-    for t in range(8):
-        at = t * depth + batched["w_base"]
-        assert one.weights[at:at + 256] == flat[t * 256:(t + 1) * 256]
-    loads = [(a, v) for m, a, v in one.loads() if m == Mem.WEIGHT]
+    loads = [a for m, a, _ in one.loads() if m == Mem.WEIGHT]
     assert len(loads) == sum(hi - lo for lo, hi in one.weight_spans) < len(one.weights)
-    assert [perfmodel.predict_layer(cfg, lay) for lay in one.layers[2:]] == [341, 213, 165]
+    assert [perfmodel.predict_layer(cfg, lay) for lay in one.layers[2:]] == [682, 426, 165]
+    # A batch's program, and its smaller batches: fully connected layers, one weight image.
+    assert not any(lay.fields.get("fc_rows") for lay in eight.layers)
+    assert eight.with_batch(1).weights == eight.weights
+    assert not any(lay.fields.get("fc_rows") for lay in eight.with_batch(1).layers)
     # Without the knob, or asked not to, the layers are fully connected layers as ever.
-    for prog in (compile_network(qnet, cfg.replace(fc_rows=False)),
+    for prog in (compile_network(qnet, cfg.replace(fc_rows=0)),
                  compile_network(qnet, cfg, fc_rows=False)):
         assert not any(lay.fields.get("fc_rows") for lay in prog.layers)
         assert prog.weight_spans == [(0, len(prog.weights))]
 
 
 def test_fully_connected_rows_give_way_when_the_weights_would_not_fit():
-    """With half the weight memory the stripes leave no room for 256->120's weights as a fully
-    connected layer of a batch: the network compiles without them (one weight image, every
-    layer a fully connected layer of its own), and fits."""
-    cfg = preset("wide").replace(weight_depth=4096)
+    """With a quarter of the weight memory (banks of 512 words) 256->120's runs (2 x 288
+    words a bank) do not fit a bank, and its 2,048 words as a fully connected layer do not
+    fit beside 120->84's stripes: the network compiles without stripes, and says that its
+    weights do not fit as it would without them (not a row-by-row error of its own)."""
+    cfg = preset("wide").replace(weight_depth=2048)
     qnet = random_qnet("lenet5")
-    prog = compile_network(qnet, cfg)
-    assert not any(lay.fields.get("fc_rows") for lay in prog.layers)
-    assert len(prog.weights) == sum(prog.w_words) <= 4096
+    with pytest.raises(FitError) as striped:
+        compile_network(qnet, cfg)
+    with pytest.raises(FitError) as plain:
+        compile_network(qnet, cfg, fc_rows=False)
+    assert type(striped.value) is FitError
+    assert str(striped.value) == str(plain.value)
+    assert str(plain.value).startswith("layer 5 (linear 256->120): weights must fit "
+                                       "weight_depth 2048 words")
+    roomy = cfg.replace(weight_depth=4096)
+    assert [lay.fields.get("fc_rows") for lay in compile_network(qnet, roomy).layers[2:]] == [
+        1, 1, None]
 
 
 @pytest.mark.parametrize(("changes", "what"), [
-    ({"rows": 6, "cols": 8}, "rows a power of two"),
-    ({"rows": 2, "cols": 4}, "at least 8 even columns"),
-    ({"target": "ice40", "dense_conv": False}, "not the ice40 target's"),
+    ({"rows": 8, "cols": 8, "fc_rows": 3}, "a power of two from 2 to rows 8"),
+    ({"rows": 2, "cols": 8, "fc_rows": 4}, "a power of two from 2 to rows 2"),
+    ({"rows": 2, "cols": 4, "fc_rows": 2}, "at least 8 even columns"),
+    ({"target": "ice40", "dense_conv": False, "fc_rows": 2}, "not the ice40 target's"),
 ])
 def test_fully_connected_rows_need_a_banked_weight_memory(changes, what):
-    with pytest.raises(SystolicError, match=f"^fc_rows needs .*{what}.*; set fc_rows=False$"):
-        AcceleratorConfig(fc_rows=True, **changes)
+    with pytest.raises(SystolicError, match=f"^fc_rows must be 0 or .*{what}.*; set fc_rows=0$"):
+        AcceleratorConfig(**changes)

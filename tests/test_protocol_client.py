@@ -310,8 +310,8 @@ def dense_run(client, ident, rng, *, w_base, p_base):
 def fc_rows_run(client, ident, rng):
     """A fully connected layer of one image run row by row, as the document's "Row by row"
     lays it out: 3 input words, 3 channel tiles, each bank's words at the top of the bank."""
-    cols, rows = ident["cols"], ident["rows"]
-    depth = ident["weight_depth"] // rows
+    cols = ident["cols"]
+    depth = ident["weight_depth"] // ident["fc_rows"]
     n_in, n_out = 2 * cols + 3, 2 * cols + 5
     x = rng.integers(-128, 128, (n_in, 1, 1)).astype(np.int8)
     w = rng.integers(-127, 128, (n_out, n_in)).astype(np.int8)
