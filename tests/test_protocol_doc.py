@@ -39,7 +39,7 @@ def test_descriptor_widths_hold_for_every_configuration():
                     "halves": "fused_pool", "vpairs": "fused_pool",
                     "fc_rows": "fc_rows"}.get(name)
             if only:                                        # (only with that knob)
-                assert (name in layout) == getattr(cfg, only), (name, cfg)
+                assert (name in layout) == bool(getattr(cfg, only)), (name, cfg)
                 if name not in layout:
                     continue
             assert eval(width, {}, names) == layout[name].width, (name, cfg)
