@@ -114,8 +114,8 @@ BOARDS = {
         # check a cycle later and its go-ahead from a register, at 78.6 MHz; with their lane
         # addresses registered on the way to the memory's column slices (`fill_stages`), at
         # 91.2 then. Fused pooling: since it came in.
-        # Row-by-row fully connected layers (`fc_rows`): lenet5 4,596 cycles an image, not
-        # 6,426.
+        # Row-by-row fully connected layers (`fc_rows`) where the preset has them (`wide` has
+        # not: they did not route here at 90 MHz).
         dense_conv=True, fused_pool=True, fc_rows=True, seed=4),
     # iCE40UP5K, FT2232H channel B as UART. 30 MHz from the PLL (the small preset closes at
     # 31.6 MHz on seed 3; 29.5 on seed 1, 30.2 on seed 2 before) and 3 MBd (10 clocks a bit): the

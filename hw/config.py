@@ -263,11 +263,12 @@ PRESETS = {
     # at 75 (`bench/throughput.py`). Activations as the default's (8,192 words, now of 16
     # channels); 8,192 weight words of 16 (131k weights: ResNet-8 needs 78k) in 64 + 64 +
     # the parameters' of its 208 DP16KD.
-    # A fully connected layer of one image runs on 4 rows at a time (`fc_rows`), from 4 weight
-    # banks of 2,048 words (as many block RAMs, each a lane of a bank; 8 banks of 1,024
-    # did not route at 90 MHz): lenet5's 256 -> 120 in two runs of 272 steps, not 2,048.
+    # Fully connected layers of one image row by row (`fc_rows` 4: 4 weight banks of 2,048
+    # words, as many block RAMs, each a lane of a bank; lenet5 4,596 cycles an image instead
+    # of 6,426, exact in RTL) did not route on the ULX3S at 90 MHz (nor 8 banks of 1,024):
+    # off here until they do.
     "wide": AcceleratorConfig(rows=8, cols=16, act_depth=8192, weight_depth=8192,
-                              param_depth=64, requant_lanes=8, fc_rows=4),
+                              param_depth=64, requant_lanes=8),
     # ECP5-85F, all of it: 144 of its 156 multipliers in the array, the other 12 in the 6
     # requantization lanes (a row of sums drains in two cycles, overlapped with the next
     # tile's reduction; with 12 lanes the requantizer alone took 12,362 LUTs and the design

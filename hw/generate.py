@@ -121,11 +121,11 @@ def add_config_arguments(parser):
                    help="whether a 2x2 stride-2 max pooling after a convolution runs in the "
                         "convolution's write path instead of a pass of the pooling engine (a "
                         "line buffer of max_dim/2 words and a comparator per lane)")
-    g.add_argument("--fc-rows", action=argparse.BooleanOptionalAction, default=None,
-                   help="whether a fully connected layer of one image can run row by row, each "
-                        "row of the array a channel tile from its own bank of the weight "
-                        "memory (rows times the weights a cycle; rows a power of two, at least "
-                        "8 columns; not on the ice40 target)")
+    g.add_argument("--fc-rows", type=int, metavar="N",
+                   help="rows a fully connected layer of one image can run on row by row, each "
+                        "a channel tile from its own bank of the weight memory (N times the "
+                        "weights a cycle; 0: none; a power of two up to rows, at least 8 "
+                        "columns; not on the ice40 target)")
     g.add_argument("--target", choices=TARGETS,
                    help="multiplier primitive: generic (simulation), ecp5, ice40")
 

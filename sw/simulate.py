@@ -802,10 +802,10 @@ def add_parser(subparsers):
                    help="run a 2x2 stride-2 max pooling after a convolution in the "
                         "convolution's write path, no pass of its own (default: where the "
                         "preset has fused_pool, every one but small)")
-    p.add_argument("--fc-rows", action=argparse.BooleanOptionalAction, default=None,
-                   help="run a fully connected layer of one image row by row, each row of the "
-                        "array a channel tile from its own weight bank (default: where the "
-                        "preset has fc_rows: wide)")
+    p.add_argument("--fc-rows", type=int, metavar="N",
+                   help="run a fully connected layer of one image on N rows at a time, each a "
+                        "channel tile from its own weight bank (0: none; default: the "
+                        "preset's, 0 in every preset)")
     p.add_argument("--trace", action="store_true",
                    help="read back every layer's output and name the first differing value")
     p.add_argument("--report", metavar="FILE.html",

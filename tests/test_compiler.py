@@ -565,14 +565,14 @@ def test_perfmodel_formula():
 
 
 def test_fully_connected_rows_of_one_image():
-    """lenet5 on the wide preset (``fc_rows`` 4): in a program of one image its 256->120 (8
+    """lenet5 on the wide preset with ``fc_rows`` 4: in a program of one image its 256->120 (8
     channel tiles) and 120->84 (6) run row by row (`describe_fc_rows`), 4 tiles a run, each
     run's tile r from a stripe in bank r of the weight memory, skewed but for row 0's; in a
     program of a batch they are fully connected layers as ever, and so are its smaller
     batches (one weight image a program). Only the layers' words go to the device
     (`Program.weight_spans`); the performance model's cycles follow."""
     from systolic.hw.isa import fc_bank_depth
-    cfg = preset("wide")
+    cfg = preset("wide").replace(fc_rows=4)
     depth = fc_bank_depth(cfg)
     assert (cfg.fc_rows, depth) == (4, 2048)
     qnet = random_qnet("lenet5")
@@ -617,7 +617,7 @@ def test_fully_connected_rows_give_way_when_the_weights_would_not_fit():
     words a bank) do not fit a bank, and its 2,048 words as a fully connected layer do not
     fit beside 120->84's stripes: the network compiles without stripes, and says that its
     weights do not fit as it would without them (not a row-by-row error of its own)."""
-    cfg = preset("wide").replace(weight_depth=2048)
+    cfg = preset("wide").replace(weight_depth=2048, fc_rows=4)
     qnet = random_qnet("lenet5")
     with pytest.raises(FitError) as striped:
         compile_network(qnet, cfg)
