@@ -159,14 +159,19 @@ class AcceleratorConfig:
             raise ConfigError("dense_conv needs the activation memory in column slices, which "
                               "the ice40 target does not build; set dense_conv=False")
         fc = self.fc_rows
-        if fc and not (isinstance(fc, int) and _pow2(fc) and 2 <= fc <= self.rows
-                       and self.target != "ice40" and self.cols >= 8 and self.cols % 2 == 0
-                       and self.weight_depth >= 16 * fc):
-            raise ConfigError(
-                f"fc_rows must be 0 or a power of two from 2 to rows {self.rows} (not {fc!r}), "
-                f"with at least 8 even columns (not {self.cols}), a weight memory of 16 words "
-                f"a bank or more (not {self.weight_depth}) in column slices (not the ice40 "
-                "target's); set fc_rows=0")
+        if fc:
+            wrong = [what for bad, what in (
+                (not (isinstance(fc, int) and _pow2(fc) and 2 <= fc <= self.rows),
+                 f"a power of two from 2 to rows {self.rows}, not {fc!r}"),
+                (self.cols < 8 or self.cols % 2, f"at least 8 even columns, not {self.cols}"),
+                (self.weight_depth < 16 * fc,
+                 f"a weight memory of 16 words a bank or more, not {self.weight_depth}"),
+                (self.target == "ice40", "the memories in column slices, not the ice40 "
+                                         "target's")) if bad]
+            if wrong:
+                raise ConfigError(f"fc_rows (weight banks, rows a fully connected layer of "
+                                  f"one image runs on) must be 0 or take {'; '.join(wrong)}; "
+                                  "set fc_rows=0")
 
     # Derived values ---------------------------------------------------------------------------
 

@@ -633,11 +633,14 @@ def test_fully_connected_rows_give_way_when_the_weights_would_not_fit():
 
 
 @pytest.mark.parametrize(("changes", "what"), [
-    ({"rows": 8, "cols": 8, "fc_rows": 3}, "a power of two from 2 to rows 8"),
-    ({"rows": 2, "cols": 8, "fc_rows": 4}, "a power of two from 2 to rows 2"),
-    ({"rows": 2, "cols": 4, "fc_rows": 2}, "at least 8 even columns"),
-    ({"target": "ice40", "dense_conv": False, "fc_rows": 2}, "not the ice40 target's"),
+    ({"rows": 8, "cols": 8, "fc_rows": 3}, "a power of two from 2 to rows 8, not 3"),
+    ({"rows": 2, "cols": 8, "fc_rows": 4}, "a power of two from 2 to rows 2, not 4"),
+    ({"rows": 2, "cols": 4, "fc_rows": 2}, "at least 8 even columns, not 4"),
+    ({"target": "ice40", "dense_conv": False, "fc_rows": 2},
+     "the memories in column slices, not the ice40 target's"),
 ])
 def test_fully_connected_rows_need_a_banked_weight_memory(changes, what):
-    with pytest.raises(SystolicError, match=f"^fc_rows must be 0 or .*{what}.*; set fc_rows=0$"):
+    with pytest.raises(SystolicError, match=rf"^fc_rows \(weight banks, rows a fully connected "
+                                            rf"layer of one image runs on\) must be 0 or take "
+                                            rf"{what}; set fc_rows=0$"):
         AcceleratorConfig(**changes)
