@@ -129,8 +129,10 @@ WIDTHS = {
     "kernel_bits": ("bits of max_kernel (its bit length)", lambda c: c.kernel_bits),
     "cols_bits": ("bits of cols (its bit length)", lambda c: c.cols.bit_length()),
 }
-# Configurations a width expression must hold for (all the presets, and knobs turned apart).
-_PROBES = [*PRESETS.values(), AcceleratorConfig(act_depth=1 << 20, weight_depth=16,
+# Configurations a width expression must hold for (all the presets, and knobs turned apart;
+# one with the knob no preset has on, fc_rows).
+_PROBES = [*PRESETS.values(), PRESETS["wide"].replace(fc_rows=4),
+           AcceleratorConfig(act_depth=1 << 20, weight_depth=16,
                                                 param_depth=1 << 12, max_dim=8, max_kernel=15),
            AcceleratorConfig(rows=2, cols=4, act_depth=64, weight_depth=1 << 18, param_depth=16,
                              max_dim=4095, max_kernel=1, requant_lanes=2)]
@@ -163,6 +165,9 @@ def _table(head, rows):
 def _width(name, shape_of):
     """The expression (a string) that gives field ``name``'s width in every probe."""
     probes = [cfg for cfg in _PROBES if name in shape_of(cfg)]   # (dense fields: some only)
+    if not probes:
+        raise SystolicError(f"descriptor field {name} is in no configuration of "
+                            "systolic.sw.protocol_doc._PROBES: add one that has it")
     widths = [shape_of(cfg)[name].width for cfg in probes]
     if len(set(widths)) == 1:
         return str(widths[0])
