@@ -270,8 +270,8 @@ PRESETS = {
     # the parameters' of its 208 DP16KD.
     # Fully connected layers of one image row by row (`fc_rows` 4: 4 weight banks of 2,048
     # words, as many block RAMs, each a lane of a bank; lenet5 4,596 cycles an image instead
-    # of 6,426, exact in RTL) did not route on the ULX3S at 90 MHz (nor 8 banks of 1,024):
-    # off here until they do.
+    # of 6,426, exact in RTL) did not route on the ULX3S at 90 MHz (nor 8 banks of 1,024,
+    # nor 2 of 4,096): off here until they do.
     "wide": AcceleratorConfig(rows=8, cols=16, act_depth=8192, weight_depth=8192,
                               param_depth=64, requant_lanes=8),
     # ECP5-85F, all of it: 144 of its 156 multipliers in the array, the other 12 in the 6
