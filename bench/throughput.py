@@ -3,6 +3,7 @@
     python bench/throughput.py                          # ULX3S clock, its preset, both networks
     python bench/throughput.py --clock 125 --preset big --json
     python bench/throughput.py --networks mlperf-resnet8 --images 20
+    python bench/throughput.py --fc-rows 4         # fully connected layers row by row
 
 For lenet-digits and lenet5 (seeded random weights, quantized on seeded random images: the
 cycles do not depend on the weights or the data), the accelerator's cycles per image come from
@@ -165,6 +166,9 @@ def main(argv=None):
                    "clock and preset (default: ulx3s-85f)")
     p.add_argument("--clock", type=float, metavar="MHZ", help="clock instead of the board's")
     p.add_argument("--preset", help="accelerator preset instead of the board's")
+    p.add_argument("--fc-rows", type=int, metavar="N",
+                   help="fully connected layers of one image on N rows at a time "
+                        "(`AcceleratorConfig.fc_rows`) instead of the preset's")
     p.add_argument("--networks", default=",".join(NETWORKS),
                    help=f"comma-separated (default: {','.join(NETWORKS)})")
     p.add_argument("--images", type=int, default=3, help="images through the RTL (default 3)")
@@ -180,6 +184,8 @@ def main(argv=None):
         # The board's build (its preset with only the features that build has), simulated
         # on generic multipliers as `deploy --sim` does.
         cfg = board.config(args.preset).replace(target="generic")
+        if args.fc_rows is not None:
+            cfg = cfg.replace(fc_rows=args.fc_rows)
         clock = args.clock if args.clock is not None else board.clock_mhz
         if not clock > 0:
             raise SystolicError(f"Clock must be positive, not {clock!r}")
@@ -192,7 +198,7 @@ def main(argv=None):
             "board": board.name, "clock_mhz": clock,
             "clock_source": "--clock" if args.clock is not None else f"{board.name}'s clock",
             "preset": args.preset or board.preset,
-            "config": {"rows": cfg.rows, "cols": cfg.cols},
+            "config": {"rows": cfg.rows, "cols": cfg.cols, "fc_rows": cfg.fc_rows},
             "networks": [measure(n, cfg, clock, images=args.images, batch=args.batch,
                                  single=args.single, repeats=args.repeats, seed=args.seed)
                          for n in nets],
