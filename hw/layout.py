@@ -47,6 +47,11 @@ def conv_weight_words(cfg, wq, walk_kh=None):
 
     ``walk_kh`` (at least ``kh``): kernel rows the engine walks, those past the kernel's
     weighing 0 (`systolic.hw.isa.pad_walk`)."""
+    return _words_from_lanes(_conv_weight_lanes(cfg, wq, walk_kh))
+
+
+def _conv_weight_lanes(cfg, wq, walk_kh=None):
+    """`conv_weight_words` as ``(words, cols)`` int8 lanes."""
     co, ci, kh, kw = wq.shape
     cw, cot = -(-ci // cfg.cols), -(-co // cfg.cols)
     rows = walk_kh or kh
@@ -54,7 +59,7 @@ def conv_weight_words(cfg, wq, walk_kh=None):
     full[:co, :ci, :kh] = wq
     # Tile t, then (ky, kx, cw, lane), then the tile's output channels across the word.
     k = full.reshape(cot, cfg.cols, cw * cfg.cols, rows, kw).transpose(0, 3, 4, 2, 1)
-    return _words_from_lanes(k.reshape(-1, cfg.cols))
+    return k.reshape(-1, cfg.cols)
 
 
 def linear_weight_words(cfg, w, in_shape, walk_kh=None):
@@ -62,13 +67,17 @@ def linear_weight_words(cfg, w, in_shape, walk_kh=None):
     flattening order) for its input read as one pixel of all the ``(C, H, W)`` map's words in
     memory order (`systolic.hw.isa.describe_linear`): input word ``(y * W + x) * CW + cw``,
     lane ``l`` is channel ``cw * cols + l`` of pixel ``(y, x)``; padding lanes weigh 0."""
+    return conv_weight_words(cfg, _linear_as_1x1(cfg, w, in_shape), walk_kh)
+
+
+def _linear_as_1x1(cfg, w, in_shape):
+    """A fully connected layer's weights as the 1x1 kernel of `linear_weight_words`."""
     co = w.shape[0]
     c, h, wd = in_shape
     cw = -(-c // cfg.cols)
     full = np.zeros((co, cw * cfg.cols, h, wd), np.int8)
     full[:, :c] = np.asarray(w).reshape(co, c, h, wd)
-    flat = full.transpose(0, 2, 3, 1).reshape(co, h * wd * cw * cfg.cols, 1, 1)
-    return conv_weight_words(cfg, flat, walk_kh)
+    return full.transpose(0, 2, 3, 1).reshape(co, h * wd * cw * cfg.cols, 1, 1)
 
 
 def fc_rows_weight_words(cfg, w, in_shape):
@@ -86,10 +95,8 @@ def fc_rows_weight_words(cfg, w, in_shape):
     (whatever is there) and weigh 0: lane ``c`` reads their weights up to ``2 * cols - 1``
     words after the tile's, all zero. ``w``, ``in_shape``: as `linear_weight_words`."""
     cols = cfg.cols
-    words = np.array(linear_weight_words(cfg, w, in_shape), dtype=object)
     tiles = -(-w.shape[0] // cols)
-    lanes = np.stack([_lanes_from_words(list(t), cols)
-                      for t in words.reshape(tiles, -1)])       # (tiles, K, cols)
+    lanes = _conv_weight_lanes(cfg, _linear_as_1x1(cfg, w, in_shape)).reshape(tiles, -1, cols)
     steps = lanes.shape[1]
     banks = np.zeros((tiles, steps + 2 * cols, cols), np.int8)
     for t in range(tiles):

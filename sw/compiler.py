@@ -633,16 +633,15 @@ class _WeightImage:
     """The weight memory's image as the compiler fills it: stripes at fixed places, then each
     other layer's words at the first gap that holds them."""
 
-    def __init__(self, cfg):
-        self.cfg, self.words, self.spans = cfg, [], []
+    def __init__(self):
+        self.words, self.spans = [], []
 
     def place(self, base, words):
         end = base + len(words)
         if end > len(self.words):
             self.words += [0] * (end - len(self.words))
         self.words[base:end] = words
-        if not any(lo <= base and end <= hi for lo, hi in self.spans):
-            self.spans = sorted(self.spans + [(base, end)])
+        self.spans = sorted(self.spans + [(base, end)])
 
     def first_fit(self, size):
         at = 0
@@ -696,13 +695,16 @@ def _compile(qnet, cfg, batch, dense_input, dense_conv, fc_rows):
 
     # Pass 2: descriptors and memory images.
     layers, params, w_bases, w_words = [], [], [], []
+    # The row-by-row layers' stripes first, each run's tile r in bank r; the other layers'
+    # words go around them.
     stripes = _fc_stripes(cfg, plan) if fc_rows else {}
-    image = _WeightImage(cfg)
-    for n, runs in stripes.items():                     # held for their layers
-        size = (_words(cfg.cols, plan[n][2]) + 2) * cfg.cols
-        for _, count, at in runs:
+    image = _WeightImage()
+    for n, stripe in stripes.items():
+        _, layer, in_shape, _, _ = plan[n]
+        banks = layout.fc_rows_weight_words(cfg, layer.w, in_shape)
+        for first, count, at in stripe:
             for r in range(count):
-                image.place(r * fc_bank_depth(cfg) + at, [0] * size)
+                image.place(r * fc_bank_depth(cfg) + at, banks[first + r])
     # {a dense convolution's plan index: the channel of each lane of its input map}, where a
     # row-paired convolution (`pair_rows`) wrote that map.
     lane_channels = {}
@@ -725,19 +727,15 @@ def _compile(qnet, cfg, batch, dense_input, dense_conv, fc_rows):
                 in_words = _words(cfg.cols, in_shape)
                 macs = co * layer.w.shape[1]
                 if n in stripes:
-                    # Row by row, fc_rows channel tiles a run, each run's tile r from bank r.
-                    depth, g = fc_bank_depth(cfg), cfg.rq_groups
+                    # Row by row, fc_rows channel tiles a run (its stripe placed above).
+                    g = cfg.rq_groups
                     runs = [describe_fc_rows(cfg, in_words=in_words, tiles=count,
                                              relu=layer.relu, in_base=src, out_base=dst + first,
                                              w_base=at, p_base=len(params) + first * g)
                             for first, count, at in stripes[n]]
                     fields = runs[0]
-                    banks = layout.fc_rows_weight_words(cfg, layer.w, in_shape)
-                    for first, count, at in stripes[n]:
-                        for r in range(count):
-                            image.place(r * depth + at, banks[first + r])
                     w_bases.append(stripes[n][0][2])
-                    w_words.append(sum(len(b) for b in banks))
+                    w_words.append(-(-co // cfg.cols) * (in_words + 2) * cfg.cols)
                 else:
                     fields = pad_walk(cfg, describe_linear(cfg, in_words=in_words, cout=co,
                                                            **common))
@@ -813,7 +811,7 @@ def _compile(qnet, cfg, batch, dense_input, dense_conv, fc_rows):
                     f"{name}: parameters must fit param_depth {cfg.param_depth} channel "
                     f"tiles, not {len(params) // cfg.rq_groups}; use {_BIGGER} or fewer "
                     "output channels")
-            entries = runs if isinstance(layer, Linear) and n in stripes else [fields]
+            entries = runs if n in stripes else [fields]
         elif isinstance(layer, Add):
             kind, macs = "add", 0
             words = batch * _words(cfg.cols, in_shape)
