@@ -69,7 +69,10 @@ class AcceleratorConfig:
         steps, which always holds with one row or one lane per column (the compiler checks it).
     requant_dsp : bool
         Multiply by ``M`` on DSP blocks (two 16 x 16 multipliers per lane) instead of a
-        shift-and-add tree in the fabric.
+        shift-and-add tree in the fabric. The residual add's multipliers (int8 x ``M``, one a
+        column) then go into the fabric on the ECP5 (`systolic.hw.dsp.ScaleMultiplier`): the
+        DSP blocks are the array's and the requantizer's (the ``wide`` preset with
+        ``requant_dsp`` takes 144 of the ECP5-85F's 156, not 160).
     dense_conv : bool
         Whether the convolution engine can run a one-channel convolution *dense*
         (`systolic.hw.isa.describe_dense_conv`): whole kernel rows packed into each reduction

@@ -13,7 +13,7 @@ path internal to the DSP, and only the short clock-to-out of the output register
 setup of the input register touch the fabric.
 """
 
-from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, signed
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -267,7 +267,8 @@ class WideMultiplier(_TargetComponent):
 
 
 class ScaleMultiplier(_TargetComponent):
-    """Signed 8 × unsigned 15 → signed 24 bit multiplier, latency `LATENCY` (2), one DSP block.
+    """Signed 8 × unsigned 15 → signed 24 bit multiplier, latency `LATENCY` (2), one DSP block
+    or none.
 
     An int8 activation times a requantization multiplier ``M`` (the residual add's operands).
 
@@ -277,6 +278,12 @@ class ScaleMultiplier(_TargetComponent):
         ``generic`` and ``ice40`` (Amaranth ``*`` between two registers; Yosys maps it to an
         ``SB_MAC16`` with ``-dsp``) or ``ecp5`` (one ``MULT18X18D`` with its input and output
         registers, as `Multiplier`).
+    fabric : bool
+        On the ECP5, no DSP block: shift-and-add in the fabric, in the same two stages (the
+        DSP blocks then go to the requantizer, ``requant_dsp``). The first stage sums ``M``
+        shifted by ``a``'s low four bits and, apart, by its high four (the sign bit's term
+        subtracted), four terms each; the second adds the two sums, the high one shifted by
+        four: a carry chain of 19 to 24 bits a stage after two levels of them.
 
     Members
     -------
@@ -290,9 +297,28 @@ class ScaleMultiplier(_TargetComponent):
     b: In(arith.M_BITS)
     p: Out(signed(_DATA_BITS + arith.M_BITS + 1))
 
+    def __init__(self, target="generic", *, fabric=False):
+        self._fabric = fabric
+        super().__init__(target)
+
     def elaborate(self, platform):
         m = Module()
-        if self.target == "ecp5":
+        if self.target == "ecp5" and self._fabric:
+            half = _DATA_BITS // 2
+            lo = Signal(arith.M_BITS + half, reset_less=True)
+            hi = Signal(signed(arith.M_BITS + half), reset_less=True)
+            p = Signal.like(self.p, reset_less=True)
+
+            def terms(bits):
+                return [Mux(self.a[i], self.b << (i % half), 0) for i in bits]
+
+            lo_t, hi_t = terms(range(half)), terms(range(half, _DATA_BITS))
+            hi_t[-1] = -hi_t[-1]                              # the sign bit weighs -2**7
+            m.d.sync += [lo.eq((lo_t[0] + lo_t[1]) + (lo_t[2] + lo_t[3])),
+                         hi.eq((hi_t[0] + hi_t[1]) + (hi_t[2] + hi_t[3])),
+                         p.eq(lo + (hi << half))]
+            m.d.comb += self.p.eq(p)
+        elif self.target == "ecp5":
             a18, b18, p36 = Signal(signed(18)), Signal(signed(18)), Signal(36)
             m.d.comb += [a18.eq(self.a), b18.eq(self.b), self.p.eq(p36[:len(self.p)])]
             m.submodules.mult = mult18x18d(a18, b18, p36)

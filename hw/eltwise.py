@@ -198,7 +198,8 @@ class AddEngine(wiring.Component):
                                        target=cfg.target, reset_less=True)
             lo_shift = hard_register(m, lo_m1, name=f"lo_m1_{lane}", target=cfg.target,
                                      reset_less=True)
-            m.submodules[f"mul{lane}"] = mul = dsp.ScaleMultiplier(cfg.target)
+            m.submodules[f"mul{lane}"] = mul = dsp.ScaleMultiplier(
+                cfg.target, fabric=cfg.requant_dsp)
             word = Signal(signed(cfg.data_bits), name=f"word{lane}", reset_less=True)
             m.d.sync += word.eq(self.act_read.data[lane])
             m.d.comb += [mul.a.eq(word), mul.b.eq(Mux(tag[word_at], m_b, m_a))]

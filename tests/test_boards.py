@@ -164,3 +164,16 @@ def test_build_script_moves_block_ram_registers_on_the_ecp5(board):
     else:
         assert tools == ['"$YOSYS"', '"$NEXTPNR_ICE40"', '"$ICEPACK"']
         assert "outreg" not in script
+
+
+@pytest.mark.parametrize("requant_dsp", [False, True])
+def test_ulx3s_design_fits_the_dsp_blocks(requant_dsp):
+    # 156 MULT18X18D on the ECP5-85F: the array's 128 and either the residual add's 16 or,
+    # with `requant_dsp`, the requantizer's 8 lanes' two each (the residual add's multipliers
+    # then in the fabric): 144 either way, as instances in the netlist Yosys gets.
+    cfg = get_board("ulx3s-85f").config().replace(requant_dsp=requant_dsp)
+    _, p = plan("ulx3s-85f", controller=None, cfg=cfg)
+    il = p.files["systolic.il"]
+    assert len(re.findall(r"cell \\MULT18X18D ", il)) == 144
+    # (The PEs' and the residual add's instances are named mult, the requantizer's hi and lo.)
+    assert len(re.findall(r"cell \\MULT18X18D \\mult\b", il)) == 128 + (0 if requant_dsp else 16)

@@ -18,7 +18,7 @@ from amaranth.back import verilog
 from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 from systolic.hw.config import ConfigError
-from systolic.hw.dsp import LATENCY, WIDE_LATENCY, Multiplier, WideMultiplier
+from systolic.hw.dsp import LATENCY, WIDE_LATENCY, Multiplier, ScaleMultiplier, WideMultiplier
 from tool_common import ECP5_BLACKBOX, ICE40_CELLS, require_icarus, require_yosys_file
 
 PAIRS = [(a, b) for a in range(-128, 128) for b in range(-128, 128)]
@@ -305,6 +305,35 @@ def test_wide_multiplier_icarus(tmp_path, target):
         models[0].write_text(_ecp5_model())
     _icarus_check(tmp_path, WideMultiplier(target), WIDE_LATENCY, _wide_vectors(), (32, 15, 47),
                   lambda a, b: a * b, models, defines)
+
+
+@pytest.mark.parametrize(("target", "fabric"), [("generic", False), ("ecp5", False),
+                                              ("ecp5", True)])
+def test_scale_multiplier_icarus(tmp_path, target, fabric):
+    # The residual add's int8 x M: every a against M's corners and random M, exact in all 24
+    # bits; on the ECP5 from a MULT18X18D or (``fabric``) from shift-and-add in the fabric.
+    models = []
+    if target == "ecp5" and not fabric:
+        models = [tmp_path / "mult18x18d_model.v"]
+        models[0].write_text(_ecp5_model())
+    rng = random.Random(7)
+    ms = [0, 1, 2, 3, 0x4000, 0x5555, 0x2AAA, (1 << 15) - 2, (1 << 15) - 1]
+    ms += [rng.randrange(1 << 15) for _ in range(23)]
+    pairs = [(a, m) for a in range(-128, 128) for m in ms]
+    rng.shuffle(pairs)
+    _icarus_check(tmp_path, ScaleMultiplier(target, fabric=fabric), LATENCY, pairs, (8, 15, 24),
+                  lambda a, b: a * b, models)
+
+
+def test_scale_multiplier_fabric_maps_no_dsp(tmp_path):
+    # Yosys's ECP5 flow turns the fabric multiplier into LUTs and carry chains, no DSP block.
+    from systolic.hw.synth import synthesize
+
+    report = synthesize(ScaleMultiplier("ecp5", fabric=True), family="ecp5", device="25k",
+                        clock_mhz=125, workdir=tmp_path, name="smul", progress=False)
+    assert report.dsps == 0
+    assert report.utilization["MULT18X18D"]["used"] == 0
+    assert report.ffs == 19 + 19 + 24                  # the two partial sums, the product
 
 
 def test_missing_tools_fail_not_skip(tmp_path, monkeypatch):
