@@ -699,9 +699,11 @@ def _compile(qnet, cfg, batch, dense_input, dense_conv, fc_rows):
     # words go around them.
     stripes = _fc_stripes(cfg, plan) if fc_rows else {}
     image = _WeightImage()
+    stripe_words = {}                                   # {plan index: its banks' words}
     for n, stripe in stripes.items():
         _, layer, in_shape, _, _ = plan[n]
         banks = layout.fc_rows_weight_words(cfg, layer.w, in_shape)
+        stripe_words[n] = sum(len(b) for b in banks)
         for first, count, at in stripe:
             for r in range(count):
                 image.place(r * fc_bank_depth(cfg) + at, banks[first + r])
@@ -735,7 +737,7 @@ def _compile(qnet, cfg, batch, dense_input, dense_conv, fc_rows):
                             for first, count, at in stripes[n]]
                     fields = runs[0]
                     w_bases.append(stripes[n][0][2])
-                    w_words.append(-(-co // cfg.cols) * (in_words + 2) * cfg.cols)
+                    w_words.append(stripe_words[n])
                 else:
                     fields = pad_walk(cfg, describe_linear(cfg, in_words=in_words, cout=co,
                                                            **common))
