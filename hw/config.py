@@ -194,9 +194,20 @@ class AcceleratorConfig:
         return self.cols // self.rq_lanes
 
     @property
+    def eltwise(self):
+        """Whether the core has the residual add and global average pooling engines: with the
+        averaging pooling engine (not in the iCEBreaker's ``small`` preset)."""
+        return self.pool and self.pool_avg
+
+    @property
     def dsps(self):
-        """DSP blocks the accelerator uses: one per PE, two per lane if ``requant_dsp``."""
-        return self.pes + (2 * self.rq_lanes if self.requant_dsp else 0)
+        """DSP blocks the accelerator uses: one per PE; two per requantization lane if
+        ``requant_dsp``; with the element-wise engines (`eltwise`), one per column for the
+        residual add, except on the ECP5 with ``requant_dsp``, where it multiplies in the
+        fabric (`systolic.hw.dsp.ScaleMultiplier`)."""
+        add = self.cols if self.eltwise and not (self.requant_dsp and self.target == "ecp5") \
+            else 0
+        return self.pes + (2 * self.rq_lanes if self.requant_dsp else 0) + add
 
     @property
     def word_bits(self):

@@ -59,9 +59,9 @@ GAP_TILE_EXTRA = GAP_READ_LATENCY - 1 + 1 + 1 + GAP_DIV_STEPS + 1
 
 
 def has_eltwise(cfg: AcceleratorConfig):
-    """Whether ``cfg``'s core has the residual add and global average pooling engines: with
-    the averaging pooling engine (not in the iCEBreaker's ``small`` preset)."""
-    return cfg.pool and cfg.pool_avg
+    """Whether ``cfg``'s core has the residual add and global average pooling engines
+    (`AcceleratorConfig.eltwise`)."""
+    return cfg.eltwise
 
 
 def _act_ports(cfg):

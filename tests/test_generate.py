@@ -28,8 +28,10 @@ def test_generate_overrides(tmp_path, capsys):
           "--json"])
     man = json.loads(capsys.readouterr().out)
     assert (man["config"]["rows"], man["config"]["cols"]) == (4, 8)
-    assert man["dsps"] == {"count": 32, "kind": "MULT18X18D"}
-    assert "MULT18X18D" in (tmp_path / "systolic.v").read_text()
+    # 32 PEs and the residual add's 8 multipliers: as many as the Verilog instantiates.
+    assert man["dsps"] == {"count": 40, "kind": "MULT18X18D"}
+    text = (tmp_path / "systolic.v").read_text()
+    assert len(re.findall(r"^\s*MULT18X18D #\(", text, re.M)) == 40
 
 
 @pytest.mark.parametrize(("argv", "message"), [
