@@ -21,7 +21,7 @@ class ConfigError(SystolicError, ValueError):
 
 #: Knobs added after the first release, and what a configuration saved before them had.
 _BEFORE_KNOBS = {"dense_conv": False, "fused_pool": False, "fetch_ahead": False,
-                 "fc_rows": 0}
+                 "fc_rows": 0, "deep_pipeline": False}
 
 
 def _pow2(n):
@@ -91,6 +91,13 @@ class AcceleratorConfig:
         descriptor takes a cycle a byte), and the controller's block RAM reads go through
         registers. Without it (the iCEBreaker's `small`, short of logic cells) the engines read
         the controller's descriptor, which it then fetches between layers.
+    deep_pipeline : bool
+        Stages for clocks above 90 MHz on the ECP5 (an experiment; no board builds with it
+        yet): each pooling window's combined output in a register before the next unit, the
+        mean in three one-adder stages instead of two (three more cycles a pooling layer,
+        `systolic.hw.pool.pool_stages`), the residual add's clamp a stage after its rounding
+        (a cycle more an add, `systolic.hw.eltwise.add_latency`), and the ULX3S's LEDs from
+        registers. Only with the averaging pooling engine (``pool_avg``).
     fc_rows : int
         Rows of the array a fully connected layer of one image can run *row by row* on
         (`systolic.hw.isa.describe_fc_rows`), 0 for none: each of those rows computes its own
@@ -121,6 +128,7 @@ class AcceleratorConfig:
     fused_pool: bool = True
     fetch_ahead: bool = True
     fc_rows: int = 0
+    deep_pipeline: bool = False
     target: str = "generic"
 
     # The arithmetic contract, exposed here so the hardware reads one object.
@@ -161,6 +169,12 @@ class AcceleratorConfig:
         if self.dense_conv and self.target == "ice40":
             raise ConfigError("dense_conv needs the activation memory in column slices, which "
                               "the ice40 target does not build; set dense_conv=False")
+        if not isinstance(self.deep_pipeline, bool):
+            raise ConfigError(f"deep_pipeline must be True or False, not {self.deep_pipeline!r}")
+        if self.deep_pipeline and not self.pool_avg:
+            raise ConfigError("deep_pipeline adds stages to the averaging pooling engine and the "
+                              "residual add, which a configuration without pool_avg does not "
+                              "have; set deep_pipeline=False")
         fc = self.fc_rows
         if fc:
             wrong = [what for bad, what in (

@@ -126,6 +126,10 @@ def add_config_arguments(parser):
                         "a channel tile from its own bank of the weight memory (N times the "
                         "weights a cycle; 0: none; a power of two up to rows, at least 8 "
                         "columns; not on the ice40 target)")
+    g.add_argument("--deep-pipeline", action=argparse.BooleanOptionalAction, default=None,
+                   help="more pipeline stages for clocks above 90 MHz: the pooling windows' "
+                        "outputs registered, the mean in three stages, the residual add's "
+                        "clamp a stage later (3 more cycles a pooling layer, 1 an add)")
     g.add_argument("--target", choices=TARGETS,
                    help="multiplier primitive: generic (simulation), ecp5, ice40")
 

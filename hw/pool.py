@@ -55,8 +55,9 @@ def pool_stages(cfg: AcceleratorConfig):
     """Stages of the engine's units in pipeline order: the row window with the scan's output
     register, the column window, the finishing stage (`PoolEngine.latency` in all: cycles
     from taking the last input word a window needs to offering its output word)."""
-    window = 4 if _split(cfg) else 2
-    return (1 + window, window, 2 if cfg.pool_avg else 1)
+    deep = cfg.deep_pipeline
+    window = (4 + deep) if _split(cfg) else 2
+    return (1 + window, window, (2 + deep) if cfg.pool_avg else 1)
 
 
 def pool_latency(cfg: AcceleratorConfig):
@@ -95,6 +96,17 @@ def _mean(total, seven, k3):
     return Mux(k3, ninth, quarter)
 
 
+def _times65(seven):
+    """``455 * S = 65 * (7 * S)`` from `_seven`'s result: with ``deep_pipeline``, the mean's
+    second stage."""
+    return (seven << 6) + seven
+
+
+def _ninth(times455):
+    """``floor((2*S + 9) / 18)`` from ``455 * S`` (`_times65`): the deep mean's third stage."""
+    return (times455 + (1 << 11)) >> 12
+
+
 def _history(shape, depth):
     """A block RAM whose read data is undefined when the same address is written that cycle.
 
@@ -123,8 +135,9 @@ class _Window(wiring.Component):
 
     Four stages: the beat as taken, the beat with its history as read, the beat with its
     history in order, then the pair (the beat combined with the previous value) and the older
-    value; the output combines those two, unregistered. A beat with ``emit`` clear updates
-    the history but produces no output.
+    value; the output combines those two, unregistered (with ``out_reg``, the
+    ``deep_pipeline``'s, in a fifth stage, the output register). A beat with ``emit`` clear
+    updates the history but produces no output.
 
     Without ``split`` (the small engine, without averaging: `_split`) the window has one RAM
     holding both values of a slot, the older written back from the read, and neither the first
@@ -152,8 +165,9 @@ class _Window(wiring.Component):
         A beat is inside.
     """
 
-    def __init__(self, *, lanes, in_bits, sums, depth, meta, split=True):
+    def __init__(self, *, lanes, in_bits, sums, depth, meta, split=True, out_reg=False):
         self._depth, self._sums, self._split = depth, sums, split
+        self._out_reg = out_reg
         self._elem = data.ArrayLayout(signed(in_bits), lanes)
         self._pair = data.ArrayLayout(signed(in_bits + sums), lanes)
         out = data.ArrayLayout(signed(in_bits + 2 * sums), lanes)
@@ -289,6 +303,29 @@ class _Window(wiring.Component):
                     older[lane].eq(Mux(single, before_last, hist[1][lane])),
                 ]
 
+        if self._out_reg:
+            # Stage 4 (``deep_pipeline``): the output register. Every beat passes through it,
+            # whether or not it ends a window, so the window stays busy as long after its last
+            # beat whatever that is. (Unregistered, the combined value's route into the next
+            # unit's first stage, behind the comparison's carry chain, was 14.1 ns at 100 MHz
+            # on the ULX3S.)
+            valid4, emit4 = Signal(), Signal()
+            value4 = Signal.like(self.o.value, reset_less=True)
+            meta4 = Signal.like(self.i.meta)
+            with m.If(self.en):
+                m.d.sync += valid4.eq(valid3)
+            with m.If(self.en & valid3):
+                m.d.sync += [emit4.eq(emit3), meta4.eq(meta3)]
+                for lane, out in enumerate(value4):
+                    m.d.sync += out.eq(Mux(self.k3, self._op(pair[lane], older[lane]),
+                                           pair[lane]))
+            m.d.comb += [
+                self.o.valid.eq(valid4 & emit4),
+                self.o.value.eq(value4),
+                self.o.meta.eq(meta4),
+                self.busy.eq(valid1 | validr | valid2 | valid3 | valid4),
+            ]
+            return m
         m.d.comb += [
             self.o.valid.eq(valid3 & emit3),
             self.o.meta.eq(meta3),
@@ -304,7 +341,9 @@ class _Finish(wiring.Component):
 
     With ``sums`` two stages: the first registers the window results and seven times each
     (`_seven`), the second divides (in one stage, the two adders and their route were the
-    12x12 ULX3S design's worst path at 84 MHz); without, one, the output register.
+    12x12 ULX3S design's worst path at 84 MHz; in two, 12.7 ns at 100 MHz on the 8x16); with
+    ``deep`` (``deep_pipeline``) three, one adder each (`_seven`, `_times65`, `_ninth`);
+    without ``sums``, one, the output register.
 
     Members
     -------
@@ -319,8 +358,8 @@ class _Finish(wiring.Component):
     busy : Out(1)
     """
 
-    def __init__(self, *, lanes, in_bits, word, sums):
-        self._sums = sums
+    def __init__(self, *, lanes, in_bits, word, sums, deep=False):
+        self._sums, self._deep = sums, deep
         super().__init__({
             "i": In(data.StructLayout({
                 "valid": 1, "value": data.ArrayLayout(signed(in_bits), lanes)})),
@@ -339,6 +378,8 @@ class _Finish(wiring.Component):
             with m.If(self.en):
                 m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.value)]
             return m
+        if self._deep:
+            return self._elaborate_deep(m)
         valid, held = Signal(), Signal.like(self.i.value, reset_less=True)
         lanes = len(self.i.value)
         width = self.i.value.shape().elem_shape.width + 3
@@ -349,6 +390,32 @@ class _Finish(wiring.Component):
             m.d.sync += [h7.eq(_seven(v)) for h7, v in zip(held7, self.i.value, strict=True)]
             for s, s7, out in zip(held, held7, self.o.payload, strict=True):
                 m.d.sync += out.eq(Mux(self.avg, _mean(s, s7, self.k3), s))
+        return m
+
+    def _elaborate_deep(self, m):
+        # Three stages of one adder each: the sums and 7 times each; the sums, 455 times each
+        # and the quarters; the choice, in the output register.
+        lanes = len(self.i.value)
+        width = self.i.value.shape().elem_shape.width
+        valid1, valid2 = Signal(), Signal()
+        held1 = Signal.like(self.i.value, reset_less=True)
+        held2 = Signal.like(self.i.value, reset_less=True)
+        seven = Signal(data.ArrayLayout(signed(width + 3), lanes), reset_less=True)
+        times455 = Signal(data.ArrayLayout(signed(width + 9), lanes), reset_less=True)
+        quarter = Signal(data.ArrayLayout(signed(width - 1), lanes), reset_less=True)
+        m.d.comb += self.busy.eq(valid1 | valid2 | self.o.valid)
+        with m.If(self.en):
+            m.d.sync += [valid1.eq(self.i.valid), valid2.eq(valid1), self.o.valid.eq(valid2),
+                         held1.eq(self.i.value), held2.eq(held1)]
+            for lane in range(lanes):
+                ninth = _ninth(times455[lane])
+                m.d.sync += [
+                    seven[lane].eq(_seven(self.i.value[lane])),
+                    times455[lane].eq(_times65(seven[lane])),
+                    quarter[lane].eq((held1[lane] + 2) >> 2),
+                    self.o.payload[lane].eq(
+                        Mux(self.avg, Mux(self.k3, ninth, quarter[lane]), held2[lane])),
+                ]
         return m
 
 
@@ -518,14 +585,16 @@ class PoolEngine(wiring.Component):
         sums = cfg.pool_avg
         m = Module()
         split = _split(cfg)
+        deep = cfg.deep_pipeline and split
         m.submodules.rows = rows = _Window(
             lanes=cfg.cols, in_bits=cfg.data_bits, sums=sums, depth=_TILE_DEPTH,
-            meta=data.StructLayout({"emit": 1, "wrap": 1}), split=split)
+            meta=data.StructLayout({"emit": 1, "wrap": 1}), split=split, out_reg=deep)
         m.submodules.columns = columns = _Window(
             lanes=cfg.cols, in_bits=cfg.data_bits + 2 * sums, sums=sums, depth=self.line_words,
-            meta=data.StructLayout({}), split=split)
+            meta=data.StructLayout({}), split=split, out_reg=deep)
         m.submodules.finish = finish = _Finish(
-            lanes=cfg.cols, in_bits=cfg.data_bits + 4 * sums, word=word_layout(cfg), sums=sums)
+            lanes=cfg.cols, in_bits=cfg.data_bits + 4 * sums, word=word_layout(cfg), sums=sums,
+            deep=deep)
         m.submodules.scan = scan = _Scan(cfg, o_layout=rows.i.shape())
 
         wiring.connect(m, wiring.flipped(self.cmd), scan.cmd)

@@ -38,9 +38,9 @@ pipelines (the activation and weight memories are registered on both sides)::
 (``F``: `systolic.hw.conv.fill_stages`.)
 
 The pooling engine (``hw/pool.py``) streams the input map through at one word a cycle, then
-drains its pipeline: the row window and the column window of three stages each and the
-finishing stage of two (two, two and one without averaging: the small engine), behind the
-scan's output register (`pool_stages`).
+drains its pipeline: the row window and the column window of four stages each and the
+finishing stage of two (five, five and three with ``deep_pipeline``; two, two and one
+without averaging: the small engine), behind the scan's output register (`pool_stages`).
 Each unit is busy until its stages have passed on the last word it takes, and the column
 window takes only the words that end a row window, the finishing stage only those that end a
 window both ways. Floor mode drops the rows and columns past the last window
@@ -59,7 +59,7 @@ cycle, waits for the last one (``GAP_READ_LATENCY``: the activation memory is re
 both sides, and the engine registers the word again), forms the dividend from the sum in a
 cycle, divides in ``GAP_DIV_STEPS`` cycles and writes::
 
-    add cycles = ADD_SETUP + 2 * words + ADD_LATENCY
+    add cycles = ADD_SETUP + 2 * words + add_latency
     gap cycles = batch * cin_words * (in_h * in_w + GAP_TILE_EXTRA)
     GAP_TILE_EXTRA = GAP_READ_LATENCY + GAP_DIV_STEPS + 2
 
@@ -95,7 +95,7 @@ from ..hw.conv import (
     select_stages,
     weight_stages,
 )
-from ..hw.eltwise import ADD_LATENCY, GAP_TILE_EXTRA
+from ..hw.eltwise import GAP_TILE_EXTRA, add_latency
 from ..hw.isa import CMD_LATENCY, Op
 from ..hw.pe import capture_cycles
 from ..hw.pool import pool_stages
@@ -141,7 +141,7 @@ def _engine_cycles(cfg, fields):
         prep = dense_prep_cycles(cfg) if fields.get("dense") else 0
         return feed_cycles(cfg, blocks) + ends + prep
     if fields["op"] == Op.ADD:
-        return ADD_SETUP + 2 * fields["cin_words"] + ADD_LATENCY
+        return ADD_SETUP + 2 * fields["cin_words"] + add_latency(cfg)
     if fields["op"] == Op.GAP:
         pixels = fields["in_h"] * fields["in_w"]
         per_tile = pixels + GAP_TILE_EXTRA

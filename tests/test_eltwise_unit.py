@@ -89,9 +89,11 @@ ADD_CASES = [
 ]
 
 
+@pytest.mark.parametrize("deep", [False, True], ids=["plain", "deep"])
 @pytest.mark.parametrize(("shape", "batch", "ms", "ss", "relu"), ADD_CASES)
-def test_add_engine(shape, batch, ms, ss, relu):
-    cfg = CFG
+def test_add_engine(shape, batch, ms, ss, relu, deep):
+    # ``deep_pipeline``: the clamp a stage after the rounding, a cycle more (the model's).
+    cfg = CFG.replace(deep_pipeline=deep)
     rng = np.random.default_rng(hash((shape, ms)) % 2**32)
     a = rng.integers(-128, 128, (batch,) + shape).astype(np.int8)
     b = rng.integers(-128, 128, (batch,) + shape).astype(np.int8)

@@ -41,6 +41,10 @@ def test_generate_overrides(tmp_path, capsys):
                                      r"\(8 > 4\)"),
     (["--act-depth", "1000"], r"systolic: error: act_depth must be a power of two between 16 "
                               r"and 2\*\*20, not 1000\n"),
+    (["--deep-pipeline", "--no-pool-avg"],
+     r"systolic: error: deep_pipeline adds stages to the averaging pooling engine and the "
+     r"residual add, which a configuration without pool_avg does not have; set "
+     r"deep_pipeline=False\n"),
 ])
 def test_generate_rejects_bad_configs(tmp_path, capsys, argv, message):
     assert main(["generate", *argv, "-o", str(tmp_path)]) == 2
@@ -55,6 +59,19 @@ def test_config_checks():
                                           r"not 'xilinx'$"):
         AcceleratorConfig(target="xilinx")
     assert preset("big").pes == 144
+    with pytest.raises(ConfigError, match=r"^deep_pipeline must be True or False, not 1$"):
+        AcceleratorConfig(deep_pipeline=1)
+
+
+def test_generate_deep_pipeline(tmp_path, capsys):
+    # The knob reaches the manifest, and the Verilog has the stages: the mean's third stage's
+    # registers (times455) are there only with it.
+    for flag, present in (("--deep-pipeline", True), ("--no-deep-pipeline", False)):
+        out = tmp_path / flag
+        main(["generate", "--preset", "wide", flag, "-o", str(out), "--json"])
+        man = json.loads(capsys.readouterr().out)
+        assert man["config"]["deep_pipeline"] is present
+        assert ("times455" in (out / "systolic.v").read_text()) is present
 
 
 def test_memory_contents_emitted_as_amaranth_does():

@@ -11,7 +11,7 @@ from amaranth.back import verilog
 from amaranth.sim import Simulator
 from systolic.hw.config import AcceleratorConfig
 from systolic.hw.isa import describe_pool, word_layout
-from systolic.hw.pool import PoolEngine, _Finish, pool_latency, pool_line_words
+from systolic.hw.pool import PoolEngine, _Finish, pool_latency, pool_line_words, pool_stages
 from systolic.sw import arith, perfmodel
 
 CFG = AcceleratorConfig(rows=2, cols=4, act_depth=1024, max_dim=32)
@@ -19,7 +19,9 @@ MAX_CFG = CFG.replace(pool_avg=False)          # max pooling only
 # Without averaging, the windows keep both of a slot's values in one RAM, the older written
 # back (the small engine, the iCEBreaker's); on the ice40 target, the same engine.
 ICE40_CFG = MAX_CFG.replace(target="ice40", dense_conv=False)
-CONFIGS = {"avg": CFG, "max-only": MAX_CFG, "ice40": ICE40_CFG}
+# With ``deep_pipeline``: each window's output registered, the mean in three stages.
+DEEP_CFG = CFG.replace(deep_pipeline=True)
+CONFIGS = {"avg": CFG, "max-only": MAX_CFG, "ice40": ICE40_CFG, "deep": DEEP_CFG}
 
 
 def to_words(t, cols):
@@ -197,13 +199,15 @@ def test_busy_cycles_as_modelled():
     assert len(offsets) == 1, offsets
 
 
+@pytest.mark.parametrize("deep", [False, True], ids=["plain", "deep"])
 @pytest.mark.parametrize("kernel", arith.POOL_KERNELS)
-def test_average_exhaustive(kernel):
-    # Every window sum a k x k int8 window can produce, through the shift-and-add divide.
+def test_average_exhaustive(kernel, deep):
+    # Every window sum a k x k int8 window can produce, through the shift-and-add divide (in
+    # two stages, or three with ``deep_pipeline``).
     n = kernel * kernel
     sums = list(range(-128 * n, 127 * n + 1))
     lanes = CFG.cols
-    dut = _Finish(lanes=lanes, in_bits=12, word=word_layout(CFG), sums=True)
+    dut = _Finish(lanes=lanes, in_bits=12, word=word_layout(CFG), sums=True, deep=deep)
     got = []
 
     async def bench(ctx):
@@ -211,7 +215,9 @@ def test_average_exhaustive(kernel):
         ctx.set(dut.avg, 1)
         ctx.set(dut.o.ready, 1)
         ctx.set(dut.i.valid, 1)
-        for i in range(0, len(sums) + 2 * lanes, lanes):
+        # The last sums leave the finishing stage's pipeline that many cycles later.
+        stages = pool_stages(DEEP_CFG if deep else CFG)[-1]
+        for i in range(0, len(sums) + stages * lanes, lanes):
             chunk = (sums[i:i + lanes] + [0] * lanes)[:lanes]
             ctx.set(dut.i.value, chunk)
             _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
