@@ -34,19 +34,22 @@ def pool_layers():
             itertools.product(("max", "avg"), arith.POOL_KERNELS, arith.POOL_STRIDES),
             POOL_MAPS)):
         yield kind, k, stride, CFG.cols * (1 + i % 3) - 1, h, w
+    # A tail the maps above miss with ``deep_pipeline``'s stages: the column window's last
+    # word four words before the end of the input (windows of 2, stride 3, 7x7, two words).
+    yield "max", 2, 3, 2 * CFG.cols - 1, 7, 7
 
 
-def pool_cases(rng):
+def pool_cases(rng, cfg=CFG):
     cases = []
     for kind, k, stride, c, h, w in pool_layers():
         x = rng.integers(-128, 128, (c, h, w)).astype(np.int8)
-        cases.append(case_from_layers(CFG, f"{kind}pool {k}/{stride} {c}x{h}x{w}", x,
+        cases.append(case_from_layers(cfg, f"{kind}pool {k}/{stride} {c}x{h}x{w}", x,
                                       [{"kind": kind, "k": k, "stride": stride}],
                                       seed=len(cases)))
     return cases
 
 
-def conv_cases(rng):
+def conv_cases(rng, cfg=CFG):
     cases = []
     for k, stride in itertools.product(range(1, 8), (1, 2)):
         pad = (k + stride) % min(k, 4)                  # 0 to 3, and never >= k
@@ -56,7 +59,7 @@ def conv_cases(rng):
         x = rng.integers(-128, 128, (cin, h, w)).astype(np.int8)
         lay = {"kind": "conv", "params": conv_params(rng, cin, cout, k), "stride": stride,
                "pad": pad, "relu": bool(k % 2)}
-        cases.append(case_from_layers(CFG, f"conv k{k} s{stride} p{pad} {cin}x{h}x{w}->{cout}",
+        cases.append(case_from_layers(cfg, f"conv k{k} s{stride} p{pad} {cin}x{h}x{w}->{cout}",
                                       x, [lay], seed=len(cases)))
     # Fully connected: a flattened (C, H, W) input, then a 1x1 spatial one.
     x = rng.integers(-128, 128, (9, 3, 3)).astype(np.int8)
@@ -64,28 +67,33 @@ def conv_cases(rng):
            "relu": True}
     fc2 = {"kind": "conv", "params": conv_params(rng, 13, 10, 1), "stride": 1, "pad": 0,
            "relu": False}
-    cases.append(case_from_layers(CFG, "linear 81->13->10", x, [fc1, fc2], seed=len(cases)))
+    cases.append(case_from_layers(cfg, "linear 81->13->10", x, [fc1, fc2], seed=len(cases)))
     return cases
 
 
-def test_pool_cases_cover_short_tails():
+@pytest.mark.parametrize("deep", [False, True], ids=["plain", "deep"])
+def test_pool_cases_cover_short_tails(deep):
     """The pooling sweep has maps whose windows stop short of the last row, the last column,
     both, and neither: every distinct pipeline tail the model knows occurs."""
-    tails = {perfmodel.pool_tail(CFG, describe_pool(CFG, channels=c, h=h, w=w, kernel=k,
+    cfg = CFG.replace(deep_pipeline=deep)
+    tails = {perfmodel.pool_tail(cfg, describe_pool(cfg, channels=c, h=h, w=w, kernel=k,
                                                    stride=stride))
              for _, k, stride, c, h, w in pool_layers()}
-    stages = pool_stages(CFG)
+    stages = pool_stages(cfg)
     assert tails == set(range(stages[0], sum(stages) + 1))
 
 
 @pytest.mark.slow
-def test_cycles_exactly_as_predicted(tmp_path):
+@pytest.mark.parametrize("deep", [False, True], ids=["plain", "deep"])
+def test_cycles_exactly_as_predicted(tmp_path, deep):
+    # ``deep_pipeline``: three more cycles a pooling layer, each in the model's `pool_stages`.
+    cfg = CFG.replace(deep_pipeline=deep)
     rng = np.random.default_rng(3)
-    cases = conv_cases(rng) + pool_cases(rng)
+    cases = conv_cases(rng, cfg) + pool_cases(rng, cfg)
     path, results = tmp_path / "vectors.json", tmp_path / "results.json"
-    path.write_text(json.dumps(vector_file(CFG, cases)))
-    run_cocotb(Core(CFG), name="core", test_module="test_core", sim=selected_simulators()[-1],
-               build_key=CFG.as_dict(),
+    path.write_text(json.dumps(vector_file(cfg, cases)))
+    run_cocotb(Core(cfg), name="core", test_module="test_core", sim=selected_simulators()[-1],
+               build_key=cfg.as_dict(),
                extra_env={"SYSTOLIC_VECTORS": path, "SYSTOLIC_RESULTS": results}, timeout=900)
     report = json.loads(results.read_text())
     assert [r["name"] for r in report] == [c["name"] for c in cases]
