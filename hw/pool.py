@@ -91,20 +91,23 @@ def _mean(total, seven, k3):
     two adders instead of six (``tests/test_pool_unit.py`` checks every sum).
     """
     assert arith.AVG_DIV == {4: (1, 2), 9: (455, 12)}, "update the adders"
-    ninth = ((seven << 6) + seven + (1 << 11)) >> 12
-    quarter = (total + 2) >> 2
-    return Mux(k3, ninth, quarter)
+    return Mux(k3, _ninth(_times65(seven)), _quarter(total))
 
 
 def _times65(seven):
-    """``455 * S = 65 * (7 * S)`` from `_seven`'s result: with ``deep_pipeline``, the mean's
-    second stage."""
+    """``455 * S = 65 * (7 * S)`` from `_seven`'s result (with ``deep_pipeline``, a stage of
+    its own)."""
     return (seven << 6) + seven
 
 
 def _ninth(times455):
-    """``floor((2*S + 9) / 18)`` from ``455 * S`` (`_times65`): the deep mean's third stage."""
+    """``floor((2*S + 9) / 18)`` from ``455 * S`` (`_times65`)."""
     return (times455 + (1 << 11)) >> 12
+
+
+def _quarter(total):
+    """``floor((2*S + 4) / 8)`` of a window sum ``S``."""
+    return (total + 2) >> 2
 
 
 def _history(shape, depth):
@@ -412,7 +415,7 @@ class _Finish(wiring.Component):
                 m.d.sync += [
                     seven[lane].eq(_seven(self.i.value[lane])),
                     times455[lane].eq(_times65(seven[lane])),
-                    quarter[lane].eq((held1[lane] + 2) >> 2),
+                    quarter[lane].eq(_quarter(held1[lane])),
                     self.o.payload[lane].eq(
                         Mux(self.avg, Mux(self.k3, ninth, quarter[lane]), held2[lane])),
                 ]
