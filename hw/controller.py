@@ -131,9 +131,9 @@ def runnable_ops(cfg):
     ops = [Op.CONV]
     if cfg.pool:
         ops.append(Op.MAXPOOL)
-        if cfg.pool_avg:
-            # The element-wise engines come with averaging (`systolic.hw.eltwise.has_eltwise`).
-            ops += [Op.AVGPOOL, Op.ADD, Op.GAP]
+    if cfg.eltwise:
+        # The element-wise engines come with averaging (`AcceleratorConfig.eltwise`).
+        ops += [Op.AVGPOOL, Op.ADD, Op.GAP]
     return ops
 
 

@@ -21,7 +21,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .conv import ConvEngine
-from .eltwise import AddEngine, GapEngine, has_eltwise
+from .eltwise import AddEngine, GapEngine
 from .isa import (
     ACT_READ_LATENCY,
     CMD_LATENCY,
@@ -311,7 +311,7 @@ class BankedWeights(wiring.Component):
 
 class Core(wiring.Component):
     """Memories plus convolution (and, when configured, pooling) engines; with the averaging
-    pooling engine, the residual add and global average pooling engines too (`has_eltwise`).
+    pooling engine, the residual add and global average pooling engines too (``cfg.eltwise``).
 
     Members
     -------
@@ -375,7 +375,7 @@ class Core(wiring.Component):
 
         # Element-wise engines: each reads and writes activation memory itself.
         elt = []
-        if has_eltwise(cfg):
+        if cfg.eltwise:
             add, gap = AddEngine(cfg), GapEngine(cfg)
             m.submodules.add = local_reset(m, add, name="add", target=cfg.target)
             m.submodules.gap = local_reset(m, gap, name="gap", target=cfg.target)

@@ -41,7 +41,7 @@ from .replica import hard_register
 from .synth import one_hot
 
 __all__ = ["ADD_LATENCY", "AddEngine", "GAP_DIV_STEPS", "GAP_READ_LATENCY", "GAP_TILE_EXTRA",
-           "GapEngine", "add_latency", "has_eltwise"]
+           "GapEngine", "add_latency"]
 
 #: Cycles from issuing the read of an add's last second-operand word to its result's write
 #: (one more with ``deep_pipeline``: `add_latency`).
@@ -63,12 +63,6 @@ def add_latency(cfg: AcceleratorConfig):
     """`ADD_LATENCY`, and a cycle more with ``cfg.deep_pipeline`` (the clamp a stage after the
     rounding)."""
     return ADD_LATENCY + cfg.deep_pipeline
-
-
-def has_eltwise(cfg: AcceleratorConfig):
-    """Whether ``cfg``'s core has the residual add and global average pooling engines
-    (`AcceleratorConfig.eltwise`)."""
-    return cfg.eltwise
 
 
 def _act_ports(cfg):

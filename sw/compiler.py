@@ -51,7 +51,6 @@ import numpy as np
 
 from ..hw import layout
 from ..hw.config import AcceleratorConfig
-from ..hw.eltwise import has_eltwise
 from ..hw.isa import (
     Mem,
     dense_lane_tap,
@@ -458,7 +457,7 @@ def _plan(qnet, cfg, dense_input, dense_conv=True):
                                "configuration with pool_avg=True (the default and big presets)")
             out = layer.out_shape(shape)
         elif isinstance(layer, Add | GlobalAvgPool):
-            if not has_eltwise(cfg):
+            if not cfg.eltwise:
                 raise FitError(f"{name}: residual adds and global average pooling need the "
                                "element-wise engines, which come with the averaging pooling "
                                "engine; use a configuration with pool=True and pool_avg=True "
