@@ -90,8 +90,10 @@ class Netlist:
         if t == "TRELLIS_FF":
             return CLK_TO_Q
         if t == "DP16KD":
-            return CLK_TO_Q if str(p.get("REGMODE_A", "NOREG")).strip() == "OUTREG" \
-                else DP16KD_CLK_TO_OUT
+            # The output register of the port the pin belongs to (DOA: A, DOB: B; a 36-bit
+            # read through B sets both alike, `systolic.hw.outreg`).
+            regmode = p.get(f"REGMODE_{port[2]}", "NOREG") if port.startswith("DO") else "NOREG"
+            return CLK_TO_Q if str(regmode).strip() == "OUTREG" else DP16KD_CLK_TO_OUT
         if t == "MULT18X18D" and str(p.get("REG_OUTPUT_CLK", "NONE")).strip() != "NONE":
             return CLK_TO_Q
         if t in ("TRELLIS_IO", "EHXPLLL", "$scopeinfo"):
