@@ -12,10 +12,15 @@ seed and the tools' versions) and still holds its bitstream is reused instead of
 (``force`` rebuilds): the bitstream does not depend on the network, which is loaded over the
 UART, so one build serves every model.
 
+`build_seeds` (``systolic build --seeds 1-4``) builds the same design with several placer
+seeds, a few at a time, until one meets timing: near a design's limit nextpnr's result turns
+on the seed.
+
 Nothing is ever programmed; the report says how to load the bitstream.
 """
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -33,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from amaranth.build.run import BuildPlan
+
 from . import outreg
 from .boards import BOARDS, BoardTop, get_board
 from .config import preset
@@ -49,8 +56,9 @@ from .synth import (
     parse_report,
 )
 
-__all__ = ["RIPUP_PATIENCE", "BuildError", "BuildReport", "TimingError", "add_parser", "build",
-           "check_timing", "critical_path_summary", "format_critical_path", "ripup_stalled"]
+__all__ = ["RIPUP_PATIENCE", "BuildCancelled", "BuildError", "BuildReport", "TimingError",
+           "add_parser", "build", "build_seeds", "check_timing", "critical_path_summary",
+           "format_critical_path", "parse_seeds", "ripup_stalled"]
 
 NAME = "systolic"
 
@@ -80,6 +88,11 @@ class BuildError(SynthError):
 class TimingError(BuildError):
     """A build that missed its clock: finished (the message has the fmax and critical path), or
     stopped because nextpnr's router could not get closer to it (`ripup_stalled`)."""
+
+
+class BuildCancelled(BuildError):
+    """A build stopped before it finished because it was no longer wanted: another placer seed
+    of the same sweep met timing first (`build_seeds`)."""
 
 
 # Yosys and nextpnr name a mapped cell after the signal it drives, then append the primitive and
@@ -181,6 +194,12 @@ class BuildReport:
     bram_output_registers : dict
         ECP5: block RAM read ports whose read data register went into the block RAM
         (`systolic.hw.outreg`): ``{"ports": n, "flip_flops": n, "kept": n}``; else empty.
+    seeds : list of dict
+        From a sweep over placer seeds (`build_seeds`), every seed's outcome, in the order
+        given: ``{"seed", "status", "fmax_mhz", "build_dir", "message"}``, ``status`` one of
+        ``met``, ``missed`` (finished below the clock), ``stalled`` (the router stopped, see
+        `ripup_stalled`), ``failed``, ``stopped`` (another seed met timing first) and ``not
+        run``. Empty for a build of one seed.
     """
 
     board: str
@@ -206,6 +225,7 @@ class BuildReport:
     critical_path: dict = field(default_factory=dict)
     peak_gops: float = 0.0
     bram_output_registers: dict = field(default_factory=dict)
+    seeds: list = field(default_factory=list)
 
     def as_dict(self):
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -244,6 +264,8 @@ class BuildReport:
                          f"{o['ports'] + o['kept']} read ports")
         lines.append(f"  peak   {self.peak_gops:.2f} GOPS ({self.config['rows']}x"
                      f"{self.config['cols']} PEs, 2 ops a cycle each)")
+        if self.seeds:
+            lines.append("  seeds  " + ", ".join(_seed_outcome(o) for o in self.seeds))
         lines.append(f"  bitstream {self.bitstream}")
         if self.program_hint:
             lines.append(f"  program:  {self.program_hint}")
@@ -251,6 +273,11 @@ class BuildReport:
 
     def _lut_cell(self):
         return "TRELLIS_COMB" if get_board(self.board).family == "ecp5" else "ICESTORM_LC"
+
+
+def _seed_outcome(o):
+    fmax = f" {o['fmax_mhz']:.1f} MHz" if o.get("fmax_mhz") is not None else ""
+    return f"{o['seed']} {o['status']}{fmax}"
 
 
 @contextlib.contextmanager
@@ -276,9 +303,11 @@ def _toolchain_env(family):
         os.environ.update(old)
 
 
-def _stage(name, work, *, progress, watch=None):
+def _stage(name, work, *, progress, watch=None, cancel=None):
     """Run ``work()`` with a status line ``name: elapsed`` (on a terminal); returns its value
-    and the seconds it took. ``watch()`` may return a short phase to show."""
+    and the seconds it took. ``watch()`` may return a short phase to show. On an interrupt,
+    ``cancel`` (a `threading.Event`) is set before the tools are stopped, so that ``work``
+    starts no more of them."""
     from tqdm import tqdm
 
     start = time.monotonic()
@@ -305,6 +334,8 @@ def _stage(name, work, *, progress, watch=None):
     except BaseException:
         # Ctrl-C arrives here, not in ``work``'s thread; the tools, in a session of their
         # own (`_run_plan`), do not see it.
+        if cancel is not None:
+            cancel.set()
         for proc in list(_TOOLCHAINS):
             _stop(proc)
         raise
@@ -432,11 +463,12 @@ def _stall_message(stalled, clock_mhz, pnr_log):
             f"--clock or another --seed")
 
 
-def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0, seed=None):
+def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0, seed=None, cancel=None):
     """Run the extracted build script, its output into ``build.log``; map failures to errors.
 
     nextpnr's log is watched: a timing-driven rip-up that makes no progress (`ripup_stalled`)
-    is stopped, and the build fails with what is known of its timing."""
+    is stopped, and the build fails with what is known of its timing. Once ``cancel`` (a
+    `threading.Event`) is set, the tools are stopped and `BuildCancelled` raised."""
     log = build_dir / "build.log"
     pnr_log = build_dir / f"{NAME}.tim"
     with open(log, "w") as out:
@@ -451,6 +483,10 @@ def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0, seed=None):
                     break
                 except subprocess.TimeoutExpired:
                     pass
+                if cancel is not None and cancel.is_set():
+                    _stop(proc)
+                    raise BuildCancelled(f"The build in {build_dir} was stopped: another seed "
+                                         "met timing first")
                 try:
                     stalled = ripup_stalled(pnr_log.read_text(errors="replace"))
                 except OSError:
@@ -635,64 +671,292 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=No
     """
     spec = get_board(board)
     seed = spec.seed if seed is None else seed
+    _check_seed(seed)
+    top = BoardTop(spec, cfg, clock_mhz=clock_mhz, baud=baud)
+    build_dir = _make_build_dir(build_dir, spec)
+    stages = {}
+    with _toolchain_env(spec.family):
+        platform = spec.platform()
+        plan, stages["elaborate"] = _stage(
+            "elaborate", lambda: prepare_plan(spec.family, platform, top, seed), progress=progress)
+        run = _Run(spec, top, platform, plan, seed, build_dir, force, stages)
+        if run.reused is not None:
+            return run.reused
+        _, stages["toolchain"] = _stage("toolchain", run.toolchain, progress=progress,
+                                        watch=run.watch)
+        return run.report()
+
+
+def _check_seed(seed):
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise BuildError(f"Seed must be a non-negative integer, not {seed!r}")
-    top = BoardTop(spec, cfg, clock_mhz=clock_mhz, baud=baud)
+    return seed
+
+
+def _make_build_dir(build_dir, spec):
     build_dir = Path(build_dir if build_dir is not None else Path("build") / spec.name)
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BuildError(f"Cannot create build directory {str(build_dir)!r}: {e.strerror}") \
             from None
-    target_mhz = top.clock_hz / 1e6
-    stages = {}
-    with _toolchain_env(spec.family):
-        platform = spec.platform()
-        plan, stages["elaborate"] = _stage(
-            "elaborate", lambda: prepare_plan(spec.family, platform, top, seed), progress=progress)
-        design = _design_hash(plan, spec.family, seed)
-        if not force and (reused := _reusable(build_dir, design)) is not None:
-            return reused
+    return build_dir
+
+
+class _Run:
+    """One seed's build of an elaborated design: its directory made ready (or its earlier
+    bitstream found, `reused`) on creation, the toolchain run by `toolchain`, the report made
+    by `report`. Creation extracts the plan, which changes the working directory for a moment
+    (Amaranth's `BuildPlan.extract`): only in the main thread."""
+
+    def __init__(self, spec, top, platform, plan, seed, build_dir, force, stages):
+        self.spec, self.top, self.platform, self.seed = spec, top, platform, seed
+        self.build_dir, self.stages = build_dir, stages
+        self.design = _design_hash(plan, spec.family, seed)
+        self.reused = None if force else _reusable(build_dir, self.design)
+        if self.reused is not None:
+            return
         # (The packer's input too: `_ToolWatch` takes it for the packer running.)
         for stale in ("report.json", "report.html", f"{NAME}.bit", f"{NAME}.bin",
                       f"{NAME}.tim", f"{NAME}.config", f"{NAME}.asc", outreg.REPORT):
             (build_dir / stale).unlink(missing_ok=True)
         plan.extract(build_dir)
-        watch = _ToolWatch(build_dir, spec.family)
-        _, stages["toolchain"] = _stage(
-            "toolchain", lambda: _run_plan(build_dir, top.cfg, target_mhz, seed=seed),
-            progress=progress, watch=watch)
-        watch.switch(None)
-        stages.update(watch.times)
-    bitstream = build_dir / (f"{NAME}.bit" if spec.family == "ecp5" else f"{NAME}.bin")
-    if not bitstream.exists():
-        raise BuildError(f"The toolchain finished but wrote no bitstream {bitstream}; end of "
-                         f"its log:\n{log_tail(build_dir / 'build.log')}")
-    synth = parse_report(build_dir, name=NAME, family=spec.family, device=platform.device,
-                   package=platform.package, clock_mhz=target_mhz, out_of_context=False)
-    clocks = {k: {"achieved": v["achieved"], "constraint": v.get("constraint", target_mhz)}
-              for k, v in synth.fmax.items() if "achieved" in v}
-    slowest = min(clocks, key=lambda k: clocks[k]["achieved"]) if clocks else None
-    report = BuildReport(
-        board=spec.name, bitstream=bitstream, config=top.cfg.as_dict(), clock_mhz=target_mhz,
-        baud=top.baud, luts=synth.luts, ffs=synth.ffs, dsps=synth.dsps, brams=synth.brams,
-        sprams=synth.sprams, totals=synth.totals, fmax_mhz=synth.fmax_mhz,
-        target_mhz=target_mhz,
-        timing_met=all(c["achieved"] >= c["constraint"] for c in clocks.values()),
-        clocks=clocks, stages={k: round(v, 1) for k, v in stages.items()},
-        build_dir=build_dir, program_hint=spec.program_hint.format(bitstream=bitstream),
-        design=design, critical_path=critical_path_summary(synth.critical_path, slowest),
-        peak_gops=round(2 * top.cfg.pes * target_mhz / 1000, 3),
-        bram_output_registers=_outreg_counts(build_dir))
-    (build_dir / "report.json").write_text(json.dumps(
-        {**report.as_dict(), "nextpnr": json.loads((build_dir / "report.json").read_text())},
-        indent=2) + "\n")
-    # The same page `systolic report` writes.
-    from ..sw.report import write_report
+        self.watch = _ToolWatch(build_dir, spec.family)
 
-    write_report(build_dir / "report.html", build=report.as_dict(),
-                 title=f"systolic build: {spec.name}")
-    return report
+    def toolchain(self, cancel=None):
+        _run_plan(self.build_dir, self.top.cfg, self.top.clock_hz / 1e6, seed=self.seed,
+                  cancel=cancel)
+        self.watch.switch(None)
+
+    def report(self):
+        spec, top, build_dir = self.spec, self.top, self.build_dir
+        self.stages.update(self.watch.times)
+        target_mhz = top.clock_hz / 1e6
+        bitstream = build_dir / (f"{NAME}.bit" if spec.family == "ecp5" else f"{NAME}.bin")
+        if not bitstream.exists():
+            raise BuildError(f"The toolchain finished but wrote no bitstream {bitstream}; end "
+                             f"of its log:\n{log_tail(build_dir / 'build.log')}")
+        synth = parse_report(build_dir, name=NAME, family=spec.family,
+                             device=self.platform.device, package=self.platform.package,
+                             clock_mhz=target_mhz, out_of_context=False)
+        clocks = {k: {"achieved": v["achieved"], "constraint": v.get("constraint", target_mhz)}
+                  for k, v in synth.fmax.items() if "achieved" in v}
+        slowest = min(clocks, key=lambda k: clocks[k]["achieved"]) if clocks else None
+        report = BuildReport(
+            board=spec.name, bitstream=bitstream, config=top.cfg.as_dict(),
+            clock_mhz=target_mhz, baud=top.baud, luts=synth.luts, ffs=synth.ffs,
+            dsps=synth.dsps, brams=synth.brams, sprams=synth.sprams, totals=synth.totals,
+            fmax_mhz=synth.fmax_mhz, target_mhz=target_mhz,
+            timing_met=all(c["achieved"] >= c["constraint"] for c in clocks.values()),
+            clocks=clocks, stages={k: round(v, 1) for k, v in self.stages.items()},
+            build_dir=build_dir, program_hint=spec.program_hint.format(bitstream=bitstream),
+            design=self.design, critical_path=critical_path_summary(synth.critical_path, slowest),
+            peak_gops=round(2 * top.cfg.pes * target_mhz / 1000, 3),
+            bram_output_registers=_outreg_counts(build_dir))
+        (build_dir / "report.json").write_text(json.dumps(
+            {**report.as_dict(), "nextpnr": json.loads((build_dir / "report.json").read_text())},
+            indent=2) + "\n")
+        # The same page `systolic report` writes.
+        from ..sw.report import write_report
+
+        write_report(build_dir / "report.html", build=report.as_dict(),
+                     title=f"systolic build: {spec.name}")
+        return report
+
+
+#: Most placer seeds one sweep may try (`parse_seeds`).
+MAX_SEEDS = 64
+
+
+def parse_seeds(text):
+    """The placer seeds of a ``--seeds`` argument: comma-separated non-negative integers and
+    ranges, ``"1-4"``, ``"1,3,5-8"``; in the order given.
+
+    Raises
+    ------
+    BuildError
+        If the text is not such a list, a range runs backwards, a seed repeats, or there are
+        more than `MAX_SEEDS`.
+    """
+    seeds = []
+    for part in str(text).split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise BuildError(f"Seeds must be non-negative integers and ranges separated by "
+                             f"commas (e.g. 1-4 or 1,3,5-8), not {text!r}")
+        lo, hi = int(m[1]), int(m[2] if m[2] is not None else m[1])
+        if hi < lo:
+            raise BuildError(f"Seed range {part.strip()!r} runs backwards; write {hi}-{lo}")
+        if hi - lo >= MAX_SEEDS:
+            raise BuildError(f"At most {MAX_SEEDS} seeds in a sweep, not {part.strip()!r}")
+        seeds.extend(range(lo, hi + 1))
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise BuildError(f"Seed{'s' if len(repeated) > 1 else ''} "
+                         f"{', '.join(map(str, repeated))} given more than once in {text!r}")
+    if len(seeds) > MAX_SEEDS:
+        raise BuildError(f"At most {MAX_SEEDS} seeds in a sweep, not {len(seeds)}")
+    return seeds
+
+
+def _reseeded(plan, old, new):
+    """``plan`` (made for placer seed ``old``) with nextpnr's seed ``new`` instead: its build
+    scripts' command lines (the shell and batch scripts, and the JSON list of commands)."""
+    if new == old:
+        return plan
+    patterns = ((f" --seed {old} ", f" --seed {new} "),
+                (f'"--seed", "{old}"', f'"--seed", "{new}"'))
+    out = BuildPlan(plan.script)
+    for name, content in plan.files.items():
+        if name.startswith(f"build_{NAME}.") and isinstance(content, str):
+            hits = [(a, b) for a, b in patterns if a in content]
+            if len(hits) != 1 or content.count(hits[0][0]) != 1:
+                raise BuildError(f"Internal error: the build script {name} does not name "
+                                 f"placer seed {old} once")
+            content = content.replace(*hits[0])
+        out.add_file(name, content)
+    return out
+
+
+def build_seeds(board, cfg=None, *, seeds, jobs=None, clock_mhz=None, baud=None,
+                build_dir=None, progress=True, force=False):
+    """Build ``board``'s design with each of the placer seeds ``seeds`` until one meets timing.
+
+    nextpnr's result at a clock near the design's limit turns on the placer's seed (the
+    ULX3S's default design closes at 90 MHz on seed 4, not on 1 or 3): this runs the seeds
+    ``jobs`` at a time, each in ``build_dir/seed-N``, from one elaboration and one Yosys
+    netlist per seed, and stops the others once one meets timing (the seeds not yet started
+    are not run). A seed's directory that holds its bitstream already is reused (unless
+    ``force``), so the same sweep run again returns at once.
+
+    Parameters
+    ----------
+    seeds : list of int
+        Placer seeds, tried in this order (`parse_seeds` reads ``"1-4"``).
+    jobs : int, optional
+        Builds run at once; default as many as this machine has cores (at most one a seed).
+        nextpnr takes about 2 GB for the ECP5-85F.
+    board, cfg, clock_mhz, baud, build_dir, progress, force
+        As `build`.
+
+    Returns
+    -------
+    BuildReport
+        The build that met timing first, or, if none did, the fastest one that finished; its
+        ``seeds`` lists every seed's outcome (also written to ``build_dir/seeds.json``).
+
+    Raises
+    ------
+    BuildError
+        As `build`; also if no seed finished a build (each one's outcome in the message).
+    """
+    spec = get_board(board)
+    if not isinstance(seeds, list | tuple) or not seeds:
+        raise BuildError(f"Seeds must be a non-empty list of seeds, not {seeds!r}")
+    seeds = [_check_seed(s) for s in seeds]
+    if len(set(seeds)) != len(seeds):
+        raise BuildError(f"Seeds must differ, not {seeds!r}")
+    if jobs is None:
+        jobs = min(len(seeds), os.cpu_count() or 1)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise BuildError(f"Jobs must be a positive integer, not {jobs!r}")
+    top = BoardTop(spec, cfg, clock_mhz=clock_mhz, baud=baud)
+    build_dir = _make_build_dir(build_dir, spec)
+    elaborate = {}
+    with _toolchain_env(spec.family):
+        platform = spec.platform()
+        plan, elaborate["elaborate"] = _stage(
+            "elaborate", lambda: prepare_plan(spec.family, platform, top, seeds[0]),
+            progress=progress)
+        runs, outcomes = {}, {}
+        for s in seeds:
+            d = build_dir / f"seed-{s}"
+            d.mkdir(exist_ok=True)
+            runs[s] = _Run(spec, top, platform, _reseeded(plan, seeds[0], s), s, d, force,
+                           dict(elaborate))
+            outcomes[s] = {"seed": s, "status": "not run", "fmax_mhz": None,
+                           "build_dir": str(d), "message": ""}
+        reports = {s: r.reused for s, r in runs.items() if r.reused is not None}
+        for s, r in reports.items():
+            outcomes[s].update(status="met" if r.timing_met else "missed", fmax_mhz=r.fmax_mhz)
+        winner = next((s for s in seeds if s in reports and reports[s].timing_met), None)
+        done = threading.Event()
+        if winner is None:
+            running = {}
+            lock = threading.Lock()
+
+            def one(s):
+                if done.is_set():
+                    return
+                run = runs[s]
+                with lock:
+                    running[s] = run
+                try:
+                    run.toolchain(cancel=done)
+                    report = run.report()
+                except BuildCancelled:
+                    outcomes[s]["status"] = "stopped"
+                    return
+                except TimingError as e:
+                    outcomes[s].update(status="stalled", message=str(e))
+                    return
+                except BuildError as e:
+                    outcomes[s].update(status="failed", message=str(e))
+                    return
+                finally:
+                    with lock:
+                        running.pop(s, None)
+                reports[s] = report
+                outcomes[s].update(status="met" if report.timing_met else "missed",
+                                   fmax_mhz=report.fmax_mhz)
+                if report.timing_met:
+                    done.set()
+
+            def status():
+                with lock:
+                    now = [f"seed {s}: {run.watch()}" for s, run in running.items()]
+                ended = [_seed_outcome(o) for o in outcomes.values()
+                         if o["status"] not in ("not run", "stopped")]
+                return " | ".join(now + ended)
+
+            def sweep():
+                with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+                    for f in [pool.submit(one, s) for s in seeds if s not in reports]:
+                        f.result()
+
+            pending = [s for s in seeds if s not in reports]
+            _stage(f"seeds {parse_seeds_text(pending)}, {jobs} at a time", sweep,
+                   progress=progress, watch=status, cancel=done)
+            winner = next((s for s in seeds if s in reports and reports[s].timing_met), None)
+    summary = [outcomes[s] for s in seeds]
+    (build_dir / "seeds.json").write_text(json.dumps(
+        {"winner": winner, "seeds": summary}, indent=2) + "\n")
+    if winner is None:
+        finished = [s for s in seeds if s in reports and reports[s].fmax_mhz is not None]
+        if not finished:
+            raise BuildError(f"No seed finished a build: {_sweep_summary(summary)}")
+        winner = max(finished, key=lambda s: reports[s].fmax_mhz)
+    return dataclasses.replace(reports[winner], seeds=summary)
+
+
+def parse_seeds_text(seeds):
+    """The seeds ``seeds`` written as `parse_seeds` reads them, runs as ranges: ``1-4,7``."""
+    parts, run = [], []
+    for s in seeds:
+        if run and s == run[-1] + 1:
+            run.append(s)
+            continue
+        if run:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 2 else ",".join(map(str, run)))
+        run = [s]
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 2 else ",".join(map(str, run)))
+    return ",".join(parts)
+
+
+def _sweep_summary(summary):
+    return "; ".join(_seed_outcome(o) + (f" ({o['message']})" if o["message"] else "")
+                     for o in summary)
 
 
 def board_config_from_args(spec, args):
@@ -706,8 +970,17 @@ def board_config_from_args(spec, args):
 def _run(args):
     spec = get_board(args.board)
     cfg = board_config_from_args(spec, args)
-    report = build(spec.name, cfg, clock_mhz=args.clock, baud=args.baud, build_dir=args.output,
-                   seed=args.seed, progress=not args.json, force=args.force)
+    if args.jobs is not None and args.seeds is None:
+        raise BuildError("--jobs runs several seeds at once: give them with --seeds (e.g. "
+                         "--seeds 1-4 --jobs 2)")
+    if args.seeds is not None:
+        report = build_seeds(spec.name, cfg, seeds=parse_seeds(args.seeds), jobs=args.jobs,
+                             clock_mhz=args.clock, baud=args.baud, build_dir=args.output,
+                             progress=not args.json, force=args.force)
+    else:
+        report = build(spec.name, cfg, clock_mhz=args.clock, baud=args.baud,
+                       build_dir=args.output, seed=args.seed, progress=not args.json,
+                       force=args.force)
     if args.json:
         print(json.dumps(report.as_dict()), flush=True)
     else:
@@ -720,10 +993,24 @@ def check_timing(report):
     if report.timing_met:
         return
     fmax = "unknown" if report.fmax_mhz is None else f"{report.fmax_mhz:.1f} MHz"
+    if report.seeds:
+        seeds = [o["seed"] for o in report.seeds]
+        which = (f"any of seeds {parse_seeds_text(seeds)}" if len(seeds) > 1
+                 else f"seed {seeds[0]}")
+        raise TimingError(
+            f"Timing not met at {report.target_mhz:g} MHz on {which}: "
+            f"{_sweep_summary(report.seeds)}. The fastest, seed {_seed_of(report)} (fmax "
+            f"{fmax}), is in {report.build_dir}; its critical path "
+            f"{format_critical_path(report.critical_path)}. Try --clock "
+            f"{int(report.fmax_mhz or 0)} or more --seeds")
     raise TimingError(
         f"Timing not met: fmax {fmax} for a {report.target_mhz:g} MHz clock; critical path "
         f"{format_critical_path(report.critical_path)}. Try --clock "
         f"{int(report.fmax_mhz or 0)} or another --seed")
+
+
+def _seed_of(report):
+    return next(o["seed"] for o in report.seeds if Path(o["build_dir"]) == report.build_dir)
 
 
 def add_parser(subparsers):
@@ -743,6 +1030,7 @@ def add_parser(subparsers):
                "  systolic build --board icebreaker                 # about 2 minutes\n"
                "  systolic build --board ulx3s-85f -o build/ulx3s   # about 25 minutes\n"
                "  systolic build --board ulx3s-85f --clock 25 --baud 1000000   # no PLL\n"
+               "  systolic build --board ulx3s-85f --clock 100 --baud 2000000 --seeds 1-6\n"
                "  systolic build --board ulx3s-85f --preset small --json\n")
     p.add_argument("--board", required=True, metavar="NAME",
                    help=f"board: {', '.join(BOARDS)}")
@@ -755,9 +1043,18 @@ def add_parser(subparsers):
     p.add_argument("--baud", type=int, help="UART baud rate (default: the board's)")
     p.add_argument("-o", "--output", metavar="DIR", help="build directory "
                                                          "(default: build/BOARD)")
-    p.add_argument("--seed", type=int, help="nextpnr placer seed (default: the board's, one its "
-                   "design closes with: " + ", ".join(f"{b.name} {b.seed}" for b in
-                                                      BOARDS.values()) + ")")
+    seed = p.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, help="nextpnr placer seed (default: the board's, one "
+                      "its design closes with: " + ", ".join(f"{b.name} {b.seed}" for b in
+                                                            BOARDS.values()) + ")")
+    seed.add_argument("--seeds", metavar="LIST",
+                      help="build with each of these placer seeds (e.g. 1-4 or 1,3,5-8), "
+                           "--jobs at a time, each in DIR/seed-N, until one meets timing; the "
+                           "report is that build's, with every seed's outcome "
+                           "(DIR/seeds.json)")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="with --seeds: builds at once (default: one a core; nextpnr takes "
+                        "about 2 GB for the ECP5-85F)")
     p.add_argument("--force", action="store_true",
                    help="build even if DIR holds this design's bitstream already (it is "
                         "reused otherwise: the network is loaded over the UART, so one "

@@ -32,6 +32,7 @@ os.environ.setdefault("SYSTOLIC_FAST_UART_CXX_OPT", "-O1")
 # machine, Dec 3: 9 min 51 s in all; a test that first needs a design pays for its build, so the
 # first of those sharing one is listed).
 LONGEST = (
+    "tests/test_build.py::test_seed_sweep_icebreaker",                  # two builds at once
     "tests/test_build.py::test_build_icebreaker_end_to_end",            # 127: place and route
     "tests/test_netlist_rtl.py::test_netlist_lenet_digits[ulx3s-85f]",  # 86
     "tests/test_netlist_rtl.py",                                        # 60: the iCEBreaker's

@@ -9,20 +9,27 @@ minutes, and then no time at all for the same design again (the bitstream is reu
 import dataclasses
 import json
 import os
+import threading
 
 import pytest
 from systolic.hw import build as build_module
 from systolic.hw.build import (
+    MAX_SEEDS,
     RIPUP_PATIENCE,
+    BuildCancelled,
     BuildError,
     BuildReport,
     TimingError,
     _outreg_counts,
+    _reseeded,
     _reusable,
     _run_plan,
     _stage,
     build,
+    build_seeds,
     critical_path_summary,
+    parse_seeds,
+    parse_seeds_text,
     ripup_stalled,
 )
 from systolic.hw.config import preset
@@ -202,6 +209,23 @@ def test_stalled_router_is_stopped(tmp_path, used, state):
         os.kill(int((tmp_path / "pid").read_text()), 0)
 
 
+def test_a_cancelled_build_stops_its_tools(tmp_path):
+    """A sweep's other seeds, once one has met timing: the tools stop, `BuildCancelled`."""
+    fake_plan(tmp_path, "echo $$ > pid\nsleep 600\n")
+    cancel = threading.Event()
+
+    def later():
+        while not (tmp_path / "pid").exists() or not (tmp_path / "pid").read_text().strip():
+            cancel.wait(0.01)
+        cancel.set()
+    threading.Thread(target=later, daemon=True).start()
+    with pytest.raises(BuildCancelled, match=r"^The build in .* was stopped: another seed met "
+                                             r"timing first$"):
+        _run_plan(tmp_path, preset("small"), poll_s=0.05, cancel=cancel)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((tmp_path / "pid").read_text()), 0)
+
+
 def test_interrupted_build_stops_its_tools(tmp_path):
     """Ctrl-C during the toolchain stage (the tools run in a session of their own, where the
     terminal's interrupt does not reach them): they are stopped too."""
@@ -334,3 +358,146 @@ def test_build_icebreaker_end_to_end(tmp_path, capsys):
     assert again["reused"]
     assert {**again, "reused": False} == report
     assert (out / "systolic.bin").stat().st_mtime_ns == built
+
+
+@pytest.mark.parametrize(("text", "seeds"), [
+    ("4", [4]), ("1-4", [1, 2, 3, 4]), ("1,3,5-8", [1, 3, 5, 6, 7, 8]), (" 2 - 3 , 0", [2, 3, 0]),
+    ("7,1-2", [7, 1, 2]), (f"0-{MAX_SEEDS - 1}", list(range(MAX_SEEDS)))])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", r"^Seeds must be non-negative integers and ranges separated by commas \(e\.g\. 1-4 or "
+         r"1,3,5-8\), not ''$"),
+    ("1,,2", r"not '1,,2'$"), ("-1", r"not '-1'$"), ("a", r"not 'a'$"), ("1-2-3", r"not '1-2-3'$"),
+    ("4-1", r"^Seed range '4-1' runs backwards; write 1-4$"),
+    ("1-3,2", r"^Seed 2 given more than once in '1-3,2'$"),
+    ("1,1,2,2", r"^Seeds 1, 2 given more than once in '1,1,2,2'$"),
+    ("5,5", r"^Seed 5 given more than once in '5,5'$"),
+    (f"0-{MAX_SEEDS}", rf"^At most {MAX_SEEDS} seeds in a sweep, not '0-{MAX_SEEDS}'$"),
+    (f"0-{MAX_SEEDS - 1},{MAX_SEEDS}", rf"^At most {MAX_SEEDS} seeds in a sweep, not "
+                                       rf"{MAX_SEEDS + 1}$")])
+def test_parse_seeds_refuses(text, message):
+    with pytest.raises(BuildError, match=message):
+        parse_seeds(text)
+
+
+def test_parse_seeds_text():
+    for seeds in ([4], [1, 2], [1, 2, 3], [1, 3, 5, 6, 7, 8], [7, 1, 2, 3], [0, 2, 4]):
+        text = parse_seeds_text(seeds)
+        assert parse_seeds(text) == seeds
+    assert parse_seeds_text([1, 2, 3, 4, 7]) == "1-4,7"
+    assert parse_seeds_text([1, 2, 5]) == "1,2,5"
+
+
+def test_reseeded_plan():
+    from amaranth.build.run import BuildPlan
+
+    plan = BuildPlan("build_systolic")
+    plan.add_file("systolic.il", "module x ... --seed 4 ... end")
+    plan.add_file("build_systolic.sh", "yosys\nnextpnr --report r.json --seed 4 --router r2\n")
+    plan.add_file("build_systolic.json", '{"commands": [["nextpnr", "--seed", "4", "--x"]]}')
+    other = _reseeded(plan, 4, 11)
+    assert other.files == {"systolic.il": "module x ... --seed 4 ... end",
+                           "build_systolic.sh": "yosys\nnextpnr --report r.json --seed 11 "
+                                                "--router r2\n",
+                           "build_systolic.json": '{"commands": [["nextpnr", "--seed", "11", '
+                                                  '"--x"]]}'}
+    assert _reseeded(plan, 4, 4) is plan
+    with pytest.raises(BuildError, match=r"^Internal error: the build script build_systolic\.sh "
+                                         r"does not name placer seed 3 once$"):
+        _reseeded(plan, 3, 5)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"seeds": []}, r"^Seeds must be a non-empty list of seeds, not \[\]$"),
+    ({"seeds": "1-4"}, r"^Seeds must be a non-empty list of seeds, not '1-4'$"),
+    ({"seeds": [1, -2]}, r"^Seed must be a non-negative integer, not -2$"),
+    ({"seeds": [1, 1]}, r"^Seeds must differ, not \[1, 1\]$"),
+    ({"seeds": [1, 2], "jobs": 0}, r"^Jobs must be a positive integer, not 0$"),
+    ({"seeds": [1, 2], "jobs": True}, r"^Jobs must be a positive integer, not True$")])
+def test_build_seeds_refuses(tmp_path, kwargs, message):
+    with pytest.raises(BuildError, match=message):
+        build_seeds("icebreaker", build_dir=tmp_path, progress=False, **kwargs)
+
+
+def test_seeds_options_on_the_command_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:                  # argparse's usage error
+        main(["build", "--board", "icebreaker", "--seed", "1", "--seeds", "1-2"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "systolic build: error: argument --seeds: not allowed with argument --seed\n")
+    assert main(["build", "--board", "icebreaker", "--jobs", "2", "-o", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("systolic: error: --jobs runs several seeds at once: give "
+                                       "them with --seeds (e.g. --seeds 1-4 --jobs 2)\n")
+    assert main(["build", "--board", "icebreaker", "--seeds", "3-1", "-o", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("systolic: error: Seed range '3-1' runs backwards; write "
+                                       "1-3\n")
+
+
+@pytest.mark.slow
+def test_seed_sweep_icebreaker(tmp_path, capsys):
+    """Two seeds of the iCEBreaker's design at once, each in its own directory: the first to
+    meet timing is the build; the other finished below the clock, met it too, or was stopped.
+    The same sweep again is the same build, reused."""
+    out = tmp_path / "sweep"
+    assert main(["build", "--board", "icebreaker", "-o", str(out), "--seeds", "1,3",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["timing_met"]
+    outcomes = report["seeds"]
+    assert [o["seed"] for o in outcomes] == [1, 3]
+    assert [o["build_dir"] for o in outcomes] == [str(out / "seed-1"), str(out / "seed-3")]
+    (win,) = [o for o in outcomes if o["build_dir"] == report["build_dir"]]
+    assert win["status"] == "met"
+    assert win["fmax_mhz"] == report["fmax_mhz"] >= 30.0
+    assert report["bitstream"] == str(out / f"seed-{win['seed']}" / "systolic.bin")
+    assert (out / f"seed-{win['seed']}" / "systolic.bin").stat().st_size > 50_000
+    (other,) = [o for o in outcomes if o is not win]
+    assert other["status"] in ("met", "missed", "stopped")
+    if other["status"] == "missed":
+        assert other["fmax_mhz"] < 30.0
+    elif other["status"] == "met":
+        assert other["fmax_mhz"] >= 30.0
+    else:
+        assert other["fmax_mhz"] is None
+        assert not (out / f"seed-{other['seed']}" / "systolic.bin").exists()
+    assert json.loads((out / "seeds.json").read_text()) == {"winner": win["seed"],
+                                                            "seeds": outcomes}
+    on_disk = json.loads((out / f"seed-{win['seed']}" / "report.json").read_text())
+    assert on_disk["fmax_mhz"] == report["fmax_mhz"]
+    assert not report["reused"]
+    # Again: the winner's bitstream is found, nothing runs.
+    assert main(["build", "--board", "icebreaker", "-o", str(out), "--seeds", "1,3"]) == 0
+    table = capsys.readouterr().out
+    assert "(up to date: reused, --force rebuilds)" in table
+    assert "  seeds  " in table
+    assert f"{win['seed']} met {win['fmax_mhz']:.1f} MHz" in table
+
+
+@pytest.mark.parametrize("json_flag", [True, False])
+def test_seed_sweep_that_misses_exits_nonzero(tmp_path, monkeypatch, capsys, json_flag):
+    """No seed met the clock: the report is the fastest build's, and the command fails naming
+    every seed's outcome, where the fastest is, its critical path and what to try."""
+    seeds = [{"seed": 1, "status": "missed", "fmax_mhz": 14.5, "build_dir": str(tmp_path / "s1"),
+              "message": ""},
+             {"seed": 2, "status": "missed", "fmax_mhz": 15.25, "build_dir": str(tmp_path),
+              "message": ""},
+             {"seed": 3, "status": "failed", "fmax_mhz": None, "build_dir": str(tmp_path / "s3"),
+              "message": "The design does not fit the device"}]
+    report = dataclasses.replace(_missed_report(tmp_path), seeds=seeds)
+    monkeypatch.setattr(build_module, "build_seeds", lambda *args, **kwargs: report)
+    argv = (["build", "--board", "icebreaker", "-o", str(tmp_path), "--seeds", "1-3"]
+            + ["--json"] * json_flag)
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err == (
+        "systolic: error: Timing not met at 18 MHz on any of seeds 1-3: 1 missed 14.5 MHz; 2 "
+        "missed 15.2 MHz; 3 failed (The design does not fit the device). The fastest, seed 2 "
+        f"(fmax 15.2 MHz), is in {tmp_path}; its critical path pe_4_6.first_d0 -> pe_1_7.acc: "
+        "5.41 ns (1.21 ns logic, 4.20 ns routing). Try --clock 15 or more --seeds\n")
+    if json_flag:
+        assert json.loads(out) == report.as_dict()
+    else:
+        assert "  seeds  1 missed 14.5 MHz, 2 missed 15.2 MHz, 3 failed" in out.splitlines()
