@@ -672,19 +672,29 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=No
     spec = get_board(board)
     seed = spec.seed if seed is None else seed
     _check_seed(seed)
-    top = BoardTop(spec, cfg, clock_mhz=clock_mhz, baud=baud)
-    build_dir = _make_build_dir(build_dir, spec)
-    stages = {}
-    with _toolchain_env(spec.family):
-        platform = spec.platform()
-        plan, stages["elaborate"] = _stage(
-            "elaborate", lambda: prepare_plan(spec.family, platform, top, seed), progress=progress)
+    with _elaborated(spec, cfg, clock_mhz, baud, build_dir, seed, progress) as (
+            top, build_dir, platform, plan, seconds):
+        stages = {"elaborate": seconds}
         run = _Run(spec, top, platform, plan, seed, build_dir, force, stages)
         if run.reused is not None:
             return run.reused
         _, stages["toolchain"] = _stage("toolchain", run.toolchain, progress=progress,
                                         watch=run.watch)
         return run.report()
+
+
+@contextlib.contextmanager
+def _elaborated(spec, cfg, clock_mhz, baud, build_dir, seed, progress):
+    """``(top, build_dir, platform, plan, seconds)``: the board design, its build directory
+    (made), and its build plan for placer ``seed`` (elaborated in ``seconds``), in the
+    toolchain's environment (`_toolchain_env`) until the block ends."""
+    top = BoardTop(spec, cfg, clock_mhz=clock_mhz, baud=baud)
+    build_dir = _make_build_dir(build_dir, spec)
+    with _toolchain_env(spec.family):
+        platform = spec.platform()
+        plan, seconds = _stage(
+            "elaborate", lambda: prepare_plan(spec.family, platform, top, seed), progress=progress)
+        yield top, build_dir, platform, plan, seconds
 
 
 def _check_seed(seed):
@@ -860,14 +870,9 @@ def build_seeds(board, cfg=None, *, seeds, jobs=None, clock_mhz=None, baud=None,
         jobs = min(len(seeds), os.cpu_count() or 1)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise BuildError(f"Jobs must be a positive integer, not {jobs!r}")
-    top = BoardTop(spec, cfg, clock_mhz=clock_mhz, baud=baud)
-    build_dir = _make_build_dir(build_dir, spec)
-    elaborate = {}
-    with _toolchain_env(spec.family):
-        platform = spec.platform()
-        plan, elaborate["elaborate"] = _stage(
-            "elaborate", lambda: prepare_plan(spec.family, platform, top, seeds[0]),
-            progress=progress)
+    with _elaborated(spec, cfg, clock_mhz, baud, build_dir, seeds[0], progress) as (
+            top, build_dir, platform, plan, seconds):
+        elaborate = {"elaborate": seconds}
         runs, outcomes = {}, {}
         for s in seeds:
             d = build_dir / f"seed-{s}"
