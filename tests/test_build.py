@@ -501,3 +501,22 @@ def test_seed_sweep_that_misses_exits_nonzero(tmp_path, monkeypatch, capsys, jso
         assert json.loads(out) == report.as_dict()
     else:
         assert "  seeds  1 missed 14.5 MHz, 2 missed 15.2 MHz, 3 failed" in out.splitlines()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("board", ["icebreaker", "ulx3s-85f"])
+def test_reseeded_plan_is_the_seeds_own(board):
+    """A sweep elaborates once and gives each seed the plan reseeded: file for file what the
+    board's plan for that seed is, and so the same design (hash) as a build of that seed."""
+    from systolic.hw.boards import BoardTop, get_board
+    from systolic.hw.build import _design_hash, _toolchain_env, prepare_plan
+
+    spec = get_board(board)
+    top = BoardTop(spec)
+    with _toolchain_env(spec.family):
+        plans = {s: prepare_plan(spec.family, spec.platform(), top, s) for s in (1, 7)}
+    reseeded = _reseeded(plans[1], 1, 7)
+    assert reseeded.files == plans[7].files
+    assert reseeded.files != plans[1].files
+    assert (_design_hash(reseeded, spec.family, 7) == _design_hash(plans[7], spec.family, 7)
+            != _design_hash(plans[1], spec.family, 1))
