@@ -678,6 +678,7 @@ def build(board, cfg=None, *, clock_mhz=None, baud=None, build_dir=None, seed=No
         run = _Run(spec, top, platform, plan, seed, build_dir, force, stages)
         if run.reused is not None:
             return run.reused
+        run.prepare()
         _, stages["toolchain"] = _stage("toolchain", run.toolchain, progress=progress,
                                         watch=run.watch)
         return run.report()
@@ -714,24 +715,25 @@ def _make_build_dir(build_dir, spec):
 
 
 class _Run:
-    """One seed's build of an elaborated design: its directory made ready (or its earlier
-    bitstream found, `reused`) on creation, the toolchain run by `toolchain`, the report made
-    by `report`. Creation extracts the plan, which changes the working directory for a moment
-    (Amaranth's `BuildPlan.extract`): only in the main thread."""
+    """One seed's build of an elaborated design: its earlier bitstream found on creation
+    (`reused`), its directory made ready by `prepare`, the toolchain run by `toolchain`, the
+    report made by `report`. `prepare` extracts the plan, which changes the working directory
+    for a moment (Amaranth's `BuildPlan.extract`): only in the main thread."""
 
     def __init__(self, spec, top, platform, plan, seed, build_dir, force, stages):
-        self.spec, self.top, self.platform, self.seed = spec, top, platform, seed
-        self.build_dir, self.stages = build_dir, stages
+        self.spec, self.top, self.platform, self.plan = spec, top, platform, plan
+        self.seed, self.build_dir, self.stages = seed, build_dir, stages
         self.design = _design_hash(plan, spec.family, seed)
         self.reused = None if force else _reusable(build_dir, self.design)
-        if self.reused is not None:
-            return
+
+    def prepare(self):
         # (The packer's input too: `_ToolWatch` takes it for the packer running.)
         for stale in ("report.json", "report.html", f"{NAME}.bit", f"{NAME}.bin",
                       f"{NAME}.tim", f"{NAME}.config", f"{NAME}.asc", outreg.REPORT):
-            (build_dir / stale).unlink(missing_ok=True)
-        plan.extract(build_dir)
-        self.watch = _ToolWatch(build_dir, spec.family)
+            (self.build_dir / stale).unlink(missing_ok=True)
+        self.plan.extract(self.build_dir)
+        self.watch = _ToolWatch(self.build_dir, self.spec.family)
+        return self
 
     def toolchain(self, cancel=None):
         _run_plan(self.build_dir, self.top.cfg, self.top.clock_hz / 1e6, seed=self.seed,
@@ -876,7 +878,6 @@ def build_seeds(board, cfg=None, *, seeds, jobs=None, clock_mhz=None, baud=None,
         runs, outcomes = {}, {}
         for s in seeds:
             d = build_dir / f"seed-{s}"
-            d.mkdir(exist_ok=True)
             runs[s] = _Run(spec, top, platform, _reseeded(plan, seeds[0], s), s, d, force,
                            dict(elaborate))
             outcomes[s] = {"seed": s, "status": "not run", "fmax_mhz": None,
@@ -887,6 +888,9 @@ def build_seeds(board, cfg=None, *, seeds, jobs=None, clock_mhz=None, baud=None,
         winner = next((s for s in seeds if s in reports and reports[s].timing_met), None)
         done = threading.Event()
         if winner is None:
+            for s in seeds:
+                if s not in reports:
+                    runs[s].prepare()
             running = {}
             lock = threading.Lock()
 

@@ -468,8 +468,12 @@ def test_seed_sweep_icebreaker(tmp_path, capsys):
     on_disk = json.loads((out / f"seed-{win['seed']}" / "report.json").read_text())
     assert on_disk["fmax_mhz"] == report["fmax_mhz"]
     assert not report["reused"]
-    # Again: the winner's bitstream is found, nothing runs.
+    # Again: the winner's bitstream is found, nothing runs, the other seed's directory is
+    # left as it was.
+    other_dir = out / f"seed-{other['seed']}"
+    before = {p.name: p.stat().st_mtime_ns for p in other_dir.iterdir()}
     assert main(["build", "--board", "icebreaker", "-o", str(out), "--seeds", "1,3"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in other_dir.iterdir()} == before
     table = capsys.readouterr().out
     assert "(up to date: reused, --force rebuilds)" in table
     assert "  seeds  " in table
