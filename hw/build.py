@@ -835,7 +835,7 @@ def build_seeds(board, cfg=None, *, seeds, jobs=None, clock_mhz=None, baud=None,
     """Build ``board``'s design with each of the placer seeds ``seeds`` until one meets timing.
 
     nextpnr's result at a clock near the design's limit turns on the placer's seed (the
-    ULX3S's default design closes at 90 MHz on seed 4, not on 1 or 3): this runs the seeds
+    ULX3S's default design closes at 90 MHz on seed 5, not on 2 or 4): this runs the seeds
     ``jobs`` at a time, each in ``build_dir/seed-N``, from one elaboration and one Yosys
     netlist per seed, and stops the others once one meets timing (the seeds not yet started
     are not run). A seed's directory that holds its bitstream already is reused (unless
