@@ -882,15 +882,24 @@ def build_seeds(board, cfg=None, *, seeds, jobs=None, clock_mhz=None, baud=None,
                            dict(elaborate))
             outcomes[s] = {"seed": s, "status": "not run", "fmax_mhz": None,
                            "build_dir": str(d), "message": ""}
-        reports = {s: r.reused for s, r in runs.items() if r.reused is not None}
-        for s, r in reports.items():
-            outcomes[s].update(status="met" if r.timing_met else "missed", fmax_mhz=r.fmax_mhz)
-        winner = next((s for s in seeds if s in reports and reports[s].timing_met), None)
+        reports = {}
+
+        def finished(s, report):
+            reports[s] = report
+            outcomes[s].update(status="met" if report.timing_met else "missed",
+                               fmax_mhz=report.fmax_mhz)
+
+        def first_met():
+            return next((s for s in seeds if s in reports and reports[s].timing_met), None)
+
+        for s, r in runs.items():
+            if r.reused is not None:
+                finished(s, r.reused)
         done = threading.Event()
-        if winner is None:
-            for s in seeds:
-                if s not in reports:
-                    runs[s].prepare()
+        pending = [s for s in seeds if s not in reports]
+        if first_met() is None:
+            for s in pending:
+                runs[s].prepare()
             running = {}
             lock = threading.Lock()
 
@@ -915,9 +924,7 @@ def build_seeds(board, cfg=None, *, seeds, jobs=None, clock_mhz=None, baud=None,
                 finally:
                     with lock:
                         running.pop(s, None)
-                reports[s] = report
-                outcomes[s].update(status="met" if report.timing_met else "missed",
-                                   fmax_mhz=report.fmax_mhz)
+                finished(s, report)
                 if report.timing_met:
                     done.set()
 
@@ -930,13 +937,12 @@ def build_seeds(board, cfg=None, *, seeds, jobs=None, clock_mhz=None, baud=None,
 
             def sweep():
                 with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-                    for f in [pool.submit(one, s) for s in seeds if s not in reports]:
+                    for f in [pool.submit(one, s) for s in pending]:
                         f.result()
 
-            pending = [s for s in seeds if s not in reports]
             _stage(f"seeds {parse_seeds_text(pending)}, {jobs} at a time", sweep,
                    progress=progress, watch=status, cancel=done)
-            winner = next((s for s in seeds if s in reports and reports[s].timing_met), None)
+    winner = first_met()
     summary = [outcomes[s] for s in seeds]
     (build_dir / "seeds.json").write_text(json.dumps(
         {"winner": winner, "seeds": summary}, indent=2) + "\n")
