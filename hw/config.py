@@ -59,6 +59,11 @@ class AcceleratorConfig:
     pool_avg : bool
         Whether the pooling engine can average (it can always take the maximum). Averaging
         needs wider line buffers and a constant multiplier per lane.
+    eltwise : bool
+        Whether the core has the element-wise engines (`systolic.hw.eltwise`): the residual
+        add and global average pooling, which ResNet-class networks need. They take no part in
+        a LeNet; without them (the iCEBreaker's ``small``) the compiler refuses a network with
+        a residual add or global average pooling, naming the layer.
     requant_lanes : int
         Requantization lanes, a divisor of ``cols``; 0 means one per column. With fewer lanes
         than columns each row of sums goes through the lanes in ``cols / requant_lanes``
@@ -97,7 +102,8 @@ class AcceleratorConfig:
         mean in three one-adder stages instead of two (three more cycles a pooling layer,
         `systolic.hw.pool.pool_stages`), the residual add's clamp a stage after its rounding
         (a cycle more an add, `systolic.hw.eltwise.add_latency`), and the ULX3S's LEDs from
-        registers. Only with the averaging pooling engine (``pool_avg``).
+        registers. Only with the averaging pooling engine (``pool_avg``) or the residual add
+        (``eltwise``): without averaging the pooling engine has no stages to add.
     fc_rows : int
         Rows of the array a fully connected layer of one image can run *row by row* on
         (`systolic.hw.isa.describe_fc_rows`), 0 for none: each of those rows computes its own
@@ -122,6 +128,7 @@ class AcceleratorConfig:
     max_dim: int = 255
     pool: bool = True
     pool_avg: bool = True
+    eltwise: bool = True
     requant_lanes: int = 0
     requant_dsp: bool = False
     dense_conv: bool = True
@@ -171,10 +178,13 @@ class AcceleratorConfig:
                               "the ice40 target does not build; set dense_conv=False")
         if not isinstance(self.deep_pipeline, bool):
             raise ConfigError(f"deep_pipeline must be True or False, not {self.deep_pipeline!r}")
-        if self.deep_pipeline and not self.pool_avg:
+        for name in ("pool", "pool_avg", "eltwise"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        if self.deep_pipeline and not (self.pool_avg or self.eltwise):
             raise ConfigError("deep_pipeline adds stages to the averaging pooling engine and the "
-                              "residual add, which a configuration without pool_avg does not "
-                              "have; set deep_pipeline=False")
+                              "residual add, which a configuration without pool_avg and eltwise "
+                              "does not have; set deep_pipeline=False")
         fc = self.fc_rows
         if fc:
             wrong = [what for bad, what in (
@@ -206,12 +216,6 @@ class AcceleratorConfig:
     def rq_groups(self):
         """Cycles a row of sums spends in the requantizer; parameter words per channel tile."""
         return self.cols // self.rq_lanes
-
-    @property
-    def eltwise(self):
-        """Whether the core has the residual add and global average pooling engines: with the
-        averaging pooling engine (not in the iCEBreaker's ``small`` preset)."""
-        return self.pool and self.pool_avg
 
     @property
     def dsps(self):
@@ -266,6 +270,10 @@ class AcceleratorConfig:
         """The configuration `as_dict` gave (its derived values are ignored; a knob it lacks,
         from an older version, takes that version's value)."""
         d = {**_BEFORE_KNOBS, **d}
+        if "eltwise" not in d:
+            # Before it was a knob, the element-wise engines came with the averaging pooling
+            # engine.
+            d["eltwise"] = d.get("pool", True) and d.get("pool_avg", True)
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def as_dict(self):
@@ -286,8 +294,8 @@ PRESETS = {
     # one requantization lane; weights in SPRAM, everything else in its 30 EBR.
     "small": AcceleratorConfig(rows=1, cols=4, act_depth=1024, weight_depth=16384,
                                param_depth=64, program_depth=32, max_dim=31, pool_avg=False,
-                               requant_lanes=1, requant_dsp=True, dense_conv=False,
-                               fused_pool=False, fetch_ahead=False),
+                               eltwise=False, requant_lanes=1, requant_dsp=True,
+                               dense_conv=False, fused_pool=False, fetch_ahead=False),
     # ECP5-85F (ULX3S's build): 8 rows by 16 columns, 128 of its 156 MULT18X18D in the array
     # and 16 in the residual add; 8 requantization lanes (a row of sums drains in two cycles;
     # 16 would double the requantizer's logic). Words of 16

@@ -131,9 +131,10 @@ def runnable_ops(cfg):
     ops = [Op.CONV]
     if cfg.pool:
         ops.append(Op.MAXPOOL)
+        if cfg.pool_avg:
+            ops.append(Op.AVGPOOL)
     if cfg.eltwise:
-        # The element-wise engines come with averaging (`AcceleratorConfig.eltwise`).
-        ops += [Op.AVGPOOL, Op.ADD, Op.GAP]
+        ops += [Op.ADD, Op.GAP]
     return ops
 
 

@@ -310,8 +310,8 @@ class BankedWeights(wiring.Component):
 
 
 class Core(wiring.Component):
-    """Memories plus convolution (and, when configured, pooling) engines; with the averaging
-    pooling engine, the residual add and global average pooling engines too (``cfg.eltwise``).
+    """Memories plus convolution (and, when configured, pooling) engines; with ``cfg.eltwise``,
+    the residual add and global average pooling engines too.
 
     Members
     -------

@@ -113,6 +113,10 @@ def add_config_arguments(parser):
                    help="multiply by M on two DSP blocks per lane instead of in the fabric")
     g.add_argument("--pool-avg", action=argparse.BooleanOptionalAction, default=None,
                    help="whether the pooling engine can average (--no-pool-avg: max only)")
+    g.add_argument("--eltwise", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the core has the residual add and global average pooling "
+                        "engines, which ResNet-class networks need (--no-eltwise saves their "
+                        "logic: a LeNet does not use them)")
     g.add_argument("--dense-conv", action=argparse.BooleanOptionalAction, default=None,
                    help="whether convolutions of few input channels can run dense, several "
                         "kernel taps in each reduction step (a per-lane address and bounds "
@@ -129,7 +133,8 @@ def add_config_arguments(parser):
     g.add_argument("--deep-pipeline", action=argparse.BooleanOptionalAction, default=None,
                    help="more pipeline stages for clocks above 90 MHz: the pooling windows' "
                         "outputs registered, the mean in three stages, the residual add's "
-                        "clamp a stage later (3 more cycles a pooling layer, 1 an add)")
+                        "clamp a stage later (3 more cycles an averaging pooling layer, 1 an "
+                        "add)")
     g.add_argument("--target", choices=TARGETS,
                    help="multiplier primitive: generic (simulation), ecp5, ice40")
 

@@ -459,9 +459,8 @@ def _plan(qnet, cfg, dense_input, dense_conv=True):
         elif isinstance(layer, Add | GlobalAvgPool):
             if not cfg.eltwise:
                 raise FitError(f"{name}: residual adds and global average pooling need the "
-                               "element-wise engines, which come with the averaging pooling "
-                               "engine; use a configuration with pool=True and pool_avg=True "
-                               "(the default and big presets)")
+                               "element-wise engines; use a configuration with eltwise=True "
+                               "(the default, wide and big presets; --eltwise)")
             out = layer.out_shape(shape)
             if isinstance(layer, Add):
                 srcs.append(tensor_of[layer.skip])

@@ -272,7 +272,8 @@ def test_controller_rejects_missing_pooling(sim, pooling, tmp_path):
     """AVGPOOL without ``pool_avg``, and any pooling without ``pool``, is a BAD_DESCRIPTOR (not
     a silent maximum, or a wait for an engine that is not there); the entries before it run.
     (Two configurations of their own: on one simulator, `_ONE_SIM`.)"""
-    cfg = CFG.replace(pool_avg=False) if pooling == "max-only" else CFG.replace(pool=False)
+    cfg = (CFG.replace(pool_avg=False, eltwise=False) if pooling == "max-only"
+           else CFG.replace(pool=False, eltwise=False))
     rng = np.random.default_rng(7)
     x = rng.integers(-128, 128, (4, 4, 4)).astype(np.int8)
     y = arith.maxpool2d(x, 2, 2)

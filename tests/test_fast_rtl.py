@@ -281,7 +281,8 @@ def test_narrow_array_stalls_as_modelled(rows, cols):
     qnet = quantize.quantize(model, rng.random((16, *shape)).astype(np.float32),
                              input_shape=shape, p_max=255, dataset="mnist", arch="custom")
     cfg = preset("default").replace(rows=rows, cols=cols, act_depth=256, weight_depth=1024,
-                                    max_dim=15, max_kernel=3, pool_avg=False)
+                                    max_dim=15, max_kernel=3, pool_avg=False,
+                                    eltwise=False)
     images = rng.integers(0, 128, (2, *shape)).astype(np.int8)
     report = simulate(qnet, images, cfg, jobs=1)
     _exact(report, qnet, images)

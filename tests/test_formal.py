@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 ENGINES = AcceleratorConfig(rows=1, cols=2, act_depth=16, weight_depth=16, param_depth=16,
                             program_depth=2, max_kernel=3, max_dim=8)
 #: The controller's: one-byte words, so that a whole WRITE frame and its checks fit the depth.
-CONTROLLER = ENGINES.replace(cols=1, max_kernel=1, pool=False)
+CONTROLLER = ENGINES.replace(cols=1, max_kernel=1, pool=False, eltwise=False)
 #: Cycles of the controller's bounded checks: replies to short frames (ERROR, STATUS, ACK, a
 #: one-word READ's DATA) for the stream rules; and for the writes, the ERROR code byte of a
 #: one-word WRITE refused after its dry pass (BAD_ADDRESS past the memory's end, or BAD_LENGTH),

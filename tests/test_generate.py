@@ -41,9 +41,9 @@ def test_generate_overrides(tmp_path, capsys):
                                      r"\(8 > 4\)"),
     (["--act-depth", "1000"], r"systolic: error: act_depth must be a power of two between 16 "
                               r"and 2\*\*20, not 1000\n"),
-    (["--deep-pipeline", "--no-pool-avg"],
+    (["--deep-pipeline", "--no-pool-avg", "--no-eltwise"],
      r"systolic: error: deep_pipeline adds stages to the averaging pooling engine and the "
-     r"residual add, which a configuration without pool_avg does not have; set "
+     r"residual add, which a configuration without pool_avg and eltwise does not have; set "
      r"deep_pipeline=False\n"),
 ])
 def test_generate_rejects_bad_configs(tmp_path, capsys, argv, message):

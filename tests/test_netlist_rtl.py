@@ -29,10 +29,10 @@ CASES = {
     "icebreaker": ("icebreaker", None, 1),
     "ulx3s-85f": ("ulx3s-85f", preset("default").replace(
         rows=2, cols=2, act_depth=1024, weight_depth=4096, max_dim=63, max_kernel=3,
-        pool_avg=False, target="ecp5"), 1),
+        pool_avg=False, eltwise=False, target="ecp5"), 1),
     "ulx3s-85f-fc-rows": ("ulx3s-85f", preset("default").replace(
         rows=2, cols=8, act_depth=1024, weight_depth=2048, max_dim=63, max_kernel=3,
-        pool_avg=False, fc_rows=2, target="ecp5"), 1),
+        pool_avg=False, eltwise=False, fc_rows=2, target="ecp5"), 1),
 }
 
 

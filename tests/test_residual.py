@@ -11,7 +11,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from systolic.hw.config import preset
+from systolic.hw.config import AcceleratorConfig, ConfigError, preset
+from systolic.hw.controller import runnable_ops
+from systolic.hw.isa import Op
 from systolic.sw import arith, golden, quantize
 from systolic.sw.compiler import FitError, compile_network
 from systolic.sw.qnet import (
@@ -241,7 +243,7 @@ def test_bad_add_in_a_file(resnet, tmp_path):
 
 def test_compiler_takes_residual_and_global_pooling(resnet):
     """The default preset runs both (`systolic.hw.eltwise`); the iCEBreaker's, without the
-    averaging pooling engine they come with, refuses them, naming the layer."""
+    element-wise engines, refuses them, naming the layer and the fix."""
     net, _ = resnet
     program = compile_network(net, preset("default"))
     assert {"add"} <= {lay.kind for lay in program.layers}
@@ -255,6 +257,34 @@ def test_compiler_takes_residual_and_global_pooling(resnet):
     with pytest.raises(FitError, match=r"^layer 1 \(global avgpool\): residual adds and global "
                                        r"average pooling need"):
         compile_network(gap_only, preset("small"))
+
+
+def test_element_wise_engines_without_averaging(resnet):
+    """The element-wise engines are a knob of their own (``eltwise``), not the averaging pooling
+    engine's: a configuration that pools by maximum only still runs residual adds and global
+    pooling (and the controller's RUN takes ADD and GAP, not AVGPOOL), and one without them
+    refuses the add, naming the fix."""
+    net, _ = resnet
+    max_only = preset("default").replace(pool_avg=False)
+    assert {"add"} <= {lay.kind for lay in compile_network(net, max_only).layers}
+    assert runnable_ops(max_only) == [Op.CONV, Op.MAXPOOL, Op.ADD, Op.GAP]
+    assert runnable_ops(preset("default")) == [Op.CONV, Op.MAXPOOL, Op.AVGPOOL, Op.ADD, Op.GAP]
+    assert runnable_ops(preset("default").replace(eltwise=False)) == [
+        Op.CONV, Op.MAXPOOL, Op.AVGPOOL]
+    assert runnable_ops(preset("small")) == [Op.CONV, Op.MAXPOOL]
+    with pytest.raises(FitError, match=r"^layer 2 \(add layer 0\): residual adds and global "
+                                       r"average pooling need the element-wise engines; use a "
+                                       r"configuration with eltwise=True \(the default, wide "
+                                       r"and big presets; --eltwise\)$"):
+        compile_network(net, max_only.replace(eltwise=False))
+    with pytest.raises(ConfigError, match=r"^eltwise must be True or False, not 1$"):
+        preset("default").replace(eltwise=1)
+    # A build report from before the knob: the engines were there with averaging.
+    for name in ("default", "small"):
+        old = {k: v for k, v in preset(name).as_dict().items() if k != "eltwise"}
+        assert AcceleratorConfig.from_dict(old) == preset(name)
+    old = {k: v for k, v in max_only.as_dict().items() if k != "eltwise"}
+    assert AcceleratorConfig.from_dict(old) == max_only.replace(eltwise=False)
 
 
 def test_reference_formula_by_hand():
