@@ -5,7 +5,6 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from . import dsp
-from .replica import hard_register
 
 __all__ = ["ProcessingElement", "capture_cycles", "product_stages"]
 
@@ -114,25 +113,14 @@ class ProcessingElement(wiring.Component):
             m.d.sync += product_k.eq(product)
             product = product_k
         # The restart flags of the two halves, a cycle apart (see Notes); derived from
-        # `first_out`, so the PE's flag pipeline is the row's own. Each is equivalent to the
-        # `first_out` of a PE further along the row (``first_d0`` to the next one's,
-        # ``restart_lo`` to the one after ...), and Yosys merges equivalent registers: the
-        # PE's 48 enables and resets were then driven from three PEs away (on the ECP5, with
-        # the other PEs' loads, 81 of them: the 8x16's slowest arcs at 100 MHz as placed,
-        # 12.3 ns). On the ECP5 they are flip-flop primitives, which it does not merge
-        # (`hard_register`); the iCE40's 1x4 array keeps the merged ones (its cells are spent).
-        def flag(d, name):
-            if self._target == "ecp5":
-                return hard_register(m, d, name=name, target=self._target)
-            q = Signal(name=name)
-            m.d.sync += q.eq(d)
-            return q
-
+        # `first_out`, so the PE's flag pipeline is the row's own.
         restart = self.first_out
         for k in range(self._stages - 1):
-            restart = flag(restart, f"first_d{k}")
-        restart_lo = flag(restart, "restart_lo")
-        restart_hi = flag(restart_lo, "restart_hi")
+            restart_k = Signal(name=f"first_d{k}")
+            m.d.sync += restart_k.eq(restart)
+            restart = restart_k
+        restart_lo, restart_hi = Signal(name="restart_lo"), Signal(name="restart_hi")
+        m.d.sync += [restart_lo.eq(restart), restart_hi.eq(restart_lo)]
         # Reset-less: what they hold before the first tile's restart is discarded.
         lo = Signal(16, reset_less=True)
         hi = Signal(16, reset_less=True)
