@@ -86,3 +86,14 @@ def test_mlperf_resnet8_ulx3s_configuration():
     assert board.layers[0].fields.get("dense")
     assert [lay.fields["kh"] for lay in board.layers if "1x1" in lay.name] == [1, 1]
     assert len(compile_network(qnet, cfg.replace(dense_conv=False)).weights) == 4976
+
+
+def test_small_resnet_without_averaging():
+    """The element-wise engines without the averaging pooling engine (``pool_avg=False``,
+    ``eltwise`` on: a knob of their own): adds, a branch and global pooling exact, cycles as
+    predicted."""
+    qnet = small_resnet()
+    images = random_images(qnet, 2, seed=6)
+    report = simulate(qnet, images, preset("default").replace(pool_avg=False))
+    _exact(report, qnet, images)
+    assert {"add", "gap"} <= {lay.kind for lay in report.program.layers}
