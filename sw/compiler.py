@@ -454,7 +454,8 @@ def _plan(qnet, cfg, dense_input, dense_conv=True):
             if layer.kind == "avg" and not cfg.pool_avg:
                 raise FitError(f"{name}: this configuration's pooling engine only takes the "
                                "maximum (pool_avg=False); use max pooling in the model or a "
-                               "configuration with pool_avg=True (the default and big presets)")
+                               "configuration with pool_avg=True (the default, wide and big "
+                               "presets; --pool-avg)")
             out = layer.out_shape(shape)
         elif isinstance(layer, Add | GlobalAvgPool):
             if not cfg.eltwise:

@@ -479,7 +479,9 @@ def test_avgpool_needs_pool_avg():
     compile_network(qnet, preset("default"))
     with pytest.raises(FitError, match=r"^layer 1 \(avgpool 2x2 /2\): this configuration's "
                                        r"pooling engine only takes the maximum \(pool_avg="
-                                       r"False\); use max pooling in the model or "):
+                                       r"False\); use max pooling in the model or a "
+                                       r"configuration with pool_avg=True \(the default, wide "
+                                       r"and big presets; --pool-avg\)$"):
         compile_network(qnet, preset("small"))
 
 
