@@ -176,9 +176,7 @@ class AcceleratorConfig:
         if self.dense_conv and self.target == "ice40":
             raise ConfigError("dense_conv needs the activation memory in column slices, which "
                               "the ice40 target does not build; set dense_conv=False")
-        if not isinstance(self.deep_pipeline, bool):
-            raise ConfigError(f"deep_pipeline must be True or False, not {self.deep_pipeline!r}")
-        for name in ("pool", "pool_avg", "eltwise"):
+        for name in ("pool", "pool_avg", "eltwise", "deep_pipeline"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, not {getattr(self, name)!r}")
         if self.deep_pipeline and not (self.pool_avg or self.eltwise):
