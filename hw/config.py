@@ -102,8 +102,10 @@ class AcceleratorConfig:
         mean in three one-adder stages instead of two (three more cycles a pooling layer,
         `systolic.hw.pool.pool_stages`), the residual add's clamp a stage after its rounding
         (a cycle more an add, `systolic.hw.eltwise.add_latency`), and the ULX3S's LEDs from
-        registers. Only with the averaging pooling engine (``pool_avg``) or the residual add
-        (``eltwise``): without averaging the pooling engine has no stages to add.
+        registers. Without averaging (``pool_avg`` off) the pooling engine's windows become
+        the averaging engine's without its arithmetic: block RAM inputs from registers, output
+        registered (up to six more cycles a pooling layer). Only with a pooling engine
+        (``pool``) or the residual add (``eltwise``): it adds stages to nothing else.
     fc_rows : int
         Rows of the array a fully connected layer of one image can run *row by row* on
         (`systolic.hw.isa.describe_fc_rows`), 0 for none: each of those rows computes its own
@@ -179,10 +181,10 @@ class AcceleratorConfig:
         for name in ("pool", "pool_avg", "eltwise", "deep_pipeline"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, not {getattr(self, name)!r}")
-        if self.deep_pipeline and not (self.pool_avg or self.eltwise):
-            raise ConfigError("deep_pipeline adds stages to the averaging pooling engine and the "
-                              "residual add, which a configuration without pool_avg and eltwise "
-                              "does not have; set deep_pipeline=False")
+        if self.deep_pipeline and not (self.pool or self.eltwise):
+            raise ConfigError("deep_pipeline adds stages to the pooling engine and the residual "
+                              "add, which a configuration without pool and eltwise does not "
+                              "have; set deep_pipeline=False")
         fc = self.fc_rows
         if fc:
             wrong = [what for bad, what in (

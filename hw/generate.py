@@ -134,7 +134,8 @@ def add_config_arguments(parser):
                    help="more pipeline stages for clocks above 90 MHz: the pooling windows' "
                         "outputs registered, the mean in three stages, the residual add's "
                         "clamp a stage later (3 more cycles an averaging pooling layer, 1 an "
-                        "add)")
+                        "add); with --no-pool-avg, the max-only windows' block RAM inputs "
+                        "and outputs registered (up to 6 more cycles a pooling layer)")
     g.add_argument("--target", choices=TARGETS,
                    help="multiplier primitive: generic (simulation), ecp5, ice40")
 

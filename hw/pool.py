@@ -45,10 +45,12 @@ def pool_line_words(cfg: AcceleratorConfig):
 
 def _split(cfg):
     """Whether the windows have two history RAMs and registered RAM inputs (see `_Window`):
-    an engine with averaging. One without is the small engine (the iCEBreaker's, whose
-    UP5K is short of cells, not of levels). Not the target itself: a configuration's cycles
-    must not depend on it, so that a simulation of a board (``generic``) runs as the board."""
-    return cfg.pool_avg
+    an engine with averaging, or with ``deep_pipeline``. One without either is the small
+    engine (the iCEBreaker's, whose UP5K is short of cells, not of levels; on the ECP5 at
+    100 MHz its unregistered RAM inputs were 13 of the late endpoints, 11.4 ns). Not the
+    target itself: a configuration's cycles must not depend on it, so that a simulation of a
+    board (``generic``) runs as the board."""
+    return cfg.pool_avg or cfg.deep_pipeline
 
 
 def pool_stages(cfg: AcceleratorConfig):

@@ -40,7 +40,8 @@ pipelines (the activation and weight memories are registered on both sides)::
 The pooling engine (``hw/pool.py``) streams the input map through at one word a cycle, then
 drains its pipeline: the row window and the column window of four stages each and the
 finishing stage of two (five, five and three with ``deep_pipeline``; two, two and one
-without averaging: the small engine), behind the scan's output register (`pool_stages`).
+without averaging: the small engine; five, five and one without averaging with
+``deep_pipeline``), behind the scan's output register (`pool_stages`).
 Each unit is busy until its stages have passed on the last word it takes, and the column
 window takes only the words that end a row window, the finishing stage only those that end a
 window both ways. Floor mode drops the rows and columns past the last window

@@ -42,6 +42,8 @@ def pool_layers():
 def pool_cases(rng, cfg=CFG):
     cases = []
     for kind, k, stride, c, h, w in pool_layers():
+        if kind == "avg" and not cfg.pool_avg:
+            continue
         x = rng.integers(-128, 128, (c, h, w)).astype(np.int8)
         cases.append(case_from_layers(cfg, f"{kind}pool {k}/{stride} {c}x{h}x{w}", x,
                                       [{"kind": kind, "k": k, "stride": stride}],
@@ -71,23 +73,30 @@ def conv_cases(rng, cfg=CFG):
     return cases
 
 
-@pytest.mark.parametrize("deep", [False, True], ids=["plain", "deep"])
-def test_pool_cases_cover_short_tails(deep):
+# ``deep_pipeline`` adds stages to the pooling engine; without averaging, it makes the small
+# engine's windows the averaging engine's (registered block RAM inputs, registered outputs).
+VARIANTS = {"plain": {}, "deep": {"deep_pipeline": True},
+            "deep-max-only": {"deep_pipeline": True, "pool_avg": False, "eltwise": False}}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pool_cases_cover_short_tails(variant):
     """The pooling sweep has maps whose windows stop short of the last row, the last column,
     both, and neither: every distinct pipeline tail the model knows occurs."""
-    cfg = CFG.replace(deep_pipeline=deep)
+    cfg = CFG.replace(**VARIANTS[variant])
     tails = {perfmodel.pool_tail(cfg, describe_pool(cfg, channels=c, h=h, w=w, kernel=k,
                                                    stride=stride))
-             for _, k, stride, c, h, w in pool_layers()}
+             for kind, k, stride, c, h, w in pool_layers() if kind == "max" or cfg.pool_avg}
     stages = pool_stages(cfg)
     assert tails == set(range(stages[0], sum(stages) + 1))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("deep", [False, True], ids=["plain", "deep"])
-def test_cycles_exactly_as_predicted(tmp_path, deep):
-    # ``deep_pipeline``: three more cycles a pooling layer, each in the model's `pool_stages`.
-    cfg = CFG.replace(deep_pipeline=deep)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cycles_exactly_as_predicted(tmp_path, variant):
+    # ``deep_pipeline``: three more cycles a pooling layer (up to six without averaging: the
+    # averaging engine's windows), each in the model's `pool_stages`.
+    cfg = CFG.replace(**VARIANTS[variant])
     rng = np.random.default_rng(3)
     cases = conv_cases(rng, cfg) + pool_cases(rng, cfg)
     path, results = tmp_path / "vectors.json", tmp_path / "results.json"

@@ -21,7 +21,11 @@ MAX_CFG = CFG.replace(pool_avg=False)          # max pooling only
 ICE40_CFG = MAX_CFG.replace(target="ice40", dense_conv=False)
 # With ``deep_pipeline``: each window's output registered, the mean in three stages.
 DEEP_CFG = CFG.replace(deep_pipeline=True)
-CONFIGS = {"avg": CFG, "max-only": MAX_CFG, "ice40": ICE40_CFG, "deep": DEEP_CFG}
+# Without averaging but with ``deep_pipeline``: the averaging engine's windows (two RAMs,
+# registered RAM inputs, registered outputs) without its arithmetic.
+DEEP_MAX_CFG = MAX_CFG.replace(deep_pipeline=True)
+CONFIGS = {"avg": CFG, "max-only": MAX_CFG, "ice40": ICE40_CFG, "deep": DEEP_CFG,
+           "deep-max-only": DEEP_MAX_CFG}
 
 
 def to_words(t, cols):
@@ -121,7 +125,8 @@ def random_map(rng, c, h, w):
     return rng.integers(-128, 128, size=(c, h, w)).astype(np.int8)
 
 
-@pytest.mark.parametrize(("config", "avg"), [("avg", False), ("avg", True), ("max-only", False)])
+@pytest.mark.parametrize(("config", "avg"), [("avg", False), ("avg", True), ("max-only", False),
+                                             ("deep-max-only", False)])
 @pytest.mark.parametrize("kernel", arith.POOL_KERNELS)
 @pytest.mark.parametrize("stride", arith.POOL_STRIDES)
 def test_shapes(kernel, stride, config, avg):
@@ -246,6 +251,7 @@ def test_history_widths():
         return sorted(int(w) + 1 for w in re.findall(r"reg \[(\d+):0\] history[01] \[", text))
 
     assert widths(MAX_CFG) == [2 * 8 * MAX_CFG.cols] * 2
+    assert widths(DEEP_MAX_CFG) == [8 * CFG.cols] * 4
     assert widths(CFG) == [8 * CFG.cols] * 2 + [10 * CFG.cols] * 2
 
 
