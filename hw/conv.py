@@ -487,7 +487,22 @@ class ConvEngine(wiring.Component):
         more = Signal()
         line_end = ends["ox"]
         img_end = line_end & ends["oy"]
-        m.d.comb += more.eq(Mux(block0 & img_end, img1_in, img_in))
+        # With ``deep_pipeline`` the walker keeps ``Mux(img_end, img1_in, img_in)`` in a
+        # register of its own (`w_more`), set wherever its terms are (`walker_more`): from the
+        # six flip-flops behind it, `more` went through `rewind` to the enables of the
+        # walker's 80 registers, the ULX3S's next_origin at 100 MHz 11.1 ns as placed, 16
+        # endpoints late.
+        w_more = Signal() if cfg.deep_pipeline else None
+        map1 = (last.ox == 0) & (last.oy == 0)          # a map of one pixel: always at its end
+        if w_more is None:
+            m.d.comb += more.eq(Mux(block0 & img_end, img1_in, img_in))
+        else:
+            m.d.comb += more.eq(Mux(block0, w_more, img_in))
+
+        def walker_more(at_end, next_in, this_in):
+            """`w_more`'s next value, given the walker's next ``img_end``, ``img1_in`` and
+            ``img_in`` (nothing without ``deep_pipeline``)."""
+            return [] if w_more is None else [w_more.eq(Mux(at_end, next_in, this_in))]
         # The walker's step at the end of the block (`r_last`), one-hot: the tile's last block,
         # the next kernel row, the next tap in the row, the next input word. With two rows or
         # more they are registers, worked out from the end flags in the cycle after those
@@ -962,6 +977,7 @@ class ConvEngine(wiring.Component):
             return [
                 *to_zero("ox", "oy"), wbase.eq(desc.origin), img.eq(0), img1.eq(1),
                 img_in.eq(desc.batch != 0), img1_in.eq(desc.batch > 1),
+                *walker_more(map1, desc.batch > 1, desc.batch != 0),
                 next_origin.eq(desc.origin + desc.in_img_step),
                 iy0.eq(-desc.pad), ix0.eq(-desc.pad),
             ]
@@ -996,15 +1012,18 @@ class ConvEngine(wiring.Component):
             with m.If(img_end):
                 m.d.sync += [*to_zero("ox", "oy"), img.eq(img1), img1.eq(img1 + 1),
                              img_in.eq(img1_in), img1_in.eq(img1 + 1 < desc.batch),
+                             *walker_more(map1, img1 + 1 < desc.batch, img1_in),
                              wbase.eq(next_origin),
                              next_origin.eq(next_origin + desc.in_img_step),
                              ix0.eq(-desc.pad), iy0.eq(-desc.pad)]
             with m.Elif(line_end):
                 m.d.sync += [*to_zero("ox"), *step("oy"),
+                             *walker_more((last.ox == 0) & (oy == last_m1.oy), img1_in, img_in),
                              wbase.eq(wbase + desc.y_step),
                              ix0.eq(-desc.pad), iy0.eq(iy0 + y_stride)]
             with m.Else():
                 m.d.sync += [*step("ox"), wbase.eq(wbase + desc.x_step),
+                             *walker_more((ox == last_m1.ox) & ends["oy"], img1_in, img_in),
                              ix0.eq(ix0 + x_stride)]
         # The block's end (``go & r_last``): the walker's next block.
         with m.If(adv_seq):

@@ -98,11 +98,9 @@ def test_lenet5_wide_row_pairs():
         assert traced.first_difference is None
 
 
-def test_row_pairs_padded_odd_map():
-    """Vertical pairs with padding and an odd map (11x9, 3x3 with padding 1): the walk's rows of
-    pairs step two input rows, the last pair's window reaches the padding below the map (its
-    lanes stored as 0), the odd height's last row and the odd width's last column are dropped
-    by the pooling; six channels, read by a dense 6->8 convolution. Exact, in a batch."""
+def _odd_map_net():
+    """A network on an 11x9 map (3x3 with padding 1, 2x2 pooling, a 3x3 convolution: maps of
+    5x9 pairs and 3x2 pixels, whose images end inside a pixel tile) and four images."""
     import torch
     from systolic.sw import quantize
 
@@ -115,7 +113,58 @@ def test_row_pairs_padded_odd_map():
     calib = rng.random((32, 1, 11, 9)).astype(np.float32)
     qnet = quantize.quantize(model, calib, input_shape=(1, 11, 9), p_max=255,
                              dataset="mnist", arch="custom")
-    images = rng.integers(0, 128, (4, 1, 11, 9)).astype(np.int8)
+    return qnet, rng.integers(0, 128, (4, 1, 11, 9)).astype(np.int8)
+
+
+def _column_net():
+    """1x1 convolutions on a 4x1 map, then two fully connected layers, the second of one
+    input word (a block a tile on a one-pixel map); eight images."""
+    import torch
+    from systolic.sw import quantize
+
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 12, 1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(12 * 4, 16), torch.nn.ReLU(),
+        torch.nn.Linear(16, 10))
+    rng = np.random.default_rng(4)
+    calib = rng.random((32, 1, 4, 1)).astype(np.float32)
+    qnet = quantize.quantize(model, calib, input_shape=(1, 4, 1), p_max=255,
+                             dataset="mnist", arch="custom")
+    return qnet, rng.integers(0, 128, (8, 1, 4, 1)).astype(np.int8)
+
+
+def test_deep_max_only_wide():
+    """The ULX3S's 8x16 as built for 100 MHz (``--no-pool-avg --no-eltwise --deep-pipeline``),
+    whose walker keeps whether it is still in the map in a register of its own (`w_more`):
+    lenet-digits one image and three at a time (the fully connected layer's one-pixel map,
+    three images' pixels in one tile), lenet5 two at a time (three fully connected layers),
+    and the odd map's network two and three at a time (maps of 45 and 6 pixels, images
+    ending inside a pixel tile). Exact, cycles as predicted."""
+    cfg = preset("wide").replace(pool_avg=False, eltwise=False, deep_pipeline=True)
+    for arch, batches in (("lenet-digits", (1, 3)), ("lenet5", (2,))):
+        qnet = random_qnet(arch, seed=4)
+        images = random_images(qnet, 6, seed=7)
+        for batch in batches:
+            _exact(simulate(qnet, images, cfg, batch=batch), qnet, images)
+    qnet, images = _odd_map_net()
+    for batch in (2, 3):
+        _exact(simulate(qnet, images, cfg, batch=batch), qnet, images)
+    # Maps one pixel wide (each step of the walker a new row) of 1x1 convolutions (a block a
+    # tile): the walker reaches an image's end on a row step, in the tile's only block, and in
+    # batches of two and four, the last image's at a tile's last row; and a fully connected
+    # layer of one input word, its one-pixel map's only tile a block.
+    qnet, images = _column_net()
+    for batch in (1, 2, 3, 4):
+        _exact(simulate(qnet, images, cfg, batch=batch), qnet, images)
+
+
+def test_row_pairs_padded_odd_map():
+    """Vertical pairs with padding and an odd map (11x9, 3x3 with padding 1): the walk's rows of
+    pairs step two input rows, the last pair's window reaches the padding below the map (its
+    lanes stored as 0), the odd height's last row and the odd width's last column are dropped
+    by the pooling; six channels, read by a dense 6->8 convolution. Exact, in a batch."""
+    qnet, images = _odd_map_net()
     cfg = preset("wide")
     f = compile_network(qnet, cfg).layers[0].fields
     assert (f["vpairs"], f["pad"], f["out_h"], f["out_w"]) == (1, 1, 5, 9)
