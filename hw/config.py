@@ -104,8 +104,11 @@ class AcceleratorConfig:
         (a cycle more an add, `systolic.hw.eltwise.add_latency`), and the ULX3S's LEDs from
         registers. Without averaging (``pool_avg`` off) the pooling engine's windows become
         the averaging engine's without its arithmetic: block RAM inputs from registers, output
-        registered (up to six more cycles a pooling layer). Only with a pooling engine
-        (``pool``) or the residual add (``eltwise``): it adds stages to nothing else.
+        registered (up to six more cycles a pooling layer). In the convolution engine, the
+        fill's read addresses go through two registers to the activation memory's column
+        slices instead of one (arrays of 8 columns or more; a cycle more a convolution,
+        `systolic.hw.conv.fill_stages`), and the pixel walker keeps whether it is still in the
+        map in a register of its own.
     fc_rows : int
         Rows of the array a fully connected layer of one image can run *row by row* on
         (`systolic.hw.isa.describe_fc_rows`), 0 for none: each of those rows computes its own
@@ -181,10 +184,6 @@ class AcceleratorConfig:
         for name in ("pool", "pool_avg", "eltwise", "deep_pipeline"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, not {getattr(self, name)!r}")
-        if self.deep_pipeline and not (self.pool or self.eltwise):
-            raise ConfigError("deep_pipeline adds stages to the pooling engine and the residual "
-                              "add, which a configuration without pool and eltwise does not "
-                              "have; set deep_pipeline=False")
         fc = self.fc_rows
         if fc:
             wrong = [what for bad, what in (

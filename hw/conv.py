@@ -109,8 +109,10 @@ def fill_stages(cfg):
     chip; in one cycle with that route it was the ULX3S's worst path at 90 MHz (conv.block0
     to a slice's address register, 10.4 of 12.7 ns routing). A read's word then lands a cycle
     later (`bank_cycles`), which the two banks hide from the feed: no smaller array gets the
-    stage. The layer takes a cycle longer."""
-    return 1 if cfg.cols >= 8 else 0
+    stage. The layer takes a cycle longer. With ``deep_pipeline``, 2: the route to the column
+    slices in two (at 100 MHz on the ULX3S the lanes' addresses into the slices' registers
+    were 15 endpoints late, 11.0 ns as placed), a cycle more."""
+    return (1 + cfg.deep_pipeline) if cfg.cols >= 8 else 0
 
 
 def bank_cycles(cfg):
@@ -391,12 +393,12 @@ class ConvEngine(wiring.Component):
         def fill_addr(port, value, name):
             """A fill read's address to the memory, through `fill_stages` registers
             (reset-less: an address, loaded every cycle)."""
-            if fill_stages(cfg):
-                q = Signal(len(Value.cast(port)), name=name, reset_less=True)
+            for stage in range(fill_stages(cfg)):
+                q = Signal(len(Value.cast(port)), name=f"{name}_d{stage}" if stage else name,
+                           reset_less=True)
                 m.d.sync += q.eq(value)
-                m.d.comb += port.eq(q)
-            else:
-                m.d.comb += port.eq(value)
+                value = q
+            m.d.comb += port.eq(value)
 
         def coord_reg(value, name):
             r = Signal(value.shape(), name=name, reset_less=True)

@@ -135,7 +135,9 @@ def add_config_arguments(parser):
                         "outputs registered, the mean in three stages, the residual add's "
                         "clamp a stage later (3 more cycles an averaging pooling layer, 1 an "
                         "add); with --no-pool-avg, the max-only windows' block RAM inputs "
-                        "and outputs registered (up to 6 more cycles a pooling layer)")
+                        "and outputs registered (up to 6 more cycles a pooling layer); the "
+                        "convolution's read addresses a register more on the way to the "
+                        "activation memory (1 more cycle a convolution, 8 columns or more)")
     g.add_argument("--target", choices=TARGETS,
                    help="multiplier primitive: generic (simulation), ecp5, ice40")
 

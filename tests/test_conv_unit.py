@@ -6,6 +6,7 @@ from amaranth.sim import Simulator
 from systolic.hw import layout
 from systolic.hw.array import snapshot_pes
 from systolic.hw.config import AcceleratorConfig, preset
+from systolic.hw.conv import fill_stages
 from systolic.hw.core import Core
 from systolic.hw.isa import (
     Mem,
@@ -162,12 +163,12 @@ BATCH_CASES = [
 
 
 def _conv_batch_exact(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad, *,
-                      padded=False):
+                      padded=False, deep=False):
     """Run a batch of random images through one convolution command (its walk padded with
     `pad_walk` if ``padded``): each image's output exactly the golden model's, one after the
     other, and the cycles the performance model's. Returns the descriptor."""
     cfg = AcceleratorConfig(rows=rows, cols=cols, act_depth=1024, weight_depth=1024,
-                            param_depth=16, requant_lanes=lanes)
+                            param_depth=16, requant_lanes=lanes, deep_pipeline=deep)
     key = (rows, cols, batch, cin, h, w, cout, k) + ((lanes,) if padded else ())
     rng = np.random.default_rng(hash(key) % 2**32)
     xs = rng.integers(-128, 128, (batch, cin, h, w)).astype(np.int8)
@@ -196,6 +197,28 @@ def test_conv_batch(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad):
     """A batch of images in one command: each image's output exactly as alone, one after the
     other, and the performance model predicts the cycles."""
     _conv_batch_exact(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad)
+
+
+DEEP_CASES = [
+    # rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad
+    (8, 8, 0, 2, 5, 5, 5, 20, 1, 1, 0),        # two fill stages, tiles straddling images
+    (8, 8, 0, 2, 3, 4, 1, 9, 1, 1, 0),         # a map one pixel wide: a row step to the end
+    (1, 4, 0, 1, 2, 1, 1, 5, 1, 1, 0),         # one row: a block a tile, no step before it
+    (1, 4, 0, 3, 2, 1, 1, 5, 1, 1, 0),
+    (2, 4, 0, 3, 3, 5, 5, 6, 3, 1, 1),         # pixel tiles straddle images (25 % 2)
+]
+
+
+@pytest.mark.parametrize(("rows", "cols", "lanes", "batch", "cin", "h", "w", "cout", "k",
+                          "stride", "pad"), DEEP_CASES)
+def test_conv_batch_deep_pipeline(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad):
+    """With ``deep_pipeline``: the fill's second address stage (8 columns: the cycles the
+    model's, one more) and the walker's registered end of the map, whose every update the
+    walks above reach (the last on a one-row array, where a tile's only block ends as the
+    walker takes its first step)."""
+    cfg, _, d = _conv_batch_exact(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad,
+                                  deep=True)
+    assert fill_stages(cfg) == (2 if cols >= 8 else 0)
 
 
 def test_linear_over_flattened_map():

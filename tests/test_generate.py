@@ -58,10 +58,6 @@ def test_config_checks():
     assert preset("big").pes == 144
     with pytest.raises(ConfigError, match=r"^deep_pipeline must be True or False, not 1$"):
         AcceleratorConfig(deep_pipeline=1)
-    with pytest.raises(ConfigError, match=r"^deep_pipeline adds stages to the pooling engine and "
-                                          r"the residual add, which a configuration without pool "
-                                          r"and eltwise does not have; set deep_pipeline=False$"):
-        AcceleratorConfig(pool=False, eltwise=False, deep_pipeline=True)
 
 
 def test_generate_deep_pipeline(tmp_path, capsys):
