@@ -491,7 +491,7 @@ class ConvEngine(wiring.Component):
         img_end = line_end & ends["oy"]
         # With ``deep_pipeline`` the walker keeps ``Mux(img_end, img1_in, img_in)`` in a
         # register of its own (`w_more`), set wherever its terms are (`walker_more`): from the
-        # six flip-flops behind it, `more` went through `rewind` to the enables of the
+        # five flip-flops behind it, `more` went through `rewind` to the enables of the
         # walker's 80 registers, the ULX3S's next_origin at 100 MHz 11.1 ns as placed, 16
         # endpoints late.
         w_more = Signal() if cfg.deep_pipeline else None
