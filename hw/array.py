@@ -137,8 +137,11 @@ class SystolicArray(wiring.Component):
         stages = product_stages(self._cfg)
         fc = self._cfg.fc_rows
         # (Row r's weights come through the PEs of row r - 1: those take the alternative.)
+        # With ``deep_pipeline`` each PE's restart flags are its own (the release's 90 MHz
+        # builds did not close any better with them: seeds 3, 4 and 5 missed).
         pes = [[ProcessingElement(self._cfg.target, product_stages=stages,
-                                  alt_weight=r < fc - 1) for _ in range(cols)]
+                                  alt_weight=r < fc - 1, own_flags=self._cfg.deep_pipeline)
+                for _ in range(cols)]
                for r in range(rows)]
         snap = snapshot_pes(self._cfg)
         assert all(_drain_lag(self._cfg, r, c) >= 1 for r, c in snap)

@@ -108,7 +108,8 @@ class AcceleratorConfig:
         fill's read addresses go through two registers to the activation memory's column
         slices instead of one (arrays of 8 columns or more; a cycle more a convolution,
         `systolic.hw.conv.fill_stages`), and the pixel walker keeps whether it is still in the
-        map in a register of its own.
+        map in a register of its own. In the array, each PE's restart flags are its own
+        flip-flops (`systolic.hw.pe.ProcessingElement`'s ``own_flags``).
     fc_rows : int
         Rows of the array a fully connected layer of one image can run *row by row* on
         (`systolic.hw.isa.describe_fc_rows`), 0 for none: each of those rows computes its own

@@ -5,6 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from . import dsp
+from .replica import hard_register
 
 __all__ = ["ProcessingElement", "capture_cycles", "product_stages"]
 
@@ -83,8 +84,10 @@ class ProcessingElement(wiring.Component):
     net spread over the whole die; the data registers were 90 % of them.)
     """
 
-    def __init__(self, target="generic", *, product_stages=1, alt_weight=False):
+    def __init__(self, target="generic", *, product_stages=1, alt_weight=False,
+                 own_flags=False):
         self._target, self._stages, self._alt = target, product_stages, alt_weight
+        self._own_flags = own_flags
         #: Cycles from ``first`` at the PE's input to the capture of ``result``.
         self.capture = _capture(product_stages)
         members = {"a_in": In(signed(8)), "w_in": In(signed(8)), "first_in": In(1),
@@ -113,14 +116,25 @@ class ProcessingElement(wiring.Component):
             m.d.sync += product_k.eq(product)
             product = product_k
         # The restart flags of the two halves, a cycle apart (see Notes); derived from
-        # `first_out`, so the PE's flag pipeline is the row's own.
+        # `first_out`, so the PE's flag pipeline is the row's own. Each is equivalent to the
+        # `first_out` of a PE further along the row (``first_d0`` to the next one's,
+        # ``restart_lo`` to the one after ...), and Yosys merges equivalent registers: the
+        # PE's 48 enables and resets are then driven from three PEs away (on the ECP5, with
+        # the other PEs' loads, 81 of them: the 8x16's slowest arcs at 100 MHz as placed,
+        # 12.3 ns). With ``own_flags`` (on the ECP5, `hard_register`: flip-flop primitives,
+        # which Yosys does not merge) each PE has its own.
+        def flag(d, name):
+            if self._own_flags:
+                return hard_register(m, d, name=name, target=self._target)
+            q = Signal(name=name)
+            m.d.sync += q.eq(d)
+            return q
+
         restart = self.first_out
         for k in range(self._stages - 1):
-            restart_k = Signal(name=f"first_d{k}")
-            m.d.sync += restart_k.eq(restart)
-            restart = restart_k
-        restart_lo, restart_hi = Signal(name="restart_lo"), Signal(name="restart_hi")
-        m.d.sync += [restart_lo.eq(restart), restart_hi.eq(restart_lo)]
+            restart = flag(restart, f"first_d{k}")
+        restart_lo = flag(restart, "restart_lo")
+        restart_hi = flag(restart_lo, "restart_hi")
         # Reset-less: what they hold before the first tile's restart is discarded.
         lo = Signal(16, reset_less=True)
         hi = Signal(16, reset_less=True)

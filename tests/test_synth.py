@@ -160,3 +160,38 @@ def test_port_folder_takes_struct_ports():
 
     sim.add_testbench(bench)
     sim.run()
+
+
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["merged", "own"])
+def test_ecp5_pe_restart_flags(tmp_path, deep):
+    """Each PE's restart flags (`systolic.hw.pe.ProcessingElement`) are equivalent to the
+    ``first_out`` of a PE further along its row, and Yosys merges equivalent registers: merged,
+    a PE's result register takes its enable from three PEs away. With ``deep_pipeline``, after
+    synthesis for the ECP5 every PE's result register is enabled by a flip-flop of that PE's
+    own; without it (the boards' presets), by the merged flags, as they were built."""
+    from amaranth.back import verilog
+    from systolic.hw.array import SystolicArray
+    from systolic.hw.config import AcceleratorConfig
+    from systolic.hw.synth import _yosys_script, find_tool, run_tool
+
+    cfg = AcceleratorConfig(rows=1, cols=8, target="ecp5", deep_pipeline=deep)
+    (tmp_path / "arr.v").write_text(verilog.convert(SystolicArray(cfg), name="arr"))
+    (tmp_path / "synth.ys").write_text(_yosys_script("ecp5", "arr"))
+    run_tool(find_tool("yosys"), "yosys", ["-q", "-l", "yosys.log", "-s", "synth.ys"], tmp_path,
+             "yosys.log")
+    module = json.loads((tmp_path / "arr.json").read_text())["modules"]["arr"]
+    ffs = {name: c["connections"] for name, c in module["cells"].items()
+           if c["type"] == "TRELLIS_FF"}
+    q_of = {conn["Q"][0]: name for name, conn in ffs.items()}
+    results = module["ports"]["results"]["bits"]            # PE (0, c)'s: bits 32c to 32c + 31
+    enables = []
+    for c in range(8):
+        bits = results[32 * c:32 * (c + 1)]
+        enables.append({q_of[conn["CE"][0]] for conn in ffs.values() if conn["Q"][0] in bits})
+    if deep:
+        assert enables == [{f"pe_0_{c}.restart_hi_ff0"} for c in range(8)]
+    else:
+        # PE 0's from PE 3's first_out (the others' as Yosys merged them).
+        assert enables[0] == {"pe_0_3.first_out_TRELLIS_FF_Q"}
