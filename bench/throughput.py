@@ -4,6 +4,7 @@
     python bench/throughput.py --clock 125 --preset big --json
     python bench/throughput.py --networks mlperf-resnet8 --images 20
     python bench/throughput.py --fc-rows 4         # fully connected layers row by row
+    python bench/throughput.py --clock 100 --no-pool-avg --no-eltwise --deep-pipeline
 
 For lenet-digits and lenet5 (seeded random weights, quantized on seeded random images: the
 cycles do not depend on the weights or the data), the accelerator's cycles per image come from
@@ -169,6 +170,11 @@ def main(argv=None):
     p.add_argument("--fc-rows", type=int, metavar="N",
                    help="fully connected layers of one image on N rows at a time "
                         "(`AcceleratorConfig.fc_rows`) instead of the preset's")
+    for knob, what in (("pool-avg", "the averaging pooling engine"),
+                       ("eltwise", "the residual add and global pooling engines"),
+                       ("deep-pipeline", "the stages for clocks above 90 MHz")):
+        p.add_argument(f"--{knob}", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"with or without {what}, instead of as the preset has it")
     p.add_argument("--networks", default=",".join(NETWORKS),
                    help=f"comma-separated (default: {','.join(NETWORKS)})")
     p.add_argument("--images", type=int, default=3, help="images through the RTL (default 3)")
@@ -184,8 +190,10 @@ def main(argv=None):
         # The board's build (its preset with only the features that build has), simulated
         # on generic multipliers as `deploy --sim` does.
         cfg = board.config(args.preset).replace(target="generic")
-        if args.fc_rows is not None:
-            cfg = cfg.replace(fc_rows=args.fc_rows)
+        knobs = {k: v for k, v in (("fc_rows", args.fc_rows), ("pool_avg", args.pool_avg),
+                                   ("eltwise", args.eltwise),
+                                   ("deep_pipeline", args.deep_pipeline)) if v is not None}
+        cfg = cfg.replace(**knobs)
         clock = args.clock if args.clock is not None else board.clock_mhz
         if not clock > 0:
             raise SystolicError(f"Clock must be positive, not {clock!r}")
@@ -198,7 +206,9 @@ def main(argv=None):
             "board": board.name, "clock_mhz": clock,
             "clock_source": "--clock" if args.clock is not None else f"{board.name}'s clock",
             "preset": args.preset or board.preset,
-            "config": {"rows": cfg.rows, "cols": cfg.cols, "fc_rows": cfg.fc_rows},
+            "config": {"rows": cfg.rows, "cols": cfg.cols, "fc_rows": cfg.fc_rows,
+                       "pool_avg": cfg.pool_avg, "eltwise": cfg.eltwise,
+                       "deep_pipeline": cfg.deep_pipeline},
             "networks": [measure(n, cfg, clock, images=args.images, batch=args.batch,
                                  single=args.single, repeats=args.repeats, seed=args.seed)
                          for n in nets],
