@@ -182,6 +182,24 @@ def ecp5_pll(in_mhz, out_mhz):
     return best[1]
 
 
+def fastest_clock(board, mhz):
+    """The highest whole number of MHz, at most ``mhz``, that ``--clock`` can ask of ``board``
+    and that its PLL makes no faster than ``mhz`` (or its oscillator's, without the PLL): what
+    a build that reached an fmax of ``mhz`` can run at; None below the oscillator's."""
+    spec = get_board(board)
+    if mhz < spec.osc_mhz:
+        return None
+    pll = ecp5_pll if spec.family == "ecp5" else ice40_pll
+    for clock in range(int(mhz), int(spec.osc_mhz), -1):
+        try:
+            achieved = pll(spec.osc_mhz, clock)[-1]
+        except SystolicError:
+            continue
+        if achieved <= mhz:
+            return clock
+    return spec.osc_mhz
+
+
 def ice40_pll(in_mhz, out_mhz):
     """``SB_PLL40`` settings for ``out_mhz`` from ``in_mhz``: ``(divr, divf, divq, filter_range,
     achieved_mhz)`` in SIMPLE feedback mode, as ``icepll`` chooses them.

@@ -41,7 +41,7 @@ from pathlib import Path
 from amaranth.build.run import BuildPlan
 
 from . import outreg
-from .boards import BOARDS, BoardTop, get_board
+from .boards import BOARDS, BoardTop, fastest_clock, get_board
 from .config import preset
 from .generate import add_config_arguments, config_from_args
 
@@ -1016,12 +1016,17 @@ def check_timing(report):
             f"Timing not met at {report.target_mhz:g} MHz on {which}: "
             f"{_sweep_summary(report.seeds)}. The fastest, seed {_seed_of(report)} (fmax "
             f"{fmax}), is in {report.build_dir}; its critical path "
-            f"{format_critical_path(report.critical_path)}. Try --clock "
-            f"{int(report.fmax_mhz or 0)} or more --seeds")
+            f"{format_critical_path(report.critical_path)}. Try {_slower(report)}more --seeds")
     raise TimingError(
         f"Timing not met: fmax {fmax} for a {report.target_mhz:g} MHz clock; critical path "
-        f"{format_critical_path(report.critical_path)}. Try --clock "
-        f"{int(report.fmax_mhz or 0)} or another --seed")
+        f"{format_critical_path(report.critical_path)}. Try {_slower(report)}another --seed")
+
+
+def _slower(report):
+    """``--clock N or `` for the fastest clock the board makes within the fmax (nothing if
+    the fmax is unknown)."""
+    clock = fastest_clock(report.board, report.fmax_mhz) if report.fmax_mhz else None
+    return "" if clock is None else f"--clock {clock:g} or "
 
 
 def _seed_of(report):

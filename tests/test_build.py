@@ -13,6 +13,7 @@ import threading
 
 import pytest
 from systolic.hw import build as build_module
+from systolic.hw.boards import fastest_clock
 from systolic.hw.build import (
     MAX_SEEDS,
     RIPUP_PATIENCE,
@@ -300,6 +301,15 @@ def _missed_report(tmp_path):
         critical_path=critical_path_summary(_REPORT_PATH, "clk"), peak_gops=0.144)
 
 
+def test_fastest_clock():
+    # What a missed build's error suggests: a clock the board's PLL makes within the fmax.
+    assert fastest_clock("ulx3s-85f", 98.96) == 97      # no PLL output near 98; 97 is 96.875
+    assert fastest_clock("ulx3s-85f", 91.54) == 91
+    assert fastest_clock("icebreaker", 15.25) == 12     # its PLL starts at 16: the oscillator
+    assert fastest_clock("icebreaker", 31.6) == 31
+    assert fastest_clock("ulx3s-85f", 24.0) is None     # below the 25 MHz oscillator: none
+
+
 @pytest.mark.parametrize("json_flag", [True, False])
 def test_missed_timing_exits_nonzero(tmp_path, monkeypatch, capsys, json_flag):
     monkeypatch.setattr(build_module, "build", lambda *args, **kwargs: _missed_report(tmp_path))
@@ -308,7 +318,7 @@ def test_missed_timing_exits_nonzero(tmp_path, monkeypatch, capsys, json_flag):
     out, err = capsys.readouterr()
     assert err == ("systolic: error: Timing not met: fmax 15.2 MHz for a 18 MHz clock; "
                    "critical path pe_4_6.first_d0 -> pe_1_7.acc: 5.41 ns (1.21 ns logic, "
-                   "4.20 ns routing). Try --clock 15 or another --seed\n")
+                   "4.20 ns routing). Try --clock 12 or another --seed\n")
     if json_flag:                               # the report is still printed, whole
         assert json.loads(out) == _missed_report(tmp_path).as_dict()
     else:
@@ -500,7 +510,7 @@ def test_seed_sweep_that_misses_exits_nonzero(tmp_path, monkeypatch, capsys, jso
         "systolic: error: Timing not met at 18 MHz on any of seeds 1-3: 1 missed 14.5 MHz; 2 "
         "missed 15.2 MHz; 3 failed (The design does not fit the device). The fastest, seed 2 "
         f"(fmax 15.2 MHz), is in {tmp_path}; its critical path pe_4_6.first_d0 -> pe_1_7.acc: "
-        "5.41 ns (1.21 ns logic, 4.20 ns routing). Try --clock 15 or more --seeds\n")
+        "5.41 ns (1.21 ns logic, 4.20 ns routing). Try --clock 12 or more --seeds\n")
     if json_flag:
         assert json.loads(out) == report.as_dict()
     else:
