@@ -98,40 +98,36 @@ def test_lenet5_wide_row_pairs():
         assert traced.first_difference is None
 
 
-def _odd_map_net():
-    """A network on an 11x9 map (3x3 with padding 1, 2x2 pooling, a 3x3 convolution: maps of
-    5x9 pairs and 3x2 pixels, whose images end inside a pixel tile) and four images."""
+def _small_net(layers, shape, images, seed):
+    """A quantized `torch.nn.Sequential` of ``layers`` on inputs of ``shape`` (seeded weights
+    and calibration), and ``images`` random images."""
     import torch
     from systolic.sw import quantize
 
-    torch.manual_seed(1)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(6, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-        torch.nn.Linear(8 * 3 * 2, 10))
-    rng = np.random.default_rng(2)
-    calib = rng.random((32, 1, 11, 9)).astype(np.float32)
-    qnet = quantize.quantize(model, calib, input_shape=(1, 11, 9), p_max=255,
-                             dataset="mnist", arch="custom")
-    return qnet, rng.integers(0, 128, (4, 1, 11, 9)).astype(np.int8)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed + 1)
+    calib = rng.random((32, *shape)).astype(np.float32)
+    qnet = quantize.quantize(torch.nn.Sequential(*layers), calib, input_shape=shape,
+                             p_max=255, dataset="mnist", arch="custom")
+    return qnet, rng.integers(0, 128, (images, *shape)).astype(np.int8)
+
+
+def _odd_map_net():
+    """A network on an 11x9 map (3x3 with padding 1, 2x2 pooling, a 3x3 convolution: maps of
+    5x9 pairs and 3x2 pixels, whose images end inside a pixel tile) and four images."""
+    from torch import nn
+    return _small_net([nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                       nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 3 * 2, 10)],
+                      (1, 11, 9), 4, seed=1)
 
 
 def _column_net():
     """1x1 convolutions on a 4x1 map, then two fully connected layers, the second of one
     input word (a block a tile on a one-pixel map); eight images."""
-    import torch
-    from systolic.sw import quantize
-
-    torch.manual_seed(3)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 12, 1), torch.nn.ReLU(),
-        torch.nn.Flatten(), torch.nn.Linear(12 * 4, 16), torch.nn.ReLU(),
-        torch.nn.Linear(16, 10))
-    rng = np.random.default_rng(4)
-    calib = rng.random((32, 1, 4, 1)).astype(np.float32)
-    qnet = quantize.quantize(model, calib, input_shape=(1, 4, 1), p_max=255,
-                             dataset="mnist", arch="custom")
-    return qnet, rng.integers(0, 128, (8, 1, 4, 1)).astype(np.int8)
+    from torch import nn
+    return _small_net([nn.Conv2d(1, 8, 1), nn.ReLU(), nn.Conv2d(8, 12, 1), nn.ReLU(),
+                       nn.Flatten(), nn.Linear(12 * 4, 16), nn.ReLU(), nn.Linear(16, 10)],
+                      (1, 4, 1), 8, seed=3)
 
 
 def test_deep_max_only_wide():
