@@ -31,6 +31,8 @@ import time
 import numpy as np
 import torch
 from systolic.hw.boards import BOARDS, get_board
+from systolic.hw.build import board_config_from_args
+from systolic.hw.generate import add_config_arguments
 from systolic.sw import models, quantize
 from systolic.sw.compiler import largest_batch
 from systolic.sw.errors import SystolicError
@@ -166,15 +168,10 @@ def main(argv=None):
     p.add_argument("--board", default="ulx3s-85f", help=f"one of {', '.join(BOARDS)}: its "
                    "clock and preset (default: ulx3s-85f)")
     p.add_argument("--clock", type=float, metavar="MHZ", help="clock instead of the board's")
-    p.add_argument("--preset", help="accelerator preset instead of the board's")
-    p.add_argument("--fc-rows", type=int, metavar="N",
-                   help="fully connected layers of one image on N rows at a time "
-                        "(`AcceleratorConfig.fc_rows`) instead of the preset's")
-    for knob, what in (("pool-avg", "the averaging pooling engine"),
-                       ("eltwise", "the residual add and global pooling engines"),
-                       ("deep-pipeline", "the stages for clocks above 90 MHz")):
-        p.add_argument(f"--{knob}", action=argparse.BooleanOptionalAction, default=None,
-                       help=f"with or without {what}, instead of as the preset has it")
+    # `systolic build`'s configuration options (the board's preset unless --preset), over
+    # the board's build; the RTL is simulated on generic multipliers whatever --target says.
+    add_config_arguments(p)
+    p.set_defaults(preset=None)
     p.add_argument("--networks", default=",".join(NETWORKS),
                    help=f"comma-separated (default: {','.join(NETWORKS)})")
     p.add_argument("--images", type=int, default=3, help="images through the RTL (default 3)")
@@ -189,11 +186,7 @@ def main(argv=None):
         board = get_board(args.board)
         # The board's build (its preset with only the features that build has), simulated
         # on generic multipliers as `deploy --sim` does.
-        cfg = board.config(args.preset).replace(target="generic")
-        knobs = {k: v for k, v in (("fc_rows", args.fc_rows), ("pool_avg", args.pool_avg),
-                                   ("eltwise", args.eltwise),
-                                   ("deep_pipeline", args.deep_pipeline)) if v is not None}
-        cfg = cfg.replace(**knobs)
+        cfg = board_config_from_args(board, args).replace(target="generic")
         clock = args.clock if args.clock is not None else board.clock_mhz
         if not clock > 0:
             raise SystolicError(f"Clock must be positive, not {clock!r}")
@@ -205,7 +198,7 @@ def main(argv=None):
         result = {
             "board": board.name, "clock_mhz": clock,
             "clock_source": "--clock" if args.clock is not None else f"{board.name}'s clock",
-            "preset": args.preset or board.preset,
+            "preset": args.preset,
             "config": {"rows": cfg.rows, "cols": cfg.cols, "fc_rows": cfg.fc_rows,
                        "pool_avg": cfg.pool_avg, "eltwise": cfg.eltwise,
                        "deep_pipeline": cfg.deep_pipeline},

@@ -216,7 +216,7 @@ def test_conv_batch_deep_pipeline(rows, cols, lanes, batch, cin, h, w, cout, k, 
     model's, one more) and the walker's registered end of the map, whose every update the
     walks above reach (the last on a one-row array, where a tile's only block ends as the
     walker takes its first step)."""
-    cfg, _, d = _conv_batch_exact(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad,
+    cfg, _, _ = _conv_batch_exact(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad,
                                   deep=True)
     assert fill_stages(cfg) == (2 if cols >= 8 else 0)
 

@@ -162,8 +162,6 @@ def test_port_folder_takes_struct_ports():
     sim.run()
 
 
-
-
 @pytest.mark.parametrize("deep", [False, True], ids=["merged", "own"])
 def test_ecp5_pe_restart_flags(tmp_path, deep):
     """Each PE's restart flags (`systolic.hw.pe.ProcessingElement`) are equivalent to the
