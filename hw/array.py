@@ -5,7 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .isa import drain_steps
-from .pe import ProcessingElement, capture_cycles, product_stages
+from .pe import ProcessingElement, capture_cycles, carry_stages, product_stages
 from .replica import delay, hard_register, reset_domain
 
 __all__ = ["SystolicArray", "snapshot_pes"]
@@ -140,6 +140,7 @@ class SystolicArray(wiring.Component):
         # With ``deep_pipeline`` each PE's restart flags are its own (the release's 90 MHz
         # builds did not close any better with them: seeds 3, 4 and 5 missed).
         pes = [[ProcessingElement(self._cfg.target, product_stages=stages,
+                                  carry_stages=carry_stages(self._cfg),
                                   alt_weight=r < fc - 1, own_flags=self._cfg.deep_pipeline)
                 for _ in range(cols)]
                for r in range(rows)]

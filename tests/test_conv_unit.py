@@ -351,19 +351,20 @@ def test_conv_requant_lanes(rows, cols, lanes, dsp, cin, h, w, cout, k, stride, 
     assert cycles == perfmodel.predict_cycles(cfg, d)
 
 
-@pytest.mark.parametrize("stages", [1, 2])
+@pytest.mark.parametrize(("stages", "carry"), [(1, 1), (2, 1), (2, 2)])
 @pytest.mark.parametrize("extreme", [False, True])
-def test_pe_sums_exact(extreme, stages):
+def test_pe_sums_exact(extreme, stages, carry):
     """One PE, tiles back to back: every tile's int32 sum exactly, ``capture`` + 1 cycles
-    after the next tile's ``first``, with one or two product registers; with ``extreme``,
-    long tiles of ±128 × -128 products, whose sums cross both 16-bit halves' boundaries in
-    both directions."""
+    after the next tile's ``first``, with one or two product registers and one or two carry
+    registers between the halves (`carry_stages`; tiles then at least that long, as
+    `isa.drain_steps` makes them); with ``extreme``, long tiles of ±128 × -128 products,
+    whose sums cross both 16-bit halves' boundaries in both directions."""
     from systolic.hw.pe import ProcessingElement
 
     rng = np.random.default_rng(11 + extreme)
     tiles = []
     for _ in range(12):
-        k = int(rng.integers(1, 700 if extreme else 20))
+        k = int(rng.integers(carry, 700 if extreme else 20))
         if extreme:
             a = rng.choice(np.array([-128, 127]), k) * (1 if rng.random() < 0.5 else -1)
             a = np.clip(a, -128, 127)
@@ -371,8 +372,8 @@ def test_pe_sums_exact(extreme, stages):
         else:
             a, w = rng.integers(-128, 128, k), rng.integers(-128, 128, k)
         tiles.append((a.astype(np.int64), w.astype(np.int64)))
-    pe = ProcessingElement(product_stages=stages)
-    assert pe.capture == 2 + stages
+    pe = ProcessingElement(product_stages=stages, carry_stages=carry)
+    assert pe.capture == 1 + stages + carry
     got = []
 
     async def bench(ctx):
