@@ -130,14 +130,16 @@ def _column_net():
                       (1, 4, 1), 8, seed=3)
 
 
-def test_deep_max_only_wide():
-    """The ULX3S's 8x16 as built for 100 MHz (``--no-pool-avg --no-eltwise --deep-pipeline``),
-    whose walker keeps whether it is still in the map in a register of its own (`w_more`):
+def test_lenet_preset():
+    """The ULX3S's `lenet` preset (the 8x16 of ``wide`` with ``--no-pool-avg --no-eltwise
+    --deep-pipeline``: PEs with two carry registers, `carry_stages`), whose walker keeps
+    whether it is still in the map in a register of its own (`w_more`):
     lenet-digits one image and three at a time (the fully connected layer's one-pixel map,
     three images' pixels in one tile), lenet5 two at a time (three fully connected layers),
     and the odd map's network two and three at a time (maps of 45 and 6 pixels, images
     ending inside a pixel tile). Exact, cycles as predicted."""
-    cfg = preset("wide").replace(pool_avg=False, eltwise=False, deep_pipeline=True)
+    cfg = preset("lenet")
+    assert cfg == preset("wide").replace(pool_avg=False, eltwise=False, deep_pipeline=True)
     for arch, batches in (("lenet-digits", (1, 3)), ("lenet5", (2,))):
         qnet = random_qnet(arch, seed=4)
         images = random_images(qnet, 6, seed=7)
