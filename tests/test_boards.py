@@ -166,6 +166,43 @@ def test_build_script_moves_block_ram_registers_on_the_ecp5(board):
         assert "outreg" not in script
 
 
+@pytest.mark.parametrize(("board", "clock", "margin", "constraint"), [
+    ("ulx3s-85f", 95, 0.0, None),                  # nextpnr derives it from the oscillator's
+    ("ulx3s-85f", 95, 0.02, "96900000.0 HZ"),
+    ("icebreaker", 30, 0.0, "30.0"),
+    ("icebreaker", 30, 0.05, "31.5"),
+])
+def test_timing_margin_constrains_the_pll_output(board, clock, margin, constraint):
+    # `--timing-margin`: the PLL's output net gets its own constraint, the margin above the
+    # clock (nextpnr keeps a net's own constraint over the one it derives through the PLL).
+    from systolic.hw.build import _toolchain_env, prepare_plan
+
+    spec = get_board(board)
+    with _toolchain_env(spec.family):
+        top = BoardTop(board, clock_mhz=clock, controller=Echo(), timing_margin=margin)
+        files = prepare_plan(spec.family, spec.platform(), top).files
+    assert top.timing_margin == margin
+    if board == "ulx3s-85f":
+        lines = files["systolic.lpf"].splitlines()
+        assert 'FREQUENCY PORT "clk25_0__io" 25000000.0 HZ;' in lines
+        nets = [line.split(" ", 3)[3] for line in lines if line.startswith("FREQUENCY NET")]
+        assert nets == ([f"{constraint};"] if constraint else [])
+    else:
+        lines = files["systolic.pcf"].splitlines()
+        assert "set_frequency clk12_0__io 12.0" in lines
+        nets = [line.split()[-1] for line in lines if line.startswith("set_frequency clk$")]
+        assert nets == [constraint]
+
+
+def test_timing_margin_errors():
+    with pytest.raises(SystolicError, match=r"^Timing margin must be a fraction from 0 to 0\.2 "
+                                            r"\(20 %\), not 0\.5$"):
+        BoardTop("ulx3s-85f", timing_margin=0.5)
+    with pytest.raises(SystolicError, match=r"^A timing margin needs the PLL: at 25 MHz "
+                                            r"ulx3s-85f runs from its oscillator"):
+        BoardTop("ulx3s-85f", clock_mhz=25, timing_margin=0.02)
+
+
 @pytest.mark.parametrize("requant_dsp", [False, True])
 def test_ulx3s_design_fits_the_dsp_blocks(requant_dsp):
     # 156 MULT18X18D on the ECP5-85F: the array's 128 and either the residual add's 16 or,

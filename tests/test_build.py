@@ -301,6 +301,19 @@ def _missed_report(tmp_path):
         critical_path=critical_path_summary(_REPORT_PATH, "clk"), peak_gops=0.144)
 
 
+def test_timing_margin_report(tmp_path):
+    # With --timing-margin nextpnr's constraint is the margin's; the report's is the clock's.
+    from systolic.hw.build import _own_constraint
+
+    assert _own_constraint(96.9, 95.0, 0.02) == 95.0
+    assert _own_constraint(25.0, 95.0, 0.02) == 25.0      # another clock: nextpnr's
+    assert _own_constraint(96.9, 95.0, 0.0) == 96.9
+    report = dataclasses.replace(_missed_report(tmp_path), timing_margin=0.05)
+    assert "  nextpnr aimed 5 % above the clock: 18.90 MHz (--timing-margin)" in (
+        report.table().splitlines())
+    assert report.as_dict()["timing_margin"] == 0.05
+
+
 def test_fastest_clock():
     # What a missed build's error suggests: a clock the board's PLL makes within the fmax.
     assert fastest_clock("ulx3s-85f", 98.96) == 97      # no PLL output near 98; 97 is 96.875
