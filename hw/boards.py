@@ -65,9 +65,6 @@ class Board:
     seed : int
         nextpnr's placer seed for the board's build (``systolic build --seed``): one its
         default design closes with at its default clock.
-    preset_builds : tuple
-        ``(preset, clock_mhz, seed)`` for other presets whose build on this board was closed
-        at another clock: `build_defaults` gives them to ``systolic build --preset``.
     """
 
     name: str
@@ -82,7 +79,6 @@ class Board:
     fused_pool: bool = False
     fc_rows: bool = False
     seed: int = 1
-    preset_builds: tuple = ()
 
     def platform(self):
         """A new instance of the board's amaranth-boards platform."""
@@ -98,15 +94,6 @@ class Board:
         extra = {k: False for k in ("dense_conv", "fused_pool", "fc_rows")
                  if not getattr(self, k)}
         return preset(preset_name or self.preset).replace(target=self.family, **extra)
-
-    def build_defaults(self, preset_name=None):
-        """``(clock_mhz, seed)`` of the board's build of ``preset_name`` (default its own
-        preset): the clock and placer seed it closed with (`preset_builds`), else the
-        board's."""
-        for name, clock_mhz, seed in self.preset_builds:
-            if name == (preset_name or self.preset):
-                return clock_mhz, seed
-        return self.clock_mhz, self.seed
 
 
 BOARDS = {

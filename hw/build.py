@@ -1008,10 +1008,6 @@ def board_config_from_args(spec, args):
 def _run(args):
     spec = get_board(args.board)
     cfg = board_config_from_args(spec, args)
-    # The clock and seed the board's build of this preset closed with, unless given.
-    clock_mhz, seed = spec.build_defaults(args.preset)
-    args.clock = clock_mhz if args.clock is None else args.clock
-    args.seed = seed if args.seed is None and args.seeds is None else args.seed
     if args.jobs is not None and args.seeds is None:
         raise BuildError("--jobs runs several seeds at once: give them with --seeds (e.g. "
                          "--seeds 1-4 --jobs 2)")
@@ -1071,8 +1067,6 @@ def add_parser(subparsers):
                     "device and fmax against the clock, and writes DIR/report.json. The "
                     "configuration defaults to the board's ("
                     + ", ".join(f"{b.name}: the `{b.preset}` preset at {b.clock_mhz:g} MHz"
-                                + "".join(f", `{p}` at {c:g} MHz" for p, c, _ in
-                                          b.preset_builds)
                                 for b in BOARDS.values())
                     + "), multipliers in the board's DSP blocks; the options below override "
                     "it.",
@@ -1089,8 +1083,7 @@ def add_parser(subparsers):
     p.add_argument("--no-pool", dest="pool", action="store_const", const=False, default=None,
                    help="leave out the pooling engine (saves logic and block RAM)")
     p.add_argument("--clock", type=float, metavar="MHZ",
-                   help="accelerator clock (default: the board's for the preset; a PLL "
-                        "makes it)")
+                   help="accelerator clock (default: the board's; a PLL makes it)")
     p.add_argument("--baud", type=int, help="UART baud rate (default: the board's)")
     p.add_argument("--timing-margin", type=float, default=0.0, metavar="PCT",
                    help="ask nextpnr for PCT %% more than --clock (e.g. 2): its router stops "
@@ -1101,10 +1094,8 @@ def add_parser(subparsers):
                                                          "(default: build/BOARD)")
     seed = p.add_mutually_exclusive_group()
     seed.add_argument("--seed", type=int, help="nextpnr placer seed (default: the board's, one "
-                      "its design closes with: " + ", ".join(
-                          f"{b.name} {b.seed}" + "".join(f", its `{p}` {sd}" for p, _, sd in
-                                                         b.preset_builds)
-                          for b in BOARDS.values()) + ")")
+                      "its design closes with: " + ", ".join(f"{b.name} {b.seed}" for b in
+                                                            BOARDS.values()) + ")")
     seed.add_argument("--seeds", metavar="LIST",
                       help="build with each of these placer seeds (e.g. 1-4 or 1,3,5-8), "
                            "--jobs at a time, each in DIR/seed-N, until one meets timing; the "
