@@ -139,6 +139,13 @@ def test_clock_errors():
         BoardTop("ulx3s-85f", clock_mhz=500)
     with pytest.raises(SystolicError, match=r"^Clock must be a number of MHz, not 'fast'$"):
         BoardTop("ulx3s-85f", clock_mhz="fast")
+    # --timing-margin: a fraction, and only where a PLL makes the clock.
+    with pytest.raises(SystolicError, match=r"^Timing margin must be a fraction from 0 to 0\.2 "
+                                            r"\(20 %\), not 0\.5$"):
+        BoardTop("ulx3s-85f", timing_margin=0.5)
+    with pytest.raises(SystolicError, match=r"^A timing margin needs the PLL: at 25 MHz "
+                                            r"ulx3s-85f runs from its oscillator"):
+        BoardTop("ulx3s-85f", clock_mhz=25, timing_margin=0.02)
 
 
 def test_baud_error():
@@ -192,15 +199,6 @@ def test_timing_margin_constrains_the_pll_output(board, clock, margin, constrain
         assert "set_frequency clk12_0__io 12.0" in lines
         nets = [line.split()[-1] for line in lines if line.startswith("set_frequency clk$")]
         assert nets == [constraint]
-
-
-def test_timing_margin_errors():
-    with pytest.raises(SystolicError, match=r"^Timing margin must be a fraction from 0 to 0\.2 "
-                                            r"\(20 %\), not 0\.5$"):
-        BoardTop("ulx3s-85f", timing_margin=0.5)
-    with pytest.raises(SystolicError, match=r"^A timing margin needs the PLL: at 25 MHz "
-                                            r"ulx3s-85f runs from its oscillator"):
-        BoardTop("ulx3s-85f", clock_mhz=25, timing_margin=0.02)
 
 
 @pytest.mark.parametrize("requant_dsp", [False, True])
