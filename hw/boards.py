@@ -300,10 +300,11 @@ class BoardTop(Elaboratable):
         else:
             self.pll = ice40_pll(osc, clock_mhz)
             self.clock_hz = self.pll[-1] * 1e6
-        if (isinstance(timing_margin, bool) or not isinstance(timing_margin, int | float)
-                or not 0 <= timing_margin <= 0.2):
+        if isinstance(timing_margin, bool) or not isinstance(timing_margin, int | float):
+            raise SystolicError(f"Timing margin must be a number, not {timing_margin!r}")
+        if not 0 <= timing_margin <= 0.2:
             raise SystolicError(f"Timing margin must be a fraction from 0 to 0.2 (20 %), not "
-                                f"{timing_margin!r}")
+                                f"{timing_margin:g} ({100 * timing_margin:g} %)")
         if timing_margin and self.pll is None:
             raise SystolicError(
                 f"A timing margin needs the PLL: at {clock_mhz:g} MHz {self.board.name} runs "

@@ -141,7 +141,7 @@ def test_clock_errors():
         BoardTop("ulx3s-85f", clock_mhz="fast")
     # --timing-margin: a fraction, and only where a PLL makes the clock.
     with pytest.raises(SystolicError, match=r"^Timing margin must be a fraction from 0 to 0\.2 "
-                                            r"\(20 %\), not 0\.5$"):
+                                            r"\(20 %\), not 0\.5 \(50 %\)$"):
         BoardTop("ulx3s-85f", timing_margin=0.5)
     with pytest.raises(SystolicError, match=r"^A timing margin needs the PLL: at 25 MHz "
                                             r"ulx3s-85f runs from its oscillator"):
