@@ -37,7 +37,7 @@ def test_generate_overrides(tmp_path, capsys):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--preset", "huge"], r"systolic: error: Unknown preset 'huge'; known presets: default, "
-                           r"small, wide, big\n"),
+                           r"small, wide, big, lenet\n"),
     (["--rows", "8", "--cols", "4"], r"systolic: error: Array rows must not exceed cols "
                                      r"\(8 > 4\)"),
     (["--act-depth", "1000"], r"systolic: error: act_depth must be a power of two between 16 "

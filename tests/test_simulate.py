@@ -58,7 +58,8 @@ def test_simulate_errors(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--preset", "huge"], "Unknown preset 'huge'; known presets: default, small, wide, big"),
+    (["--preset", "huge"],
+     "Unknown preset 'huge'; known presets: default, small, wide, big, lenet"),
     (["--preset", "small", "--dataset", "mnist"], "activations must fit act_depth 1024 words"),
 ])
 def test_simulate_fit_errors(tmp_path, capsys, argv, message, monkeypatch):
