@@ -316,14 +316,12 @@ PRESETS = {
     # did not route).
     "big": AcceleratorConfig(rows=12, cols=12, act_depth=8192, weight_depth=16384,
                              param_depth=128, requant_lanes=6),
-    # ECP5-85F for LeNet-class networks: `wide` without what they do not use (averaging, the
-    # residual add and global average pooling: 30 % of its LUTs) and with the stages of
-    # `deep_pipeline`, for a faster clock on the ULX3S: no closed build yet (94.71 MHz at 95
-    # on seed 4; at 90 on seed 5 the rip-up stalled), README: the `lenet` preset.
-    "lenet": AcceleratorConfig(rows=8, cols=16, act_depth=8192, weight_depth=8192,
-                               param_depth=64, requant_lanes=8, pool_avg=False,
-                               eltwise=False, deep_pipeline=True),
 }
+# ECP5-85F for LeNet-class networks: `wide` without what they do not use (averaging, the
+# residual add and global average pooling: 30 % of its LUTs) and with the stages of
+# `deep_pipeline`, for a faster clock on the ULX3S: no closed build yet (94.71 MHz at 95 on
+# seed 4; at 90 on seed 5 the rip-up stalled), README: the `lenet` preset.
+PRESETS["lenet"] = PRESETS["wide"].replace(pool_avg=False, eltwise=False, deep_pipeline=True)
 
 
 def preset_help():
