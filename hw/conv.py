@@ -60,18 +60,26 @@ from .replica import delay, hard_register, local_reset
 from .requant import Requantizer
 from .synth import one_hot
 
-__all__ = ["POOL_EXTRA", "ConvEngine", "bank_cycles", "dense_prep_cycles", "fill_stages",
+__all__ = ["ConvEngine", "bank_cycles", "dense_prep_cycles", "fill_stages", "fused_pool_stages",
            "select_stages", "weight_stages"]
-
-
-#: Cycles a fused pooling's words take after the requantizer's, beyond a plain convolution's:
-#: the requantizer's word in a register, the window row's maximum, then the line buffer's word
-#: in a register.
-POOL_EXTRA = 3
 
 
 #: Rows of sums each first-stage multiplexer of a two-stage selection covers.
 _SELECT_CHUNK = 4
+
+
+def fused_pool_stages(cfg):
+    """Cycles a fused pooling's words (`systolic.hw.isa.fuse_pool`) take after the
+    requantizer's, beyond a plain convolution's: 3, the requantizer's word in a register, the
+    window row's maximum, then the line buffer's word in a register; with ``deep_pipeline``,
+    5: the two maxima of a row's pixels (a pair's halves, and the left pixel with the right)
+    in registers of their own before the one the window's row takes, and the window's word in
+    a register before the activation memory's write port. (The LeNet design's worst paths at
+    95 MHz on the ULX3S were those comparators, 16 and 17 levels: `conv.f_word` through a row's
+    maximum into the line buffer's data, 3.6 ns of logic and 7.0 of routing; `conv.q_line`
+    through the window's maximum into an activation slice's write data, 3.9 and 6.7.) A fused
+    layer settles that many cycles longer."""
+    return 3 + 2 * cfg.deep_pipeline
 
 
 def weight_stages(cfg):
@@ -267,7 +275,7 @@ class ConvEngine(wiring.Component):
         p_next = Signal(cfg.param_addr_bits)            # ... and the next tile's
         settle_cycles = (R * cfg.rq_groups + C + Requantizer.LATENCY + 4 + capture_cycles(cfg)
                          + weight_stages(cfg) + select_stages(cfg))
-        settle = Signal(range(settle_cycles + 1 + fused * POOL_EXTRA))
+        settle = Signal(range(settle_cycles + 1 + fused * fused_pool_stages(cfg)))
         # Pixel walker: the next output pixel of the layer and its input window origin.
         ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
         wbase, iy0, ix0 = Signal(signed(sb)), Signal(coord), Signal(coord)
@@ -881,23 +889,42 @@ class ConvEngine(wiring.Component):
                 shape=C * 8, depth=max(cfg.max_dim // 2, 2), init=[])
             lw, lr = line.write_port(), line.read_port()
             left = Signal(C * 8, reset_less=True)
-            h_valid, h_py = Signal(), Signal()
+            # (Names given: closures' variables escape the inference from tuples.)
+            h_valid, h_py = Signal(name="h_valid"), Signal(name="h_py")
             h_max = Signal(C * 8, reset_less=True)
             h_addr = Signal(cfg.act_addr_bits, reset_less=True)
             h_col = Signal.like(lr.addr, reset_less=True)
-            h_half, q_half = Signal(reset_less=True), Signal(reset_less=True)
+            h_half = Signal(reset_less=True, name="h_half")
+            q_half = Signal(reset_less=True, name="q_half")
+
+            def row_max(tag, pair, both):
+                """A window row's maximum: its pair's (``pairs``, ``vpairs``) or both pixels'."""
+                return [h_valid.eq(1), h_py.eq(tag.py),
+                        h_max.eq(Mux(desc.pairs | desc.vpairs, pair, both)),
+                        h_addr.eq(tag.addr), h_col.eq(tag.col), h_half.eq(tag.half)]
+
             m.d.sync += h_valid.eq(0)
+            # With ``deep_pipeline`` the right pixel's two maxima go into registers, `g_*`,
+            # and the row's one of them a cycle later.
+            g_tag = f_tag
+            if cfg.deep_pipeline:
+                g_valid, g_tag = Signal(), Signal.like(f_tag, reset_less=True)
+                g_pair, g_both = Signal(C * 8, reset_less=True), Signal(C * 8, reset_less=True)
+                m.d.sync += g_valid.eq(0)
             with m.If(f_out & desc.pool):
                 with m.If(~f_tag.px):
                     m.d.sync += left.eq(f_word)
                 with m.Else():
-                    m.d.sync += [h_valid.eq(1), h_py.eq(f_tag.py),
-                                 h_max.eq(Mux(desc.pairs | desc.vpairs, fold(f_word),
-                                              vmax(left, f_word))),
-                                 h_addr.eq(f_tag.addr), h_col.eq(f_tag.col),
-                                 h_half.eq(f_tag.half)]
+                    if cfg.deep_pipeline:
+                        m.d.sync += [g_valid.eq(1), g_tag.eq(f_tag), g_pair.eq(fold(f_word)),
+                                     g_both.eq(vmax(left, f_word))]
+                    else:
+                        m.d.sync += row_max(f_tag, fold(f_word), vmax(left, f_word))
+            if cfg.deep_pipeline:
+                with m.If(g_valid):
+                    m.d.sync += row_max(g_tag, g_pair, g_both)
             m.d.comb += [
-                lr.addr.eq(f_tag.col), lr.en.eq(1),
+                lr.addr.eq(g_tag.col), lr.en.eq(1),
                 lw.addr.eq(h_col), lw.data.eq(h_max), lw.en.eq(h_valid & ~h_py),
             ]
             # The line buffer's word goes into a register before any logic (block RAM on the
@@ -907,15 +934,24 @@ class ConvEngine(wiring.Component):
             q_addr = Signal(cfg.act_addr_bits, reset_less=True)
             m.d.sync += [q_valid.eq(h_valid & h_py), q_line.eq(lr.data), q_max.eq(h_max),
                          q_addr.eq(h_addr), q_half.eq(h_half)]
+            # The window's word (with ``deep_pipeline`` in a register first: `r_*`).
+            r_valid, r_addr, r_half = q_valid, q_addr, q_half
+            if cfg.deep_pipeline:
+                r_valid, r_half = Signal(), Signal(reset_less=True)
+                r_word = Signal(C * 8, reset_less=True)
+                r_addr = Signal.like(q_addr, reset_less=True)
+                m.d.sync += [r_valid.eq(q_valid), r_word.eq(vmax(q_line, q_max)),
+                             r_addr.eq(q_addr), r_half.eq(q_half)]
             with m.If(desc.pool):
-                m.d.comb += [self.act_write.en.eq(q_valid),
-                             self.act_write.addr.eq(q_addr),
-                             self.act_write.data.eq(vmax(q_line, q_max))]
+                m.d.comb += [self.act_write.en.eq(r_valid),
+                             self.act_write.addr.eq(r_addr),
+                             self.act_write.data.eq(r_word if cfg.deep_pipeline
+                                                    else vmax(q_line, q_max))]
             with m.Else():
                 m.d.comb += plain()
             # A channel tile with ``halves`` writes half `t % 2` of its words (`pair_pixels`):
             # the half its words' tag carries (the next tile's may be on their way).
-            half = Mux(desc.pool, q_half, rq.o_tag.half)
+            half = Mux(desc.pool, r_half, rq.o_tag.half)
             m.d.comb += self.act_halves.eq(Mux(desc.halves, Mux(half, 0b10, 0b01), 0b11))
         else:
             m.d.comb += plain()
@@ -1126,10 +1162,10 @@ class ConvEngine(wiring.Component):
                             m.d.comb += full_next[b].eq(1)
                             m.d.sync += [bank_meta[b].flush.eq(1), bank_meta[b].first.eq(1),
                                          bank_meta[b].drain.eq(1)]
-                    # (A fused pooling's words come two cycles later.)
+                    # (A fused pooling's words come `fused_pool_stages` cycles later.)
                     m.d.comb += claim.eq(1)
                     m.d.sync += [feed_empty.eq(0), settle.eq(settle_cycles - 1 + (
-                        Mux(desc.pool, POOL_EXTRA, 0) if fused else 0))]
+                        Mux(desc.pool, fused_pool_stages(cfg), 0) if fused else 0))]
                     m.next = "SETTLE"
             with m.State("SETTLE"):
                 with m.If(feed_empty):

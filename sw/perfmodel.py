@@ -33,7 +33,7 @@ selection of the sums) and a few cycles of hand-over between the states and of t
 pipelines (the activation and weight memories are registered on both sides)::
 
     conv cycles = cout_tiles * feed + rows + rows * G + cols + LATENCY + P + S + F + CONV_LAYER
-                  (+ POOL_EXTRA with fused pooling, + dense_prep_cycles when dense)
+                  (+ fused_pool_stages with fused pooling, + dense_prep_cycles when dense)
 
 (``F``: `systolic.hw.conv.fill_stages`.)
 
@@ -68,8 +68,8 @@ cycle, divides in ``GAP_DIV_STEPS`` cycles and writes::
 convolution (`systolic.hw.isa.describe_dense_conv`) walks ``kh = D`` blocks of one word
 (``kw = cin_words = 1``) and first waits `systolic.hw.conv.dense_prep_cycles` while its
 lanes' taps are worked out. A convolution that max-pools its output on the way to memory
-(`systolic.hw.isa.fuse_pool`) settles ``POOL_EXTRA`` cycles longer: its words leave three
-stages later. Every layer also
+(`systolic.hw.isa.fuse_pool`) settles `systolic.hw.conv.fused_pool_stages` cycles longer: its
+words leave that many stages later. Every layer also
 counts the ``CMD_LATENCY`` cycle in which the core holds its descriptor before the engine
 takes it.
 A RUN of several entries takes more than its layers' cycles: the controller fetches each
@@ -89,10 +89,10 @@ import itertools
 
 from ..hw.controller import fetch_cycles
 from ..hw.conv import (
-    POOL_EXTRA,
     bank_cycles,
     dense_prep_cycles,
     fill_stages,
+    fused_pool_stages,
     select_stages,
     weight_stages,
 )
@@ -138,7 +138,7 @@ def _engine_cycles(cfg, fields):
                   * fields["cin_words"])
         ends = (R + R * G + C + Requantizer.LATENCY + capture_cycles(cfg) + CONV_LAYER
                 + weight_stages(cfg) + select_stages(cfg) + fill_stages(cfg)
-                + POOL_EXTRA * fields.get("pool", 0))
+                + fused_pool_stages(cfg) * fields.get("pool", 0))
         prep = dense_prep_cycles(cfg) if fields.get("dense") else 0
         return feed_cycles(cfg, blocks) + ends + prep
     if fields["op"] == Op.ADD:
