@@ -187,7 +187,8 @@ def main(argv=None):
         # The board's build (its preset with only the features that build has), simulated
         # on generic multipliers as `deploy --sim` does.
         cfg = board_config_from_args(board, args).replace(target="generic")
-        clock = args.clock if args.clock is not None else board.clock_mhz
+        clock = (args.clock if args.clock is not None
+                 else board.build_defaults(args.preset).clock_mhz)
         if not clock > 0:
             raise SystolicError(f"Clock must be positive, not {clock!r}")
         nets = [n.strip() for n in args.networks.split(",") if n.strip()]
@@ -197,7 +198,8 @@ def main(argv=None):
                                     f"not {n!r}")
         result = {
             "board": board.name, "clock_mhz": clock,
-            "clock_source": "--clock" if args.clock is not None else f"{board.name}'s clock",
+            "clock_source": ("--clock" if args.clock is not None
+                             else f"{board.name}'s clock for {args.preset}"),
             "preset": args.preset,
             "config": {"rows": cfg.rows, "cols": cfg.cols, "fc_rows": cfg.fc_rows,
                        "pool_avg": cfg.pool_avg, "eltwise": cfg.eltwise,

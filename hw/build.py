@@ -1005,9 +1005,22 @@ def board_config_from_args(spec, args):
     return config_from_args(args, spec.config(args.preset))
 
 
+def build_defaults_from_args(spec, args):
+    """Fill in ``args.clock``, ``args.seed`` and ``args.timing_margin`` (percent) where the
+    command line left them out: those the board's build of ``args.preset`` closed with
+    (`systolic.hw.boards.Board.build_defaults`), the margin only with that clock (0 with
+    another)."""
+    closed = spec.build_defaults(args.preset)
+    if args.timing_margin is None:
+        args.timing_margin = 100 * closed.timing_margin if args.clock is None else 0.0
+    args.clock = closed.clock_mhz if args.clock is None else args.clock
+    args.seed = closed.seed if args.seed is None and args.seeds is None else args.seed
+
+
 def _run(args):
     spec = get_board(args.board)
     cfg = board_config_from_args(spec, args)
+    build_defaults_from_args(spec, args)
     if args.jobs is not None and args.seeds is None:
         raise BuildError("--jobs runs several seeds at once: give them with --seeds (e.g. "
                          "--seeds 1-4 --jobs 2)")
@@ -1067,6 +1080,8 @@ def add_parser(subparsers):
                     "device and fmax against the clock, and writes DIR/report.json. The "
                     "configuration defaults to the board's ("
                     + ", ".join(f"{b.name}: the `{b.preset}` preset at {b.clock_mhz:g} MHz"
+                                + "".join(f", `{pb.preset}` at {pb.clock_mhz:g} MHz"
+                                          for pb in b.preset_builds)
                                 for b in BOARDS.values())
                     + "), multipliers in the board's DSP blocks; the options below override "
                     "it.",
@@ -1083,19 +1098,25 @@ def add_parser(subparsers):
     p.add_argument("--no-pool", dest="pool", action="store_const", const=False, default=None,
                    help="leave out the pooling engine (saves logic and block RAM)")
     p.add_argument("--clock", type=float, metavar="MHZ",
-                   help="accelerator clock (default: the board's; a PLL makes it)")
+                   help="accelerator clock (default: the board's for the preset; a PLL "
+                        "makes it)")
     p.add_argument("--baud", type=int, help="UART baud rate (default: the board's)")
-    p.add_argument("--timing-margin", type=float, default=0.0, metavar="PCT",
+    p.add_argument("--timing-margin", type=float, metavar="PCT",
                    help="ask nextpnr for PCT %% more than --clock (e.g. 2): its router stops "
                         "at what its own estimates call met, and its final analysis has put "
                         "such builds 0.3 to 1 %% short; the report is against --clock "
-                        "(default 0; needs the board's PLL)")
+                        "(default: the board's for the preset at its clock, "
+                        + ", ".join(f"{b.name}'s `{pb.preset}` {100 * pb.timing_margin:g}"
+                                    for b in BOARDS.values() for pb in b.preset_builds)
+                        + ", else 0; needs the board's PLL)")
     p.add_argument("-o", "--output", metavar="DIR", help="build directory "
                                                          "(default: build/BOARD)")
     seed = p.add_mutually_exclusive_group()
     seed.add_argument("--seed", type=int, help="nextpnr placer seed (default: the board's, one "
-                      "its design closes with: " + ", ".join(f"{b.name} {b.seed}" for b in
-                                                            BOARDS.values()) + ")")
+                      "its design closes with: " + ", ".join(
+                          f"{b.name} {b.seed}" + "".join(f", its `{pb.preset}` {pb.seed}"
+                                                         for pb in b.preset_builds)
+                          for b in BOARDS.values()) + ")")
     seed.add_argument("--seeds", metavar="LIST",
                       help="build with each of these placer seeds (e.g. 1-4 or 1,3,5-8), "
                            "--jobs at a time, each in DIR/seed-N, until one meets timing; the "

@@ -116,6 +116,33 @@ def test_board_config_from_the_command_line():
     assert config("--board", "ulx3s-85f", "--target", "generic").target == "generic"
 
 
+def test_build_defaults_from_the_command_line():
+    """A preset the board has a closed build of (`Board.preset_builds`) builds at that
+    build's clock, seed and timing margin unless given; the margin goes with its clock only;
+    other presets take the board's clock and seed, no margin."""
+    import argparse
+
+    from systolic.hw.boards import get_board
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    build_module.add_parser(sub)
+
+    def defaults(*argv):
+        args = sub.choices["build"].parse_args(["--board", "ulx3s-85f", *argv])
+        spec = get_board(args.board)
+        build_module.board_config_from_args(spec, args)
+        build_module.build_defaults_from_args(spec, args)
+        return args.clock, args.seed, args.timing_margin
+
+    assert defaults() == (90.0, 5, 0.0)
+    assert defaults("--preset", "wide") == (90.0, 5, 0.0)
+    assert defaults("--preset", "lenet") == (95.0, 3, 2.0)
+    assert defaults("--preset", "lenet", "--clock", "90") == (90.0, 3, 0.0)
+    assert defaults("--preset", "lenet", "--timing-margin", "1", "--seed", "4") == (95.0, 4, 1.0)
+    assert defaults("--preset", "lenet", "--seeds", "1,2")[:1] == (95.0,)
+    assert defaults("--preset", "lenet", "--seeds", "1,2")[1] is None
+
+
 def test_unknown_board_api():
     with pytest.raises(SystolicError, match=r"^Unknown board 'de10'; known boards: "):
         build("de10")
