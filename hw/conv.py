@@ -61,7 +61,7 @@ from .requant import Requantizer
 from .synth import one_hot
 
 __all__ = ["ConvEngine", "bank_cycles", "dense_prep_cycles", "fill_stages", "fused_pool_stages",
-           "select_stages", "weight_stages"]
+           "select_stages", "weight_addr_stages", "weight_stages"]
 
 
 #: Rows of sums each first-stage multiplexer of a two-stage selection covers.
@@ -80,6 +80,19 @@ def fused_pool_stages(cfg):
     through the window's maximum into an activation slice's write data, 3.9 and 6.7.) A fused
     layer settles that many cycles longer."""
     return 3 + 2 * cfg.deep_pipeline
+
+
+def weight_addr_stages(cfg):
+    """Registers between the convolution engine's weight address (its adder) and the weight
+    memory's own address registers: 1 with ``deep_pipeline``, else 0.
+
+    The address goes to a copy of the memory's address register for each group of its block
+    RAM slices, spread over the chip: the adder and that route in one cycle were the worst
+    path of the LeNet design's 95 MHz build on the ULX3S (96.57 MHz: `conv.w_tile_base`
+    through the adder to a slice's address register, 10.4 ns, 8.7 of it routing). A step's
+    weights then come a cycle later, and its activations and flags wait a cycle longer for
+    them; a layer settles a cycle longer."""
+    return int(cfg.deep_pipeline)
 
 
 def weight_stages(cfg):
@@ -274,7 +287,7 @@ class ConvEngine(wiring.Component):
         p_tile = Signal(cfg.param_addr_bits)            # the drain's tile's first parameter word
         p_next = Signal(cfg.param_addr_bits)            # ... and the next tile's
         settle_cycles = (R * cfg.rq_groups + C + Requantizer.LATENCY + 4 + capture_cycles(cfg)
-                         + weight_stages(cfg) + select_stages(cfg))
+                         + weight_stages(cfg) + weight_addr_stages(cfg) + select_stages(cfg))
         settle = Signal(range(settle_cycles + 1 + fused * fused_pool_stages(cfg)))
         # Pixel walker: the next output pixel of the layer and its input window origin.
         ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
@@ -590,10 +603,12 @@ class ConvEngine(wiring.Component):
         # On the wide arrays `restart` picks after the adder, not before it: the sum goes to
         # block RAM slices across the die, and `restart` through the carry chain and that
         # route was the 90 MHz build's worst path at 89.7 MHz (11 levels, 9.3 ns routing).
-        if lag:
-            m.d.comb += self.weight_read.addr.eq(Mux(restart, w_tile_base, w_tile_base + w_off))
-        else:
-            m.d.comb += self.weight_read.addr.eq(w_tile_base + Mux(restart, 0, w_off))
+        # With `weight_addr_stages` the sum goes into a register first.
+        w_addr = (Mux(restart, w_tile_base, w_tile_base + w_off) if lag
+                  else w_tile_base + Mux(restart, 0, w_off))
+        wa = weight_addr_stages(cfg)
+        m.d.comb += self.weight_read.addr.eq(delay(m, w_addr, wa, name="w_addr",
+                                                   reset_less=True))
         with m.If(sr_left != 0):
             m.d.sync += [sr_left.eq(sr_left - 1), step0.eq(0), restart.eq(0)]
             with m.If(sr_meta.flush):
@@ -641,11 +656,11 @@ class ConvEngine(wiring.Component):
         # (A `BankedWeights` memory has the first of these registers: its banks' own.)
         w_in = delay(m, self.weight_read.data.as_value(), ws - 1 - bool(cfg.fc_rows), name="w_r",
                      reset_less=True)
-        a_q = delay(m, a_reg, ws + 1 - lag, name="a", reset_less=True)
-        first_q = delay(m, first_reg, ws + 1, name="first")
-        drain_q = delay(m, drain_reg, ws + 1, name="drain")
-        tile_q = delay(m, tile_reg, ws + 1, name="tile")
-        wvalid_q = delay(m, wvalid_reg, ws, name="wvalid")
+        a_q = delay(m, a_reg, ws + wa + 1 - lag, name="a", reset_less=True)
+        first_q = delay(m, first_reg, ws + wa + 1, name="first")
+        drain_q = delay(m, drain_reg, ws + wa + 1, name="drain")
+        tile_q = delay(m, tile_reg, ws + wa + 1, name="tile")
+        wvalid_q = delay(m, wvalid_reg, ws + wa, name="wvalid")
         w_q = Signal(C * 8, reset_less=True)
         m.d.sync += w_q.eq(Mux(wvalid_q, w_in, 0))
         m.d.comb += [array.a.eq(a_q), array.first.eq(first_q), array.w.eq(w_q)]

@@ -28,7 +28,8 @@ settle period that lets the last results drain through the array and the requant
 (``rows * G + cols + Requantizer.LATENCY + P + 4 + S``: ``P`` is the PEs' capture,
 `systolic.hw.pe.capture_cycles`; a row takes ``G = cols / rq_lanes``
 cycles in the requantizer; ``S`` is `systolic.hw.conv.weight_stages`, the registers after
-the weight memory's block RAMs, plus `systolic.hw.conv.select_stages`, those of the drain's
+the weight memory's block RAMs, plus `systolic.hw.conv.weight_addr_stages`, those before
+its address registers, plus `systolic.hw.conv.select_stages`, those of the drain's
 selection of the sums) and a few cycles of hand-over between the states and of the memories'
 pipelines (the activation and weight memories are registered on both sides)::
 
@@ -94,6 +95,7 @@ from ..hw.conv import (
     fill_stages,
     fused_pool_stages,
     select_stages,
+    weight_addr_stages,
     weight_stages,
 )
 from ..hw.eltwise import GAP_TILE_EXTRA, add_latency
@@ -137,7 +139,8 @@ def _engine_cycles(cfg, fields):
         blocks = (fields["cout_tiles"] * pixel_tiles * fields["kh"] * fields["kw"]
                   * fields["cin_words"])
         ends = (R + R * G + C + Requantizer.LATENCY + capture_cycles(cfg) + CONV_LAYER
-                + weight_stages(cfg) + select_stages(cfg) + fill_stages(cfg)
+                + weight_stages(cfg) + weight_addr_stages(cfg) + select_stages(cfg)
+                + fill_stages(cfg)
                 + fused_pool_stages(cfg) * fields.get("pool", 0))
         prep = dense_prep_cycles(cfg) if fields.get("dense") else 0
         return feed_cycles(cfg, blocks) + ends + prep
