@@ -75,16 +75,17 @@ def test_lenet5_big_preset_fast():
     assert report.batches.tolist() == [3] * 6
 
 
-def test_lenet5_wide_row_pairs():
-    """lenet5 on the ULX3S's 8x16 preset: its first convolution in vertical pairs
-    (`systolic.hw.isa.pair_rows`), read by a dense convolution whose weights follow its channel
-    layout; with ``fc_rows`` 4, its fully connected layers of 8 and 6 channel tiles row by row,
-    4 tiles a run (`systolic.hw.isa.describe_fc_rows`), one image at a time. Exact, cycles as
-    predicted, one image at a time, in a batch, and traced (each layer's output decoded and
-    compared)."""
+@pytest.mark.parametrize("base", ["wide", "lenet"])
+def test_lenet5_wide_row_pairs(base):
+    """lenet5 on the ULX3S's 8x16 preset (and on `lenet`, with `deep_pipeline`'s stages): its
+    first convolution in vertical pairs (`systolic.hw.isa.pair_rows`), read by a dense
+    convolution whose weights follow its channel layout; with ``fc_rows`` 4, its fully
+    connected layers of 8 and 6 channel tiles row by row, 4 tiles a run
+    (`systolic.hw.isa.describe_fc_rows`), one image at a time. Exact, cycles as predicted, one
+    image at a time, in a batch, and traced (each layer's output decoded and compared)."""
     qnet = random_qnet("lenet5")
     images = random_images(qnet, 5, seed=6)
-    cfg = preset("wide").replace(fc_rows=4)
+    cfg = preset(base).replace(fc_rows=4)
     one, three = compile_network(qnet, cfg), compile_network(qnet, cfg, batch=3)
     assert one.layers[0].fields["vpairs"] == 1
     assert [len(lay.entries) for lay in one.layers[2:]] == [2, 2, 1]
