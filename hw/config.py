@@ -97,19 +97,25 @@ class AcceleratorConfig:
         registers. Without it (the iCEBreaker's `small`, short of logic cells) the engines read
         the controller's descriptor, which it then fetches between layers.
     deep_pipeline : bool
-        Stages for clocks above 90 MHz on the ECP5 (an experiment; no board builds with it
-        yet): each pooling window's combined output in a register before the next unit, the
-        mean in three one-adder stages instead of two (three more cycles a pooling layer,
-        `systolic.hw.pool.pool_stages`), the residual add's clamp a stage after its rounding
-        (a cycle more an add, `systolic.hw.eltwise.add_latency`), and the ULX3S's LEDs from
-        registers. Without averaging (``pool_avg`` off) the pooling engine's windows become
-        the averaging engine's without its arithmetic: block RAM inputs from registers, output
-        registered (up to six more cycles a pooling layer). In the convolution engine, the
-        fill's read addresses go through two registers to the activation memory's column
+        Stages for clocks above 90 MHz on the ECP5 (the `lenet` preset has them; it closes at
+        95 MHz on the ULX3S): each pooling window's combined output in a register before the
+        next unit, the mean in three one-adder stages instead of two (three more cycles a
+        pooling layer, `systolic.hw.pool.pool_stages`), the residual add's clamp a stage after
+        its rounding (a cycle more an add, `systolic.hw.eltwise.add_latency`), and the ULX3S's
+        LEDs from registers. Without averaging (``pool_avg`` off) the pooling engine's windows
+        become the averaging engine's without its arithmetic: block RAM inputs from registers,
+        output registered (up to six more cycles a pooling layer). In the convolution engine,
+        the fill's read addresses go through two registers to the activation memory's column
         slices instead of one (arrays of 8 columns or more; a cycle more a convolution,
-        `systolic.hw.conv.fill_stages`), and the pixel walker keeps whether it is still in the
-        map in a register of its own. In the array, each PE's restart flags are its own
-        flip-flops (`systolic.hw.pe.ProcessingElement`'s ``own_flags``).
+        `systolic.hw.conv.fill_stages`), the weight address through a register before the
+        weight memory's (a cycle more, `systolic.hw.conv.weight_addr_stages`), a fused
+        pooling's comparators each before a register of their own (two cycles more a fused
+        layer, `systolic.hw.conv.fused_pool_stages`), and the pixel walker keeps whether it is
+        still in the map in a register of its own. In the array, each PE's restart flags are
+        its own flip-flops (`systolic.hw.pe.ProcessingElement`'s ``own_flags``) and its carry
+        between the accumulator's halves goes through two registers (a cycle more a
+        convolution, `systolic.hw.pe.carry_stages`). The read-back's word goes into a register
+        of its own before the controller (not a layer's cycles).
     fc_rows : int
         Rows of the array a fully connected layer of one image can run *row by row* on
         (`systolic.hw.isa.describe_fc_rows`), 0 for none: each of those rows computes its own
