@@ -370,7 +370,8 @@ class Controller(wiring.Component):
         # byte comes in at least a cycle before the core takes it (RUN_DECODE); a data word
         # waits a cycle for it (WRITE_HOLD).
         shift_q = Signal.like(shift, name="shift_q", reset_less=True) if piped else shift
-        if piped:
+        late_pack = piped and cfg.deep_pipeline     # (a packed word: see `shift_next`)
+        if piped and not late_pack:
             m.d.sync += shift_q.eq(shift)
         param_bytes = mem_word_bytes(cfg, Mem.PARAM)
         short_bytes = min(cfg.cols, param_bytes)
@@ -476,8 +477,18 @@ class Controller(wiring.Component):
         # from ``pre0`` through one decoder to the whole word's muxes, two routes across the
         # shift register, it was the worst path of the 8x16's 90 MHz build (12.0 of 13.4 ns
         # routing).
-        after = Cat(act[8:], byte)
+        # With `deep_pipeline` the word is packed on its way from ``shift`` to ``shift_q``
+        # instead, from which the core takes it (a word holds still in ``shift`` from its last
+        # byte on, for the cycle it goes into ``shift_q`` and while the core takes it), and
+        # ``shift`` takes the bytes as they come: each lane chooses from flip-flops of the shift
+        # register, not from the frame buffer's byte (a block RAM's output register) and
+        # ``byte_end``. Those routes were the `lenet` design's slowest at 100 and 105 MHz
+        # (``shift_next`` into ``shift``, 13.2 ns as placed for 105 MHz: `bench/endpoints.py`;
+        # ``byte_end`` into the shift's enables, the worst path of its 95 MHz build, through
+        # logic that fans ``byte_end`` out to every lane).
+        after = act if late_pack else Cat(act[8:], byte)
         pack = writing & ~is_prog & packed
+        packed_word = []
         for k in range(cfg.cols):
             if piped:
                 lanes_k = hard_register(m, lanes, name=f"pack_lanes{k}", target=cfg.target,
@@ -485,7 +496,13 @@ class Controller(wiring.Component):
                 pack_k = hard_register(m, pack, name=f"pack{k}", target=cfg.target)
             else:
                 lanes_k, pack_k = lanes, pack
-            with m.If(pack_k & byte_end):
+            if late_pack:
+                lane = Signal(8, name=f"packed{k}")
+                m.d.comb += lane.eq(act.word_select(k, 8))
+                packed_word.append(lane)
+            else:
+                lane = shift_next[8 * (word_at + k):8 * (word_at + k + 1)]
+            with m.If(pack_k if late_pack else pack_k & byte_end):
                 with m.Switch(lanes_k):
                     for n in range(1, cfg.cols):
                         if cfg.dense_conv:
@@ -495,8 +512,10 @@ class Controller(wiring.Component):
                         else:
                             src = None
                         with m.Case(n):
-                            m.d.comb += shift_next[8 * (word_at + k):8 * (word_at + k + 1)].eq(
-                                0 if src is None else after.word_select(src, 8))
+                            m.d.comb += lane.eq(0 if src is None else after.word_select(src, 8))
+        if late_pack:
+            m.d.sync += shift_q.eq(Cat(shift[:8 * word_at], *packed_word,
+                                       shift[8 * (word_at + cfg.cols):]))
         for k, en in enumerate(shift_en):
             part = slice(8 * (k * len(shift) // 8 // copies),
                          8 * ((k + 1) * len(shift) // 8 // copies))

@@ -149,6 +149,21 @@ def test_fuzz_byte_streams():
 
 
 @pytest.mark.slow
+def test_fuzz_byte_streams_lenet_preset():
+    """The `lenet` preset's controller, which packs an activation word on its way from the
+    shift register to the core (`deep_pipeline`) rather than as its last byte comes in: half
+    ``FRAMES`` frames, among them packed WRITEs of every lane count read back. Every reply
+    exact, no hang, the network exact after every burst."""
+    report = fz.fuzz(random_qnet("lenet-digits"), preset("lenet"), count=FRAMES // 2,
+                     seed=SEED + 2, burst=50)
+    assert report.frames_sent >= FRAMES // 2
+    assert (report.hangs, report.wrong_replies) == (0, 0)
+    assert report.golden_checks == report.bursts + 1
+    assert {"ACK", "DATA", "DONE"} <= set(report.replies)
+    print(report.summary())
+
+
+@pytest.mark.slow
 def test_fuzz_uart_pins():
     """A few frames on the virtual board's UART pins at 8 cycles a bit: breaks and framing
     errors go through the UART receiver, many of them inside frames. The board's frame timeout
