@@ -115,7 +115,9 @@ class AcceleratorConfig:
         its own flip-flops (`systolic.hw.pe.ProcessingElement`'s ``own_flags``) and its carry
         between the accumulator's halves goes through two registers (a cycle more a
         convolution, `systolic.hw.pe.carry_stages`). The read-back's word goes into a register
-        of its own before the controller (not a layer's cycles).
+        of its own before the controller, and the controller packs an activation word of
+        fewer lanes on its way from its shift register to the core, not as its last byte
+        comes in (neither is a layer's cycles).
     fc_rows : int
         Rows of the array a fully connected layer of one image can run *row by row* on
         (`systolic.hw.isa.describe_fc_rows`), 0 for none: each of those rows computes its own
@@ -325,8 +327,8 @@ PRESETS = {
 }
 # ECP5-85F for LeNet-class networks: `wide` without what they do not use (averaging, the
 # residual add and global average pooling: 30 % of its LUTs) and with the stages of
-# `deep_pipeline`, for a faster clock on the ULX3S: it closes at 95 MHz there (96.54 MHz on
-# seed 5, the board's default for it: `Board.preset_builds`), README: the `lenet` preset.
+# `deep_pipeline`, for a faster clock on the ULX3S: it closes at 95 MHz there (97.63 MHz on
+# seed 3, the board's default for it: `Board.preset_builds`), README: the `lenet` preset.
 PRESETS["lenet"] = PRESETS["wide"].replace(pool_avg=False, eltwise=False, deep_pipeline=True)
 
 
