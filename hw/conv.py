@@ -150,8 +150,10 @@ def bank_cycles(cfg):
 
 def dense_prep_cycles(cfg):
     """Cycles a dense convolution (`systolic.hw.isa.describe_dense_conv`) waits before its
-    first channel tile, while each lane's tap offset is worked out from the descriptor."""
-    return cfg.cols // 2 + 2
+    first channel tile, while each lane's tap offset is worked out from the descriptor (a
+    cycle more with `deep_pipeline`: the lane's row offset goes into a register of its own
+    before the add of its column)."""
+    return cfg.cols // 2 + 2 + cfg.deep_pipeline
 
 
 class ConvEngine(wiring.Component):
@@ -372,7 +374,14 @@ class ConvEngine(wiring.Component):
                 m.d.sync += row_off[j].eq(row_off[j - 1] + desc.in_w)
             d_off = [Signal(sb_shape, name=f"dense_off{k}", reset_less=True) for k in range(C)]
             for k in range(C):
-                m.d.sync += d_off[k].eq(Array(row_off)[d_dy[k]] + d_kx[k])
+                if cfg.deep_pipeline:
+                    # The row offset chosen into a register, then the add: in one cycle, the
+                    # choice among C / 2 rows and the adder's carry chain were 16 levels, the
+                    # worst path of the `lenet` design's 97.63 MHz build.
+                    d_row = Signal(sb_shape, name=f"dense_rsel{k}", reset_less=True)
+                    m.d.sync += [d_row.eq(Array(row_off)[d_dy[k]]), d_off[k].eq(d_row + d_kx[k])]
+                else:
+                    m.d.sync += d_off[k].eq(Array(row_off)[d_dy[k]] + d_kx[k])
             kyl = [Signal(range(cfg.max_kernel + C + 1), name=f"dense_ky{k}", reset_less=True)
                    for k in range(C)]
             kxl = [Signal(range(cfg.max_kernel + C + 1), name=f"dense_kx{k}", reset_less=True)
