@@ -112,9 +112,11 @@ class AcceleratorConfig:
         pooling's comparators each before a register of their own (two cycles more a fused
         layer, `systolic.hw.conv.fused_pool_stages`), a dense lane's row offset through a
         register before the add of its column (a cycle more of a dense convolution's
-        preparation, `systolic.hw.conv.dense_prep_cycles`), and the pixel walker keeps
-        whether it is still in the map in a register of its own. In the array, each PE's restart flags are
-        its own flip-flops (`systolic.hw.pe.ProcessingElement`'s ``own_flags``) and its carry
+        preparation, `systolic.hw.conv.dense_prep_cycles`), the lanes' taps from tables, each
+        lane's from a copy of the descriptor's key of its own, the block's last row
+        (``r == R - 2``) a register, and the pixel walker keeps whether it is still in the map
+        in a register of its own. In the array, each PE's restart flags are its own
+        flip-flops (`systolic.hw.pe.ProcessingElement`'s ``own_flags``) and its carry
         between the accumulator's halves goes through two registers (a cycle more a
         convolution, `systolic.hw.pe.carry_stages`). The read-back's word goes into a register
         of its own before the controller, and the controller packs an activation word of

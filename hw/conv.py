@@ -148,6 +148,27 @@ def bank_cycles(cfg):
     return cfg.rows + fill_stages(cfg) + ACT_READ_LATENCY + 1
 
 
+def _dense_tables(cfg, kw_bits, key_bits):
+    """A dense convolution's lane taps (`systolic.hw.isa.dense_lane_tap`) and word layout
+    (`systolic.hw.isa.dense_layout`) as tables of the key ``kw | cin << kw_bits`` (its
+    descriptor's ``dkw`` and ``dcin``), ``2 ** key_bits`` entries each, 0 where a lane is past
+    the word's taps (it weighs 0) or the key is no dense convolution's: ``{"dy": [lane's
+    table, ...], "dx": [...], "rows": table, "taps": table}``."""
+    C = cfg.cols
+    tables = {"dy": [[0] * (1 << key_bits) for _ in range(C)],
+              "dx": [[0] * (1 << key_bits) for _ in range(C)],
+              "rows": [0] * (1 << key_bits), "taps": [0] * (1 << key_bits)}
+    for kw in range(2, cfg.max_kernel + 1):
+        for cin in range(1, C // 2 + 1):
+            key = kw | cin << kw_bits
+            tables["rows"][key], tables["taps"][key] = dense_layout(cfg, kw, cin)
+            for k in range(C):
+                tap = dense_lane_tap(cfg, kw, cin, k)
+                if tap is not None:
+                    tables["dy"][k][key], tables["dx"][k][key] = tap[:2]
+    return tables
+
+
 def dense_prep_cycles(cfg):
     """Cycles a dense convolution (`systolic.hw.isa.describe_dense_conv`) waits before its
     first channel tile, while each lane's tap offset is worked out from the descriptor (a
@@ -357,17 +378,45 @@ class ConvEngine(wiring.Component):
             d_dy = [Signal(range(C), name=f"dense_dy{k}", reset_less=True) for k in range(C)]
             d_kx = [Signal(cfg.kernel_bits, name=f"dense_kx{k}", reset_less=True) for k in range(C)]
             d_rows, d_taps = Signal(range(C + 1)), Signal(range(C + 1))
-            m.d.sync += [d_rows.eq(0), d_taps.eq(0)]
-            with m.Switch(Cat(desc.dkw, desc.dcin)):
-                for kw_ in range(2, cfg.max_kernel + 1):
-                    for cin in range(1, C // 2 + 1):
-                        with m.Case(kw_ | cin << len(desc.dkw)):
-                            for k in range(C):
-                                tap = dense_lane_tap(cfg, kw_, cin, k)
-                                if tap is not None:
-                                    m.d.sync += [d_dy[k].eq(tap[0]), d_kx[k].eq(tap[1])]
-                            rows, taps = dense_layout(cfg, kw_, cin)
-                            m.d.sync += [d_rows.eq(rows), d_taps.eq(taps)]
+            if cfg.deep_pipeline:
+                # Tables of the descriptor's kernel width and channels (`dense_tables`), each
+                # lane's looked up from a copy of them of its own, into flip-flop primitives
+                # (which synthesis does not make enables and resets of): a function of seven
+                # bits each. As a case of the descriptor, a lane past the word's taps keeping
+                # its value, the decoding went into the registers' enables and resets, five
+                # levels from the descriptor, the slowest logic of the engine as synthesized.
+                key = Cat(desc.dkw, desc.dcin)
+                tables = _dense_tables(cfg, len(desc.dkw), len(key))
+                shared = hard_register(m, key, name="dense_key", target=cfg.target,
+                                       reset_less=True)
+                m.d.comb += [d_rows.eq(hard_register(
+                                 m, Array(tables["rows"])[shared], name="dense_rows",
+                                 target=cfg.target, reset_less=True)),
+                             d_taps.eq(hard_register(
+                                 m, Array(tables["taps"])[shared], name="dense_taps",
+                                 target=cfg.target, reset_less=True))]
+                for k in range(C):
+                    own = hard_register(m, key, name=f"dense_key{k}", target=cfg.target,
+                                        reset_less=True)
+                    m.d.comb += [
+                        d_dy[k].eq(hard_register(m, Array(tables["dy"][k])[own],
+                                                 name=f"dense_tdy{k}", target=cfg.target,
+                                                 reset_less=True)),
+                        d_kx[k].eq(hard_register(m, Array(tables["dx"][k])[own],
+                                                 name=f"dense_tdx{k}", target=cfg.target,
+                                                 reset_less=True))]
+            else:
+                m.d.sync += [d_rows.eq(0), d_taps.eq(0)]
+                with m.Switch(Cat(desc.dkw, desc.dcin)):
+                    for kw_ in range(2, cfg.max_kernel + 1):
+                        for cin in range(1, C // 2 + 1):
+                            with m.Case(kw_ | cin << len(desc.dkw)):
+                                for k in range(C):
+                                    tap = dense_lane_tap(cfg, kw_, cin, k)
+                                    if tap is not None:
+                                        m.d.sync += [d_dy[k].eq(tap[0]), d_kx[k].eq(tap[1])]
+                                rows, taps = dense_layout(cfg, kw_, cin)
+                                m.d.sync += [d_rows.eq(rows), d_taps.eq(taps)]
             row_off = [Signal(sb_shape, name=f"dense_row{j}", reset_less=True)
                        for j in range(max(C // 2, 1))]
             for j in range(1, len(row_off)):
@@ -1006,6 +1055,13 @@ class ConvEngine(wiring.Component):
         r_last_next = Signal()
         m.d.comb += r_last_next.eq(r_last)
         m.d.sync += r_last.eq(r_last_next)
+        # With `deep_pipeline`, ``r == R - 2`` is a register too (`r_pen`), and `r_last_next`
+        # one LUT of four registers: START clears it, `go` sets it from `r_pen` unless it is
+        # the block's end (``go & r_last``, which is `adv`: it clears it), else it holds. As
+        # the decisions below pick it (`go`, `adv`, START, the comparison of `r`), it was two
+        # levels ahead of `adv`'s copies, across the engine.
+        pen = cfg.deep_pipeline and R >= 2
+        r_pen = Signal(init=R == 2)
         # The sequencer's bank claims take a copy of `adv` of their own (`adv_seq`): the
         # walker's copies sit by its counters and lanes, the bank registers by the feed, and
         # the loop from `adv` through the claim to `go_next` and back crossed that distance
@@ -1049,7 +1105,7 @@ class ConvEngine(wiring.Component):
                      + [tapl[k].eq(d_off[k]) for k in range(C)]) if dense else []
             return lanes + [
                 *to_zero("cw", "kx", "ky"),
-                r.eq(0), tap_off.eq(0),
+                r.eq(0), *([r_pen.eq(R == 2)] if pen else []), tap_off.eq(0),
                 tile0.eq(0), have_prev.eq(0), tile_end.eq(0),
             ]
 
@@ -1068,7 +1124,10 @@ class ConvEngine(wiring.Component):
             m.d.sync += rows_info[R - 1].eq(cur)
             with m.If(~r_last):
                 m.d.sync += r.eq(r + 1)
-                m.d.comb += r_last_next.eq(r == R - 2)
+                if pen:
+                    m.d.sync += r_pen.eq((r == R - 3) if R >= 3 else 0)
+                else:
+                    m.d.comb += r_last_next.eq(r == R - 2)
         # In a tile's first block, the walker's next pixel (``go & block0``).
         with m.If(walk):
             with m.If(img_end):
@@ -1091,8 +1150,10 @@ class ConvEngine(wiring.Component):
         with m.If(adv_seq):
             m.d.comb += claim.eq(1)
         with m.If(adv):
-            m.d.sync += [r.eq(0), tile0.eq(0)]
-            m.d.comb += [r_last_next.eq(R == 1), block0_next.eq(0)]
+            m.d.sync += [r.eq(0), tile0.eq(0), *([r_pen.eq(R == 2)] if pen else [])]
+            m.d.comb += block0_next.eq(0)
+            if not pen:
+                m.d.comb += r_last_next.eq(R == 1)
             # Each counter in one assignment under one condition of registers (`adv` and the
             # kind): its enable one LUT.
             m.d.sync += [*step_or_zero("cw", k_cw),
@@ -1171,7 +1232,9 @@ class ConvEngine(wiring.Component):
                         m.next = "START"
             with m.State("START"):
                 m.d.sync += reset_walker()
-                m.d.comb += [r_last_next.eq(R == 1), block0_next.eq(1)]
+                m.d.comb += block0_next.eq(1)
+                if not pen:
+                    m.d.comb += r_last_next.eq(R == 1)
                 m.d.comb += rewind.eq(1)
                 m.d.comb += start_fill.eq(1)
                 m.next = "FILL"
@@ -1198,4 +1261,7 @@ class ConvEngine(wiring.Component):
                         m.d.sync += [busy.eq(0), dmode.eq(0)]
                         m.next = "IDLE"
         one_hot(fsm, cfg.target)
+        if pen:
+            m.d.comb += r_last_next.eq(~fsm.ongoing("START")
+                                       & Mux(go, ~r_last & r_pen, r_last))
         return m

@@ -270,15 +270,18 @@ def _dense_nets():
     return nets
 
 
-def test_dense_conv_shapes():
+@pytest.mark.parametrize("deep", [False, True], ids=["plain", "deep"])
+def test_dense_conv_shapes(deep):
     """Convolutions of few input channels run dense on chip (several taps in each reduction
     word, each lane reading its own pixel from its own slice of the activation memory), in
     batches of two: every value of every layer's output exact against the golden model,
     every layer's cycles as the model predicts, fewer cycles than the same layer run plain,
-    and the logits those of the network run without dense convolutions."""
+    and the logits those of the network run without dense convolutions. With
+    ``deep_pipeline`` the lanes' taps come from tables (`systolic.hw.conv`), each lane's
+    looked up from a copy of the descriptor's key, and are ready within PREP's cycles."""
     from systolic.sw import quantize
 
-    cfg = preset("default")
+    cfg = preset("default").replace(deep_pipeline=deep)
     rng = np.random.default_rng(11)
     for what, model, shape in _dense_nets():
         calib = rng.random((32, *shape)).astype(np.float32)
