@@ -206,19 +206,31 @@ def _compile(qnet, cfg, board, source, batch=1, images=1):
 
 
 def _configuration(board, bitstream):
-    """The configuration and baud rate to deploy with, and where they come from: the build
-    report beside ``bitstream``, or the board's defaults."""
+    """The configuration, baud rate and clock (MHz) to deploy with, and where they come from:
+    the build report beside ``bitstream``, or the board's defaults."""
     if bitstream is None:
-        return board.config(), board.baud, f"the board's default, the {board.preset} preset"
+        return (board.config(), board.baud, board.clock_mhz,
+                f"the board's default, the {board.preset} preset")
     if not Path(bitstream).is_file():
         raise SystolicError(f"No bitstream {str(bitstream)!r}; build one with 'systolic "
                             f"build --board {board.name}', or leave out --bitstream")
     built = built_with(board, bitstream)
     if built is None:
-        return (board.config(), board.baud,
+        return (board.config(), board.baud, board.clock_mhz,
                 f"the board's default, the {board.preset} preset: {bitstream} has no build "
                 "report beside it")
-    return *built, f"as {bitstream} was built"
+    return *built, _built_clock(bitstream, board), f"as {bitstream} was built"
+
+
+def _built_clock(bitstream, board):
+    """The clock (MHz) the build report beside ``bitstream`` was built for (the `lenet`
+    preset's ULX3S build: 100, not the board's 90); the board's if the report has none."""
+    try:
+        clock = float(json.loads((Path(bitstream).parent / "report.json").read_text())
+                      ["clock_mhz"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return board.clock_mhz
+    return clock if clock > 0 else board.clock_mhz
 
 
 def deploy_sim(qnet, images, labels, board, *, sim="fast", faults=0, bitstream=None, batch=1,
@@ -230,7 +242,7 @@ def deploy_sim(qnet, images, labels, board, *, sim="fast", faults=0, bitstream=N
     build report in it when there is one)."""
     from . import simulate
 
-    cfg, _, source = _configuration(board, bitstream)
+    cfg, baud, clock_mhz, source = _configuration(board, bitstream)
     batch = _compile(qnet, cfg, board, source, batch, len(images)).batch
     cfg = cfg.replace(target="generic")
     start = time.monotonic()
@@ -254,8 +266,9 @@ def deploy_sim(qnet, images, labels, board, *, sim="fast", faults=0, bitstream=N
         "batch": batch,
         "faults_injected": report.link["faults"], "resent_frames": report.link["resent"],
         "rerun_images": report.link["reruns"],
+        "clock_mhz": clock_mhz,
         "note": "images_per_second is the simulation's, not a board's"},
-        baud=board.baud, bytes_per_image=report.link["bytes_per_image"])
+        baud=baud, bytes_per_image=report.link["bytes_per_image"])
 
 
 def built_with(board, bitstream):
@@ -298,7 +311,7 @@ def deploy_board(qnet, images, labels, board, *, port, baud=None, bitstream=None
     if bitstream is None and default_bitstream(board).is_file():
         bitstream = default_bitstream(board)
         log(f"using {bitstream}, the last build for {board.name}")
-    cfg, built_baud, source = _configuration(board, bitstream)
+    cfg, built_baud, _, source = _configuration(board, bitstream)
     # Before any build: it may not fit.
     program_ = _compile(qnet, cfg, board, source, batch, len(images))
     if program and bitstream is None:
@@ -399,10 +412,10 @@ def _run(args):
           f"{summary['line_limited_images_per_second']:.0f} images/second at "
           f"{summary['baud']} Bd")
     if args.sim:
-        compute = board.clock_mhz * 1e6 / summary["cycles_per_image"]
+        compute = summary["clock_mhz"] * 1e6 / summary["cycles_per_image"]
         serial = 1 / (1 / compute + 1 / summary["line_limited_images_per_second"])
         print(f"  on the board      the array: {compute:.0f} images/second at "
-              f"{board.clock_mhz:g} MHz; line, then array: {serial:.0f}")
+              f"{summary['clock_mhz']:g} MHz; line, then array: {serial:.0f}")
     if args.sim and args.inject_faults:
         print(f"  link              {summary['faults_injected']} faults injected, "
               f"{summary['resent_frames']} frames resent, {summary['rerun_images']} images "

@@ -126,6 +126,24 @@ def test_built_with_reads_the_build_report(tmp_path):
         built_with(get_board("ulx3s-85f"), bitstream)
 
 
+def test_deploy_takes_the_clock_the_bitstream_was_built_for(tmp_path):
+    """The virtual board's figures for the board (``on the board``) are at the clock of the
+    bitstream's build (the `lenet` preset's ULX3S build runs at 100 MHz, the board's default
+    design at 90), its baud rate the build's; without a report, the board's."""
+    from systolic.sw.deploy import _configuration
+
+    board = get_board("ulx3s-85f")
+    bitstream = tmp_path / "systolic.bit"
+    bitstream.write_bytes(b"")
+    cfg = board.config("lenet")
+    report = {"board": "ulx3s-85f", "config": cfg.as_dict(), "baud": 3_000_000}
+    (tmp_path / "report.json").write_text(json.dumps({**report, "clock_mhz": 100.0}))
+    assert _configuration(board, bitstream)[:3] == (cfg, 3_000_000, 100.0)
+    (tmp_path / "report.json").write_text(json.dumps(report))       # an older report
+    assert _configuration(board, bitstream)[:3] == (cfg, 3_000_000, 90.0)
+    assert _configuration(board, None)[1:3] == (3_000_000, 90.0)
+
+
 @pytest.mark.parametrize("where", [["--sim"], ["--port", "/dev/ttyUSB9"]])
 def test_deploy_a_network_the_board_cannot_hold(tmp_path, capsys, monkeypatch, where):
     """64 channels of 8x8 outgrow the iCEBreaker's activation memory; the error says what to
