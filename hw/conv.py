@@ -379,7 +379,7 @@ class ConvEngine(wiring.Component):
             d_kx = [Signal(cfg.kernel_bits, name=f"dense_kx{k}", reset_less=True) for k in range(C)]
             d_rows, d_taps = Signal(range(C + 1)), Signal(range(C + 1))
             if cfg.deep_pipeline:
-                # Tables of the descriptor's kernel width and channels (`dense_tables`), each
+                # Tables of the descriptor's kernel width and channels (`_dense_tables`), each
                 # lane's looked up from a copy of them of its own, into flip-flop primitives
                 # (which synthesis does not make enables and resets of): a function of seven
                 # bits each. As a case of the descriptor, a lane past the word's taps keeping
