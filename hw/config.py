@@ -98,7 +98,7 @@ class AcceleratorConfig:
         the controller's descriptor, which it then fetches between layers.
     deep_pipeline : bool
         Stages for clocks above 90 MHz on the ECP5 (the `lenet` preset has them; it closes at
-        100 MHz on the ULX3S): each pooling window's combined output in a register before the
+        105 MHz on the ULX3S): each pooling window's combined output in a register before the
         next unit, the mean in three one-adder stages instead of two (three more cycles a
         pooling layer, `systolic.hw.pool.pool_stages`), the residual add's clamp a stage after
         its rounding (a cycle more an add, `systolic.hw.eltwise.add_latency`), and the ULX3S's
@@ -331,8 +331,8 @@ PRESETS = {
 }
 # ECP5-85F for LeNet-class networks: `wide` without what they do not use (averaging, the
 # residual add and global average pooling: 30 % of its LUTs) and with the stages of
-# `deep_pipeline`, for a faster clock on the ULX3S: it closes at 100 MHz there (100.90 MHz on
-# seed 4, the board's default for it: `Board.preset_builds`), README: the `lenet` preset.
+# `deep_pipeline`, for a faster clock on the ULX3S: it closes at 105 MHz there (106.04 MHz on
+# seed 6, the board's default for it: `Board.preset_builds`), README: the `lenet` preset.
 PRESETS["lenet"] = PRESETS["wide"].replace(pool_avg=False, eltwise=False, deep_pipeline=True)
 
 
