@@ -214,23 +214,12 @@ def _configuration(board, bitstream):
     if not Path(bitstream).is_file():
         raise SystolicError(f"No bitstream {str(bitstream)!r}; build one with 'systolic "
                             f"build --board {board.name}', or leave out --bitstream")
-    built = built_with(board, bitstream)
+    built = _built(board, bitstream)
     if built is None:
         return (board.config(), board.baud, board.clock_mhz,
                 f"the board's default, the {board.preset} preset: {bitstream} has no build "
                 "report beside it")
-    return *built, _built_clock(bitstream, board), f"as {bitstream} was built"
-
-
-def _built_clock(bitstream, board):
-    """The clock (MHz) the build report beside ``bitstream`` was built for (the `lenet`
-    preset's ULX3S build: 100, not the board's 90); the board's if the report has none."""
-    try:
-        clock = float(json.loads((Path(bitstream).parent / "report.json").read_text())
-                      ["clock_mhz"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return board.clock_mhz
-    return clock if clock > 0 else board.clock_mhz
+    return *built, f"as {bitstream} was built"
 
 
 def deploy_sim(qnet, images, labels, board, *, sim="fast", faults=0, bitstream=None, batch=1,
@@ -280,6 +269,14 @@ def built_with(board, bitstream):
     SystolicError
         If the report says the bitstream is another board's.
     """
+    built = _built(board, bitstream)
+    return None if built is None else built[:2]
+
+
+def _built(board, bitstream):
+    """`built_with`, and the clock (MHz) the bitstream was built for (the `lenet` preset's
+    ULX3S build runs at 105, the board's default design at 90): the board's if the report
+    has none (a report from before the clock was in it)."""
     from ..hw.config import AcceleratorConfig
 
     try:
@@ -290,7 +287,11 @@ def built_with(board, bitstream):
     if report.get("board") != board.name:
         raise SystolicError(f"{bitstream} was built for {report.get('board')}, not "
                             f"{board.name}; pass that --board or build for this one")
-    return cfg, baud
+    try:
+        clock = float(report["clock_mhz"])
+    except (ValueError, KeyError, TypeError):
+        clock = 0.0
+    return cfg, baud, clock if clock > 0 else board.clock_mhz
 
 
 def default_bitstream(board):
