@@ -38,8 +38,8 @@ __all__ = [
     "MAX_PAYLOAD", "PROTOCOL_VERSION",
     "SYNC_REPLY", "SYNC_REQUEST", "Error", "IdentifyField", "Mem", "Op", "Reply", "WRITE_TARGET",
     "identify_payload",
-    "Request", "dense_cin_bits", "dense_lane_tap", "dense_layout", "dense_supported",
-    "dense_walk", "drain_steps", "pad_walk",
+    "Request", "dense_cin_bits", "dense_lane_tap", "dense_layout", "dense_raster",
+    "dense_supported", "dense_walk", "dense_word_tap", "drain_steps", "pad_walk",
     "describe_add", "describe_conv", "describe_dense_conv", "describe_gap", "describe_linear",
     "describe_pool", "describe_fc_rows", "fc_bank_depth", "fc_rows_supported",
     "fuse_pool", "pack_add_params", "layer_layout", "pair_pixels",
@@ -400,14 +400,61 @@ def pad_walk(cfg, fields):
     return {**fields, "kh": kh, "w_tile_words": kh * per_row}
 
 
-def dense_walk(cfg, kh, kw, cin):
-    """``(kh, kw)`` of a dense convolution's walk: its reduction words, row by row. A kernel
-    whose words are fewer than `drain_steps` asks walks more rows of words (their weights 0,
-    their pixels read and weighed 0), so that the requantization lanes keep up."""
+def dense_raster(cfg):
+    """Whether the convolution engine of ``cfg`` can walk a dense convolution's reduction words
+    in raster order (`dense_walk`): the designs with `deep_pipeline` (the `lenet` preset's;
+    the walk is a register and an adder a lane more, which the designs without it, closed
+    builds each, do not carry) of two rows or more (each lane's next step is worked out in
+    the cycle after its last)."""
+    return cfg.dense_conv and cfg.deep_pipeline and cfg.rows >= 2
+
+
+def _row_walk(cfg, kh, kw, cin):
+    """``(walk_h, walk_w)``: a dense convolution's words walked by rows (`dense_walk`)."""
     rows, taps = dense_layout(cfg, kw, cin)
     walk_w = _ceil_div(kw, taps)
     walk_h = max(_ceil_div(kh, rows), _ceil_div(drain_steps(cfg), walk_w * cfg.cols))
     return walk_h, walk_w
+
+
+def dense_walk(cfg, kh, kw, cin):
+    """``(kh, kw, cin_words)``: a dense convolution's walk of its reduction words, as its
+    descriptor's fields (`describe_dense_conv`).
+
+    By rows, ``(walk_h, walk_w, 1)``: a kernel of one-word pixels, each step in a row
+    ``taps`` kernel columns right, each row ``rows`` kernel rows down (`dense_layout`). In
+    raster order, ``(1, 1, n)``: word ``j`` holds taps ``j * taps`` to ``j * taps + taps -
+    1`` of the kernel in raster order, each lane wrapping to the next kernel row on its own
+    (where the engine can, `dense_raster`, a word holds taps of one row and they do not divide
+    the kernel's width, so that it takes fewer words: a 5x5 kernel of 6 channels on 16 lanes,
+    two taps a word, 13 words instead of 5 rows of 3). A kernel whose words are fewer than
+    `drain_steps` asks walks more words (their weights 0, their pixels read and weighed 0),
+    so that the requantization lanes keep up."""
+    walk_h, walk_w = _row_walk(cfg, kh, kw, cin)
+    rows, taps = dense_layout(cfg, kw, cin)
+    if dense_raster(cfg) and rows == 1 and kw % taps:
+        n = max(_ceil_div(kh * kw, taps), _ceil_div(drain_steps(cfg), cfg.cols))
+        if n < walk_h * walk_w:
+            return 1, 1, n
+    return walk_h, walk_w, 1
+
+
+def dense_word_tap(cfg, kh, kw, cin, word, lane):
+    """``(ky, kx, c)``: the kernel tap and input channel lane ``lane`` of reduction word
+    ``word`` of a dense convolution (`dense_walk`) carries; ``None`` for a lane past the
+    word's taps or a tap past the kernel (those weigh 0)."""
+    tap = dense_lane_tap(cfg, kw, cin, lane)
+    if tap is None:
+        return None
+    dy, dx, c = tap
+    rows, taps = dense_layout(cfg, kw, cin)
+    _, walk_w, n = dense_walk(cfg, kh, kw, cin)
+    if n > 1:                                   # raster order (rows == 1, dy == 0)
+        ky, kx = divmod(word * taps + dx, kw)
+    else:
+        y, g = divmod(word, walk_w)
+        ky, kx = y * rows + dy, g * taps + dx
+    return (ky, kx, c) if ky < kh and kx < kw else None
 
 
 def dense_lane_tap(cfg, kw, cin, lane):
@@ -427,12 +474,13 @@ def dense_supported(cfg, *, cin, kh, kw):
     if not (cfg.dense_conv and 1 <= cin <= cfg.cols // 2
             and 2 <= kw <= cfg.max_kernel and kh <= cfg.max_kernel):
         return False
-    walk_h, walk_w = dense_walk(cfg, kh, kw, cin)
-    rows, _ = dense_layout(cfg, kw, cin)
+    walk_h, walk_w, n = dense_walk(cfg, kh, kw, cin)
+    rows, taps = dense_layout(cfg, kw, cin)
     # (The descriptor's kernel height holds max_kernel; the engine's lane kernel rows count
-    # to max_kernel + cols.)
-    return (walk_h * walk_w < kh * kw and walk_h <= cfg.max_kernel
-            and walk_h * rows <= cfg.max_kernel + cfg.cols)
+    # to max_kernel + cols, in raster order to the last word's last tap's.)
+    return (walk_h * walk_w * n < kh * kw and walk_h <= cfg.max_kernel
+            and walk_h * rows <= cfg.max_kernel + cfg.cols
+            and (n * taps - 1) // kw <= cfg.max_kernel + cfg.cols)
 
 
 def describe_dense_conv(cfg, *, cin, h, w, cout, kh, kw, stride=1, pad=0, relu=False,
@@ -447,10 +495,11 @@ def describe_dense_conv(cfg, *, cin, h, w, cout, kh, kw, stride=1, pad=0, relu=F
     lanes repeats them so, `WRITE_TARGET`; a convolution of ``cin`` output channels computes
     them so when its weights repeat). The walk is that of a ``dense_walk`` kernel over one-word
     pixels: each step in a row moves ``taps`` pixels right, each row ``rows`` rows down
-    (`dense_layout`). Weight words are laid out as for a 1x1 convolution of ``walk_h * walk_w
-    * cols`` input channels, channel ``(y * walk_w + g) * cols + l`` holding, for lane ``l``'s
-    ``(dy, dx, c)``, channel ``c`` of tap ``(y * rows + dy, g * taps + dx)`` (0 past the
-    kernel).
+    (`dense_layout`); or, in raster order, ``cin_words`` words, each lane ``taps`` taps on
+    from the word before, wrapping to the next kernel row on its own. Weight words are laid
+    out as for a 1x1 convolution of ``words * cols`` input channels, channel ``j * cols + l``
+    holding channel ``c`` of the tap ``(ky, kx)`` lane ``l`` carries in word ``j``
+    (`dense_word_tap`; 0 past the kernel).
     """
     if not dense_supported(cfg, cin=cin, kh=kh, kw=kw):
         raise ValueError(f"a {kh}x{kw} convolution of {cin} channel(s) does not run dense "
@@ -459,10 +508,12 @@ def describe_dense_conv(cfg, *, cin, h, w, cout, kh, kw, stride=1, pad=0, relu=F
                            pad=pad, relu=relu, in_base=in_base, out_base=out_base,
                            w_base=w_base, p_base=p_base, batch=batch)
     rows, taps = dense_layout(cfg, kw, cin)
-    walk_h, walk_w = dense_walk(cfg, kh, kw, cin)
-    fields.update(kh=walk_h, kw=walk_w, dkh=kh, dkw=kw, dcin=cin, dense=1,
-                  tap_row_step=rows * w - (walk_w - 1) * taps - 1,
-                  w_tile_words=walk_h * walk_w * cfg.cols)
+    walk_h, walk_w, n = dense_walk(cfg, kh, kw, cin)
+    # The lanes' step at the end of a row of words, minus 1 (by rows: ``rows`` rows down from
+    # the row's last word; in raster order, a lane's wrap: a row down, ``kw - taps`` left).
+    row_step = taps + w - kw if n > 1 else rows * w - (walk_w - 1) * taps
+    fields.update(kh=walk_h, kw=walk_w, cin_words=n, dkh=kh, dkw=kw, dcin=cin, dense=1,
+                  tap_row_step=row_step - 1, w_tile_words=walk_h * walk_w * n * cfg.cols)
     return fields
 
 
@@ -495,7 +546,7 @@ def pairs_supported(cfg, *, cin, cout, kh, kw, stride, repeat=True):
             and kw + 1 <= cfg.max_kernel
             and dense_supported(cfg, cin=cin, kh=kh, kw=kw)
             and dense_supported(cfg, cin=cin, kh=kh, kw=kw + 1)
-            and dense_walk(cfg, kh, kw + 1, cin) == dense_walk(cfg, kh, kw, cin)):
+            and _row_walk(cfg, kh, kw + 1, cin) == _row_walk(cfg, kh, kw, cin)):
         return False
     if repeat:
         return half % cout == 0
@@ -529,8 +580,7 @@ def pair_pixels(cfg, *, cin, h, w, cout, kh, kw, pad=0, relu=False, in_base=0, o
                                  out_base=out_base, w_base=w_base, p_base=p_base, batch=batch)
     wo = w + 2 * pad - kw + 1
     pairs = wo // 2
-    cw = fields["cin_words"]
-    fields.update(out_w=pairs, x_step=2 * cw, y_step=(w - (pairs - 1) * 2) * cw, pairs=1,
+    fields.update(out_w=pairs, x_step=2, y_step=w - (pairs - 1) * 2, pairs=1,
                   halves=int(not repeat))
     return fuse_pool(cfg, fields)
 
@@ -579,7 +629,7 @@ def vpairs_supported(cfg, *, cin, cout, kh, kw, stride, lanes):
             and kh + 1 <= cfg.max_kernel
             and dense_supported(cfg, cin=cin, kh=kh, kw=kw)
             and dense_supported(cfg, cin=cin, kh=kh + 1, kw=kw)
-            and dense_walk(cfg, kh + 1, kw, cin) == dense_walk(cfg, kh, kw, cin)):
+            and _row_walk(cfg, kh + 1, kw, cin) == _row_walk(cfg, kh, kw, cin)):
         return False
     return vpair_channels(cfg, cout, lanes) is not None
 
@@ -608,8 +658,7 @@ def pair_rows(cfg, *, cin, h, w, cout, kh, kw, lanes, pad=0, relu=False, in_base
                                  w_base=w_base, p_base=p_base, batch=batch)
     ho = h + 2 * pad - kh + 1
     wo = fields["out_w"]
-    cw = fields["cin_words"]
-    fields.update(out_h=ho // 2, y_step=(2 * w - (wo - 1)) * cw, vpairs=1, halves=0)
+    fields.update(out_h=ho // 2, y_step=2 * w - (wo - 1), vpairs=1, halves=0)
     return fuse_pool(cfg, fields)
 
 

@@ -53,10 +53,10 @@ from ..hw import layout
 from ..hw.config import AcceleratorConfig
 from ..hw.isa import (
     Mem,
-    dense_lane_tap,
     dense_layout,
     dense_supported,
     dense_walk,
+    dense_word_tap,
     describe_add,
     describe_conv,
     describe_dense_conv,
@@ -924,26 +924,23 @@ def _vpair_weights(cfg, w, b, m, s, channels):
 
 
 def _dense_weights(cfg, w, channels=None):
-    """A ``(Co, C, kh, kw)`` kernel as the 1x1 convolution of ``walk_h * walk_w * cols``
-    channels a dense convolution's weight words are (`systolic.hw.isa.describe_dense_conv`):
-    channel ``(y * walk_w + g) * cols + l`` holds, for lane ``l``'s ``(dy, dx, c)``, channel
-    ``c`` of tap ``(y * rows + dy, g * taps + dx)``, 0 past the kernel. With ``channels`` (its
-    input map written by a row-paired convolution, `systolic.hw.isa.vpair_channels`), lane
-    ``l`` holds channel ``channels[l % (cols / 2)]`` of its tap instead of ``c``."""
+    """A ``(Co, C, kh, kw)`` kernel as the 1x1 convolution of ``words * cols`` channels a
+    dense convolution's weight words are (`systolic.hw.isa.describe_dense_conv`): channel
+    ``j * cols + l`` holds channel ``c`` of the tap lane ``l`` carries in word ``j``
+    (`systolic.hw.isa.dense_word_tap`), 0 past the kernel. With ``channels`` (its input map
+    written by a row-paired convolution, `systolic.hw.isa.vpair_channels`), lane ``l`` holds
+    channel ``channels[l % (cols / 2)]`` of its tap instead of ``c``."""
     co, ci, kh, kw = w.shape
-    rows, taps = dense_layout(cfg, kw, ci)
-    walk_h, walk_w = dense_walk(cfg, kh, kw, ci)
-    out = np.zeros((co, walk_h * walk_w * cfg.cols, 1, 1), w.dtype)
-    for y in range(walk_h):
-        for g in range(walk_w):
-            for lane in range(cfg.cols):
-                tap = dense_lane_tap(cfg, kw, ci, lane)
-                if tap is None:
-                    continue
-                dy, dx, c = tap
-                if channels is not None:
-                    c = channels[lane % (cfg.cols // 2)]
-                ky, kx = y * rows + dy, g * taps + dx
-                if ky < kh and kx < kw:
-                    out[:, (y * walk_w + g) * cfg.cols + lane, 0, 0] = w[:, c, ky, kx]
+    walk_h, walk_w, n = dense_walk(cfg, kh, kw, ci)
+    words = walk_h * walk_w * n
+    out = np.zeros((co, words * cfg.cols, 1, 1), w.dtype)
+    for j in range(words):
+        for lane in range(cfg.cols):
+            tap = dense_word_tap(cfg, kh, kw, ci, j, lane)
+            if tap is None:
+                continue
+            ky, kx, c = tap
+            if channels is not None:
+                c = channels[lane % (cfg.cols // 2)]
+            out[:, j * cfg.cols + lane, 0, 0] = w[:, c, ky, kx]
     return out

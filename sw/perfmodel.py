@@ -66,8 +66,9 @@ cycle, divides in ``GAP_DIV_STEPS`` cycles and writes::
     GAP_TILE_EXTRA = GAP_READ_LATENCY + GAP_DIV_STEPS + 2
 
 (structural, both: ``tests/test_eltwise_unit.py`` checks them on the core.) A dense
-convolution (`systolic.hw.isa.describe_dense_conv`) walks ``kh = D`` blocks of one word
-(``kw = cin_words = 1``) and first waits `systolic.hw.conv.dense_prep_cycles` while its
+convolution (`systolic.hw.isa.describe_dense_conv`) walks its `systolic.hw.isa.dense_walk`
+(``kh x kw`` blocks of one word, or, in raster order, ``cin_words`` words: the same count of
+blocks) and first waits `systolic.hw.conv.dense_prep_cycles` while its
 lanes' taps are worked out. A convolution that max-pools its output on the way to memory
 (`systolic.hw.isa.fuse_pool`) settles `systolic.hw.conv.fused_pool_stages` cycles longer: its
 words leave that many stages later. Every layer also

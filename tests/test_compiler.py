@@ -218,7 +218,8 @@ def test_pair_pixels():
     f = prog.layers[0].fields
     assert (f["pairs"], f["pool"], f["dense"], f["dkw"], f["out_h"], f["out_w"], f["x_step"],
             f["cout_tiles"]) == (1, 1, 1, 6, 24, 12, 2, 1)
-    assert (f["kh"], f["kw"]) == dense_walk(cfg, 5, 5, 1) == dense_walk(cfg, 5, 6, 1) == (3, 1)
+    assert (f["kh"], f["kw"], f["cin_words"]) == dense_walk(cfg, 5, 5, 1) == dense_walk(
+        cfg, 5, 6, 1) == (3, 1, 1)
     assert f["y_step"] == 28 - 11 * 2
     assert prog.layers[0].out_shape == (6, 12, 12)
     assert prog.layers[0].macs == 24 * 24 * 6 * 25
@@ -306,8 +307,9 @@ def test_pair_rows():
     assert (f["vpairs"], f.get("pairs", 0), f["halves"], f["pool"], f["dense"], f["dkh"],
             f["dkw"], f["out_h"], f["out_w"], f["x_step"], f["cout_tiles"]) == \
         (1, 0, 0, 1, 1, 6, 5, 12, 24, 1, 1)
-    assert (f["kh"], f["kw"]) == dense_walk(cfg, 6, 5, 1) == dense_walk(cfg, 5, 5, 1) == (2, 1)
-    assert dense_walk(cfg, 5, 6, 1) == (3, 1)
+    assert (f["kh"], f["kw"], f["cin_words"]) == dense_walk(cfg, 6, 5, 1) == dense_walk(
+        cfg, 5, 5, 1) == (2, 1, 1)
+    assert dense_walk(cfg, 5, 6, 1) == (3, 1, 1)
     assert f["y_step"] == 2 * 28 - 23
     assert prog.layers[0].out_shape == (6, 12, 12)
     assert prog.layers[0].macs == 24 * 24 * 6 * 25
@@ -518,11 +520,11 @@ def test_dense_walk_padded_for_requant_lanes():
 
     cfg = preset("big")
     assert (cfg.rq_lanes, drain_steps(cfg)) == (6, 24)
-    assert dense_walk(cfg, 3, 3, 1) == (2, 1)
-    assert dense_walk(cfg.replace(requant_lanes=0), 3, 3, 1) == (1, 1)     # 12 steps do
-    assert dense_walk(cfg.replace(requant_lanes=4), 3, 3, 1) == (3, 1)     # 36
-    assert dense_walk(cfg, 5, 5, 1) == (3, 1)                              # long enough
-    assert dense_walk(preset("default"), 3, 3, 1) == (2, 1)         # 2 kernel rows a word
+    assert dense_walk(cfg, 3, 3, 1) == (2, 1, 1)
+    assert dense_walk(cfg.replace(requant_lanes=0), 3, 3, 1) == (1, 1, 1)  # 12 steps do
+    assert dense_walk(cfg.replace(requant_lanes=4), 3, 3, 1) == (3, 1, 1)  # 36
+    assert dense_walk(cfg, 5, 5, 1) == (3, 1, 1)                           # long enough
+    assert dense_walk(preset("default"), 3, 3, 1) == (2, 1, 1)      # 2 kernel rows a word
     w = np.arange(1, 17 * 9 + 1, dtype=np.int32).reshape(17, 1, 3, 3)
     dense = _dense_weights(cfg, w)
     assert dense.shape == (17, 24, 1, 1)
@@ -533,6 +535,81 @@ def test_dense_walk_padded_for_requant_lanes():
     qnet = _net([_conv(1, 16, 3, pad=1), Flatten(), _linear(16 * 6 * 6, 2)], (1, 6, 6))
     prog = compile_network(qnet, cfg)
     assert (prog.layers[0].fields["dense"], prog.layers[0].fields["kh"]) == (1, 2)
+
+
+def test_dense_raster_walk():
+    """With `deep_pipeline` (`systolic.hw.isa.dense_raster`) a dense convolution whose words
+    hold taps of one row that do not divide the kernel's width walks them in raster order:
+    lenet5's second convolution (6->16 5x5 on 16 lanes, two taps of six channels a word) in
+    13 words, not 5 rows of 3. On every dense kernel of both designs, every tap of every
+    channel is in exactly one lane of one word, a lane's channel is its own (``l % cin``),
+    each lane's tap in word ``j + 1`` is its tap in word ``j`` moved ``taps`` on in raster
+    order (the engine's step), and a raster walk is shorter than the walk by rows."""
+    from systolic.hw.isa import (
+        dense_layout,
+        dense_raster,
+        dense_supported,
+        dense_walk,
+        dense_word_tap,
+        drain_steps,
+    )
+    from systolic.sw.compiler import _dense_weights
+
+    lenet, wide = preset("lenet"), preset("wide")
+    assert dense_raster(lenet)
+    assert not dense_raster(wide)
+    assert dense_walk(lenet, 5, 5, 6) == (1, 1, 13)
+    assert dense_walk(wide, 5, 5, 6) == (5, 3, 1)
+    qnet = random_qnet("lenet5")
+    for cfg, walk, words in ((lenet, (1, 1, 13), 13), (wide, (5, 3, 1), 15)):
+        f = compile_network(qnet, cfg).layers[1].fields
+        assert (f["kh"], f["kw"], f["cin_words"], f["w_tile_words"]) == (*walk, words * 16)
+        assert (f["dkh"], f["dkw"], f["dcin"]) == (5, 5, 6)
+    # The step at a lane's wrap: a row down, kw - taps pixels left, less the 1 of a word step.
+    f = compile_network(qnet, lenet).layers[1].fields
+    assert f["tap_row_step"] == 2 + 12 - 5 - 1
+    rasters = 0
+    for cfg in (lenet, wide, preset("default").replace(deep_pipeline=True)):
+        for kh in range(1, cfg.max_kernel + 1):
+            for kw in range(2, cfg.max_kernel + 1):
+                for cin in range(1, cfg.cols // 2 + 1):
+                    if not dense_supported(cfg, cin=cin, kh=kh, kw=kw):
+                        continue
+                    walk_h, walk_w, n = dense_walk(cfg, kh, kw, cin)
+                    words = walk_h * walk_w * n
+                    rows, taps = dense_layout(cfg, kw, cin)
+                    seen = []
+                    for j in range(words):
+                        for lane in range(cfg.cols):
+                            tap = dense_word_tap(cfg, kh, kw, cin, j, lane)
+                            if tap is not None:
+                                assert tap[2] == lane % cin
+                                seen.append(tap)
+                            if n > 1 and j + 1 < words and lane < taps * cin:
+                                here = j * taps + lane // cin
+                                ky, kx = divmod(here, kw)
+                                kx += taps
+                                ky, kx = (ky + 1, kx - kw) if kx >= kw else (ky, kx)
+                                assert divmod(here + taps, kw) == (ky, kx)
+                    expected = [(ky, kx, c) for ky in range(kh) for kx in range(kw)
+                                for c in range(cin)]
+                    assert sorted(seen) == expected, (cfg, kh, kw, cin)
+                    assert words * cfg.cols >= drain_steps(cfg)
+                    if n > 1:
+                        rasters += 1
+                        assert dense_raster(cfg)
+                        assert (rows, kw % taps > 0) == (1, True)
+                        assert words < (-(-kh // rows)) * (-(-kw // taps))
+    assert rasters > 20
+    # The weights: word j's lanes hold the taps in raster order, two of six channels a word.
+    w = np.arange(1, 2 * 6 * 25 + 1, dtype=np.int32).reshape(2, 6, 5, 5)
+    dense = _dense_weights(lenet, w)
+    assert dense.shape == (2, 13 * 16, 1, 1)
+    for j in range(13):
+        for lane in range(16):
+            t = j * 2 + lane // 6
+            want = w[:, lane % 6, t // 5, t % 5] if lane < 12 and t < 25 else 0
+            assert (dense[:, j * 16 + lane, 0, 0] == want).all()
 
 
 class Upsample:

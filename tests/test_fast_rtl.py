@@ -88,6 +88,11 @@ def test_lenet5_wide_row_pairs(base):
     cfg = preset(base).replace(fc_rows=4)
     one, three = compile_network(qnet, cfg), compile_network(qnet, cfg, batch=3)
     assert one.layers[0].fields["vpairs"] == 1
+    # The second convolution's 25 taps of six channels, two a word: with `deep_pipeline` in
+    # raster order, 13 words (`systolic.hw.isa.dense_walk`), else 5 rows of 3.
+    second = one.layers[1].fields
+    assert (second["kh"], second["kw"], second["cin_words"]) == (
+        (1, 1, 13) if base == "lenet" else (5, 3, 1))
     assert [len(lay.entries) for lay in one.layers[2:]] == [2, 2, 1]
     assert [lay.fields.get("fc_rows") for lay in one.layers[2:]] == [1, 1, None]
     assert not any(lay.fields.get("fc_rows") for lay in three.layers)
@@ -227,7 +232,8 @@ def _dense_nets():
     """``(what, torch model, input shape)``: convolutions of few channels that run dense on
     the 8-lane default preset. First layers of one channel over kernel sizes (kernel rows a
     reduction word holds: 8 // kw), strides, paddings and channel tiles; a three-channel
-    first layer (its packed input repeated every three lanes); and second layers reading
+    first layer (its packed input repeated every three lanes) and a two-channel one of stride
+    2 and padding 2; and second layers reading
     a map whose producer computes its channels two or more times over (through pooling)."""
     import torch
     from torch import nn
@@ -253,6 +259,10 @@ def _dense_nets():
     rgb = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
     nets.append(("3->8 3x3: two taps of three channels a word", head(rgb, (3, 9, 9)),
                  (3, 9, 9)))
+    torch.manual_seed(2)
+    two = nn.Sequential(nn.Conv2d(2, 6, 5, stride=2, padding=2), nn.ReLU())
+    nets.append(("2->6 5x5 /2 pad 2: four taps of two channels a word", head(two, (2, 11, 10)),
+                 (2, 11, 10)))
     for c1, c2, k2, pool in [
         (4, 8, 3, False),               # two taps of 4 channels a word, two words a row
         (2, 6, 3, False),               # a whole row of 2 channels a word
@@ -278,7 +288,9 @@ def test_dense_conv_shapes(deep):
     every layer's cycles as the model predicts, fewer cycles than the same layer run plain,
     and the logits those of the network run without dense convolutions. With
     ``deep_pipeline`` the lanes' taps come from tables (`systolic.hw.conv`), each lane's
-    looked up from a copy of the descriptor's key, and are ready within PREP's cycles."""
+    looked up from a copy of the descriptor's key, and are ready within PREP's cycles, and
+    the layers of two and three channels walk their taps in raster order
+    (`systolic.hw.isa.dense_walk`)."""
     from systolic.sw import quantize
 
     cfg = preset("default").replace(deep_pipeline=deep)
@@ -301,6 +313,12 @@ def test_dense_conv_shapes(deep):
         second = report.program.layers[1].fields
         assert (second.get("pairs", 0), second.get("halves", 0)) == (
             ("halves" in what,) * 2), what
+        if what.startswith(("3->8", "2->6")):
+            # Two taps of three channels a word (four of two): with `deep_pipeline` the
+            # kernel's taps in raster order, 5 words (7), each lane wrapping to the next
+            # kernel row on its own (at the padding too); else 3 rows of 2 words (5 of 2).
+            walks = {"3": ((1, 1, 5), (3, 2, 1)), "2": ((1, 1, 7), (5, 2, 1))}[what[0]]
+            assert (first["kh"], first["kw"], first["cin_words"]) == walks[not deep], what
         _exact(report, qnet, images)
         assert report.first_difference is None, what
         plain = simulate(qnet, images, cfg, batch=2, jobs=1, dense_conv=False)
