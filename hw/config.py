@@ -113,7 +113,8 @@ class AcceleratorConfig:
         layer, `systolic.hw.conv.fused_pool_stages`), a dense lane's row offset through a
         register before the add of its column (a cycle more of a dense convolution's
         preparation, `systolic.hw.conv.dense_prep_cycles`), the lanes' taps from tables, each
-        lane's from a copy of the descriptor's key of its own, the block's last row
+        lane's from a copy of the descriptor's key of its own, its walk in raster order where
+        that takes fewer words (`systolic.hw.isa.dense_raster`), the block's last row
         (``r == R - 2``) a register, and the pixel walker keeps whether it is still in the map
         in a register of its own. In the array, each PE's restart flags are its own
         flip-flops (`systolic.hw.pe.ProcessingElement`'s ``own_flags``) and its carry

@@ -26,8 +26,9 @@ from parameter memory alongside each group of sums.
 
 A *dense* convolution (``dense``, at most ``cols / 2`` input channels;
 `systolic.hw.isa.describe_dense_conv`) walks a smaller kernel of one-word pixels, each block
-several taps further on (`systolic.hw.isa.dense_layout`), but each lane of a fill read asks
-for its own pixel: that of the tap ``(dy, dx)`` the lane carries (`dense_lane_tap`), through
+several taps further on (`systolic.hw.isa.dense_layout`; or in raster order, each lane
+``taps`` taps on a block, wrapping to the next kernel row on its own: `isa.dense_walk`), but
+each lane of a fill read asks for its own pixel: that of the tap the lane carries, through
 ``act_lanes``, one address per column slice of the activation memory (lane ``l`` of every
 word holds channel ``l % cin``, so each slice holds the channel its lane needs). A lane whose
 tap is outside the image stores 0; one past the kernel reads whatever is there and weighs 0.
