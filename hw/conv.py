@@ -441,24 +441,29 @@ class ConvEngine(wiring.Component):
             if dense_raster(cfg):
                 # A walk in raster order (`systolic.hw.isa.dense_walk`: ``cin_words`` words, the
                 # walker's input-word steps): each lane ``taps`` taps on at each step, wrapping
-                # to the next kernel row when that passes the kernel's width. Whether it
-                # wraps (`dense_wrap`), its next column (`dense_kxs`) and its address step
-                # (`dense_inc`) are worked out in the cycle after each step into registers
-                # (a block takes two cycles or more): at the step, the lane's registers load
-                # from registers.
+                # to the next kernel row when that passes the kernel's width. The lane's next
+                # row and column (`dense_kys`, `dense_kxs`) and its address step (`dense_inc`)
+                # are worked out in the cycle after each step, its next address
+                # (`dense_tapn`) in the one after that (a block takes three cycles or more): at
+                # the step, the lane's registers load from registers, through no adder.
                 twrap = Signal(signed(len(kxl[0]) + 1), name="dense_twrap", reset_less=True)
                 m.d.sync += twrap.eq(d_taps - desc.dkw)
-                wrap = [Signal(name=f"dense_wrap{k}", reset_less=True) for k in range(C)]
+                ky_step = [Signal.like(kyl[k], name=f"dense_kys{k}", reset_less=True)
+                           for k in range(C)]
                 kx_step = [Signal.like(kxl[k], name=f"dense_kxs{k}", reset_less=True)
                            for k in range(C)]
                 tap_inc = [Signal(sb_shape, name=f"dense_inc{k}", reset_less=True)
                            for k in range(C)]
+                tap_next = [Signal(sb_shape, name=f"dense_tapn{k}", reset_less=True)
+                            for k in range(C)]
                 for k in range(C):
                     wrapped = Signal(signed(len(twrap) + 1), name=f"dense_kxw{k}")
+                    wrap = wrapped >= 0
                     m.d.comb += wrapped.eq(kxl[k] + twrap)
-                    m.d.sync += [wrap[k].eq(wrapped >= 0),
-                                 kx_step[k].eq(Mux(wrapped >= 0, wrapped, kxl[k] + d_taps)),
-                                 tap_inc[k].eq(Mux(wrapped >= 0, row_inc, d_taps))]
+                    m.d.sync += [ky_step[k].eq(kyl[k] + wrap),
+                                 kx_step[k].eq(Mux(wrap, wrapped, kxl[k] + d_taps)),
+                                 tap_inc[k].eq(Mux(wrap, row_inc, d_taps)),
+                                 tap_next[k].eq(tapl[k] + tap_inc[k])]
             prep = Signal(range(dense_prep_cycles(cfg) + 1))
             m.d.comb += self.dense.eq(dmode)
 
@@ -1211,8 +1216,8 @@ class ConvEngine(wiring.Component):
                 # (An input-word step happens only in a raster walk: a dense convolution's
                 # walk by rows has one word a pixel.)
                 with m.If(adv_l[k] & k_cw):
-                    m.d.sync += [kxl[k].eq(kx_step[k]), kyl[k].eq(kyl[k] + wrap[k]),
-                                 tapl[k].eq(tapl[k] + tap_inc[k])]
+                    m.d.sync += [kxl[k].eq(kx_step[k]), kyl[k].eq(ky_step[k]),
+                                 tapl[k].eq(tap_next[k])]
 
         # The walker back to the map's first pixel, for the next channel tile or, from START,
         # the first (after the walker's steps above, which it overrides).

@@ -404,9 +404,9 @@ def dense_raster(cfg):
     """Whether the convolution engine of ``cfg`` can walk a dense convolution's reduction words
     in raster order (`dense_walk`): the designs with `deep_pipeline` (the `lenet` preset's;
     the walk is a register and an adder a lane more, which the designs without it, closed
-    builds each, do not carry) of two rows or more (each lane's next step is worked out in
-    the cycle after its last)."""
-    return cfg.dense_conv and cfg.deep_pipeline and cfg.rows >= 2
+    builds each, do not carry) of three rows or more (each lane's next step is worked out in
+    the two cycles after its last, and a block takes ``rows`` cycles)."""
+    return cfg.dense_conv and cfg.deep_pipeline and cfg.rows >= 3
 
 
 def _row_walk(cfg, kh, kw, cin):

@@ -328,6 +328,37 @@ def test_dense_conv_shapes(deep):
             assert (report.layer_cycles[:, n] < plain.layer_cycles[:, n]).all(), what
 
 
+def test_dense_raster_three_rows():
+    """A raster walk (`systolic.hw.isa.dense_walk`) on the fewest rows it runs on
+    (`systolic.hw.isa.dense_raster`: each lane's next step is worked out in the two cycles
+    after its last, and a block of three rows takes three): the three- and two-channel
+    first layers of `_dense_nets` on a 3x8 array with `deep_pipeline`, in raster order, every
+    value of every layer and the cycles exact, in a batch of two; on two rows they walk by
+    rows."""
+    from systolic.hw.isa import dense_raster
+    from systolic.sw import quantize
+
+    cfg = preset("default").replace(rows=3, deep_pipeline=True)
+    assert dense_raster(cfg)
+    assert not dense_raster(cfg.replace(rows=2))
+    rng = np.random.default_rng(5)
+    nets = [net for net in _dense_nets() if net[0].startswith(("3->8", "2->6"))]
+    assert len(nets) == 2
+    for what, model, shape in nets:
+        calib = rng.random((32, *shape)).astype(np.float32)
+        qnet = quantize.quantize(model, calib, input_shape=shape, p_max=255, dataset="mnist",
+                                 arch="custom")
+        images = rng.integers(0, 128, (3, *shape)).astype(np.int8)
+        report = simulate(qnet, images, cfg, batch=2, jobs=1, trace=True)
+        first = report.program.layers[0].fields
+        assert (first["dense"], first["kh"], first["kw"]) == (1, 1, 1), what
+        assert first["cin_words"] > 1, what
+        _exact(report, qnet, images)
+        assert report.first_difference is None, what
+        two = compile_network(qnet, cfg.replace(rows=2)).layers[0].fields
+        assert (two["dense"], two["cin_words"]) == (1, 1), what
+
+
 @pytest.mark.parametrize(("rows", "cols"), [(1, 1), (2, 2), (3, 3)])
 def test_narrow_array_stalls_as_modelled(rows, cols):
     """On arrays of fewer than 4 columns the fill cannot keep up with the array: a transposer
