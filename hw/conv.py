@@ -1107,6 +1107,11 @@ class ConvEngine(wiring.Component):
             adv_seq = hard_register(m, adv_d, name="adv_seq", target=cfg.target)
             adv_l = [hard_register(m, adv_d, name=f"dense_adv{k}", target=cfg.target)
                      for k in range(C)] if dense else []
+            # A raster walk's step (`adv` of an input-word step: the kind is settled two
+            # cycles after the block before's end, and a block takes three or more), a copy
+            # a lane: the lane's registers then load the raster step's on one flip-flop.
+            adv_r = [hard_register(m, adv_d & k_cw, name=f"dense_radv{k}", target=cfg.target)
+                     for k in range(C)] if dense and dense_raster(cfg) else []
         else:
             adv = adv_seq = Signal()
             m.d.comb += adv.eq(go & r_last)
@@ -1215,7 +1220,7 @@ class ConvEngine(wiring.Component):
             if dense_raster(cfg):
                 # (An input-word step happens only in a raster walk: a dense convolution's
                 # walk by rows has one word a pixel.)
-                with m.If(adv_l[k] & k_cw):
+                with m.If(adv_r[k]):
                     m.d.sync += [kxl[k].eq(kx_step[k]), kyl[k].eq(ky_step[k]),
                                  tapl[k].eq(tap_next[k])]
 
