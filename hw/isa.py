@@ -206,9 +206,11 @@ IDENTIFY_FIELDS = (
                   "operations RUN executes: bit `n` set for operation `n` (see Operations)"),
     IdentifyField("max_payload", 2, lambda c, o: MAX_PAYLOAD,
                   "largest request payload, and reply payload, in bytes"),
-    IdentifyField("dense_conv", 1, lambda c, o: int(c.dense_conv),
-                  "1 if a convolution descriptor's `dense` runs convolutions of few channels "
-                  "dense (its `dense`, `dkh`, `dkw` and `dcin` fields exist)"),
+    IdentifyField("dense_conv", 1, lambda c, o: int(c.dense_conv) | dense_raster(c) << 1,
+                  "bit 0 set if a convolution descriptor's `dense` runs convolutions of few "
+                  "channels dense (its `dense`, `dkh`, `dkw` and `dcin` fields exist); bit 1 "
+                  "set if a dense convolution may also walk its taps in raster order "
+                  "(`cin_words` words; see below)"),
     IdentifyField("fused_pool", 1, lambda c, o: int(c.fused_pool),
                   "1 if a convolution descriptor's `pool` max-pools its output 2x2 with stride 2 "
                   "(the field exists)"),
