@@ -203,7 +203,7 @@ def main(argv=None):
             "preset": args.preset,
             "config": {"rows": cfg.rows, "cols": cfg.cols, "fc_rows": cfg.fc_rows,
                        "pool_avg": cfg.pool_avg, "eltwise": cfg.eltwise,
-                       "deep_pipeline": cfg.deep_pipeline},
+                       "deep_pipeline": cfg.deep_pipeline, "dense_raster": cfg.dense_raster},
             "networks": [measure(n, cfg, clock, images=args.images, batch=args.batch,
                                  single=args.single, repeats=args.repeats, seed=args.seed)
                          for n in nets],

@@ -21,7 +21,7 @@ class ConfigError(SystolicError, ValueError):
 
 #: Knobs added after the first release, and what a configuration saved before them had.
 _BEFORE_KNOBS = {"dense_conv": False, "fused_pool": False, "fetch_ahead": False,
-                 "fc_rows": 0, "deep_pipeline": False}
+                 "fc_rows": 0, "deep_pipeline": False, "dense_raster": False}
 
 
 def _pow2(n):
@@ -113,8 +113,7 @@ class AcceleratorConfig:
         layer, `systolic.hw.conv.fused_pool_stages`), a dense lane's row offset through a
         register before the add of its column (a cycle more of a dense convolution's
         preparation, `systolic.hw.conv.dense_prep_cycles`), the lanes' taps from tables, each
-        lane's from a copy of the descriptor's key of its own, its walk in raster order where
-        that takes fewer words (`systolic.hw.isa.dense_raster`), the block's last row
+        lane's from a copy of the descriptor's key of its own, the block's last row
         (``r == R - 2``) a register, and the pixel walker keeps whether it is still in the map
         in a register of its own. In the array, each PE's restart flags are its own
         flip-flops (`systolic.hw.pe.ProcessingElement`'s ``own_flags``) and its carry
@@ -123,6 +122,14 @@ class AcceleratorConfig:
         of its own before the controller, and the controller packs an activation word of
         fewer lanes on its way from its shift register to the core, not as its last byte
         comes in (neither is a layer's cycles).
+    dense_raster : bool
+        Whether the convolution engine can walk a dense convolution's taps in raster order
+        (`systolic.hw.isa.dense_walk`), each lane wrapping to the next kernel row on its own,
+        where its words hold taps of one kernel row that do not divide the kernel's width: a
+        5x5 kernel of 6 channels on 16 lanes, two taps a word, in 13 words instead of 5 rows
+        of 3 (lenet5's second convolution: 1,752 cycles instead of 2,008). Four registers
+        and three adds a lane; needs ``dense_conv`` and three rows or more. No preset has it
+        yet: the `lenet` design with it has not closed at 105 MHz on the ULX3S.
     fc_rows : int
         Rows of the array a fully connected layer of one image can run *row by row* on
         (`systolic.hw.isa.describe_fc_rows`), 0 for none: each of those rows computes its own
@@ -155,6 +162,7 @@ class AcceleratorConfig:
     fetch_ahead: bool = True
     fc_rows: int = 0
     deep_pipeline: bool = False
+    dense_raster: bool = False
     target: str = "generic"
 
     # The arithmetic contract, exposed here so the hardware reads one object.
@@ -195,9 +203,14 @@ class AcceleratorConfig:
         if self.dense_conv and self.target == "ice40":
             raise ConfigError("dense_conv needs the activation memory in column slices, which "
                               "the ice40 target does not build; set dense_conv=False")
-        for name in ("pool", "pool_avg", "eltwise", "deep_pipeline"):
+        for name in ("pool", "pool_avg", "eltwise", "deep_pipeline", "dense_raster"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        if self.dense_raster and not (self.dense_conv and self.rows >= 3):
+            raise ConfigError(f"dense_raster needs dense_conv and three rows or more (a lane's "
+                              f"next step is worked out in the two cycles after its last), not "
+                              f"dense_conv={self.dense_conv} and rows {self.rows}; set "
+                              "dense_raster=False")
         fc = self.fc_rows
         if fc:
             wrong = [what for bad, what in (

@@ -138,6 +138,11 @@ def add_config_arguments(parser):
                         "and outputs registered (up to 6 more cycles a pooling layer); the "
                         "convolution's read addresses a register more on the way to the "
                         "activation memory (1 more cycle a convolution, 8 columns or more)")
+    g.add_argument("--dense-raster", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether a dense convolution can walk its kernel's taps in raster "
+                        "order, each lane wrapping to the next kernel row on its own (5x5 of 6 "
+                        "channels on 16 lanes: 13 reduction words, not 15; a few registers a "
+                        "lane; needs --dense-conv and 3 rows or more)")
     g.add_argument("--target", choices=TARGETS,
                    help="multiplier primitive: generic (simulation), ecp5, ice40")
 

@@ -538,7 +538,7 @@ def test_dense_walk_padded_for_requant_lanes():
 
 
 def test_dense_raster_walk():
-    """With `deep_pipeline` (`systolic.hw.isa.dense_raster`) a dense convolution whose words
+    """With ``dense_raster`` (`systolic.hw.isa.dense_raster`) a dense convolution whose words
     hold taps of one row that do not divide the kernel's width walks them in raster order:
     lenet5's second convolution (6->16 5x5 on 16 lanes, two taps of six channels a word) in
     13 words, not 5 rows of 3. On every dense kernel of both designs, every tap of every
@@ -555,9 +555,10 @@ def test_dense_raster_walk():
     )
     from systolic.sw.compiler import _dense_weights
 
-    lenet, wide = preset("lenet"), preset("wide")
+    lenet, wide = preset("lenet").replace(dense_raster=True), preset("wide")
     assert dense_raster(lenet)
     assert not dense_raster(wide)
+    assert not dense_raster(preset("lenet"))
     assert dense_walk(lenet, 5, 5, 6) == (1, 1, 13)
     assert dense_walk(wide, 5, 5, 6) == (5, 3, 1)
     qnet = random_qnet("lenet5")
@@ -569,7 +570,7 @@ def test_dense_raster_walk():
     f = compile_network(qnet, lenet).layers[1].fields
     assert f["tap_row_step"] == 2 + 12 - 5 - 1
     rasters = 0
-    for cfg in (lenet, wide, preset("default").replace(deep_pipeline=True)):
+    for cfg in (lenet, wide, preset("default").replace(dense_raster=True)):
         for kh in range(1, cfg.max_kernel + 1):
             for kw in range(2, cfg.max_kernel + 1):
                 for cin in range(1, cfg.cols // 2 + 1):
