@@ -1111,7 +1111,7 @@ class ConvEngine(wiring.Component):
             # cycles after the block before's end, and a block takes three or more), a copy
             # a lane: the lane's registers then load the raster step's on one flip-flop.
             adv_r = [hard_register(m, adv_d & k_cw, name=f"dense_radv{k}", target=cfg.target)
-                     for k in range(C)] if dense and dense_raster(cfg) else []
+                     for k in range(C)] if dense_raster(cfg) else []
         else:
             adv = adv_seq = Signal()
             m.d.comb += adv.eq(go & r_last)

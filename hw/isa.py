@@ -404,10 +404,10 @@ def pad_walk(cfg, fields):
 
 def dense_raster(cfg):
     """Whether the convolution engine of ``cfg`` can walk a dense convolution's reduction words
-    in raster order (`dense_walk`): ``cfg.dense_raster`` (which needs ``dense_conv`` and three
-    rows or more: each lane's next step is made in the two cycles after its last, and a block
-    takes ``rows`` cycles)."""
-    return cfg.dense_conv and cfg.dense_raster
+    in raster order (`dense_walk`): ``cfg.dense_raster``, which the configuration allows only
+    with ``dense_conv`` and three rows or more (each lane's next step is made in the two
+    cycles after its last, and a block takes ``rows`` cycles)."""
+    return cfg.dense_raster
 
 
 def _row_walk(cfg, kh, kw, cin):
