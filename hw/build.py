@@ -1095,8 +1095,6 @@ def add_parser(subparsers):
                    help=f"board: {', '.join(BOARDS)}")
     add_config_arguments(p)
     p.set_defaults(preset=None)
-    p.add_argument("--no-pool", dest="pool", action="store_const", const=False, default=None,
-                   help="leave out the pooling engine (saves logic and block RAM)")
     p.add_argument("--clock", type=float, metavar="MHZ",
                    help="accelerator clock (default: the board's for the preset; a PLL "
                         "makes it)")

@@ -111,6 +111,10 @@ def add_config_arguments(parser):
                         "lanes save logic, a row of sums then takes cols/N cycles")
     g.add_argument("--requant-dsp", action=argparse.BooleanOptionalAction, default=None,
                    help="multiply by M on two DSP blocks per lane instead of in the fabric")
+    g.add_argument("--pool", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the core has the pooling engine (--no-pool saves its logic and "
+                        "block RAM; a 2x2 stride-2 max pooling right after a convolution then "
+                        "runs fused into it, any other pooling is refused)")
     g.add_argument("--pool-avg", action=argparse.BooleanOptionalAction, default=None,
                    help="whether the pooling engine can average (--no-pool-avg: max only)")
     g.add_argument("--eltwise", action=argparse.BooleanOptionalAction, default=None,

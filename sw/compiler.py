@@ -448,9 +448,10 @@ def _plan(qnet, cfg, dense_input, dense_conv=True):
             if k != layer.w.shape[1]:
                 raise FitError(f"{name}: input must have {layer.w.shape[1]} values, not {k}")
         elif isinstance(layer, Pool):
-            if not cfg.pool:
-                raise FitError(f"{name}: pooling needs the pooling engine; use a configuration "
-                               "with pool=True")
+            if not (cfg.pool or _fusable(cfg, qnet, plan, fused, layer)):
+                raise FitError(f"{name}: this pooling needs the pooling engine (only a 2x2 "
+                               "max pooling with stride 2 right after a convolution runs "
+                               "fused into it); use a configuration with pool=True (--pool)")
             if layer.kind == "avg" and not cfg.pool_avg:
                 raise FitError(f"{name}: this configuration's pooling engine only takes the "
                                "maximum (pool_avg=False); use max pooling in the model or a "

@@ -470,10 +470,29 @@ def test_pool_line_buffer():
                                        r"the pooling line buffer of 32 words, not 7 pixels x "
                                        r"8 words; use fewer channels"):
         compile_network(qnet, cfg)
-    # Without a pooling engine, pooling is unsupported.
-    with pytest.raises(FitError, match=r"^layer 1 \(maxpool 2x2 /1\): pooling needs the "
-                                       r"pooling engine; use a configuration with pool=True$"):
+    # Without a pooling engine, only a pooling fused into its convolution runs.
+    with pytest.raises(FitError, match=r"^layer 1 \(maxpool 2x2 /1\): this pooling needs the "
+                                       r"pooling engine \(only a 2x2 max pooling with stride 2 "
+                                       r"right after a convolution runs fused into it\); use a "
+                                       r"configuration with pool=True \(--pool\)$"):
         compile_network(qnet, cfg.replace(pool=False))
+
+
+def test_fused_pool_without_pooling_engine():
+    # A 2x2 /2 max pooling after a convolution compiles into it: the same program with or
+    # without the pooling engine; without fused_pool it needs the engine.
+    qnet = _net([_conv(1, 8, 3), Pool("max", 2, 2), Flatten(), _linear(8 * 3 * 3, 2)],
+                (1, 8, 8))
+    cfg = preset("default")
+    with_engine = compile_network(qnet, cfg)
+    without = compile_network(qnet, cfg.replace(pool=False))
+    assert [lay.kind for lay in without.layers] == ["conv", "linear"]
+    assert without.commands == with_engine.commands
+    assert without.weights == with_engine.weights
+    assert without.params == with_engine.params
+    with pytest.raises(FitError, match=r"^layer 1 \(maxpool 2x2 /2\): this pooling needs the "
+                                       r"pooling engine "):
+        compile_network(qnet, cfg.replace(pool=False, fused_pool=False))
 
 
 def test_avgpool_needs_pool_avg():
