@@ -286,8 +286,6 @@ def main(argv=None):
     parser.add_argument("--board", default="ulx3s-85f")
     add_config_arguments(parser)
     parser.set_defaults(preset=None)
-    parser.add_argument("--no-pool", dest="pool", action="store_const", const=False,
-                        default=None)
     parser.add_argument("--clock", type=float, default=None, help="target clock in MHz")
     parser.add_argument("--baud", type=int, default=None)
     parser.add_argument("--workdir", type=Path, default=Path("build/depth"))
