@@ -6,8 +6,10 @@ How long the flow takes is measured by ``bench/sw_speed.py``, not asserted here.
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from systolic.sw import cli
@@ -64,6 +66,21 @@ def test_help_teaches(capsys):
         with pytest.raises(SystemExit):
             cli.main([name, "--help"])
         assert "examples:" in capsys.readouterr().out
+
+
+BENCH = sorted((Path(__file__).resolve().parent.parent / "bench").glob("[a-z]*.py"))
+
+
+@pytest.mark.parametrize("script", BENCH, ids=[p.stem for p in BENCH])
+def test_bench_help(script, monkeypatch, capsys):
+    """Every benchmark's ``--help`` runs and says what it measures (an option two argument
+    groups both define fails here, not when someone first runs the benchmark)."""
+    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    monkeypatch.syspath_prepend(str(script.parent))
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: ")
 
 
 @pytest.mark.parametrize(("argv", "message"), [
