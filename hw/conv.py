@@ -1107,11 +1107,6 @@ class ConvEngine(wiring.Component):
             adv_seq = hard_register(m, adv_d, name="adv_seq", target=cfg.target)
             adv_l = [hard_register(m, adv_d, name=f"dense_adv{k}", target=cfg.target)
                      for k in range(C)] if dense else []
-            # A raster walk's step (`adv` of an input-word step: the kind is settled two
-            # cycles after the block before's end, and a block takes three or more), a copy
-            # a lane: the lane's registers then load the raster step's on one flip-flop.
-            adv_r = [hard_register(m, adv_d & k_cw, name=f"dense_radv{k}", target=cfg.target)
-                     for k in range(C)] if dense_raster(cfg) else []
         else:
             adv = adv_seq = Signal()
             m.d.comb += adv.eq(go & r_last)
@@ -1219,8 +1214,12 @@ class ConvEngine(wiring.Component):
                 ]
             if dense_raster(cfg):
                 # (An input-word step happens only in a raster walk: a dense convolution's
-                # walk by rows has one word a pixel.)
-                with m.If(adv_r[k]):
+                # walk by rows has one word a pixel.) On the lane's own copy of `adv` and
+                # the step's kind, a register, as the steps above: a copy of `adv & k_cw` a
+                # lane of its own (`dense_radv`) doubled the fan-out of `adv`'s cone, five
+                # levels from the walker's end flags, and that design did not close at 105
+                # MHz on the ULX3S.
+                with m.If(adv_l[k] & k_cw):
                     m.d.sync += [kxl[k].eq(kx_step[k]), kyl[k].eq(ky_step[k]),
                                  tapl[k].eq(tap_next[k])]
 
