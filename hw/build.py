@@ -468,7 +468,8 @@ def _stall_message(stalled, clock_mhz, pnr_log):
         state = (f"nextpnr routed the design, but its timing-driven rip-up made no progress in "
                  f"{RIPUP_PATIENCE} iterations, {slow},")
     return (f"Timing not met{at}: {state} and was stopped (log: {pnr_log}). Try a lower "
-            f"--clock or another --seed")
+            f"--clock or another --seed; `python bench/ripup.py {pnr_log.parent}` names the "
+            f"nets it kept re-routing")
 
 
 def _run_plan(build_dir, cfg, clock_mhz=None, poll_s=5.0, seed=None, cancel=None):

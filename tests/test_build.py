@@ -231,7 +231,8 @@ def test_stalled_router_is_stopped(tmp_path, used, state):
     fake_plan(tmp_path, f"echo $$ > pid\nprintf '{lines}' > systolic.tim\nsleep 600\n")
     with pytest.raises(TimingError, match=(
             rf"^Timing not met at 90 MHz: {state} and was stopped \(log: .*systolic.tim\)\. "
-            r"Try a lower --clock or another --seed$")):
+            r"Try a lower --clock or another --seed; `python bench/ripup.py .*` names the "
+            r"nets it kept re-routing$")):
         _run_plan(tmp_path, preset("default"), 90, poll_s=0.05)
     with pytest.raises(ProcessLookupError):
         os.kill(int((tmp_path / "pid").read_text()), 0)
