@@ -31,6 +31,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from systolic.hw.build import NAME
+
 _ARC = re.compile(r"Routing arc \d+ of net '([^']*)'")
 _ITER = re.compile(r"iter=(\d+) .*?overused=(\d+) .*?tmgfail=(\d+)")
 _PLACED = re.compile(r"Max frequency for clock '[^']*': ([\d.]+) MHz")
@@ -101,7 +103,7 @@ class Census:
 def nextpnr_command(build_dir):
     """The build script's nextpnr command line, without the options that write files and
     with ``--debug-router``, as an argument list."""
-    script = build_dir / "build_systolic.sh"
+    script = build_dir / f"build_{NAME}.sh"
     try:
         text = script.read_text()
     except OSError as e:
@@ -121,9 +123,8 @@ def nextpnr_command(build_dir):
             next(it, None)
         elif a != "--quiet":
             keep.append(a)
-    missing = [f for f in ("systolic.json",) if not (build_dir / f).exists()]
-    if missing:
-        raise ValueError(f"{build_dir}: no {missing[0]} (the build stopped before synthesis "
+    if not (build_dir / f"{NAME}.json").exists():
+        raise ValueError(f"{build_dir}: no {NAME}.json (the build stopped before synthesis "
                          "ended); build again")
     return [exe, *keep, "--debug-router"]
 
