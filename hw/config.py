@@ -129,7 +129,8 @@ class AcceleratorConfig:
         5x5 kernel of 6 channels on 16 lanes, two taps a word, in 13 words instead of 5 rows
         of 3 (lenet5's second convolution: 1,752 cycles instead of 2,008). Four registers
         and three adds a lane; needs ``dense_conv`` and three rows or more. No preset has it
-        yet: the `lenet` design with it has not closed at 105 MHz on the ULX3S.
+        yet: the `lenet` design with it has not closed at 105 MHz on the ULX3S (without the
+        pooling engine it closes at 100, where it is no faster than `lenet` at 105).
     fc_rows : int
         Rows of the array a fully connected layer of one image can run *row by row* on
         (`systolic.hw.isa.describe_fc_rows`), 0 for none: each of those rows computes its own
