@@ -130,7 +130,8 @@ class AcceleratorConfig:
         of 3 (lenet5's second convolution: 1,752 cycles instead of 2,008). Four registers
         and three adds a lane; needs ``dense_conv`` and three rows or more. No preset has it
         yet: the `lenet` design with it has not closed at 105 MHz on the ULX3S (without the
-        pooling engine it closes at 100, where it is no faster than `lenet` at 105).
+        pooling engine it closes at 100, where it is no faster than `lenet` at 105, and at
+        105 with the stages of the branch `exp/lag-release`: README).
     fc_rows : int
         Rows of the array a fully connected layer of one image can run *row by row* on
         (`systolic.hw.isa.describe_fc_rows`), 0 for none: each of those rows computes its own
