@@ -121,9 +121,10 @@ def _register_slice(m, i, o):
 
 
 def fetch_cycles(cfg):
-    """The cycles RUN_LOAD takes to assemble a descriptor: a byte a cycle, and one more where
-    the program memory's reads are registered (``cfg.fetch_ahead``)."""
-    return mem_word_bytes(cfg, Mem.PROGRAM) + cfg.fetch_ahead
+    """The cycles RUN_LOAD takes to assemble a descriptor: a byte a cycle, one more where the
+    program memory's reads are registered (``cfg.fetch_ahead``) and one more where the shift
+    register moves a cycle behind the state machine (``cfg.deep_pipeline``)."""
+    return mem_word_bytes(cfg, Mem.PROGRAM) + cfg.fetch_ahead + cfg.deep_pipeline
 
 
 def runnable_ops(cfg):
@@ -382,17 +383,33 @@ class Controller(wiring.Component):
         # cycle's), not from the state's decoding: it goes to every one of the register's
         # ``8 * data_bytes`` flip-flops, which sit beside the memories all over the chip. On the
         # ECP5 each byte has a copy of it of its own (`hard_register`), next to the byte.
+        # With `deep_pipeline` the shift register moves a cycle behind the state machine: its
+        # bytes and ``shift_go`` each pass a register first (``lag_byte``, ``shift_lag``), so
+        # that ``shift_go``'s logic ends at one flip-flop by the state machine and the copies
+        # are loaded from that one, with no logic between (``shift_go`` into the copies was on
+        # every failing route of `lenet --dense-raster --no-pool`'s stalled builds at 105 MHz:
+        # `bench/ripup.py`). The states that take what the register holds wait a cycle more
+        # for it (WRITE_HOLD twice, RUN_LOAD a cycle longer: `fetch_cycles`).
+        lagged = late_pack
         shift_go = Signal()
+        shift_lag = Signal(name="shift_lag")
         copies = len(shift) // 8 if piped else 1
-        shift_en = [hard_register(m, shift_go, name=f"shift_en{k}", target=cfg.target)
+        shift_en = [hard_register(m, shift_lag if lagged else shift_go, name=f"shift_en{k}",
+                                  target=cfg.target)
                     for k in range(copies)]
-        m.d.comb += shift_go.eq(shift_en[0])        # (unless a state changes it)
+        if lagged:
+            m.d.sync += shift_lag.eq(shift_go)
+        held = shift_lag if lagged else shift_en[0]
+        m.d.comb += shift_go.eq(held)               # (unless a state changes it)
         # ``j == word_last`` in WRITE_BYTE and ``j == fetch_cycles(cfg)`` in RUN_LOAD, the
         # ends of those states, as flip-flops set with ``j`` (in those states and the ones that
         # lead into them, where ``j`` is 0): they decide ``shift_go``, whose copies are all over
         # the chip, so it must come from registers, not from a comparator (the 8x16's worst path
         # at 75 MHz on three seeds in four).
         byte_end, load_end = Signal(name="byte_end"), Signal(name="load_end")
+        # (With `lagged` RUN_LOAD ends a cycle after ``load_end``, which stops the shift.)
+        load_done = Signal(name="load_done")
+        hold_more = Signal(name="hold_more")    # (and WRITE_HOLD takes two cycles)
         # A WRITE's words are counted as its bytes arrive (PAYLOAD), so that a frame whose
         # length does not match its count, or whose words run past the memory's end, is
         # answered before anything is written. Wide enough for any word count a frame holds.
@@ -461,6 +478,10 @@ class Controller(wiring.Component):
         # at the end of a packed activation word, its other lanes.
         writing = is_req[Request.WRITE]
         byte = Mux(writing, fb_q, pg_q)
+        if lagged:
+            lag_byte = Signal(8, name="lag_byte", reset_less=True)
+            m.d.sync += lag_byte.eq(byte)
+            byte = lag_byte
         shift_next = Signal.like(shift)
         m.d.comb += shift_next.eq(Cat(shift[8:], byte))
         if short_bytes < data_bytes:
@@ -714,6 +735,8 @@ class Controller(wiring.Component):
                             reply(m)
                 with m.Elif(byte_end):
                     m.d.sync += j.eq(0)
+                    if lagged:
+                        m.d.sync += hold_more.eq(1)
                     m.d.comb += shift_go.eq(0)
                     if piped:
                         m.next = "WRITE_HOLD"
@@ -722,10 +745,15 @@ class Controller(wiring.Component):
                         m.next = "WRITE_WORD"
             if piped:
                 with m.State("WRITE_HOLD"):
-                    # The word's last byte on its way into ``shift_q``.
+                    # The word's last byte on its way into ``shift_q`` (with `lagged`, into
+                    # ``shift`` in the first cycle).
                     m.d.comb += replies_with.eq(_Payload.NONE)
-                    m.d.sync += [byte_end.eq(word_last == 0), load_valid.eq(1)]
-                    m.next = "WRITE_WORD"
+                    m.d.sync += byte_end.eq(word_last == 0)
+                    if lagged:
+                        m.d.sync += hold_more.eq(0)
+                    with m.If(~hold_more) if lagged else contextlib.nullcontext():
+                        m.d.sync += load_valid.eq(1)
+                        m.next = "WRITE_WORD"
             with m.State("WRITE_WORD"):
                 m.d.comb += replies_with.eq(_Payload.NONE)
                 m.d.sync += byte_end.eq(word_last == 0)
@@ -739,6 +767,7 @@ class Controller(wiring.Component):
                         m.next = "WRITE_BYTE"
 
             # -- RUN: the program's layers, one after the other ----------------------------------
+            shift_cycles = fetch_cycles(cfg) - lagged   # (the cycles ``shift_go`` is up)
             with m.State("RUN_FETCH"):
                 m.d.comb += [self.busy.eq(1), replies_with.eq(_Payload.DONE)]
                 with m.If(pc_end):
@@ -752,7 +781,9 @@ class Controller(wiring.Component):
                 with m.Else():
                     m.d.comb += pg_r.en.eq(1)
                     # (``j`` is 0 here: EXEC, RUN_ISSUE and RUN_STORE leave it so.)
-                    m.d.sync += [j.eq(j + 1), load_end.eq(fetch_cycles(cfg) == 1)]
+                    m.d.sync += [j.eq(j + 1), load_end.eq(shift_cycles == 1)]
+                    if lagged:
+                        m.d.sync += load_done.eq(0)
                     m.d.comb += shift_go.eq(1)
                     m.next = "RUN_LOAD"
             with m.State("RUN_LOAD"):
@@ -760,13 +791,20 @@ class Controller(wiring.Component):
                 # cycle's byte is not the entry's (no read is two cycles old yet): it goes in
                 # first, and so out below the descriptor, which is the entry's bytes after it.
                 m.d.comb += [self.busy.eq(1), pg_r.en.eq(1)]
-                m.d.sync += [j.eq(j + 1), load_end.eq(j + 1 == fetch_cycles(cfg))]
-                with m.If(load_end):
-                    m.d.comb += shift_go.eq(0)
+                m.d.sync += [j.eq(j + 1), load_end.eq(j + 1 == shift_cycles)]
+                def loaded():
                     m.next = "RUN_DECODE"
                     if ahead_ok:
                         with m.If(ahead):
                             m.next = "RUN_WAIT"
+                with m.If(load_end):
+                    m.d.comb += shift_go.eq(0)
+                    if not lagged:
+                        loaded()
+                if lagged:
+                    m.d.sync += load_done.eq(load_end)
+                    with m.If(load_done):
+                        loaded()
             with m.State("RUN_DECODE"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(~Cat(desc.op == op for op in runnable_ops(cfg)).any()):
