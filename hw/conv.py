@@ -42,6 +42,7 @@ maximum is written, at the pooled map's address the drain works out as it emits 
 
 import operator
 from functools import reduce
+from types import SimpleNamespace
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, memory, stream, wiring
@@ -63,7 +64,7 @@ from .requant import Requantizer
 from .synth import one_hot
 
 __all__ = ["ConvEngine", "bank_cycles", "dense_prep_cycles", "fill_stages", "fused_pool_stages",
-           "select_stages", "weight_addr_stages", "weight_stages"]
+           "select_stages", "weight_addr_stages", "weight_stages", "write_stages"]
 
 
 #: Rows of sums each first-stage multiplexer of a two-stage selection covers.
@@ -121,6 +122,18 @@ def select_stages(cfg):
     `_SELECT_CHUNK` rows has its own OR of gated sums and register near its PEs, and a second
     OR takes those. A layer then settles a cycle longer."""
     return 2 if cfg.rows > _SELECT_CHUNK else 1
+
+
+def write_stages(cfg):
+    """Registers between the engine's output words and its activation memory write port: 1
+    with ``deep_pipeline``, else 0. The write's enable was decided from the requantizer's
+    (or the fused pooling's) valid flags and the word's half, through the choice of a fused
+    layer's word or a plain one, and went from there to each column slice's choice of writer
+    and its write enable register, all over the chip: on the `lenet --dense-raster` design's
+    stalled routes at 105 MHz those nets were failing in every iteration (`bench/ripup.py`).
+    With the register the engine's write leaves it from flip-flops. A layer settles a cycle
+    longer."""
+    return int(cfg.deep_pipeline)
 
 
 def fill_stages(cfg):
@@ -312,7 +325,8 @@ class ConvEngine(wiring.Component):
         p_tile = Signal(cfg.param_addr_bits)            # the drain's tile's first parameter word
         p_next = Signal(cfg.param_addr_bits)            # ... and the next tile's
         settle_cycles = (R * cfg.rq_groups + C + Requantizer.LATENCY + 4 + capture_cycles(cfg)
-                         + weight_stages(cfg) + weight_addr_stages(cfg) + select_stages(cfg))
+                         + weight_stages(cfg) + weight_addr_stages(cfg) + select_stages(cfg)
+                         + write_stages(cfg))
         settle = Signal(range(settle_cycles + 1 + fused * fused_pool_stages(cfg)))
         # Pixel walker: the next output pixel of the layer and its input window origin.
         ox, oy = Signal(cfg.dim_bits), Signal(cfg.dim_bits + 1)
@@ -958,10 +972,25 @@ class ConvEngine(wiring.Component):
             with m.If(rq.o_valid):
                 m.d.sync += collected.eq(Cat(collected[L * 8:], rq.o_data))
             word = Cat(collected, rq.o_data)
+        # The write (with `write_stages`, into registers before the port: `aw_*`).
+        aw, aw_halves = self.act_write, (self.act_halves if fused else None)
+        if write_stages(cfg):
+            aw = SimpleNamespace(en=Signal(name="aw_en"),
+                                 addr=Signal.like(self.act_write.addr, name="aw_addr"),
+                                 data=Signal.like(self.act_write.data, name="aw_data"))
+            aw_halves = Signal(2, name="aw_halves") if fused else None
+            for name, port, value in (
+                    ("en", self.act_write.en, aw.en), ("addr", self.act_write.addr, aw.addr),
+                    ("data", self.act_write.data, aw.data),
+                    *([("halves", self.act_halves, aw_halves)] if fused else [])):
+                reg = Signal.like(port, name=f"aw_{name}_q",
+                                  reset_less=name != "en")    # (data: no reset)
+                m.d.sync += reg.eq(value)
+                m.d.comb += port.eq(reg)
+
         def plain():
             """The requantizer's word straight to memory."""
-            return [self.act_write.en.eq(word_out), self.act_write.addr.eq(rq.o_tag.addr),
-                    self.act_write.data.eq(word)]
+            return [aw.en.eq(word_out), aw.addr.eq(rq.o_tag.addr), aw.data.eq(word)]
 
         if fused:
             # Fused 2x2 max pooling (the descriptor's ``pool``): a window's left pixel waits
@@ -1044,16 +1073,16 @@ class ConvEngine(wiring.Component):
                 m.d.sync += [r_valid.eq(q_valid), r_word.eq(vmax(q_line, q_max)),
                              r_addr.eq(q_addr), r_half.eq(q_half)]
             with m.If(desc.pool):
-                m.d.comb += [self.act_write.en.eq(r_valid),
-                             self.act_write.addr.eq(r_addr),
-                             self.act_write.data.eq(r_word if cfg.deep_pipeline
+                m.d.comb += [aw.en.eq(r_valid),
+                             aw.addr.eq(r_addr),
+                             aw.data.eq(r_word if cfg.deep_pipeline
                                                     else vmax(q_line, q_max))]
             with m.Else():
                 m.d.comb += plain()
             # A channel tile with ``halves`` writes half `t % 2` of its words (`pair_pixels`):
             # the half its words' tag carries (the next tile's may be on their way).
             half = Mux(desc.pool, r_half, rq.o_tag.half)
-            m.d.comb += self.act_halves.eq(Mux(desc.halves, Mux(half, 0b10, 0b01), 0b11))
+            m.d.comb += aw_halves.eq(Mux(desc.halves, Mux(half, 0b10, 0b01), 0b11))
         else:
             m.d.comb += plain()
 

@@ -30,7 +30,8 @@ settle period that lets the last results drain through the array and the requant
 cycles in the requantizer; ``S`` is `systolic.hw.conv.weight_stages`, the registers after
 the weight memory's block RAMs, plus `systolic.hw.conv.weight_addr_stages`, those before
 its address registers, plus `systolic.hw.conv.select_stages`, those of the drain's
-selection of the sums) and a few cycles of hand-over between the states and of the memories'
+selection of the sums, plus `systolic.hw.conv.write_stages`, those before the activation
+memory's write port) and a few cycles of hand-over between the states and of the memories'
 pipelines (the activation and weight memories are registered on both sides)::
 
     conv cycles = cout_tiles * feed + rows + rows * G + cols + LATENCY + P + S + F + CONV_LAYER
@@ -98,6 +99,7 @@ from ..hw.conv import (
     select_stages,
     weight_addr_stages,
     weight_stages,
+    write_stages,
 )
 from ..hw.eltwise import GAP_TILE_EXTRA, add_latency
 from ..hw.isa import CMD_LATENCY, Op
@@ -141,7 +143,7 @@ def _engine_cycles(cfg, fields):
                   * fields["cin_words"])
         ends = (R + R * G + C + Requantizer.LATENCY + capture_cycles(cfg) + CONV_LAYER
                 + weight_stages(cfg) + weight_addr_stages(cfg) + select_stages(cfg)
-                + fill_stages(cfg)
+                + write_stages(cfg) + fill_stages(cfg)
                 + fused_pool_stages(cfg) * fields.get("pool", 0))
         prep = dense_prep_cycles(cfg) if fields.get("dense") else 0
         return feed_cycles(cfg, blocks) + ends + prep
