@@ -155,12 +155,13 @@ def bank_cycles(cfg):
     """Cycles from the fill's start on a transposer bank to its start on the same bank again,
     when the feed is waiting for it: ``rows`` reads, `fill_stages` and ``ACT_READ_LATENCY``
     cycles until the last word lands, one in which the bank is full and the feed copies it
-    out, one for the release to reach the fill's ``go``.
+    out, one for the release to reach the fill's ``go`` (two with `deep_pipeline`: the fill
+    takes the release from a register of its own).
 
     The two banks alternate, so the array, which takes ``cols`` cycles a block, is fed every
     cycle when this is at most ``2 * cols`` (every array of at least 4 columns: ``rows <=
     cols``); otherwise a pair of blocks takes this long (`systolic.sw.perfmodel`)."""
-    return cfg.rows + fill_stages(cfg) + ACT_READ_LATENCY + 1
+    return cfg.rows + fill_stages(cfg) + ACT_READ_LATENCY + 1 + cfg.deep_pipeline
 
 
 def _dense_tables(cfg, kw_bits, key_bits):
@@ -1095,8 +1096,20 @@ class ConvEngine(wiring.Component):
         claim, start_fill, filling_done = Signal(), Signal(), Signal()
         claimed_next, f_next, filling_next = Signal(2), Signal(), Signal()
         go = Signal()
+        # With `deep_pipeline` the claims see the feed's release a cycle later, from a register
+        # by the sequencer (`released`): the feed's bank pointer, at the array's edge, through
+        # its load decision and the claims into `go_next` and every copy of the walker's
+        # advance flag was the worst path of the `lenet` design's 100 MHz build (`conv.g` to
+        # `conv.dense_adv6`, 9.9 ns, 8.3 of it routing). The bank is free a cycle later
+        # (`bank_cycles`: within the array's two blocks, ``2 * cols``, on arrays of at least
+        # 5 columns and no more rows; the model counts the wait elsewhere). The feed's own
+        # `full` still clears with the release.
+        released = release
+        if cfg.deep_pipeline:
+            released = Signal(2)
+            m.d.sync += released.eq(release)
         for b in range(2):
-            m.d.comb += claimed_next[b].eq((claimed[b] & ~release[b]) | (claim & (f == b)))
+            m.d.comb += claimed_next[b].eq((claimed[b] & ~released[b]) | (claim & (f == b)))
             with m.If(release[b]):
                 m.d.comb += full_next[b].eq(0)
         m.d.comb += [f_next.eq(f ^ claim),

@@ -14,11 +14,13 @@ tile's last::
     pixel_tiles = ceil(batch * out_h * out_w / rows)
 
 That holds while the two transposer banks each go round (`systolic.hw.conv.bank_cycles`:
-the fill's ``rows`` reads, their landing, the feed's copy) in at most the ``2 * cols`` cycles
-the array takes for two blocks: on every array of at least 4 columns. On a narrower one
-(2x2, 3x3 ...) the fill cannot keep up, and after the first block every second one waits
-``stall = bank_cycles - 2 * cols`` cycles, over all of a layer's ``B`` blocks (its channel
-tiles' too, since they follow without a pause)::
+the fill's ``rows`` reads, their landing, the feed's copy, the release's way back; a cycle
+more with ``deep_pipeline``) in at most the ``2 * cols`` cycles the array takes for two
+blocks: on every array of at least 4 columns (5 with ``deep_pipeline``) and no more rows. On
+a narrower one (2x2, 3x3, a 4x4 with ``deep_pipeline`` ...) the fill cannot keep up, and
+after the first block every second one waits ``stall = bank_cycles - 2 * cols`` cycles,
+over all of a layer's ``B`` blocks (its channel tiles' too, since they follow without a
+pause)::
 
     feed cycles = B * cols + stall * floor((B - 1) / 2)
 

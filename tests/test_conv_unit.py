@@ -6,7 +6,7 @@ from amaranth.sim import Simulator
 from systolic.hw import layout
 from systolic.hw.array import snapshot_pes
 from systolic.hw.config import AcceleratorConfig, preset
-from systolic.hw.conv import fill_stages
+from systolic.hw.conv import bank_cycles, fill_stages
 from systolic.hw.core import Core
 from systolic.hw.isa import (
     Mem,
@@ -206,6 +206,8 @@ DEEP_CASES = [
     (1, 4, 0, 1, 2, 1, 1, 5, 1, 1, 0),         # one row: a block a tile, no step before it
     (1, 4, 0, 3, 2, 1, 1, 5, 1, 1, 0),
     (2, 4, 0, 3, 3, 5, 5, 6, 3, 1, 1),         # pixel tiles straddle images (25 % 2)
+    (4, 4, 0, 2, 5, 5, 5, 6, 3, 1, 1),         # the release a cycle later: every second
+                                               # block waits a cycle (`bank_cycles` 9 > 8)
 ]
 
 
@@ -219,6 +221,8 @@ def test_conv_batch_deep_pipeline(rows, cols, lanes, batch, cin, h, w, cout, k, 
     cfg, _, _ = _conv_batch_exact(rows, cols, lanes, batch, cin, h, w, cout, k, stride, pad,
                                   deep=True)
     assert fill_stages(cfg) == (2 if cols >= 8 else 0)
+    # The 4x4 case's fill waits for the release's register (the model's stall, exact above).
+    assert (bank_cycles(cfg) > 2 * cols) == ((rows, cols) == (4, 4))
 
 
 def test_linear_over_flattened_map():
