@@ -128,10 +128,8 @@ class AcceleratorConfig:
         where its words hold taps of one kernel row that do not divide the kernel's width: a
         5x5 kernel of 6 channels on 16 lanes, two taps a word, in 13 words instead of 5 rows
         of 3 (lenet5's second convolution: 1,752 cycles instead of 2,008). Four registers
-        and three adds a lane; needs ``dense_conv`` and three rows or more. No preset has it
-        yet: the `lenet` design with it has not closed at 105 MHz on the ULX3S (without the
-        pooling engine it closes at 100, where it is no faster than `lenet` at 105, and at
-        105 with the stages of the branch `exp/lag-release`: README).
+        and three adds a lane; needs ``dense_conv`` and three rows or more. The `lenet`
+        preset has it (without the pooling engine: 105 MHz on the ULX3S).
     fc_rows : int
         Rows of the array a fully connected layer of one image can run *row by row* on
         (`systolic.hw.isa.describe_fc_rows`), 0 for none: each of those rows computes its own
@@ -346,10 +344,13 @@ PRESETS = {
                              param_depth=128, requant_lanes=6),
 }
 # ECP5-85F for LeNet-class networks: `wide` without what they do not use (averaging, the
-# residual add and global average pooling: 30 % of its LUTs) and with the stages of
-# `deep_pipeline`, for a faster clock on the ULX3S: it closes at 105 MHz there (106.04 MHz on
-# seed 6, the board's default for it: `Board.preset_builds`), README: the `lenet` preset.
-PRESETS["lenet"] = PRESETS["wide"].replace(pool_avg=False, eltwise=False, deep_pipeline=True)
+# residual add and global average pooling: 30 % of its LUTs; the pooling engine: their
+# poolings all fuse into the convolutions), with the stages of `deep_pipeline`, for a faster
+# clock on the ULX3S, and the raster walk of `dense_raster` (lenet5's second convolution in
+# 13 words, not 15): it closes at 105 MHz there (106.86 MHz on seed 16, the board's default
+# for it: `Board.preset_builds`), README: the `lenet` preset.
+PRESETS["lenet"] = PRESETS["wide"].replace(pool=False, pool_avg=False, eltwise=False,
+                                           deep_pipeline=True, dense_raster=True)
 
 
 def preset_help():

@@ -136,8 +136,8 @@ def test_build_defaults_from_the_command_line():
 
     assert defaults() == (90.0, 5, 0.0)
     assert defaults("--preset", "wide") == (90.0, 5, 0.0)
-    assert defaults("--preset", "lenet") == (105.0, 6, 1.5)
-    assert defaults("--preset", "lenet", "--clock", "90") == (90.0, 6, 0.0)
+    assert defaults("--preset", "lenet") == (105.0, 16, 1.5)
+    assert defaults("--preset", "lenet", "--clock", "90") == (90.0, 16, 0.0)
     assert defaults("--preset", "lenet", "--timing-margin", "1", "--seed", "3") == (105.0, 3, 1.0)
     assert defaults("--preset", "lenet", "--seeds", "1,2")[:1] == (105.0,)
     assert defaults("--preset", "lenet", "--seeds", "1,2")[1] is None

@@ -574,10 +574,10 @@ def test_dense_raster_walk():
     )
     from systolic.sw.compiler import _dense_weights
 
-    lenet, wide = preset("lenet").replace(dense_raster=True), preset("wide")
+    lenet, wide = preset("lenet"), preset("wide")
     assert dense_raster(lenet)
     assert not dense_raster(wide)
-    assert not dense_raster(preset("lenet"))
+    assert not dense_raster(lenet.replace(dense_raster=False))
     assert dense_walk(lenet, 5, 5, 6) == (1, 1, 13)
     assert dense_walk(wide, 5, 5, 6) == (5, 3, 1)
     qnet = random_qnet("lenet5")

@@ -140,13 +140,13 @@ def test_load_network_refuses_a_device_built_for_another_configuration():
 
 
 def test_load_network_refuses_a_device_without_the_raster_walk():
-    """A network compiled for the `lenet` preset with ``dense_raster`` walks lenet5's second
+    """A network compiled for the `lenet` preset (``dense_raster``) walks lenet5's second
     convolution in raster order (`systolic.hw.isa.dense_raster`), which a device of the same
     fields without it would read as 13 input words: IDENTITY's `dense_conv` says which, and
     the driver refuses the device before it writes anything."""
-    program = compile_network(random_qnet("lenet5"), preset("lenet").replace(dense_raster=True))
+    program = compile_network(random_qnet("lenet5"), preset("lenet"))
     assert program.layers[1].fields["cin_words"] == 13
-    device = preset("lenet")
+    device = preset("lenet").replace(dense_raster=False)
     link, t = transport([identity_reply(device)])
     with pytest.raises(P.IdentityMismatch, match=(
             r"^The device is not the accelerator the network was compiled for: its dense_conv "

@@ -139,15 +139,17 @@ def _column_net():
 
 
 def test_lenet_preset():
-    """The ULX3S's `lenet` preset (the 8x16 of ``wide`` with ``--no-pool-avg --no-eltwise
-    --deep-pipeline``: PEs with two carry registers, `carry_stages`), whose walker keeps
+    """The ULX3S's `lenet` preset (the 8x16 of ``wide`` with ``--no-pool --no-pool-avg
+    --no-eltwise --deep-pipeline --dense-raster``: PEs with two carry registers,
+    `carry_stages`; lenet5's second convolution walked in raster order), whose walker keeps
     whether it is still in the map in a register of its own (`w_more`):
     lenet-digits one image and three at a time (the fully connected layer's one-pixel map,
     three images' pixels in one tile), lenet5 two at a time (three fully connected layers),
     and the odd map's network two and three at a time (maps of 45 and 6 pixels, images
     ending inside a pixel tile). Exact, cycles as predicted."""
     cfg = preset("lenet")
-    assert cfg == preset("wide").replace(pool_avg=False, eltwise=False, deep_pipeline=True)
+    assert cfg == preset("wide").replace(pool=False, pool_avg=False, eltwise=False,
+                                         deep_pipeline=True, dense_raster=True)
     for arch, batches in (("lenet-digits", (1, 3)), ("lenet5", (2,))):
         qnet = random_qnet(arch, seed=4)
         images = random_images(qnet, 6, seed=7)
