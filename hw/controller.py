@@ -123,8 +123,9 @@ def _register_slice(m, i, o):
 def fetch_cycles(cfg):
     """The cycles RUN_LOAD takes to assemble a descriptor: a byte a cycle, one more where the
     program memory's reads are registered (``cfg.fetch_ahead``) and one more where the shift
-    register moves a cycle behind the state machine (``cfg.deep_pipeline``)."""
-    return mem_word_bytes(cfg, Mem.PROGRAM) + cfg.fetch_ahead + cfg.deep_pipeline
+    register also moves a cycle behind the state machine (and ``cfg.deep_pipeline``)."""
+    return mem_word_bytes(cfg, Mem.PROGRAM) + cfg.fetch_ahead + (cfg.fetch_ahead
+                                                                 and cfg.deep_pipeline)
 
 
 def runnable_ops(cfg):

@@ -445,3 +445,17 @@ def test_waves_window(text, window):
 def test_waves_window_errors(text):
     with pytest.raises(SystolicError, match=r"^--waves must"):
         parse_window(text, 6)
+
+
+def test_deep_pipeline_without_fetch_ahead():
+    """``deep_pipeline`` without ``fetch_ahead``: the controller's shift register does not lag
+    then (its copy, `shift_q`, is what lags), so RUN_LOAD takes as many cycles as without the
+    stages (`controller.fetch_cycles`); lenet-digits exact, cycles as modelled."""
+    from systolic.hw.controller import fetch_cycles
+
+    cfg = preset("default").replace(deep_pipeline=True, fetch_ahead=False)
+    assert fetch_cycles(cfg) == fetch_cycles(cfg.replace(deep_pipeline=False))
+    assert fetch_cycles(cfg.replace(fetch_ahead=True)) == fetch_cycles(cfg) + 2
+    qnet = random_qnet("lenet-digits")
+    images = random_images(qnet, 2, seed=7)
+    _exact(simulate(qnet, images, cfg, batch=2, jobs=1), qnet, images)
