@@ -120,12 +120,17 @@ def _register_slice(m, i, o):
         m.d.sync += [spare.eq(i.payload), spare_valid.eq(1)]
 
 
+def _shift_lags(cfg):
+    """Whether the controller's shift register moves a cycle behind its state machine: with
+    ``deep_pipeline`` where the core takes its words from a copy of it (``fetch_ahead``)."""
+    return cfg.fetch_ahead and cfg.deep_pipeline
+
+
 def fetch_cycles(cfg):
     """The cycles RUN_LOAD takes to assemble a descriptor: a byte a cycle, one more where the
     program memory's reads are registered (``cfg.fetch_ahead``) and one more where the shift
-    register also moves a cycle behind the state machine (and ``cfg.deep_pipeline``)."""
-    return mem_word_bytes(cfg, Mem.PROGRAM) + cfg.fetch_ahead + (cfg.fetch_ahead
-                                                                 and cfg.deep_pipeline)
+    register moves a cycle behind the state machine (`_shift_lags`)."""
+    return mem_word_bytes(cfg, Mem.PROGRAM) + cfg.fetch_ahead + _shift_lags(cfg)
 
 
 def runnable_ops(cfg):
@@ -391,7 +396,7 @@ class Controller(wiring.Component):
         # every failing route of `lenet --dense-raster --no-pool`'s stalled builds at 105 MHz:
         # `bench/ripup.py`). The states that take what the register holds wait a cycle more
         # for it (WRITE_HOLD twice, RUN_LOAD a cycle longer: `fetch_cycles`).
-        lagged = late_pack
+        lagged = _shift_lags(cfg)
         shift_go = Signal()
         shift_lag = Signal(name="shift_lag")
         copies = len(shift) // 8 if piped else 1
